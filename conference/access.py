@@ -1,0 +1,61 @@
+"""Turning a bearer token into a participant identity, for every media endpoint.
+
+The scheduling plane plugs in through :class:`MeetingPolicy`: until it lands,
+every meeting ID is accepted; later the policy will require that the meeting
+exists, is live, and that the point is invited.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiohttp import web
+
+from .sfu.participant import Identity
+from .tokens import Claims, TokenError, verify_token
+
+
+class AccessError(Exception):
+    """Refused: ``code`` for the protocol, ``status`` for HTTP."""
+
+    def __init__(self, code: str, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class MeetingPolicy(Protocol):
+    async def admit(self, claims: Claims) -> None:
+        """Raise :class:`AccessError` if ``claims`` may not enter its meeting now."""
+
+
+class OpenMeetings:
+    """The policy before scheduling exists: any meeting ID is a meeting."""
+
+    async def admit(self, claims: Claims) -> None:
+        return None
+
+
+async def authenticate(app: web.Application, token: str | None, meeting_id: str) -> Identity:
+    if not token:
+        raise AccessError("unauthorized", "a token is required")
+    try:
+        claims = verify_token(app["settings"].token_secret, token, meeting=meeting_id)
+    except TokenError as exc:
+        status = 403 if exc.code == "wrong-meeting" else 401
+        raise AccessError(exc.code, exc.message, status) from exc
+    if app["revoked"].is_revoked(claims.token_id):
+        raise AccessError("revoked", "this token was revoked", 401)
+    await app["meeting_policy"].admit(claims)
+    grants = claims.grants
+    return Identity(
+        identity=claims.identity,
+        name=claims.name,
+        role=claims.role,
+        publish=grants.publish,
+        subscribe=grants.subscribe,
+        moderate=grants.moderate,
+        record=grants.record,
+        token_id=claims.token_id,
+    )

@@ -1,0 +1,322 @@
+"""A Python participant speaking the signaling protocol (docs/PROTOCOL.md).
+
+Used by the tests, the benchmarks and the load tester.  Two ways to receive:
+
+* ``decode=True``: stock aiortc peer connections; received tracks decode into
+  frames (``client.tracks[publication_id]``), as a real viewer would see them.
+* ``decode=False``: the forwarding peer connection of :mod:`conference.sfu.bridge`
+  on the client side: packets are counted and checked, never decoded, so one
+  process can simulate many points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+
+from .sfu.bridge import ForwardingPeerConnection, ForwardingReceiver, RtpPacket
+from .sfu.keyframe import is_keyframe
+
+logger = logging.getLogger(__name__)
+
+
+class ClientError(Exception):
+    """The server answered with an error, or closed the connection."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class StreamCounter:
+    """Packet-level reception of one stream (no decoding)."""
+
+    kind: str
+    codec: str = ""
+    packets: int = 0
+    bytes: int = 0
+    keyframes: int = 0
+    first_packet_at: float | None = None
+    first_keyframe_at: float | None = None
+    last_packet_at: float | None = None
+    max_gap: float = 0.0
+    highest_seq: int | None = None
+    lost_estimate: int = 0
+    arrivals: list[float] = field(default_factory=list)
+    on_packet: Callable[[RtpPacket, float], None] | None = None
+
+    async def on_rtp(self, packet: RtpPacket, repaired: bool) -> None:
+        now = time.monotonic()
+        self.packets += 1
+        self.bytes += len(packet.payload)
+        if self.first_packet_at is None:
+            self.first_packet_at = now
+        if self.last_packet_at is not None:
+            self.max_gap = max(self.max_gap, now - self.last_packet_at)
+        self.last_packet_at = now
+        if self.kind == "video" and packet.payload and is_keyframe(self.codec, packet.payload):
+            self.keyframes += 1
+            if self.first_keyframe_at is None:
+                self.first_keyframe_at = now
+        if self.on_packet is not None:
+            self.on_packet(packet, now)
+
+    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
+        pass
+
+    def on_bye(self) -> None:
+        pass
+
+
+class Client:
+    """One participant: WebSocket signaling plus publisher/subscriber connections."""
+
+    def __init__(
+        self,
+        base_url: str,
+        meeting: str,
+        token: str,
+        *,
+        decode: bool = True,
+        ssl_context: ssl.SSLContext | bool = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.meeting = meeting
+        self.token = token
+        self.decode = decode
+        self.ssl = ssl_context
+        self.session: aiohttp.ClientSession | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.participant: dict[str, Any] = {}
+        self.room: dict[str, Any] = {}
+        self.speaker: str | None = None
+        self.speaker_changes: list[tuple[float, str | None]] = []
+        self.publisher: RTCPeerConnection | None = None
+        self.subscriber: RTCPeerConnection | None = None
+        self.tracks: dict[str, MediaStreamTrack] = {}  # publication id -> track (decode)
+        self.counters: dict[str, StreamCounter] = {}  # publication id -> counter (no decode)
+        self.track_map: dict[str, str] = {}  # mid -> publication id
+        self.errors: list[dict[str, Any]] = []
+        self.messages: list[dict[str, Any]] = []
+        self.left_reason: str | None = None
+        self.closed = asyncio.Event()
+        self._answer: asyncio.Future[str] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+        self.sources: dict[str, str] = {}  # publisher mid -> source
+
+    # -- connection -----------------------------------------------------------------
+    async def connect(self, auto_subscribe: bool = True) -> dict[str, Any]:
+        url = self.base_url.replace("http", "ws", 1) + f"/ws/meetings/{self.meeting}"
+        self.session = aiohttp.ClientSession()
+        self.ws = await self.session.ws_connect(url, ssl=self.ssl, heartbeat=10)
+        await self.send(
+            {"type": "join", "version": 1, "token": self.token, "autoSubscribe": auto_subscribe}
+        )
+        msg = await self.ws.receive(timeout=10)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            await self.close()
+            raise ClientError("closed", f"connection closed: {self.ws.close_code}")
+        joined = json.loads(msg.data)
+        if joined.get("type") == "error":
+            await self.close()
+            raise ClientError(joined.get("code", "error"), joined.get("message", ""))
+        self.participant = joined["participant"]
+        self.room = joined["room"]
+        self._reader = asyncio.ensure_future(self._read())
+        return joined
+
+    @property
+    def id(self) -> str:
+        return str(self.participant.get("id", ""))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(json.dumps(message))
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        try:
+            async for msg in self.ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                message = json.loads(msg.data)
+                self.messages.append(message)
+                await self._handle(message)
+                async with self._changed:
+                    self._changed.notify_all()
+        except Exception as exc:  # a reader must not die silently
+            logger.warning("client reader failed: %r", exc)
+        finally:
+            self.closed.set()
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "room":
+            self.room = message
+            self.speaker = message.get("speaker")
+        elif kind == "speaker":
+            self.speaker = message.get("participant")
+            self.speaker_changes.append((time.monotonic(), self.speaker))
+        elif kind == "answer" and self._answer is not None and not self._answer.done():
+            self._answer.set_result(message["sdp"])
+        elif kind == "offer" and message.get("pc") == "subscriber":
+            await self._subscriber_offer(message)
+        elif kind == "error":
+            self.errors.append(message)
+        elif kind == "leave":
+            self.left_reason = message.get("reason")
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Wait until ``predicate()`` holds (re-checked on every message)."""
+
+        async def check() -> None:
+            async with self._changed:
+                while not predicate():
+                    await asyncio.wait_for(self._changed.wait(), 0.2)
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await asyncio.wait_for(check(), max(0.01, deadline - time.monotonic()))
+                return
+            except TimeoutError:
+                if predicate():
+                    return
+                if time.monotonic() >= deadline:
+                    raise
+
+    async def wait_message(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+        start = len(self.messages)
+
+        def found() -> bool:
+            return any(m.get("type") == kind for m in self.messages[start:])
+
+        await self.wait_for(found, timeout)
+        return next(m for m in self.messages[start:] if m.get("type") == kind)
+
+    # -- publishing ------------------------------------------------------------------
+    async def publish(self, tracks: dict[str, MediaStreamTrack], codec: str | None = None) -> None:
+        """Publish tracks by source ("microphone", "camera", "screen")."""
+        if self.publisher is None:
+            self.publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc = self.publisher
+        added = []
+        for source, track in tracks.items():
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            if codec and track.kind == "video":
+                from aiortc.rtcrtpsender import RTCRtpSender
+
+                caps = RTCRtpSender.getCapabilities("video").codecs
+                transceiver.setCodecPreferences(
+                    [c for c in caps if c.name.lower() in (codec.lower(), "rtx")]
+                )
+            added.append((transceiver, source))
+        await self._publisher_negotiate(added)
+
+    async def _publisher_negotiate(self, added: list[tuple[Any, str]]) -> None:
+        pc = self.publisher
+        assert pc is not None
+        offer = await pc.createOffer()
+        await pc.setLocalDescription(offer)
+        for transceiver, source in added:
+            self.sources[transceiver.mid] = source
+        self._answer = asyncio.get_running_loop().create_future()
+        await self.send(
+            {"type": "offer", "pc": "publisher", "sdp": pc.localDescription.sdp, "tracks": self.sources}
+        )
+        sdp = await asyncio.wait_for(self._answer, 15)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def unpublish(self, source: str) -> None:
+        await self.send({"type": "unpublish", "source": source})
+
+    async def mute(self, source: str, muted: bool) -> None:
+        await self.send({"type": "mute", "source": source, "muted": muted})
+
+    # -- subscribing -----------------------------------------------------------------
+    async def _subscriber_offer(self, message: dict[str, Any]) -> None:
+        if self.subscriber is None:
+            if self.decode:
+                self.subscriber = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            else:
+                self.subscriber = ForwardingPeerConnection([])
+            self.subscriber.on("track", self._on_track)
+        pc = self.subscriber
+        self.track_map.update(message.get("tracks") or {})
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
+        for transceiver in pc.getTransceivers():
+            publication = self.track_map.get(transceiver.mid or "")
+            if publication is None:
+                continue
+            if self.decode:
+                if transceiver.receiver.track is not None:
+                    self.tracks[publication] = transceiver.receiver.track
+            else:
+                receiver = transceiver.receiver
+                assert isinstance(receiver, ForwardingReceiver)
+                counter = self.counters.get(publication)
+                if counter is None:
+                    codec = next(
+                        (c.name.lower() for c in transceiver._codecs if c.name.lower() != "rtx"), ""
+                    )
+                    counter = StreamCounter(kind=transceiver.kind, codec=codec)
+                    self.counters[publication] = counter
+                receiver.sink = counter
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        await self.send({"type": "answer", "pc": "subscriber", "sdp": pc.localDescription.sdp})
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        pass
+
+    async def subscribe(self, publication_ids: list[str]) -> None:
+        await self.send({"type": "subscribe", "publications": publication_ids})
+
+    async def unsubscribe(self, publication_ids: list[str]) -> None:
+        await self.send({"type": "unsubscribe", "publications": publication_ids})
+
+    def publications(self, source: str | None = None) -> list[dict[str, Any]]:
+        """Publications of the others in the current room state."""
+        found = []
+        for participant in self.room.get("participants", []):
+            if participant["id"] == self.id:
+                continue
+            for publication in participant["publications"]:
+                if source is None or publication["source"] == source:
+                    found.append(publication | {"participant": participant["id"]})
+        return found
+
+    # -- leaving -------------------------------------------------------------------
+    async def leave(self) -> None:
+        if self.ws is not None and not self.ws.closed:
+            try:
+                await self.send({"type": "leave"})
+            except ConnectionError:
+                pass
+        await self.close()
+
+    async def close(self) -> None:
+        for pc in (self.publisher, self.subscriber):
+            if pc is not None:
+                await pc.close()
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+        if self.session is not None:
+            await self.session.close()

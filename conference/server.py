@@ -1,0 +1,190 @@
+"""The aiohttp application and the ``conference serve`` process."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import signal
+import ssl
+import weakref
+from typing import Any
+
+from aiohttp import web
+from aiortc import RTCIceServer
+
+from . import __version__
+from .access import OpenMeetings
+from .settings import Settings
+from .sfu.bridge import configure_ice_hosts
+from .sfu.room import RoomRegistry
+from .sfu.udp import loop_factory
+from .signaling import websocket_handler
+from .tokens import RevocationList
+from .whip import session_delete, session_patch, whep_post, whip_post
+
+logger = logging.getLogger("conference")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error is a JSON message; no traceback reaches a client."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            body = {"error": exc.reason.lower().replace(" ", "-"), "message": exc.reason}
+            return web.json_response(body, status=exc.status, headers=_keep_headers(exc))
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("internal error on %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": "internal", "message": "internal server error"}, status=500
+        )
+
+
+def _keep_headers(exc: web.HTTPException) -> dict[str, str]:
+    return {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
+
+
+async def health(request: web.Request) -> web.Response:
+    rooms = request.app["rooms"].rooms
+    return web.json_response(
+        {
+            "status": "ok",
+            "version": __version__,
+            "rooms": len(rooms),
+            "participants": sum(len(r.participants) for r in rooms.values()),
+        }
+    )
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(
+        text=(
+            "<!doctype html><html lang=vi><meta charset=utf-8>"
+            "<title>Hội nghị trực tuyến</title>"
+            "<h1>Hệ thống hội nghị truyền hình trực tuyến</h1>"
+            "<p>Máy chủ đang hoạt động. Điểm cầu tham gia bằng đường liên kết trong giấy mời.</p>"
+            "<p lang=en>Conference server is running. Points join through their invitation link.</p>"
+        ),
+        content_type="text/html",
+    )
+
+
+def ice_servers(settings: Settings) -> tuple[list[RTCIceServer], list[dict[str, Any]]]:
+    servers: list[RTCIceServer] = []
+    as_json: list[dict[str, Any]] = []
+    for entry in settings.ice_servers:
+        urls = entry["urls"]
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        servers.append(
+            RTCIceServer(urls=urls, username=entry.get("username"), credential=entry.get("credential"))
+        )
+        item: dict[str, Any] = {"urls": urls}
+        for key in ("username", "credential"):
+            if entry.get(key):
+                item[key] = entry[key]
+        as_json.append(item)
+    return servers, as_json
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the application; ``settings.token_secret`` must be set."""
+    if not settings.token_secret:
+        raise ValueError("settings.token_secret is not set (call ensure_data_dir first)")
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    app["settings"] = settings
+    app["rooms"] = RoomRegistry(settings.max_rooms, settings.max_participants_per_room)
+    app["revoked"] = RevocationList()
+    app["meeting_policy"] = OpenMeetings()
+    app["ice_servers"], app["ice_servers_json"] = ice_servers(settings)
+    app["websockets"] = weakref.WeakSet()
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/ws/meetings/{meeting_id}", _tracked(websocket_handler))
+    app.router.add_post("/whip/{meeting_id}", whip_post)
+    app.router.add_delete("/whip/{meeting_id}/{participant_id}", session_delete)
+    app.router.add_patch("/whip/{meeting_id}/{participant_id}", session_patch)
+    app.router.add_post("/whep/{meeting_id}", whep_post)
+    app.router.add_post("/whep/{meeting_id}/{participant_id}", whep_post)
+    app.router.add_delete("/whep/{meeting_id}/{participant_id}", session_delete)
+    app.router.add_patch("/whep/{meeting_id}/{participant_id}", session_patch)
+    app.on_shutdown.append(_shutdown)
+    return app
+
+
+def _tracked(handler: Any) -> Any:
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is not None:
+            request.app["websockets"].add(task)
+        return await handler(request)
+
+    return wrapper
+
+
+async def _shutdown(app: web.Application) -> None:
+    logger.info("shutting down: closing rooms")
+    registry: RoomRegistry = app["rooms"]
+    for room in list(registry.rooms.values()):
+        await room.broadcast({"type": "leave", "reason": "server-shutdown"})
+    await registry.close()
+    for task in list(app["websockets"]):
+        task.cancel()
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    from .tls import self_signed_certificate, ssl_context
+
+    if settings.tls == "off":
+        return None
+    if settings.tls == "self-signed":
+        hosts = [h for h in [settings.public_ip, *settings.ice_hosts] if h]
+        cert, key = self_signed_certificate(settings.data_dir, hosts)
+        return ssl_context(cert, key)
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    return ssl_context(settings.tls_cert, settings.tls_key)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then close every room cleanly."""
+    configure_ice_hosts(settings.ice_hosts)
+    app = create_app(settings)
+    context = _ssl_context(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=context)
+    await site.start()
+    port = settings.port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    scheme = "https" if context else "http"
+    shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    print(f"conference: listening on {scheme}://{shown}:{port}", flush=True)
+    print(json.dumps({"event": "listening", "port": port, "scheme": scheme}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("conference: stopping", flush=True)
+    await runner.cleanup()
+
+
+def run_server(settings: Settings) -> None:
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    port_range = None
+    if settings.udp_port_min is not None and settings.udp_port_max is not None:
+        port_range = (settings.udp_port_min, settings.udp_port_max)
+    with asyncio.Runner(loop_factory=lambda: loop_factory(port_range)) as runner:
+        runner.run(serve(settings))

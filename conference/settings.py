@@ -1,0 +1,407 @@
+"""Server settings: defaults < TOML file < environment < command-line overrides.
+
+`load_settings` merges the four layers, converts and checks every value, and raises
+`SettingsError` with a one-line message that names the offending key (the TOML key, the
+environment variable or the setting name).  `ensure_data_dir` prepares the data and
+recordings directories and the token signing secret on first run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CONFIG_ENV",
+    "ENV_VARS",
+    "SECRET_FILE",
+    "TLS_MODES",
+    "Settings",
+    "SettingsError",
+    "ensure_data_dir",
+    "load_secret",
+    "load_settings",
+]
+
+log = logging.getLogger(__name__)
+
+TLS_MODES = ("off", "self-signed", "files")
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+SECRET_FILE = "secret.key"
+MIN_SECRET_BYTES = 32  # HS256 key length recommended by RFC 7518, section 3.2
+CONFIG_ENV = "CONFERENCE_CONFIG"
+UDP_PORTS_ENV = "CONFERENCE_UDP_PORTS"
+
+#: Environment variable -> setting name (CONFERENCE_UDP_PORTS is handled separately).
+ENV_VARS: dict[str, str] = {
+    "CONFERENCE_HOST": "host",
+    "CONFERENCE_PORT": "port",
+    "CONFERENCE_DATA_DIR": "data_dir",
+    "CONFERENCE_RECORDINGS_DIR": "recordings_dir",
+    "CONFERENCE_ICE_HOSTS": "ice_hosts",
+    "CONFERENCE_PUBLIC_IP": "public_ip",
+    "CONFERENCE_ICE_SERVERS": "ice_servers",
+    "CONFERENCE_TOKEN_SECRET": "token_secret",
+    "CONFERENCE_TLS": "tls",
+    "CONFERENCE_TLS_CERT": "tls_cert",
+    "CONFERENCE_TLS_KEY": "tls_key",
+    "CONFERENCE_MAX_PARTICIPANTS": "max_participants_per_room",
+    "CONFERENCE_MAX_ROOMS": "max_rooms",
+    "CONFERENCE_MAX_MESSAGE_BYTES": "max_message_bytes",
+    "CONFERENCE_LOG_LEVEL": "log_level",
+}
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or inconsistent; the message is one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
+@dataclass
+class Settings:
+    """Everything the server needs to start.  See README.md for the matching env names."""
+
+    host: str = "0.0.0.0"
+    port: int = 8443  # 0 = any free port (tests)
+    data_dir: Path = Path("data")
+    recordings_dir: Path = Path("recordings")
+    #: Addresses ICE may use for host candidates; empty = all non-loopback interfaces.
+    ice_hosts: list[str] = field(default_factory=list)
+    udp_port_min: int | None = None
+    udp_port_max: int | None = None
+    #: Address announced to clients when the server is behind NAT.
+    public_ip: str | None = None
+    #: STUN/TURN servers handed to clients: {"urls": [...], "username"?, "credential"?}.
+    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    token_secret: str | None = field(default=None, repr=False)
+    tls: str = "self-signed"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_participants_per_room: int = 100
+    max_rooms: int = 50
+    max_message_bytes: int = 65536
+    log_level: str = "INFO"
+
+
+# --- value converters: (value, label, base directory for relative paths) -> value ----------
+
+_Converter = Callable[[object, str, Path | None], object]
+
+
+def _to_str(value: object, label: str, base: Path | None = None) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SettingsError(f"{label}: expected a non-empty string")
+    return value.strip()
+
+
+def _int_converter(low: int, high: int | None = None) -> _Converter:
+    def convert(value: object, label: str, base: Path | None = None) -> int:
+        if isinstance(value, bool):
+            raise SettingsError(f"{label}: expected an integer, got {value!r}")
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise SettingsError(f"{label}: expected an integer, got {value!r}") from None
+        if not isinstance(value, int):
+            raise SettingsError(f"{label}: expected an integer, got {value!r}")
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise SettingsError(f"{label}: must be {bound}, got {value}")
+        return value
+
+    return convert
+
+
+def _to_path(value: object, label: str, base: Path | None = None) -> Path:
+    if not isinstance(value, str | os.PathLike) or not str(value).strip():
+        raise SettingsError(f"{label}: expected a path")
+    path = Path(str(value).strip()).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    return path
+
+
+def _to_ip(value: object, label: str, base: Path | None = None) -> str:
+    text = _to_str(value, label)
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise SettingsError(f"{label}: {text!r} is not an IP address") from None
+    if address.is_unspecified:
+        raise SettingsError(f"{label}: {text} is not a specific address")
+    return str(address)
+
+
+def _to_ip_list(value: object, label: str, base: Path | None = None) -> list[str]:
+    if isinstance(value, str):
+        items: list[object] = [item for item in value.split(",") if item.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise SettingsError(f"{label}: expected a list of IP addresses")
+    return [_to_ip(item, label) for item in items]
+
+
+_ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+
+
+def _to_ice_servers(value: object, label: str, base: Path | None = None) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(
+                f"{label}: invalid JSON ({exc.msg} at column {exc.colno})"
+            ) from None
+    if not isinstance(value, list):
+        raise SettingsError(f"{label}: expected a list of ICE servers")
+    servers: list[dict[str, Any]] = []
+    for index, entry in enumerate(value):
+        where = f"{label}[{index}]"
+        if not isinstance(entry, dict):
+            raise SettingsError(f"{where}: expected an object with 'urls'")
+        unknown = sorted(set(entry) - {"urls", "username", "credential"})
+        if unknown:
+            raise SettingsError(f"{where}: unknown key {unknown[0]!r}")
+        urls = entry.get("urls")
+        if isinstance(urls, str):
+            urls = [urls]
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise SettingsError(f"{where}: 'urls' must be a non-empty list of strings")
+        for url in urls:
+            if not url.startswith(_ICE_SCHEMES):
+                raise SettingsError(f"{where}: {url!r} is not a stun:, stuns:, turn: or turns: URL")
+        server: dict[str, Any] = {"urls": list(urls)}
+        for key in ("username", "credential"):
+            if key in entry:
+                if not isinstance(entry[key], str):
+                    raise SettingsError(f"{where}: {key!r} must be a string")
+                server[key] = entry[key]
+        if any(u.startswith(("turn:", "turns:")) for u in urls) and not (
+            "username" in server and "credential" in server
+        ):
+            raise SettingsError(f"{where}: TURN servers need 'username' and 'credential'")
+        servers.append(server)
+    return servers
+
+
+def _to_secret(value: object, label: str, base: Path | None = None) -> str:
+    if not isinstance(value, str):
+        raise SettingsError(f"{label}: expected a string")
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(f"{label}: secret must be at least {MIN_SECRET_BYTES} bytes long")
+    return value
+
+
+def _to_tls(value: object, label: str, base: Path | None = None) -> str:
+    text = _to_str(value, label).lower()
+    if text not in TLS_MODES:
+        raise SettingsError(f"{label}: unknown TLS mode {text!r} (expected {', '.join(TLS_MODES)})")
+    return text
+
+
+def _to_log_level(value: object, label: str, base: Path | None = None) -> str:
+    text = _to_str(value, label).upper()
+    if text not in LOG_LEVELS:
+        raise SettingsError(
+            f"{label}: unknown log level {text!r} (expected {', '.join(LOG_LEVELS)})"
+        )
+    return text
+
+
+_CONVERTERS: dict[str, _Converter] = {
+    "host": _to_str,
+    "port": _int_converter(0, 65535),
+    "data_dir": _to_path,
+    "recordings_dir": _to_path,
+    "ice_hosts": _to_ip_list,
+    "udp_port_min": _int_converter(1, 65535),
+    "udp_port_max": _int_converter(1, 65535),
+    "public_ip": _to_ip,
+    "ice_servers": _to_ice_servers,
+    "token_secret": _to_secret,
+    "tls": _to_tls,
+    "tls_cert": _to_path,
+    "tls_key": _to_path,
+    "max_participants_per_room": _int_converter(1),
+    "max_rooms": _int_converter(1),
+    "max_message_bytes": _int_converter(1024, 64 * 1024 * 1024),
+    "log_level": _to_log_level,
+}
+assert set(_CONVERTERS) == {f.name for f in fields(Settings)}
+
+
+# --- layers -----------------------------------------------------------------------------------
+
+
+def _from_toml(path: Path) -> dict[str, object]:
+    """Read a TOML file; relative paths in it are relative to the file's directory."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise SettingsError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: invalid TOML: {exc}") from None
+    values: dict[str, object] = {}
+    for key, raw in data.items():
+        if key not in _CONVERTERS:
+            raise SettingsError(f"{path}: unknown key {key!r}")
+        values[key] = _CONVERTERS[key](raw, f"{path}: {key}", path.parent)
+    return values
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, object]:
+    """Read CONFERENCE_* variables; empty variables count as unset."""
+    values: dict[str, object] = {}
+    for name, key in ENV_VARS.items():
+        raw = env.get(name, "")
+        if raw.strip():
+            values[key] = _CONVERTERS[key](raw, name, None)
+    ports = env.get(UDP_PORTS_ENV, "").strip()
+    if ports:
+        match = re.fullmatch(r"(\d+)\s*-\s*(\d+)", ports)
+        if not match:
+            raise SettingsError(f"{UDP_PORTS_ENV}: expected MIN-MAX, e.g. 50000-50100")
+        values["udp_port_min"] = _CONVERTERS["udp_port_min"](match[1], UDP_PORTS_ENV, None)
+        values["udp_port_max"] = _CONVERTERS["udp_port_max"](match[2], UDP_PORTS_ENV, None)
+    return values
+
+
+def _from_overrides(overrides: Mapping[str, object]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for key, raw in overrides.items():
+        if raw is None:
+            continue
+        if key not in _CONVERTERS:
+            raise SettingsError(f"unknown setting {key!r}")
+        values[key] = _CONVERTERS[key](raw, key, None)
+    return values
+
+
+def _check(settings: Settings, tls_explicit: bool) -> None:
+    """Cross-field checks; may switch tls to "files" when only cert and key were given."""
+    if (settings.udp_port_min is None) != (settings.udp_port_max is None):
+        raise SettingsError("udp_port_min and udp_port_max must be set together")
+    if (
+        settings.udp_port_min is not None
+        and settings.udp_port_max is not None
+        and settings.udp_port_min > settings.udp_port_max
+    ):
+        raise SettingsError(
+            f"UDP port range: udp_port_min ({settings.udp_port_min}) is greater than "
+            f"udp_port_max ({settings.udp_port_max})"
+        )
+    has_cert, has_key = settings.tls_cert is not None, settings.tls_key is not None
+    if not tls_explicit and (has_cert or has_key):
+        settings.tls = "files"
+    if settings.tls == "files" and not (has_cert and has_key):
+        missing = "tls_cert" if not has_cert else "tls_key"
+        raise SettingsError(f"tls = files needs both tls_cert and tls_key ({missing} is not set)")
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Settings:
+    """Build `Settings` from defaults < TOML file < environment < overrides.
+
+    `config_file` defaults to $CONFERENCE_CONFIG; `env` defaults to `os.environ`;
+    `overrides` (command-line flags) are keyed by setting name and None values are ignored.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    path = config_file if config_file is not None else env.get(CONFIG_ENV) or None
+    if path is not None:
+        values.update(_from_toml(Path(path).expanduser()))
+    values.update(_from_env(env))
+    values.update(_from_overrides(overrides or {}))
+    settings = Settings(**values)  # type: ignore[arg-type]  # converted per field above
+    _check(settings, tls_explicit="tls" in values)
+    return settings
+
+
+# --- data directory and token secret -----------------------------------------------------------
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise SettingsError(f"cannot read token secret {path}: {exc.strerror}") from None
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(
+            f"{path}: secret is shorter than {MIN_SECRET_BYTES} bytes; "
+            "delete the file to generate a new one"
+        )
+    if mode & 0o077:
+        log.warning("token secret %s is readable by other users; run: chmod 600 %s", path, path)
+    return secret
+
+
+def _create_secret(path: Path) -> str:
+    """Write a new secret atomically; if another process won the race, use its secret."""
+    secret = secrets.token_urlsafe(48)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secret + "\n")
+        os.link(temporary, path)
+    except FileExistsError:
+        return _read_secret(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    log.info("created token secret %s", path)
+    return secret
+
+
+def ensure_data_dir(settings: Settings) -> str:
+    """Create the data (mode 0700) and recordings directories; return the token secret.
+
+    When `settings.token_secret` is unset, the secret is read from `data_dir/secret.key`,
+    which is created (mode 0600) on first run; `settings.token_secret` is updated.
+    """
+    for directory, mode in ((settings.data_dir, 0o700), (settings.recordings_dir, 0o755)):
+        try:
+            directory.mkdir(mode=mode, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"cannot create directory {directory}: {exc.strerror}") from None
+    if settings.token_secret is None:
+        path = settings.data_dir / SECRET_FILE
+        try:
+            secret = _read_secret(path) if path.exists() else _create_secret(path)
+        except OSError as exc:
+            raise SettingsError(f"cannot create token secret {path}: {exc.strerror}") from None
+        settings.token_secret = secret
+    return settings.token_secret
+
+
+def load_secret(settings: Settings) -> str:
+    """Return the token secret without creating anything (for verifying tokens)."""
+    if settings.token_secret is not None:
+        return settings.token_secret
+    path = settings.data_dir / SECRET_FILE
+    if not path.exists():
+        raise SettingsError(
+            f"no token secret: {path} does not exist (run 'conference serve' first)"
+        )
+    secret = _read_secret(path)
+    settings.token_secret = secret
+    return secret

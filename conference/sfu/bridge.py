@@ -1,0 +1,667 @@
+"""The one module that touches aiortc's internals.
+
+aiortc's public API decodes every track it receives and encodes every track it
+sends.  An SFU must do neither: it takes RTP packets after SRTP decryption and
+hands them on.  This module keeps aiortc for what it does well (SDP
+offer/answer, ICE, DTLS, SRTP, the RTP/RTCP router of a bundled transport) and
+replaces the two objects on the media path:
+
+* :class:`ForwardingReceiver` stands in for ``RTCRtpReceiver``: no jitter
+  buffer, no decoder thread.  It unwraps RTX, keeps reception statistics,
+  NACKs upstream loss, sends receiver reports and REMB to the publisher, and
+  hands every packet to a :class:`PacketSink` (a Publication).
+* :class:`ForwardingSender` stands in for ``RTCRtpSender``: no track, no
+  encoder.  It sends the bytes a Subscription gives it, reports sender reports,
+  and passes NACK, PLI/FIR and REMB from the subscriber to a
+  :class:`FeedbackSink` (a Subscription).
+
+:class:`ForwardingPeerConnection` is an ``RTCPeerConnection`` whose transceivers
+are built with these two classes.  It hooks the (name-mangled) private method
+``RTCPeerConnection.__createTransceiver``; the tests in
+``tests/sfu/test_bridge.py`` pin the behaviour so that an aiortc upgrade that
+changes it fails loudly.  The aiortc version is pinned in ``pyproject.toml``.
+
+Everything else in ``conference/`` must use only what this module exports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import aioice.ice
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+    clock,
+)
+from aiortc.codecs import get_capabilities
+from aiortc.rate import RemoteBitrateEstimator
+from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
+from aiortc.rtcicetransport import RTCIceCandidate
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecCapability,
+    RTCRtpCodecParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
+)
+from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    AnyRtcpPacket,
+    RtcpByePacket,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+)
+from aiortc.sdp import candidate_from_sdp
+from aiortc.stats import RTCOutboundRtpStreamStats, RTCStatsReport
+
+from .nack import NackTracker
+
+__all__ = [
+    "ABS_SEND_TIME_URI",
+    "AUDIO_LEVEL_URI",
+    "MID_URI",
+    "FeedbackSink",
+    "ForwardingPeerConnection",
+    "ForwardingReceiver",
+    "ForwardingSender",
+    "PacketSink",
+    "RtpPacket",
+    "RTCSessionDescription",
+    "codec_capability",
+    "configure_ice_hosts",
+    "ice_candidate_from_json",
+    "ntp_now",
+]
+
+logger = logging.getLogger(__name__)
+
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
+RTCP_INTERVAL = 1.0
+NACK_INTERVAL = 0.02
+
+
+def ntp_now() -> int:
+    """The current time as a 64-bit NTP timestamp."""
+    now = time.time() + NTP_EPOCH_OFFSET
+    seconds = int(now)
+    return (seconds << 32) | int((now - seconds) * (1 << 32))
+
+
+def configure_ice_hosts(addresses: Iterable[str]) -> None:
+    """Restrict the host candidates of every ICE agent in this process.
+
+    aioice gathers one host candidate per interface address and leaves
+    127.0.0.1 out.  A server must be able to say which addresses it uses (the
+    public interface, or 127.0.0.1 in tests).  An empty list restores aioice's
+    own choice.
+    """
+    chosen = list(addresses)
+    original = getattr(aioice.ice, "_conference_original_get_host_addresses", None)
+    if original is None:
+        original = aioice.ice.get_host_addresses
+        aioice.ice._conference_original_get_host_addresses = original  # type: ignore[attr-defined]
+    if not chosen:
+        aioice.ice.get_host_addresses = original
+        return
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+def codec_capability(kind: str, name: str) -> list[RTCRtpCodecCapability]:
+    """aiortc's capabilities for one codec name (e.g. ``VP8``), RTX included."""
+    caps = get_capabilities(kind).codecs
+    chosen = [c for c in caps if c.name.lower() == name.lower()]
+    chosen += [c for c in caps if c.name.lower() == "rtx"]
+    return chosen
+
+
+def ice_candidate_from_json(data: dict[str, Any]) -> RTCIceCandidate | None:
+    """Parse a browser's ``RTCIceCandidateInit``; ``None`` for end-of-candidates.
+
+    Raises ``ValueError`` on malformed input.
+    """
+    line = data.get("candidate")
+    if not isinstance(line, str):
+        raise ValueError("candidate must be a string")
+    if not line:
+        return None
+    if line.startswith("candidate:"):
+        line = line[len("candidate:") :]
+    try:
+        candidate = candidate_from_sdp(line)
+    except (ValueError, IndexError) as exc:
+        raise ValueError("malformed ICE candidate") from exc
+    mid = data.get("sdpMid")
+    index = data.get("sdpMLineIndex")
+    candidate.sdpMid = mid if isinstance(mid, str) else None
+    candidate.sdpMLineIndex = index if isinstance(index, int) else None
+    if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+        candidate.sdpMLineIndex = 0
+    return candidate
+
+
+class PacketSink(Protocol):
+    """Where a :class:`ForwardingReceiver` delivers what it receives."""
+
+    async def on_rtp(self, packet: RtpPacket, repaired: bool) -> None: ...
+
+    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None: ...
+
+    def on_bye(self) -> None: ...
+
+
+class FeedbackSink(Protocol):
+    """Where a :class:`ForwardingSender` delivers the subscriber's feedback."""
+
+    def on_nack(self, sequence_numbers: list[int]) -> None: ...
+
+    def on_picture_loss(self) -> None: ...
+
+    def on_remb(self, bitrate: int) -> None: ...
+
+    def sender_report(self) -> tuple[int, int] | None: ...
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.ensure_future(coro)
+    task.add_done_callback(_log_task_error)
+
+
+def _log_task_error(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        if not isinstance(exc, ConnectionError):
+            logger.warning("media task failed: %r", exc)
+
+
+class MidRtpRouter(RtpRouter):
+    """aiortc's router, plus routing of unknown SSRCs by the MID extension.
+
+    aiortc routes a packet of an unsignalled SSRC only when its payload type
+    belongs to a single receiver; a camera and a screen share on one bundle
+    share payload types, so the MID header extension must decide.
+    """
+
+    def route_rtp(self, packet: RtpPacket) -> Any:
+        receiver = self.ssrc_table.get(packet.ssrc)
+        if receiver is None and packet.extensions.mid is not None:
+            receiver = self.mid_table.get(packet.extensions.mid)
+            if receiver is not None:
+                self.ssrc_table[packet.ssrc] = receiver
+                return receiver
+        return super().route_rtp(packet)
+
+
+class ForwardingReceiver:
+    """Receives one incoming track without decoding it (see module doc)."""
+
+    def __init__(self, kind: str, transport: RTCDtlsTransport) -> None:
+        self.kind = kind
+        self._enabled = True
+        self._track: Any = None
+        self._transport = transport
+        self._codecs: dict[int, RTCRtpCodecParameters] = {}
+        self._rtx_ssrc: dict[int, int] = {}
+        self._rtcp_ssrc: int | None = None
+        self._streams: dict[int, StreamStatistics] = {}
+        self._lsr: dict[int, tuple[int, float]] = {}
+        self._nack = NackTracker() if kind == "video" else None
+        self._media_ssrc: int | None = None
+        self._remb = RemoteBitrateEstimator() if kind == "video" else None
+        self._remb_cap: int | None = None
+        self._rtcp_task: asyncio.Task[None] | None = None
+        self._started = False
+        self.sink: PacketSink | None = None
+        self.mid: str | None = None
+        self.codec: RTCRtpCodecParameters | None = None
+        self.packets_received = 0
+        self.bytes_received = 0
+        self.last_packet_time = 0.0
+        self.estimated_bitrate: int | None = None
+
+    # -- what RTCPeerConnection and RTCRtpTransceiver use --------------------------
+    @property
+    def track(self) -> Any:
+        return self._track
+
+    @property
+    def transport(self) -> RTCDtlsTransport:
+        return self._transport
+
+    def setTransport(self, transport: RTCDtlsTransport) -> None:  # noqa: N802 (aiortc API)
+        self._transport = transport
+
+    def _set_rtcp_ssrc(self, ssrc: int) -> None:
+        self._rtcp_ssrc = ssrc
+
+    async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
+        if self._started:
+            return
+        for codec in parameters.codecs:
+            self._codecs[codec.payloadType] = codec
+        primary = [c for c in parameters.codecs if c.name.lower() != "rtx"]
+        self.codec = primary[0] if primary else None
+        for encoding in parameters.encodings:
+            if encoding.rtx:
+                self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
+        self.mid = parameters.muxId
+        if self._transport._rtp_router.__class__ is RtpRouter:
+            self._transport._rtp_router.__class__ = MidRtpRouter
+        self._transport._register_rtp_receiver(self, parameters)
+        self._rtcp_task = asyncio.ensure_future(self._run_rtcp())
+        self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            self._transport._unregister_rtp_receiver(self)
+            self._started = False
+        if self._rtcp_task is not None:
+            self._rtcp_task.cancel()
+            self._rtcp_task = None
+        if self.sink is not None:
+            sink, self.sink = self.sink, None
+            sink.on_bye()
+
+    def _handle_disconnect(self) -> None:
+        pass
+
+    async def getStats(self) -> RTCStatsReport:  # noqa: N802 (aiortc API)
+        return RTCStatsReport()
+
+    # -- media path ---------------------------------------------------------------
+    async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            info = packet.sender_info
+            self._lsr[packet.ssrc] = ((info.ntp_timestamp >> 16) & 0xFFFFFFFF, time.time())
+            if self.sink is not None and packet.ssrc not in self._rtx_ssrc:
+                self.sink.on_sender_report(info.ntp_timestamp, info.rtp_timestamp)
+        elif isinstance(packet, RtcpByePacket):
+            if self.sink is not None and any(s not in self._rtx_ssrc for s in packet.sources):
+                self.sink.on_bye()
+
+    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        if not self._enabled:
+            return
+        codec = self._codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        self.packets_received += 1
+        self.bytes_received += len(packet.payload) + 12
+        self.last_packet_time = time.monotonic()
+        stats = self._streams.get(packet.ssrc)
+        if stats is None:
+            stats = self._streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        stats.add(packet)
+
+        if self._remb is not None and packet.extensions.abs_send_time is not None:
+            remb = self._remb.add(
+                abs_send_time=packet.extensions.abs_send_time,
+                arrival_time_ms=arrival_time_ms,
+                payload_size=len(packet.payload) + packet.padding_size,
+                ssrc=packet.ssrc,
+            )
+            if remb is not None:
+                self.estimated_bitrate = remb[0]
+                await self._send_remb(remb[0], remb[1])
+
+        repaired = False
+        if codec.name.lower() == "rtx":
+            original_ssrc = self._rtx_ssrc.get(packet.ssrc)
+            if original_ssrc is None:
+                original_ssrc = self._media_ssrc
+            apt = codec.parameters.get("apt")
+            if original_ssrc is None or not isinstance(apt, int) or len(packet.payload) < 2:
+                return
+            original_seq = (packet.payload[0] << 8) | packet.payload[1]
+            repaired_packet = RtpPacket(
+                payload_type=apt,
+                marker=packet.marker,
+                sequence_number=original_seq,
+                timestamp=packet.timestamp,
+                ssrc=original_ssrc,
+                payload=packet.payload[2:],
+            )
+            repaired_packet.extensions = packet.extensions
+            packet = repaired_packet
+            repaired = True
+        elif self._media_ssrc is None:
+            self._media_ssrc = packet.ssrc
+
+        if self._nack is not None and packet.ssrc == self._media_ssrc:
+            if repaired:
+                self._nack.received(packet.sequence_number, time.monotonic())
+            else:
+                lost = self._nack.received(packet.sequence_number, time.monotonic())
+                if lost:
+                    await self._send_nack(packet.ssrc, lost)
+
+        if self.sink is not None:
+            await self.sink.on_rtp(packet, repaired)
+
+    # -- feedback to the publisher --------------------------------------------------
+    def request_keyframe(self) -> None:
+        """Send a PLI to the publisher (the caller throttles)."""
+        if self._media_ssrc is not None and self._rtcp_ssrc is not None:
+            pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self._rtcp_ssrc, media_ssrc=self._media_ssrc)
+            _spawn(self._send_rtcp(bytes(pli)))
+
+    def cap_bitrate(self, bitrate: int | None) -> None:
+        """Ask the publisher not to exceed ``bitrate`` (sent in REMB)."""
+        self._remb_cap = bitrate
+
+    async def _send_remb(self, bitrate: int, ssrcs: list[int]) -> None:
+        if self._rtcp_ssrc is None:
+            return
+        if self._remb_cap is not None:
+            bitrate = min(bitrate, self._remb_cap)
+        remb = RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP, ssrc=self._rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs)
+        )
+        await self._send_rtcp(bytes(remb))
+
+    async def _send_nack(self, media_ssrc: int, lost: list[int]) -> None:
+        if self._rtcp_ssrc is None:
+            return
+        nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=self._rtcp_ssrc, media_ssrc=media_ssrc)
+        nack.lost = sorted(lost)
+        await self._send_rtcp(bytes(nack))
+
+    async def _send_rtcp(self, data: bytes) -> None:
+        try:
+            await self._transport._send_rtp(data)
+        except ConnectionError:
+            pass
+
+    async def _run_rtcp(self) -> None:
+        next_report = time.monotonic() + RTCP_INTERVAL * (0.5 + random.random())
+        try:
+            while True:
+                await asyncio.sleep(NACK_INTERVAL)
+                now = time.monotonic()
+                if self._nack is not None and self._media_ssrc is not None:
+                    due = self._nack.due(now)
+                    if due:
+                        await self._send_nack(self._media_ssrc, due)
+                if now >= next_report:
+                    next_report = now + RTCP_INTERVAL * (0.5 + random.random())
+                    await self._send_receiver_report()
+        except asyncio.CancelledError:
+            pass
+
+    async def _send_receiver_report(self) -> None:
+        if self._rtcp_ssrc is None or not self._streams:
+            return
+        reports = []
+        for ssrc, stream in self._streams.items():
+            lsr, dlsr = 0, 0
+            if ssrc in self._lsr:
+                lsr, when = self._lsr[ssrc]
+                delay = time.time() - when
+                if 0 < delay < 65536:
+                    dlsr = int(delay * 65536)
+            reports.append(
+                RtcpReceiverInfo(
+                    ssrc=ssrc,
+                    fraction_lost=stream.fraction_lost,
+                    packets_lost=stream.packets_lost,
+                    highest_sequence=stream.max_seq or 0,
+                    jitter=stream.jitter,
+                    lsr=lsr,
+                    dlsr=dlsr,
+                )
+            )
+        await self._send_rtcp(bytes(RtcpRrPacket(ssrc=self._rtcp_ssrc, reports=reports)))
+
+    def loss_stats(self) -> tuple[int, int]:
+        """(packets expected, packets lost) of the media stream so far."""
+        if self._media_ssrc is None or self._media_ssrc not in self._streams:
+            return (0, 0)
+        stream = self._streams[self._media_ssrc]
+        return (stream.packets_expected, stream.packets_lost)
+
+
+class ForwardingSender:
+    """Sends one outgoing track made of forwarded packets (see module doc)."""
+
+    def __init__(self, kind: str, transport: RTCDtlsTransport, ssrc: int, rtx_ssrc: int) -> None:
+        self.kind = kind
+        self._enabled = True
+        self._transport = transport
+        self._ssrc = ssrc
+        self._rtx_ssrc = rtx_ssrc
+        self._stream_id = ""
+        self._track_id = f"{kind}-{ssrc:08x}"
+        self._cname: str | None = None
+        self._rtcp_task: asyncio.Task[None] | None = None
+        self._started = False
+        self._stats = RTCStatsReport()
+        self.feedback: FeedbackSink | None = None
+        self.mid: str | None = None
+        self.codec: RTCRtpCodecParameters | None = None
+        self.payload_type = 0
+        self.rtx_payload_type: int | None = None
+        self.extension_ids: dict[str, int] = {}
+        self.packets_sent = 0
+        self.bytes_sent = 0
+        self.rtt: float | None = None
+        self.fraction_lost = 0
+        self.remote_bitrate: int | None = None
+        self._last_sr: tuple[int, float] | None = None
+        self.ready = asyncio.Event()
+        self.on_ready: Callable[[], None] | None = None
+
+    # -- what RTCPeerConnection and RTCRtpTransceiver use --------------------------
+    @property
+    def track(self) -> None:
+        return None
+
+    @property
+    def transport(self) -> RTCDtlsTransport:
+        return self._transport
+
+    def replaceTrack(self, track: Any) -> None:  # noqa: N802 (aiortc API)
+        if track is not None:
+            raise ValueError("a forwarding sender carries no local track")
+
+    def setTransport(self, transport: RTCDtlsTransport) -> None:  # noqa: N802 (aiortc API)
+        self._transport = transport
+
+    async def send(self, parameters: RTCRtpSendParameters) -> None:
+        if self._started:
+            return
+        self._cname = parameters.rtcp.cname
+        self.mid = parameters.muxId
+        primary = [c for c in parameters.codecs if c.name.lower() != "rtx"]
+        if not primary:
+            return
+        self.codec = primary[0]
+        self.payload_type = self.codec.payloadType
+        for codec in parameters.codecs:
+            if codec.name.lower() == "rtx" and codec.parameters.get("apt") == self.payload_type:
+                self.rtx_payload_type = codec.payloadType
+        self.extension_ids = {ext.uri: ext.id for ext in parameters.headerExtensions}
+        self._transport._register_rtp_sender(self, parameters)
+        self._rtcp_task = asyncio.ensure_future(self._run_rtcp())
+        self._started = True
+        self.ready.set()
+        if self.on_ready is not None:
+            self.on_ready()
+
+    async def stop(self) -> None:
+        if self._started:
+            self._transport._unregister_rtp_sender(self)
+            self._started = False
+        if self._rtcp_task is not None:
+            self._rtcp_task.cancel()
+            self._rtcp_task = None
+            try:
+                bye = RtcpByePacket(sources=[self._ssrc])
+                await self._transport._send_rtp(bytes(bye))
+            except ConnectionError:
+                pass
+
+    async def getStats(self) -> RTCStatsReport:  # noqa: N802 (aiortc API)
+        self._stats.add(
+            RTCOutboundRtpStreamStats(
+                timestamp=clock.current_datetime(),
+                type="outbound-rtp",
+                id=f"outbound-rtp_{id(self)}",
+                ssrc=self._ssrc,
+                kind=self.kind,
+                transportId=self._transport._stats_id,
+                packetsSent=self.packets_sent,
+                bytesSent=self.bytes_sent,
+                trackId=self._track_id,
+            )
+        )
+        return self._stats
+
+    # -- media path ---------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    async def send_rtp(self, data: bytes, payload_size: int) -> None:
+        """Send one RTP packet already addressed to this sender."""
+        if not self._started:
+            return
+        try:
+            await self._transport._send_rtp(data)
+        except ConnectionError:
+            return
+        self.packets_sent += 1
+        self.bytes_sent += payload_size
+
+    async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
+        feedback = self.feedback
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc != self._ssrc:
+                    continue
+                self.fraction_lost = report.fraction_lost
+                if self._last_sr is not None and report.lsr == self._last_sr[0] and report.dlsr:
+                    rtt = time.time() - self._last_sr[1] - report.dlsr / 65536
+                    if rtt >= 0:
+                        self.rtt = rtt if self.rtt is None else 0.85 * self.rtt + 0.15 * rtt
+        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            if feedback is not None and packet.media_ssrc == self._ssrc:
+                feedback.on_nack(list(packet.lost))
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            if feedback is not None:
+                feedback.on_picture_loss()
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return
+            if self._ssrc in ssrcs:
+                self.remote_bitrate = bitrate
+                if feedback is not None:
+                    feedback.on_remb(bitrate)
+
+    async def _run_rtcp(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(RTCP_INTERVAL * (0.5 + random.random()))
+                if self.packets_sent == 0:
+                    continue
+                report = self.feedback.sender_report() if self.feedback is not None else None
+                if report is None:
+                    continue
+                ntp, rtp_ts = report
+                self._last_sr = (((ntp >> 16) & 0xFFFFFFFF), time.time())
+                data = bytes(
+                    RtcpSrPacket(
+                        ssrc=self._ssrc,
+                        sender_info=RtcpSenderInfo(
+                            ntp_timestamp=ntp,
+                            rtp_timestamp=rtp_ts,
+                            packet_count=self.packets_sent & 0xFFFFFFFF,
+                            octet_count=self.bytes_sent & 0xFFFFFFFF,
+                        ),
+                    )
+                )
+                if self._cname is not None:
+                    data += bytes(
+                        RtcpSdesPacket(
+                            chunks=[
+                                RtcpSourceInfo(
+                                    ssrc=self._ssrc, items=[(1, self._cname.encode("utf8"))]
+                                )
+                            ]
+                        )
+                    )
+                try:
+                    await self._transport._send_rtp(data)
+                except ConnectionError:
+                    pass
+        except asyncio.CancelledError:
+            pass
+
+
+class ForwardingPeerConnection(RTCPeerConnection):
+    """An ``RTCPeerConnection`` whose transceivers forward instead of decoding.
+
+    aiortc calls ``self.__createTransceiver`` (mangled to
+    ``_RTCPeerConnection__createTransceiver``) both from ``addTransceiver`` and
+    when a remote offer brings a new m-line; overriding it here swaps the
+    sender and receiver of every transceiver for the forwarding ones.
+    """
+
+    def __init__(self, ice_servers: list[RTCIceServer] | None = None) -> None:
+        super().__init__(RTCConfiguration(iceServers=ice_servers or []))
+
+    def _RTCPeerConnection__createTransceiver(  # noqa: N802 (aiortc private hook)
+        self, direction: str, kind: str, sender_track: Any = None
+    ) -> Any:
+        transceiver = RTCPeerConnection._RTCPeerConnection__createTransceiver(  # type: ignore[attr-defined]
+            self, direction, kind, None
+        )
+        stock_sender = transceiver.sender
+        dtls = stock_sender.transport
+        sender = ForwardingSender(kind, dtls, stock_sender._ssrc, stock_sender._rtx_ssrc)
+        sender._stream_id = stock_sender._stream_id
+        receiver = ForwardingReceiver(kind, dtls)
+        receiver._set_rtcp_ssrc(sender._ssrc)
+        transceiver._RTCRtpTransceiver__sender = sender
+        transceiver._RTCRtpTransceiver__receiver = receiver
+        return transceiver
+
+    def set_codec_order(self, transceiver: Any, preferred: str) -> None:
+        """After a remote offer, answer with ``preferred`` first if it was offered."""
+        codecs = transceiver._codecs
+        first = [c for c in codecs if c.name.lower() == preferred.lower()]
+        if not first:
+            return
+        rest = [c for c in codecs if c.name.lower() != preferred.lower()]
+        transceiver._codecs = first + rest
+
+    def negotiated_codecs(self, transceiver: Any) -> list[RTCRtpCodecParameters]:
+        return list(transceiver._codecs)

@@ -1,0 +1,399 @@
+"""Participant: one connected endpoint of a room, with its peer connections.
+
+Peer-connection model (see docs/ARCHITECTURE.md): like LiveKit, a browser
+participant has up to two peer connections:
+
+* the **publisher** connection, offered by the client, carries what it sends;
+* the **subscriber** connection, offered by the server, carries what it
+  receives; the server renegotiates it whenever subscriptions change.
+
+A WHIP encoder has only a publisher connection, a WHEP viewer only a subscriber
+connection (offered by the client, as those protocols require).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiortc import RTCIceServer
+
+from .bridge import (
+    ForwardingPeerConnection,
+    ForwardingReceiver,
+    ForwardingSender,
+    RTCSessionDescription,
+    codec_capability,
+)
+from .publication import SOURCES, Publication
+from .subscription import Subscription
+
+if TYPE_CHECKING:
+    from .room import Room
+
+logger = logging.getLogger(__name__)
+
+NEGOTIATION_TIMEOUT = 10.0
+
+Signal = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class NegotiationError(Exception):
+    """An SDP offer or answer could not be applied."""
+
+
+@dataclass
+class Identity:
+    """Who a participant is, from its token."""
+
+    identity: str
+    name: str
+    role: str
+    publish: bool = False
+    subscribe: bool = True
+    moderate: bool = False
+    record: bool = False
+    token_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(6)}"
+
+
+class Participant:
+    """One endpoint in a room (a browser, a WHIP encoder, a WHEP viewer)."""
+
+    def __init__(
+        self,
+        room: Room,
+        who: Identity,
+        transport: str,
+        signal: Signal | None = None,
+        ice_servers: list[RTCIceServer] | None = None,
+        auto_subscribe: bool = True,
+    ) -> None:
+        self.id = new_id("PA")
+        self.room = room
+        self.who = who
+        self.transport = transport  # "websocket", "whip" or "whep"
+        self.signal = signal
+        self.ice_servers = ice_servers or []
+        self.auto_subscribe = auto_subscribe and who.subscribe
+        self.publisher_pc: ForwardingPeerConnection | None = None
+        self.subscriber_pc: ForwardingPeerConnection | None = None
+        self.publications: dict[str, Publication] = {}
+        self.subscriptions: dict[str, Subscription] = {}  # by publication id or slot
+        self._mid_source: dict[str, str] = {}
+        self._free: list[Any] = []  # transceivers of the subscriber pc ready for reuse
+        self._transceiver_of: dict[str, Any] = {}  # subscription key -> transceiver
+        self._publisher_lock = asyncio.Lock()
+        self._negotiation_lock = asyncio.Lock()
+        self._needs_negotiation = False
+        self._negotiation_task: asyncio.Task[None] | None = None
+        self._answer: asyncio.Future[str] | None = None
+        self.joined_at = time.time()
+        self.hand_raised = False
+        self.closed = False
+
+    # -- description -------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "identity": self.who.identity,
+            "name": self.who.name,
+            "role": self.who.role,
+            "transport": self.transport,
+            "publications": [p.describe() for p in self.publications.values()],
+        }
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.signal is not None and not self.closed:
+            try:
+                await self.signal(message)
+            except (ConnectionError, RuntimeError) as exc:
+                logger.debug("participant %s: signal failed: %s", self.id, exc)
+
+    def _new_pc(self) -> ForwardingPeerConnection:
+        pc = ForwardingPeerConnection(self.ice_servers)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState == "failed" and not self.closed:
+                logger.info("participant %s: connection failed", self.id)
+                await self.room.leave(self.id, "connection-failed")
+
+        return pc
+
+    # -- publishing ----------------------------------------------------------------
+    async def publisher_offer(self, sdp: str, sources: dict[str, str] | None = None) -> str:
+        """Apply a client offer on the publisher connection; return the answer."""
+        if not self.who.publish:
+            raise PermissionError("this token may not publish")
+        async with self._publisher_lock:
+            if self.publisher_pc is None:
+                self.publisher_pc = self._new_pc()
+            pc = self.publisher_pc
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            except Exception as exc:  # aiortc raises many types on bad SDP
+                raise NegotiationError(f"cannot apply offer: {exc}") from exc
+            for source_mid, source in (sources or {}).items():
+                self._mid_source[str(source_mid)] = source
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "video":
+                    self._prefer_codec(pc, transceiver, self.room.video_codec)
+            try:
+                answer = await pc.createAnswer()
+                await pc.setLocalDescription(answer)
+            except Exception as exc:
+                raise NegotiationError(f"cannot answer offer: {exc}") from exc
+            self._sync_publications(pc)
+            return pc.localDescription.sdp
+
+    def _prefer_codec(self, pc: ForwardingPeerConnection, transceiver: Any, name: str) -> None:
+        codecs = transceiver._codecs
+        primary = [c for c in codecs if c.name.lower() != "rtx"]
+        chosen = [c for c in primary if c.name.lower() == name.lower()][:1] or primary[:1]
+        if not chosen:
+            return
+        pt = chosen[0].payloadType
+        rtx = [c for c in codecs if c.name.lower() == "rtx" and c.parameters.get("apt") == pt]
+        transceiver._codecs = chosen + rtx
+
+    def _sync_publications(self, pc: ForwardingPeerConnection) -> None:
+        seen: set[str] = set()
+        for transceiver in pc.getTransceivers():
+            mid = transceiver.mid
+            receiver = transceiver.receiver
+            if mid is None or not isinstance(receiver, ForwardingReceiver):
+                continue
+            receiving = (transceiver._offerDirection or transceiver.currentDirection) in (
+                "recvonly",
+                "sendrecv",
+            )
+            existing = next((p for p in self.publications.values() if p.receiver is receiver), None)
+            if not receiving:
+                if existing is not None:
+                    existing.close()
+                continue
+            if existing is not None:
+                seen.add(existing.id)
+                continue
+            source = self._mid_source.get(mid) or (
+                "microphone" if transceiver.kind == "audio" else "camera"
+            )
+            if source not in SOURCES:
+                source = "microphone" if transceiver.kind == "audio" else "camera"
+            codec = next((c for c in transceiver._codecs if c.name.lower() != "rtx"), None)
+            if codec is None:
+                continue
+            publication = Publication(
+                new_id("TR"),
+                self.id,
+                source,
+                receiver,
+                codec.name,
+                codec.clockRate,
+                on_audio_level=self.room.on_audio_level,
+                on_ended=self._publication_ended,
+            )
+            self.publications[publication.id] = publication
+            seen.add(publication.id)
+            self.room.publication_added(publication)
+
+    def _publication_ended(self, publication: Publication) -> None:
+        if self.publications.pop(publication.id, None) is not None:
+            self.room.publication_removed(publication)
+
+    def unpublish(self, source: str) -> bool:
+        found = [p for p in self.publications.values() if p.source == source]
+        for publication in found:
+            publication.close()
+        return bool(found)
+
+    def set_muted(self, source: str, muted: bool) -> bool:
+        found = False
+        for publication in self.publications.values():
+            if publication.source == source:
+                publication.muted = muted
+                found = True
+        return found
+
+    # -- subscribing (server-offered connection) ------------------------------------
+    def subscribe(self, publication: Publication) -> Subscription | None:
+        """Start receiving ``publication``; renegotiates the subscriber connection."""
+        if not self.who.subscribe or publication.participant_id == self.id:
+            return None
+        if publication.id in self.subscriptions:
+            return self.subscriptions[publication.id]
+        if self.subscriber_pc is None:
+            self.subscriber_pc = self._new_pc()
+        pc = self.subscriber_pc
+        transceiver = None
+        for candidate in self._free:
+            sender = candidate.sender
+            if candidate.kind == publication.kind and (
+                sender.codec is None or sender.codec.name.lower() == publication.codec_name
+            ):
+                transceiver = candidate
+                break
+        if transceiver is not None:
+            self._free.remove(transceiver)
+        else:
+            transceiver = pc.addTransceiver(publication.kind, direction="sendonly")
+            transceiver.setCodecPreferences(codec_capability(publication.kind, publication.codec_name))
+        transceiver.direction = "sendonly"
+        sender = transceiver.sender
+        assert isinstance(sender, ForwardingSender)
+        subscription = Subscription(
+            new_id("SU"), self.id, sender, publication.kind, on_source_ended=self._source_ended
+        )
+        subscription.switch_to(publication)
+        self.subscriptions[publication.id] = subscription
+        self._transceiver_of[publication.id] = transceiver
+        self.request_negotiation()
+        return subscription
+
+    def unsubscribe(self, publication_id: str) -> bool:
+        subscription = self.subscriptions.pop(publication_id, None)
+        if subscription is None:
+            return False
+        subscription.close()
+        transceiver = self._transceiver_of.pop(publication_id, None)
+        if transceiver is not None:
+            transceiver.direction = "inactive"
+            self._free.append(transceiver)
+            self.request_negotiation()
+        return True
+
+    def _source_ended(self, subscription: Subscription, publication: Publication) -> None:
+        if self.subscriptions.get(publication.id) is subscription:
+            self.unsubscribe(publication.id)
+
+    def track_map(self) -> dict[str, str]:
+        """mid -> publication id, for the client to label incoming tracks."""
+        return {
+            t.mid: pid for pid, t in self._transceiver_of.items() if t.mid is not None
+        }
+
+    def request_negotiation(self) -> None:
+        self._needs_negotiation = True
+        if self.signal is None or self.closed:
+            return
+        if self._negotiation_task is None or self._negotiation_task.done():
+            self._negotiation_task = asyncio.ensure_future(self._negotiate())
+
+    async def _negotiate(self) -> None:
+        async with self._negotiation_lock:
+            while self._needs_negotiation and not self.closed:
+                self._needs_negotiation = False
+                pc = self.subscriber_pc
+                if pc is None:
+                    return
+                try:
+                    offer = await pc.createOffer()
+                    await pc.setLocalDescription(offer)
+                    # mids are assigned by setLocalDescription
+                    tracks = {
+                        t.mid: pid for pid, t in self._transceiver_of.items() if t.mid is not None
+                    }
+                    loop = asyncio.get_running_loop()
+                    self._answer = loop.create_future()
+                    await self.send(
+                        {
+                            "type": "offer",
+                            "pc": "subscriber",
+                            "sdp": pc.localDescription.sdp,
+                            "tracks": tracks,
+                        }
+                    )
+                    sdp = await asyncio.wait_for(self._answer, NEGOTIATION_TIMEOUT)
+                    await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+                except TimeoutError:
+                    logger.info("participant %s: no answer to subscriber offer", self.id)
+                    await self.send(
+                        {"type": "error", "code": "negotiation-timeout", "message": "no answer"}
+                    )
+                    return
+                except Exception as exc:
+                    logger.info("participant %s: subscriber negotiation failed: %s", self.id, exc)
+                    await self.send(
+                        {"type": "error", "code": "negotiation-failed", "message": str(exc)[:200]}
+                    )
+                    return
+                finally:
+                    self._answer = None
+
+    def subscriber_answer(self, sdp: str) -> None:
+        if self._answer is None or self._answer.done():
+            raise NegotiationError("no subscriber offer is waiting for an answer")
+        self._answer.set_result(sdp)
+
+    async def add_candidate(self, which: str, candidate: Any) -> None:
+        pc = self.publisher_pc if which == "publisher" else self.subscriber_pc
+        if pc is None:
+            raise NegotiationError(f"no {which} connection")
+        await pc.addIceCandidate(candidate)
+
+    # -- client-offered subscriber connection (WHEP) ----------------------------------
+    async def viewer_offer(self, sdp: str, codec: str) -> tuple[str, list[Subscription]]:
+        """Answer a WHEP offer; returns the answer and one subscription per m-line."""
+        pc = self._new_pc()
+        self.subscriber_pc = pc
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as exc:
+            raise NegotiationError(f"cannot apply offer: {exc}") from exc
+        subscriptions: list[Subscription] = []
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "video":
+                self._prefer_codec(pc, transceiver, codec)
+            transceiver.direction = "sendonly"
+            sender = transceiver.sender
+            assert isinstance(sender, ForwardingSender)
+            subscription = Subscription(new_id("SU"), self.id, sender, transceiver.kind)
+            self.subscriptions[f"slot:{transceiver.mid}"] = subscription
+            subscriptions.append(subscription)
+        try:
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except Exception as exc:
+            raise NegotiationError(f"cannot answer offer: {exc}") from exc
+        return pc.localDescription.sdp, subscriptions
+
+    # -- leaving ------------------------------------------------------------------
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._answer is not None and not self._answer.done():
+            self._answer.cancel()
+        for subscription in list(self.subscriptions.values()):
+            subscription.close()
+        self.subscriptions.clear()
+        for publication in list(self.publications.values()):
+            publication.close()
+        for pc in (self.publisher_pc, self.subscriber_pc):
+            if pc is not None:
+                try:
+                    await pc.close()
+                except Exception as exc:  # closing must never fail the room
+                    logger.debug("participant %s: close failed: %s", self.id, exc)
+
+    def receive_stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for publication in self.publications.values():
+            expected, lost = publication.receiver.loss_stats()
+            out[publication.id] = {
+                "packets": publication.packets,
+                "expected": expected,
+                "lost": lost,
+                "keyframes_requested": publication.keyframes_requested,
+            }
+        return out

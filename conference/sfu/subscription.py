@@ -1,0 +1,243 @@
+"""Subscription: one outgoing copy of a publication to one participant.
+
+Each subscription owns the outgoing stream's identity (SSRC, payload type,
+header-extension IDs: all negotiated on the subscriber's peer connection) and
+rewrites every forwarded packet into it:
+
+* sequence numbers through a :class:`PacketMap` (drops of padding-only packets
+  leave no gap; losses do, so the subscriber NACKs them);
+* timestamps by a constant offset per source;
+* header extensions rebuilt with the subscriber's IDs (MID, audio level,
+  abs-send-time).
+
+The source can change (program feed, a reused transceiver).  A switch waits for
+a keyframe of the new source and keeps the outgoing sequence numbers and
+timestamps continuous, so the subscriber's decoder sees one stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from .bridge import ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, MID_URI, ForwardingSender, RtpPacket
+from .history import PacketHistory
+from .packetmap import PacketMap
+from .publication import Publication
+from .rtpwire import abs_send_time, audio_level, build_rtp, build_rtx
+
+logger = logging.getLogger(__name__)
+
+HISTORY_SIZE = 1024
+
+
+class Subscription:
+    """Forwards one publication (or a switching sequence of them) to one sender."""
+
+    def __init__(
+        self,
+        subscription_id: str,
+        subscriber_id: str,
+        sender: ForwardingSender,
+        kind: str,
+        on_source_ended: Callable[[Subscription, Publication], None] | None = None,
+    ) -> None:
+        self.id = subscription_id
+        self.subscriber_id = subscriber_id
+        self.sender = sender
+        self.kind = kind
+        self.source: Publication | None = None
+        self.pending: Publication | None = None
+        self.paused = False
+        self._map: PacketMap | None = None
+        self._ts_offset = 0
+        self._last_seq = random.randrange(0, 32768)
+        self._last_ts = random.randrange(0, 1 << 32)
+        self._last_time: float | None = None
+        self._started = False
+        self._rtx_seq = random.randrange(0, 32768)
+        self._history: PacketHistory[tuple[int, bool, bytes, tuple[tuple[int, bytes], ...]]] = (
+            PacketHistory(HISTORY_SIZE)
+        )
+        self._on_source_ended = on_source_ended
+        self._mid_ext: tuple[int, bytes] | None = None
+        self._level_id: int | None = None
+        self._abs_id: int | None = None
+        self.packets_forwarded = 0
+        self.retransmitted = 0
+        self.switches = 0
+        self.keyframe_waits = 0
+        sender.feedback = self
+        sender.on_ready = self._sender_ready
+        if sender.started:
+            self._sender_ready()
+
+    # -- source management ---------------------------------------------------------
+    def switch_to(self, publication: Publication | None) -> None:
+        """Forward ``publication`` from its next keyframe on (None: stop)."""
+        if publication is self.source and self.pending is None:
+            return
+        if self.pending is not None and self.pending is not publication:
+            self.pending.subscriptions.discard(self)
+            self.pending = None
+        if publication is None:
+            self._detach_source()
+            return
+        if publication is self.source:
+            return
+        codec = self.sender.codec
+        if codec is not None and codec.name.lower() != publication.codec_name:
+            logger.info(
+                "subscription %s: cannot switch %s to %s (negotiated %s)",
+                self.id,
+                self.kind,
+                publication.codec_name,
+                codec.name,
+            )
+            return
+        self.pending = publication
+        publication.subscriptions.add(self)
+        self.keyframe_waits += 1
+        publication.request_keyframe()
+
+    def _detach_source(self) -> None:
+        if self.source is not None:
+            self.source.subscriptions.discard(self)
+        self.source = None
+        self._map = None
+
+    def source_ended(self, publication: Publication) -> None:
+        if publication is self.pending:
+            self.pending = None
+        if publication is self.source:
+            self.source = None
+            self._map = None
+        if self._on_source_ended is not None:
+            self._on_source_ended(self, publication)
+
+    def close(self) -> None:
+        if self.pending is not None:
+            self.pending.subscriptions.discard(self)
+            self.pending = None
+        self._detach_source()
+        self.sender.feedback = None
+        self.sender.on_ready = None
+
+    def _sender_ready(self) -> None:
+        ids = self.sender.extension_ids
+        mid = self.sender.mid
+        self._mid_ext = (ids[MID_URI], mid.encode()) if MID_URI in ids and mid else None
+        self._level_id = ids.get(AUDIO_LEVEL_URI)
+        self._abs_id = ids.get(ABS_SEND_TIME_URI)
+        target = self.pending or self.source
+        if target is not None:
+            target.request_keyframe()
+
+    # -- the forwarding path -------------------------------------------------------
+    async def forward(self, publication: Publication, packet: RtpPacket, keyframe: bool) -> None:
+        """Rewrite ``packet`` of ``publication`` and send it, if it belongs here."""
+        sender = self.sender
+        if not sender.started or self.paused:
+            return
+        if publication is not self.source:
+            if publication is not self.pending:
+                return
+            if not keyframe:
+                publication.request_keyframe()
+                return
+            self._start_source(publication, packet)
+        packet_map = self._map
+        if packet_map is None:
+            return
+        payload = packet.payload
+        if not payload:
+            # padding-only packets are bandwidth probes for the first hop
+            packet_map.drop(packet.sequence_number)
+            return
+        seq = packet_map.map(packet.sequence_number)
+        if seq is None:
+            return
+        timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
+        extensions: list[tuple[int, bytes]] = []
+        if self._mid_ext is not None:
+            extensions.append(self._mid_ext)
+        if self._level_id is not None:
+            level = packet.extensions.audio_level
+            if level is not None:
+                extensions.append((self._level_id, audio_level(level[0], level[1])))
+        if self._abs_id is not None:
+            extensions.append((self._abs_id, abs_send_time(time.time())))
+        ext = tuple(extensions)
+        data = build_rtp(sender.payload_type, bool(packet.marker), seq, timestamp, sender._ssrc, payload, ext)
+        self._history.store(seq, (timestamp, bool(packet.marker), payload, ext))
+        if ((seq - self._last_seq) & 0xFFFF) < 0x8000:
+            self._last_seq = seq
+            self._last_ts = timestamp
+            self._last_time = time.monotonic()
+        self.packets_forwarded += 1
+        await sender.send_rtp(data, len(payload))
+
+    def _start_source(self, publication: Publication, packet: RtpPacket) -> None:
+        if self.source is not None:
+            self.source.subscriptions.discard(self)
+            self.switches += 1
+        self.source = publication
+        self.pending = None
+        first_seq = (self._last_seq + 1) & 0xFFFF
+        self._map = PacketMap(packet.sequence_number, first_seq)
+        if self._last_time is None:
+            target_ts = self._last_ts
+        else:
+            elapsed = max(time.monotonic() - self._last_time, 0.001)
+            target_ts = self._last_ts + max(1, int(elapsed * publication.clock_rate))
+        self._ts_offset = (target_ts - packet.timestamp) & 0xFFFFFFFF
+        self._started = True
+
+    # -- FeedbackSink --------------------------------------------------------------
+    def on_nack(self, sequence_numbers: list[int]) -> None:
+        asyncio.ensure_future(self._retransmit(sequence_numbers))
+
+    async def _retransmit(self, sequence_numbers: list[int]) -> None:
+        sender = self.sender
+        for seq in sequence_numbers[:64]:
+            item = self._history.get(seq)
+            if item is None:
+                continue
+            timestamp, marker, payload, ext = item
+            if sender.rtx_payload_type is not None:
+                data = build_rtx(
+                    sender.rtx_payload_type,
+                    self._rtx_seq,
+                    timestamp,
+                    sender._rtx_ssrc,
+                    marker,
+                    seq,
+                    payload,
+                    ext,
+                )
+                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            else:
+                data = build_rtp(sender.payload_type, marker, seq, timestamp, sender._ssrc, payload, ext)
+            self.retransmitted += 1
+            await sender.send_rtp(data, len(payload))
+
+    def on_picture_loss(self) -> None:
+        target = self.pending or self.source
+        if target is not None:
+            target.request_keyframe()
+
+    def on_remb(self, bitrate: int) -> None:
+        pass
+
+    def sender_report(self) -> tuple[int, int] | None:
+        source = self.source
+        if source is None:
+            return None
+        now = source.rtp_now()
+        if now is None:
+            return None
+        ntp, rtp = now
+        return ntp, (rtp + self._ts_offset) & 0xFFFFFFFF

@@ -1,0 +1,260 @@
+"""WebSocket signaling: ``/ws/meetings/{meeting_id}``, protocol version 1.
+
+See docs/PROTOCOL.md for the messages.  The handler authenticates the first
+message (or an ``Authorization: Bearer`` header), joins the room, then maps
+each message to a participant operation.  Every bad message gets an ``error``
+message; the connection is closed (with a reason) only when continuing makes
+no sense (bad token, removed, too many errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from .access import AccessError, authenticate
+from .sfu.bridge import ice_candidate_from_json
+from .sfu.participant import NegotiationError, Participant
+from .sfu.publication import SOURCES
+from .sfu.room import RoomError
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+JOIN_TIMEOUT = 10.0
+MAX_ERRORS = 20
+
+# WebSocket close codes (4000-4999 are ours, mirroring HTTP statuses)
+CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_FULL = 4429
+CLOSE_REPLACED = 4409
+CLOSE_REMOVED = 4410
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, **extra}
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings = app["settings"]
+    meeting_id = request.match_info["meeting_id"]
+    ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=settings.max_message_bytes)
+    await ws.prepare(request)
+    send_lock = asyncio.Lock()
+
+    async def send(message: dict[str, Any]) -> None:
+        if ws.closed:
+            return
+        async with send_lock:
+            await ws.send_str(json.dumps(message, ensure_ascii=False))
+
+    # -- join ----------------------------------------------------------------------
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    try:
+        first = await asyncio.wait_for(ws.receive(), JOIN_TIMEOUT)
+    except TimeoutError:
+        await ws.close(code=CLOSE_BAD_REQUEST, message=b"join expected")
+        return ws
+    if first.type != WSMsgType.TEXT:
+        await ws.close(code=CLOSE_BAD_REQUEST, message=b"join expected")
+        return ws
+    try:
+        join = _parse(first.data)
+        if join.get("type") != "join":
+            raise ProtocolError("join-expected", "the first message must be a join")
+        version = join.get("version", PROTOCOL_VERSION)
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError("unsupported-version", f"protocol version {PROTOCOL_VERSION} only")
+        if isinstance(join.get("token"), str):
+            token = join["token"]
+    except ProtocolError as exc:
+        await send(_error(exc.code, exc.message))
+        await ws.close(code=CLOSE_BAD_REQUEST, message=exc.message.encode()[:120])
+        return ws
+    try:
+        who = await authenticate(app, token, meeting_id)
+    except AccessError as exc:
+        logger.info("ws %s: refused: %s", meeting_id, exc.message)
+        await send(_error(exc.code, exc.message))
+        await ws.close(code=CLOSE_UNAUTHORIZED, message=exc.message.encode()[:120])
+        return ws
+
+    registry = app["rooms"]
+    try:
+        room = registry.get_or_create(meeting_id)
+        participant = Participant(
+            room,
+            who,
+            "websocket",
+            signal=send,
+            ice_servers=app["ice_servers"],
+            auto_subscribe=join.get("autoSubscribe", True) is not False,
+        )
+        await room.join(participant)
+    except RoomError as exc:
+        await send(_error(exc.code, exc.message))
+        await ws.close(code=CLOSE_FULL, message=exc.message.encode()[:120])
+        return ws
+
+    await send(
+        {
+            "type": "joined",
+            "version": PROTOCOL_VERSION,
+            "participant": participant.describe()
+            | {
+                "grants": {
+                    "publish": who.publish,
+                    "subscribe": who.subscribe,
+                    "moderate": who.moderate,
+                }
+            },
+            "iceServers": app["ice_servers_json"],
+            "room": room.state(),
+        }
+    )
+
+    # -- session -------------------------------------------------------------------
+    errors = 0
+    reason = "left"
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                if msg.type == WSMsgType.BINARY:
+                    await send(_error("bad-message", "binary messages are not accepted"))
+                continue
+            try:
+                message = _parse(msg.data)
+                done = await _dispatch(participant, message, send)
+                if done:
+                    break
+            except ProtocolError as exc:
+                errors += 1
+                await send(_error(exc.code, exc.message, request=_kind(msg.data)))
+            except (NegotiationError, ValueError) as exc:
+                errors += 1
+                await send(_error("bad-request", str(exc)[:300], request=_kind(msg.data)))
+            except PermissionError as exc:
+                errors += 1
+                await send(_error("forbidden", str(exc)))
+            if errors > MAX_ERRORS:
+                reason = "too-many-errors"
+                await ws.close(code=CLOSE_BAD_REQUEST, message=b"too many errors")
+                break
+            if participant.closed:
+                break
+    finally:
+        if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
+            reason = "message-too-big"
+        await room.leave(participant.id, reason)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+def _parse(data: str) -> dict[str, Any]:
+    try:
+        message = json.loads(data)
+    except ValueError as exc:
+        raise ProtocolError("bad-json", "the message is not valid JSON") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("bad-message", "a message is a JSON object with a string 'type'")
+    return message
+
+
+def _kind(data: str) -> str | None:
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return None
+    kind = message.get("type") if isinstance(message, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _str(message: dict[str, Any], key: str, limit: int = 200_000) -> str:
+    value = message.get(key)
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ProtocolError("bad-message", f"'{key}' must be a non-empty string")
+    return value
+
+
+async def _dispatch(participant: Participant, message: dict[str, Any], send: Any) -> bool:
+    """Handle one message; True when the participant leaves."""
+    kind = message["type"]
+    room = participant.room
+    if kind == "offer":
+        if message.get("pc", "publisher") != "publisher":
+            raise ProtocolError("bad-message", "clients offer only on the publisher connection")
+        sdp = _str(message, "sdp")
+        tracks = message.get("tracks") or {}
+        if not isinstance(tracks, dict) or not all(
+            isinstance(k, str) and v in SOURCES for k, v in tracks.items()
+        ):
+            raise ProtocolError("bad-message", "'tracks' maps mid to camera, microphone or screen")
+        answer = await participant.publisher_offer(sdp, tracks)
+        await send({"type": "answer", "pc": "publisher", "sdp": answer})
+    elif kind == "answer":
+        if message.get("pc") != "subscriber":
+            raise ProtocolError("bad-message", "clients answer only on the subscriber connection")
+        participant.subscriber_answer(_str(message, "sdp"))
+    elif kind == "candidate":
+        which = message.get("pc")
+        if which not in ("publisher", "subscriber"):
+            raise ProtocolError("bad-message", "'pc' must be publisher or subscriber")
+        candidate = message.get("candidate")
+        if not isinstance(candidate, dict):
+            raise ProtocolError("bad-message", "'candidate' must be an object")
+        parsed = ice_candidate_from_json(candidate)
+        if parsed is not None:
+            await participant.add_candidate(which, parsed)
+    elif kind == "subscribe" or kind == "unsubscribe":
+        ids = message.get("publications")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ProtocolError("bad-message", "'publications' must be a list of ids")
+        unknown = []
+        for publication_id in ids[:200]:
+            if kind == "subscribe":
+                publication = room.find_publication(publication_id)
+                if publication is None:
+                    unknown.append(publication_id)
+                elif participant.subscribe(publication) is None:
+                    raise PermissionError("this token may not subscribe to that publication")
+            elif not participant.unsubscribe(publication_id):
+                unknown.append(publication_id)
+        if unknown:
+            raise ProtocolError("unknown-publication", f"unknown publications: {unknown[:10]}")
+    elif kind == "unpublish":
+        source = message.get("source")
+        if source not in SOURCES:
+            raise ProtocolError("bad-message", "'source' must be camera, microphone or screen")
+        if not participant.unpublish(source):
+            raise ProtocolError("unknown-publication", f"nothing published from {source}")
+    elif kind == "mute":
+        source = message.get("source")
+        muted = message.get("muted")
+        if source not in SOURCES or not isinstance(muted, bool):
+            raise ProtocolError("bad-message", "mute needs 'source' and a boolean 'muted'")
+        if not participant.set_muted(source, muted):
+            raise ProtocolError("unknown-publication", f"nothing published from {source}")
+        room.schedule_broadcast()
+    elif kind == "ping":
+        await send({"type": "pong", "id": message.get("id")})
+    elif kind == "leave":
+        return True
+    else:
+        raise ProtocolError("unknown-type", f"unknown message type '{kind[:40]}'")
+    return False

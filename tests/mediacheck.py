@@ -1,0 +1,61 @@
+"""Reading what a decoding test client received."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+
+from conference.client import Client
+from conference.testmedia import audio_samples, dominant_frequency, read_barcode
+
+
+async def video_numbers(track: Any, seconds: float) -> list[int | None]:
+    """Barcode numbers of the frames decoded during ``seconds``."""
+    numbers: list[int | None] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            frame = await asyncio.wait_for(track.recv(), max(0.05, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        numbers.append(read_barcode(frame))
+    return numbers
+
+
+async def audio_frequency(track: Any, seconds: float) -> float:
+    """Dominant frequency of the audio decoded during ``seconds``."""
+    chunks = []
+    rate = 48000
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            frame = await asyncio.wait_for(track.recv(), max(0.05, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        rate = frame.sample_rate
+        chunks.append(audio_samples(frame))
+    if not chunks:
+        return 0.0
+    return dominant_frequency(np.concatenate(chunks), rate)
+
+
+async def wait_tracks(client: Client, count: int, timeout: float = 15.0) -> None:
+    await client.wait_for(lambda: len(client.tracks) >= count, timeout)
+
+
+def track_for(client: Client, participant_id: str, source: str) -> Any:
+    for participant in client.room.get("participants", []):
+        if participant["id"] != participant_id:
+            continue
+        for publication in participant["publications"]:
+            if publication["source"] == source and publication["id"] in client.tracks:
+                return client.tracks[publication["id"]]
+    raise KeyError(f"{participant_id} has no received {source}")
+
+
+def increasing(numbers: list[int | None]) -> bool:
+    seen = [n for n in numbers if n is not None]
+    return all(b > a for a, b in zip(seen, seen[1:], strict=False))

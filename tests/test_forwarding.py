@@ -1,0 +1,59 @@
+"""Real aiortc peers through a real server process on 127.0.0.1.
+
+The server runs under tests/codec_trap.py: if it created any encoder or
+decoder while media flows, the ``server`` fixture fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from conference.client import Client
+from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack
+
+from .mediacheck import audio_frequency, increasing, track_for, video_numbers, wait_tracks
+
+
+async def test_one_publisher_three_subscribers_decode_content(server):
+    chair = Client(server.url, "m1", server.token(identity="chair", role="chair"))
+    await chair.connect()
+    video = BarcodeVideoTrack(320, 240, fps=15)
+    await chair.publish({"camera": video, "microphone": ToneAudioTrack(660.0)})
+
+    viewers = [Client(server.url, "m1", server.token(identity=f"xa{i}")) for i in range(3)]
+    for viewer in viewers:
+        await viewer.connect()
+    try:
+        for viewer in viewers:
+            await wait_tracks(viewer, 2)
+
+        async def check(viewer: Client) -> tuple[list[int | None], float]:
+            numbers = await video_numbers(track_for(viewer, chair.id, "camera"), 3.0)
+            freq = await audio_frequency(track_for(viewer, chair.id, "microphone"), 1.0)
+            return numbers, freq
+
+        results = await asyncio.gather(*(check(v) for v in viewers))
+        for numbers, freq in results:
+            decoded = [n for n in numbers if n is not None]
+            assert len(decoded) >= 20, numbers
+            assert increasing(numbers), numbers
+            # frames come from the live source, not a stale copy
+            assert max(decoded) > video.frames_sent - 30
+            assert abs(freq - 660.0) < 15, freq
+    finally:
+        for client in [chair, *viewers]:
+            await client.leave()
+
+
+async def test_room_state_and_leave(server):
+    a = Client(server.url, "m2", server.token(meeting="m2", identity="a", role="chair"))
+    b = Client(server.url, "m2", server.token(meeting="m2", identity="b"))
+    await a.connect()
+    await b.connect()
+    await a.publish({"microphone": ToneAudioTrack(440.0)})
+    await b.wait_for(lambda: len(b.publications("microphone")) == 1)
+    names = {p["name"] for p in b.room["participants"]}
+    assert names == {"UBND xã a", "UBND xã b"}
+    await a.leave()
+    await b.wait_for(lambda: len(b.room["participants"]) == 1)
+    await b.leave()
