@@ -243,7 +243,19 @@ class Client:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
     async def unpublish(self, source: str) -> None:
+        """Stop sending ``source`` and tell the server (then renegotiate)."""
         await self.send({"type": "unpublish", "source": source})
+        if self.publisher is None:
+            return
+        stopped = False
+        for transceiver in self.publisher.getTransceivers():
+            if self.sources.get(transceiver.mid or "") == source:
+                transceiver.direction = "inactive"
+                if transceiver.sender.track is not None:
+                    transceiver.sender.track.stop()
+                stopped = True
+        if stopped:
+            await self._publisher_negotiate([])
 
     async def mute(self, source: str, muted: bool) -> None:
         await self.send({"type": "mute", "source": source, "muted": muted})

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 JOIN_TIMEOUT = 10.0
 MAX_ERRORS = 20
+REMOVED_POLL = 1.0
 
 # WebSocket close codes (4000-4999 are ours, mirroring HTTP statuses)
 CLOSE_BAD_REQUEST = 4400
@@ -55,12 +56,19 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=settings.max_message_bytes)
     await ws.prepare(request)
     send_lock = asyncio.Lock()
+    removed = asyncio.Event()
+    removed_reason = "removed"
 
     async def send(message: dict[str, Any]) -> None:
+        nonlocal removed_reason
         if ws.closed:
             return
         async with send_lock:
             await ws.send_str(json.dumps(message, ensure_ascii=False))
+        if message.get("type") == "leave":
+            # the room removed this participant (replaced, timeout, shutdown): hang up
+            removed_reason = str(message.get("reason") or "removed")
+            removed.set()
 
     # -- join ----------------------------------------------------------------------
     header = request.headers.get("Authorization", "")
@@ -71,6 +79,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await ws.close(code=CLOSE_BAD_REQUEST, message=b"join expected")
         return ws
     if first.type != WSMsgType.TEXT:
+        if first.type == WSMsgType.ERROR:
+            logger.info("ws %s: refused: %s", meeting_id, first.data)
         await ws.close(code=CLOSE_BAD_REQUEST, message=b"join expected")
         return ws
     try:
@@ -91,7 +101,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except AccessError as exc:
         logger.info("ws %s: refused: %s", meeting_id, exc.message)
         await send(_error(exc.code, exc.message))
-        await ws.close(code=CLOSE_UNAUTHORIZED, message=exc.message.encode()[:120])
+        code = CLOSE_FORBIDDEN if exc.status == 403 else CLOSE_UNAUTHORIZED
+        await ws.close(code=code, message=exc.message.encode()[:120])
         return ws
 
     registry = app["rooms"]
@@ -129,10 +140,33 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     )
 
     # -- session -------------------------------------------------------------------
+    async def close_when_removed() -> None:
+        """Close the socket once the room dropped the participant, whoever did it."""
+        while not removed.is_set() and not participant.closed:
+            try:
+                await asyncio.wait_for(removed.wait(), REMOVED_POLL)
+            except TimeoutError:
+                pass
+        if not removed.is_set():
+            await send({"type": "leave", "reason": "removed"})
+        code = {
+            "replaced": CLOSE_REPLACED,
+            "server-shutdown": WSCloseCode.GOING_AWAY,
+        }.get(removed_reason, CLOSE_REMOVED)
+        logger.info("ws %s: %s closed: %s", meeting_id, participant.id, removed_reason)
+        await ws.close(code=code, message=removed_reason.encode()[:120])
+
+    closer = asyncio.ensure_future(close_when_removed())
     errors = 0
     reason = "left"
     try:
         async for msg in ws:
+            if msg.type == WSMsgType.ERROR:
+                # aiohttp already closed the socket (1009 when over max_message_bytes)
+                too_big = getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG
+                reason = "message-too-big" if too_big else "websocket-error"
+                logger.info("ws %s: %s: %s", meeting_id, participant.id, msg.data)
+                break
             if msg.type != WSMsgType.TEXT:
                 if msg.type == WSMsgType.BINARY:
                     await send(_error("bad-message", "binary messages are not accepted"))
@@ -150,7 +184,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 await send(_error("bad-request", str(exc)[:300], request=_kind(msg.data)))
             except PermissionError as exc:
                 errors += 1
-                await send(_error("forbidden", str(exc)))
+                await send(_error("forbidden", str(exc), request=_kind(msg.data)))
             if errors > MAX_ERRORS:
                 reason = "too-many-errors"
                 await ws.close(code=CLOSE_BAD_REQUEST, message=b"too many errors")
@@ -158,8 +192,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             if participant.closed:
                 break
     finally:
-        if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
-            reason = "message-too-big"
+        closer.cancel()
+        if removed.is_set():
+            reason = removed_reason
         await room.leave(participant.id, reason)
         if not ws.closed:
             await ws.close()
@@ -205,6 +240,10 @@ async def _dispatch(participant: Participant, message: dict[str, Any], send: Any
             isinstance(k, str) and v in SOURCES for k, v in tracks.items()
         ):
             raise ProtocolError("bad-message", "'tracks' maps mid to camera, microphone or screen")
+        if not sdp.startswith("v=0"):
+            raise ProtocolError("bad-request", "the offer is not an SDP offer")
+        if "\nm=" not in sdp:
+            raise ProtocolError("bad-request", "the offer sends no audio or video")
         answer = await participant.publisher_offer(sdp, tracks)
         await send({"type": "answer", "pc": "publisher", "sdp": answer})
     elif kind == "answer":
@@ -218,7 +257,10 @@ async def _dispatch(participant: Participant, message: dict[str, Any], send: Any
         candidate = message.get("candidate")
         if not isinstance(candidate, dict):
             raise ProtocolError("bad-message", "'candidate' must be an object")
-        parsed = ice_candidate_from_json(candidate)
+        try:
+            parsed = ice_candidate_from_json(candidate)
+        except AssertionError as exc:  # aiortc's candidate_from_sdp asserts on short lines
+            raise ValueError("malformed ICE candidate") from exc
         if parsed is not None:
             await participant.add_candidate(which, parsed)
     elif kind == "subscribe" or kind == "unsubscribe":

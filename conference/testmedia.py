@@ -126,12 +126,14 @@ class _Layout:
 
 
 def _cell_edges(width: int) -> tuple[int, ...]:
+    """X coordinates of the barcode cell boundaries for a picture width."""
     left = _CODE_LEFT * width
     step = (_CODE_RIGHT - _CODE_LEFT) * width / _N_CELLS
     return tuple(round(left + i * step) for i in range(_N_CELLS + 1))
 
 
 def _band_rows(height: int) -> tuple[int, int]:
+    """First and end row of the barcode band for a picture height."""
     return round(_BAND_TOP * height), round(_BAND_BOTTOM * height)
 
 
@@ -183,6 +185,7 @@ def _check_nibble(value: int) -> int:
 
 
 def _cell_bits(frame_number: int) -> list[int]:
+    """Cell colours (1 = white) for ``frame_number``: guards, data, check."""
     data = [(frame_number >> (_DATA_BITS - 1 - i)) & 1 for i in range(_DATA_BITS)]
     check = _check_nibble(frame_number)
     check_bits = [(check >> (_CHECK_BITS - 1 - i)) & 1 for i in range(_CHECK_BITS)]
@@ -293,6 +296,7 @@ def read_barcode(frame: av.VideoFrame) -> int | None:
 
 
 def _validate_speech_pattern(pattern: SpeechPattern | None) -> None:
+    """Raise ``ValueError`` for an unusable talk/silence pattern."""
     if pattern is None:
         return
     if not pattern:
@@ -332,6 +336,7 @@ def _tone_samples(
 def _s16_frame(
     samples: _FloatArray, start: int, sample_rate: int, layout: AudioLayout
 ) -> av.AudioFrame:
+    """Pack float samples into a ``s16`` frame starting at sample ``start``."""
     pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
     channels = 2 if layout == "stereo" else 1
     packed = np.repeat(pcm, channels).reshape(1, -1)
@@ -451,6 +456,7 @@ class _Pacer:
     """Real-time pacing from media time, like aiortc's ``next_timestamp``."""
 
     def __init__(self) -> None:
+        """Start pacing at the first call of :meth:`wait`."""
         self._start: float | None = None
 
     async def wait(self, media_seconds: float) -> None:
@@ -732,13 +738,13 @@ def cached_clip(
     directory.mkdir(parents=True, exist_ok=True)
     if kind == "opus":
         rate = bitrate if bitrate is not None else 32000
-        pattern = tuple(speech_pattern) if speech_pattern else None
-        key = repr((_CLIP_FORMAT_VERSION, kind, seconds, frequency, rate, pattern))
+        pattern = tuple((float(t), float(s)) for t, s in speech_pattern) if speech_pattern else None
+        key = repr((_CLIP_FORMAT_VERSION, kind, float(seconds), float(frequency), rate, pattern))
         label = f"opus-{seconds:g}s-{frequency:g}hz-{rate // 1000}k"
     elif kind in ("vp8", "h264"):
         rate = bitrate if bitrate is not None else 1_000_000
         keyint = gop if gop is not None else 2 * fps
-        key = repr((_CLIP_FORMAT_VERSION, kind, width, height, fps, seconds, rate, keyint))
+        key = repr((_CLIP_FORMAT_VERSION, kind, width, height, fps, float(seconds), rate, keyint))
         label = f"{kind}-{width}x{height}-{fps}fps-{seconds:g}s-{rate // 1000}k-g{keyint}"
     else:
         raise ValueError(f"unsupported clip kind {kind!r}")

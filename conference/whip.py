@@ -13,7 +13,10 @@ candidates, and ``PATCH`` answers 405 as RFC 9725 allows.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -24,6 +27,29 @@ from .sfu.room import Room, RoomError
 logger = logging.getLogger(__name__)
 
 MAX_SDP_BYTES = 64 * 1024
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _logged(handler: Handler) -> Handler:
+    """Log every refusal (4xx) of ``handler`` on one line, without a traceback."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                logger.info(
+                    "%s %s: refused %d: %s", request.method, request.path, exc.status, exc.text
+                )
+            raise
+        if response.status >= 400:
+            logger.info("%s %s: refused %d", request.method, request.path, response.status)
+        return response
+
+    return wrapper
 
 
 def _problem(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -43,11 +69,12 @@ async def _read_offer(request: web.Request) -> str:
             text='{"error": "unsupported-media-type", "message": "send an application/sdp offer"}',
             content_type="application/json",
         )
+    too_large = _http(413, "request-entity-too-large", f"the offer is larger than {MAX_SDP_BYTES} bytes")
     if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
-        raise web.HTTPRequestEntityTooLarge(MAX_SDP_BYTES, request.content_length)
+        raise too_large
     body = await request.content.read(MAX_SDP_BYTES + 1)
     if len(body) > MAX_SDP_BYTES:
-        raise web.HTTPRequestEntityTooLarge(MAX_SDP_BYTES, len(body))
+        raise too_large
     try:
         sdp = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -72,6 +99,11 @@ async def _identity(request: web.Request, meeting_id: str) -> Identity:
 
 
 def _http(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.HTTPException:
+    text = json.dumps({"error": code, "message": message}, ensure_ascii=False)
+    if status == 413:
+        return web.HTTPRequestEntityTooLarge(
+            MAX_SDP_BYTES, text=text, content_type="application/json", headers=headers
+        )
     cls = {
         400: web.HTTPBadRequest,
         401: web.HTTPUnauthorized,
@@ -80,13 +112,7 @@ def _http(status: int, code: str, message: str, headers: dict[str, str] | None =
         409: web.HTTPConflict,
         503: web.HTTPServiceUnavailable,
     }[status]
-    import json
-
-    return cls(
-        text=json.dumps({"error": code, "message": message}, ensure_ascii=False),
-        content_type="application/json",
-        headers=headers,
-    )
+    return cls(text=text, content_type="application/json", headers=headers)
 
 
 def _answer(request: web.Request, kind: str, room: Room, participant: Participant, sdp: str) -> web.Response:
@@ -107,6 +133,7 @@ async def _cleanup(room: Room, participant: Participant | None) -> None:
         await room.close()
 
 
+@_logged
 async def whip_post(request: web.Request) -> web.StreamResponse:
     meeting_id = request.match_info["meeting_id"]
     who = await _identity(request, meeting_id)
@@ -135,6 +162,7 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
     return _answer(request, "whip", room, participant, answer)
 
 
+@_logged
 async def session_delete(request: web.Request) -> web.StreamResponse:
     meeting_id = request.match_info["meeting_id"]
     who = await _identity(request, meeting_id)
@@ -148,10 +176,12 @@ async def session_delete(request: web.Request) -> web.StreamResponse:
     return web.Response(status=200)
 
 
+@_logged
 async def session_patch(request: web.Request) -> web.StreamResponse:
     return _problem(405, "trickle-unsupported", "trickle ICE is not supported", Allow="DELETE")
 
 
+@_logged
 async def whep_post(request: web.Request) -> web.StreamResponse:
     meeting_id = request.match_info["meeting_id"]
     target_id = request.match_info.get("participant_id")

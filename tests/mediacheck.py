@@ -12,8 +12,18 @@ from conference.client import Client
 from conference.testmedia import audio_samples, dominant_frequency, read_barcode
 
 
+def drain(track: Any) -> None:
+    """Forget frames decoded earlier and not read (aiortc queues them all)."""
+    queue = getattr(track, "_queue", None)
+    while queue is not None and not queue.empty():
+        if queue.get_nowait() is None:  # end of track: keep the marker
+            queue.put_nowait(None)
+            break
+
+
 async def video_numbers(track: Any, seconds: float) -> list[int | None]:
-    """Barcode numbers of the frames decoded during ``seconds``."""
+    """Barcode numbers of the frames decoded during ``seconds`` from now."""
+    drain(track)
     numbers: list[int | None] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -27,6 +37,7 @@ async def video_numbers(track: Any, seconds: float) -> list[int | None]:
 
 async def audio_frequency(track: Any, seconds: float) -> float:
     """Dominant frequency of the audio decoded during ``seconds``."""
+    drain(track)
     chunks = []
     rate = 48000
     deadline = time.monotonic() + seconds

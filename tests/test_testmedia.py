@@ -7,6 +7,7 @@ import fractions
 import random
 import time
 from pathlib import Path
+from typing import Literal
 
 import aioice.ice
 import av
@@ -49,6 +50,7 @@ def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make aioice gather only 127.0.0.1 host candidates (it skips it by default)."""
 
     def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        """Only the loopback address."""
         return ["127.0.0.1"]
 
     monkeypatch.setattr(aioice.ice, "get_host_addresses", host_addresses)
@@ -65,6 +67,7 @@ def _interesting_numbers(count: int, seed: int = 1) -> list[int]:
 
 
 def _flat_frame(width: int, height: int, y: int, uv: int) -> av.VideoFrame:
+    """A uniform ``yuv420p`` frame."""
     array = np.full((height * 3 // 2, width), uv, dtype=np.uint8)
     array[:height] = y
     return av.VideoFrame.from_ndarray(array, format="yuv420p")
@@ -127,6 +130,7 @@ async def _connect(
 
     @receiver.on("track")
     def on_track(track: MediaStreamTrack) -> None:
+        """Remember the received track by kind."""
         received[track.kind] = track
 
     for track, mime_type in tracks:
@@ -177,6 +181,7 @@ async def _collect_audio(track: MediaStreamTrack, seconds: float) -> list[av.Aud
 
 
 def _assert_increasing(numbers: list[int | None], expected: int) -> None:
+    """Readable numbers strictly increase and more than 80 % arrived."""
     valid = [n for n in numbers if n is not None]
     assert valid, "no barcode could be read"
     assert all(b > a for a, b in zip(valid, valid[1:], strict=False)), valid
@@ -192,6 +197,7 @@ def _assert_increasing(numbers: list[int | None], expected: int) -> None:
     ("width", "height"), [(320, 240), (640, 360), (1280, 720), (96, 64), (48, 16)]
 )
 def test_barcode_roundtrip_uncompressed(width: int, height: int) -> None:
+    """draw -> read returns the number at several sizes."""
     for number in _interesting_numbers(300):
         frame = draw_barcode(number, width, height)
         assert (frame.width, frame.height, frame.format.name) == (
@@ -203,12 +209,13 @@ def test_barcode_roundtrip_uncompressed(width: int, height: int) -> None:
 
 
 def test_barcode_all_numbers_small_picture() -> None:
-    # Every 16-bit value once, on a tiny picture to keep this fast.
+    """Every 7th 16-bit value round-trips (a tiny picture keeps this fast)."""
     for number in range(0, BARCODE_MAX, 7):
         assert read_barcode(draw_barcode(number, 48, 16)) == number
 
 
 def test_barcode_scaled_and_converted() -> None:
+    """Proportional layout survives scaling and RGB conversion."""
     frame = draw_barcode(0xBEEF, 640, 360)
     assert read_barcode(frame.reformat(width=320, height=180)) == 0xBEEF
     assert read_barcode(frame.reformat(width=1280, height=720)) == 0xBEEF
@@ -216,6 +223,7 @@ def test_barcode_scaled_and_converted() -> None:
 
 
 def test_barcode_rejects_blank_and_corrupt_frames() -> None:
+    """Flat pictures and flipped cells give ``None``."""
     assert read_barcode(_flat_frame(320, 240, 0, 0)) is None  # green
     assert read_barcode(_flat_frame(320, 240, 128, 128)) is None  # grey
     assert read_barcode(_flat_frame(320, 240, 235, 128)) is None  # white
@@ -232,6 +240,7 @@ def test_barcode_rejects_blank_and_corrupt_frames() -> None:
 
 
 def test_barcode_texture_moves_and_is_fast() -> None:
+    """The background moves, input is validated, drawing is fast."""
     first = draw_barcode(10, 640, 360).to_ndarray()
     second = draw_barcode(11, 640, 360).to_ndarray()
     top = slice(0, 100)
@@ -250,13 +259,17 @@ def test_barcode_texture_moves_and_is_fast() -> None:
 
 @pytest.mark.parametrize("codec_name", ["libvpx", "libx264"])
 def test_barcode_survives_low_bitrate_codec(codec_name: str) -> None:
-    # Unrelated numbers in consecutive frames: the hardest case for the encoder.
+    """Every number survives VP8/H.264 at 300 kbps, 640x360.
+
+    Consecutive frames carry unrelated numbers: the hardest case for the encoder.
+    """
     numbers = _interesting_numbers(60)
     assert _encode_decode(codec_name, numbers, 640, 360, 300_000) == numbers
 
 
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
 def test_encode_clip_roundtrip(codec: str, clip_dir: Path) -> None:
+    """Clips decode to 0..N-1 with the requested GOP, bitrate and headers."""
     path = cached_clip(
         "vp8" if codec == "vp8" else "h264",
         width=640,
@@ -298,6 +311,7 @@ def test_encode_clip_roundtrip(codec: str, clip_dir: Path) -> None:
 
 
 def test_cached_clip_reuses_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache honours the env variable and encodes each key once."""
     monkeypatch.setenv("CONFERENCE_MEDIA_CACHE", str(tmp_path / "env-cache"))
     first = cached_clip("vp8", width=96, height=64, seconds=0.2, bitrate=100_000)
     assert first.parent == tmp_path / "env-cache"
@@ -313,6 +327,7 @@ def test_cached_clip_reuses_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_opus_clip_packets(clip_dir: Path) -> None:
+    """Opus clip: 20 ms packets, ~32 kbps, the right tone."""
     path = cached_clip("opus", seconds=1.0, frequency=660.0, cache_dir=clip_dir)
     packets = load_packets(path)
     assert len(packets) >= 50
@@ -333,8 +348,9 @@ def test_opus_clip_packets(clip_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("layout", ["mono", "stereo"])
-def test_tone_frames(layout: str) -> None:
-    frames = list(tone_frames(440.0, 0.05, 48000, layout, 20, 0.3))  # type: ignore[arg-type]
+def test_tone_frames(layout: Literal["mono", "stereo"]) -> None:
+    """Frame sizes, timestamps, layout, amplitude and RFC 6464 level."""
+    frames = list(tone_frames(440.0, 0.05, 48000, layout, 20, 0.3))
     assert [f.samples for f in frames] == [960, 960, 480]
     assert [f.pts for f in frames] == [0, 960, 1920]
     for frame in frames:
@@ -354,6 +370,7 @@ def test_tone_frames(layout: str) -> None:
 
 @pytest.mark.parametrize("frequency", [100.0, 440.0, 997.0, 3150.0])
 def test_dominant_frequency(frequency: float) -> None:
+    """The FFT peak finder is accurate to 1 Hz."""
     frames = list(tone_frames(frequency, 0.2, 16000, "stereo", 20, 0.5))
     samples = np.concatenate([audio_samples(f) for f in frames])
     assert dominant_frequency(samples, 16000) == pytest.approx(frequency, abs=1.0)
@@ -363,6 +380,7 @@ def test_dominant_frequency(frequency: float) -> None:
 
 
 def test_audio_level_silence_and_speech_pattern() -> None:
+    """Speech patterns alternate loud and silent frames."""
     frames = list(tone_frames(440.0, 0.8, 48000, "mono", 20, 0.3, speech_pattern=[(0.1, 0.1)]))
     levels = [audio_level_dbov(f) for f in frames]
     talking = [f.pts // 4800 % 2 == 0 for f in frames if f.pts is not None]
@@ -379,6 +397,7 @@ def test_audio_level_silence_and_speech_pattern() -> None:
 
 @pytest.mark.asyncio
 async def test_barcode_video_track_paced() -> None:
+    """Barcode track: numbering, wrap-around, 90 kHz pts, pacing."""
     track = BarcodeVideoTrack(320, 240, fps=30, start=BARCODE_MAX - 2)
     start = time.monotonic()
     frames = [await track.recv() for _ in range(7)]
@@ -394,6 +413,7 @@ async def test_barcode_video_track_paced() -> None:
 
 @pytest.mark.asyncio
 async def test_tone_audio_track_paced_with_speech_pattern() -> None:
+    """Tone track: 20 ms frames, pacing, gating."""
     track = ToneAudioTrack(500.0, speech_pattern=[(0.06, 0.04)])
     start = time.monotonic()
     frames = [await track.recv() for _ in range(11)]
@@ -408,11 +428,13 @@ async def test_tone_audio_track_paced_with_speech_pattern() -> None:
 
 
 def _packets(count: int, step: int, time_base: fractions.Fraction) -> list[EncodedPacket]:
+    """Synthetic packets with consecutive timestamps."""
     return [EncodedPacket(bytes([i]), i * step, time_base, i == 0, step) for i in range(count)]
 
 
 @pytest.mark.asyncio
 async def test_packet_track_loops_with_continuing_pts() -> None:
+    """Looping keeps pts increasing; loop=False ends."""
     track = PacketTrack(_packets(5, 960, fractions.Fraction(1, 48000)), "audio")
     start = time.monotonic()
     packets = [await track.recv() for _ in range(12)]
@@ -440,6 +462,7 @@ async def test_packet_track_loops_with_continuing_pts() -> None:
 async def test_packet_track_video_end_to_end(
     codec: str, mime_type: str | None, clip_dir: Path, loopback: None
 ) -> None:
+    """Pre-encoded VP8/H.264 packets decode at the receiver."""
     path = cached_clip(
         "vp8" if codec == "vp8" else "h264",
         width=320,
@@ -466,6 +489,7 @@ async def test_packet_track_video_end_to_end(
 
 @pytest.mark.asyncio
 async def test_packet_track_opus_end_to_end(clip_dir: Path, loopback: None) -> None:
+    """Pre-encoded Opus packets decode to the right tone."""
     path = cached_clip("opus", seconds=1.0, frequency=750.0, cache_dir=clip_dir)
     track = PacketTrack(load_packets(path), "audio")  # loops after 1 s
     sender, receiver, received = await _connect([(track, None)])
@@ -483,6 +507,7 @@ async def test_packet_track_opus_end_to_end(clip_dir: Path, loopback: None) -> N
 
 @pytest.mark.asyncio
 async def test_live_tracks_end_to_end(loopback: None) -> None:
+    """Live barcode and tone tracks survive aiortc encoding."""
     video = BarcodeVideoTrack(320, 240, fps=30)
     audio = ToneAudioTrack(1000.0)
     sender, receiver, received = await _connect([(video, None), (audio, None)])

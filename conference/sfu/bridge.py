@@ -474,6 +474,12 @@ class ForwardingSender:
         self.fraction_lost = 0
         self.remote_bitrate: int | None = None
         self._last_sr: tuple[int, float] | None = None
+        # continuity of the outgoing stream, kept across subscriptions that
+        # reuse this sender: last sequence number, timestamp and send time
+        self.last_seq = random.randrange(0, 32768)
+        self.last_ts = random.randrange(0, 1 << 32)
+        self.last_time: float | None = None
+        self.rtx_seq = random.randrange(0, 32768)
         self.ready = asyncio.Event()
         self.on_ready: Callable[[], None] | None = None
 

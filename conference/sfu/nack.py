@@ -158,11 +158,7 @@ class NackTracker:
         for s, m in missing.items():
             if m.next > now:
                 continue
-            if (
-                m.retries >= max_retries
-                or m.first <= oldest
-                or (high - s) & 0xFFFF > window
-            ):
+            if m.retries >= max_retries or m.first <= oldest or (high - s) & 0xFFFF > window:
                 dead.append(s)
                 continue
             m.retries += 1

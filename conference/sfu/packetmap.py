@@ -48,7 +48,9 @@ class PacketMap:
     - a forward jump of more than `restart_threshold`, or a backward jump
       of more than 8192, is taken as a restart of the source numbering:
       the map is re-anchored so that the packet maps to ``last_out + 1``
-      and everything before it is forgotten.
+      and everything before it is forgotten.  (A straggler of the old
+      numbering arriving afterwards is then usually far away too, and
+      causes another re-anchoring; the output numbering stays contiguous.)
 
     `map` returns None for packets that were dropped, that precede
     ``first_in`` (or the latest restart), or that are older than the

@@ -90,6 +90,7 @@ class Participant:
         self.publications: dict[str, Publication] = {}
         self.subscriptions: dict[str, Subscription] = {}  # by publication id or slot
         self._mid_source: dict[str, str] = {}
+        self._unpublished: set[ForwardingReceiver] = set()
         self._free: list[Any] = []  # transceivers of the subscriber pc ready for reuse
         self._transceiver_of: dict[str, Any] = {}  # subscription key -> transceiver
         self._publisher_lock = asyncio.Lock()
@@ -179,8 +180,11 @@ class Participant:
             )
             existing = next((p for p in self.publications.values() if p.receiver is receiver), None)
             if not receiving:
+                self._unpublished.discard(receiver)
                 if existing is not None:
                     existing.close()
+                continue
+            if receiver in self._unpublished:
                 continue
             if existing is not None:
                 seen.add(existing.id)
@@ -214,6 +218,7 @@ class Participant:
     def unpublish(self, source: str) -> bool:
         found = [p for p in self.publications.values() if p.source == source]
         for publication in found:
+            self._unpublished.add(publication.receiver)
             publication.close()
         return bool(found)
 

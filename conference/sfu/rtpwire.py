@@ -22,10 +22,11 @@ Invalid extensions (id 0, an id above 255, a value over 255 bytes) raise
 ValueError.  Sequence numbers and timestamps are reduced modulo their
 field size; other fields must fit their width (struct.error otherwise).
 
-Cost, measured with timeit on CPython 3.11 for a 1100-byte payload:
-`build_rtp` takes about 0.33 us without extensions and about 1.0 us with
-three (mid, abs-send-time, audio level), against about 2.7 us and 6.6 us
-for building an aiortc ``RtpPacket`` and calling ``serialize``.
+Cost, measured with timeit (best of 7 x 300k calls) on CPython 3.11 for a
+1100-byte payload: `build_rtp` takes about 360 ns without extensions and
+about 1.4 us with three (mid, abs-send-time, audio level), against about
+1.8 us and 5 us for building an aiortc ``RtpPacket`` and calling
+``serialize`` with the same content.
 """
 
 import struct
@@ -102,16 +103,11 @@ def build_rtp(
     m_pt = (0x80 | payload_type) if marker else payload_type
     if not extensions:
         return (
-            _HEADER.pack(
-                _HEADER_NO_EXT, m_pt, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc
-            )
-            + payload
+            _HEADER.pack(_HEADER_NO_EXT, m_pt, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + payload
         )
     return b"".join(
         (
-            _HEADER.pack(
-                _HEADER_EXT, m_pt, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc
-            ),
+            _HEADER.pack(_HEADER_EXT, m_pt, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc),
             _extension_block(extensions),
             payload,
         )
@@ -137,14 +133,10 @@ def build_rtx(
     """
     m_pt = (0x80 | rtx_payload_type) if marker else rtx_payload_type
     if extensions:
-        head = _HEADER.pack(
-            _HEADER_EXT, m_pt, rtx_seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc
-        )
+        head = _HEADER.pack(_HEADER_EXT, m_pt, rtx_seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc)
         block: bytes | bytearray = _extension_block(extensions)
     else:
-        head = _HEADER.pack(
-            _HEADER_NO_EXT, m_pt, rtx_seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc
-        )
+        head = _HEADER.pack(_HEADER_NO_EXT, m_pt, rtx_seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc)
         block = b""
     return b"".join((head, block, _U16.pack(original_seq & 0xFFFF), payload))
 

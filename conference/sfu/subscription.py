@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 
@@ -54,11 +53,7 @@ class Subscription:
         self.paused = False
         self._map: PacketMap | None = None
         self._ts_offset = 0
-        self._last_seq = random.randrange(0, 32768)
-        self._last_ts = random.randrange(0, 1 << 32)
-        self._last_time: float | None = None
         self._started = False
-        self._rtx_seq = random.randrange(0, 32768)
         self._history: PacketHistory[tuple[int, bool, bytes, tuple[tuple[int, bytes], ...]]] = (
             PacketHistory(HISTORY_SIZE)
         )
@@ -173,10 +168,10 @@ class Subscription:
         ext = tuple(extensions)
         data = build_rtp(sender.payload_type, bool(packet.marker), seq, timestamp, sender._ssrc, payload, ext)
         self._history.store(seq, (timestamp, bool(packet.marker), payload, ext))
-        if ((seq - self._last_seq) & 0xFFFF) < 0x8000:
-            self._last_seq = seq
-            self._last_ts = timestamp
-            self._last_time = time.monotonic()
+        if ((seq - sender.last_seq) & 0xFFFF) < 0x8000:
+            sender.last_seq = seq
+            sender.last_ts = timestamp
+            sender.last_time = time.monotonic()
         self.packets_forwarded += 1
         await sender.send_rtp(data, len(payload))
 
@@ -186,13 +181,14 @@ class Subscription:
             self.switches += 1
         self.source = publication
         self.pending = None
-        first_seq = (self._last_seq + 1) & 0xFFFF
+        sender = self.sender
+        first_seq = (sender.last_seq + 1) & 0xFFFF
         self._map = PacketMap(packet.sequence_number, first_seq)
-        if self._last_time is None:
-            target_ts = self._last_ts
+        if sender.last_time is None:
+            target_ts = sender.last_ts
         else:
-            elapsed = max(time.monotonic() - self._last_time, 0.001)
-            target_ts = self._last_ts + max(1, int(elapsed * publication.clock_rate))
+            elapsed = max(time.monotonic() - sender.last_time, 0.001)
+            target_ts = sender.last_ts + max(1, int(elapsed * publication.clock_rate))
         self._ts_offset = (target_ts - packet.timestamp) & 0xFFFFFFFF
         self._started = True
 
@@ -210,7 +206,7 @@ class Subscription:
             if sender.rtx_payload_type is not None:
                 data = build_rtx(
                     sender.rtx_payload_type,
-                    self._rtx_seq,
+                    sender.rtx_seq,
                     timestamp,
                     sender._rtx_ssrc,
                     marker,
@@ -218,7 +214,7 @@ class Subscription:
                     payload,
                     ext,
                 )
-                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+                sender.rtx_seq = (sender.rtx_seq + 1) & 0xFFFF
             else:
                 data = build_rtp(sender.payload_type, marker, seq, timestamp, sender._ssrc, payload, ext)
             self.retransmitted += 1

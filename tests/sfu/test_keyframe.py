@@ -1,10 +1,12 @@
 import fractions
 import struct
+from typing import cast
 
 import av
 import pytest
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
+from av.video.codeccontext import VideoCodecContext
 
 from conference.sfu.keyframe import KeyframeThrottle, is_frame_start, is_keyframe
 
@@ -171,7 +173,7 @@ def make_frames(count: int) -> list[av.VideoFrame]:
 
 
 def encode(codec_name: str, options: dict[str, str]) -> list[tuple[bool, bytes]]:
-    codec = av.CodecContext.create(codec_name, "w")
+    codec = cast(VideoCodecContext, av.CodecContext.create(codec_name, "w"))
     codec.width = 320
     codec.height = 240
     codec.pix_fmt = "yuv420p"

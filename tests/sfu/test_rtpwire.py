@@ -82,9 +82,7 @@ def test_empty_payload() -> None:
 
 
 @pytest.mark.parametrize(("mid_id", "abs_id", "level_id"), [(1, 3, 4), (14, 2, 9)])
-def test_one_byte_extensions_match_aiortc(
-    mid_id: int, abs_id: int, level_id: int
-) -> None:
+def test_one_byte_extensions_match_aiortc(mid_id: int, abs_id: int, level_id: int) -> None:
     m = ext_map(mid_id, abs_id, level_id)
     t = 12.5 + 3 / 262144
     ext = (
@@ -211,9 +209,7 @@ def test_rtx_round_trip() -> None:
 def test_rtx_matches_aiortc_wrap_rtx() -> None:
     from aiortc.rtp import wrap_rtx
 
-    packet = RtpPacket(
-        payload_type=96, marker=0, sequence_number=65000, timestamp=77, ssrc=1
-    )
+    packet = RtpPacket(payload_type=96, marker=0, sequence_number=65000, timestamp=77, ssrc=1)
     packet.payload = b"abcdef"
     rtx = wrap_rtx(packet, payload_type=97, sequence_number=12, ssrc=2)
     data = build_rtx(97, 12, 77, 2, False, 65000, b"abcdef")
@@ -234,9 +230,7 @@ def test_abs_send_time() -> None:
     assert abs_send_time(1 / 262144) == b"\x00\x00\x01"
     assert abs_send_time(63.99999999) == b"\xff\xff\xff"
     assert abs_send_time(64.0) == b"\x00\x00\x00"  # wraps every 64 s
-    assert abs_send_time(3_900_000_000.25) == abs_send_time(
-        3_900_000_000.25 % 64
-    )
+    assert abs_send_time(3_900_000_000.25) == abs_send_time(3_900_000_000.25 % 64)
 
 
 def test_audio_level() -> None:
