@@ -98,7 +98,9 @@ def create_app(settings: Settings) -> web.Application:
         raise ValueError("settings.token_secret is not set (call ensure_data_dir first)")
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
     app["settings"] = settings
-    app["rooms"] = RoomRegistry(settings.max_rooms, settings.max_participants_per_room)
+    app["rooms"] = RoomRegistry(
+        settings.max_rooms, settings.max_participants_per_room, public_ip=settings.public_ip
+    )
     app["revoked"] = RevocationList()
     app["meeting_policy"] = OpenMeetings()
     app["ice_servers"], app["ice_servers_json"] = ice_servers(settings)

@@ -57,3 +57,27 @@ async def test_room_state_and_leave(server):
     await a.leave()
     await b.wait_for(lambda: len(b.room["participants"]) == 1)
     await b.leave()
+
+
+async def test_udp_port_range_and_announced_address(tmp_path):
+    from .conftest import check_clean_exit, start_server
+
+    proc = start_server(
+        tmp_path,
+        env={"CONFERENCE_UDP_PORTS": "41200-41219", "CONFERENCE_PUBLIC_IP": "127.0.0.1"},
+    )
+    try:
+        client = Client(proc.url, "m1", proc.token(identity="chair", role="chair"))
+        await client.connect()
+        await client.publish({"microphone": ToneAudioTrack(440.0)})
+        answer = client.publisher.remoteDescription.sdp
+        ports = [
+            int(line.split()[5])
+            for line in answer.splitlines()
+            if line.startswith("a=candidate:")
+        ]
+        assert ports and all(41200 <= p <= 41219 for p in ports), ports
+        await client.wait_for(lambda: client.publisher.connectionState == "connected")
+        await client.leave()
+    finally:
+        check_clean_exit(proc)

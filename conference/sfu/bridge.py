@@ -87,6 +87,7 @@ __all__ = [
     "PacketSink",
     "RtpPacket",
     "RTCSessionDescription",
+    "announce_address",
     "codec_capability",
     "configure_ice_hosts",
     "ice_candidate_from_json",
@@ -134,6 +135,34 @@ def configure_ice_hosts(addresses: Iterable[str]) -> None:
     aioice.ice.get_host_addresses = get_host_addresses
 
 
+def announce_address(sdp: str, address: str | None) -> str:
+    """Add a copy of each host candidate with ``address`` (1:1 NAT, cloud VMs).
+
+    A server behind a static NAT knows its public address but only binds
+    private ones; like mediasoup's ``announcedIp``, each host candidate is
+    also offered with the public address and the same port (at a slightly
+    lower priority), so remote points can reach it without STUN.
+    """
+    if not address:
+        return sdp
+    out: list[str] = []
+    for line in sdp.split("\r\n"):
+        out.append(line)
+        if not line.startswith("a=candidate:") or " typ host" not in line:
+            continue
+        parts = line.split(" ")
+        if len(parts) < 8 or parts[4] == address:
+            continue
+        parts[0] = "a=candidate:" + "p" + parts[0][len("a=candidate:") :]
+        try:
+            parts[3] = str(max(int(parts[3]) - 1, 0))
+        except ValueError:
+            continue
+        parts[4] = address
+        out.append(" ".join(parts))
+    return "\r\n".join(out)
+
+
 def codec_capability(kind: str, name: str) -> list[RTCRtpCodecCapability]:
     """aiortc's capabilities for one codec name (e.g. ``VP8``), RTX included."""
     caps = get_capabilities(kind).codecs
@@ -156,7 +185,7 @@ def ice_candidate_from_json(data: dict[str, Any]) -> RTCIceCandidate | None:
         line = line[len("candidate:") :]
     try:
         candidate = candidate_from_sdp(line)
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, AssertionError) as exc:  # aiortc asserts on bad input
         raise ValueError("malformed ICE candidate") from exc
     mid = data.get("sdpMid")
     index = data.get("sdpMLineIndex")

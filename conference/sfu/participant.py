@@ -28,6 +28,7 @@ from .bridge import (
     ForwardingReceiver,
     ForwardingSender,
     RTCSessionDescription,
+    announce_address,
     codec_capability,
 )
 from .publication import SOURCES, Publication
@@ -155,7 +156,7 @@ class Participant:
             except Exception as exc:
                 raise NegotiationError(f"cannot answer offer: {exc}") from exc
             self._sync_publications(pc)
-            return pc.localDescription.sdp
+            return announce_address(pc.localDescription.sdp, self.room.public_ip)
 
     def _prefer_codec(self, pc: ForwardingPeerConnection, transceiver: Any, name: str) -> None:
         codecs = transceiver._codecs
@@ -314,7 +315,7 @@ class Participant:
                         {
                             "type": "offer",
                             "pc": "subscriber",
-                            "sdp": pc.localDescription.sdp,
+                            "sdp": announce_address(pc.localDescription.sdp, self.room.public_ip),
                             "tracks": tracks,
                         }
                     )
@@ -370,7 +371,7 @@ class Participant:
             await pc.setLocalDescription(answer)
         except Exception as exc:
             raise NegotiationError(f"cannot answer offer: {exc}") from exc
-        return pc.localDescription.sdp, subscriptions
+        return announce_address(pc.localDescription.sdp, self.room.public_ip), subscriptions
 
     # -- leaving ------------------------------------------------------------------
     async def close(self) -> None:

@@ -38,8 +38,10 @@ class Room:
         max_participants: int = 100,
         video_codec: str = "VP8",
         on_empty: Any = None,
+        public_ip: str | None = None,
     ) -> None:
         self.meeting_id = meeting_id
+        self.public_ip = public_ip
         self.max_participants = max_participants
         self.video_codec = video_codec
         self.participants: dict[str, Participant] = {}
@@ -203,7 +205,14 @@ class Room:
 class RoomRegistry:
     """The live rooms of this server, with its caps."""
 
-    def __init__(self, max_rooms: int = 50, max_participants: int = 100, video_codec: str = "VP8"):
+    def __init__(
+        self,
+        max_rooms: int = 50,
+        max_participants: int = 100,
+        video_codec: str = "VP8",
+        public_ip: str | None = None,
+    ) -> None:
+        self.public_ip = public_ip
         self.max_rooms = max_rooms
         self.max_participants = max_participants
         self.video_codec = video_codec
@@ -219,7 +228,13 @@ class RoomRegistry:
             return room
         if len(self.rooms) >= self.max_rooms:
             raise RoomError("server-full", "this server has reached its number of rooms")
-        room = Room(meeting_id, self.max_participants, self.video_codec, on_empty=self._closed)
+        room = Room(
+            meeting_id,
+            self.max_participants,
+            self.video_codec,
+            on_empty=self._closed,
+            public_ip=self.public_ip,
+        )
         self.rooms[meeting_id] = room
         return room
 
