@@ -237,7 +237,12 @@ class Client:
             self.sources[transceiver.mid] = source
         self._answer = asyncio.get_running_loop().create_future()
         await self.send(
-            {"type": "offer", "pc": "publisher", "sdp": pc.localDescription.sdp, "tracks": self.sources}
+            {
+                "type": "offer",
+                "pc": "publisher",
+                "sdp": pc.localDescription.sdp,
+                "tracks": self.sources,
+            }
         )
         sdp = await asyncio.wait_for(self._answer, 15)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))

@@ -82,7 +82,9 @@ def ice_servers(settings: Settings) -> tuple[list[RTCIceServer], list[dict[str, 
         urls = entry["urls"]
         urls = [urls] if isinstance(urls, str) else list(urls)
         servers.append(
-            RTCIceServer(urls=urls, username=entry.get("username"), credential=entry.get("credential"))
+            RTCIceServer(
+                urls=urls, username=entry.get("username"), credential=entry.get("credential")
+            )
         )
         item: dict[str, Any] = {"urls": urls}
         for key in ("username", "credential"):

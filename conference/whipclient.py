@@ -71,7 +71,9 @@ async def whip_publish(url: str, token: str, tracks: list[MediaStreamTrack]) -> 
 async def whep_watch(url: str, token: str, decode: bool = True) -> WhipSession:
     """Watch ``url`` (``.../whep/{meeting}[/{participant}]``): audio and video."""
     pc: RTCPeerConnection = (
-        RTCPeerConnection(RTCConfiguration(iceServers=[])) if decode else ForwardingPeerConnection([])
+        RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        if decode
+        else ForwardingPeerConnection([])
     )
     pc.addTransceiver("audio", direction="recvonly")
     pc.addTransceiver("video", direction="recvonly")

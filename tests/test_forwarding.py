@@ -72,9 +72,7 @@ async def test_udp_port_range_and_announced_address(tmp_path):
         await client.publish({"microphone": ToneAudioTrack(440.0)})
         answer = client.publisher.remoteDescription.sdp
         ports = [
-            int(line.split()[5])
-            for line in answer.splitlines()
-            if line.startswith("a=candidate:")
+            int(line.split()[5]) for line in answer.splitlines() if line.startswith("a=candidate:")
         ]
         assert ports and all(41200 <= p <= 41219 for p in ports), ports
         await client.wait_for(lambda: client.publisher.connectionState == "connected")

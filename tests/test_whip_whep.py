@@ -44,7 +44,10 @@ async def test_whep_viewer_of_one_participant(server):
     chair = Client(server.url, "m1", server.token(identity="chair", role="chair"))
     await chair.connect()
     await chair.publish(
-        {"camera": BarcodeVideoTrack(320, 240, fps=15, start=100), "microphone": ToneAudioTrack(550.0)}
+        {
+            "camera": BarcodeVideoTrack(320, 240, fps=15, start=100),
+            "microphone": ToneAudioTrack(550.0),
+        }
     )
     await asyncio.sleep(0.3)
     watcher = await whep_watch(
@@ -113,9 +116,7 @@ async def test_program_feed_follows_the_speaker(server):
         assert all(increasing(list(run)) for run in runs), runs
         # the outgoing stream stays continuous across switches: no sequence jump
         assert len(seqs) > 100
-        jumps = [
-            (b[0] - a[0]) & 0xFFFF for a, b in zip(seqs, seqs[1:], strict=False)
-        ]
+        jumps = [(b[0] - a[0]) & 0xFFFF for a, b in zip(seqs, seqs[1:], strict=False)]
         assert max(j for j in jumps if j < 0x8000) <= 3, sorted(jumps)[-5:]
         ts_steps = [((b[1] - a[1]) & 0xFFFFFFFF) for a, b in zip(seqs, seqs[1:], strict=False)]
         assert max(t for t in ts_steps if t < 0x80000000) < 90000, sorted(ts_steps)[-5:]

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import aioice.ice
+from aioice.ice import StunProtocol
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -43,7 +44,7 @@ from aiortc import (
 )
 from aiortc.codecs import get_capabilities
 from aiortc.rate import RemoteBitrateEstimator
-from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
+from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter, State
 from aiortc.rtcicetransport import RTCIceCandidate
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecCapability,
@@ -294,7 +295,8 @@ class ForwardingReceiver:
         if self._started:
             return
         for codec in parameters.codecs:
-            self._codecs[codec.payloadType] = codec
+            if codec.payloadType is not None:
+                self._codecs[codec.payloadType] = codec
         primary = [c for c in parameters.codecs if c.name.lower() != "rtx"]
         self.codec = primary[0] if primary else None
         for encoding in parameters.encodings:
@@ -398,7 +400,9 @@ class ForwardingReceiver:
     def request_keyframe(self) -> None:
         """Send a PLI to the publisher (the caller throttles)."""
         if self._media_ssrc is not None and self._rtcp_ssrc is not None:
-            pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self._rtcp_ssrc, media_ssrc=self._media_ssrc)
+            pli = RtcpPsfbPacket(
+                fmt=RTCP_PSFB_PLI, ssrc=self._rtcp_ssrc, media_ssrc=self._media_ssrc
+            )
             _spawn(self._send_rtcp(bytes(pli)))
 
     def cap_bitrate(self, bitrate: int | None) -> None:
@@ -537,7 +541,7 @@ class ForwardingSender:
         if not primary:
             return
         self.codec = primary[0]
-        self.payload_type = self.codec.payloadType
+        self.payload_type = self.codec.payloadType or 0
         for codec in parameters.codecs:
             if codec.name.lower() == "rtx" and codec.parameters.get("apt") == self.payload_type:
                 self.rtx_payload_type = codec.payloadType
@@ -583,16 +587,36 @@ class ForwardingSender:
     def started(self) -> bool:
         return self._started
 
-    async def send_rtp(self, data: bytes, payload_size: int) -> None:
-        """Send one RTP packet already addressed to this sender."""
-        if not self._started:
+    def send_rtp(self, data: bytes, payload_size: int) -> None:
+        """Send one RTP packet already addressed to this sender, right now.
+
+        The fan-out of one incoming packet to every subscriber runs without
+        yielding to the event loop: SRTP-protect, then ``sendto`` on the
+        nominated candidate pair's socket.  aiortc's own path
+        (``RTCDtlsTransport._send_rtp`` → ``RTCIceTransport._send`` →
+        ``Connection.send`` → ``sendto`` → ``send_data``) does the same
+        through four coroutines per packet; it is kept for TURN-relayed
+        local candidates, whose protocol must wrap the data.
+        """
+        dtls = self._transport
+        if not self._started or dtls._state != State.CONNECTED:
             return
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return
+        protocol = pair.protocol
+        self.packets_sent += 1
+        self.bytes_sent += payload_size
+        if type(protocol) is StunProtocol and protocol.transport is not None:
+            protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+        else:
+            _spawn(self._send_slow(data))
+
+    async def _send_slow(self, data: bytes) -> None:
         try:
             await self._transport._send_rtp(data)
         except ConnectionError:
-            return
-        self.packets_sent += 1
-        self.bytes_sent += payload_size
+            pass
 
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
         feedback = self.feedback

@@ -60,7 +60,13 @@ class Identity:
     moderate: bool = False
     record: bool = False
     token_id: str = ""
+    expires_at: float = 0.0  # POSIX time the token expires
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _urls(server: RTCIceServer) -> list[str]:
+    urls = server.urls
+    return [urls] if isinstance(urls, str) else list(urls)
 
 
 def new_id(prefix: str) -> str:
@@ -84,7 +90,15 @@ class Participant:
         self.who = who
         self.transport = transport  # "websocket", "whip" or "whep"
         self.signal = signal
-        self.ice_servers = ice_servers or []
+        # closes the signaling channel with a reason (set by the WebSocket handler)
+        self.disconnect: Callable[[int, str], Awaitable[None]] | None = None
+        # the server's own ICE agent needs STUN at most: handing it TURN would
+        # make it allocate a relay per peer connection
+        self.ice_servers = [
+            server
+            for server in ice_servers or []
+            if all(url.startswith("stun:") for url in _urls(server))
+        ]
         self.auto_subscribe = auto_subscribe and who.subscribe
         self.publisher_pc: ForwardingPeerConnection | None = None
         self.subscriber_pc: ForwardingPeerConnection | None = None
@@ -253,7 +267,9 @@ class Participant:
             self._free.remove(transceiver)
         else:
             transceiver = pc.addTransceiver(publication.kind, direction="sendonly")
-            transceiver.setCodecPreferences(codec_capability(publication.kind, publication.codec_name))
+            transceiver.setCodecPreferences(
+                codec_capability(publication.kind, publication.codec_name)
+            )
         transceiver.direction = "sendonly"
         sender = transceiver.sender
         assert isinstance(sender, ForwardingSender)
@@ -284,9 +300,7 @@ class Participant:
 
     def track_map(self) -> dict[str, str]:
         """mid -> publication id, for the client to label incoming tracks."""
-        return {
-            t.mid: pid for pid, t in self._transceiver_of.items() if t.mid is not None
-        }
+        return {t.mid: pid for pid, t in self._transceiver_of.items() if t.mid is not None}
 
     def request_negotiation(self) -> None:
         self._needs_negotiation = True

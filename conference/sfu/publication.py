@@ -44,6 +44,8 @@ class Publication:
         self.codec_name = codec_name.lower()
         self.clock_rate = clock_rate
         self.muted = False
+        # muted by a moderator: the server stops forwarding until lifted
+        self.blocked = False
         self.subscriptions: set[Subscription] = set()
         self.keyframe_throttle = KeyframeThrottle(0.3)
         self.keyframes_requested = 0
@@ -59,6 +61,8 @@ class Publication:
     # -- PacketSink -------------------------------------------------------------------
     async def on_rtp(self, packet: RtpPacket, repaired: bool) -> None:
         self.packets += 1
+        if self.blocked:
+            return
         payload = packet.payload
         if self.kind == "audio":
             keyframe = True
@@ -72,7 +76,7 @@ class Publication:
         if not repaired:
             self.last_rtp = (packet.timestamp, time.monotonic())
         for subscription in list(self.subscriptions):
-            await subscription.forward(self, packet, keyframe)
+            subscription.forward(self, packet, keyframe)
 
     def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
         self.sender_report = (ntp_timestamp, rtp_timestamp)
@@ -122,5 +126,6 @@ class Publication:
             "source": self.source,
             "kind": self.kind,
             "codec": self.codec_name,
-            "muted": self.muted,
+            "muted": self.muted or self.blocked,
+            "blocked": self.blocked,
         }

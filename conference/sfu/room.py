@@ -71,6 +71,8 @@ class Room:
         for old in replaced:
             await old.send({"type": "leave", "reason": "replaced"})
             await self.leave(old.id, "replaced", close_room=False)
+            if old.disconnect is not None:
+                await old.disconnect(4409, "replaced by a newer session")
         self.participants[participant.id] = participant
         if participant.auto_subscribe:
             for publication in self.publications():
@@ -85,7 +87,9 @@ class Room:
         self.schedule_broadcast()
         return replaced
 
-    async def leave(self, participant_id: str, reason: str = "left", close_room: bool = True) -> None:
+    async def leave(
+        self, participant_id: str, reason: str = "left", close_room: bool = True
+    ) -> None:
         participant = self.participants.pop(participant_id, None)
         if participant is None:
             return
@@ -96,6 +100,17 @@ class Room:
         self.schedule_broadcast()
         if close_room and not self.participants:
             await self.close()
+
+    async def remove(self, participant_id: str, reason: str = "removed") -> Participant | None:
+        """Remove a participant on a moderator's order; its channel is closed."""
+        participant = self.participants.get(participant_id)
+        if participant is None:
+            return None
+        await participant.send({"type": "leave", "reason": reason})
+        await self.leave(participant.id, reason, close_room=False)
+        if participant.disconnect is not None:
+            await participant.disconnect(4410, reason)
+        return participant
 
     def get(self, participant_id: str) -> Participant | None:
         participant = self.participants.get(participant_id)
@@ -156,7 +171,11 @@ class Room:
     def _stale(self, participant: Participant, now: float) -> str | None:
         age = time.time() - participant.joined_at
         for pc in (participant.publisher_pc, participant.subscriber_pc):
-            if pc is not None and pc.connectionState in ("new", "connecting") and age > CONNECT_TIMEOUT:
+            if (
+                pc is not None
+                and pc.connectionState in ("new", "connecting")
+                and age > CONNECT_TIMEOUT
+            ):
                 return "connection-timeout"
         if participant.transport == "whip" and participant.publications:
             last = max(p.receiver.last_packet_time for p in participant.publications.values())

@@ -17,7 +17,6 @@ timestamps continuous, so the subscriber's decoder sees one stream.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -132,7 +131,7 @@ class Subscription:
             target.request_keyframe()
 
     # -- the forwarding path -------------------------------------------------------
-    async def forward(self, publication: Publication, packet: RtpPacket, keyframe: bool) -> None:
+    def forward(self, publication: Publication, packet: RtpPacket, keyframe: bool) -> None:
         """Rewrite ``packet`` of ``publication`` and send it, if it belongs here."""
         sender = self.sender
         if not sender.started or self.paused:
@@ -166,14 +165,16 @@ class Subscription:
         if self._abs_id is not None:
             extensions.append((self._abs_id, abs_send_time(time.time())))
         ext = tuple(extensions)
-        data = build_rtp(sender.payload_type, bool(packet.marker), seq, timestamp, sender._ssrc, payload, ext)
+        data = build_rtp(
+            sender.payload_type, bool(packet.marker), seq, timestamp, sender._ssrc, payload, ext
+        )
         self._history.store(seq, (timestamp, bool(packet.marker), payload, ext))
         if ((seq - sender.last_seq) & 0xFFFF) < 0x8000:
             sender.last_seq = seq
             sender.last_ts = timestamp
             sender.last_time = time.monotonic()
         self.packets_forwarded += 1
-        await sender.send_rtp(data, len(payload))
+        sender.send_rtp(data, len(payload))
 
     def _start_source(self, publication: Publication, packet: RtpPacket) -> None:
         if self.source is not None:
@@ -194,9 +195,9 @@ class Subscription:
 
     # -- FeedbackSink --------------------------------------------------------------
     def on_nack(self, sequence_numbers: list[int]) -> None:
-        asyncio.ensure_future(self._retransmit(sequence_numbers))
+        self._retransmit(sequence_numbers)
 
-    async def _retransmit(self, sequence_numbers: list[int]) -> None:
+    def _retransmit(self, sequence_numbers: list[int]) -> None:
         sender = self.sender
         for seq in sequence_numbers[:64]:
             item = self._history.get(seq)
@@ -216,9 +217,11 @@ class Subscription:
                 )
                 sender.rtx_seq = (sender.rtx_seq + 1) & 0xFFFF
             else:
-                data = build_rtp(sender.payload_type, marker, seq, timestamp, sender._ssrc, payload, ext)
+                data = build_rtp(
+                    sender.payload_type, marker, seq, timestamp, sender._ssrc, payload, ext
+                )
             self.retransmitted += 1
-            await sender.send_rtp(data, len(payload))
+            sender.send_rtp(data, len(payload))
 
     def on_picture_loss(self) -> None:
         target = self.pending or self.source

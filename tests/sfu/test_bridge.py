@@ -62,9 +62,11 @@ async def test_remote_offer_creates_forwarding_transceivers():
 
 
 def test_configure_ice_hosts_and_restore():
-    original = aioice.ice._conference_original_get_host_addresses if hasattr(
-        aioice.ice, "_conference_original_get_host_addresses"
-    ) else aioice.ice.get_host_addresses
+    original = (
+        aioice.ice._conference_original_get_host_addresses
+        if hasattr(aioice.ice, "_conference_original_get_host_addresses")
+        else aioice.ice.get_host_addresses
+    )
     configure_ice_hosts(["127.0.0.1", "::1"])
     assert aioice.ice.get_host_addresses(True, False) == ["127.0.0.1"]
     assert aioice.ice.get_host_addresses(True, True) == ["127.0.0.1", "::1"]

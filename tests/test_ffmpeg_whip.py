@@ -1,0 +1,214 @@
+"""FFmpeg's WHIP muxer (through PyAV) publishes H.264 + Opus into the server.
+
+Why the test gives FFmpeg a certificate
+---------------------------------------
+With default options the muxer cannot connect to this server.  PyAV's wheels
+build FFmpeg with GnuTLS, and the GnuTLS backend makes its self-signed DTLS
+certificate with ``gnutls_sec_param_to_pk_bits(GNUTLS_PK_ECDSA,
+GNUTLS_SEC_PARAM_MEDIUM)``, i.e. an ECDSA **P-224** key.  aiortc's DTLS is
+OpenSSL (the one bundled in ``cryptography``, OpenSSL 4.0 here).  In
+(D)TLS 1.2 OpenSSL accepts the peer's ECDSA key only if its curve is one of its
+own supported groups (``tls12_check_peer_sigalg`` -> ``tls1_check_group_id``),
+and that OpenSSL no longer offers P-224 as a TLS group at all:
+``SSL_CTX_set1_curves_list(ctx, "P-224")`` fails.  So the handshake ends with
+OpenSSL's "wrong curve" error and an ``illegal_parameter`` alert, whichever
+side is the DTLS client (default ``a=setup:passive`` from FFmpeg, so the server
+is the client and rejects the ServerKeyExchange; with
+``whip_flags=dtls_active`` the server rejects the CertificateVerify).
+FFmpeg reports "A TLS fatal alert has been received" / "DTLS session failed"
+and the server logs "connection failed".  No setting of the SSL context
+(groups, signature algorithms, ``@SECLEVEL``) can accept the key.
+
+An operator gives FFmpeg a P-256 certificate instead, with the muxer's
+``cert_file``/``key_file`` options, and that is what this test does (the
+certificate is made with ``cryptography``; any self-signed P-256 certificate
+works since WebRTC checks only the fingerprint in the SDP)::
+
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \\
+        -keyout whip.key -out whip.crt -days 365 -subj /CN=ffmpeg
+    ffmpeg ... -f whip -authorization TOKEN \\
+        -cert_file whip.crt -key_file whip.key https://host/whip/MEETING
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from conference.client import Client
+from conference.testmedia import draw_barcode, tone_frames
+
+from .mediacheck import audio_frequency, increasing, track_for, video_numbers, wait_tracks
+
+WIDTH, HEIGHT, FPS = 320, 240, 30
+FIRST_FRAME = 1000
+TONE_HZ = 660.0
+
+
+def write_p256_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate and key, PEM, for FFmpeg's DTLS."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ffmpeg-whip")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = directory / "whip-cert.pem"
+    key_file = directory / "whip-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+class FfmpegWhipPublisher:
+    """Encodes barcode video (libx264) and a tone (libopus) into FFmpeg's WHIP muxer.
+
+    ``run`` blocks (the DTLS handshake happens in the first ``mux``), so the
+    test runs it in a thread; frames are paced in real time.
+    """
+
+    def __init__(self, url: str, options: dict[str, str], seconds: float, gop: int = FPS) -> None:
+        self.url = url
+        self.gop = gop
+        self.options = options
+        self.seconds = seconds
+        self.frames_sent = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        container = av.open(self.url, mode="w", format="whip", options=self.options)
+        try:
+            video = container.add_stream(
+                "libx264",
+                rate=FPS,
+                options={
+                    "tune": "zerolatency",
+                    "preset": "ultrafast",
+                    "profile": "baseline",
+                    "bf": "0",
+                    "g": str(self.gop),
+                },
+            )
+            video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+            audio = container.add_stream("libopus", rate=48000, layout="stereo")
+            tones = tone_frames(TONE_HZ, self.seconds + 1.0)
+            tone = next(tones, None)
+            start = time.monotonic()
+            for n in range(round(self.seconds * FPS)):
+                if self.stop.is_set():
+                    break
+                frame = draw_barcode(FIRST_FRAME + n, WIDTH, HEIGHT)
+                frame.pts, frame.time_base = n, Fraction(1, FPS)
+                for packet in video.encode(frame):
+                    container.mux(packet)
+                self.frames_sent += 1
+                # audio up to the end of this video frame
+                while tone is not None and (tone.pts or 0) / 48000 < (n + 1) / FPS:
+                    for packet in audio.encode(tone):
+                        container.mux(packet)
+                    tone = next(tones, None)
+                delay = start + (n + 1) / FPS - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            for stream in (video, audio):
+                for packet in stream.encode(None):
+                    container.mux(packet)
+        finally:
+            container.close()  # sends the WHIP DELETE
+
+
+async def test_ffmpeg_whip_publishes_h264_and_opus(server, tmp_path):
+    cert_file, key_file = write_p256_certificate(tmp_path)
+    token = server.token(identity="ffmpeg-hall", role="chair", name="FFmpeg hội trường")
+    publisher = FfmpegWhipPublisher(
+        f"{server.url}/whip/m1",
+        {"authorization": token, "cert_file": str(cert_file), "key_file": str(key_file)},
+        seconds=5.0,
+    )
+    viewer = Client(server.url, "m1", server.token(identity="xa-tan-thinh"))
+    await viewer.connect()
+    publishing = asyncio.ensure_future(asyncio.to_thread(publisher.run))
+
+    def encoders() -> list[dict[str, Any]]:
+        return [p for p in viewer.room["participants"] if p["id"] != viewer.id]
+
+    try:
+        try:
+            await wait_tracks(viewer, 2, timeout=8.0)
+        except TimeoutError:
+            if publishing.done():
+                publishing.result()  # FFmpeg's own error (e.g. "DTLS session failed")
+            raise
+        await viewer.wait_for(lambda: len(encoders()) == 1, 5.0)
+        encoder = encoders()[0]
+        assert encoder["name"] == "FFmpeg hội trường" and encoder["transport"] == "whip", encoder
+        codecs = {pub["source"]: pub["codec"] for pub in encoder["publications"]}
+        assert codecs == {"camera": "h264", "microphone": "opus"}, encoder
+
+        numbers = await video_numbers(track_for(viewer, encoder["id"], "camera"), 2.5)
+        decoded = [n for n in numbers if n is not None]
+        assert len(decoded) >= 45 and increasing(numbers), numbers
+        assert min(decoded) >= FIRST_FRAME and max(decoded) < FIRST_FRAME + 5 * FPS, decoded
+        # nothing lost or undecodable at 30 fps over loopback (allow a stray frame)
+        assert len(decoded) >= 0.9 * len(numbers), numbers
+        freq = await audio_frequency(track_for(viewer, encoder["id"], "microphone"), 1.0)
+        assert abs(freq - TONE_HZ) < 15, freq
+
+        await asyncio.wait_for(publishing, 10.0)  # FFmpeg ends and DELETEs its session
+        await viewer.wait_for(lambda: not encoders(), 5.0)
+    finally:
+        publisher.stop.set()
+        await asyncio.wait([publishing], timeout=10.0)
+        await viewer.leave()
+
+
+async def test_ffmpeg_default_certificate_is_refused(server):
+    """Pins the limitation explained in the module docstring.
+
+    If this starts failing, FFmpeg's default P-224 certificate is accepted now
+    (a new FFmpeg or OpenSSL): update the docstring and the operator docs.
+    """
+    publisher = FfmpegWhipPublisher(
+        f"{server.url}/whip/m1", {"authorization": server.token(identity="ffmpeg")}, seconds=1.0
+    )
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.WARNING)  # PyAV drops FFmpeg's log by default
+    try:
+        with av.logging.Capture(local=False) as logs:
+            with pytest.raises(av.error.OSError):
+                await asyncio.wait_for(asyncio.to_thread(publisher.run), 15.0)
+    finally:
+        av.logging.set_level(level)
+    messages = [message for _, _, message in logs]
+    assert any("TLS fatal alert" in m for m in messages), messages
+    assert any("DTLS session failed" in m for m in messages), messages
+    assert publisher.frames_sent == 0
+    deadline = time.monotonic() + 5
+    while "connection failed" not in server.log() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert "connection failed" in server.log()
