@@ -288,9 +288,8 @@ class Client:
                 assert isinstance(receiver, ForwardingReceiver)
                 counter = self.counters.get(publication)
                 if counter is None:
-                    codec = next(
-                        (c.name.lower() for c in transceiver._codecs if c.name.lower() != "rtx"), ""
-                    )
+                    media_codec = ForwardingPeerConnection.media_codec(transceiver)
+                    codec = media_codec.name.lower() if media_codec else ""
                     counter = StreamCounter(kind=transceiver.kind, codec=codec)
                     self.counters[publication] = counter
                 receiver.sink = counter

@@ -101,7 +101,11 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
     app["settings"] = settings
     app["rooms"] = RoomRegistry(
-        settings.max_rooms, settings.max_participants_per_room, public_ip=settings.public_ip
+        settings.max_rooms,
+        settings.max_participants_per_room,
+        public_ip=settings.public_ip,
+        connect_timeout=settings.connect_timeout,
+        media_timeout=settings.media_timeout,
     )
     app["revoked"] = RevocationList()
     app["meeting_policy"] = OpenMeetings()

@@ -58,6 +58,8 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_MAX_ROOMS": "max_rooms",
     "CONFERENCE_MAX_MESSAGE_BYTES": "max_message_bytes",
     "CONFERENCE_LOG_LEVEL": "log_level",
+    "CONFERENCE_MEDIA_TIMEOUT": "media_timeout",
+    "CONFERENCE_CONNECT_TIMEOUT": "connect_timeout",
 }
 
 
@@ -91,6 +93,10 @@ class Settings:
     max_participants_per_room: int = 100
     max_rooms: int = 50
     max_message_bytes: int = 65536
+    #: Seconds without media or RTCP before a WHIP/WHEP session is dropped.
+    media_timeout: int = 15
+    #: Seconds for ICE and DTLS to complete before a session is dropped.
+    connect_timeout: int = 20
     log_level: str = "INFO"
 
 
@@ -238,6 +244,8 @@ _CONVERTERS: dict[str, _Converter] = {
     "max_participants_per_room": _int_converter(1),
     "max_rooms": _int_converter(1),
     "max_message_bytes": _int_converter(1024, 64 * 1024 * 1024),
+    "media_timeout": _int_converter(2, 3600),
+    "connect_timeout": _int_converter(2, 3600),
     "log_level": _to_log_level,
 }
 assert set(_CONVERTERS) == {f.name for f in fields(Settings)}

@@ -146,3 +146,38 @@ async def test_whip_delete_needs_the_owner(server):
         start = time.monotonic()
         assert await encoder.delete() == 200
         assert time.monotonic() - start < 5
+
+
+async def test_silent_whip_and_whep_sessions_are_removed(tmp_path):
+    from .conftest import check_clean_exit, start_server
+
+    proc = start_server(tmp_path, env={"CONFERENCE_MEDIA_TIMEOUT": "3"})
+    try:
+        encoder = await whip_publish(
+            f"{proc.url}/whip/m1",
+            proc.token(identity="enc", role="chair"),
+            [BarcodeVideoTrack(320, 240, fps=15), ToneAudioTrack()],
+        )
+        watcher = await whep_watch(
+            f"{proc.url}/whep/m1", proc.token(identity="tv", role="viewer"), decode=False
+        )
+        viewer = Client(proc.url, "m1", proc.token(identity="xa"))
+        await viewer.connect()
+        await viewer.wait_for(lambda: len(viewer.room["participants"]) == 3)
+        await asyncio.sleep(4.0)  # healthy sessions outlive the timeout
+        assert len(viewer.room["participants"]) == 3
+
+        async def blackhole(data: bytes) -> None:
+            return None
+
+        # the encoder and the viewer vanish without a word (power cut, cable pulled)
+        for pc in (encoder.pc, watcher.pc):
+            for transceiver in pc.getTransceivers():
+                transceiver.sender.transport._send_rtp = blackhole
+        await viewer.wait_for(lambda: len(viewer.room["participants"]) == 1, timeout=10)
+        assert "media-timeout" in proc.log()
+        await viewer.leave()
+        await encoder.pc.close()
+        await watcher.pc.close()
+    finally:
+        check_clean_exit(proc)

@@ -328,6 +328,7 @@ class ForwardingReceiver:
 
     # -- media path ---------------------------------------------------------------
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
+        self.last_packet_time = time.monotonic()
         if isinstance(packet, RtcpSrPacket):
             info = packet.sender_info
             self._lsr[packet.ssrc] = ((info.ntp_timestamp >> 16) & 0xFFFFFFFF, time.time())
@@ -506,6 +507,7 @@ class ForwardingSender:
         self.rtt: float | None = None
         self.fraction_lost = 0
         self.remote_bitrate: int | None = None
+        self.last_feedback = 0.0  # monotonic time of the last RTCP from the subscriber
         self._last_sr: tuple[int, float] | None = None
         # continuity of the outgoing stream, kept across subscriptions that
         # reuse this sender: last sequence number, timestamp and send time
@@ -619,6 +621,7 @@ class ForwardingSender:
             pass
 
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
+        self.last_feedback = time.monotonic()
         feedback = self.feedback
         if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
@@ -713,14 +716,29 @@ class ForwardingPeerConnection(RTCPeerConnection):
         transceiver._RTCRtpTransceiver__receiver = receiver
         return transceiver
 
-    def set_codec_order(self, transceiver: Any, preferred: str) -> None:
-        """After a remote offer, answer with ``preferred`` first if it was offered."""
-        codecs = transceiver._codecs
-        first = [c for c in codecs if c.name.lower() == preferred.lower()]
-        if not first:
-            return
-        rest = [c for c in codecs if c.name.lower() != preferred.lower()]
-        transceiver._codecs = first + rest
+    @staticmethod
+    def answer_one_codec(transceiver: Any, preferred: str) -> None:
+        """After a remote offer, answer a single codec (``preferred`` if offered).
 
-    def negotiated_codecs(self, transceiver: Any) -> list[RTCRtpCodecParameters]:
-        return list(transceiver._codecs)
+        aiortc would answer every common codec; an SFU wants the publisher to
+        send exactly one, the one the room forwards.  RTX for it is kept.
+        """
+        codecs = transceiver._codecs
+        primary = [c for c in codecs if c.name.lower() != "rtx"]
+        chosen = [c for c in primary if c.name.lower() == preferred.lower()][:1] or primary[:1]
+        if not chosen:
+            return
+        pt = chosen[0].payloadType
+        rtx = [c for c in codecs if c.name.lower() == "rtx" and c.parameters.get("apt") == pt]
+        transceiver._codecs = chosen + rtx
+
+    @staticmethod
+    def media_codec(transceiver: Any) -> RTCRtpCodecParameters | None:
+        """The negotiated media codec of a transceiver (RTX left out)."""
+        return next((c for c in transceiver._codecs if c.name.lower() != "rtx"), None)
+
+    @staticmethod
+    def remote_sends(transceiver: Any) -> bool:
+        """Whether the remote side's latest description sends on this m-line."""
+        direction = transceiver._offerDirection or transceiver.currentDirection
+        return direction in ("recvonly", "sendrecv")

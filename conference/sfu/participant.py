@@ -163,7 +163,7 @@ class Participant:
                 self._mid_source[str(source_mid)] = source
             for transceiver in pc.getTransceivers():
                 if transceiver.kind == "video":
-                    self._prefer_codec(pc, transceiver, self.room.video_codec)
+                    pc.answer_one_codec(transceiver, self.room.video_codec)
             try:
                 answer = await pc.createAnswer()
                 await pc.setLocalDescription(answer)
@@ -172,16 +172,6 @@ class Participant:
             self._sync_publications(pc)
             return announce_address(pc.localDescription.sdp, self.room.public_ip)
 
-    def _prefer_codec(self, pc: ForwardingPeerConnection, transceiver: Any, name: str) -> None:
-        codecs = transceiver._codecs
-        primary = [c for c in codecs if c.name.lower() != "rtx"]
-        chosen = [c for c in primary if c.name.lower() == name.lower()][:1] or primary[:1]
-        if not chosen:
-            return
-        pt = chosen[0].payloadType
-        rtx = [c for c in codecs if c.name.lower() == "rtx" and c.parameters.get("apt") == pt]
-        transceiver._codecs = chosen + rtx
-
     def _sync_publications(self, pc: ForwardingPeerConnection) -> None:
         seen: set[str] = set()
         for transceiver in pc.getTransceivers():
@@ -189,10 +179,7 @@ class Participant:
             receiver = transceiver.receiver
             if mid is None or not isinstance(receiver, ForwardingReceiver):
                 continue
-            receiving = (transceiver._offerDirection or transceiver.currentDirection) in (
-                "recvonly",
-                "sendrecv",
-            )
+            receiving = pc.remote_sends(transceiver)
             existing = next((p for p in self.publications.values() if p.receiver is receiver), None)
             if not receiving:
                 self._unpublished.discard(receiver)
@@ -209,7 +196,7 @@ class Participant:
             )
             if source not in SOURCES:
                 source = "microphone" if transceiver.kind == "audio" else "camera"
-            codec = next((c for c in transceiver._codecs if c.name.lower() != "rtx"), None)
+            codec = pc.media_codec(transceiver)
             if codec is None:
                 continue
             publication = Publication(
@@ -373,7 +360,7 @@ class Participant:
         subscriptions: list[Subscription] = []
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "video":
-                self._prefer_codec(pc, transceiver, codec)
+                pc.answer_one_codec(transceiver, codec)
             transceiver.direction = "sendonly"
             sender = transceiver.sender
             assert isinstance(sender, ForwardingSender)
@@ -405,6 +392,36 @@ class Participant:
                     await pc.close()
                 except Exception as exc:  # closing must never fail the room
                     logger.debug("participant %s: close failed: %s", self.id, exc)
+
+    def media_silent_since(self, now: float, limit: float) -> bool:
+        """Whether this endpoint should have sent media or feedback but did not.
+
+        Only for endpoints without a signaling channel (WHIP, WHEP), whose
+        failures only media can reveal.  An encoder always sends; a viewer that
+        has received packets sends RTCP receiver reports about every second.
+        """
+        receivers: list[ForwardingReceiver] = []
+        senders: list[ForwardingSender] = []
+        for pc in (self.publisher_pc, self.subscriber_pc):
+            for transceiver in pc.getTransceivers() if pc is not None else []:
+                if (
+                    isinstance(transceiver.receiver, ForwardingReceiver)
+                    and self.transport == "whip"
+                ):
+                    receivers.append(transceiver.receiver)
+                if isinstance(transceiver.sender, ForwardingSender) and self.transport == "whep":
+                    senders.append(transceiver.sender)
+        if receivers:
+            return now - max(r.last_packet_time for r in receivers) > limit
+        # receivers keep reporting on a stream after it pauses (RFC 3550)
+        feeding = [s for s in senders if s.last_time is not None]
+        if feeding:
+            return now - max(s.last_feedback for s in senders) > limit
+        return False
+
+    def media_connected(self) -> bool:
+        pcs = [pc for pc in (self.publisher_pc, self.subscriber_pc) if pc is not None]
+        return bool(pcs) and any(pc.connectionState == "connected" for pc in pcs)
 
     def receive_stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -39,8 +39,12 @@ class Room:
         video_codec: str = "VP8",
         on_empty: Any = None,
         public_ip: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        media_timeout: float = MEDIA_SILENCE_TIMEOUT,
     ) -> None:
         self.meeting_id = meeting_id
+        self.connect_timeout = connect_timeout
+        self.media_timeout = media_timeout
         self.public_ip = public_ip
         self.max_participants = max_participants
         self.video_codec = video_codec
@@ -174,12 +178,13 @@ class Room:
             if (
                 pc is not None
                 and pc.connectionState in ("new", "connecting")
-                and age > CONNECT_TIMEOUT
+                and age > self.connect_timeout
             ):
                 return "connection-timeout"
-        if participant.transport == "whip" and participant.publications:
-            last = max(p.receiver.last_packet_time for p in participant.publications.values())
-            if last and now - last > MEDIA_SILENCE_TIMEOUT:
+        # a connected endpoint sends RTP or at least RTCP receiver reports
+        # every second or so; aioice's consent check alone takes 30 s
+        if participant.media_connected() and age > self.media_timeout:
+            if participant.media_silent_since(now, self.media_timeout):
                 return "media-timeout"
         return None
 
@@ -230,8 +235,12 @@ class RoomRegistry:
         max_participants: int = 100,
         video_codec: str = "VP8",
         public_ip: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        media_timeout: float = MEDIA_SILENCE_TIMEOUT,
     ) -> None:
         self.public_ip = public_ip
+        self.connect_timeout = connect_timeout
+        self.media_timeout = media_timeout
         self.max_rooms = max_rooms
         self.max_participants = max_participants
         self.video_codec = video_codec
@@ -253,6 +262,8 @@ class RoomRegistry:
             self.video_codec,
             on_empty=self._closed,
             public_ip=self.public_ip,
+            connect_timeout=self.connect_timeout,
+            media_timeout=self.media_timeout,
         )
         self.rooms[meeting_id] = room
         return room
