@@ -58,4 +58,5 @@ async def authenticate(app: web.Application, token: str | None, meeting_id: str)
         moderate=grants.moderate,
         record=grants.record,
         token_id=claims.token_id,
+        expires_at=claims.expires_at.timestamp(),
     )

@@ -154,7 +154,13 @@ class Client:
                     continue
                 message = json.loads(msg.data)
                 self.messages.append(message)
-                await self._handle(message)
+                try:
+                    await self._handle(message)
+                except Exception as exc:  # one bad message must not stop the reader
+                    logger.warning(
+                        "client %s: handling %s failed: %r", self.id, message.get("type"), exc
+                    )
+                    self.errors.append({"type": "client-error", "message": repr(exc)})
                 async with self._changed:
                     self._changed.notify_all()
         except Exception as exc:  # a reader must not die silently
@@ -200,8 +206,19 @@ class Client:
                 if time.monotonic() >= deadline:
                     raise
 
-    async def wait_message(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
-        start = len(self.messages)
+    async def request(
+        self, message: dict[str, Any], reply: str, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Send ``message`` and wait for the next message of type ``reply``."""
+        since = len(self.messages)
+        await self.send(message)
+        return await self.wait_message(reply, timeout, since=since)
+
+    async def wait_message(
+        self, kind: str, timeout: float = 10.0, since: int | None = None
+    ) -> dict[str, Any]:
+        """Wait for a message of type ``kind`` received after ``since`` (default: now)."""
+        start = len(self.messages) if since is None else since
 
         def found() -> bool:
             return any(m.get("type") == kind for m in self.messages[start:])

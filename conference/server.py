@@ -9,6 +9,7 @@ import logging
 import signal
 import ssl
 import weakref
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from . import __version__
 from .access import OpenMeetings
 from .settings import Settings
 from .sfu.bridge import configure_ice_hosts
+from .sfu.participant import Participant
 from .sfu.room import RoomRegistry
 from .sfu.udp import loop_factory
 from .signaling import websocket_handler
@@ -107,7 +109,15 @@ def create_app(settings: Settings) -> web.Application:
         connect_timeout=settings.connect_timeout,
         media_timeout=settings.media_timeout,
     )
-    app["revoked"] = RevocationList()
+    revoked = RevocationList()
+    app["revoked"] = revoked
+
+    def revoke(participant: Participant) -> None:
+        if participant.who.token_id and participant.who.expires_at:
+            expires = datetime.fromtimestamp(participant.who.expires_at, UTC)
+            revoked.revoke(participant.who.token_id, expires)
+
+    app["rooms"].on_removed = revoke
     app["meeting_policy"] = OpenMeetings()
     app["ice_servers"], app["ice_servers_json"] = ice_servers(settings)
     app["websockets"] = weakref.WeakSet()
@@ -139,9 +149,7 @@ def _tracked(handler: Any) -> Any:
 async def _shutdown(app: web.Application) -> None:
     logger.info("shutting down: closing rooms")
     registry: RoomRegistry = app["rooms"]
-    for room in list(registry.rooms.values()):
-        await room.broadcast({"type": "leave", "reason": "server-shutdown"})
-    await registry.close()
+    await registry.close("server-shutdown")
     for task in list(app["websockets"]):
         task.cancel()
 

@@ -10,11 +10,13 @@ no sense (bad token, removed, too many errors).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiortc import RTCIceCandidate
 
 from .access import AccessError, authenticate
 from .sfu.bridge import ice_candidate_from_json
@@ -27,7 +29,7 @@ logger = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 JOIN_TIMEOUT = 10.0
 MAX_ERRORS = 20
-REMOVED_POLL = 1.0
+MAX_CANDIDATE_CHARS = 1024
 
 # WebSocket close codes (4000-4999 are ours, mirroring HTTP statuses)
 CLOSE_BAD_REQUEST = 4400
@@ -53,6 +55,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app["settings"]
     meeting_id = request.match_info["meeting_id"]
+    where = _printable(meeting_id[:128])  # for the log: the URL is not checked yet
     ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=settings.max_message_bytes)
     await ws.prepare(request)
     send_lock = asyncio.Lock()
@@ -60,15 +63,17 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     removed_reason = "removed"
 
     async def send(message: dict[str, Any]) -> None:
-        nonlocal removed_reason
         if ws.closed:
             return
         async with send_lock:
             await ws.send_str(json.dumps(message, ensure_ascii=False))
-        if message.get("type") == "leave":
-            # the room removed this participant (replaced, timeout, shutdown): hang up
-            removed_reason = str(message.get("reason") or "removed")
-            removed.set()
+
+    async def disconnect(code: int, why: str) -> None:
+        """The room dropped this participant (replaced, removed, timeout, shutdown)."""
+        nonlocal removed_reason
+        removed_reason = why
+        removed.set()
+        await hang_up()
 
     # -- join ----------------------------------------------------------------------
     header = request.headers.get("Authorization", "")
@@ -80,7 +85,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return ws
     if first.type != WSMsgType.TEXT:
         if first.type == WSMsgType.ERROR:
-            logger.info("ws %s: refused: %s", meeting_id, first.data)
+            logger.info("ws %s: refused: %s", where, first.data)
         await ws.close(code=CLOSE_BAD_REQUEST, message=b"join expected")
         return ws
     try:
@@ -88,20 +93,22 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         if join.get("type") != "join":
             raise ProtocolError("join-expected", "the first message must be a join")
         version = join.get("version", PROTOCOL_VERSION)
-        if version != PROTOCOL_VERSION:
+        if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
             raise ProtocolError("unsupported-version", f"protocol version {PROTOCOL_VERSION} only")
         if isinstance(join.get("token"), str):
             token = join["token"]
     except ProtocolError as exc:
+        logger.info("ws %s: refused: %s", where, exc.message)
         await send(_error(exc.code, exc.message))
         await ws.close(code=CLOSE_BAD_REQUEST, message=exc.message.encode()[:120])
         return ws
     try:
         who = await authenticate(app, token, meeting_id)
     except AccessError as exc:
-        logger.info("ws %s: refused: %s", meeting_id, exc.message)
+        logger.info("ws %s: refused: %s", where, exc.message)
         await send(_error(exc.code, exc.message))
-        code = CLOSE_FORBIDDEN if exc.status == 403 else CLOSE_UNAUTHORIZED
+        # 4401, 4403, 4404 (a meeting policy may refuse an unknown meeting)...
+        code = 4000 + exc.status if 400 <= exc.status < 500 else CLOSE_UNAUTHORIZED
         await ws.close(code=code, message=exc.message.encode()[:120])
         return ws
 
@@ -118,6 +125,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         )
         await room.join(participant)
     except RoomError as exc:
+        logger.info("ws %s: refused: %s", where, exc.message)
         await send(_error(exc.code, exc.message))
         await ws.close(code=CLOSE_FULL, message=exc.message.encode()[:120])
         return ws
@@ -140,23 +148,20 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     )
 
     # -- session -------------------------------------------------------------------
-    async def close_when_removed() -> None:
-        """Close the socket once the room dropped the participant, whoever did it."""
-        while not removed.is_set() and not participant.closed:
-            try:
-                await asyncio.wait_for(removed.wait(), REMOVED_POLL)
-            except TimeoutError:
-                pass
+    async def hang_up() -> None:
+        if ws.closed:
+            return
         if not removed.is_set():
-            await send({"type": "leave", "reason": "removed"})
+            await ws.close()
+            return
+        logger.info("ws %s: %s closed: %s", where, participant.id, _printable(removed_reason))
         code = {
             "replaced": CLOSE_REPLACED,
             "server-shutdown": WSCloseCode.GOING_AWAY,
         }.get(removed_reason, CLOSE_REMOVED)
-        logger.info("ws %s: %s closed: %s", meeting_id, participant.id, removed_reason)
         await ws.close(code=code, message=removed_reason.encode()[:120])
 
-    closer = asyncio.ensure_future(close_when_removed())
+    participant.disconnect = disconnect
     errors = 0
     reason = "left"
     try:
@@ -165,26 +170,38 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 # aiohttp already closed the socket (1009 when over max_message_bytes)
                 too_big = getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG
                 reason = "message-too-big" if too_big else "websocket-error"
-                logger.info("ws %s: %s: %s", meeting_id, participant.id, msg.data)
+                logger.info("ws %s: %s: %s", where, participant.id, msg.data)
                 break
-            if msg.type != WSMsgType.TEXT:
-                if msg.type == WSMsgType.BINARY:
-                    await send(_error("bad-message", "binary messages are not accepted"))
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
-            try:
-                message = _parse(msg.data)
-                done = await _dispatch(participant, message, send)
-                if done:
-                    break
-            except ProtocolError as exc:
+            refusal: tuple[str, str] | None = None
+            kind = None
+            if msg.type == WSMsgType.BINARY:
+                refusal = "bad-message", "binary messages are not accepted"
+            else:
+                kind = _kind(msg.data)
+                try:
+                    message = _parse(msg.data)
+                    done = await _dispatch(participant, message, send)
+                    if done:
+                        break
+                except ProtocolError as exc:
+                    refusal = exc.code, exc.message
+                except (NegotiationError, ValueError) as exc:
+                    refusal = "bad-request", str(exc)[:300]
+                except PermissionError as exc:
+                    refusal = "forbidden", str(exc)
+            if refusal is not None:
                 errors += 1
-                await send(_error(exc.code, exc.message, request=_kind(msg.data)))
-            except (NegotiationError, ValueError) as exc:
-                errors += 1
-                await send(_error("bad-request", str(exc)[:300], request=_kind(msg.data)))
-            except PermissionError as exc:
-                errors += 1
-                await send(_error("forbidden", str(exc), request=_kind(msg.data)))
+                logger.info(
+                    "ws %s: %s: refused %s: %s: %s",
+                    where,
+                    participant.id,
+                    _printable((kind or "?")[:40]),
+                    refusal[0],
+                    _printable(refusal[1]),
+                )
+                await send(_error(*refusal, request=kind))
             if errors > MAX_ERRORS:
                 reason = "too-many-errors"
                 await ws.close(code=CLOSE_BAD_REQUEST, message=b"too many errors")
@@ -192,13 +209,17 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             if participant.closed:
                 break
     finally:
-        closer.cancel()
         if removed.is_set():
             reason = removed_reason
         await room.leave(participant.id, reason)
         if not ws.closed:
-            await ws.close()
+            await hang_up()
     return ws
+
+
+def _printable(text: str) -> str:
+    """``text`` safe for a one-line log record (no newlines or control characters)."""
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def _parse(data: str) -> dict[str, Any]:
@@ -218,6 +239,47 @@ def _kind(data: str) -> str | None:
         return None
     kind = message.get("type") if isinstance(message, dict) else None
     return kind if isinstance(kind, str) else None
+
+
+def _candidate(data: dict[str, Any]) -> RTCIceCandidate | None:
+    """A browser's ``RTCIceCandidateInit``, checked beyond what aiortc and aioice check."""
+    line = data.get("candidate")
+    if isinstance(line, str) and len(line) > MAX_CANDIDATE_CHARS:
+        raise ValueError("malformed ICE candidate: too long")
+    try:
+        candidate = ice_candidate_from_json(data)
+    except AssertionError as exc:  # aiortc's candidate_from_sdp asserts on short lines
+        raise ValueError("malformed ICE candidate") from exc
+    if candidate is None:
+        return None
+    problem = None
+    if candidate.protocol.lower() not in ("udp", "tcp"):
+        problem = "transport must be udp or tcp"
+    elif not 1 <= candidate.port <= 65535:
+        problem = "port must be 1-65535"
+    elif not 1 <= candidate.component <= 256:
+        problem = "component must be 1-256"
+    elif not 0 <= candidate.priority < 2**32:
+        problem = "priority must be a 32-bit unsigned integer"
+    elif candidate.type not in ("host", "srflx", "prflx", "relay"):
+        problem = "type must be host, srflx, prflx or relay"
+    elif not _candidate_host(candidate.ip):
+        problem = "address must be an IP address or an mDNS .local name"
+    elif candidate.relatedPort is not None and not 0 <= candidate.relatedPort <= 65535:
+        problem = "rport must be 0-65535"
+    if problem is not None:
+        raise ValueError(f"malformed ICE candidate: {problem}")
+    return candidate
+
+
+def _candidate_host(host: str) -> bool:
+    if host.endswith(".local"):  # browsers hide their addresses behind mDNS names
+        return 6 < len(host) <= 255
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _str(message: dict[str, Any], key: str, limit: int = 200_000) -> str:
@@ -257,10 +319,18 @@ async def _dispatch(participant: Participant, message: dict[str, Any], send: Any
         candidate = message.get("candidate")
         if not isinstance(candidate, dict):
             raise ProtocolError("bad-message", "'candidate' must be an object")
-        try:
-            parsed = ice_candidate_from_json(candidate)
-        except AssertionError as exc:  # aiortc's candidate_from_sdp asserts on short lines
-            raise ValueError("malformed ICE candidate") from exc
+        parsed = _candidate(candidate)
+        pc = participant.publisher_pc if which == "publisher" else participant.subscriber_pc
+        if parsed is not None and pc is not None:
+            transceivers = pc.getTransceivers()
+            if parsed.sdpMid is not None:
+                known = any(t.mid == parsed.sdpMid for t in transceivers)
+            else:
+                known = 0 <= (parsed.sdpMLineIndex or 0) < len(transceivers)
+            if not known:
+                raise ValueError(
+                    f"the candidate's sdpMid/sdpMLineIndex names no media section of the {which}"
+                )
         if parsed is not None:
             await participant.add_candidate(which, parsed)
     elif kind == "subscribe" or kind == "unsubscribe":
@@ -293,6 +363,27 @@ async def _dispatch(participant: Participant, message: dict[str, Any], send: Any
         if not participant.set_muted(source, muted):
             raise ProtocolError("unknown-publication", f"nothing published from {source}")
         room.schedule_broadcast()
+    elif kind in ("mute-participant", "remove"):
+        if not participant.who.moderate:
+            raise PermissionError("only a moderator (the chair) may do this")
+        target_id = message.get("participant")
+        target = room.participants.get(target_id) if isinstance(target_id, str) else None
+        if target is None:
+            raise ProtocolError("unknown-participant", "no such participant in the meeting")
+        if kind == "remove":
+            if target is participant:
+                raise ProtocolError("bad-request", "use leave to leave the meeting")
+            await room.remove(target.id)
+        else:
+            source = message.get("source")
+            muted = message.get("muted")
+            if source not in SOURCES or not isinstance(muted, bool):
+                raise ProtocolError(
+                    "bad-message", "mute-participant needs 'source' and a boolean 'muted'"
+                )
+            if not room.block(target.id, source, muted):
+                raise ProtocolError("unknown-publication", f"nothing published from {source}")
+            await target.send({"type": "muted-by-moderator", "source": source, "muted": muted})
     elif kind == "ping":
         await send({"type": "pong", "id": message.get("id")})
     elif kind == "leave":

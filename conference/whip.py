@@ -42,14 +42,19 @@ def _logged(handler: Handler) -> Handler:
         except web.HTTPException as exc:
             if exc.status >= 400:
                 logger.info(
-                    "%s %s: refused %d: %s", request.method, request.path, exc.status, exc.text
+                    "%s %s: refused %d: %s", request.method, _path(request), exc.status, exc.text
                 )
             raise
         if response.status >= 400:
-            logger.info("%s %s: refused %d", request.method, request.path, response.status)
+            logger.info("%s %s: refused %d", request.method, _path(request), response.status)
         return response
 
     return wrapper
+
+
+def _path(request: web.Request) -> str:
+    """The request path as sent (percent-encoded): safe for a one-line log record."""
+    return request.rel_url.raw_path[:300]
 
 
 def _problem(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -69,10 +74,18 @@ async def _read_offer(request: web.Request) -> str:
             text='{"error": "unsupported-media-type", "message": "send an application/sdp offer"}',
             content_type="application/json",
         )
-    too_large = _http(413, "request-entity-too-large", f"the offer is larger than {MAX_SDP_BYTES} bytes")
+    too_large = _http(
+        413, "request-entity-too-large", f"the offer is larger than {MAX_SDP_BYTES} bytes"
+    )
     if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
         raise too_large
-    body = await request.content.read(MAX_SDP_BYTES + 1)
+    # read() returns what has arrived so far: loop to EOF (or past the limit)
+    body = bytearray()
+    while len(body) <= MAX_SDP_BYTES:
+        chunk = await request.content.read(MAX_SDP_BYTES + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
     if len(body) > MAX_SDP_BYTES:
         raise too_large
     try:
@@ -98,32 +111,48 @@ async def _identity(request: web.Request, meeting_id: str) -> Identity:
         raise _http(exc.status, exc.code, exc.message, headers) from exc
 
 
-def _http(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.HTTPException:
+_ERROR_CLASSES: dict[int, type[web.HTTPException]] = {
+    400: web.HTTPBadRequest,
+    401: web.HTTPUnauthorized,
+    403: web.HTTPForbidden,
+    404: web.HTTPNotFound,
+    409: web.HTTPConflict,
+    410: web.HTTPGone,
+    429: web.HTTPTooManyRequests,
+    500: web.HTTPInternalServerError,
+    503: web.HTTPServiceUnavailable,
+}
+
+
+def _http(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.HTTPException:
+    """A JSON error.  Never fails on an unexpected ``status`` (a meeting policy may refuse
+    with any code): it falls back to 400 or 500."""
     text = json.dumps({"error": code, "message": message}, ensure_ascii=False)
     if status == 413:
         return web.HTTPRequestEntityTooLarge(
             MAX_SDP_BYTES, text=text, content_type="application/json", headers=headers
         )
-    cls = {
-        400: web.HTTPBadRequest,
-        401: web.HTTPUnauthorized,
-        403: web.HTTPForbidden,
-        404: web.HTTPNotFound,
-        409: web.HTTPConflict,
-        503: web.HTTPServiceUnavailable,
-    }[status]
+    cls = _ERROR_CLASSES.get(status) or _ERROR_CLASSES[500 if status >= 500 else 400]
     return cls(text=text, content_type="application/json", headers=headers)
 
 
-def _answer(request: web.Request, kind: str, room: Room, participant: Participant, sdp: str) -> web.Response:
+def _answer(
+    request: web.Request, kind: str, room: Room, participant: Participant, sdp: str
+) -> web.Response:
     location = f"/{kind}/{room.meeting_id}/{participant.id}"
     links = [
-        f'<{url}>; rel="ice-server"' for server in request.app["ice_servers_json"] for url in server["urls"]
+        f'<{url}>; rel="ice-server"'
+        for server in request.app["ice_servers_json"]
+        for url in server["urls"]
     ]
     headers = {"Location": location, "ETag": f'"{participant.id}"'}
     if links:
         headers["Link"] = ", ".join(links)
-    return web.Response(status=201, body=sdp.encode(), content_type="application/sdp", headers=headers)
+    return web.Response(
+        status=201, body=sdp.encode(), content_type="application/sdp", headers=headers
+    )
 
 
 async def _cleanup(room: Room, participant: Participant | None) -> None:
@@ -144,7 +173,9 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
         room = request.app["rooms"].get_or_create(meeting_id)
     except RoomError as exc:
         raise _http(503, exc.code, exc.message) from exc
-    participant = Participant(room, who, "whip", ice_servers=request.app["ice_servers"], auto_subscribe=False)
+    participant = Participant(
+        room, who, "whip", ice_servers=request.app["ice_servers"], auto_subscribe=False
+    )
     try:
         await room.join(participant)
     except RoomError as exc:
@@ -153,7 +184,7 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
     try:
         answer = await participant.publisher_offer(sdp)
     except NegotiationError as exc:
-        logger.info("whip %s: bad offer: %s", meeting_id, exc)
+        logger.info("whip %s: bad offer: %r", meeting_id, str(exc))
         await _cleanup(room, participant)
         raise _http(400, "bad-sdp", str(exc)[:300]) from exc
     if not participant.publications:
@@ -210,7 +241,7 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
     try:
         answer, subscriptions = await viewer.viewer_offer(sdp, codec)
     except NegotiationError as exc:
-        logger.info("whep %s: bad offer: %s", meeting_id, exc)
+        logger.info("whep %s: bad offer: %r", meeting_id, str(exc))
         await _cleanup(room, viewer)
         raise _http(400, "bad-sdp", str(exc)[:300]) from exc
     if not subscriptions:

@@ -57,6 +57,22 @@ async def wait_tracks(client: Client, count: int, timeout: float = 15.0) -> None
     await client.wait_for(lambda: len(client.tracks) >= count, timeout)
 
 
+async def wait_track(
+    client: Client, participant_id: str, source: str, timeout: float = 15.0
+) -> Any:
+    """Wait until ``client`` receives ``source`` of ``participant_id``; return the track."""
+
+    def received() -> bool:
+        try:
+            track_for(client, participant_id, source)
+        except KeyError:
+            return False
+        return True
+
+    await client.wait_for(received, timeout)
+    return track_for(client, participant_id, source)
+
+
 def track_for(client: Client, participant_id: str, source: str) -> Any:
     for participant in client.room.get("participants", []):
         if participant["id"] != participant_id:

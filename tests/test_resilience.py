@@ -13,7 +13,7 @@ from aiortc.rtp import is_rtcp
 from conference.client import Client
 from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack
 
-from .mediacheck import increasing, track_for, video_numbers, wait_tracks
+from .mediacheck import increasing, track_for, video_numbers, wait_track, wait_tracks
 
 
 async def test_late_subscriber_gets_a_picture_within_one_second(server):
@@ -119,8 +119,7 @@ async def test_two_publishers_unpublish_leave_and_reconnect(server):
         # b shares its camera again: c receives the new publication
         await b.publish({"camera": BarcodeVideoTrack(320, 240, fps=15, start=40000)})
         await c.wait_for(lambda: len(c.publications()) == 3)
-        await wait_tracks(c, 4)
-        numbers = await video_numbers(track_for(c, b.id, "camera"), 2.0)
+        numbers = await video_numbers(await wait_track(c, b.id, "camera"), 2.0)
         decoded = fresh([n for n in numbers if n is not None], 40000)
         assert len(decoded) >= 10 and increasing(decoded), numbers
 
@@ -131,9 +130,7 @@ async def test_two_publishers_unpublish_leave_and_reconnect(server):
         a = Client(server.url, "m1", a.token)
         await a.connect()
         await a.publish({"camera": BarcodeVideoTrack(320, 240, fps=15, start=10000)})
-        await c.wait_for(lambda: any(p["participant"] == a.id for p in c.publications()))
-        await wait_tracks(c, 5)
-        numbers = await video_numbers(track_for(c, a.id, "camera"), 2.0)
+        numbers = await video_numbers(await wait_track(c, a.id, "camera"), 2.0)
         # the reused receiver may still hold a frame decoded before the switch
         decoded = fresh([n for n in numbers if n is not None], 10000)
         assert len(decoded) >= 10 and increasing(decoded), numbers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .participant import Participant
@@ -18,6 +19,9 @@ SPEAKER_TICK = 0.1
 WATCHDOG_TICK = 1.0
 CONNECT_TIMEOUT = 20.0
 MEDIA_SILENCE_TIMEOUT = 15.0
+
+# WebSocket close codes for the reasons a room ends a session (docs/PROTOCOL.md)
+CLOSE_CODES = {"replaced": 4409, "server-shutdown": 1001}
 
 
 class RoomError(Exception):
@@ -43,6 +47,8 @@ class Room:
         media_timeout: float = MEDIA_SILENCE_TIMEOUT,
     ) -> None:
         self.meeting_id = meeting_id
+        # called before a moderator removes a participant (the server revokes its token)
+        self.on_removed: Callable[[Participant], None] | None = None
         self.connect_timeout = connect_timeout
         self.media_timeout = media_timeout
         self.public_ip = public_ip
@@ -73,10 +79,7 @@ class Room:
         if len(self.participants) - len(replaced) >= self.max_participants:
             raise RoomError("room-full", "the meeting room is full")
         for old in replaced:
-            await old.send({"type": "leave", "reason": "replaced"})
             await self.leave(old.id, "replaced", close_room=False)
-            if old.disconnect is not None:
-                await old.disconnect(4409, "replaced by a newer session")
         self.participants[participant.id] = participant
         if participant.auto_subscribe:
             for publication in self.publications():
@@ -94,27 +97,42 @@ class Room:
     async def leave(
         self, participant_id: str, reason: str = "left", close_room: bool = True
     ) -> None:
+        """Remove a participant; unless it asked to leave, tell it why and hang up."""
         participant = self.participants.pop(participant_id, None)
         if participant is None:
             return
         logger.info("room %s: %s left (%s)", self.meeting_id, participant_id, reason)
+        if reason != "left":
+            await participant.send({"type": "leave", "reason": reason})
         self.speaker.remove(participant_id)
         self.program.participant_left(participant)
         await participant.close()
+        if reason != "left" and participant.disconnect is not None:
+            await participant.disconnect(CLOSE_CODES.get(reason, 4410), reason)
         self.schedule_broadcast()
         if close_room and not self.participants:
             await self.close()
 
     async def remove(self, participant_id: str, reason: str = "removed") -> Participant | None:
-        """Remove a participant on a moderator's order; its channel is closed."""
+        """Remove a participant on a moderator's order; its token cannot rejoin."""
+        participant = self.participants.get(participant_id)
+        if participant is not None:
+            if self.on_removed is not None:
+                self.on_removed(participant)
+            await self.leave(participant.id, reason, close_room=False)
+        return participant
+
+    def block(self, participant_id: str, source: str, blocked: bool) -> bool:
+        """Stop (or resume) forwarding a participant's publication: a moderator's mute."""
         participant = self.participants.get(participant_id)
         if participant is None:
-            return None
-        await participant.send({"type": "leave", "reason": reason})
-        await self.leave(participant.id, reason, close_room=False)
-        if participant.disconnect is not None:
-            await participant.disconnect(4410, reason)
-        return participant
+            return False
+        found = [p for p in participant.publications.values() if p.source == source]
+        for publication in found:
+            publication.blocked = blocked
+        if found:
+            self.schedule_broadcast()
+        return bool(found)
 
     def get(self, participant_id: str) -> Participant | None:
         participant = self.participants.get(participant_id)
@@ -167,7 +185,6 @@ class Room:
                 for participant in list(self.participants.values()):
                     reason = self._stale(participant, now)
                     if reason is not None:
-                        await participant.send({"type": "leave", "reason": reason})
                         await self.leave(participant.id, reason)
         except asyncio.CancelledError:
             pass
@@ -212,7 +229,7 @@ class Room:
         for participant in list(self.participants.values()):
             await participant.send(message)
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "room-closed") -> None:
         if self.closed:
             return
         self.closed = True
@@ -221,7 +238,7 @@ class Room:
         if self._broadcast_handle is not None:
             self._broadcast_handle.cancel()
         for participant_id in list(self.participants):
-            await self.leave(participant_id, "room-closed", close_room=False)
+            await self.leave(participant_id, reason, close_room=False)
         if self._on_empty is not None:
             self._on_empty(self)
 
@@ -237,8 +254,10 @@ class RoomRegistry:
         public_ip: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         media_timeout: float = MEDIA_SILENCE_TIMEOUT,
+        on_removed: Callable[[Participant], None] | None = None,
     ) -> None:
         self.public_ip = public_ip
+        self.on_removed = on_removed
         self.connect_timeout = connect_timeout
         self.media_timeout = media_timeout
         self.max_rooms = max_rooms
@@ -265,6 +284,7 @@ class RoomRegistry:
             connect_timeout=self.connect_timeout,
             media_timeout=self.media_timeout,
         )
+        room.on_removed = self.on_removed
         self.rooms[meeting_id] = room
         return room
 
@@ -272,6 +292,6 @@ class RoomRegistry:
         if self.rooms.get(room.meeting_id) is room:
             del self.rooms[room.meeting_id]
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "room-closed") -> None:
         for room in list(self.rooms.values()):
-            await room.close()
+            await room.close(reason)
