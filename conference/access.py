@@ -11,6 +11,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from .appkeys import MEETING_POLICY, REVOKED, SETTINGS
 from .sfu.participant import Identity
 from .tokens import Claims, TokenError, verify_token
 
@@ -41,13 +42,13 @@ async def authenticate(app: web.Application, token: str | None, meeting_id: str)
     if not token:
         raise AccessError("unauthorized", "a token is required")
     try:
-        claims = verify_token(app["settings"].token_secret, token, meeting=meeting_id)
+        claims = verify_token(app[SETTINGS].token_secret or "", token, meeting=meeting_id)
     except TokenError as exc:
         status = 403 if exc.code == "wrong-meeting" else 401
         raise AccessError(exc.code, exc.message, status) from exc
-    if app["revoked"].is_revoked(claims.token_id):
+    if app[REVOKED].is_revoked(claims.token_id):
         raise AccessError("revoked", "this token was revoked", 401)
-    await app["meeting_policy"].admit(claims)
+    await app[MEETING_POLICY].admit(claims)
     grants = claims.grants
     return Identity(
         identity=claims.identity,

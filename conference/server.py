@@ -17,6 +17,15 @@ from aiortc import RTCIceServer
 
 from . import __version__
 from .access import OpenMeetings
+from .appkeys import (
+    ICE_SERVERS,
+    ICE_SERVERS_JSON,
+    MEETING_POLICY,
+    REVOKED,
+    ROOMS,
+    SETTINGS,
+    WEBSOCKETS,
+)
 from .settings import Settings
 from .sfu.bridge import configure_ice_hosts
 from .sfu.participant import Participant
@@ -53,7 +62,7 @@ def _keep_headers(exc: web.HTTPException) -> dict[str, str]:
 
 
 async def health(request: web.Request) -> web.Response:
-    rooms = request.app["rooms"].rooms
+    rooms = request.app[ROOMS].rooms
     return web.json_response(
         {
             "status": "ok",
@@ -101,8 +110,8 @@ def create_app(settings: Settings) -> web.Application:
     if not settings.token_secret:
         raise ValueError("settings.token_secret is not set (call ensure_data_dir first)")
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
-    app["settings"] = settings
-    app["rooms"] = RoomRegistry(
+    app[SETTINGS] = settings
+    app[ROOMS] = RoomRegistry(
         settings.max_rooms,
         settings.max_participants_per_room,
         public_ip=settings.public_ip,
@@ -110,17 +119,17 @@ def create_app(settings: Settings) -> web.Application:
         media_timeout=settings.media_timeout,
     )
     revoked = RevocationList()
-    app["revoked"] = revoked
+    app[REVOKED] = revoked
 
     def revoke(participant: Participant) -> None:
         if participant.who.token_id and participant.who.expires_at:
             expires = datetime.fromtimestamp(participant.who.expires_at, UTC)
             revoked.revoke(participant.who.token_id, expires)
 
-    app["rooms"].on_removed = revoke
-    app["meeting_policy"] = OpenMeetings()
-    app["ice_servers"], app["ice_servers_json"] = ice_servers(settings)
-    app["websockets"] = weakref.WeakSet()
+    app[ROOMS].on_removed = revoke
+    app[MEETING_POLICY] = OpenMeetings()
+    app[ICE_SERVERS], app[ICE_SERVERS_JSON] = ice_servers(settings)
+    app[WEBSOCKETS] = weakref.WeakSet()
     app.router.add_get("/", index)
     app.router.add_get("/healthz", health)
     app.router.add_get("/ws/meetings/{meeting_id}", _tracked(websocket_handler))
@@ -140,7 +149,7 @@ def _tracked(handler: Any) -> Any:
     async def wrapper(request: web.Request) -> web.StreamResponse:
         task = asyncio.current_task()
         if task is not None:
-            request.app["websockets"].add(task)
+            request.app[WEBSOCKETS].add(task)
         return await handler(request)
 
     return wrapper
@@ -148,9 +157,10 @@ def _tracked(handler: Any) -> Any:
 
 async def _shutdown(app: web.Application) -> None:
     logger.info("shutting down: closing rooms")
-    registry: RoomRegistry = app["rooms"]
+    registry: RoomRegistry = app[ROOMS]
     await registry.close("server-shutdown")
-    for task in list(app["websockets"]):
+    tasks: weakref.WeakSet[asyncio.Task[Any]] = app[WEBSOCKETS]
+    for task in list(tasks):
         task.cancel()
 
 

@@ -19,6 +19,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceCandidate
 
 from .access import AccessError, authenticate
+from .appkeys import ICE_SERVERS, ICE_SERVERS_JSON, ROOMS, SETTINGS
 from .sfu.bridge import ice_candidate_from_json
 from .sfu.participant import NegotiationError, Participant
 from .sfu.publication import SOURCES
@@ -53,7 +54,7 @@ def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
-    settings = app["settings"]
+    settings = app[SETTINGS]
     meeting_id = request.match_info["meeting_id"]
     where = _printable(meeting_id[:128])  # for the log: the URL is not checked yet
     ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=settings.max_message_bytes)
@@ -112,7 +113,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await ws.close(code=code, message=exc.message.encode()[:120])
         return ws
 
-    registry = app["rooms"]
+    registry = app[ROOMS]
     try:
         room = registry.get_or_create(meeting_id)
         participant = Participant(
@@ -120,7 +121,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             who,
             "websocket",
             signal=send,
-            ice_servers=app["ice_servers"],
+            ice_servers=app[ICE_SERVERS],
             auto_subscribe=join.get("autoSubscribe", True) is not False,
         )
         await room.join(participant)
@@ -142,7 +143,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                     "moderate": who.moderate,
                 }
             },
-            "iceServers": app["ice_servers_json"],
+            "iceServers": app[ICE_SERVERS_JSON],
             "room": room.state(),
         }
     )

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .access import AccessError, authenticate
+from .appkeys import ICE_SERVERS, ICE_SERVERS_JSON, ROOMS
 from .sfu.participant import Identity, NegotiationError, Participant
 from .sfu.room import Room, RoomError
 
@@ -144,7 +145,7 @@ def _answer(
     location = f"/{kind}/{room.meeting_id}/{participant.id}"
     links = [
         f'<{url}>; rel="ice-server"'
-        for server in request.app["ice_servers_json"]
+        for server in request.app[ICE_SERVERS_JSON]
         for url in server["urls"]
     ]
     headers = {"Location": location, "ETag": f'"{participant.id}"'}
@@ -170,11 +171,11 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
         raise _http(403, "forbidden", "this token may not publish")
     sdp = await _read_offer(request)
     try:
-        room = request.app["rooms"].get_or_create(meeting_id)
+        room = request.app[ROOMS].get_or_create(meeting_id)
     except RoomError as exc:
         raise _http(503, exc.code, exc.message) from exc
     participant = Participant(
-        room, who, "whip", ice_servers=request.app["ice_servers"], auto_subscribe=False
+        room, who, "whip", ice_servers=request.app[ICE_SERVERS], auto_subscribe=False
     )
     try:
         await room.join(participant)
@@ -197,7 +198,7 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
 async def session_delete(request: web.Request) -> web.StreamResponse:
     meeting_id = request.match_info["meeting_id"]
     who = await _identity(request, meeting_id)
-    room = request.app["rooms"].get(meeting_id)
+    room = request.app[ROOMS].get(meeting_id)
     participant = room.participants.get(request.match_info["participant_id"]) if room else None
     if room is None or participant is None:
         raise _http(404, "not-found", "no such session")
@@ -220,14 +221,14 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
     if not who.subscribe:
         raise _http(403, "forbidden", "this token may not subscribe")
     sdp = await _read_offer(request)
-    room = request.app["rooms"].get(meeting_id)
+    room = request.app[ROOMS].get(meeting_id)
     if room is None:
         raise _http(404, "not-found", "the meeting is not live")
     target = room.get(target_id) if target_id else None
     if target_id and target is None:
         raise _http(404, "not-found", "no such participant in the meeting")
     viewer = Participant(
-        room, who, "whep", ice_servers=request.app["ice_servers"], auto_subscribe=False
+        room, who, "whep", ice_servers=request.app[ICE_SERVERS], auto_subscribe=False
     )
     try:
         await room.join(viewer)

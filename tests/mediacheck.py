@@ -21,36 +21,32 @@ def drain(track: Any) -> None:
             break
 
 
-async def video_numbers(track: Any, seconds: float) -> list[int | None]:
-    """Barcode numbers of the frames decoded during ``seconds`` from now."""
+async def frames_for(track: Any, seconds: float) -> list[Any]:
+    """The frames decoded during ``seconds`` from now (older queued ones dropped)."""
     drain(track)
-    numbers: list[int | None] = []
+    frames: list[Any] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             frame = await asyncio.wait_for(track.recv(), max(0.05, deadline - time.monotonic()))
         except TimeoutError:
             break
-        numbers.append(read_barcode(frame))
-    return numbers
+        frames.append(frame)
+    return frames
+
+
+async def video_numbers(track: Any, seconds: float) -> list[int | None]:
+    """Barcode numbers of the frames decoded during ``seconds`` from now."""
+    return [read_barcode(frame) for frame in await frames_for(track, seconds)]
 
 
 async def audio_frequency(track: Any, seconds: float) -> float:
     """Dominant frequency of the audio decoded during ``seconds``."""
-    drain(track)
-    chunks = []
-    rate = 48000
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            frame = await asyncio.wait_for(track.recv(), max(0.05, deadline - time.monotonic()))
-        except TimeoutError:
-            break
-        rate = frame.sample_rate
-        chunks.append(audio_samples(frame))
-    if not chunks:
+    frames = await frames_for(track, seconds)
+    if not frames:
         return 0.0
-    return dominant_frequency(np.concatenate(chunks), rate)
+    samples = np.concatenate([audio_samples(frame) for frame in frames])
+    return dominant_frequency(samples, frames[-1].sample_rate)
 
 
 async def wait_tracks(client: Client, count: int, timeout: float = 15.0) -> None:

@@ -31,6 +31,7 @@ from aiortc.sdp import SessionDescription
 
 from conference import whip
 from conference.access import AccessError
+from conference.appkeys import MEETING_POLICY, REVOKED, ROOMS
 from conference.client import Client
 from conference.server import create_app
 from conference.settings import Settings
@@ -458,7 +459,7 @@ async def in_process(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", web.NotAppKeyWarning)  # server.py uses str keys
         app = create_app(Settings(token_secret=SECRET, tls="off"))
-        app["meeting_policy"] = KnownMeetings()
+        app[MEETING_POLICY] = KnownMeetings()
     caplog.set_level(logging.INFO, logger="conference")
     test_server = TestServer(app, host="127.0.0.1")
     await test_server.start_server()
@@ -497,7 +498,7 @@ async def test_revoked_token_is_refused(http, in_process):
     app, url = in_process
     token = _token()
     claims = verify_token(SECRET, token)
-    app["revoked"].revoke(claims.token_id, claims.expires_at)
+    app[REVOKED].revoke(claims.token_id, claims.expires_at)
     error = {"error": "revoked", "message": "this token was revoked"}
     assert await _refusals(http, url, "m1", token) == [
         (
@@ -509,7 +510,7 @@ async def test_revoked_token_is_refused(http, in_process):
         ("/whep/m1", 401, error),
         ("/whep/m1/p2", 401, error),
     ]
-    assert not app["rooms"].rooms
+    assert not app[ROOMS].rooms
     # another token of the same participant is still accepted
     async with http.ws_connect(url.replace("http", "ws", 1) + "/ws/meetings/m1") as ws:
         await ws.send_str(join_message(_token()))
@@ -529,7 +530,7 @@ async def test_unknown_meeting_refused_by_the_meeting_policy(http, in_process):
         ("/whep/ghost", 404, error),
         ("/whep/ghost/p2", 404, error),
     ]
-    assert not app["rooms"].rooms
+    assert not app[ROOMS].rooms
 
 
 def test_json_errors_for_any_refusal_status():

@@ -33,7 +33,6 @@ works since WebRTC checks only the fingerprint in the SDP)::
 from __future__ import annotations
 
 import asyncio
-import datetime
 import threading
 import time
 from fractions import Fraction
@@ -42,13 +41,10 @@ from typing import Any
 
 import av
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from conference.client import Client
 from conference.testmedia import draw_barcode, tone_frames
+from conference.tls import self_signed_certificate
 
 from .mediacheck import audio_frequency, increasing, track_for, video_numbers, wait_tracks
 
@@ -58,31 +54,12 @@ TONE_HZ = 660.0
 
 
 def write_p256_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed ECDSA P-256 certificate and key, PEM, for FFmpeg's DTLS."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ffmpeg-whip")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file = directory / "whip-cert.pem"
-    key_file = directory / "whip-key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
+    """A self-signed ECDSA P-256 certificate and key, PEM, for FFmpeg's DTLS.
+
+    The server's own self-signed certificate maker does what an operator's
+    ``openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256`` does.
+    """
+    return self_signed_certificate(directory, ["ffmpeg-whip.local"])
 
 
 class FfmpegWhipPublisher:

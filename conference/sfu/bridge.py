@@ -31,7 +31,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aioice.ice
 from aioice.ice import StunProtocol
@@ -195,6 +195,62 @@ def ice_candidate_from_json(data: dict[str, Any]) -> RTCIceCandidate | None:
     if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
         candidate.sdpMLineIndex = 0
     return candidate
+
+
+def fast_protect(session: Any) -> Callable[[bytes], bytes]:
+    """``session.protect`` without pylibsrtp's per-call Python overhead.
+
+    pylibsrtp's ``Session.protect`` checks its argument, allocates an
+    ``int *`` and copies through a generic helper on every call; on the
+    fan-out path that costs several times the encryption itself.  This
+    closure keeps the length cell and the C function at hand and uses the
+    session's own buffer, exactly as ``protect`` does.  Falls back to
+    ``session.protect`` if pylibsrtp's layout is not the one pinned.
+    """
+    try:
+        from pylibsrtp import Error
+        from pylibsrtp._binding import ffi, lib  # type: ignore[import-not-found]
+
+        handle = session._srtp[0]
+        cdata = session._cdata
+        buffer = session._buffer
+        limit = len(cdata) - (16 + 128)  # SRTP_MAX_TRAILER_LEN
+    except (ImportError, AttributeError, TypeError):
+        return cast(Callable[[bytes], bytes], session.protect)
+    function = lib.srtp_protect
+    length = ffi.new("int *")
+    ok = lib.srtp_err_status_ok
+
+    def protect(data: bytes) -> bytes:
+        size = len(data)
+        if size > limit:
+            return cast(bytes, session.protect(data))  # raises pylibsrtp's error
+        length[0] = size
+        buffer[0:size] = data
+        status = function(handle, cdata, length)
+        if status != ok:
+            raise Error(f"srtp_protect failed ({status})")
+        return cast(bytes, buffer[0 : length[0]])
+
+    return protect
+
+
+def send_datagram(transport: Any, data: bytes, address: tuple[str, int]) -> None:
+    """``transport.sendto`` straight to the socket when nothing is queued.
+
+    asyncio's datagram transport does the same after a few checks; when the
+    socket's buffer is full it queues, and so does this (through it).
+    """
+    sock = getattr(transport, "_sock", None)
+    if sock is None or getattr(transport, "_buffer", True):
+        transport.sendto(data, address)
+        return
+    try:
+        sock.sendto(data, address)
+    except (BlockingIOError, InterruptedError):
+        transport.sendto(data, address)
+    except OSError as exc:  # as asyncio does: report, never raise into the fan-out
+        transport._protocol.error_received(exc)
 
 
 class PacketSink(Protocol):
@@ -508,6 +564,8 @@ class ForwardingSender:
         self.fraction_lost = 0
         self.remote_bitrate: int | None = None
         self.last_feedback = 0.0  # monotonic time of the last RTCP from the subscriber
+        self._srtp_session: Any = None
+        self._protect: Callable[[bytes], bytes] = bytes
         self._last_sr: tuple[int, float] | None = None
         # continuity of the outgoing stream, kept across subscriptions that
         # reuse this sender: last sequence number, timestamp and send time
@@ -609,10 +667,15 @@ class ForwardingSender:
         protocol = pair.protocol
         self.packets_sent += 1
         self.bytes_sent += payload_size
-        if type(protocol) is StunProtocol and protocol.transport is not None:
-            protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
-        else:
+        transport = protocol.transport
+        if type(protocol) is not StunProtocol or transport is None:
             _spawn(self._send_slow(data))
+            return
+        session = dtls._tx_srtp
+        if session is not self._srtp_session:
+            self._srtp_session = session
+            self._protect = fast_protect(session)
+        send_datagram(transport, self._protect(data), pair.remote_addr)
 
     async def _send_slow(self, data: bytes) -> None:
         try:

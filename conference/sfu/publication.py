@@ -75,8 +75,9 @@ class Publication:
                 self.keyframes_received += 1
         if not repaired:
             self.last_rtp = (packet.timestamp, time.monotonic())
+        blocks: dict[tuple[object, ...], bytes] = {}
         for subscription in list(self.subscriptions):
-            subscription.forward(self, packet, keyframe)
+            subscription.forward(self, packet, keyframe, blocks)
 
     def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
         self.sender_report = (ntp_timestamp, rtp_timestamp)

@@ -25,7 +25,7 @@ from .bridge import ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, MID_URI, ForwardingSende
 from .history import PacketHistory
 from .packetmap import PacketMap
 from .publication import Publication
-from .rtpwire import abs_send_time, audio_level, build_rtp, build_rtx
+from .rtpwire import abs_send_time, audio_level, build_rtp_with_block, extension_block
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +53,12 @@ class Subscription:
         self._map: PacketMap | None = None
         self._ts_offset = 0
         self._started = False
-        self._history: PacketHistory[tuple[int, bool, bytes, tuple[tuple[int, bytes], ...]]] = (
-            PacketHistory(HISTORY_SIZE)
-        )
+        self._history: PacketHistory[tuple[int, bool, bytes, bytes]] = PacketHistory(HISTORY_SIZE)
         self._on_source_ended = on_source_ended
         self._mid_ext: tuple[int, bytes] | None = None
         self._level_id: int | None = None
         self._abs_id: int | None = None
+        self._ext_key: tuple[object, ...] = (None, None, None)
         self.packets_forwarded = 0
         self.retransmitted = 0
         self.switches = 0
@@ -126,15 +125,27 @@ class Subscription:
         self._mid_ext = (ids[MID_URI], mid.encode()) if MID_URI in ids and mid else None
         self._level_id = ids.get(AUDIO_LEVEL_URI)
         self._abs_id = ids.get(ABS_SEND_TIME_URI)
+        self._ext_key = (self._mid_ext, self._level_id, self._abs_id)
         target = self.pending or self.source
         if target is not None:
             target.request_keyframe()
 
     # -- the forwarding path -------------------------------------------------------
-    def forward(self, publication: Publication, packet: RtpPacket, keyframe: bool) -> None:
-        """Rewrite ``packet`` of ``publication`` and send it, if it belongs here."""
+    def forward(
+        self,
+        publication: Publication,
+        packet: RtpPacket,
+        keyframe: bool,
+        blocks: dict[tuple[object, ...], bytes] | None = None,
+    ) -> None:
+        """Rewrite ``packet`` of ``publication`` and send it, if it belongs here.
+
+        ``blocks`` is a per-packet cache of header-extension blocks shared by
+        the subscriptions of one fan-out: those with the same extension IDs
+        and MID get the same block, built once.
+        """
         sender = self.sender
-        if not sender.started or self.paused:
+        if not sender._started or self.paused:
             return
         if publication is not self.source:
             if publication is not self.pending:
@@ -155,6 +166,26 @@ class Subscription:
         if seq is None:
             return
         timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
+        key = self._ext_key
+        block = blocks.get(key) if blocks is not None else None
+        if block is None:
+            block = self._extension_block(packet)
+            if blocks is not None:
+                blocks[key] = block
+        marker = bool(packet.marker)
+        data = build_rtp_with_block(
+            sender.payload_type, marker, seq, timestamp, sender._ssrc, payload, block
+        )
+        self._history.store(seq, (timestamp, marker, payload, block))
+        if ((seq - sender.last_seq) & 0xFFFF) < 0x8000:
+            sender.last_seq = seq
+            sender.last_ts = timestamp
+            sender.last_time = time.monotonic()
+        self.packets_forwarded += 1
+        sender.send_rtp(data, len(payload))
+
+    def _extension_block(self, packet: RtpPacket) -> bytes:
+        """This subscriber's header extensions for ``packet``, with its IDs."""
         extensions: list[tuple[int, bytes]] = []
         if self._mid_ext is not None:
             extensions.append(self._mid_ext)
@@ -164,17 +195,7 @@ class Subscription:
                 extensions.append((self._level_id, audio_level(level[0], level[1])))
         if self._abs_id is not None:
             extensions.append((self._abs_id, abs_send_time(time.time())))
-        ext = tuple(extensions)
-        data = build_rtp(
-            sender.payload_type, bool(packet.marker), seq, timestamp, sender._ssrc, payload, ext
-        )
-        self._history.store(seq, (timestamp, bool(packet.marker), payload, ext))
-        if ((seq - sender.last_seq) & 0xFFFF) < 0x8000:
-            sender.last_seq = seq
-            sender.last_ts = timestamp
-            sender.last_time = time.monotonic()
-        self.packets_forwarded += 1
-        sender.send_rtp(data, len(payload))
+        return extension_block(tuple(extensions))
 
     def _start_source(self, publication: Publication, packet: RtpPacket) -> None:
         if self.source is not None:
@@ -203,22 +224,22 @@ class Subscription:
             item = self._history.get(seq)
             if item is None:
                 continue
-            timestamp, marker, payload, ext = item
+            timestamp, marker, payload, block = item
             if sender.rtx_payload_type is not None:
-                data = build_rtx(
+                # RFC 4588: the RTX stream's header, then the original sequence number
+                data = build_rtp_with_block(
                     sender.rtx_payload_type,
+                    marker,
                     sender.rtx_seq,
                     timestamp,
                     sender._rtx_ssrc,
-                    marker,
-                    seq,
-                    payload,
-                    ext,
+                    seq.to_bytes(2, "big") + payload,
+                    block,
                 )
                 sender.rtx_seq = (sender.rtx_seq + 1) & 0xFFFF
             else:
-                data = build_rtp(
-                    sender.payload_type, marker, seq, timestamp, sender._ssrc, payload, ext
+                data = build_rtp_with_block(
+                    sender.payload_type, marker, seq, timestamp, sender._ssrc, payload, block
                 )
             self.retransmitted += 1
             sender.send_rtp(data, len(payload))

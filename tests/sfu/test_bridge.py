@@ -141,3 +141,21 @@ def test_port_range_loop_binds_inside_the_range():
     # sockets bound elsewhere are untouched
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.close()
+
+
+def test_fast_protect_matches_pylibsrtp():
+    from pylibsrtp import Policy, Session
+
+    from conference.sfu.bridge import fast_protect
+    from conference.sfu.rtpwire import build_rtp
+
+    key = bytes(range(30))
+    sender = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    reference = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    receiver = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    protect = fast_protect(sender)
+    for seq in range(5):
+        packet = build_rtp(96, False, seq, 1000 * seq, 1234, bytes([seq]) * (100 + seq))
+        protected = protect(packet)
+        assert protected == reference.protect(packet)
+        assert receiver.unprotect(protected) == packet

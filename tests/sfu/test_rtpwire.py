@@ -240,3 +240,13 @@ def test_audio_level() -> None:
     assert audio_level(False, 30) == bytes([30])
     assert audio_level(False, 200) == b"\x7f"
     assert audio_level(True, -3) == b"\x80"
+
+
+def test_build_rtp_with_a_prebuilt_block_matches_build_rtp():
+    from conference.sfu.rtpwire import build_rtp, build_rtp_with_block, extension_block
+
+    for extensions in ((), ((1, b"0"),), ((1, b"12"), (2, b"\x85"), (3, b"\x01\x02\x03"))):
+        block = extension_block(extensions)
+        assert build_rtp_with_block(96, True, 70000, 2**33 + 5, 0xDEADBEEF, b"xyz", block) == (
+            build_rtp(96, True, 70000, 2**33 + 5, 0xDEADBEEF, b"xyz", extensions)
+        )

@@ -1,0 +1,25 @@
+"""Typed keys of the aiohttp application's shared state."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiortc import RTCIceServer
+
+from .settings import Settings
+from .sfu.room import RoomRegistry
+from .tokens import RevocationList
+
+if TYPE_CHECKING:
+    from .access import MeetingPolicy
+
+SETTINGS = web.AppKey("settings", Settings)
+ROOMS = web.AppKey("rooms", RoomRegistry)
+REVOKED = web.AppKey("revoked", RevocationList)
+MEETING_POLICY: web.AppKey[MeetingPolicy] = web.AppKey("meeting_policy")
+ICE_SERVERS = web.AppKey("ice_servers", list[RTCIceServer])
+ICE_SERVERS_JSON = web.AppKey("ice_servers_json", list[dict[str, Any]])
+WEBSOCKETS: web.AppKey[weakref.WeakSet[asyncio.Task[Any]]] = web.AppKey("websockets")
