@@ -39,7 +39,7 @@ from conference.testmedia import BarcodeVideoTrack
 from conference.tokens import Claims, Grants, create_token, verify_token
 
 from .conftest import SECRET, ServerProcess
-from .mediacheck import increasing, track_for, video_numbers, wait_tracks
+from .mediacheck import increasing, video_numbers, wait_track, wait_tracks
 
 TEXT = aiohttp.WSMsgType.TEXT
 CLOSED_TYPES = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
@@ -1258,7 +1258,7 @@ async def test_media_survives_a_barrage_of_bad_input(http, server):
     await viewer.connect()
     try:
         await wait_tracks(viewer, 1)
-        track = track_for(viewer, chair.id, "camera")
+        track = await wait_track(viewer, chair.id, "camera")
         before = await video_numbers(track, 2.0)
         stop = asyncio.Event()
 

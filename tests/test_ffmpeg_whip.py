@@ -46,7 +46,7 @@ from conference.client import Client
 from conference.testmedia import draw_barcode, tone_frames
 from conference.tls import self_signed_certificate
 
-from .mediacheck import audio_frequency, increasing, track_for, video_numbers, wait_tracks
+from .mediacheck import audio_frequency, increasing, video_numbers, wait_track, wait_tracks
 
 WIDTH, HEIGHT, FPS = 320, 240, 30
 FIRST_FRAME = 1000
@@ -147,13 +147,13 @@ async def test_ffmpeg_whip_publishes_h264_and_opus(server, tmp_path):
         codecs = {pub["source"]: pub["codec"] for pub in encoder["publications"]}
         assert codecs == {"camera": "h264", "microphone": "opus"}, encoder
 
-        numbers = await video_numbers(track_for(viewer, encoder["id"], "camera"), 2.5)
+        numbers = await video_numbers(await wait_track(viewer, encoder["id"], "camera"), 2.5)
         decoded = [n for n in numbers if n is not None]
         assert len(decoded) >= 45 and increasing(numbers), numbers
         assert min(decoded) >= FIRST_FRAME and max(decoded) < FIRST_FRAME + 5 * FPS, decoded
         # nothing lost or undecodable at 30 fps over loopback (allow a stray frame)
         assert len(decoded) >= 0.9 * len(numbers), numbers
-        freq = await audio_frequency(track_for(viewer, encoder["id"], "microphone"), 1.0)
+        freq = await audio_frequency(await wait_track(viewer, encoder["id"], "microphone"), 1.0)
         assert abs(freq - TONE_HZ) < 15, freq
 
         await asyncio.wait_for(publishing, 10.0)  # FFmpeg ends and DELETEs its session

@@ -11,7 +11,7 @@ import asyncio
 from conference.client import Client
 from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack
 
-from .mediacheck import audio_frequency, increasing, track_for, video_numbers, wait_tracks
+from .mediacheck import audio_frequency, increasing, video_numbers, wait_track, wait_tracks
 
 
 async def test_one_publisher_three_subscribers_decode_content(server):
@@ -28,8 +28,8 @@ async def test_one_publisher_three_subscribers_decode_content(server):
             await wait_tracks(viewer, 2)
 
         async def check(viewer: Client) -> tuple[list[int | None], float]:
-            numbers = await video_numbers(track_for(viewer, chair.id, "camera"), 3.0)
-            freq = await audio_frequency(track_for(viewer, chair.id, "microphone"), 1.0)
+            numbers = await video_numbers(await wait_track(viewer, chair.id, "camera"), 3.0)
+            freq = await audio_frequency(await wait_track(viewer, chair.id, "microphone"), 1.0)
             return numbers, freq
 
         results = await asyncio.gather(*(check(v) for v in viewers))

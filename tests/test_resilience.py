@@ -13,7 +13,7 @@ from aiortc.rtp import is_rtcp
 from conference.client import Client
 from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack
 
-from .mediacheck import increasing, track_for, video_numbers, wait_track, wait_tracks
+from .mediacheck import increasing, video_numbers, wait_track, wait_tracks
 
 
 async def test_late_subscriber_gets_a_picture_within_one_second(server):
@@ -28,7 +28,7 @@ async def test_late_subscriber_gets_a_picture_within_one_second(server):
     await late.connect()
     try:
         await wait_tracks(late, 1)
-        track = track_for(late, chair.id, "camera")
+        track = await wait_track(late, chair.id, "camera")
         start = time.monotonic()
         frame = await asyncio.wait_for(track.recv(), 5.0)
         elapsed = time.monotonic() - start
@@ -80,7 +80,7 @@ async def test_five_percent_loss_each_way_is_repaired(server, lossy_links):
     await viewer.connect()
     try:
         await wait_tracks(viewer, 1)
-        numbers = await video_numbers(track_for(viewer, chair.id, "camera"), 6.0)
+        numbers = await video_numbers(await wait_track(viewer, chair.id, "camera"), 6.0)
         decoded = [n for n in numbers if n is not None]
         assert lossy_links["sent"] >= 10 and lossy_links["received"] >= 10, lossy_links
         # the picture keeps coming, in order, and is not corrupted for long
@@ -107,7 +107,7 @@ async def test_two_publishers_unpublish_leave_and_reconnect(server):
     try:
         await wait_tracks(c, 3)
         for who, low in ((a, 0), (b, 20000)):
-            numbers = await video_numbers(track_for(c, who.id, "camera"), 1.5)
+            numbers = await video_numbers(await wait_track(c, who.id, "camera"), 1.5)
             decoded = [n for n in numbers if n is not None]
             assert decoded and min(decoded) >= low and increasing(numbers)
 

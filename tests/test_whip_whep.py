@@ -12,7 +12,7 @@ from conference.sfu.bridge import ForwardingReceiver
 from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack
 from conference.whipclient import whep_watch, whip_publish
 
-from .mediacheck import audio_frequency, increasing, track_for, video_numbers, wait_tracks
+from .mediacheck import audio_frequency, increasing, video_numbers, wait_track, wait_tracks
 
 
 async def test_whip_publisher_reaches_websocket_subscriber(server):
@@ -27,10 +27,10 @@ async def test_whip_publisher_reaches_websocket_subscriber(server):
     try:
         await wait_tracks(viewer, 2)
         whip_id = encoder.location.rsplit("/", 1)[1]
-        numbers = await video_numbers(track_for(viewer, whip_id, "camera"), 2.5)
+        numbers = await video_numbers(await wait_track(viewer, whip_id, "camera"), 2.5)
         decoded = [n for n in numbers if n is not None]
         assert len(decoded) >= 15 and increasing(numbers) and min(decoded) >= 500, numbers
-        freq = await audio_frequency(track_for(viewer, whip_id, "microphone"), 1.0)
+        freq = await audio_frequency(await wait_track(viewer, whip_id, "microphone"), 1.0)
         assert abs(freq - 880.0) < 15, freq
         names = [p["name"] for p in viewer.room["participants"]]
         assert "Hội trường huyện" in names

@@ -44,7 +44,7 @@ from aiortc import (
 )
 from aiortc.codecs import get_capabilities
 from aiortc.rate import RemoteBitrateEstimator
-from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter, State
+from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
 from aiortc.rtcicetransport import RTCIceCandidate
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecCapability,
@@ -233,24 +233,6 @@ def fast_protect(session: Any) -> Callable[[bytes], bytes]:
         return cast(bytes, buffer[0 : length[0]])
 
     return protect
-
-
-def send_datagram(transport: Any, data: bytes, address: tuple[str, int]) -> None:
-    """``transport.sendto`` straight to the socket when nothing is queued.
-
-    asyncio's datagram transport does the same after a few checks; when the
-    socket's buffer is full it queues, and so does this (through it).
-    """
-    sock = getattr(transport, "_sock", None)
-    if sock is None or getattr(transport, "_buffer", True):
-        transport.sendto(data, address)
-        return
-    try:
-        sock.sendto(data, address)
-    except (BlockingIOError, InterruptedError):
-        transport.sendto(data, address)
-    except OSError as exc:  # as asyncio does: report, never raise into the fan-out
-        transport._protocol.error_received(exc)
 
 
 class PacketSink(Protocol):
@@ -566,6 +548,11 @@ class ForwardingSender:
         self.last_feedback = 0.0  # monotonic time of the last RTCP from the subscriber
         self._srtp_session: Any = None
         self._protect: Callable[[bytes], bytes] = bytes
+        self._pair: Any = None
+        self._sock: Any = None
+        self._datagrams: Any = None
+        self._address: Any = None
+        self._nominated: dict[int, Any] = {}
         self._last_sr: tuple[int, float] | None = None
         # continuity of the outgoing stream, kept across subscriptions that
         # reuse this sender: last sequence number, timestamp and send time
@@ -591,6 +578,9 @@ class ForwardingSender:
 
     def setTransport(self, transport: RTCDtlsTransport) -> None:  # noqa: N802 (aiortc API)
         self._transport = transport
+        self._pair = None
+        if self._started:
+            self._nominated = transport.transport._connection._nominated
 
     async def send(self, parameters: RTCRtpSendParameters) -> None:
         if self._started:
@@ -606,6 +596,7 @@ class ForwardingSender:
             if codec.name.lower() == "rtx" and codec.parameters.get("apt") == self.payload_type:
                 self.rtx_payload_type = codec.payloadType
         self.extension_ids = {ext.uri: ext.id for ext in parameters.headerExtensions}
+        self._nominated = self._transport.transport._connection._nominated
         self._transport._register_rtp_sender(self, parameters)
         self._rtcp_task = asyncio.ensure_future(self._run_rtcp())
         self._started = True
@@ -656,26 +647,44 @@ class ForwardingSender:
         (``RTCDtlsTransport._send_rtp`` → ``RTCIceTransport._send`` →
         ``Connection.send`` → ``sendto`` → ``send_data``) does the same
         through four coroutines per packet; it is kept for TURN-relayed
-        local candidates, whose protocol must wrap the data.
+        local candidates, whose protocol must wrap the data.  The socket,
+        address and SRTP session are looked up again only when ICE nominates
+        another pair.
         """
-        dtls = self._transport
-        if not self._started or dtls._state != State.CONNECTED:
+        if not self._started:
             return
-        pair = dtls.transport._connection._nominated.get(1)
+        pair = self._nominated.get(1)
         if pair is None:
             return
-        protocol = pair.protocol
+        if pair is not self._pair:
+            self._bind(pair)
         self.packets_sent += 1
         self.bytes_sent += payload_size
-        transport = protocol.transport
-        if type(protocol) is not StunProtocol or transport is None:
+        sock = self._sock
+        if sock is None:
             _spawn(self._send_slow(data))
             return
-        session = dtls._tx_srtp
+        protected = self._protect(data)
+        try:
+            sock.sendto(protected, self._address)
+        except (BlockingIOError, InterruptedError):
+            self._datagrams.sendto(protected, self._address)  # asyncio queues it
+        except OSError as exc:  # as asyncio does: report, never raise into the fan-out
+            logger.debug("send failed: %s", exc)
+
+    def _bind(self, pair: Any) -> None:
+        self._pair = pair
+        protocol = pair.protocol
+        transport = protocol.transport
+        self._sock = None
+        if type(protocol) is StunProtocol and transport is not None:
+            self._sock = getattr(transport, "_sock", None)
+            self._datagrams = transport
+            self._address = pair.remote_addr
+        session = self._transport._tx_srtp
         if session is not self._srtp_session:
             self._srtp_session = session
             self._protect = fast_protect(session)
-        send_datagram(transport, self._protect(data), pair.remote_addr)
 
     async def _send_slow(self, data: bytes) -> None:
         try:
