@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from conference.client import Client
 from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack
 
@@ -77,5 +79,37 @@ async def test_udp_port_range_and_announced_address(tmp_path):
         assert ports and all(41200 <= p <= 41219 for p in ports), ports
         await client.wait_for(lambda: client.publisher.connectionState == "connected")
         await client.leave()
+    finally:
+        check_clean_exit(proc)
+
+
+async def test_caps_on_participants_and_rooms(tmp_path):
+    from conference.client import ClientError
+
+    from .conftest import check_clean_exit, start_server
+
+    proc = start_server(
+        tmp_path, env={"CONFERENCE_MAX_PARTICIPANTS": "2", "CONFERENCE_MAX_ROOMS": "1"}
+    )
+    try:
+        first = Client(proc.url, "m1", proc.token(identity="a", role="chair"))
+        second = Client(proc.url, "m1", proc.token(identity="b"))
+        await first.connect()
+        await second.connect()
+        third = Client(proc.url, "m1", proc.token(identity="c"))
+        with pytest.raises(ClientError) as full:
+            await third.connect()
+        assert full.value.code == "room-full"
+        other = Client(proc.url, "m2", proc.token(meeting="m2", identity="d"))
+        with pytest.raises(ClientError) as busy:
+            await other.connect()
+        assert busy.value.code == "server-full"
+        # the same identity may still come back (it replaces its own session)
+        again = Client(proc.url, "m1", proc.token(identity="b"))
+        await again.connect()
+        await first.wait_for(lambda: len(first.room["participants"]) == 2)
+        for client in (first, again):
+            await client.leave()
+        await second.close()
     finally:
         check_clean_exit(proc)
