@@ -113,3 +113,24 @@ async def test_caps_on_participants_and_rooms(tmp_path):
         await second.close()
     finally:
         check_clean_exit(proc)
+
+
+async def test_first_video_publisher_decides_the_room_codec(server):
+    # an H.264-only encoder (like FFmpeg's WHIP muxer) starts the room...
+    encoder = Client(server.url, "m1", server.token(identity="encoder", role="chair"))
+    await encoder.connect()
+    await encoder.publish({"camera": BarcodeVideoTrack(320, 240, fps=15)}, codec="H264")
+    # ...so a point that could send VP8 or H.264 is answered with H.264
+    point = Client(server.url, "m1", server.token(identity="xa"))
+    await point.connect()
+    await point.publish({"camera": BarcodeVideoTrack(320, 240, fps=15, start=5000)})
+    try:
+        await point.wait_for(lambda: len(point.publications()) == 1)
+        await encoder.wait_for(lambda: len(encoder.publications()) == 1)
+        assert point.publications()[0]["codec"] == "h264"
+        assert encoder.publications()[0]["codec"] == "h264"
+        numbers = await video_numbers(await wait_track(encoder, point.id, "camera"), 2.0)
+        assert len([n for n in numbers if n is not None]) >= 10 and increasing(numbers), numbers
+    finally:
+        await point.leave()
+        await encoder.leave()

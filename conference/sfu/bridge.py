@@ -805,6 +805,15 @@ class ForwardingPeerConnection(RTCPeerConnection):
         transceiver._codecs = chosen + rtx
 
     @staticmethod
+    def offered_codecs(transceiver: Any) -> list[str]:
+        """Names of the media codecs both sides support, in the remote's order."""
+        names: list[str] = []
+        for codec in transceiver._codecs:
+            if codec.name.lower() != "rtx" and codec.name not in names:
+                names.append(codec.name)
+        return names
+
+    @staticmethod
     def media_codec(transceiver: Any) -> RTCRtpCodecParameters | None:
         """The negotiated media codec of a transceiver (RTX left out)."""
         return next((c for c in transceiver._codecs if c.name.lower() != "rtx"), None)

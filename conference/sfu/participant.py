@@ -163,6 +163,7 @@ class Participant:
                 self._mid_source[str(source_mid)] = source
             for transceiver in pc.getTransceivers():
                 if transceiver.kind == "video":
+                    self.room.adopt_video_codec(pc.offered_codecs(transceiver))
                     pc.answer_one_codec(transceiver, self.room.video_codec)
             try:
                 answer = await pc.createAnswer()

@@ -148,6 +148,29 @@ class Room:
     def find_publication(self, publication_id: str) -> Publication | None:
         return next((p for p in self.publications() if p.id == publication_id), None)
 
+    def adopt_video_codec(self, offered: list[str]) -> None:
+        """Let the first video publisher decide the room's one video codec.
+
+        A room forwards one video codec so that every point can receive every
+        camera and the program feed can switch between them.  The configured
+        default (VP8) holds unless the first video publisher cannot send it
+        (FFmpeg's WHIP muxer and many hardware encoders send only H.264): then
+        the room adopts that publisher's codec, and later publishers that
+        offer it are answered with it too.
+        """
+        if not offered or self.video_codec.lower() in (name.lower() for name in offered):
+            return
+        if any(p.kind == "video" for p in self.publications()):
+            logger.info(
+                "room %s: a publisher offers only %s; the room forwards %s",
+                self.meeting_id,
+                ", ".join(offered),
+                self.video_codec,
+            )
+            return
+        logger.info("room %s: video codec %s (first publisher)", self.meeting_id, offered[0])
+        self.video_codec = offered[0]
+
     # -- publications ------------------------------------------------------------
     def publication_added(self, publication: Publication) -> None:
         for participant in self.participants.values():
