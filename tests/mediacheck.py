@@ -21,9 +21,10 @@ def drain(track: Any) -> None:
             break
 
 
-async def frames_for(track: Any, seconds: float) -> list[Any]:
+async def frames_for(track: Any, seconds: float, fresh: bool = True) -> list[Any]:
     """The frames decoded during ``seconds`` from now (older queued ones dropped)."""
-    drain(track)
+    if fresh:
+        drain(track)
     frames: list[Any] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -38,6 +39,11 @@ async def frames_for(track: Any, seconds: float) -> list[Any]:
 async def video_numbers(track: Any, seconds: float) -> list[int | None]:
     """Barcode numbers of the frames decoded during ``seconds`` from now."""
     return [read_barcode(frame) for frame in await frames_for(track, seconds)]
+
+
+async def video_numbers_no_drain(track: Any, seconds: float) -> list[int | None]:
+    """Like :func:`video_numbers`, keeping the frames already queued."""
+    return [read_barcode(frame) for frame in await frames_for(track, seconds, fresh=False)]
 
 
 async def audio_frequency(track: Any, seconds: float) -> float:

@@ -11,9 +11,15 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtp import is_rtcp
 
 from conference.client import Client
-from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack
+from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack, read_barcode
 
-from .mediacheck import increasing, video_numbers, wait_track, wait_tracks
+from .mediacheck import (
+    increasing,
+    video_numbers,
+    video_numbers_no_drain,
+    wait_track,
+    wait_tracks,
+)
 
 
 async def test_late_subscriber_gets_a_picture_within_one_second(server):
@@ -39,12 +45,21 @@ async def test_late_subscriber_gets_a_picture_within_one_second(server):
         await chair.leave()
 
 
-def fresh(decoded: list[int], low: int) -> list[int]:
-    """The frames from the first one numbered ``low`` or more; all must be."""
-    start = next(i for i, n in enumerate(decoded) if n >= low)
-    assert start <= 2, decoded
-    assert all(n >= low for n in decoded[start:]), decoded
-    return decoded[start:]
+async def fresh_numbers(track, low: int, seconds: float = 2.0) -> list[int]:
+    """Frame numbers of ``track`` from its first frame numbered ``low`` or more.
+
+    A reused receiver may still hand out a frame decoded before the switch,
+    and the new source's first picture waits for its keyframe: wait (up to
+    10 s) for the first new frame, then every later frame must be new too.
+    """
+    deadline = asyncio.get_running_loop().time() + 10
+    first = None
+    while first is None or first < low:
+        assert asyncio.get_running_loop().time() < deadline, f"no frame >= {low} (last {first})"
+        first = read_barcode(await asyncio.wait_for(track.recv(), 10))
+    numbers = [first] + [n for n in await video_numbers_no_drain(track, seconds) if n is not None]
+    assert all(n >= low for n in numbers), numbers
+    return numbers
 
 
 @pytest.fixture
@@ -119,9 +134,8 @@ async def test_two_publishers_unpublish_leave_and_reconnect(server):
         # b shares its camera again: c receives the new publication
         await b.publish({"camera": BarcodeVideoTrack(320, 240, fps=15, start=40000)})
         await c.wait_for(lambda: len(c.publications()) == 3)
-        numbers = await video_numbers(await wait_track(c, b.id, "camera"), 2.0)
-        decoded = fresh([n for n in numbers if n is not None], 40000)
-        assert len(decoded) >= 10 and increasing(decoded), numbers
+        decoded = await fresh_numbers(await wait_track(c, b.id, "camera"), 40000)
+        assert len(decoded) >= 10 and increasing(decoded), decoded
 
         # a leaves, then comes back with the same token: c sees it again
         old_id = a.id
@@ -130,10 +144,8 @@ async def test_two_publishers_unpublish_leave_and_reconnect(server):
         a = Client(server.url, "m1", a.token)
         await a.connect()
         await a.publish({"camera": BarcodeVideoTrack(320, 240, fps=15, start=10000)})
-        numbers = await video_numbers(await wait_track(c, a.id, "camera"), 2.0)
-        # the reused receiver may still hold a frame decoded before the switch
-        decoded = fresh([n for n in numbers if n is not None], 10000)
-        assert len(decoded) >= 10 and increasing(decoded), numbers
+        decoded = await fresh_numbers(await wait_track(c, a.id, "camera"), 10000)
+        assert len(decoded) >= 10 and increasing(decoded), decoded
     finally:
         for client in (a, b, c):
             await client.leave()

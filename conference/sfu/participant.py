@@ -106,7 +106,12 @@ class Participant:
         self.subscriptions: dict[str, Subscription] = {}  # by publication id or slot
         self._mid_source: dict[str, str] = {}
         self._unpublished: set[ForwardingReceiver] = set()
-        self._free: list[Any] = []  # transceivers of the subscriber pc ready for reuse
+        # transceivers of the subscriber pc: made inactive by an offer not yet
+        # answered (retiring), then ready for reuse (free)
+        self._retiring: list[Any] = []
+        self._free: list[Any] = []
+        # subscriptions on reused transceivers wait for the client's answer
+        self._awaiting_answer: list[Subscription] = []
         self._transceiver_of: dict[str, Any] = {}  # subscription key -> transceiver
         self._publisher_lock = asyncio.Lock()
         self._negotiation_lock = asyncio.Lock()
@@ -264,6 +269,12 @@ class Participant:
         subscription = Subscription(
             new_id("SU"), self.id, sender, publication.kind, on_source_ended=self._source_ended
         )
+        if sender.started:
+            # a reused transceiver: the client still sees it inactive and would
+            # drop what we send (the keyframe first) until it answers the offer
+            # that reactivates it
+            subscription.paused = True
+            self._awaiting_answer.append(subscription)
         subscription.switch_to(publication)
         self.subscriptions[publication.id] = subscription
         self._transceiver_of[publication.id] = transceiver
@@ -278,8 +289,10 @@ class Participant:
         transceiver = self._transceiver_of.pop(publication_id, None)
         if transceiver is not None:
             transceiver.direction = "inactive"
-            self._free.append(transceiver)
+            self._retiring.append(transceiver)
             self.request_negotiation()
+        if subscription in self._awaiting_answer:
+            self._awaiting_answer.remove(subscription)
         return True
 
     def _source_ended(self, subscription: Subscription, publication: Publication) -> None:
@@ -304,6 +317,9 @@ class Participant:
                 pc = self.subscriber_pc
                 if pc is None:
                     return
+                # what this offer deactivates or reactivates
+                retiring = [t for t in self._retiring if t.direction == "inactive"]
+                resuming = list(self._awaiting_answer)
                 try:
                     offer = await pc.createOffer()
                     await pc.setLocalDescription(offer)
@@ -323,6 +339,14 @@ class Participant:
                     )
                     sdp = await asyncio.wait_for(self._answer, NEGOTIATION_TIMEOUT)
                     await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+                    for transceiver in retiring:
+                        if transceiver in self._retiring:
+                            self._retiring.remove(transceiver)
+                            self._free.append(transceiver)
+                    for subscription in resuming:
+                        if subscription in self._awaiting_answer:
+                            self._awaiting_answer.remove(subscription)
+                            subscription.resume()
                 except TimeoutError:
                     logger.info("participant %s: no answer to subscriber offer", self.id)
                     await self.send(

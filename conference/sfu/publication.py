@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -11,6 +12,8 @@ from .keyframe import KeyframeThrottle, is_keyframe
 
 if TYPE_CHECKING:
     from .subscription import Subscription
+
+logger = logging.getLogger(__name__)
 
 SOURCES = ("microphone", "camera", "screen")
 
@@ -91,6 +94,7 @@ class Publication:
         if self.kind != "video":
             return False
         if self.keyframe_throttle.allow(time.monotonic()):
+            logger.debug("publication %s: keyframe requested", self.id)
             self.keyframes_requested += 1
             self.receiver.request_keyframe()
             return True

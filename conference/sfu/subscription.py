@@ -91,6 +91,9 @@ class Subscription:
                 codec.name,
             )
             return
+        logger.debug(
+            "subscription %s of %s: waiting for %s", self.id, self.subscriber_id, publication.id
+        )
         self.pending = publication
         publication.subscriptions.add(self)
         self.keyframe_waits += 1
@@ -110,6 +113,18 @@ class Subscription:
             self._map = None
         if self._on_source_ended is not None:
             self._on_source_ended(self, publication)
+
+    def resume(self) -> None:
+        """Start forwarding after a pause, from the source's next keyframe."""
+        if not self.paused:
+            return
+        self.paused = False
+        if self.source is not None:
+            self.pending, self.source = self.source, None
+            self._map = None
+        target = self.pending
+        if target is not None:
+            target.request_keyframe()
 
     def close(self) -> None:
         if self.pending is not None:
@@ -201,6 +216,13 @@ class Subscription:
         if self.source is not None:
             self.source.subscriptions.discard(self)
             self.switches += 1
+        logger.debug(
+            "subscription %s of %s: now forwarding %s from seq %d",
+            self.id,
+            self.subscriber_id,
+            publication.id,
+            packet.sequence_number,
+        )
         self.source = publication
         self.pending = None
         sender = self.sender
