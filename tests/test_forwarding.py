@@ -134,3 +134,42 @@ async def test_first_video_publisher_decides_the_room_codec(server):
     finally:
         await point.leave()
         await encoder.leave()
+
+
+async def test_camera_and_screen_in_one_offer_and_two_cameras_in_a_first_offer(server):
+    """Two m-lines of one kind negotiated at once.
+
+    With aiortc's default bundle policy the second one stayed on a stopped
+    transport when the client was Chromium (tests/test_browser.py covers that
+    with three browser points); aiortc clients happen not to trigger it.
+    """
+    chair = Client(server.url, "m1", server.token(identity="chair", role="chair"))
+    await chair.connect()
+    await chair.publish(
+        {
+            "camera": BarcodeVideoTrack(320, 240, fps=15, start=100),
+            "screen": BarcodeVideoTrack(320, 240, fps=15, start=20000),
+        }
+    )
+    point = Client(server.url, "m1", server.token(identity="xa"))
+    await point.connect()
+    await point.publish({"camera": BarcodeVideoTrack(320, 240, fps=15, start=40000)})
+    await asyncio.sleep(0.5)
+    # a late joiner's first subscriber offer carries all three videos
+    late = Client(server.url, "m1", server.token(identity="late"))
+    await late.connect()
+    try:
+        for who, source, low in (
+            (chair, "camera", 100),
+            (chair, "screen", 20000),
+            (point, "camera", 40000),
+        ):
+            numbers = await video_numbers(await wait_track(late, who.id, source), 1.5)
+            decoded = [n for n in numbers if n is not None]
+            assert len(decoded) >= 8 and min(decoded) >= low and increasing(numbers), (
+                source,
+                numbers,
+            )
+    finally:
+        for client in (late, point, chair):
+            await client.leave()

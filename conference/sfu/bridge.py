@@ -36,6 +36,7 @@ from typing import Any, Protocol, cast
 import aioice.ice
 from aioice.ice import StunProtocol
 from aiortc import (
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
@@ -770,7 +771,17 @@ class ForwardingPeerConnection(RTCPeerConnection):
     """
 
     def __init__(self, ice_servers: list[RTCIceServer] | None = None) -> None:
-        super().__init__(RTCConfiguration(iceServers=ice_servers or []))
+        # max-bundle: every m-line on one transport from the start.  With
+        # aiortc's default (balanced), a second m-line of a kind reuses the
+        # first one's transport and is marked bundled; when the answer's BUNDLE
+        # group moves the first to the primary transport and stops the old one,
+        # the second stays on the stopped transport and never sends (two
+        # cameras in a subscriber's first offer, or a camera and a screen
+        # share in a publisher's).  WebRTC browsers and WHIP/WHEP clients
+        # (RFC 9725 requires BUNDLE) all bundle.
+        super().__init__(
+            RTCConfiguration(iceServers=ice_servers or [], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
 
     def _RTCPeerConnection__createTransceiver(  # noqa: N802 (aiortc private hook)
         self, direction: str, kind: str, sender_track: Any = None
