@@ -60,6 +60,7 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_LOG_LEVEL": "log_level",
     "CONFERENCE_MEDIA_TIMEOUT": "media_timeout",
     "CONFERENCE_CONNECT_TIMEOUT": "connect_timeout",
+    "CONFERENCE_DATABASE_URL": "database_url",
 }
 
 
@@ -98,6 +99,8 @@ class Settings:
     #: Seconds for ICE and DTLS to complete before a session is dropped.
     connect_timeout: int = 20
     log_level: str = "INFO"
+    #: SQLAlchemy URL of the database; None = SQLite file data_dir/conference.db.
+    database_url: str | None = field(default=None, repr=False)
 
 
 # --- value converters: (value, label, base directory for relative paths) -> value ----------
@@ -227,6 +230,14 @@ def _to_log_level(value: object, label: str, base: Path | None = None) -> str:
     return text
 
 
+def _to_database_url(value: object, label: str, base: Path | None = None) -> str:
+    text = _to_str(value, label)
+    scheme = text.split(":", 1)[0].split("+", 1)[0].lower()
+    if "://" not in text or scheme not in ("sqlite", "postgresql", "postgres"):
+        raise SettingsError(f"{label}: expected sqlite:///FILE or postgresql://USER@HOST/DATABASE")
+    return text
+
+
 _CONVERTERS: dict[str, _Converter] = {
     "host": _to_str,
     "port": _int_converter(0, 65535),
@@ -247,6 +258,7 @@ _CONVERTERS: dict[str, _Converter] = {
     "media_timeout": _int_converter(2, 3600),
     "connect_timeout": _int_converter(2, 3600),
     "log_level": _to_log_level,
+    "database_url": _to_database_url,
 }
 assert set(_CONVERTERS) == {f.name for f in fields(Settings)}
 

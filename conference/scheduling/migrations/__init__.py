@@ -1,0 +1,1 @@
+"""Alembic migrations of the control-plane database (applied by `conference db upgrade`)."""
