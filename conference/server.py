@@ -33,6 +33,7 @@ from .sfu.room import RoomRegistry
 from .sfu.udp import loop_factory
 from .signaling import websocket_handler
 from .tokens import RevocationList
+from .web import setup_web
 from .whip import session_delete, session_patch, whep_post, whip_post
 
 logger = logging.getLogger("conference")
@@ -70,19 +71,6 @@ async def health(request: web.Request) -> web.Response:
             "rooms": len(rooms),
             "participants": sum(len(r.participants) for r in rooms.values()),
         }
-    )
-
-
-async def index(request: web.Request) -> web.Response:
-    return web.Response(
-        text=(
-            "<!doctype html><html lang=vi><meta charset=utf-8>"
-            "<title>Hội nghị trực tuyến</title>"
-            "<h1>Hệ thống hội nghị truyền hình trực tuyến</h1>"
-            "<p>Máy chủ đang hoạt động. Điểm cầu tham gia bằng đường liên kết trong giấy mời.</p>"
-            "<p lang=en>Conference server is running. Points join through their invitation link.</p>"
-        ),
-        content_type="text/html",
     )
 
 
@@ -130,7 +118,7 @@ def create_app(settings: Settings) -> web.Application:
     app[MEETING_POLICY] = OpenMeetings()
     app[ICE_SERVERS], app[ICE_SERVERS_JSON] = ice_servers(settings)
     app[WEBSOCKETS] = weakref.WeakSet()
-    app.router.add_get("/", index)
+    setup_web(app)
     app.router.add_get("/healthz", health)
     app.router.add_get("/ws/meetings/{meeting_id}", _tracked(websocket_handler))
     app.router.add_post("/whip/{meeting_id}", whip_post)

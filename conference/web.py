@@ -1,0 +1,217 @@
+"""The browser pages: landing page, invitation links and the meeting room.
+
+Where the files are
+-------------------
+Templates and static files live in the top-level ``web/`` folder (no build step).
+:func:`web_dir` looks for them, in order:
+
+1. ``$CONFERENCE_WEB_DIR`` when set (an operator's customised copy);
+2. ``web/`` next to the ``conference`` package: a source checkout or an editable
+   install (``pip install -e .``);
+3. ``<sys.prefix>/share/conference/web``: where ``pip install .`` puts them, through
+   ``[tool.setuptools.data-files]`` in pyproject.toml.  Data files (rather than package
+   data under ``conference/``) keep the project layout of ``web/`` at the top level
+   without a symlink or a copy step.
+
+Invitation links
+----------------
+An invitation link is ``/m/{meeting}?token=JWT``.  The server verifies the token
+(:func:`conference.access.authenticate`), stores it in an HttpOnly, SameSite=Strict
+cookie scoped to ``/m/{meeting}`` (Secure under TLS), and redirects to the same URL
+without the token, so that the token leaves the address bar, the history and
+screenshots.  The page itself never sees the cookie: its script asks the same-origin
+endpoint ``GET /m/{meeting}/session`` for the token when it joins the WebSocket.
+That endpoint (rather than embedding the token in the HTML) keeps the token out of
+the page source and any cache, and lets the page fetch it again to rejoin; it
+answers only same-origin requests carrying the Strict cookie (no CORS headers).
+A bad, expired or revoked link gets an HTML error page (401/403), in Vietnamese by
+default.
+
+Language
+--------
+``web/static/i18n.json`` is the one catalogue (key -> {vi, en}).  Templates call
+``t(key)``; the page embeds the table of its language for ``web/static/i18n.js``.
+The language is ``?lang=`` (remembered in a cookie), else the ``lang`` cookie, else
+the first of vi/en in Accept-Language, else Vietnamese.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from .access import AccessError, authenticate
+
+LANGUAGES = ("vi", "en")
+DEFAULT_LANGUAGE = "vi"
+TOKEN_COOKIE = "conference_token"
+LANG_COOKIE = "lang"
+
+JINJA: web.AppKey[jinja2.Environment] = web.AppKey("jinja")
+CATALOGUE: web.AppKey[dict[str, dict[str, str]]] = web.AppKey("catalogue")
+
+_NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+def web_dir() -> Path:
+    """The folder with ``templates/`` and ``static/`` (see the module docstring)."""
+    candidates = []
+    if os.environ.get("CONFERENCE_WEB_DIR"):
+        candidates.append(Path(os.environ["CONFERENCE_WEB_DIR"]))
+    candidates.append(Path(__file__).resolve().parent.parent / "web")
+    candidates.append(Path(sys.prefix) / "share" / "conference" / "web")
+    for path in candidates:
+        if (path / "templates").is_dir() and (path / "static").is_dir():
+            return path
+    raise FileNotFoundError("web files not found in: " + ", ".join(map(str, candidates)))
+
+
+def load_catalogue(root: Path) -> dict[str, dict[str, str]]:
+    raw = json.loads((root / "static" / "i18n.json").read_text(encoding="utf-8"))
+    return {k: v for k, v in raw.items() if not k.startswith("_")}
+
+
+def setup_web(app: web.Application) -> None:
+    """Register the page routes and static files on ``app``."""
+    root = web_dir()
+    app[CATALOGUE] = load_catalogue(root)
+    app[JINJA] = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(root / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    app.router.add_get("/", landing)
+    app.router.add_get("/m/{meeting_id}", meeting_page)
+    app.router.add_get("/m/{meeting_id}/session", meeting_session)
+    app.router.add_static("/static/", root / "static", append_version=False)
+
+
+def language(request: web.Request) -> str:
+    asked = request.query.get("lang") or request.cookies.get(LANG_COOKIE)
+    if asked in LANGUAGES:
+        return asked
+    ranked: list[tuple[float, str]] = []
+    for part in request.headers.get("Accept-Language", "").split(","):
+        tag, _, params = part.strip().partition(";")
+        code = tag.strip().lower().split("-")[0]
+        if code not in LANGUAGES:
+            continue
+        quality = 1.0
+        if params.strip().startswith("q="):
+            try:
+                quality = float(params.strip()[2:])
+            except ValueError:
+                quality = 0.0
+        ranked.append((-quality, code))
+    return sorted(ranked)[0][1] if ranked else DEFAULT_LANGUAGE
+
+
+def translator(app: web.Application, lang: str) -> dict[str, str]:
+    """The catalogue of one language (missing entries fall back to Vietnamese)."""
+    return {k: v.get(lang) or v[DEFAULT_LANGUAGE] for k, v in app[CATALOGUE].items()}
+
+
+def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    lang = language(request)
+    strings = translator(request.app, lang)
+
+    def t(key: str) -> str:
+        return strings.get(key, key)
+
+    other = "en" if lang == "vi" else "vi"
+    html = (
+        request.app[JINJA]
+        .get_template(template)
+        .render(
+            t=t,
+            lang=lang,
+            other_lang=other,
+            strings_json=json.dumps(strings, ensure_ascii=False).replace("</", "<\\/"),
+            **context,
+        )
+    )
+    response = web.Response(
+        text=html, status=status, content_type="text/html", charset="utf-8", headers=_NO_STORE
+    )
+    if request.query.get("lang") in LANGUAGES:
+        response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="Lax", path="/")
+    return response
+
+
+async def landing(request: web.Request) -> web.Response:
+    return render(request, "landing.html")
+
+
+_ERROR_KEYS = {
+    "wrong-meeting": "error.wrongmeeting",
+    "revoked": "error.revoked",
+    "not-yet-valid": "error.notyet",
+    "unauthorized": "error.nolink",
+}
+
+
+def error_page(request: web.Request, exc: AccessError) -> web.Response:
+    key = _ERROR_KEYS.get(exc.code, "error.badlink")
+    return render(request, "error.html", status=exc.status, message_key=key, code=exc.code)
+
+
+async def meeting_page(request: web.Request) -> web.Response:
+    meeting_id = request.match_info["meeting_id"]
+    token = request.query.get("token")
+    if token is not None:
+        try:
+            who = await authenticate(request.app, token, meeting_id)
+        except AccessError as exc:
+            return error_page(request, exc)
+        query = {k: v for k, v in request.query.items() if k != "token"}
+        location = request.rel_url.with_query(query)
+        response = web.HTTPSeeOther(location=str(location), headers=_NO_STORE)
+        response.set_cookie(
+            TOKEN_COOKIE,
+            token,
+            path=f"/m/{meeting_id}",
+            max_age=max(60, int((who.expires_at or 0) - time.time())),
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+        )
+        raise response
+    # A cookie is not sent on a navigation from another site (SameSite=Strict): the
+    # page loads regardless and its script asks /session, a same-origin request.
+    cookie = request.cookies.get(TOKEN_COOKIE)
+    if cookie:
+        try:
+            await authenticate(request.app, cookie, meeting_id)
+        except AccessError as exc:
+            return error_page(request, exc)
+    return render(request, "room.html", meeting_id=meeting_id)
+
+
+async def meeting_session(request: web.Request) -> web.Response:
+    """The token of this browser's invitation, for the WebSocket join."""
+    meeting_id = request.match_info["meeting_id"]
+    token = request.cookies.get(TOKEN_COOKIE)
+    try:
+        who = await authenticate(request.app, token, meeting_id)
+    except AccessError as exc:
+        return web.json_response(
+            {"error": exc.code, "message": exc.message}, status=exc.status, headers=_NO_STORE
+        )
+    return web.json_response(
+        {
+            "token": token,
+            "meeting": meeting_id,
+            "identity": who.identity,
+            "name": who.name,
+            "role": who.role,
+            "expires": who.expires_at,
+        },
+        headers=_NO_STORE,
+    )

@@ -1,0 +1,217 @@
+"""End to end in headless Chromium: invitation links, pre-join, the room page.
+
+Debian's ``chromium`` (``/usr/bin/chromium``, installed by .ci/run) is driven by
+Playwright's Python package through ``executable_path`` (Playwright's own browser
+download is never used).  Fake camera and microphone: the camera is Chromium's
+moving test pattern, the microphone a tone from a WAV file this test writes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+import wave
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import ROOT, ServerProcess
+
+CHROMIUM = "/usr/bin/chromium"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+if not Path(CHROMIUM).exists():  # pragma: no cover - .ci/run installs it
+    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+# inbound-rtp statistics of the subscriber connection, one entry per stream
+STATS_JS = """async () => {
+  const pc = window.conference && window.conference.subscriber;
+  if (!pc) return [];
+  const out = [];
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp") out.push({kind: s.kind, mid: s.mid,
+      frames: s.framesDecoded || 0, energy: s.totalAudioEnergy || 0,
+      samples: s.totalSamplesReceived || 0});
+  });
+  return out;
+}"""
+
+
+def write_tone(path: Path, seconds: float = 3.0, rate: int = 48000) -> Path:
+    """A loud 440 Hz tone (speech-like level, so it drives the active speaker)."""
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        samples = (
+            int(12000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(int(seconds * rate))
+        )
+        out.writeframes(b"".join(struct.pack("<h", s) for s in samples))
+    return path
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``check`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    tone = write_tone(tmp_path / "tone.wav")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                f"--use-file-for-fake-audio-capture={tone}",
+                "--allow-loopback-in-peer-connection",
+                "--autoplay-policy=no-user-gesture-required",
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def join(browser: Any, server: ServerProcess, identity: str, name: str) -> Any:
+    """Open an invitation link in a fresh context (own cookies) and enter the room."""
+    context = browser.new_context(locale="vi-VN", viewport={"width": 1280, "height": 720})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    token = server.token(meeting="giao-ban", identity=identity, name=name)
+    response = page.goto(f"{server.url}/m/giao-ban?token={token}")
+    assert response is not None and response.ok
+    assert "token=" not in page.url  # the token left the address bar
+    page.wait_for_function("document.getElementById('name').value.length > 0")
+    assert page.input_value("#name") == name
+    page.click("#join:not([disabled])")
+    page.wait_for_selector("#room:not([hidden])")
+    return page
+
+
+def streams(page: Any) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = page.evaluate(STATS_JS)
+    return result
+
+
+def receiving(page: Any, videos: int, audios: int) -> list[dict[str, Any]] | None:
+    """The stats when ``videos`` videos decode frames and ``audios`` audios carry energy."""
+    stats = streams(page)
+    decoded = [s for s in stats if s["kind"] == "video" and s["frames"] > 0]
+    heard = [s for s in stats if s["kind"] == "audio" and s["energy"] > 0]
+    return stats if len(decoded) >= videos and len(heard) >= audios else None
+
+
+def rising(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> bool:
+    old = {s["mid"]: s for s in before}
+    grown = [
+        s
+        for s in after
+        if s["mid"] in old
+        and (
+            s["frames"] > old[s["mid"]]["frames"]
+            if s["kind"] == "video"
+            else s["energy"] > old[s["mid"]]["energy"]
+        )
+    ]
+    return len(grown) >= len([s for s in before if s["frames"] or s["energy"]])
+
+
+def test_three_points_see_and_hear_each_other(
+    server: ServerProcess, browser: Any, tmp_path: Path
+) -> None:
+    names = {
+        "huyen": "UBND huyện Đắk Glong",
+        "xa-quang-son": "UBND xã Quảng Sơn",
+        "xa-dak-ha": "UBND xã Đắk Ha",
+    }
+    pages = {identity: join(browser, server, identity, name) for identity, name in names.items()}
+    ids = {identity: page.evaluate("window.conference.me.id") for identity, page in pages.items()}
+
+    # each page receives the two others' camera and microphone, and they keep flowing
+    for identity, page in pages.items():
+        videos = 2
+        first = wait_until(lambda p=page, v=videos: receiving(p, v, 2), 30, f"media on {identity}")
+        wait_until(lambda p=page, f=first: rising(f, streams(p)), 10, f"rising on {identity}")
+        tiles = page.locator(".tile")
+        assert tiles.count() == 2
+        shown = sorted(tiles.locator(".name").all_inner_texts())
+        assert shown == sorted(n for i, n in names.items() if i != identity)
+        assert page.locator("#participants li").count() == 3
+
+    # the others mute: the district hall is the only sound, hence the active speaker
+    for identity in ("xa-quang-son", "xa-dak-ha"):
+        pages[identity].click("#mute-btn")
+        assert pages[identity].inner_text("#mute-btn") == "Bật micro"
+    speaker = ids["huyen"]
+    for identity in ("xa-quang-son", "xa-dak-ha"):
+        pages[identity].wait_for_selector(f'.tile.speaking[data-participant="{speaker}"]')
+        muted = pages[identity].locator(f'#participants li[data-participant="{ids[identity]}"]')
+        sync_api.expect(muted.locator(".badge.mic-muted")).to_have_count(1)
+    pages["huyen"].wait_for_selector(f'#participants li.speaking[data-participant="{speaker}"]')
+
+    shot = pages["huyen"].screenshot(path=str(tmp_path / "screenshot-room.png"))
+    (ROOT / "docs" / "screenshot-room.png").write_bytes(shot)
+
+    # leaving removes the tile on the others' pages
+    pages["xa-dak-ha"].click("#leave-btn")
+    pages["huyen"].wait_for_function("document.querySelectorAll('.tile').length === 1")
+    for page in pages.values():
+        page.context.close()
+
+
+def test_bad_and_expired_links_get_a_vietnamese_page(server: ServerProcess, browser: Any) -> None:
+    context = browser.new_context(locale="vi-VN")
+    page = context.new_page()
+    expired = server.token(
+        meeting="giao-ban", now=datetime.now(UTC) - timedelta(hours=2), ttl=timedelta(hours=1)
+    )
+    for token in ("not-a-token", expired):
+        response = page.goto(f"{server.url}/m/giao-ban?token={token}")
+        assert response is not None and response.status == 401
+        assert "Đường liên kết không hợp lệ hoặc đã hết hạn" in page.inner_text(".message")
+        assert "Traceback" not in page.content()
+    # a link for another meeting
+    other = server.token(meeting="hop-khac")
+    response = page.goto(f"{server.url}/m/giao-ban?token={other}")
+    assert response is not None and response.status == 403
+    # without an invitation the page says so instead of offering to join
+    response = page.goto(f"{server.url}/m/giao-ban")
+    assert response is not None and response.ok
+    page.wait_for_selector("#notice:not([hidden])")
+    assert "hết hạn" in page.inner_text("#notice")
+    context.close()
+
+
+def test_landing_page_languages(server: ServerProcess, browser: Any) -> None:
+    context = browser.new_context(locale="en-US")
+    page = context.new_page()
+    page.goto(server.url + "/")
+    assert "Online video briefing system" in page.inner_text("h1")  # Accept-Language: en
+    page.goto(server.url + "/?lang=vi")
+    assert "Hệ thống hội nghị truyền hình trực tuyến" in page.inner_text("h1")
+    page.goto(server.url + "/")  # the choice is remembered
+    assert page.locator("html").get_attribute("lang") == "vi"
+    context.close()

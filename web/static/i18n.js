@@ -1,0 +1,8 @@
+// Translations: the page embeds the table of its language (from web/static/i18n.json,
+// the same catalogue the server's templates use) in <script id="strings">.
+const table = JSON.parse(document.getElementById("strings")?.textContent || "{}");
+
+/** The text for `key` in the page's language (the key itself when missing). */
+export function t(key) {
+  return table[key] ?? key;
+}

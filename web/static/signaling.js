@@ -1,0 +1,67 @@
+// WebSocket signaling, protocol version 1 (docs/PROTOCOL.md).
+// A thin wrapper: join, send JSON messages, dispatch received ones by type.
+
+export class Signaling extends EventTarget {
+  /** @param {string} meeting  meeting ID; @param {string} token  access token (JWT) */
+  constructor(meeting, token) {
+    super();
+    this.meeting = meeting;
+    this.token = token;
+    this.ws = null;
+  }
+
+  /** Open the socket and join; resolves with the `joined` message. */
+  join() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const url = `${scheme}//${location.host}/ws/meetings/${encodeURIComponent(this.meeting)}`;
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      this.ws = ws;
+      let joined = false;
+      ws.onopen = () => this.send({ type: "join", version: 1, token: this.token });
+      ws.onmessage = (event) => {
+        const message = JSON.parse(event.data);
+        if (!joined) {
+          if (message.type === "joined") {
+            joined = true;
+            resolve(message);
+          } else if (message.type === "error") {
+            reject(Object.assign(new Error(message.message), { code: message.code }));
+          }
+          return;
+        }
+        // one event per message type: "room", "offer", "answer", "speaker", ...
+        this.dispatchEvent(new CustomEvent(message.type, { detail: message }));
+      };
+      ws.onclose = (event) => {
+        if (!joined) reject(Object.assign(new Error("closed"), { code: `close-${event.code}` }));
+        this.dispatchEvent(new CustomEvent("close", { detail: { code: event.code } }));
+      };
+    });
+  }
+
+  send(message) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+  }
+
+  /** Send `message` and wait for the next message of type `reply`. */
+  request(message, reply, timeoutMs = 15000) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.removeEventListener(reply, onReply);
+        reject(new Error(`no ${reply} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const onReply = (event) => {
+        clearTimeout(timer);
+        resolve(event.detail);
+      };
+      this.addEventListener(reply, onReply, { once: true });
+      this.send(message);
+    });
+  }
+
+  leave() {
+    this.send({ type: "leave" });
+    this.ws?.close();
+  }
+}
