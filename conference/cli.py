@@ -1,4 +1,4 @@
-"""The `conference` command: serve, token create, token verify, version.
+"""The `conference` command: serve, token, loadtest, db, unit, point, user, version.
 
 Expected errors (bad settings, bad arguments, rejected tokens, unusable files) are printed
 as one line ``conference: error: ...`` on stderr with exit code 2, never as a traceback.
@@ -15,6 +15,9 @@ import sys
 from collections.abc import Sequence
 
 from conference import __version__
+from conference.loadtest.command import add_arguments as add_loadtest_arguments
+from conference.loadtest.command import run_command as run_loadtest
+from conference.scheduling import cli as scheduling_cli
 from conference.settings import (
     TLS_MODES,
     Settings,
@@ -80,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--meeting", metavar="ID", help="require this meeting")
     settings_flags(verify)
 
+    loadtest = commands.add_parser(
+        "loadtest",
+        help="simulate a briefing against a server and report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_loadtest_arguments(loadtest)
+
+    scheduling_cli.add_commands(commands, settings_flags)
+
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -102,6 +114,8 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
     )
     ensure_data_dir(settings)
+    # Creates or upgrades the database; on first run creates and prints the admin account.
+    scheduling_cli.print_first_admin(settings)
     # Imported lazily: the server pulls in the media stack, which other commands do not need.
     try:
         server = importlib.import_module("conference.server")
@@ -163,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token_create(args)
         if args.command == "token" and args.token_command == "verify":
             return _token_verify(args)
+        if args.command == "loadtest":
+            return run_loadtest(args)
+        if args.command in scheduling_cli.COMMANDS:
+            return scheduling_cli.run(args, _settings(args))
         if args.command == "version":
             print(f"{PROG} {__version__}")
             return 0

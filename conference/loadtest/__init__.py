@@ -1,0 +1,19 @@
+"""``conference loadtest``: simulated district briefings against a running server.
+
+Modules, from the wire up:
+
+* :mod:`.streamstats`: what one viewer received on one stream (loss, frames,
+  freezes, keyframe waits), from RTP headers only;
+* :mod:`.media`: pre-encoded camera and speech tracks that a simulated point
+  sends without encoding; :mod:`.aiortc_hooks`: the three aiortc internals they
+  need (keyframe requests, audio levels, no receive-side REMB);
+* :mod:`.sim`: the chair, points and WHEP viewers, subscribing as the browser
+  page does; :mod:`.plan`: configuration, tokens, the floor schedule;
+* :mod:`.worker`: a share of the participants in one process;
+  :mod:`.runner`: the coordinator (phases, /proc sampling via
+  :mod:`.procstat`, progress bar); :mod:`.report`: the JSON report and table;
+* :mod:`.command`: the command-line options.
+
+Only :mod:`.command` and :mod:`.plan` are imported by ``conference`` itself;
+the rest loads when a test runs.
+"""

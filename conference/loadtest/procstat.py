@@ -1,0 +1,167 @@
+"""Process and machine accounting from ``/proc`` (Linux), without dependencies.
+
+The load tester reports the server's *own* CPU time (utime + stime of all its
+threads, ``/proc/<pid>/stat``) and memory (``VmRSS``/``VmHWM`` from
+``/proc/<pid>/status``), and finds the server process of a local URL by the
+port it listens on (``/proc/net/tcp*`` socket inode -> ``/proc/<pid>/fd``).
+Every function returns ``None`` (or an empty result) where ``/proc`` is not
+available or the process is not ours to inspect, so reports can say "n/a".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "CpuSample",
+    "cpu_sample",
+    "find_listening_pid",
+    "is_local_host",
+    "machine_busy_seconds",
+    "memory_kib",
+    "udp_drops_by_pid",
+    "udp_receive_errors",
+]
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds a process has used so far (all threads)."""
+
+    user: float
+    system: float
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+
+def cpu_sample(pid: int) -> CpuSample | None:
+    """utime and stime of ``pid`` in seconds, or None if it cannot be read."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # the command name (field 2) may contain spaces and ')': split after the last ')'
+    fields = data[data.rindex(b")") + 2 :].split()
+    return CpuSample(int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK)
+
+
+def memory_kib(pid: int) -> dict[str, int] | None:
+    """``{"rss": VmRSS, "peak": VmHWM}`` of ``pid`` in KiB, or None."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            values["rss" if name == "VmRSS" else "peak"] = int(rest.split()[0])
+    return values if "rss" in values else None
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds used by everything on the machine (all cores), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def udp_receive_errors() -> int | None:
+    """Datagrams the kernel dropped for full receive buffers, machine-wide (/proc/net/snmp)."""
+    try:
+        lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    except OSError:
+        return None
+    udp = [line for line in lines if line and line[0] == "Udp:"]
+    if len(udp) < 2 or "RcvbufErrors" not in udp[0]:
+        return None
+    return int(udp[1][udp[0].index("RcvbufErrors")])
+
+
+def _udp_drops_by_inode() -> dict[str, int]:
+    drops: dict[str, int] = {}
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) >= 13:
+                drops[parts[9]] = int(parts[12])
+    return drops
+
+
+def udp_drops_by_pid(pids: list[int]) -> dict[int, int]:
+    """Datagrams dropped so far by the open UDP sockets of each process (per-socket counters)."""
+    by_inode = _udp_drops_by_inode()
+    result: dict[int, int] = {}
+    for pid in pids:
+        total = 0
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    total += by_inode.get(target[8:-1], 0)
+        except OSError:
+            continue
+        result[pid] = total
+    return result
+
+
+def is_local_host(host: str | None) -> bool:
+    """True for the loopback names the load tester treats as "this machine"."""
+    return (host or "").lower() in LOCAL_HOSTS
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 10 or parts[3] != "0A":  # 0A = LISTEN
+                continue
+            local_port = int(parts[1].rsplit(":", 1)[1], 16)
+            if local_port == port:
+                inodes.add(parts[9])
+    return inodes
+
+
+def find_listening_pid(port: int) -> int | None:
+    """The process listening on TCP ``port`` on this machine, if we may see it."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            for fd in (entry / "fd").iterdir():
+                try:
+                    if os.readlink(fd) in wanted:
+                        return int(entry.name)
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return None

@@ -1,0 +1,348 @@
+"""Turning what the workers measured into the load-test report (JSON and a table).
+
+:func:`build_report` combines the seats' stream reports with the server's
+CPU and memory samples; :func:`format_report` prints it for people, and
+:func:`check_targets` compares it with the issue's targets for a briefing
+(server under one core, no freezes, loss under 0.5 %, join p95 under 2 s,
+under 10 MB per participant).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["TARGETS", "build_report", "check_targets", "format_report", "percentile"]
+
+#: (key, label, limit): the issue's targets, checked for every scenario.
+TARGETS = (
+    ("server_cpu_pct", "server CPU < 100 % of one core", 100.0),
+    ("video_freezes", "video freezes (> 500 ms) = 0", 0.0),
+    ("loss_pct", "loss < 0.5 %", 0.5),
+    ("join_p95_s", "join p95 < 2 s", 2.0),
+    ("rss_mb_per_participant", "server memory < 10 MB per participant", 10.0),
+)
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of ``values`` by linear interpolation; None if empty."""
+    data = sorted(values)
+    if not data:
+        return None
+    position = (len(data) - 1) * q
+    low = math.floor(position)
+    high = min(low + 1, len(data) - 1)
+    return data[low] + (data[high] - data[low]) * (position - low)
+
+
+def _r(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _quantiles(values: list[float]) -> dict[str, Any]:
+    return {
+        "count": len(values),
+        "p50_s": _r(percentile(values, 0.5)),
+        "p95_s": _r(percentile(values, 0.95)),
+        "max_s": _r(max(values)) if values else None,
+    }
+
+
+def _kind_summary(streams: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    expected = sum(s["expected"] for s in streams)
+    lost = sum(s["lost"] for s in streams)
+    raw = sum(s["raw_missing"] for s in streams)
+    whole = [s for s in streams if s["reason"] == "join" and s["active"]]
+    return {
+        "streams": len(streams),
+        "packets": sum(s["packets"] for s in streams),
+        "bytes": sum(s["bytes"] for s in streams),
+        "repaired": sum(s["repaired"] for s in streams),
+        "loss_pct": round(100 * lost / expected, 3) if expected else 0.0,
+        "raw_loss_pct": round(100 * raw / expected, 3) if expected else 0.0,
+        "loss_pct_max": max((s["loss_pct"] for s in streams), default=0.0),
+        "frames": sum(s["frames"] for s in streams),
+        "fps_mean": round(sum(s["fps"] for s in whole) / len(whole), 2) if whole else None,
+        "freezes": sum(s["freezes"] for s in streams),
+        "freeze_seconds": round(sum(s["freeze_seconds"] for s in streams), 3),
+        "streams_with_freezes": sum(1 for s in streams if s["freezes"]),
+        "max_frame_gap_s": max((s["max_frame_gap_s"] for s in streams), default=0.0),
+        "abandoned_frames": sum(s["abandoned_frames"] for s in streams),
+    }
+
+
+def _speaker_summary(
+    floor_changes: list[tuple[float, str]], log: list[tuple[float, str | None]], period: float
+) -> dict[str, Any]:
+    """Match each change of the floor with the first ``speaker`` message naming the new holder."""
+    delays: list[float] = []
+    missed: list[str] = []
+    for at, identity in floor_changes:
+        hit = next((t for t, who in log if who == identity and at <= t < at + period), None)
+        if hit is None:
+            missed.append(identity)
+        else:
+            delays.append(hit - at)
+    return {
+        "floor_changes": len(floor_changes),
+        "detected": len(delays),
+        "missed": missed[:20],
+        "detection_delay": _quantiles(delays),
+    }
+
+
+def _drift(timeline: list[Any]) -> dict[str, Any] | None:
+    """Server CPU and RSS in the first and last quarter of the window (for soak runs)."""
+    if len(timeline) < 4:
+        return None
+    quarter = max(1, len(timeline) // 4)
+
+    def mean(rows: list[Any], column: int) -> float | None:
+        values = [row[column] for row in rows if row[column] is not None]
+        return round(sum(values) / len(values), 1) if values else None
+
+    first, last = timeline[:quarter], timeline[-quarter:]
+    return {
+        "cpu_pct_first_quarter": mean(first, 1),
+        "cpu_pct_last_quarter": mean(last, 1),
+        "rss_mb_first_quarter": mean(first, 2),
+        "rss_mb_last_quarter": mean(last, 2),
+    }
+
+
+def build_report(
+    *,
+    config: dict[str, Any],
+    seats: list[dict[str, Any]],
+    window: dict[str, Any],
+    server: dict[str, Any],
+    generator: dict[str, Any],
+    floor_changes: list[tuple[float, str]],
+    machine: dict[str, Any],
+) -> dict[str, Any]:
+    """The whole report as plain JSON values (see docs/BENCHMARKS.md for the fields)."""
+    seconds = float(window["seconds"])
+    chair = next((s for s in seats if s["index"] == 0), None)
+    chair_identity = chair["identity"] if chair else ""
+    webinar = config.get("scenario") == "webinar"
+    for seat in seats:
+        source = "program" if webinar else chair_identity
+        chair_video = [
+            s for s in seat["streams"] if s["publisher"] == source and s["kind"] == "video"
+        ]
+        seat["chair_video_packets"] = sum(s["packets"] for s in chair_video)
+        seat["chair_video_frames"] = sum(s["frames"] for s in chair_video)
+        seat["switches_seen"] = sum(
+            1 for s in seat["streams"] if s["reason"] == "switch" and s["kind"] == "video"
+        )
+    streams = [s for seat in seats for s in seat["streams"]]
+    video = [s for s in streams if s["kind"] == "video"]
+    audio = [s for s in streams if s["kind"] == "audio"]
+    joined = [s for s in seats if s["joined"]]
+    viewers = [s for s in seats if s["index"] != 0]
+    joins = [s["join_s"] for s in viewers if s["join_s"] is not None]
+    switch_waits = [
+        s["keyframe_wait_s"]
+        for s in video
+        if s["reason"] == "switch" and s["keyframe_wait_s"] is not None
+    ]
+    packets = sum(s["packets"] for s in streams)
+    payload = sum(s["bytes"] for s in streams)
+    video_summary = _kind_summary(video, seconds)
+    audio_summary = _kind_summary(audio, seconds)
+    expected = sum(s["expected"] for s in streams)
+    lost = sum(s["lost"] for s in streams)
+    connected = server.get("participants") or len(joined)
+    rss_end = server.get("rss_mb_end")
+    rss_before = server.get("rss_mb_before")
+    if rss_end is not None and connected:
+        server["rss_mb_per_participant"] = round(rss_end / connected, 2)
+        if rss_before is not None:
+            server["rss_mb_growth_per_participant"] = round((rss_end - rss_before) / connected, 2)
+    server["drift"] = _drift(server.get("timeline") or [])
+    log = chair["speaker_log"] if chair else []
+    report: dict[str, Any] = {
+        "tool": "conference loadtest",
+        "config": config,
+        "machine": machine,
+        "window": window,
+        "participants": {
+            "planned": len(seats),
+            "joined": len(joined),
+            "failed": [
+                {"identity": s["identity"], "error": s["error"]} for s in seats if not s["joined"]
+            ][:20],
+        },
+        "join": _quantiles(joins),
+        "server": server,
+        "generator": generator,
+        "forwarded": {
+            "packets_per_s": round(packets / seconds, 1),
+            "payload_mbps": round(payload * 8 / seconds / 1e6, 3),
+            "video_packets_per_s": round(video_summary["packets"] / seconds, 1),
+            "audio_packets_per_s": round(audio_summary["packets"] / seconds, 1),
+        },
+        "loss_pct": round(100 * lost / expected, 3) if expected else 0.0,
+        "video": video_summary,
+        "audio": audio_summary,
+        "speaker": _speaker_summary(floor_changes, log, float(config.get("floor_period") or 0))
+        | {"switch_keyframe_wait": _quantiles(switch_waits)},
+        "seats": seats,
+    }
+    report["targets"] = check_targets(report)
+    return report
+
+
+def _target_value(report: dict[str, Any], key: str) -> float | None:
+    if key == "server_cpu_pct":
+        value = report["server"].get("cpu_pct")
+    elif key == "video_freezes":
+        value = report["video"]["freezes"]
+    elif key == "loss_pct":
+        value = report["loss_pct"]
+    elif key == "join_p95_s":
+        value = report["join"]["p95_s"]
+    else:
+        value = report["server"].get("rss_mb_per_participant")
+    return None if value is None else float(value)
+
+
+def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with the measured value and ``ok`` (None when not measured)."""
+    results = []
+    for key, label, limit in TARGETS:
+        value = _target_value(report, key)
+        if value is None:
+            ok = None
+        elif key == "video_freezes":
+            ok = value <= limit
+        else:
+            ok = value < limit
+        results.append({"target": label, "key": key, "value": value, "ok": ok})
+    return results
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A plain-text table of the report, for a terminal."""
+    c = report["config"]
+    s = report["server"]
+    g = report["generator"]
+    v, a = report["video"], report["audio"]
+    j = report["join"]
+    sp = report["speaker"]
+    sw = sp["switch_keyframe_wait"]
+    p = report["participants"]
+    f = report["forwarded"]
+    rows = [
+        (
+            "scenario",
+            f"{c['scenario']}, {c['points']} {'viewers' if c['scenario'] == 'webinar' else 'points'}"
+            f" + chair, {c['video']} {c['resolution']} {c['bitrate_kbps']} kbps {c['fps']} fps,"
+            f" window {report['window']['seconds']:.0f} s, {c['processes']} process(es)",
+        ),
+        (
+            "participants",
+            f"{p['joined']} of {p['planned']} joined"
+            + (f", {len(p['failed'])} failed" if p["failed"] else ""),
+        ),
+        (
+            "join time",
+            f"p50 {_fmt(j['p50_s'], ' s', 2)}, p95 {_fmt(j['p95_s'], ' s', 2)},"
+            f" max {_fmt(j['max_s'], ' s', 2)} (token to first keyframe, n={j['count']})",
+        ),
+        (
+            "server CPU",
+            f"{_fmt(s.get('cpu_pct'), ' %')} of one core"
+            + (
+                f" (user {_fmt(s.get('cpu_user_pct'), ' %')}, system {_fmt(s.get('cpu_sys_pct'), ' %')})"
+                if s.get("cpu_pct") is not None
+                else ""
+            )
+            + f", pid {_fmt(s.get('pid'))}",
+        ),
+        (
+            "server memory",
+            f"RSS {_fmt(s.get('rss_mb_end'), ' MB')} (before {_fmt(s.get('rss_mb_before'), ' MB')},"
+            f" peak {_fmt(s.get('rss_mb_peak'), ' MB')}):"
+            f" {_fmt(s.get('rss_mb_per_participant'), ' MB', 2)} per participant,"
+            f" growth {_fmt(s.get('rss_mb_growth_per_participant'), ' MB', 2)} per participant",
+        ),
+        (
+            "server drift",
+            "n/a (window too short)"
+            if not s.get("drift")
+            else f"CPU {_fmt(s['drift']['cpu_pct_first_quarter'], ' %')} ->"
+            f" {_fmt(s['drift']['cpu_pct_last_quarter'], ' %')},"
+            f" RSS {_fmt(s['drift']['rss_mb_first_quarter'], ' MB')} ->"
+            f" {_fmt(s['drift']['rss_mb_last_quarter'], ' MB')} (first -> last quarter)",
+        ),
+        (
+            "forwarded",
+            f"{f['packets_per_s']:.0f} packets/s, {f['payload_mbps']:.2f} Mbit/s payload"
+            f" (video {f['video_packets_per_s']:.0f}/s, audio {f['audio_packets_per_s']:.0f}/s)",
+        ),
+        (
+            "video",
+            f"{v['streams']} streams, loss {v['loss_pct']:.3f} % (raw {v['raw_loss_pct']:.3f} %,"
+            f" worst stream {v['loss_pct_max']:.2f} %), {_fmt(v['fps_mean'], ' fps')},"
+            f" freezes {v['freezes']} in {v['streams_with_freezes']} streams"
+            f" ({v['freeze_seconds']:.1f} s), longest gap {v['max_frame_gap_s']:.2f} s",
+        ),
+        (
+            "audio",
+            f"{a['streams']} streams, loss {a['loss_pct']:.3f} %, gaps > 500 ms {a['freezes']},"
+            f" longest gap {a['max_frame_gap_s']:.2f} s",
+        ),
+        (
+            "active speaker",
+            f"{sp['detected']} of {sp['floor_changes']} floor changes detected"
+            f" (delay p50 {_fmt(sp['detection_delay']['p50_s'], ' s', 2)},"
+            f" max {_fmt(sp['detection_delay']['max_s'], ' s', 2)});"
+            f" new speaker's video after p50 {_fmt(sw['p50_s'], ' s', 2)},"
+            f" p95 {_fmt(sw['p95_s'], ' s', 2)} (n={sw['count']})",
+        ),
+        (
+            "load generator",
+            f"{_fmt(g.get('cpu_pct'), ' %')} CPU in {g.get('processes')} process(es),"
+            f" event-loop lag p99 {_fmt(g.get('lag_p99_ms'), ' ms')};"
+            f" machine busy {_fmt(g.get('machine_busy_pct'), ' %')},"
+            f" others {_fmt(g.get('others_pct'), ' %')}",
+        ),
+        (
+            "UDP drops",
+            f"server sockets {_fmt(s.get('udp_drops'))}, load generator {_fmt(g.get('udp_drops'))},"
+            f" whole machine {_fmt(g.get('udp_receive_buffer_drops_machine'))}"
+            " (datagrams dropped by full receive buffers in the window)",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {text}" for name, text in rows]
+    lines.append("")
+    lines.append("targets (issue 6, for a 40-point briefing on 2 cores):")
+    for t in report["targets"]:
+        verdict = {True: "ok", False: "MISSED", None: "n/a"}[t["ok"]]
+        lines.append(f"  {verdict:<7} {t['target']:<42} {_fmt(t['value'], '', 2)}")
+    worst = sorted(
+        (
+            (st["freezes"], st["loss_pct"], seat["identity"], st["label"])
+            for seat in report["seats"]
+            for st in seat["streams"]
+            if st["freezes"] or st["loss_pct"] > 0.5
+        ),
+        reverse=True,
+    )[:5]
+    if worst:
+        lines.append("")
+        lines.append("worst streams (viewer <- stream: freezes, loss):")
+        for freezes, loss, who, label in worst:
+            lines.append(f"  {who} <- {label}: {freezes} freezes, {loss:.2f} % loss")
+    return "\n".join(lines)

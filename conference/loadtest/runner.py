@@ -1,0 +1,465 @@
+"""The coordinator: starts workers, runs the phases, samples the server, reports.
+
+Phases of a run (wall-clock times are shared with the workers):
+
+1. **prepare**: check the server answers ``/healthz``, encode the clips if the
+   cache lacks them, start the workers (``--processes``; one runs in this
+   process when there is only one) and wait until they are ready;
+2. **join**: the chair joins at ``t0``, the points from ``t0 + 1 s`` at
+   ``--ramp`` per second; each reports ``joined`` (its first decodable frame of
+   the chair's video, or of the program feed) or ``failed``;
+3. **measure**: one second after the last join, every stream is marked and
+   the server's CPU time is sampled; the floor starts moving (``floor_period``);
+   after ``--duration`` seconds the server is sampled again and the workers
+   report;
+4. **leave**: every participant leaves; workers exit.
+
+The server process is measured through ``/proc``: ``--server-pid``, or the
+process listening on the URL's port when the URL names this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+from urllib.parse import urlparse
+
+import aiohttp
+
+from .. import __version__
+from .plan import Config, FloorSchedule, Seat
+from .procstat import (
+    CpuSample,
+    cpu_sample,
+    find_listening_pid,
+    is_local_host,
+    machine_busy_seconds,
+    memory_kib,
+    udp_drops_by_pid,
+    udp_receive_errors,
+)
+from .report import build_report
+from .worker import CHAIR_HEAD_START, LocalChannel, PipeChannel, WorkerPlan, process_entry
+
+__all__ = ["LoadTestError", "run_loadtest"]
+
+SETTLE = 1.0  # seconds between the last join and the measurement window
+READY_TIMEOUT = 120.0  # clip encoding on first use can take a while
+TIMELINE_STEP = 10.0  # seconds between the server samples kept for the report (soak runs)
+
+
+class LoadTestError(Exception):
+    """The load test could not run (server unreachable, workers failed...)."""
+
+
+@dataclass
+class _State:
+    """What the coordinator knows while the test runs (also drives the progress bar)."""
+
+    total: int
+    phase: str = "starting"
+    joined: set[int] = field(default_factory=set)
+    failed: dict[int, str] = field(default_factory=dict)
+    packets: dict[int, int] = field(default_factory=dict)  # worker -> packets so far
+    window_start: float | None = None
+    window_seconds: float = 0.0
+    server_cpu_pct: float | None = None
+    pps: float = 0.0
+    # (seconds into the window, server CPU % over the last interval, server RSS MB)
+    timeline: list[tuple[float, float | None, float | None]] = field(default_factory=list)
+
+    @property
+    def settled(self) -> int:
+        return len(self.joined) + len(self.failed)
+
+
+class _Progress:
+    """A one-line plain-text progress bar on a terminal, a line every 10 s otherwise."""
+
+    def __init__(self, state: _State, stream: TextIO, enabled: bool) -> None:
+        self.state = state
+        self.stream = stream
+        self.enabled = enabled
+        self.tty = enabled and stream.isatty()
+        self._last_line = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.enabled:
+            self._task = asyncio.ensure_future(self._run())
+
+    def _line(self) -> str:
+        s = self.state
+        if s.window_start is not None and s.window_seconds > 0:
+            done = min(1.0, max(0.0, (time.time() - s.window_start) / s.window_seconds))
+            label = f"measuring {done * s.window_seconds:4.0f}/{s.window_seconds:.0f} s"
+        else:
+            done = s.settled / s.total if s.total else 0.0
+            label = f"{s.phase} {s.settled}/{s.total}"
+        width = 24
+        bar = "#" * int(done * width) + "-" * (width - int(done * width))
+        cpu = "n/a" if s.server_cpu_pct is None else f"{s.server_cpu_pct:.0f} %"
+        failed = f" failed {len(s.failed)}" if s.failed else ""
+        return (
+            f"[{bar}] {label}  joined {len(s.joined)}/{s.total}{failed}"
+            f"  recv {s.pps:,.0f} pkt/s  server CPU {cpu}"
+        )
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(0.5)
+                if self.tty:
+                    self.stream.write("\r" + self._line() + "\x1b[K")
+                    self.stream.flush()
+                elif time.monotonic() - self._last_line >= 10:
+                    self._last_line = time.monotonic()
+                    print(self._line(), file=self.stream, flush=True)
+        except asyncio.CancelledError:
+            pass
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self.tty:
+            self.stream.write("\r" + self._line() + "\x1b[K\n")
+            self.stream.flush()
+
+
+class _Worker:
+    """The coordinator's handle on one worker (a process, or a task in this process)."""
+
+    def __init__(self, plan: WorkerPlan, state: _State, in_process: bool) -> None:
+        self.plan = plan
+        self.state = state
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.pid: int | None = None
+        self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.last_packets = 0
+        if in_process:
+            from .worker import run_worker
+
+            mine, theirs = LocalChannel.pair()
+            self.channel: LocalChannel | PipeChannel = mine
+            self.task = asyncio.ensure_future(run_worker(plan, theirs))
+            self.pid = os.getpid()
+        else:
+            context = multiprocessing.get_context("spawn")
+            parent, child = context.Pipe()
+            self.process = context.Process(
+                target=process_entry, args=(child, plan), daemon=True, name="loadtest-worker"
+            )
+            self.process.start()
+            child.close()
+            self.pid = self.process.pid
+            self.channel = PipeChannel(parent)
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.channel.recv()
+            event = message.get("event")
+            if event == "joined":
+                self.state.joined.add(int(message["index"]))
+            elif event == "failed":
+                self.state.failed[int(message["index"])] = str(message.get("error"))
+            elif event == "progress":
+                self.state.packets[self.plan.number] = int(message["packets"])
+            else:
+                await self.replies.put(message)
+                if event in ("closed", "eof"):
+                    return
+
+    async def reply(self, event: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process is not None and not self.process.is_alive():
+                raise LoadTestError(f"worker {self.plan.number} exited ({self.process.exitcode})")
+            try:
+                message = await asyncio.wait_for(self.replies.get(), 1.0)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise LoadTestError(
+                        f"worker {self.plan.number}: no '{event}' within {timeout:g} s"
+                    ) from None
+                continue
+            if message.get("event") == event:
+                return message
+            if message.get("event") == "eof":
+                raise LoadTestError(f"worker {self.plan.number} went away")
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.channel.send(message)
+
+    async def stop(self) -> None:
+        self.send({"cmd": "close"})
+        try:
+            await self.reply("closed", 30)
+        except LoadTestError:
+            pass
+        self.reader.cancel()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.process is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.process.join, 10)
+            if self.process.is_alive():
+                self.process.terminate()
+
+
+def _split(seats: list[Seat], processes: int) -> list[list[Seat]]:
+    """The chair to worker 0, points round-robin (so each worker joins along the ramp)."""
+    shares: list[list[Seat]] = [[] for _ in range(processes)]
+    for seat in seats:
+        shares[0 if seat.is_chair else (seat.index - 1) % processes].append(seat)
+    return [share for share in shares if share]
+
+
+async def _check_server(config: Config) -> dict[str, Any]:
+    url = config.url.rstrip("/") + "/healthz"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                url, ssl=not config.insecure, timeout=aiohttp.ClientTimeout(total=10)
+            ) as response:
+                if response.status != 200:
+                    raise LoadTestError(f"{url} answered HTTP {response.status}")
+                data: dict[str, Any] = await response.json()
+                return data
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise LoadTestError(f"cannot reach the server at {url}: {exc}") from exc
+
+
+def _server_pid(config: Config) -> int | None:
+    if config.server_pid is not None:
+        return config.server_pid
+    parsed = urlparse(config.url)
+    if not is_local_host(parsed.hostname):
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return find_listening_pid(port)
+
+
+def _cpu_pct(start: CpuSample | None, end: CpuSample | None, wall: float) -> dict[str, Any]:
+    if start is None or end is None or wall <= 0:
+        return {"cpu_pct": None, "cpu_user_pct": None, "cpu_sys_pct": None}
+    return {
+        "cpu_pct": round((end.total - start.total) / wall * 100, 1),
+        "cpu_user_pct": round((end.user - start.user) / wall * 100, 1),
+        "cpu_sys_pct": round((end.system - start.system) / wall * 100, 1),
+    }
+
+
+def _mb(pid: int | None) -> dict[str, float] | None:
+    if pid is None:
+        return None
+    memory = memory_kib(pid)
+    if memory is None:
+        return None
+    return {k: round(v / 1024, 1) for k, v in memory.items()}
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "loadavg_at_start": [round(x, 2) for x in load],
+    }
+
+
+async def run_loadtest(
+    config: Config, seats: list[Seat], *, progress: TextIO | None = None
+) -> dict[str, Any]:
+    """Run one load test; returns the report (see :func:`report.build_report`)."""
+    stream = progress if progress is not None else sys.stderr
+    health = await _check_server(config)
+    server_pid = _server_pid(config)
+    if server_pid is not None and cpu_sample(server_pid) is None:
+        server_pid = None  # not ours to read (another user's process)
+    state = _State(total=len(seats))
+    bar = _Progress(state, stream, config.progress)
+    bar.start()
+    state.phase = "preparing"
+    from .media import prepare_media
+
+    # every scenario has a publisher: encode the clips once, before the workers look for them
+    await asyncio.get_running_loop().run_in_executor(
+        None, prepare_media, config.video, config.resolution, config.bitrate, config.fps
+    )
+    shares = _split(seats, min(config.processes, len(seats)))
+    in_process = len(shares) == 1
+    if in_process and config.ice_hosts:
+        from ..sfu.bridge import configure_ice_hosts
+
+        configure_ice_hosts(config.ice_hosts)
+    workers = [
+        _Worker(
+            WorkerPlan(number, config, share, config.points, seats[0].identity), state, in_process
+        )
+        for number, share in enumerate(shares)
+    ]
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    rss_before = _mb(server_pid)
+    participants_before = health.get("participants")
+    sampler: asyncio.Task[None] | None = None
+    try:
+        for worker in workers:
+            await worker.reply("ready", READY_TIMEOUT)
+        state.phase = "joining"
+        t0 = time.time() + 0.5
+        for worker in workers:
+            worker.send({"cmd": "start", "t0": t0})
+        last_offset = CHAIR_HEAD_START + max(0, config.points - 1) / config.ramp
+        deadline = t0 + last_offset + config.join_timeout + 5
+        sampler = asyncio.ensure_future(_sample_while_running(state, server_pid))
+        while state.settled < state.total and time.time() < deadline:
+            await asyncio.sleep(0.1)
+        window_start = time.time() + SETTLE
+        await asyncio.sleep(max(0.0, window_start - time.time()))
+        health_now = await _check_server(config)
+        state.phase = "measuring"
+        state.window_start = window_start
+        state.window_seconds = config.duration
+        pids = [w.pid for w in workers if w.pid is not None]
+        own = sorted(set(pids + [os.getpid()]))
+        server_cpu0 = cpu_sample(server_pid) if server_pid else None
+        gen_cpu0 = {pid: cpu_sample(pid) for pid in own}
+        busy0 = machine_busy_seconds()
+        udp0 = udp_receive_errors()
+        drops0 = udp_drops_by_pid(own + ([server_pid] if server_pid else []))
+        rss_window_start = _mb(server_pid)
+        wall0 = time.monotonic()
+        for worker in workers:
+            worker.send({"cmd": "mark", "floor_start": window_start})
+        await asyncio.sleep(config.duration)
+        wall = time.monotonic() - wall0
+        server_cpu1 = cpu_sample(server_pid) if server_pid else None
+        gen_cpu1 = {pid: cpu_sample(pid) for pid in own}
+        busy1 = machine_busy_seconds()
+        udp1 = udp_receive_errors()
+        drops1 = udp_drops_by_pid(own + ([server_pid] if server_pid else []))
+        rss_end = _mb(server_pid)
+        state.phase = "reporting"
+        for worker in workers:
+            worker.send({"cmd": "report"})
+        replies = [await worker.reply("report", 60) for worker in workers]
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+        bar.stop()
+        await asyncio.gather(*(worker.stop() for worker in workers), return_exceptions=True)
+
+    seat_reports = sorted((s for r in replies for s in r["seats"]), key=lambda s: s["index"])
+    server_cpu = _cpu_pct(server_cpu0, server_cpu1, wall)
+    generator_cpu = 0.0
+    for pid in own:
+        a, b = gen_cpu0.get(pid), gen_cpu1.get(pid)
+        if a is not None and b is not None:
+            generator_cpu += (b.total - a.total) / wall * 100
+    machine_busy = (busy1 - busy0) / wall * 100 if busy0 is not None and busy1 else None
+    drops = {pid: drops1[pid] - drops0[pid] for pid in drops1 if pid in drops0}
+    participants = health_now.get("participants")
+    if isinstance(participants, int) and isinstance(participants_before, int):
+        participants -= participants_before
+    server: dict[str, Any] = {
+        "pid": server_pid,
+        "url": config.url,
+        "version": health.get("version"),
+        **server_cpu,
+        "participants": participants,
+        "rss_mb_before": rss_before["rss"] if rss_before else None,
+        "rss_mb_window_start": rss_window_start["rss"] if rss_window_start else None,
+        "rss_mb_end": rss_end["rss"] if rss_end else None,
+        "rss_mb_peak": rss_end.get("peak") if rss_end else None,
+        # datagrams the kernel dropped at the server's sockets (full receive buffers)
+        "udp_drops": drops.get(server_pid) if server_pid else None,
+        "timeline": state.timeline,
+    }
+    lags = [r["lag"] for r in replies]
+    generator = {
+        "processes": len(workers),
+        "pids": own,
+        "cpu_pct": round(generator_cpu, 1),
+        "lag_p99_ms": max((lag["p99_ms"] or 0.0 for lag in lags), default=None),
+        "lag_max_ms": max((lag["max_ms"] or 0.0 for lag in lags), default=None),
+        "machine_busy_pct": None if machine_busy is None else round(machine_busy, 1),
+        "udp_drops": sum(drops.get(pid, 0) for pid in own),
+        "udp_receive_buffer_drops_machine": None if udp0 is None or udp1 is None else udp1 - udp0,
+        "others_pct": None
+        if machine_busy is None or server_cpu["cpu_pct"] is None
+        else round(machine_busy - server_cpu["cpu_pct"] - generator_cpu, 1),
+    }
+    identities = {seat.index: seat.identity for seat in seats}
+    schedule = FloorSchedule(
+        0 if config.scenario == "webinar" else config.points, config.floor, window_start
+    )
+    floor_changes = [
+        (at, identities[holder]) for at, holder in schedule.changes(window_start + config.duration)
+    ]
+    config_dict = config.to_dict() | {"version": __version__}
+    config_dict.pop("json_path", None)
+    report = build_report(
+        config=config_dict,
+        seats=seat_reports,
+        window={"start": window_start, "seconds": round(wall, 3), "date": started},
+        server=server,
+        generator=generator,
+        floor_changes=floor_changes,
+        machine=_machine(),
+    )
+    return report
+
+
+async def _sample_while_running(state: _State, server_pid: int | None) -> None:
+    """Update the progress bar once a second; keep a server timeline every 10 s of the window."""
+    last_packets = 0
+    last_cpu = cpu_sample(server_pid) if server_pid else None
+    last = time.monotonic()
+    mark_cpu, mark_at = last_cpu, last
+    try:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            packets = sum(state.packets.values())
+            state.pps = (packets - last_packets) / (now - last)
+            last_packets = packets
+            cpu = cpu_sample(server_pid) if server_pid else None
+            if cpu is not None and last_cpu is not None:
+                state.server_cpu_pct = (cpu.total - last_cpu.total) / (now - last) * 100
+            last_cpu = cpu
+            last = now
+            if state.window_start is None:
+                mark_cpu, mark_at = cpu, now
+            elif now - mark_at >= TIMELINE_STEP:
+                pct = None
+                if cpu is not None and mark_cpu is not None:
+                    pct = round((cpu.total - mark_cpu.total) / (now - mark_at) * 100, 1)
+                memory = _mb(server_pid)
+                state.timeline.append(
+                    (
+                        round(time.time() - state.window_start, 1),
+                        pct,
+                        memory["rss"] if memory else None,
+                    )
+                )
+                mark_cpu, mark_at = cpu, now
+    except asyncio.CancelledError:
+        pass

@@ -1,0 +1,350 @@
+"""Simulated participants: the chair, meeting points and program-feed viewers.
+
+Each simulated participant uses the real interfaces: the WebSocket signaling
+protocol through :class:`conference.client.Client` (``decode=False``), or WHEP
+through :func:`conference.whipclient.whep_watch`.  Publishers send pre-encoded
+media (:mod:`conference.loadtest.media`); everything received goes into
+:class:`conference.loadtest.streamstats.StreamStats`, one per stream episode.
+
+How each one watches, as the browser page would:
+
+* ``briefing``: the chair sees every point (``autoSubscribe``); a point sees
+  the chair and the active speaker (``autoSubscribe: false`` plus explicit
+  ``subscribe``/``unsubscribe`` when a ``speaker`` message names someone new;
+  after silence it keeps showing the last speaker).
+* ``grid``: everyone sees everyone (``autoSubscribe``).
+* ``webinar``: the chair publishes; viewers watch the program feed over WHEP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..client import Client
+from ..sfu.bridge import ForwardingPeerConnection, ForwardingReceiver
+from ..whipclient import WhipSession, whep_watch
+from .aiortc_hooks import attach_audio_levels, honour_keyframe_requests, light_receiver
+from .media import ClipTrack, MediaSet, SpeechTrack
+from .plan import Seat
+from .streamstats import StreamStats
+
+__all__ = ["LoadClient", "SimulatedSeat"]
+
+logger = logging.getLogger(__name__)
+
+
+class LoadClient(Client):
+    """A non-decoding :class:`Client` whose received streams feed :class:`StreamStats`."""
+
+    def __init__(self, base_url: str, meeting: str, seat: Seat, *, insecure: bool = False) -> None:
+        super().__init__(base_url, meeting, seat.token, decode=False, ssl_context=not insecure)
+        self.seat = seat
+        self.streams: list[StreamStats] = []  # every episode, in order
+        self.by_mid: dict[str, StreamStats] = {}
+        self.requested: dict[str, tuple[float, str]] = {}  # publication -> (monotonic, reason)
+        self.identities: dict[str, str] = {}  # participant id -> identity
+        self.speaker_log: list[tuple[float, str | None]] = []  # (wall time, identity)
+        self.speaker_at = 0.0  # monotonic time of the last speaker message
+        self.changed = asyncio.Event()
+
+    def learn(self, room: dict[str, Any]) -> None:
+        """Remember participant identities from a room state."""
+        for participant in room.get("participants", []):
+            self.identities[participant["id"]] = participant.get("identity", participant["id"])
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        await super()._handle(message)
+        kind = message.get("type")
+        if kind == "room":
+            self.learn(message)
+            self.relabel()
+            self.changed.set()
+        elif kind == "speaker":
+            participant = message.get("participant")
+            identity = self.identities.get(participant, participant) if participant else None
+            self.speaker_log.append((time.time(), identity))
+            self.speaker_at = time.monotonic()
+            self.changed.set()
+
+    def relabel(self) -> None:
+        """Name streams whose offer arrived before the room state that describes them."""
+        for stats in self.streams:
+            if stats.publisher == "?":
+                identity, source, _ = self.describe(stats.publication)
+                if identity != "?":
+                    stats.publisher = identity
+                    stats.label = f"{identity}/{source}"
+
+    def describe(self, publication_id: str) -> tuple[str, str, str]:
+        """(publisher identity, source, role) of a publication in the room state."""
+        for participant in self.room.get("participants", []):
+            for publication in participant.get("publications", []):
+                if publication.get("id") == publication_id:
+                    return (
+                        participant.get("identity", participant["id"]),
+                        publication.get("source", "?"),
+                        participant.get("role", "?"),
+                    )
+        return ("?", "?", "?")
+
+    async def _subscriber_offer(self, message: dict[str, Any]) -> None:
+        await super()._subscriber_offer(message)
+        pc = self.subscriber
+        if pc is None:
+            return
+        now = time.monotonic()
+        for transceiver in pc.getTransceivers():
+            mid = transceiver.mid or ""
+            publication = self.track_map.get(mid)
+            if publication is None:
+                continue
+            current = self.by_mid.get(mid)
+            renewed = current is not None and current.ended_at is not None
+            if (
+                current is None
+                or current.publication != publication
+                or (renewed and publication in self.requested)
+            ):
+                if current is not None:
+                    current.end(now)
+                started, reason = self.requested.pop(publication, (now, "join"))
+                codec = ForwardingPeerConnection.media_codec(transceiver)
+                identity, source, _ = self.describe(publication)
+                current = StreamStats(
+                    f"{identity}/{source}",
+                    transceiver.kind,
+                    codec.name if codec else "",
+                    publication=publication,
+                    publisher=identity,
+                    reason=reason,
+                    started_at=started,
+                )
+                self.by_mid[mid] = current
+                self.streams.append(current)
+            receiver = transceiver.receiver
+            if isinstance(receiver, ForwardingReceiver):
+                receiver.sink = current
+                current.on_picture_loss = receiver.request_keyframe
+                light_receiver(receiver)
+
+    def end_streams(self, publications: set[str], now: float) -> None:
+        for stats in self.by_mid.values():
+            if stats.publication in publications:
+                stats.end(now)
+
+
+@dataclass
+class SimulatedSeat:
+    """One simulated participant and what it measured."""
+
+    seat: Seat
+    scenario: str
+    chair_identity: str
+    process: int = 0
+    client: LoadClient | None = None
+    whep: WhipSession | None = None
+    camera: ClipTrack | None = None
+    microphone: SpeechTrack | None = None
+    whep_streams: list[StreamStats] = field(default_factory=list)
+    started_at: float | None = None  # monotonic, just before connecting
+    signaled_at: float | None = None  # joined message received
+    joined_at: float | None = None  # first decodable frame of the chair / program
+    error: str | None = None
+    _follower: asyncio.Task[None] | None = None
+    _shown_speaker: str | None = None
+
+    # -- joining --------------------------------------------------------------------
+    async def join(
+        self, url: str, meeting: str, media: MediaSet | None, insecure: bool, timeout: float
+    ) -> None:
+        """Join, publish and subscribe; returns once the first frame is in (or raises)."""
+        self.started_at = time.monotonic()
+        if self.seat.role == "viewer":
+            await self._join_whep(url, meeting, insecure, timeout)
+            return
+        client = self.client = LoadClient(url, meeting, self.seat, insecure=insecure)
+        briefing_point = self.scenario == "briefing" and not self.seat.is_chair
+        joined = await client.connect(auto_subscribe=not briefing_point)
+        self.signaled_at = time.monotonic()
+        client.learn(joined["room"])
+        if briefing_point:
+            await client.wait_for(lambda: bool(self._chair_publications()), timeout)
+            await self._update_subscriptions(self.started_at, "join")
+            self._follower = asyncio.ensure_future(self._follow_speaker())
+        if media is not None and self.seat.role != "viewer":
+            await self._publish(client, media)
+        if self.seat.is_chair:
+            self.joined_at = time.monotonic()
+            return
+        await self._wait_first_frame(lambda: self._chair_video(), timeout)
+
+    async def _join_whep(self, url: str, meeting: str, insecure: bool, timeout: float) -> None:
+        if insecure and url.startswith("https"):
+            raise RuntimeError(
+                "WHEP viewers need a trusted certificate (whep_watch has no TLS option yet)"
+            )
+        assert self.started_at is not None
+        session = self.whep = await whep_watch(f"{url}/whep/{meeting}", self.seat.token, False)
+        self.signaled_at = time.monotonic()
+        for transceiver in session.pc.getTransceivers():
+            codec = ForwardingPeerConnection.media_codec(transceiver)
+            stats = StreamStats(
+                f"program/{transceiver.kind}",
+                transceiver.kind,
+                codec.name if codec else "",
+                publisher="program",
+                started_at=self.started_at,
+            )
+            self.whep_streams.append(stats)
+            receiver = transceiver.receiver
+            if isinstance(receiver, ForwardingReceiver):
+                receiver.sink = stats
+                stats.on_picture_loss = receiver.request_keyframe
+                light_receiver(receiver)
+        await self._wait_first_frame(
+            lambda: next((s for s in self.whep_streams if s.kind == "video"), None), timeout
+        )
+
+    async def _wait_first_frame(self, stream: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stats = stream()
+            if stats is not None and stats.first_frame_at is not None:
+                self.joined_at = stats.first_frame_at
+                return
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"no video frame within {timeout:g} s")
+
+    async def _publish(self, client: LoadClient, media: MediaSet) -> None:
+        self.camera = ClipTrack(media.video, media.fps, start_index=self.seat.index * 37)
+        self.microphone = SpeechTrack(media, offset=self.seat.index * 13)
+        await client.publish(
+            {"camera": self.camera, "microphone": self.microphone}, codec=media.video_codec
+        )
+        assert client.publisher is not None
+        for transceiver in client.publisher.getTransceivers():
+            sender = transceiver.sender
+            if sender.track is self.camera:
+                honour_keyframe_requests(sender, self.camera.request_keyframe)
+            elif sender.track is self.microphone:
+                attach_audio_levels(sender, self._microphone_level)
+
+    def _microphone_level(self) -> int:
+        return self.microphone.level if self.microphone is not None else 127
+
+    # -- what a point shows (briefing) -------------------------------------------------
+    def _publications_of(self, identity: str | None) -> set[str]:
+        if identity is None or self.client is None:
+            return set()
+        for participant in self.client.room.get("participants", []):
+            if participant.get("identity") == identity and participant["id"] != self.client.id:
+                return {p["id"] for p in participant.get("publications", [])}
+        return set()
+
+    def _chair_publications(self) -> set[str]:
+        return self._publications_of(self.chair_identity)
+
+    def _chair_video(self) -> StreamStats | None:
+        if self.client is None:
+            return None
+        for stats in self.client.streams:
+            if stats.publisher == self.chair_identity and stats.kind == "video":
+                return stats
+        return None
+
+    async def _update_subscriptions(self, at: float, reason: str) -> None:
+        client = self.client
+        assert client is not None
+        speaker_id = client.speaker if client.speaker is not None else client.room.get("speaker")
+        if speaker_id is not None:
+            self._shown_speaker = client.identities.get(speaker_id, speaker_id)
+        desired = self._chair_publications()
+        if self._shown_speaker not in (None, self.seat.identity, self.chair_identity):
+            desired |= self._publications_of(self._shown_speaker)
+        present = {
+            p["id"] for participant in client.room.get("participants", [])
+            for p in participant.get("publications", [])
+        }  # fmt: skip
+        subscribed = {s.publication for s in client.by_mid.values() if s.ended_at is None}
+        subscribed |= set(client.requested)
+        subscribed &= present
+        gone = subscribed - desired
+        new = desired - subscribed
+        now = time.monotonic()
+        if gone:
+            client.end_streams(gone, now)
+            for publication in gone:
+                client.requested.pop(publication, None)
+            await client.unsubscribe(sorted(gone))
+        if new:
+            for publication in new:
+                client.requested[publication] = (at, reason)
+            await client.subscribe(sorted(new))
+
+    async def _follow_speaker(self) -> None:
+        client = self.client
+        assert client is not None
+        try:
+            while not client.closed.is_set():
+                await client.changed.wait()
+                client.changed.clear()
+                at = client.speaker_at or time.monotonic()
+                await self._update_subscriptions(at, "switch")
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # keep measuring; the report shows the error
+            logger.warning("%s: following the speaker failed: %r", self.seat.identity, exc)
+            self.error = f"follow-speaker: {exc!r}"
+
+    # -- the floor --------------------------------------------------------------------
+    def set_floor(self, holder: int) -> None:
+        if self.microphone is not None:
+            self.microphone.speaking = holder == self.seat.index
+
+    # -- results ----------------------------------------------------------------------
+    @property
+    def streams(self) -> list[StreamStats]:
+        return self.client.streams if self.client is not None else self.whep_streams
+
+    def mark(self, now: float) -> None:
+        for stats in self.streams:
+            stats.mark(now)
+
+    def report(self, now: float) -> dict[str, Any]:
+        client = self.client
+        started = self.started_at
+        return {
+            "index": self.seat.index,
+            "identity": self.seat.identity,
+            "role": self.seat.role,
+            "process": self.process,
+            "joined": self.joined_at is not None,
+            "error": self.error,
+            "signaling_s": None
+            if started is None or self.signaled_at is None
+            else round(self.signaled_at - started, 3),
+            "join_s": None
+            if started is None or self.joined_at is None
+            else round(self.joined_at - started, 3),
+            "server_errors": [e.get("code") for e in client.errors][:20] if client else [],
+            "left_reason": client.left_reason if client else None,
+            "speaker_log": client.speaker_log if client else [],
+            "keyframes_requested": self.camera.keyframes_requested if self.camera else 0,
+            "keyframes_sent": self.camera.keyframes_sent if self.camera else 0,
+            "streams": [s.report(now) for s in self.streams],
+        }
+
+    async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+        try:
+            if self.client is not None:
+                await asyncio.wait_for(self.client.leave(), 10)
+            if self.whep is not None:
+                await asyncio.wait_for(self.whep.delete(), 10)
+        except Exception as exc:  # leaving must not hide the results
+            logger.info("%s: leaving failed: %r", self.seat.identity, exc)

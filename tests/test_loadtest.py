@@ -1,0 +1,397 @@
+"""`conference loadtest`: its pure parts, and small real runs against a real server.
+
+The end-to-end tests check that the tool works (everyone joins, every point
+receives the chair's video, join times and speaker switches are measured), not
+the server's performance: the thresholds are loose on purpose, because CI
+machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender
+
+from conference.loadtest import media
+from conference.loadtest.media import ClipTrack, MediaSet, SpeechTrack
+from conference.loadtest.plan import (
+    Config,
+    FloorSchedule,
+    make_seats,
+    seats_from_tokens,
+    token_identity,
+)
+from conference.loadtest.procstat import (
+    cpu_sample,
+    find_listening_pid,
+    is_local_host,
+    memory_kib,
+)
+from conference.loadtest.report import build_report, check_targets, format_report, percentile
+from conference.loadtest.runner import run_loadtest
+from conference.loadtest.streamstats import StreamStats
+from conference.sfu.bridge import RtpPacket
+from conference.sfu.speaker import SpeakerDetector
+from conference.testmedia import EncodedPacket
+
+from .conftest import ROOT, SECRET, ServerProcess, check_clean_exit, start_server
+
+VP8_KEY = b"\x10\x00" + b"k" * 20  # S=1, PID=0, P=0: a keyframe's first packet
+VP8_DELTA = b"\x10\x01" + b"d" * 20  # S=1, PID=0, P=1
+VP8_MORE = b"\x00" + b"m" * 20  # a continuation packet
+
+
+def rtp(seq: int, ts: int, payload: bytes, marker: bool = True) -> RtpPacket:
+    return RtpPacket(
+        payload_type=96,
+        marker=int(marker),
+        sequence_number=seq & 0xFFFF,
+        timestamp=ts & 0xFFFFFFFF,
+        ssrc=1234,
+        payload=payload,
+    )
+
+
+def video_frames(stats: StreamStats, start_seq: int, frames: int, t0: float, **kw: bool) -> float:
+    """Feed ``frames`` two-packet frames at 30 fps (the first a keyframe); returns the end time."""
+    now = t0
+    seq = start_seq
+    for i in range(frames):
+        first = VP8_KEY if i == 0 and kw.get("key", True) else VP8_DELTA
+        stats.receive(rtp(seq, i * 3000, first, marker=False), False, now)
+        stats.receive(rtp(seq + 1, i * 3000, VP8_MORE, marker=True), False, now)
+        seq += 2
+        now += 1 / 30
+    return now
+
+
+# -- StreamStats -----------------------------------------------------------------------
+def test_clean_video_stream_counts_frames_and_no_loss() -> None:
+    stats = StreamStats("chair/camera", "video", "vp8", started_at=100.0)
+    end = video_frames(stats, 65530, 60, 100.2)  # wraps the sequence number
+    report = stats.report(end)
+    assert report["frames"] == 60
+    assert report["keyframes"] == 1
+    assert report["lost"] == 0 and report["loss_pct"] == 0.0
+    assert report["freezes"] == 0
+    assert report["keyframe_wait_s"] == pytest.approx(0.2)
+    assert report["fps"] == pytest.approx(30, rel=0.05)
+
+
+def test_frames_before_the_first_keyframe_are_not_decodable() -> None:
+    stats = StreamStats("x", "video", "vp8", started_at=0.0)
+    end = video_frames(stats, 1, 10, 0.0, key=False)
+    assert stats.report(end)["frames"] == 0
+    assert stats.first_frame_at is None
+
+
+def test_repaired_loss_completes_the_frame() -> None:
+    stats = StreamStats("x", "video", "vp8", started_at=0.0)
+    stats.receive(rtp(10, 0, VP8_KEY, marker=False), False, 0.0)
+    stats.receive(rtp(11, 0, VP8_MORE), False, 0.0)
+    stats.receive(rtp(13, 3000, VP8_MORE), False, 0.03)  # 12 is missing: frame 2 waits
+    stats.receive(rtp(15, 6000, VP8_MORE), False, 0.06)  # 14 missing too
+    assert stats.report(0.07)["frames"] == 1
+    stats.receive(rtp(12, 3000, VP8_DELTA, marker=False), True, 0.08)  # RTX repair
+    stats.receive(rtp(14, 6000, VP8_DELTA, marker=False), True, 0.09)
+    report = stats.report(0.1)
+    assert report["frames"] == 3
+    assert report["raw_missing"] == 2 and report["lost"] == 0
+    assert report["repaired"] == 2
+
+
+def test_unrepaired_loss_is_lost_asks_for_a_keyframe_and_freezes() -> None:
+    stats = StreamStats("x", "video", "vp8", started_at=0.0)
+    plis: list[bool] = []
+    stats.on_picture_loss = lambda: plis.append(True)
+    now = video_frames(stats, 100, 10, 0.0)  # seq 100..119
+    # seq 120 is lost for good; then delta frames keep coming, undecodable
+    seq = 121
+    stats.receive(rtp(seq, 10 * 3000, VP8_MORE), False, now)
+    for i in range(11, 40):
+        now += 1 / 30
+        seq += 1
+        stats.receive(rtp(seq, i * 3000, VP8_DELTA, marker=False), False, now)
+        seq += 1
+        stats.receive(rtp(seq, i * 3000, VP8_MORE), False, now)
+    assert plis, "a lost frame must trigger a picture loss indication"
+    # a keyframe arrives: frames resume, the gap is a freeze
+    now += 1 / 30
+    stats.receive(rtp(seq + 1, 40 * 3000, VP8_KEY, marker=False), False, now)
+    stats.receive(rtp(seq + 2, 40 * 3000, VP8_MORE), False, now)
+    report = stats.report(now + 2)  # loss horizon passed
+    assert report["lost"] == 1
+    assert report["abandoned_frames"] >= 1
+    assert report["freezes"] >= 1
+    assert report["max_frame_gap_s"] > 0.5
+
+
+def test_window_counts_only_after_mark() -> None:
+    stats = StreamStats("x", "video", "vp8", started_at=0.0)
+    now = video_frames(stats, 0, 30, 0.0)
+    stats.mark(now)
+    seq = 60
+    for i in range(30, 60):
+        stats.receive(rtp(seq, i * 3000, VP8_DELTA, marker=False), False, now)
+        stats.receive(rtp(seq + 1, i * 3000, VP8_MORE), False, now)
+        seq += 2
+        now += 1 / 30
+    report = stats.report(now)
+    assert report["frames"] == 30
+    assert report["packets"] == 60
+    assert report["seconds"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_stream_that_stops_has_a_trailing_freeze_until_it_ends() -> None:
+    stats = StreamStats("x", "video", "vp8", started_at=0.0)
+    end = video_frames(stats, 0, 10, 0.0)
+    assert stats.report(end + 3)["freezes"] == 1
+    stats.end(end)  # unsubscribed right away: no freeze
+    assert stats.report(end + 3)["freezes"] == 0
+
+
+def test_audio_packets_are_frames_and_loss_never_blocks() -> None:
+    stats = StreamStats("chair/microphone", "audio", "opus", started_at=0.0)
+    now = 0.0
+    for seq in range(50):
+        if seq != 20:
+            stats.receive(rtp(seq, seq * 960, b"opus"), False, now)
+        now += 0.02
+    report = stats.report(now)
+    assert report["frames"] == 49
+    assert report["lost"] == 1
+    assert report["freezes"] == 0
+
+
+def test_duplicates_and_discontinuities() -> None:
+    stats = StreamStats("x", "audio", "opus", started_at=0.0)
+    stats.receive(rtp(1, 0, b"a"), False, 0.0)
+    stats.receive(rtp(1, 0, b"a"), False, 0.01)
+    stats.receive(rtp(30000, 960, b"a"), False, 0.02)  # a restart, not 29998 losses
+    report = stats.report(0.03)
+    assert stats.duplicates == 1 and stats.discontinuities == 1
+    assert report["lost"] == 0
+
+
+# -- plan, report, procstat --------------------------------------------------------------
+def test_floor_schedule_moves_from_the_chair_through_the_points() -> None:
+    waiting = FloorSchedule(points=3, period=10.0)
+    assert waiting.holder(1e9) == 0
+    floor = FloorSchedule(points=3, period=10.0, start=100.0)
+    assert [floor.holder(t) for t in (99, 100, 110, 125, 139.9, 140, 155)] == [0, 0, 1, 2, 3, 0, 1]
+    assert floor.changes(135.0) == [(110.0, 1), (120.0, 2), (130.0, 3)]
+    assert FloorSchedule(points=0, period=5.0, start=0.0).holder(12) == 0  # webinar
+
+
+def test_config_defaults_and_validation() -> None:
+    config = Config(url="http://127.0.0.1:1", meeting="m", duration=10)
+    assert config.floor == 2.5 and config.bitrate == 500
+    assert Config(url="u", meeting="m", resolution="720p").bitrate == 1500
+    assert Config(url="u", meeting="m", duration=600).floor == 30
+    with pytest.raises(ValueError):
+        Config(url="u", meeting="m", scenario="concert")
+    with pytest.raises(ValueError):
+        Config(url="u", meeting="m", points=0)
+
+
+def test_seats_from_secret_and_from_a_token_file(tmp_path: Path) -> None:
+    config = Config(url="u", meeting="giao-ban", points=3)
+    seats = make_seats(config, SECRET)
+    assert [s.role for s in seats] == ["chair", "point", "point", "point"]
+    assert token_identity(seats[2].token)[0] == "loadtest-xa-002"
+    path = tmp_path / "tokens.txt"
+    path.write_text("# chair first\n" + "\n".join(s.token for s in seats) + "\n\n")
+    again = seats_from_tokens(config, path)
+    assert [(s.identity, s.role) for s in again] == [(s.identity, s.role) for s in seats]
+    with pytest.raises(ValueError, match="need 5"):
+        seats_from_tokens(Config(url="u", meeting="m", points=4), path)
+    webinar = make_seats(Config(url="u", meeting="m", scenario="webinar", points=2), SECRET)
+    assert [s.role for s in webinar] == ["chair", "viewer", "viewer"]
+
+
+def test_percentile_and_targets() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([3.0], 0.95) == 3.0
+    assert percentile([1, 2, 3, 4, 5], 0.5) == 3
+    assert percentile(range(101), 0.95) == pytest.approx(95)
+    report = {
+        "server": {"cpu_pct": 50.0, "rss_mb_per_participant": None},
+        "video": {"freezes": 0},
+        "loss_pct": 0.7,
+        "join": {"p95_s": 1.5},
+    }
+    verdicts = {t["key"]: t["ok"] for t in check_targets(report)}
+    assert verdicts == {
+        "server_cpu_pct": True,
+        "video_freezes": True,
+        "loss_pct": False,
+        "join_p95_s": True,
+        "rss_mb_per_participant": None,
+    }
+
+
+def test_procstat_reads_this_process() -> None:
+    sample = cpu_sample(os.getpid())
+    assert sample is not None and sample.total > 0
+    memory = memory_kib(os.getpid())
+    assert memory is not None and memory["rss"] > 1000
+    assert cpu_sample(2**22 + 12345) is None
+    assert is_local_host("127.0.0.1") and is_local_host("LOCALHOST")
+    assert not is_local_host("192.0.2.1")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert find_listening_pid(port) in (os.getpid(), None)  # None where /proc hides fds
+
+
+# -- media and the aiortc internals we hook ---------------------------------------------
+async def test_clip_track_jumps_to_a_keyframe_on_request() -> None:
+    tb = Fraction(1, 30)
+    packets = [EncodedPacket(bytes([i]), i, tb, i in (0, 5), 1) for i in range(10)]
+    track = ClipTrack(packets, fps=30)
+    first = await track.recv()
+    second = await track.recv()
+    assert first.is_keyframe and not second.is_keyframe
+    track.request_keyframe()
+    third = await track.recv()
+    assert third.is_keyframe and bytes(third) == b"\x05"
+    assert (first.pts, second.pts, third.pts) == (0, 3000, 6000)  # no gap in time
+    assert track.keyframes_requested == 1
+    track.stop()
+
+
+async def test_speech_track_sends_speech_only_with_the_floor() -> None:
+    tb = Fraction(1, 48000)
+    talk = [EncodedPacket(b"t", i * 960, tb, True, 960) for i in range(5)]
+    quiet = [EncodedPacket(b"q", i * 960, tb, True, 960) for i in range(5)]
+    track = SpeechTrack(MediaSet("vp8", [], 30, talk, [13] * 5, quiet, [57] * 5))
+    packet = await track.recv()
+    assert bytes(packet) == b"q" and track.level == 57 and packet.pts == 0
+    track.speaking = True
+    packet = await track.recv()
+    assert bytes(packet) == b"t" and track.level == 13 and packet.pts == 960
+    track.stop()
+
+
+def test_speech_and_room_noise_levels_straddle_the_speaker_threshold() -> None:
+    threshold = SpeakerDetector().threshold_dbov
+    speech = media._levels(media.SPEECH_AMPLITUDE, media.SPEECH_PATTERN, 250)
+    noise = media._levels(media.NOISE_AMPLITUDE, None, 50)
+    talking = [level for level in speech if level < 127]
+    assert talking and max(talking) < threshold - 20  # clearly speech
+    assert 127 in speech  # the pauses between sentences
+    assert min(noise) > threshold  # a quiet hall never takes the floor
+
+
+def test_aiortc_internals_used_by_the_hooks_are_still_there() -> None:
+    """aiortc is pinned; an upgrade that changes these breaks the load tester's publishers."""
+    assert callable(RTCRtpSender._send_keyframe)
+    assert "self._send_keyframe()" in inspect.getsource(RTCRtpSender._handle_rtcp_packet)
+    run_rtp = inspect.getsource(RTCRtpSender._run_rtp)
+    assert "await self._next_encoded_frame(codec)" in run_rtp
+    assert "enc_frame.audio_level" in run_rtp
+    assert "audio_level" in inspect.signature(RTCEncodedFrame.__init__).parameters
+
+
+# -- end to end ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_server(tmp_path_factory.mktemp("loadtest"))
+    try:
+        yield server
+    finally:
+        check_clean_exit(server)
+
+
+@pytest.mark.slow
+async def test_briefing_with_five_points(lt_server: ServerProcess) -> None:
+    config = Config(
+        url=lt_server.url,
+        meeting="lt-briefing",
+        scenario="briefing",
+        points=5,
+        duration=10,
+        ramp=10,
+        ice_hosts=["127.0.0.1"],
+        progress=False,
+    )
+    report = await run_loadtest(config, make_seats(config, SECRET), progress=io.StringIO())
+    text = format_report(report)
+    assert report["participants"]["joined"] == 6, text
+    points = [s for s in report["seats"] if s["role"] == "point"]
+    assert len(points) == 5
+    for point in points:
+        assert point["chair_video_packets"] > 0, (point["identity"], text)
+        assert point["chair_video_frames"] > 0, (point["identity"], text)
+    assert report["join"]["count"] == 5 and report["join"]["p95_s"] is not None
+    assert report["loss_pct"] < 5, text
+    # the floor moved three times (period 2.5 s); the detector followed at least once
+    assert report["speaker"]["floor_changes"] == 3
+    assert report["speaker"]["detected"] >= 1, text
+    assert sum(p["switches_seen"] for p in points) >= 1, text
+    assert report["server"]["pid"] == lt_server.process.pid
+    assert report["server"]["cpu_pct"] is not None and report["server"]["rss_mb_end"] > 0
+    assert report["forwarded"]["packets_per_s"] > 0
+    assert [t["key"] for t in report["targets"]][0] == "server_cpu_pct"
+
+
+@pytest.mark.slow
+def test_webinar_from_the_command_line(lt_server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "webinar.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    command = [
+        sys.executable,
+        "-m",
+        "conference",
+        "loadtest",
+        "--url",
+        lt_server.url,
+        "--meeting",
+        "lt-webinar",
+        "--scenario",
+        "webinar",
+        "--points",
+        "3",
+        "--duration",
+        "6",
+        "--secret",
+        SECRET,
+        "--json",
+        str(out),
+        "--no-progress",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=90, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "join time" in done.stdout and "server CPU" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["participants"]["joined"] == 4, done.stdout
+    viewers = [s for s in report["seats"] if s["role"] == "viewer"]
+    assert len(viewers) == 3
+    for viewer in viewers:
+        assert viewer["chair_video_packets"] > 0 and viewer["chair_video_frames"] > 0
+    assert report["join"]["p95_s"] is not None
+    assert report["loss_pct"] < 5, done.stdout
+
+
+def test_build_report_survives_an_empty_run() -> None:
+    report = build_report(
+        config={"scenario": "briefing", "floor_period": 2.5},
+        seats=[],
+        window={"seconds": 1.0},
+        server={"cpu_pct": None},
+        generator={},
+        floor_changes=[],
+        machine={},
+    )
+    assert report["join"]["count"] == 0 and report["loss_pct"] == 0.0
