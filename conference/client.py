@@ -116,6 +116,7 @@ class Client:
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self.sources: dict[str, str] = {}  # publisher mid -> source
+        self._closing = False
 
     # -- connection -----------------------------------------------------------------
     async def connect(self, auto_subscribe: bool = True) -> dict[str, Any]:
@@ -154,6 +155,8 @@ class Client:
                     continue
                 message = json.loads(msg.data)
                 self.messages.append(message)
+                if self._closing:
+                    continue
                 try:
                     await self._handle(message)
                 except Exception as exc:  # one bad message must not stop the reader
@@ -344,6 +347,7 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        self._closing = True
         for pc in (self.publisher, self.subscriber):
             if pc is not None:
                 await pc.close()
