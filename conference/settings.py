@@ -93,7 +93,8 @@ class Settings:
     tls_key: Path | None = None
     max_participants_per_room: int = 100
     max_rooms: int = 50
-    max_message_bytes: int = 65536
+    # a subscriber offer grows with the room: ~1.7 KB per m-line, 40 points ~ 140 KB
+    max_message_bytes: int = 1024 * 1024
     #: Seconds without media or RTCP before a WHIP/WHEP session is dropped.
     media_timeout: int = 15
     #: Seconds for ICE and DTLS to complete before a session is dropped.

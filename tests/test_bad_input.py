@@ -44,7 +44,7 @@ from .mediacheck import increasing, video_numbers, wait_track, wait_tracks
 TEXT = aiohttp.WSMsgType.TEXT
 CLOSED_TYPES = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 OTHER_KEY = "another-secret-" + "y" * 40
-MAX_MESSAGE_BYTES = 65536
+MAX_MESSAGE_BYTES = Settings().max_message_bytes
 
 GARBAGE_SDP = "v=0\r\nthis is not an SDP\r\nm=video what\r\na=rtpmap:xx\r\n"
 NO_MEDIA_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"

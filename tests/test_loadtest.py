@@ -8,6 +8,7 @@ machines are shared and noisy.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import io
 import json
@@ -18,11 +19,13 @@ import sys
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender
 
 from conference.loadtest import media
+from conference.loadtest.eventloop import LoadTestEventLoop
 from conference.loadtest.media import ClipTrack, MediaSet, SpeechTrack
 from conference.loadtest.plan import (
     Config,
@@ -38,7 +41,7 @@ from conference.loadtest.procstat import (
     memory_kib,
 )
 from conference.loadtest.report import build_report, check_targets, format_report, percentile
-from conference.loadtest.runner import run_loadtest
+from conference.loadtest.runner import _split, run_loadtest
 from conference.loadtest.streamstats import StreamStats
 from conference.sfu.bridge import RtpPacket
 from conference.sfu.speaker import SpeakerDetector
@@ -190,7 +193,8 @@ def test_floor_schedule_moves_from_the_chair_through_the_points() -> None:
     floor = FloorSchedule(points=3, period=10.0, start=100.0)
     assert [floor.holder(t) for t in (99, 100, 110, 125, 139.9, 140, 155)] == [0, 0, 1, 2, 3, 0, 1]
     assert floor.changes(135.0) == [(110.0, 1), (120.0, 2), (130.0, 3)]
-    assert FloorSchedule(points=0, period=5.0, start=0.0).holder(12) == 0  # webinar
+    webinar = FloorSchedule(points=0, period=5.0, start=0.0)
+    assert webinar.holder(12) == 0 and webinar.changes(60.0) == []
 
 
 def test_config_defaults_and_validation() -> None:
@@ -217,6 +221,15 @@ def test_seats_from_secret_and_from_a_token_file(tmp_path: Path) -> None:
         seats_from_tokens(Config(url="u", meeting="m", points=4), path)
     webinar = make_seats(Config(url="u", meeting="m", scenario="webinar", points=2), SECRET)
     assert [s.role for s in webinar] == ["chair", "viewer", "viewer"]
+
+
+def test_split_weighs_the_chair_of_a_large_briefing() -> None:
+    seats = make_seats(Config(url="u", meeting="m", points=40), SECRET)
+    shares = _split(seats, 2, "briefing")
+    assert [len(share) for share in shares] == [14, 27]  # the chair counts as ~13 points
+    assert shares[0][0].is_chair
+    assert sorted(s.index for share in shares for s in share) == list(range(41))
+    assert [len(share) for share in _split(seats[:4], 8, "grid")] == [1, 1, 1, 1]
 
 
 def test_percentile_and_targets() -> None:
@@ -302,6 +315,38 @@ def test_aiortc_internals_used_by_the_hooks_are_still_there() -> None:
     assert "await self._next_encoded_frame(codec)" in run_rtp
     assert "enc_frame.audio_level" in run_rtp
     assert "audio_level" in inspect.signature(RTCEncodedFrame.__init__).parameters
+
+
+def test_load_test_event_loop_drains_a_burst_of_datagrams() -> None:
+    """A burst larger than asyncio's one-datagram-per-iteration pace arrives whole."""
+
+    class Sink(asyncio.DatagramProtocol):
+        def __init__(self) -> None:
+            self.received = 0
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            self.received += 1
+
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        transport, sink = await loop.create_datagram_endpoint(Sink, local_addr=("127.0.0.1", 0))
+        sock = transport.get_extra_info("socket")
+        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(300):
+                sender.sendto(b"x" * 1000, sock.getsockname())
+        for _ in range(50):
+            await asyncio.sleep(0)
+        transport.close()
+        return sink.received, size
+
+    loop = LoadTestEventLoop()
+    try:
+        received, size = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert received == 300
+    assert size >= 212992  # at least Linux's default; more where rmem_max allows
 
 
 # -- end to end ----------------------------------------------------------------------------

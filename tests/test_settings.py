@@ -38,7 +38,7 @@ def test_defaults() -> None:
     assert settings.tls == "self-signed"
     assert settings.token_secret is None
     assert (settings.max_participants_per_room, settings.max_rooms) == (100, 50)
-    assert settings.max_message_bytes == 65536
+    assert settings.max_message_bytes == 1024 * 1024
     assert settings.log_level == "INFO"
 
 

@@ -9,7 +9,8 @@ Modules, from the wire up:
   need (keyframe requests, audio levels, no receive-side REMB);
 * :mod:`.sim`: the chair, points and WHEP viewers, subscribing as the browser
   page does; :mod:`.plan`: configuration, tokens, the floor schedule;
-* :mod:`.worker`: a share of the participants in one process;
+* :mod:`.worker`: a share of the participants in one process, on the event
+  loop of :mod:`.eventloop` (batched UDP reads, large receive buffers);
   :mod:`.runner`: the coordinator (phases, /proc sampling via
   :mod:`.procstat`, progress bar); :mod:`.report`: the JSON report and table;
 * :mod:`.command`: the command-line options.

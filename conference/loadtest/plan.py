@@ -194,8 +194,12 @@ class FloorSchedule:
             return []
         result = []
         slot = 1
+        previous = self.holder(self.start)
         while self.start + slot * self.period < until:
             at = self.start + slot * self.period
-            result.append((at, self.holder(at)))
+            holder = self.holder(at)
+            if holder != previous:
+                result.append((at, holder))
+            previous = holder
             slot += 1
         return result

@@ -16,6 +16,7 @@ from pathlib import Path
 
 __all__ = [
     "CpuSample",
+    "UdpDropMeter",
     "cpu_sample",
     "find_listening_pid",
     "is_local_host",
@@ -103,24 +104,63 @@ def _udp_drops_by_inode() -> dict[str, int]:
     return drops
 
 
-def udp_drops_by_pid(pids: list[int]) -> dict[int, int]:
-    """Datagrams dropped so far by the open UDP sockets of each process (per-socket counters)."""
+def udp_drops_by_pid(pids: list[int]) -> dict[int, dict[str, int]]:
+    """Per process, ``{socket inode: datagrams dropped so far}`` of its open UDP sockets.
+
+    Sockets come and go: :class:`UdpDropMeter` follows them over time.
+    """
     by_inode = _udp_drops_by_inode()
-    result: dict[int, int] = {}
+    result: dict[int, dict[str, int]] = {}
     for pid in pids:
-        total = 0
+        sockets: dict[str, int] = {}
         try:
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 try:
                     target = os.readlink(fd)
                 except OSError:
                     continue
-                if target.startswith("socket:["):
-                    total += by_inode.get(target[8:-1], 0)
+                inode = target[8:-1] if target.startswith("socket:[") else None
+                if inode is not None and inode in by_inode:
+                    sockets[inode] = by_inode[inode]
         except OSError:
             continue
-        result[pid] = total
+        result[pid] = sockets
     return result
+
+
+class UdpDropMeter:
+    """Datagrams dropped at the UDP sockets of some processes, sampled repeatedly.
+
+    Sockets open and close during a test (a failed connection takes its drop
+    counter with it), so :meth:`sample` is called often and remembers the
+    highest count seen per socket; :meth:`mark` starts the window.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = list(pids)
+        self._seen: dict[int, dict[str, int]] = {pid: {} for pid in self.pids}
+        self._base: dict[int, dict[str, int]] = {pid: {} for pid in self.pids}
+
+    def sample(self) -> None:
+        for pid, sockets in udp_drops_by_pid(self.pids).items():
+            seen = self._seen[pid]
+            for inode, drops in sockets.items():
+                if drops > seen.get(inode, 0):
+                    seen[inode] = drops
+                else:
+                    seen.setdefault(inode, drops)
+
+    def mark(self) -> None:
+        self.sample()
+        self._base = {pid: dict(seen) for pid, seen in self._seen.items()}
+
+    def totals(self) -> dict[int, int]:
+        """Drops per process since :meth:`mark` (sockets opened later count fully)."""
+        self.sample()
+        return {
+            pid: sum(max(0, n - self._base[pid].get(inode, 0)) for inode, n in seen.items())
+            for pid, seen in self._seen.items()
+        }
 
 
 def is_local_host(host: str | None) -> bool:

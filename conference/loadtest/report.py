@@ -173,6 +173,15 @@ def build_report(
             "failed": [
                 {"identity": s["identity"], "error": s["error"]} for s in seats if not s["joined"]
             ][:20],
+            "disconnected": [
+                {
+                    "identity": s["identity"],
+                    "code": s.get("closed_code"),
+                    "reason": s["left_reason"],
+                }
+                for s in seats
+                if s.get("closed_code") is not None or s.get("left_reason")
+            ][:20],
         },
         "join": _quantiles(joins),
         "server": server,
@@ -252,7 +261,16 @@ def format_report(report: dict[str, Any]) -> str:
         (
             "participants",
             f"{p['joined']} of {p['planned']} joined"
-            + (f", {len(p['failed'])} failed" if p["failed"] else ""),
+            + (f", {len(p['failed'])} failed" if p["failed"] else "")
+            + (
+                ", disconnected by the server: "
+                + ", ".join(
+                    f"{d['identity']} ({d['reason'] or 'code ' + str(d['code'])})"
+                    for d in p["disconnected"][:5]
+                )
+                if p.get("disconnected")
+                else ""
+            ),
         ),
         (
             "join time",

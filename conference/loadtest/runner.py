@@ -37,12 +37,12 @@ from .. import __version__
 from .plan import Config, FloorSchedule, Seat
 from .procstat import (
     CpuSample,
+    UdpDropMeter,
     cpu_sample,
     find_listening_pid,
     is_local_host,
     machine_busy_seconds,
     memory_kib,
-    udp_drops_by_pid,
     udp_receive_errors,
 )
 from .report import build_report
@@ -72,6 +72,7 @@ class _State:
     window_seconds: float = 0.0
     server_cpu_pct: float | None = None
     pps: float = 0.0
+    drop_meter: UdpDropMeter | None = None  # sampled every second during the window
     # (seconds into the window, server CPU % over the last interval, server RSS MB)
     timeline: list[tuple[float, float | None, float | None]] = field(default_factory=list)
 
@@ -143,7 +144,6 @@ class _Worker:
         self.task: asyncio.Task[None] | None = None
         self.pid: int | None = None
         self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.last_packets = 0
         if in_process:
             from .worker import run_worker
 
@@ -214,11 +214,28 @@ class _Worker:
                 self.process.terminate()
 
 
-def _split(seats: list[Seat], processes: int) -> list[list[Seat]]:
-    """The chair to worker 0, points round-robin (so each worker joins along the ramp)."""
+def _split(seats: list[Seat], processes: int, scenario: str) -> list[list[Seat]]:
+    """Spread the seats over ``processes`` workers by the streams they handle.
+
+    A briefing point sends 2 streams and receives 4 (chair + speaker); the chair
+    receives 2 per point, so in a large briefing it weighs as much as a third of
+    the points.  The chair goes to worker 0, each point to the least loaded
+    worker.
+    """
+    points = len(seats) - 1
+    chair_weight = 1.0 + (points / 3 if scenario == "briefing" else 0.0)
+    if scenario == "grid":
+        chair_weight = 1.0
     shares: list[list[Seat]] = [[] for _ in range(processes)]
+    loads = [0.0] * processes
     for seat in seats:
-        shares[0 if seat.is_chair else (seat.index - 1) % processes].append(seat)
+        if seat.is_chair:
+            number = 0
+            loads[0] += chair_weight
+        else:
+            number = min(range(processes), key=lambda n: (loads[n], n))
+            loads[number] += 1.0
+        shares[number].append(seat)
     return [share for share in shares if share]
 
 
@@ -304,7 +321,7 @@ async def run_loadtest(
     await asyncio.get_running_loop().run_in_executor(
         None, prepare_media, config.video, config.resolution, config.bitrate, config.fps
     )
-    shares = _split(seats, min(config.processes, len(seats)))
+    shares = _split(seats, min(config.processes, len(seats)), config.scenario)
     in_process = len(shares) == 1
     if in_process and config.ice_hosts:
         from ..sfu.bridge import configure_ice_hosts
@@ -344,7 +361,9 @@ async def run_loadtest(
         gen_cpu0 = {pid: cpu_sample(pid) for pid in own}
         busy0 = machine_busy_seconds()
         udp0 = udp_receive_errors()
-        drops0 = udp_drops_by_pid(own + ([server_pid] if server_pid else []))
+        drop_meter = UdpDropMeter(own + ([server_pid] if server_pid else []))
+        drop_meter.mark()
+        state.drop_meter = drop_meter
         rss_window_start = _mb(server_pid)
         wall0 = time.monotonic()
         for worker in workers:
@@ -355,7 +374,7 @@ async def run_loadtest(
         gen_cpu1 = {pid: cpu_sample(pid) for pid in own}
         busy1 = machine_busy_seconds()
         udp1 = udp_receive_errors()
-        drops1 = udp_drops_by_pid(own + ([server_pid] if server_pid else []))
+        drops = drop_meter.totals()
         rss_end = _mb(server_pid)
         state.phase = "reporting"
         for worker in workers:
@@ -375,7 +394,6 @@ async def run_loadtest(
         if a is not None and b is not None:
             generator_cpu += (b.total - a.total) / wall * 100
     machine_busy = (busy1 - busy0) / wall * 100 if busy0 is not None and busy1 else None
-    drops = {pid: drops1[pid] - drops0[pid] for pid in drops1 if pid in drops0}
     participants = health_now.get("participants")
     if isinstance(participants, int) and isinstance(participants_before, int):
         participants -= participants_before
@@ -446,6 +464,8 @@ async def _sample_while_running(state: _State, server_pid: int | None) -> None:
                 state.server_cpu_pct = (cpu.total - last_cpu.total) / (now - last) * 100
             last_cpu = cpu
             last = now
+            if state.drop_meter is not None:
+                state.drop_meter.sample()
             if state.window_start is None:
                 mark_cpu, mark_at = cpu, now
             elif now - mark_at >= TIMELINE_STEP:

@@ -22,9 +22,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from ..client import Client
+from ..client import Client, StreamCounter
 from ..sfu.bridge import ForwardingPeerConnection, ForwardingReceiver
 from ..whipclient import WhipSession, whep_watch
 from .aiortc_hooks import attach_audio_levels, honour_keyframe_requests, light_receiver
@@ -92,6 +92,9 @@ class LoadClient(Client):
         return ("?", "?", "?")
 
     async def _subscriber_offer(self, message: dict[str, Any]) -> None:
+        # Client._subscriber_offer points every receiver at ``self.counters[publication]``
+        # before it awaits the answer: it must find our StreamStats there, or the packets
+        # of streams that continue across a renegotiation would miss them meanwhile.
         await super()._subscriber_offer(message)
         pc = self.subscriber
         if pc is None:
@@ -125,6 +128,8 @@ class LoadClient(Client):
                 )
                 self.by_mid[mid] = current
                 self.streams.append(current)
+                # duck-typed: Client only hands counters to receivers as packet sinks
+                self.counters[publication] = cast(StreamCounter, current)
             receiver = transceiver.receiver
             if isinstance(receiver, ForwardingReceiver):
                 receiver.sink = current
@@ -332,11 +337,19 @@ class SimulatedSeat:
             else round(self.joined_at - started, 3),
             "server_errors": [e.get("code") for e in client.errors][:20] if client else [],
             "left_reason": client.left_reason if client else None,
+            # the server closed the signaling connection (e.g. 1009: a message too big)
+            "closed_code": self._closed_code(),
             "speaker_log": client.speaker_log if client else [],
             "keyframes_requested": self.camera.keyframes_requested if self.camera else 0,
             "keyframes_sent": self.camera.keyframes_sent if self.camera else 0,
             "streams": [s.report(now) for s in self.streams],
         }
+
+    def _closed_code(self) -> int | None:
+        client = self.client
+        if client is None or client.ws is None or not client.closed.is_set():
+            return None
+        return client.ws.close_code
 
     async def close(self) -> None:
         if self._follower is not None:

@@ -97,6 +97,7 @@ class StreamStats:
         "last_frame_at",
         "max_frame_gap",
         "freeze_log",
+        "loss_log",
         "discontinuities",
         "duplicates",
         "_c",
@@ -138,6 +139,7 @@ class StreamStats:
         self.last_frame_at: float | None = None
         self.max_frame_gap = 0.0
         self.freeze_log: list[tuple[float, float]] = []  # (start, seconds), the first 10
+        self.loss_log: list[float] = []  # when unrecovered losses went missing, the first 10
         self.discontinuities = 0
         self.duplicates = 0
         self._c = _Counters()
@@ -289,7 +291,9 @@ class StreamStats:
             limit = now - LOSS_HORIZON
             old = [s for s, at in self._missing.items() if at <= limit]
             for s in old:
-                del self._missing[s]
+                at = self._missing.pop(s)
+                if len(self.loss_log) < 10:
+                    self.loss_log.append(at)
             self._c.lost += len(old)
         if self._pending:
             self._complete_frames(now)
@@ -303,6 +307,7 @@ class StreamStats:
         self._marked_at = now
         self.max_frame_gap = 0.0
         self.freeze_log.clear()
+        self.loss_log.clear()
 
     def end(self, now: float | None = None) -> None:
         """The stream was given up (unsubscribed): nothing more is expected."""
@@ -377,6 +382,7 @@ class StreamStats:
             "max_frame_gap_s": round(self.max_frame_gap, 3),
             # when the freezes started, in seconds from the start of the window
             "freezes_at_s": [[round(t - begin, 2), round(d, 2)] for t, d in self.freeze_log],
+            "losses_at_s": [round(t - begin, 2) for t in self.loss_log],
             "keyframe_wait_s": None if self.keyframe_wait is None else round(self.keyframe_wait, 3),
             "discontinuities": self.discontinuities,
             "duplicates": self.duplicates,
