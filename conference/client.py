@@ -292,7 +292,6 @@ class Client:
                 self.subscriber = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             else:
                 self.subscriber = ForwardingPeerConnection([])
-            self.subscriber.on("track", self._on_track)
         pc = self.subscriber
         self.track_map.update(message.get("tracks") or {})
         await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
@@ -316,9 +315,6 @@ class Client:
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         await self.send({"type": "answer", "pc": "subscriber", "sdp": pc.localDescription.sdp})
-
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        pass
 
     async def subscribe(self, publication_ids: list[str]) -> None:
         await self.send({"type": "subscribe", "publications": publication_ids})

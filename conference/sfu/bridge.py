@@ -304,7 +304,6 @@ class ForwardingReceiver:
         self._nack = NackTracker() if kind == "video" else None
         self._media_ssrc: int | None = None
         self._remb = RemoteBitrateEstimator() if kind == "video" else None
-        self._remb_cap: int | None = None
         self._rtcp_task: asyncio.Task[None] | None = None
         self._started = False
         self.sink: PacketSink | None = None
@@ -445,15 +444,9 @@ class ForwardingReceiver:
             )
             _spawn(self._send_rtcp(bytes(pli)))
 
-    def cap_bitrate(self, bitrate: int | None) -> None:
-        """Ask the publisher not to exceed ``bitrate`` (sent in REMB)."""
-        self._remb_cap = bitrate
-
     async def _send_remb(self, bitrate: int, ssrcs: list[int]) -> None:
         if self._rtcp_ssrc is None:
             return
-        if self._remb_cap is not None:
-            bitrate = min(bitrate, self._remb_cap)
         remb = RtcpPsfbPacket(
             fmt=RTCP_PSFB_APP, ssrc=self._rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs)
         )

@@ -324,9 +324,7 @@ class Participant:
                     offer = await pc.createOffer()
                     await pc.setLocalDescription(offer)
                     # mids are assigned by setLocalDescription
-                    tracks = {
-                        t.mid: pid for pid, t in self._transceiver_of.items() if t.mid is not None
-                    }
+                    tracks = self.track_map()
                     loop = asyncio.get_running_loop()
                     self._answer = loop.create_future()
                     await self.send(
@@ -447,15 +445,3 @@ class Participant:
     def media_connected(self) -> bool:
         pcs = [pc for pc in (self.publisher_pc, self.subscriber_pc) if pc is not None]
         return bool(pcs) and any(pc.connectionState == "connected" for pc in pcs)
-
-    def receive_stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for publication in self.publications.values():
-            expected, lost = publication.receiver.loss_stats()
-            out[publication.id] = {
-                "packets": publication.packets,
-                "expected": expected,
-                "lost": lost,
-                "keyframes_requested": publication.keyframes_requested,
-            }
-        return out
