@@ -29,7 +29,7 @@ default.
 
 Language
 --------
-``web/static/i18n.json`` is the one catalogue (key -> {vi, en}).  Templates call
+``web/static/i18n/*.json`` (one file per area, merged) is the one catalogue (key -> {vi, en}).  Templates call
 ``t(key)``; the page embeds the table of its language for ``web/static/i18n.js``.
 The language is ``?lang=`` (remembered in a cookie), else the ``lang`` cookie, else
 the first of vi/en in Accept-Language, else Vietnamese.
@@ -74,8 +74,20 @@ def web_dir() -> Path:
 
 
 def load_catalogue(root: Path) -> dict[str, dict[str, str]]:
-    raw = json.loads((root / "static" / "i18n.json").read_text(encoding="utf-8"))
-    return {k: v for k, v in raw.items() if not k.startswith("_")}
+    """Merge ``static/i18n/*.json`` (one file per area of the interface) into one catalogue.
+
+    A key defined in two files is an error: each string has one home.
+    """
+    catalogue: dict[str, dict[str, str]] = {}
+    for path in sorted((root / "static" / "i18n").glob("*.json")):
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        for key, value in raw.items():
+            if key.startswith("_"):
+                continue
+            if key in catalogue:
+                raise ValueError(f"translation key {key!r} defined twice (again in {path.name})")
+            catalogue[key] = value
+    return catalogue
 
 
 def setup_web(app: web.Application) -> None:

@@ -1,4 +1,4 @@
-// Translations: the page embeds the table of its language (from web/static/i18n.json,
+// Translations: the page embeds the table of its language (from web/static/i18n/*.json,
 // the same catalogue the server's templates use) in <script id="strings">.
 const table = JSON.parse(document.getElementById("strings")?.textContent || "{}");
 
