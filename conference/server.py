@@ -26,6 +26,7 @@ from .appkeys import (
     SETTINGS,
     WEBSOCKETS,
 )
+from .scheduling.reminders import background as reminder_task
 from .settings import Settings
 from .sfu.bridge import configure_ice_hosts
 from .sfu.participant import Participant
@@ -34,6 +35,7 @@ from .sfu.udp import loop_factory
 from .signaling import websocket_handler
 from .tokens import RevocationList
 from .web import setup_web
+from .webauth import setup_control_plane
 from .whip import session_delete, session_patch, whep_post, whip_post
 
 logger = logging.getLogger("conference")
@@ -119,6 +121,7 @@ def create_app(settings: Settings) -> web.Application:
     app[ICE_SERVERS], app[ICE_SERVERS_JSON] = ice_servers(settings)
     app[WEBSOCKETS] = weakref.WeakSet()
     setup_web(app)
+    setup_control_plane(app)  # sign-in, admin pages, JSON API
     app.router.add_get("/healthz", health)
     app.router.add_get("/ws/meetings/{meeting_id}", _tracked(websocket_handler))
     app.router.add_post("/whip/{meeting_id}", whip_post)
@@ -129,6 +132,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_delete("/whep/{meeting_id}/{participant_id}", session_delete)
     app.router.add_patch("/whep/{meeting_id}/{participant_id}", session_patch)
     app.on_shutdown.append(_shutdown)
+    app.cleanup_ctx.append(reminder_task)  # invitation reminders (when SMTP is configured)
     return app
 
 

@@ -61,6 +61,17 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_MEDIA_TIMEOUT": "media_timeout",
     "CONFERENCE_CONNECT_TIMEOUT": "connect_timeout",
     "CONFERENCE_DATABASE_URL": "database_url",
+    "CONFERENCE_PUBLIC_URL": "public_url",
+    "CONFERENCE_SMTP_HOST": "smtp_host",
+    "CONFERENCE_SMTP_PORT": "smtp_port",
+    "CONFERENCE_SMTP_SECURITY": "smtp_security",
+    "CONFERENCE_SMTP_USER": "smtp_user",
+    "CONFERENCE_SMTP_PASSWORD": "smtp_password",
+    "CONFERENCE_MAIL_FROM": "mail_from",
+    "CONFERENCE_LINK_HOURS_AFTER_END": "link_hours_after_end",
+    "CONFERENCE_REMINDERS": "reminders",
+    "CONFERENCE_REMINDER_INTERVAL": "reminder_interval",
+    "CONFERENCE_SESSION_LIFETIME": "session_lifetime",
 }
 
 
@@ -102,6 +113,25 @@ class Settings:
     log_level: str = "INFO"
     #: SQLAlchemy URL of the database; None = SQLite file data_dir/conference.db.
     database_url: str | None = field(default=None, repr=False)
+    #: Base URL of the server as points reach it, for links in e-mails (https://hop.example.vn).
+    public_url: str | None = None
+    #: SMTP server for invitations and reminders; None = no e-mail is sent.
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    #: "starttls" (port 587), "tls" (implicit TLS, port 465) or "none" (a local relay only).
+    smtp_security: str = "starttls"
+    smtp_user: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    #: Sender of invitations and reminders, e.g. "Văn phòng UBND huyện <hop@huyen.gov.vn>".
+    mail_from: str | None = None
+    #: An invitation link works from 30 minutes before the start to this long after the end.
+    link_hours_after_end: int = 3
+    #: How long before the start reminders are sent (e.g. ["24h", "15m"]); [] = none.
+    reminders: list[str] = field(default_factory=lambda: ["24h", "15m"])
+    #: Seconds between two runs of the reminder task.
+    reminder_interval: int = 60
+    #: Seconds a browser sign-in lasts (the session cookie's expiry), 8 hours by default.
+    session_lifetime: int = 8 * 3600
 
 
 # --- value converters: (value, label, base directory for relative paths) -> value ----------
@@ -239,6 +269,54 @@ def _to_database_url(value: object, label: str, base: Path | None = None) -> str
     return text
 
 
+SMTP_SECURITY = ("starttls", "tls", "none")
+
+
+def _to_public_url(value: object, label: str, base: Path | None = None) -> str:
+    text = _to_str(value, label).rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", text):
+        raise SettingsError(f"{label}: expected a URL such as https://hop.example.vn")
+    return text
+
+
+def _to_smtp_security(value: object, label: str, base: Path | None = None) -> str:
+    text = _to_str(value, label).lower()
+    if text not in SMTP_SECURITY:
+        raise SettingsError(
+            f"{label}: unknown SMTP security {text!r} (expected {', '.join(SMTP_SECURITY)})"
+        )
+    return text
+
+
+def _to_plain(value: object, label: str, base: Path | None = None) -> str:
+    if not isinstance(value, str) or not value:
+        raise SettingsError(f"{label}: expected a non-empty string")
+    return value
+
+
+def _to_reminders(value: object, label: str, base: Path | None = None) -> list[str]:
+    from .tokens import parse_ttl
+
+    if isinstance(value, str):
+        items: list[object] = [item.strip() for item in value.split(",") if item.strip()]
+        if value.strip().lower() in ("none", "off"):
+            items = []
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise SettingsError(f"{label}: expected a list of durations such as 24h, 15m")
+    leads: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise SettingsError(f"{label}: expected durations such as 24h, 15m")
+        try:
+            parse_ttl(item)
+        except ValueError as exc:
+            raise SettingsError(f"{label}: {exc}") from None
+        leads.append(item.strip().lower())
+    return leads
+
+
 _CONVERTERS: dict[str, _Converter] = {
     "host": _to_str,
     "port": _int_converter(0, 65535),
@@ -260,6 +338,17 @@ _CONVERTERS: dict[str, _Converter] = {
     "connect_timeout": _int_converter(2, 3600),
     "log_level": _to_log_level,
     "database_url": _to_database_url,
+    "public_url": _to_public_url,
+    "smtp_host": _to_str,
+    "smtp_port": _int_converter(1, 65535),
+    "smtp_security": _to_smtp_security,
+    "smtp_user": _to_plain,
+    "smtp_password": _to_plain,
+    "mail_from": _to_str,
+    "link_hours_after_end": _int_converter(0, 48),
+    "reminders": _to_reminders,
+    "reminder_interval": _int_converter(1, 3600),
+    "session_lifetime": _int_converter(60, 7 * 86400),
 }
 assert set(_CONVERTERS) == {f.name for f in fields(Settings)}
 

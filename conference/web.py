@@ -48,6 +48,7 @@ import jinja2
 from aiohttp import web
 
 from .access import AccessError, authenticate
+from .scheduling.rsvp_web import setup_rsvp
 
 LANGUAGES = ("vi", "en")
 DEFAULT_LANGUAGE = "vi"
@@ -103,6 +104,7 @@ def setup_web(app: web.Application) -> None:
     app.router.add_get("/m/{meeting_id}", meeting_page)
     app.router.add_get("/m/{meeting_id}/session", meeting_session)
     app.router.add_static("/static/", root / "static", append_version=False)
+    setup_rsvp(app)  # /m/{meeting}/rsvp: invitation answers (conference/scheduling/rsvp_web.py)
 
 
 def language(request: web.Request) -> str:
@@ -145,6 +147,7 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
             t=t,
             lang=lang,
             other_lang=other,
+            lang_url=str(request.rel_url.update_query(lang=other)),
             strings_json=json.dumps(strings, ensure_ascii=False).replace("</", "<\\/"),
             **context,
         )

@@ -6,8 +6,8 @@ its unit and every unit below it (`can_see`): a district secretary sees the dist
 its communes, nothing of another district.
 
 Passwords are hashed with argon2id (argon2-cffi's RFC 9106 low-memory profile); a hash made
-with older parameters is replaced on the next successful login.  Login throttling is not
-implemented yet (issue 4, item 3).
+with older parameters is replaced on the next successful login.  Login throttling (per
+username and per client address) lives in the web layer, `conference/webauth.py`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ from conference.settings import Settings, SettingsError
 
 __all__ = ["COMMANDS", "add_commands", "print_first_admin", "prepare_database", "run"]
 
-COMMANDS = frozenset({"db", "unit", "units", "point", "points", "user", "users"})
+COMMANDS = frozenset(
+    {"db", "unit", "units", "point", "points", "user", "users", "meeting", "meetings"}
+)
 _UNIT_KINDS = ("province", "district", "commune")
 _ROLES = ("admin", "chair", "secretary", "operator")
 _BANDWIDTH = ("low", "standard", "high")
@@ -80,6 +82,16 @@ def add_commands(commands: Any, settings_flags: Callable[[argparse.ArgumentParse
     )
     settings_flags(passwd)
     settings_flags(user_commands.add_parser("list", help="list accounts"))
+    token = user_commands.add_parser(
+        "token", help="print a bearer token for the JSON API (/api/v1/) as this user"
+    )
+    token.add_argument("username")
+    token.add_argument("--ttl", default="1h", help="lifetime, at most 24h (default: 1h)")
+    settings_flags(token)
+
+    from conference.scheduling.meeting_cli import add_meeting_commands
+
+    add_meeting_commands(commands, settings_flags)
 
 
 def prepare_database(settings: Settings) -> Any:
@@ -139,6 +151,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         password = _read_password(args.password_stdin)  # before touching the database
     database = prepare_database(settings)
     try:
+        if command == "meeting":
+            from conference.scheduling.meeting_cli import run_meeting
+
+            return run_meeting(args, settings, database)
         if command == "db":
             from conference.scheduling.db import current_revision, redacted
 
@@ -191,6 +207,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 )
                 scope = user.unit.code if user.unit else "all units"
                 print(f"added {user.role} {user.username} ({scope})")
+            elif command == "user" and args.user_command == "token":
+                print(_api_token(session, settings, args.username, args.ttl))
             elif command == "user" and args.user_command == "passwd":
                 user = accounts.set_password(session, args.username, password)
                 print(f"password of {user.username} changed")
@@ -206,6 +224,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         database.close()
     return 0
+
+
+def _api_token(session: Any, settings: Settings, username: str, ttl: str) -> str:
+    """`conference user token`: an API token (conference/webauth.py) of an active user."""
+    from conference.scheduling.accounts import get_user
+    from conference.settings import ensure_data_dir
+    from conference.tokens import parse_ttl
+    from conference.webauth import create_api_token
+
+    lifetime = parse_ttl(ttl)
+    user = get_user(session, username)
+    if not user.active:
+        raise ValueError(f"user {user.username!r} is disabled")
+    return create_api_token(ensure_data_dir(settings), user, lifetime)
 
 
 def _print_unit_tree(units: list[Any]) -> None:

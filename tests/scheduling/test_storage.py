@@ -23,7 +23,8 @@ def test_upgrade_creates_schema_on_empty_database(empty_url: URL) -> None:
     try:
         assert db.table_names(engine) == []
         assert db.upgrade(empty_url) == db.head_revision()
-        assert db.table_names(engine) == ["alembic_version", "points", "units", "users"]
+        assert db.table_names(engine) == sorted(["alembic_version", *Base.metadata.tables])
+        assert {"points", "units", "users", "meetings", "invitations"} <= set(Base.metadata.tables)
         assert db.current_revision(engine) == db.head_revision()
         # A second upgrade is a no-op.
         assert db.upgrade(empty_url) == db.head_revision()

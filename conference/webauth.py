@@ -1,0 +1,809 @@
+"""Sign-in for people and scripts: browser sessions, CSRF, login throttling, role checks.
+
+Three kinds of token, one secret
+--------------------------------
+All three are HS256 JWTs signed with the server's secret (``settings.token_secret``), and
+none is accepted where another is expected:
+
+* **meeting tokens** (:mod:`conference.tokens`): ``meeting``, ``role``, ``grants``; no
+  ``aud``.  Taken by the media endpoints only.
+* **session cookies** (this module): ``aud`` = ``conference-session``; ``sub`` (user id),
+  ``usr`` (username), ``pwf`` (password fingerprint), ``iat``, ``exp``, ``jti``.  Cookie
+  ``conference_session``: HttpOnly, SameSite=Lax, Secure under TLS, path ``/``, lifetime
+  ``settings.session_lifetime`` (8 hours by default).
+* **API tokens**: the same claims with ``aud`` = ``conference-api``, at most 24 hours
+  (1 hour by default); sent as ``Authorization: Bearer``.  Made on the page
+  ``/account/token``, by ``POST /api/v1/tokens`` (username + password, throttled like the
+  login form) or by ``conference user token NAME``.
+
+A token without the expected ``aud`` (PyJWT requires it) or without the meeting claims is
+refused, so a session cookie is never a meeting token, an API token never a cookie.
+
+Invalidation without server-side session storage: ``pwf`` is an HMAC of the user's password
+hash, so changing (or resetting) a password ends every session and API token of that user;
+every request re-reads the user, so disabling an account ends them too.  Logout revokes the
+cookie's ``jti`` in memory until it expires (and the browser drops the cookie): a copy of a
+logged-out cookie is refused until the server restarts.  No database column is needed.
+
+CSRF
+----
+Every state-changing form carries ``csrf_token``: an HMAC of the session's ``jti`` (a
+synchronizer token tied to the session, so nothing is stored).  The login form, which has
+no session yet, uses a double-submit cookie (``conference_prelogin``).  A missing or wrong
+token gets the 403 page.  The JSON API is not cookie-authenticated, so it needs no CSRF.
+
+Login throttling
+----------------
+:class:`LoginThrottle` counts failures per username (5) and per client address (20); at the
+limit the key is locked for 1 minute, doubling with each further failure up to 15 minutes;
+counts are forgotten after an hour without failure, and a success clears the username's
+count.  An unknown username costs the same argon2 verification as a known one
+(``accounts.authenticate`` verifies a dummy hash).  In memory, per process.
+
+Using it from another module (pages)
+------------------------------------
+::
+
+    from conference.webauth import CurrentUser, page, render_page
+
+    @page(roles=("chair", "secretary"))
+    async def meeting_list(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+        rows = await database(request).run(lambda s: ...)
+        return render_page(request, "meeting_list.html", user, rows=rows)
+
+    app.router.add_get("/meetings", meeting_list)
+    add_nav_link(app, "/meetings", "meetings.nav", roles=("chair", "secretary"))
+
+:func:`page` loads the session (none: redirect to ``/login?next=PATH``), checks the role
+(else the 403 page) and, for POST/PUT/PATCH/DELETE, the CSRF token (form field
+``csrf_token`` or header ``X-CSRF-Token``).  Templates extending ``auth_layout.html`` get
+the navigation bar; forms put ``<input type="hidden" name="csrf_token" value="{{
+csrf_token }}">``.  :func:`visible_unit_ids` gives the unit scope of a user.  The JSON API
+side is in :mod:`conference.api`.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import jwt
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from .appkeys import DATABASE, SETTINGS
+from .scheduling import accounts
+from .scheduling.db import Database
+from .scheduling.models import User
+from .scheduling.organisation import subtree_ids
+from .tokens import ALGORITHM, ISSUER, RevocationList
+from .web import language, render, translator
+
+__all__ = [
+    "API_AUDIENCE",
+    "CSRF_FIELD",
+    "SESSION_AUDIENCE",
+    "SESSION_COOKIE",
+    "CurrentUser",
+    "LoginThrottle",
+    "NavLink",
+    "add_nav_link",
+    "create_api_token",
+    "create_session_token",
+    "database",
+    "fingerprint",
+    "gettext",
+    "page",
+    "render_page",
+    "safe_next",
+    "setup_auth",
+    "user_from_token",
+    "visible_unit_ids",
+]
+
+SESSION_COOKIE = "conference_session"
+PRELOGIN_COOKIE = "conference_prelogin"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+SESSION_AUDIENCE = "conference-session"
+API_AUDIENCE = "conference-api"
+API_TOKEN_TTL = timedelta(hours=1)
+API_TOKEN_MAX_TTL = timedelta(hours=24)
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+_USER_KEY = "conference.user"
+
+logger = logging.getLogger("conference.auth")
+
+THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("login_throttle")
+SESSIONS_REVOKED = web.AppKey("sessions_revoked", RevocationList)
+NAV_LINKS: web.AppKey[list[NavLink]] = web.AppKey("nav_links")
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+
+def _key(secret: str) -> bytes:
+    return secret.encode()
+
+
+def fingerprint(secret: str, password_hash: str) -> str:
+    """A short HMAC of a password hash: changes when the password does."""
+    digest = hmac.new(_key(secret), b"pwf|" + password_hash.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:12]).decode().rstrip("=")
+
+
+def _csrf_for(secret: str, session_id: str) -> str:
+    digest = hmac.new(_key(secret), b"csrf|" + session_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
+
+
+def _sign(
+    secret: str, audience: str, user: User, ttl: timedelta, now: datetime | None
+) -> tuple[str, str, datetime]:
+    issued = now or datetime.now(UTC)
+    expires = issued + ttl
+    token_id = uuid.uuid4().hex
+    payload = {
+        "iss": ISSUER,
+        "aud": audience,
+        "sub": str(user.id),
+        "usr": user.username,
+        "pwf": fingerprint(secret, user.password_hash),
+        "iat": int(issued.timestamp()),
+        "exp": int(expires.timestamp()),
+        "jti": token_id,
+    }
+    return jwt.encode(payload, _key(secret), algorithm=ALGORITHM), token_id, expires
+
+
+def create_session_token(
+    secret: str, user: User, ttl: timedelta, now: datetime | None = None
+) -> str:
+    """A session cookie value for `user` (see the module docstring for the claims)."""
+    return _sign(secret, SESSION_AUDIENCE, user, ttl, now)[0]
+
+
+def create_api_token(
+    secret: str, user: User, ttl: timedelta = API_TOKEN_TTL, now: datetime | None = None
+) -> str:
+    """A bearer token for the JSON API; `ttl` at most 24 hours."""
+    if ttl <= timedelta(0) or ttl > API_TOKEN_MAX_TTL:
+        raise ValueError("an API token lasts between 1 second and 24 hours")
+    return _sign(secret, API_AUDIENCE, user, ttl, now)[0]
+
+
+@dataclass(frozen=True)
+class _Claims:
+    user_id: int
+    fingerprint: str
+    token_id: str
+    expires_at: datetime
+
+
+def _verify(secret: str, token: str, audience: str) -> _Claims | None:
+    """The claims of a valid token of this audience, else None (never raises)."""
+    if not token or token.count(".") != 2 or len(token) > 4096:
+        return None
+    try:
+        payload = jwt.decode(
+            token,
+            _key(secret),
+            algorithms=[ALGORITHM],
+            audience=audience,
+            issuer=ISSUER,
+            leeway=5,
+            options={"require": ["iss", "aud", "sub", "iat", "exp", "jti"]},
+        )
+    except jwt.InvalidTokenError:
+        return None
+    sub, pwf, jti, exp = (payload.get(k) for k in ("sub", "pwf", "jti", "exp"))
+    if not (isinstance(sub, str) and sub.isdigit() and isinstance(pwf, str)):
+        return None
+    if not isinstance(jti, str) or not jti or not isinstance(exp, int):
+        return None
+    return _Claims(int(sub), pwf, jti, datetime.fromtimestamp(exp, UTC))
+
+
+# --- the signed-in user -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CurrentUser:
+    """A snapshot of the signed-in user, taken when the request was authenticated."""
+
+    id: int
+    username: str
+    display_name: str
+    role: str
+    unit_id: int | None
+    unit_code: str | None
+    unit_name: str | None
+    point_id: int | None
+    point_code: str | None
+    #: "session" (browser cookie) or "api" (bearer token).
+    via: str
+    token_id: str
+    expires_at: datetime
+    csrf_token: str = field(default="", repr=False)
+
+    def has_role(self, *roles: str) -> bool:
+        return not roles or self.role in roles
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "username": self.username,
+            "display_name": self.display_name,
+            "role": self.role,
+            "unit": self.unit_code,
+            "unit_name": self.unit_name,
+            "point": self.point_code,
+            "expires_at": self.expires_at.isoformat(),
+        }
+
+
+def _snapshot(user: User, via: str, claims: _Claims, csrf: str = "") -> CurrentUser:
+    return CurrentUser(
+        id=user.id,
+        username=user.username,
+        display_name=user.display_name,
+        role=user.role,
+        unit_id=user.unit_id,
+        unit_code=user.unit.code if user.unit else None,
+        unit_name=user.unit.name if user.unit else None,
+        point_id=user.point_id,
+        point_code=user.point.code if user.point else None,
+        via=via,
+        token_id=claims.token_id,
+        expires_at=claims.expires_at,
+        csrf_token=csrf,
+    )
+
+
+def database(request: web.Request) -> Database:
+    return request.app[DATABASE]
+
+
+def _secret(app: web.Application) -> str:
+    return app[SETTINGS].token_secret or ""
+
+
+async def user_from_token(
+    app: web.Application, token: str | None, audience: str
+) -> CurrentUser | None:
+    """The active user a session or API token belongs to, or None.
+
+    Checks signature, audience, expiry, logout revocation, that the account still exists and
+    is active, and that its password has not changed since the token was made.
+    """
+    secret = _secret(app)
+    claims = _verify(secret, token or "", audience)
+    if claims is None or app[SESSIONS_REVOKED].is_revoked(claims.token_id):
+        return None
+    via = "session" if audience == SESSION_AUDIENCE else "api"
+    csrf = _csrf_for(secret, claims.token_id) if via == "session" else ""
+
+    def load(session: Session) -> CurrentUser | None:
+        user = session.get(User, claims.user_id)
+        if user is None or not user.active:
+            return None
+        if not hmac.compare_digest(fingerprint(secret, user.password_hash), claims.fingerprint):
+            return None
+        return _snapshot(user, via, claims, csrf)
+
+    return await app[DATABASE].run(load)
+
+
+async def session_user(request: web.Request) -> CurrentUser | None:
+    """The user of this browser's session cookie (cached on the request), or None."""
+    if _USER_KEY not in request:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        request[_USER_KEY] = (
+            await user_from_token(request.app, cookie, SESSION_AUDIENCE) if cookie else None
+        )
+    user: CurrentUser | None = request[_USER_KEY]
+    return user
+
+
+def visible_unit_ids(session: Session, user: CurrentUser) -> set[int] | None:
+    """The ids of the units `user` sees (its unit's subtree); None means every unit."""
+    if user.unit_id is None:
+        return None if user.role == "admin" else set()
+    return subtree_ids(session, user.unit_id)
+
+
+# --- pages --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NavLink:
+    """A link in the navigation bar and on the home page, shown to some roles."""
+
+    href: str
+    label_key: str
+    roles: tuple[str, ...] = ()
+
+
+def add_nav_link(
+    app: web.Application, href: str, label_key: str, roles: Iterable[str] = ()
+) -> None:
+    """Show a link to `href` (label from the catalogue) to users with one of `roles`."""
+    app[NAV_LINKS].append(NavLink(href, label_key, tuple(roles)))
+
+
+def gettext(request: web.Request) -> Callable[..., str]:
+    """``_(key, **params)``: the catalogue string of the request's language, formatted."""
+    strings = translator(request.app, language(request))
+
+    def _(key: str, **params: Any) -> str:
+        text = strings.get(key, key)
+        return text.format(**params) if params else text
+
+    return _
+
+
+def render_page(
+    request: web.Request,
+    template: str,
+    user: CurrentUser | None,
+    status: int = 200,
+    **context: Any,
+) -> web.Response:
+    """:func:`conference.web.render` with the user, its links and its CSRF token."""
+    links = [
+        link for link in request.app[NAV_LINKS] if user is not None and user.has_role(*link.roles)
+    ]
+    return render(
+        request,
+        template,
+        status=status,
+        user=user,
+        nav_links=links,
+        csrf_token=user.csrf_token if user else "",
+        **context,
+    )
+
+
+def forbidden_page(request: web.Request, user: CurrentUser | None, reason: str) -> web.Response:
+    """The 403 page; `reason` is ``role``, ``csrf`` or ``scope``."""
+    key = {"csrf": "auth.forbidden.csrf", "scope": "auth.forbidden.scope"}.get(
+        reason, "auth.forbidden.role"
+    )
+    return render_page(request, "auth_forbidden.html", user, status=403, message_key=key)
+
+
+def safe_next(value: str | None, default: str = "/home") -> str:
+    """`value` when it is a path on this site (``/...``), else `default`.
+
+    Refuses absolute and scheme-relative URLs (``//evil``, ``/\\evil``), control characters
+    and backslashes, so a crafted ``next`` cannot send the user to another site.
+    """
+    if not value or len(value) > 2000 or not value.startswith("/"):
+        return default
+    if value.startswith(("//", "/\\")) or "\\" in value:
+        return default
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        return default
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return default
+    return value
+
+
+def login_redirect(request: web.Request) -> web.HTTPSeeOther:
+    target = request.path_qs if request.method in _SAFE_METHODS else request.path
+    return web.HTTPSeeOther(f"/login?next={quote(target, safe='/')}")
+
+
+async def _csrf_ok(request: web.Request, user: CurrentUser) -> bool:
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None and request.content_type in (
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ):
+        form = await request.post()
+        value = form.get(CSRF_FIELD)
+        sent = value if isinstance(value, str) else None
+    return bool(sent) and hmac.compare_digest(str(sent), user.csrf_token)
+
+
+PageHandler = Callable[[web.Request, CurrentUser], Awaitable[web.StreamResponse]]
+
+
+def page(roles: Iterable[str] = ()) -> Callable[[PageHandler], Callable[..., Any]]:
+    """Decorate a page handler ``(request, user)``: session, role and CSRF checks.
+
+    No valid session: redirect to ``/login?next=...``.  A role not in `roles` (empty: any
+    role): the 403 page.  POST/PUT/PATCH/DELETE without the session's CSRF token: the 403
+    page, and the handler is not called.  Multipart bodies are read by the CSRF check only
+    when the header is absent; the handler can still call ``await request.post()``.
+    """
+    allowed = tuple(roles)
+
+    def decorate(handler: PageHandler) -> Callable[..., Any]:
+        @functools.wraps(handler)
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            user = await session_user(request)
+            if user is None:
+                raise login_redirect(request)
+            if not user.has_role(*allowed):
+                return forbidden_page(request, user, "role")
+            if request.method not in _SAFE_METHODS and not await _csrf_ok(request, user):
+                return forbidden_page(request, user, "csrf")
+            return await handler(request, user)
+
+        return wrapper
+
+    return decorate
+
+
+# --- throttling ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Failures:
+    count: int = 0
+    locked_until: float = 0.0
+    last: float = 0.0
+
+
+class LoginThrottle:
+    """Failed sign-ins per username and per client address (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        per_user: int = 5,
+        per_address: int = 20,
+        base_delay: float = 60.0,
+        max_delay: float = 900.0,
+        forget_after: float = 3600.0,
+        max_entries: int = 20000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_user = per_user
+        self.per_address = per_address
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.forget_after = forget_after
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[tuple[str, str], _Failures] = {}
+
+    @staticmethod
+    def _user_key(username: str) -> tuple[str, str]:
+        return ("user", username.strip().lower()[:128])
+
+    def _get(self, key: tuple[str, str], now: float) -> _Failures | None:
+        entry = self._entries.get(key)
+        if entry is not None and now - entry.last > self.forget_after and now >= entry.locked_until:
+            del self._entries[key]
+            return None
+        return entry
+
+    def wait(self, username: str, address: str) -> float:
+        """Seconds until this username may try again from this address (0: now)."""
+        now = self._clock()
+        waits = [0.0]
+        for key in (self._user_key(username), ("addr", address)):
+            entry = self._get(key, now)
+            if entry is not None:
+                waits.append(entry.locked_until - now)
+        return max(waits)
+
+    def failed(self, username: str, address: str) -> float:
+        """Count a failure; returns the lockout now in force (seconds, 0 for none)."""
+        now = self._clock()
+        if len(self._entries) >= self.max_entries:
+            self._prune(now)
+        for key, limit in (
+            (self._user_key(username), self.per_user),
+            (("addr", address), self.per_address),
+        ):
+            entry = self._get(key, now) or self._entries.setdefault(key, _Failures())
+            entry.count += 1
+            entry.last = now
+            if entry.count >= limit:
+                delay = min(self.max_delay, self.base_delay * 2 ** min(entry.count - limit, 30))
+                entry.locked_until = max(entry.locked_until, now + delay)
+        return self.wait(username, address)
+
+    def succeeded(self, username: str) -> None:
+        self._entries.pop(self._user_key(username), None)
+
+    def _prune(self, now: float) -> None:
+        for key in list(self._entries):
+            self._get(key, now)
+        if len(self._entries) >= self.max_entries:
+            oldest = sorted(self._entries, key=lambda k: self._entries[k].last)
+            for key in oldest[: len(oldest) // 2]:
+                del self._entries[key]
+
+
+def client_address(request: web.Request) -> str:
+    """The peer address (a reverse proxy's X-Forwarded-For is not trusted)."""
+    return request.remote or "unknown"
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """The outcome of a password check: the user, or why not (and how long to wait)."""
+
+    user: User | None
+    wait: float = 0.0
+
+
+async def check_password(request: web.Request, username: str, password: str) -> SignIn:
+    """Throttled ``accounts.authenticate``: for the login form and ``POST /api/v1/tokens``."""
+    throttle = request.app[THROTTLE]
+    address = client_address(request)
+    wait = throttle.wait(username, address)
+    if wait > 0:
+        return SignIn(None, wait)
+
+    def attempt(session: Session) -> User | None:
+        user = accounts.authenticate(session, username, password)
+        if user is not None:
+            _ = user.unit, user.point  # loaded while the session is open
+        return user
+
+    user = await request.app[DATABASE].run(attempt)
+    if user is None:
+        lock = throttle.failed(username, address)
+        if lock > 0:
+            logger.warning(
+                "sign-in locked for %d s: username %r from %s", lock, username[:64], address
+            )
+        return SignIn(None, lock)
+    throttle.succeeded(username)
+    return SignIn(user)
+
+
+def minutes(seconds: float) -> int:
+    return max(1, math.ceil(seconds / 60))
+
+
+# --- handlers -----------------------------------------------------------------------------
+
+
+def _set_session_cookie(request: web.Request, response: web.StreamResponse, user: User) -> None:
+    lifetime = request.app[SETTINGS].session_lifetime
+    token = create_session_token(_secret(request.app), user, timedelta(seconds=lifetime))
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=lifetime,
+        path="/",
+        httponly=True,
+        samesite="Lax",
+        secure=request.secure,
+    )
+
+
+def _login_form(
+    request: web.Request,
+    status: int = 200,
+    *,
+    username: str = "",
+    error: str | None = None,
+    errors: dict[str, str] | None = None,
+    next_path: str | None = None,
+    wait: float = 0.0,
+) -> web.Response:
+    prelogin = request.cookies.get(PRELOGIN_COOKIE) or secrets.token_urlsafe(24)
+    if next_path is None:
+        next_path = request.query.get("next")
+    response = render_page(
+        request,
+        "auth_login.html",
+        None,
+        status=status,
+        username=username,
+        next=safe_next(next_path, ""),
+        prelogin=prelogin,
+        error=error,
+        errors=errors or {},
+    )
+    if wait > 0:
+        response.headers["Retry-After"] = str(math.ceil(wait))
+    response.set_cookie(
+        PRELOGIN_COOKIE,
+        prelogin,
+        path="/login",
+        httponly=True,
+        samesite="Lax",
+        secure=request.secure,
+    )
+    return response
+
+
+async def login_get(request: web.Request) -> web.StreamResponse:
+    if await session_user(request) is not None:
+        raise web.HTTPSeeOther(safe_next(request.query.get("next")))
+    return _login_form(request)
+
+
+async def login_post(request: web.Request) -> web.StreamResponse:
+    _ = gettext(request)
+    form = await request.post()
+    cookie = request.cookies.get(PRELOGIN_COOKIE, "")
+    sent = form.get(CSRF_FIELD)
+    if not cookie or not isinstance(sent, str) or not hmac.compare_digest(sent, cookie):
+        return forbidden_page(request, None, "csrf")
+    username = str(form.get("username") or "").strip()
+    password = str(form.get("password") or "")
+    next_path = str(form.get("next") or "")
+    errors = {}
+    if not username:
+        errors["username"] = _("auth.err.username")
+    if not password:
+        errors["password"] = _("auth.err.password")
+    if errors:
+        return _login_form(request, 400, username=username, errors=errors, next_path=next_path)
+    result = await check_password(request, username, password)
+    if result.user is None:
+        if result.wait > 0:
+            message = _("auth.throttled", minutes=minutes(result.wait))
+            return _login_form(
+                request,
+                429,
+                username=username,
+                error=message,
+                next_path=next_path,
+                wait=result.wait,
+            )
+        wrong = _("auth.err.wrong")
+        return _login_form(request, 401, username=username, error=wrong, next_path=next_path)
+    response = web.HTTPSeeOther(safe_next(next_path))
+    _set_session_cookie(request, response, result.user)
+    response.del_cookie(PRELOGIN_COOKIE, path="/login")
+    return response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    user = await session_user(request)
+    if user is not None:
+        if not await _csrf_ok(request, user):
+            return forbidden_page(request, user, "csrf")
+        request.app[SESSIONS_REVOKED].revoke(user.token_id, user.expires_at)
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@page()
+async def home(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    return render_page(request, "auth_home.html", user)
+
+
+@page()
+async def password_get(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    return render_page(request, "auth_password.html", user, errors={}, done=False)
+
+
+@page()
+async def password_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    _ = gettext(request)
+    form = await request.post()
+    current = str(form.get("current") or "")
+    new = str(form.get("new") or "")
+    repeat = str(form.get("repeat") or "")
+    errors: dict[str, str] = {}
+    if not current:
+        errors["current"] = _("auth.err.current_empty")
+    if len(new) < accounts.MIN_PASSWORD:
+        errors["new"] = _("auth.err.new_short", n=accounts.MIN_PASSWORD)
+    elif len(new) > accounts.MAX_PASSWORD:
+        errors["new"] = _("auth.err.new_long", n=accounts.MAX_PASSWORD)
+    elif new == current:
+        errors["new"] = _("auth.err.new_same")
+    if new != repeat:
+        errors["repeat"] = _("auth.err.repeat")
+    if errors:
+        return render_page(request, "auth_password.html", user, 400, errors=errors, done=False)
+    result = await check_password(request, user.username, current)
+    if result.user is None:
+        errors["current"] = (
+            _("auth.throttled", minutes=minutes(result.wait))
+            if result.wait > 0
+            else _("auth.err.current_wrong")
+        )
+        status = 429 if result.wait > 0 else 400
+        return render_page(request, "auth_password.html", user, status, errors=errors, done=False)
+
+    def change(session: Session) -> User:
+        changed = accounts.set_password(session, user.username, new)
+        _ = changed.unit, changed.point
+        return changed
+
+    changed = await database(request).run(change)
+    # Every other session (and API token) of this user ends with the old password hash;
+    # this browser gets a new cookie.
+    response = web.HTTPSeeOther("/account/password?done=1")
+    _set_session_cookie(request, response, changed)
+    return response
+
+
+@page()
+async def password_done(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    return render_page(request, "auth_password.html", user, errors={}, done=True)
+
+
+async def password_page(request: web.Request) -> web.StreamResponse:
+    if request.query.get("done"):
+        return await password_done(request)
+    return await password_get(request)
+
+
+@page()
+async def token_get(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    return render_page(request, "auth_token.html", user, token=None, hours=1)
+
+
+@page()
+async def token_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    form = await request.post()
+    try:
+        hours = int(str(form.get("hours") or "1"))
+    except ValueError:
+        hours = 1
+    hours = min(24, max(1, hours))
+
+    def make(session: Session) -> str:
+        the_user = session.get(User, user.id)
+        assert the_user is not None
+        return create_api_token(_secret(request.app), the_user, timedelta(hours=hours))
+
+    token = await database(request).run(make)
+    return render_page(request, "auth_token.html", user, token=token, hours=hours)
+
+
+# --- setup --------------------------------------------------------------------------------
+
+
+def setup_auth(app: web.Application) -> None:
+    """Open the database, add the sign-in routes (call after ``setup_web``)."""
+    if DATABASE not in app:
+        app[DATABASE] = Database.from_settings(app[SETTINGS])
+
+        async def close(app: web.Application) -> None:
+            app[DATABASE].close()
+
+        app.on_cleanup.append(close)
+    app[THROTTLE] = LoginThrottle()
+    app[SESSIONS_REVOKED] = RevocationList()
+    app[NAV_LINKS] = [
+        NavLink("/home", "auth.nav.home"),
+        NavLink("/account/password", "auth.nav.password"),
+        NavLink("/account/token", "auth.nav.token"),
+    ]
+    app.router.add_get("/login", login_get)
+    app.router.add_post("/login", login_post)
+    app.router.add_post("/logout", logout)
+    app.router.add_get("/home", home)
+    app.router.add_get("/account/password", password_page)
+    app.router.add_post("/account/password", password_post)
+    app.router.add_get("/account/token", token_get)
+    app.router.add_post("/account/token", token_post)
+
+
+def setup_control_plane(app: web.Application) -> None:
+    """Sign-in (this module), the organisation and meeting pages, the JSON API, in order."""
+    from .admin_pages import setup_admin
+    from .api import setup_api
+
+    setup_auth(app)
+    setup_admin(app)
+    setup_api(app)
