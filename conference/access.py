@@ -1,8 +1,9 @@
 """Turning a bearer token into a participant identity, for every media endpoint.
 
-The scheduling plane plugs in through :class:`MeetingPolicy`: until it lands,
-every meeting ID is accepted; later the policy will require that the meeting
-exists, is live, and that the point is invited.
+The scheduling plane plugs in through :class:`MeetingPolicy`: the server uses
+`conference.scheduling.lifecycle.MeetingLifecycle` (scheduled meetings get the
+meeting policy and the lobby, other meeting IDs are ad-hoc rooms);
+:class:`OpenMeetings` accepts any meeting ID (tests, embedding).
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ __all__ = [
 T = TypeVar("T")
 PREFIX = "/api/v1"
 #: Modules whose import registers operations on `API` (this one first).
-API_MODULES: list[str] = ["conference.api"]
+API_MODULES: list[str] = ["conference.api", "conference.meeting_api"]
 _NO_STORE = {"Cache-Control": "no-store"}
 _STATUS_TEXT = {
     400: "Bad request: the body is not JSON",
@@ -907,8 +907,18 @@ async def user_update(call: ApiCall) -> Any:
     return user.to_dict()
 
 
-def setup_api(app: web.Application, registry: ApiRegistry = API) -> None:
-    """Import :data:`API_MODULES` (their operations register) and add every operation."""
+def register_modules() -> None:
+    """Import :data:`API_MODULES`, so that their operations are on :data:`API`."""
     for name in API_MODULES:
         importlib.import_module(name)
+
+
+def setup_api(app: web.Application, registry: ApiRegistry = API) -> None:
+    """Import :data:`API_MODULES` (their operations register) and add every operation."""
+    register_modules()
     registry.install(app)
+
+
+# Last: the other modules import this one.  Importing conference.api gives the whole API
+# (what the server serves), not just the operations above.
+register_modules()

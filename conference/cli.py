@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from conference import __version__
 from conference.loadtest.command import add_arguments as add_loadtest_arguments
 from conference.loadtest.command import run_command as run_loadtest
+from conference.recording import cli as recording_cli
 from conference.scheduling import cli as scheduling_cli
 from conference.settings import (
     TLS_MODES,
@@ -91,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     add_loadtest_arguments(loadtest)
 
     scheduling_cli.add_commands(commands, settings_flags)
+    recording_cli.add_commands(commands, settings_flags)
 
     commands.add_parser("version", help="print the version")
     return parser
@@ -179,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token_verify(args)
         if args.command == "loadtest":
             return run_loadtest(args)
+        if args.command in recording_cli.COMMANDS:
+            return recording_cli.run(args, _settings(args, recordings_dir=args.recordings_dir))
         if args.command in scheduling_cli.COMMANDS:
             return scheduling_cli.run(args, _settings(args))
         if args.command == "version":

@@ -111,6 +111,7 @@ class Client:
         self.errors: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
         self.left_reason: str | None = None
+        self.lobby: dict[str, Any] | None = None  # the "lobby" message, if it waited
         self.closed = asyncio.Event()
         self._answer: asyncio.Future[str] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -119,14 +120,30 @@ class Client:
         self._closing = False
 
     # -- connection -----------------------------------------------------------------
-    async def connect(self, auto_subscribe: bool = True) -> dict[str, Any]:
+    async def connect(
+        self, auto_subscribe: bool = True, lobby_timeout: float = 600.0, **join: Any
+    ) -> dict[str, Any]:
+        """Join; in a scheduled meeting's lobby (``self.lobby``) wait up to `lobby_timeout`."""
         url = self.base_url.replace("http", "ws", 1) + f"/ws/meetings/{self.meeting}"
         self.session = aiohttp.ClientSession()
         self.ws = await self.session.ws_connect(url, ssl=self.ssl, heartbeat=10)
         await self.send(
-            {"type": "join", "version": 1, "token": self.token, "autoSubscribe": auto_subscribe}
+            {
+                "type": "join",
+                "version": 1,
+                "token": self.token,
+                "autoSubscribe": auto_subscribe,
+                **join,
+            }
         )
         msg = await self.ws.receive(timeout=10)
+        while msg.type == aiohttp.WSMsgType.TEXT and '"lobby"' in msg.data:
+            waiting = json.loads(msg.data)
+            if waiting.get("type") != "lobby":
+                break
+            self.lobby = waiting  # a scheduled meeting not started yet, or a guest
+            self.messages.append(waiting)
+            msg = await self.ws.receive(timeout=lobby_timeout)
         if msg.type != aiohttp.WSMsgType.TEXT:
             await self.close()
             raise ClientError("closed", f"connection closed: {self.ws.close_code}")

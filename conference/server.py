@@ -16,8 +16,8 @@ from aiohttp import web
 from aiortc import RTCIceServer
 
 from . import __version__
-from .access import OpenMeetings
 from .appkeys import (
+    DATABASE,
     ICE_SERVERS,
     ICE_SERVERS_JSON,
     MEETING_POLICY,
@@ -26,6 +26,9 @@ from .appkeys import (
     SETTINGS,
     WEBSOCKETS,
 )
+from .lobby import setup_lobby
+from .recording import recorder as recording
+from .scheduling.lifecycle import MeetingLifecycle
 from .scheduling.reminders import background as reminder_task
 from .settings import Settings
 from .sfu.bridge import configure_ice_hosts
@@ -117,11 +120,14 @@ def create_app(settings: Settings) -> web.Application:
             revoked.revoke(participant.who.token_id, expires)
 
     app[ROOMS].on_removed = revoke
-    app[MEETING_POLICY] = OpenMeetings()
     app[ICE_SERVERS], app[ICE_SERVERS_JSON] = ice_servers(settings)
     app[WEBSOCKETS] = weakref.WeakSet()
     setup_web(app)
     setup_control_plane(app)  # sign-in, admin pages, JSON API
+    # scheduled meetings: admission, lobby, start/end, attendance (ad-hoc rooms as before)
+    lifecycle = MeetingLifecycle(app[DATABASE], settings)
+    app[MEETING_POLICY] = lifecycle
+    app[ROOMS].on_created = setup_lobby(app, lifecycle).room_created
     app.router.add_get("/healthz", health)
     app.router.add_get("/ws/meetings/{meeting_id}", _tracked(websocket_handler))
     app.router.add_post("/whip/{meeting_id}", whip_post)
@@ -150,6 +156,7 @@ def _tracked(handler: Any) -> Any:
 async def _shutdown(app: web.Application) -> None:
     logger.info("shutting down: closing rooms")
     registry: RoomRegistry = app[ROOMS]
+    await recording.shutdown()  # seal the manifests before the rooms close
     await registry.close("server-shutdown")
     tasks: weakref.WeakSet[asyncio.Task[Any]] = app[WEBSOCKETS]
     for task in list(tasks):
@@ -172,6 +179,7 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then close every room cleanly."""
     configure_ice_hosts(settings.ice_hosts)
+    recording.configure_from(settings)
     app = create_app(settings)
     context = _ssl_context(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)

@@ -47,6 +47,8 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_PORT": "port",
     "CONFERENCE_DATA_DIR": "data_dir",
     "CONFERENCE_RECORDINGS_DIR": "recordings_dir",
+    "CONFERENCE_RECORDING_RETENTION_DAYS": "recording_retention_days",
+    "CONFERENCE_RECORDING_KEY": "recording_key",
     "CONFERENCE_ICE_HOSTS": "ice_hosts",
     "CONFERENCE_PUBLIC_IP": "public_ip",
     "CONFERENCE_ICE_SERVERS": "ice_servers",
@@ -72,6 +74,7 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_REMINDERS": "reminders",
     "CONFERENCE_REMINDER_INTERVAL": "reminder_interval",
     "CONFERENCE_SESSION_LIFETIME": "session_lifetime",
+    "CONFERENCE_ADHOC_MEETINGS": "adhoc_meetings",
 }
 
 
@@ -90,6 +93,10 @@ class Settings:
     port: int = 8443  # 0 = any free port (tests)
     data_dir: Path = Path("data")
     recordings_dir: Path = Path("recordings")
+    #: Recordings older than this may be pruned (only once their minutes are final).
+    recording_retention_days: int = 365
+    #: Ed25519 key that signs recording manifests; None = data_dir/recording.key.
+    recording_key: Path | None = None
     #: Addresses ICE may use for host candidates; empty = all non-loopback interfaces.
     ice_hosts: list[str] = field(default_factory=list)
     udp_port_min: int | None = None
@@ -132,6 +139,9 @@ class Settings:
     reminder_interval: int = 60
     #: Seconds a browser sign-in lasts (the session cookie's expiry), 8 hours by default.
     session_lifetime: int = 8 * 3600
+    #: A meeting id that is not a meeting of the database is an ad-hoc room, admitted by its
+    #: signed token alone; false = only scheduled meetings (others: ``unknown-meeting``).
+    adhoc_meetings: bool = True
 
 
 # --- value converters: (value, label, base directory for relative paths) -> value ----------
@@ -162,6 +172,16 @@ def _int_converter(low: int, high: int | None = None) -> _Converter:
         return value
 
     return convert
+
+
+def _to_bool(value: object, label: str, base: Path | None = None) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
+        return False
+    raise SettingsError(f"{label}: expected true or false, got {value!r}")
 
 
 def _to_path(value: object, label: str, base: Path | None = None) -> Path:
@@ -322,6 +342,8 @@ _CONVERTERS: dict[str, _Converter] = {
     "port": _int_converter(0, 65535),
     "data_dir": _to_path,
     "recordings_dir": _to_path,
+    "recording_retention_days": _int_converter(1, 36500),
+    "recording_key": _to_path,
     "ice_hosts": _to_ip_list,
     "udp_port_min": _int_converter(1, 65535),
     "udp_port_max": _int_converter(1, 65535),
@@ -349,6 +371,7 @@ _CONVERTERS: dict[str, _Converter] = {
     "reminders": _to_reminders,
     "reminder_interval": _int_converter(1, 3600),
     "session_lifetime": _int_converter(60, 7 * 86400),
+    "adhoc_meetings": _to_bool,
 }
 assert set(_CONVERTERS) == {f.name for f in fields(Settings)}
 

@@ -20,10 +20,15 @@ from aiortc import RTCIceCandidate
 
 from .access import AccessError, authenticate
 from .appkeys import ICE_SERVERS, ICE_SERVERS_JSON, ROOMS, SETTINGS
+from .lobby import LOBBY_MESSAGES
+from .lobby import gate as lobby_gate
+from .lobby import handle_message as lobby_message
+from .lobby import joined as lobby_joined
+from .recording import recorder as recording
 from .sfu.bridge import ice_candidate_from_json
 from .sfu.participant import NegotiationError, Participant
 from .sfu.publication import SOURCES
-from .sfu.room import RoomError
+from .sfu.room import MAX_REASON_CHARS, RoomError, clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +44,9 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_FULL = 4429
 CLOSE_REPLACED = 4409
 CLOSE_REMOVED = 4410
+CLOSE_LOCKED = 4423
+# join refusals of the room other than full: meeting locked, meeting ended
+ROOM_CLOSE_CODES = {"room-locked": CLOSE_LOCKED, "meeting-ended": CLOSE_REMOVED}
 
 
 class ProtocolError(Exception):
@@ -105,12 +113,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return ws
     try:
         who = await authenticate(app, token, meeting_id)
+        verdict = await lobby_gate(app, ws, token or "", who, meeting_id, send)  # may wait
     except AccessError as exc:
         logger.info("ws %s: refused: %s", where, exc.message)
         await send(_error(exc.code, exc.message))
         # 4401, 4403, 4404 (a meeting policy may refuse an unknown meeting)...
         code = 4000 + exc.status if 400 <= exc.status < 500 else CLOSE_UNAUTHORIZED
         await ws.close(code=code, message=exc.message.encode()[:120])
+        return ws
+    if verdict is None:  # left the lobby
         return ws
 
     registry = app[ROOMS]
@@ -128,7 +139,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except RoomError as exc:
         logger.info("ws %s: refused: %s", where, exc.message)
         await send(_error(exc.code, exc.message))
-        await ws.close(code=CLOSE_FULL, message=exc.message.encode()[:120])
+        code = ROOM_CLOSE_CODES.get(exc.code, CLOSE_FULL)
+        await ws.close(code=code, message=exc.message.encode()[:120])
         return ws
 
     await send(
@@ -145,8 +157,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             },
             "iceServers": app[ICE_SERVERS_JSON],
             "room": room.state(),
+            "chat": list(room.chat),
         }
     )
+    await lobby_joined(app, participant, verdict, join)  # the chair starts the meeting
 
     # -- session -------------------------------------------------------------------
     async def hang_up() -> None:
@@ -187,6 +201,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                     if done:
                         break
                 except ProtocolError as exc:
+                    refusal = exc.code, exc.message
+                except RoomError as exc:
                     refusal = exc.code, exc.message
                 except (NegotiationError, ValueError) as exc:
                     refusal = "bad-request", str(exc)[:300]
@@ -290,6 +306,15 @@ def _str(message: dict[str, Any], key: str, limit: int = 200_000) -> str:
     return value
 
 
+# chair actions on one participant (``participant``: its id)
+CHAIR_TARGETED = ("mute-participant", "remove", "give-floor", "ask-unmute")
+
+
+def _moderator(participant: Participant) -> None:
+    if not participant.who.moderate:
+        raise PermissionError("only a moderator (the chair) may do this")
+
+
 async def _dispatch(participant: Participant, message: dict[str, Any], send: Any) -> bool:
     """Handle one message; True when the participant leaves."""
     kind = message["type"]
@@ -361,12 +386,22 @@ async def _dispatch(participant: Participant, message: dict[str, Any], send: Any
         muted = message.get("muted")
         if source not in SOURCES or not isinstance(muted, bool):
             raise ProtocolError("bad-message", "mute needs 'source' and a boolean 'muted'")
+        identity = participant.who.identity
+        held = any(p.source == source and p.blocked for p in participant.publications.values())
+        if source == "microphone" and not muted and held:
+            # a point held by the chair speaks again only if asked (it consents
+            # by unmuting) or given the floor
+            if identity not in room.invited and room.floor != identity:
+                raise ProtocolError(
+                    "muted-by-moderator",
+                    "the chair has muted your microphone: raise your hand to ask to speak",
+                )
+            await room.hold(identity, False)
         if not participant.set_muted(source, muted):
             raise ProtocolError("unknown-publication", f"nothing published from {source}")
         room.schedule_broadcast()
-    elif kind in ("mute-participant", "remove"):
-        if not participant.who.moderate:
-            raise PermissionError("only a moderator (the chair) may do this")
+    elif kind in CHAIR_TARGETED:
+        _moderator(participant)
         target_id = message.get("participant")
         target = room.participants.get(target_id) if isinstance(target_id, str) else None
         if target is None:
@@ -374,7 +409,28 @@ async def _dispatch(participant: Participant, message: dict[str, Any], send: Any
         if kind == "remove":
             if target is participant:
                 raise ProtocolError("bad-request", "use leave to leave the meeting")
-            await room.remove(target.id)
+            why = message.get("reason")
+            if why is not None and not isinstance(why, str):
+                raise ProtocolError("bad-message", "'reason' must be a string")
+            text = clean_text(why, MAX_REASON_CHARS, multiline=False) if why else None
+            await room.remove(target.id, message=text)
+        elif kind == "give-floor":
+            if not target.who.publish:
+                raise ProtocolError(
+                    "bad-request", "this participant cannot speak (no publish grant)"
+                )
+            await room.give_floor(target)
+        elif kind == "ask-unmute":
+            if target.who.moderate or not target.who.publish:
+                raise ProtocolError("bad-request", "only a point can be asked to unmute")
+            room.invited.add(target.who.identity)
+            await target.send(
+                {
+                    "type": "unmute-request",
+                    "by": participant.id,
+                    "name": participant.who.name,
+                }
+            )
         else:
             source = message.get("source")
             muted = message.get("muted")
@@ -385,6 +441,63 @@ async def _dispatch(participant: Participant, message: dict[str, Any], send: Any
             if not room.block(target.id, source, muted):
                 raise ProtocolError("unknown-publication", f"nothing published from {source}")
             await target.send({"type": "muted-by-moderator", "source": source, "muted": muted})
+    elif kind in ("raise-hand", "lower-hand"):
+        target_id = message.get("participant", participant.id)
+        if kind == "lower-hand" and target_id != participant.id:
+            # the chair lowers someone else's hand
+            _moderator(participant)
+            target = room.participants.get(target_id) if isinstance(target_id, str) else None
+            if target is None:
+                raise ProtocolError("unknown-participant", "no such participant in the meeting")
+            if not room.raise_hand(target.who.identity, False):
+                raise ProtocolError("bad-request", "this participant has not raised a hand")
+        elif not participant.who.publish:
+            raise PermissionError("this token may not speak in the meeting")
+        else:
+            room.raise_hand(participant.who.identity, kind == "raise-hand")
+    elif kind == "unmute-decline":
+        room.invited.discard(participant.who.identity)
+        for other in list(room.participants.values()):
+            if other.who.moderate:
+                await other.send({"type": "unmute-declined", "participant": participant.id})
+    elif kind == "chat":
+        text = message.get("text")
+        if not isinstance(text, str):
+            raise ProtocolError("bad-message", "chat needs a string 'text'")
+        await room.broadcast(room.add_chat(participant, text))
+    elif kind in ("take-floor", "mute-all", "lock", "end-meeting"):
+        _moderator(participant)
+        if kind == "take-floor":
+            if room.floor is None:
+                raise ProtocolError("bad-request", "nobody has the floor")
+            await room.take_floor()
+        elif kind == "mute-all":
+            await room.mute_all()
+        elif kind == "lock":
+            locked = message.get("locked")
+            if not isinstance(locked, bool):
+                raise ProtocolError("bad-message", "lock needs a boolean 'locked'")
+            room.locked = locked
+            room.schedule_broadcast()
+        else:
+            logger.info("room %s: ended by %s", room.meeting_id, participant.id)
+            await room.end()
+            return True
+    elif kind in ("record-start", "record-stop"):
+        _moderator(participant)
+        try:
+            if kind == "record-start":
+                by = {"participant": participant.id, "identity": participant.who.identity}
+                recording.start(room, started_by=by)
+            elif recording.stop(room, f"stopped by {participant.id}") is None:
+                raise ProtocolError("not-recording", "the meeting is not being recorded")
+        except recording.RecordingError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
+        await room.broadcast(
+            {"type": "recording", "recording": room.recording, "by": participant.id}
+        )
+    elif kind in LOBBY_MESSAGES:
+        await lobby_message(participant, message)
     elif kind == "ping":
         await send({"type": "pong", "id": message.get("id")})
     elif kind == "leave":

@@ -803,7 +803,9 @@ def setup_control_plane(app: web.Application) -> None:
     """Sign-in (this module), the organisation and meeting pages, the JSON API, in order."""
     from .admin_pages import setup_admin
     from .api import setup_api
+    from .meeting_pages import setup_meetings
 
     setup_auth(app)
     setup_admin(app)
+    setup_meetings(app)
     setup_api(app)

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from .access import AccessError, authenticate
 from .appkeys import ICE_SERVERS, ICE_SERVERS_JSON, ROOMS
+from .lobby import direct as lobby_direct
 from .sfu.participant import Identity, NegotiationError, Participant
 from .sfu.room import Room, RoomError
 
@@ -106,7 +107,9 @@ async def _read_offer(request: web.Request) -> str:
 
 async def _identity(request: web.Request, meeting_id: str) -> Identity:
     try:
-        return await authenticate(request.app, _bearer(request), meeting_id)
+        who = await authenticate(request.app, _bearer(request), meeting_id)
+        await lobby_direct(request.app, _bearer(request), meeting_id)  # no lobby for WHIP
+        return who
     except AccessError as exc:
         headers = {"WWW-Authenticate": 'Bearer realm="conference"'} if exc.status == 401 else {}
         raise _http(exc.status, exc.code, exc.message, headers) from exc

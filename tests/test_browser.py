@@ -4,11 +4,16 @@ Debian's ``chromium`` (``/usr/bin/chromium``, installed by .ci/run) is driven by
 Playwright's Python package through ``executable_path`` (Playwright's own browser
 download is never used).  Fake camera and microphone: the camera is Chromium's
 moving test pattern, the microphone a tone from a WAV file this test writes.
+
+Screenshots go to ``test-artifacts/`` (git-ignored) and the test's tmp dir; they
+replace the ones in ``docs/`` only when ``UPDATE_SCREENSHOTS=1`` is set.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import struct
 import time
 import wave
@@ -22,6 +27,7 @@ import pytest
 from .conftest import ROOT, ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 if not Path(CHROMIUM).exists():  # pragma: no cover - .ci/run installs it
@@ -53,6 +59,18 @@ def write_tone(path: Path, seconds: float = 3.0, rate: int = 48000) -> Path:
             int(12000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(int(seconds * rate))
         )
         out.writeframes(b"".join(struct.pack("<h", s) for s in samples))
+    return path
+
+
+def save_screenshot(page: Any, tmp_path: Path, name: str, docs: bool = True) -> Path:
+    """Screenshot to the tmp dir and test-artifacts/; to docs/ with UPDATE_SCREENSHOTS=1
+    (unless ``docs`` is false: an artifact only)."""
+    path = tmp_path / name
+    page.screenshot(path=str(path))
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(path, ARTIFACTS / name)
+    if docs and os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(path, ROOT / "docs" / name)
     return path
 
 
@@ -95,17 +113,36 @@ def browser(tmp_path: Path) -> Iterator[Any]:
             browser.close()
 
 
-def join(browser: Any, server: ServerProcess, identity: str, name: str) -> Any:
-    """Open an invitation link in a fresh context (own cookies) and enter the room."""
+def open_invitation(
+    browser: Any,
+    server: ServerProcess,
+    identity: str,
+    name: str,
+    role: str = "point",
+    init_script: str | None = None,
+    lang: str | None = None,
+) -> Any:
+    """Open an invitation link in a fresh context (own cookies): the pre-join screen."""
     context = browser.new_context(locale="vi-VN", viewport={"width": 1280, "height": 720})
+    if init_script:
+        context.add_init_script(init_script)
     page = context.new_page()
     page.set_default_timeout(20_000)
-    token = server.token(meeting="giao-ban", identity=identity, name=name)
-    response = page.goto(f"{server.url}/m/giao-ban?token={token}")
+    page.errors = []  # uncaught page errors, checked by tests
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    token = server.token(meeting="giao-ban", identity=identity, name=name, role=role)
+    query = f"&lang={lang}" if lang else ""
+    response = page.goto(f"{server.url}/m/giao-ban?token={token}{query}")
     assert response is not None and response.ok
     assert "token=" not in page.url  # the token left the address bar
     page.wait_for_function("document.getElementById('name').value.length > 0")
     assert page.input_value("#name") == name
+    return page
+
+
+def join(browser: Any, server: ServerProcess, identity: str, name: str, role: str = "point") -> Any:
+    """Open an invitation link and enter the room."""
+    page = open_invitation(browser, server, identity, name, role)
     page.click("#join:not([disabled])")
     page.wait_for_selector("#room:not([hidden])")
     return page
@@ -172,8 +209,8 @@ def test_three_points_see_and_hear_each_other(
         sync_api.expect(muted.locator(".badge.mic-muted")).to_have_count(1)
     pages["huyen"].wait_for_selector(f'#participants li.speaking[data-participant="{speaker}"]')
 
-    shot = pages["huyen"].screenshot(path=str(tmp_path / "screenshot-room.png"))
-    (ROOT / "docs" / "screenshot-room.png").write_bytes(shot)
+    save_screenshot(pages["huyen"], tmp_path, "screenshot-room.png")
+    assert not any(page.errors for page in pages.values()), [p.errors for p in pages.values()]
 
     # leaving removes the tile on the others' pages
     pages["xa-dak-ha"].click("#leave-btn")

@@ -13,8 +13,8 @@ status), unless:
   the meeting's unit (``not-invited``); role ``viewer`` -> either; role ``recorder`` is the
   server's own recorder.
 
-Not wired into the server yet (the app still uses `OpenMeetings`); the lobby (points that
-arrive before the chair starts the meeting wait, then are admitted) builds on it.
+The server uses it through `conference.scheduling.lifecycle.MeetingLifecycle`, which turns
+``not-invited`` into a guest waiting in the lobby and unknown meetings into ad-hoc rooms.
 """
 
 from __future__ import annotations

@@ -50,6 +50,9 @@ class Publication:
         # muted by a moderator: the server stops forwarding until lifted
         self.blocked = False
         self.subscriptions: set[Subscription] = set()
+        #: Called with every forwarded packet after the subscriptions (the recorder);
+        #: ``tap(publication, packet, keyframe)`` must not raise.
+        self.taps: list[Callable[[Publication, RtpPacket, bool], None]] = []
         self.keyframe_throttle = KeyframeThrottle(0.3)
         self.keyframes_requested = 0
         self.keyframes_received = 0
@@ -81,6 +84,8 @@ class Publication:
         blocks: dict[tuple[object, ...], bytes] = {}
         for subscription in list(self.subscriptions):
             subscription.forward(self, packet, keyframe, blocks)
+        for tap in self.taps:
+            tap(self, packet, keyframe)
 
     def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
         self.sender_report = (ntp_timestamp, rtp_timestamp)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import unicodedata
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +24,39 @@ MEDIA_SILENCE_TIMEOUT = 15.0
 
 # WebSocket close codes for the reasons a room ends a session (docs/PROTOCOL.md)
 CLOSE_CODES = {"replaced": 4409, "server-shutdown": 1001}
+
+# the chaired briefing (docs/PROTOCOL.md, "Chairing the meeting")
+REJOIN_GRACE = 30.0  # a dropped point keeps its raised hand and the floor this long
+CHAT_HISTORY = 50  # messages sent to a page when it joins
+MAX_CHAT_CHARS = 1000
+CHAT_RATE = (10, 10.0)  # at most 10 messages in 10 s per participant
+MAX_REASON_CHARS = 200
+ENDED_MEMORY = 12 * 3600.0  # an ended meeting refuses joins this long (in memory)
+
+
+def clean_text(text: str, limit: int, multiline: bool = True) -> str:
+    """User text made safe to show and log: NFC, no control or bidi-override characters.
+
+    Pages render it as text (never HTML); this removes what could still mislead a
+    reader (a right-to-left override reversing a name, invisible characters) and
+    collapses blank lines.  Raises ValueError when nothing is left or it is too long.
+    """
+    text = unicodedata.normalize("NFC", text)
+    kept = []
+    for char in text:
+        if char == "\n" and multiline:
+            kept.append(char)
+        elif char in "\t\n\r":
+            kept.append(" ")
+        elif unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            kept.append(char)
+    lines = [line.rstrip() for line in "".join(kept).strip().split("\n")]
+    cleaned = "\n".join(line for i, line in enumerate(lines) if line or (i and lines[i - 1]))
+    if not cleaned:
+        raise ValueError("the text is empty")
+    if len(cleaned) > limit:
+        raise ValueError(f"the text is longer than {limit} characters")
+    return cleaned
 
 
 class RoomError(Exception):
@@ -59,6 +94,21 @@ class Room:
         self.program = ProgramFeed(self)
         self.created_at = time.time()
         self.closed = False
+        self.recording = False  # set by conference.recording while a recorder runs
+        #: Observers (the recorder): ``observer(event, subject, detail)``, see `_notify`.
+        self.observers: list[Callable[[str, Any, str | None], None]] = []
+        self.ended = False  # the chair ended the meeting for everyone
+        # the chaired briefing, by identity so that it survives a point's rejoin
+        self.locked = False
+        self.floor: str | None = None  # identity of the floor holder
+        self.hands: list[tuple[str, float]] = []  # (identity, time raised), in order
+        self.held: set[str] = set()  # identities whose microphone the chair holds muted
+        self.invited: set[str] = set()  # held identities asked to unmute (consent lifts it)
+        self.admitted: set[str] = set()  # identities that joined (may rejoin a locked room)
+        self.absent_since: dict[str, float] = {}  # identity -> monotonic time it left
+        self.chat: deque[dict[str, Any]] = deque(maxlen=CHAT_HISTORY)
+        self._chat_times: dict[str, deque[float]] = {}
+        self._chat_seq = 0
         self._on_empty = on_empty
         self._broadcast_handle: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = [
@@ -71,6 +121,9 @@ class Room:
         """Add ``participant``; returns the sessions it replaced (same identity)."""
         if self.closed:
             raise RoomError("room-closed", "the meeting room is closed")
+        identity = participant.who.identity
+        if self.locked and not participant.who.moderate and identity not in self.admitted:
+            raise RoomError("room-locked", "the chair has locked the meeting")
         replaced = [
             p
             for p in self.participants.values()
@@ -81,6 +134,8 @@ class Room:
         for old in replaced:
             await self.leave(old.id, "replaced", close_room=False)
         self.participants[participant.id] = participant
+        self.admitted.add(identity)
+        self.absent_since.pop(identity, None)
         if participant.auto_subscribe:
             for publication in self.publications():
                 participant.subscribe(publication)
@@ -91,19 +146,32 @@ class Room:
             participant.who.role,
             participant.transport,
         )
+        self._notify("joined", participant)
         self.schedule_broadcast()
         return replaced
 
     async def leave(
-        self, participant_id: str, reason: str = "left", close_room: bool = True
+        self,
+        participant_id: str,
+        reason: str = "left",
+        close_room: bool = True,
+        message: str | None = None,
     ) -> None:
         """Remove a participant; unless it asked to leave, tell it why and hang up."""
         participant = self.participants.pop(participant_id, None)
         if participant is None:
             return
         logger.info("room %s: %s left (%s)", self.meeting_id, participant_id, reason)
+        self._notify("left", participant, reason)
+        identity = participant.who.identity
+        if not any(p.who.identity == identity for p in self.participants.values()):
+            self.absent_since[identity] = time.monotonic()
+        self._chat_times.pop(participant_id, None)
         if reason != "left":
-            await participant.send({"type": "leave", "reason": reason})
+            notice: dict[str, Any] = {"type": "leave", "reason": reason}
+            if message:
+                notice["message"] = message
+            await participant.send(notice)
         self.speaker.remove(participant_id)
         self.program.participant_left(participant)
         await participant.close()
@@ -113,26 +181,152 @@ class Room:
         if close_room and not self.participants:
             await self.close()
 
-    async def remove(self, participant_id: str, reason: str = "removed") -> Participant | None:
+    async def remove(
+        self, participant_id: str, reason: str = "removed", message: str | None = None
+    ) -> Participant | None:
         """Remove a participant on a moderator's order; its token cannot rejoin."""
         participant = self.participants.get(participant_id)
         if participant is not None:
             if self.on_removed is not None:
                 self.on_removed(participant)
-            await self.leave(participant.id, reason, close_room=False)
+            await self.leave(participant.id, reason, close_room=False, message=message)
+            self._forget(participant.who.identity)
         return participant
 
     def block(self, participant_id: str, source: str, blocked: bool) -> bool:
-        """Stop (or resume) forwarding a participant's publication: a moderator's mute."""
+        """Stop (or resume) forwarding a participant's publication: a moderator's mute.
+
+        A held microphone stays held across the point's rejoins (by identity).
+        """
         participant = self.participants.get(participant_id)
         if participant is None:
             return False
         found = [p for p in participant.publications.values() if p.source == source]
         for publication in found:
             publication.blocked = blocked
+        if source == "microphone" and found:
+            if blocked:
+                self.held.add(participant.who.identity)
+            else:
+                self.held.discard(participant.who.identity)
+                self.invited.discard(participant.who.identity)
         if found:
             self.schedule_broadcast()
         return bool(found)
+
+    # -- chairing ----------------------------------------------------------------------
+    async def hold(self, identity: str, held: bool) -> None:
+        """Hold (or release) the microphones of ``identity``; tell each changed session."""
+        if held:
+            self.held.add(identity)
+        else:
+            self.held.discard(identity)
+            self.invited.discard(identity)
+        for participant in list(self.participants.values()):
+            if participant.who.identity != identity:
+                continue
+            changed = False
+            for publication in participant.publications.values():
+                if publication.source == "microphone" and publication.blocked != held:
+                    publication.blocked = held
+                    changed = True
+            if changed:
+                await participant.send(
+                    {"type": "muted-by-moderator", "source": "microphone", "muted": held}
+                )
+        self.schedule_broadcast()
+
+    def _chair_side(self, identity: str) -> bool:
+        """The chair's own sessions (moderate grant) are never muted by the room."""
+        return any(p.who.moderate for p in self.participants.values() if p.who.identity == identity)
+
+    async def give_floor(self, participant: Participant) -> None:
+        """``participant`` speaks: released and shown large; every other point is held."""
+        identity = participant.who.identity
+        self.floor = identity
+        self.hands = [hand for hand in self.hands if hand[0] != identity]
+        for other in {p.who.identity for p in self.participants.values()}:
+            if other != identity and not self._chair_side(other):
+                await self.hold(other, True)
+        await self.hold(identity, False)
+        await self.broadcast({"type": "floor", "participant": participant.id})
+        self.program.refresh()
+
+    async def take_floor(self) -> None:
+        """End the floor: its holder is held again (unless it is the chair side)."""
+        identity, self.floor = self.floor, None
+        if identity is not None and not self._chair_side(identity):
+            await self.hold(identity, True)
+        await self.broadcast({"type": "floor", "participant": None})
+        self.schedule_broadcast()
+
+    async def mute_all(self) -> None:
+        """Hold every microphone but the chair side's; ends the floor."""
+        if self.floor is not None:
+            self.floor = None
+            await self.broadcast({"type": "floor", "participant": None})
+        for identity in {p.who.identity for p in self.participants.values()}:
+            if not self._chair_side(identity):
+                await self.hold(identity, True)
+
+    def raise_hand(self, identity: str, raised: bool) -> bool:
+        """Add to (or take off) the queue of requests to speak; False if nothing changed."""
+        queued = any(hand[0] == identity for hand in self.hands)
+        if raised == queued:
+            return False
+        if raised:
+            self.hands.append((identity, time.time()))
+        else:
+            self.hands = [hand for hand in self.hands if hand[0] != identity]
+        self.schedule_broadcast()
+        return True
+
+    def add_chat(self, participant: Participant, text: str) -> dict[str, Any]:
+        """Record a chat message (rate-limited per session); returns it for broadcast."""
+        limit, window = CHAT_RATE
+        now = time.monotonic()
+        times = self._chat_times.setdefault(participant.id, deque())
+        while times and now - times[0] > window:
+            times.popleft()
+        if len(times) >= limit:
+            raise RoomError("rate-limited", f"at most {limit} chat messages in {window:.0f} s")
+        times.append(now)
+        self._chat_seq += 1
+        message = {
+            "type": "chat",
+            "id": self._chat_seq,
+            "participant": participant.id,
+            "identity": participant.who.identity,
+            "name": participant.who.name,
+            "role": participant.who.role,
+            "text": clean_text(text, MAX_CHAT_CHARS),
+            "at": int(time.time() * 1000),
+        }
+        self.chat.append(message)
+        return message
+
+    async def end(self) -> None:
+        """The chair ends the meeting for everyone; the meeting refuses joins from now on."""
+        self.ended = True
+        await self.close("meeting-ended")
+
+    def _forget(self, identity: str) -> None:
+        """Drop the chairing state of an identity that is gone for good."""
+        self.hands = [hand for hand in self.hands if hand[0] != identity]
+        if self.floor == identity:
+            self.floor = None
+        self.invited.discard(identity)
+        self.admitted.discard(identity)
+        self.absent_since.pop(identity, None)
+        self.schedule_broadcast()
+
+    def _identity_ids(self) -> dict[str, str]:
+        """identity -> participant id of its browser session (else any session)."""
+        ids: dict[str, str] = {}
+        for participant in self.participants.values():
+            if participant.transport == "websocket" or participant.who.identity not in ids:
+                ids[participant.who.identity] = participant.id
+        return ids
 
     def get(self, participant_id: str) -> Participant | None:
         participant = self.participants.get(participant_id)
@@ -173,15 +367,45 @@ class Room:
 
     # -- publications ------------------------------------------------------------
     def publication_added(self, publication: Publication) -> None:
+        owner = self.participants.get(publication.participant_id)
+        if publication.source == "microphone" and owner is not None:
+            identity = owner.who.identity
+            if (
+                self.floor is not None
+                and identity != self.floor
+                and not owner.who.moderate
+                and identity not in self.held
+            ):
+                self.held.add(identity)  # a point joining during the floor is held too
+            if identity in self.held:
+                publication.blocked = True
+                asyncio.ensure_future(
+                    owner.send(
+                        {"type": "muted-by-moderator", "source": "microphone", "muted": True}
+                    )
+                )
         for participant in self.participants.values():
             if participant.auto_subscribe and participant.id != publication.participant_id:
                 participant.subscribe(publication)
         self.program.refresh()
         self.schedule_broadcast()
+        self._notify("publication-added", publication)
 
     def publication_removed(self, publication: Publication) -> None:
+        self._notify("publication-removed", publication)
         self.program.refresh()
         self.schedule_broadcast()
+
+    def _notify(self, event: str, subject: Any, detail: str | None = None) -> None:
+        """Tell the observers (joined, left, publication-added/-removed, speaker, closed).
+
+        An observer's exception is logged and never reaches the room.
+        """
+        for observer in list(self.observers):
+            try:
+                observer(event, subject, detail)
+            except Exception:
+                logger.exception("room %s: observer failed on %s", self.meeting_id, event)
 
     # -- active speaker --------------------------------------------------------------
     def on_audio_level(self, participant_id: str, level: int) -> None:
@@ -193,6 +417,7 @@ class Room:
                 await asyncio.sleep(SPEAKER_TICK)
                 if self.speaker.update(time.monotonic()):
                     current = self.speaker.current
+                    self._notify("speaker", current)
                     logger.debug("room %s: speaker %s", self.meeting_id, current)
                     self.program.refresh()
                     await self.broadcast({"type": "speaker", "participant": current})
@@ -209,6 +434,12 @@ class Room:
                     reason = self._stale(participant, now)
                     if reason is not None:
                         await self.leave(participant.id, reason)
+                for identity, since in list(self.absent_since.items()):
+                    if now - since > REJOIN_GRACE:
+                        admitted = identity in self.admitted
+                        self._forget(identity)
+                        if admitted:  # gone, but it may still rejoin a locked room
+                            self.admitted.add(identity)
         except asyncio.CancelledError:
             pass
 
@@ -230,11 +461,29 @@ class Room:
 
     # -- state to clients ---------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        ids = self._identity_ids()
+        hands = [identity for identity, _ in self.hands if identity in ids]
         return {
             "type": "room",
             "meeting": self.meeting_id,
-            "participants": [p.describe() for p in self.participants.values()],
+            "participants": [
+                p.describe()
+                | {
+                    "moderator": p.who.moderate,
+                    "hand": p.who.identity in hands,
+                    "floor": p.who.identity == self.floor,
+                }
+                for p in self.participants.values()
+            ],
             "speaker": self.speaker.current,
+            "recording": self.recording,
+            "floor": ids.get(self.floor) if self.floor is not None else None,
+            "hands": [
+                {"participant": ids[identity], "at": int(at * 1000)}
+                for identity, at in self.hands
+                if identity in ids
+            ],
+            "locked": self.locked,
         }
 
     def schedule_broadcast(self) -> None:
@@ -262,6 +511,7 @@ class Room:
             self._broadcast_handle.cancel()
         for participant_id in list(self.participants):
             await self.leave(participant_id, reason, close_room=False)
+        self._notify("closed", self)
         if self._on_empty is not None:
             self._on_empty(self)
 
@@ -287,6 +537,9 @@ class RoomRegistry:
         self.max_participants = max_participants
         self.video_codec = video_codec
         self.rooms: dict[str, Room] = {}
+        self.ended: dict[str, float] = {}  # meeting id -> monotonic time the chair ended it
+        #: called with every new room (conference/lobby.py observes it)
+        self.on_created: Callable[[Room], None] | None = None
 
     def get(self, meeting_id: str) -> Room | None:
         room = self.rooms.get(meeting_id)
@@ -296,6 +549,12 @@ class RoomRegistry:
         room = self.get(meeting_id)
         if room is not None:
             return room
+        now = time.monotonic()
+        for ended, at in list(self.ended.items()):
+            if now - at > ENDED_MEMORY:
+                del self.ended[ended]
+        if meeting_id in self.ended:
+            raise RoomError("meeting-ended", "the chair has ended this meeting")
         if len(self.rooms) >= self.max_rooms:
             raise RoomError("server-full", "this server has reached its number of rooms")
         room = Room(
@@ -309,9 +568,13 @@ class RoomRegistry:
         )
         room.on_removed = self.on_removed
         self.rooms[meeting_id] = room
+        if self.on_created is not None:
+            self.on_created(room)  # the lobby's attendance and end hooks (conference/lobby.py)
         return room
 
     def _closed(self, room: Room) -> None:
+        if room.ended:
+            self.ended[room.meeting_id] = time.monotonic()
         if self.rooms.get(room.meeting_id) is room:
             del self.rooms[room.meeting_id]
 

@@ -6,3 +6,13 @@ const table = JSON.parse(document.getElementById("strings")?.textContent || "{}"
 export function t(key) {
   return table[key] ?? key;
 }
+
+/** `t(key)` with `{name}` placeholders filled from `values` (as text, never HTML). */
+export function tf(key, values) {
+  return t(key).replace(/\{(\w+)\}/g, (whole, name) => (name in values ? String(values[name]) : whole));
+}
+
+/** Whether the catalogue has `key`. */
+export function has(key) {
+  return key in table;
+}

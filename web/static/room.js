@@ -1,139 +1,102 @@
 // The meeting page: pre-join device check, then the room (docs/PROTOCOL.md, version 1).
 //
-// Two peer connections (the LiveKit model): `publisher` carries our microphone and
-// camera (we offer), `subscriber` carries everyone else (the server offers, its
-// `tracks` map labels each mid with a publication id).  The page state is exposed
-// as `window.conference` for the end-to-end tests.
+// Two peer connections (the LiveKit model): `publisher` carries our microphone, camera
+// and screen share (we offer), `subscriber` carries what we receive (the server offers,
+// its `tracks` map labels each mid with a publication id).  The page joins with
+// `autoSubscribe: false` and subscribes only to what it shows: every microphone, and the
+// videos of the visible tiles (in the speaker layout the large tile and the chair only).
+// The server enforces the chair's decisions; this page only asks and shows.
+// The page state is exposed as `window.conference` for the end-to-end tests.
 
 import { Signaling } from "./signaling.js";
-import { t } from "./i18n.js";
+import { has, t, tf } from "./i18n.js";
+import { Prejoin } from "./prejoin.js";
+import { setupChat, showChat } from "./chat.js";
+import { Chair } from "./chair.js";
+import { LobbyPanel, watchLobby } from "./lobby.js";
+import { QualityMonitor, applyProfile, qualityBadge } from "./quality.js";
 
 const $ = (id) => document.getElementById(id);
 const meeting = $("prejoin").dataset.meeting;
 
+// leave reasons after which the page does not rejoin by itself
+const FINAL_REASONS = new Set(["removed", "meeting-ended", "replaced", "room-closed", "deleted"]);
+// join refusals that another attempt will not change
+const FINAL_ERRORS = new Set(["revoked", "meeting-ended", "room-locked", "wrong-meeting",
+  "unauthorized", "expired", "malformed", "bad-signature", "forbidden", "room-full",
+  "refused", "not-invited", "meeting-cancelled", "lobby-timeout", "unknown-meeting"]);
+
 const state = {
   session: null, // {token, name, identity, role} from /m/{meeting}/session
   stream: null, // local camera + microphone
+  screen: null, // local screen share
   signaling: null,
   publisher: null,
   subscriber: null,
+  transceivers: {}, // publisher: source -> transceiver
   me: null, // our participant description from `joined`
   room: { participants: [] },
   speaker: null,
   midToPublication: {}, // subscriber mid -> publication id
+  subscribed: new Set(), // publication ids we asked for
   negotiations: [], // subscriber offers handled: [{tracks, at}] (for tests and debugging)
   micMuted: false,
   cameraOff: false,
+  handRaised: false,
+  invited: false, // the chair asked us to unmute
+  profile: "high",
+  layout: "auto",
+  quality: {},
+  plan: null, // what the tiles show (for tests)
   left: false,
+  reconnecting: false,
+  reconnects: 0,
+  chatCount: 0,
 };
 window.conference = state;
 
-// -- pre-join ------------------------------------------------------------------
+const prejoinScreen = new Prejoin(state);
+const send = (message) => state.signaling?.send(message);
+const chair = new Chair(state, send);
+const lobbyPanel = new LobbyPanel(send);
+let monitor = null;
 
 function notice(text) {
   $("notice").textContent = text;
   $("notice").hidden = !text;
 }
 
-/** A user-facing message for a getUserMedia failure. */
-function deviceMessage(error) {
-  if (!navigator.mediaDevices) return t("prejoin.insecure");
-  switch (error?.name) {
-    case "NotAllowedError":
-    case "SecurityError":
-      return t("prejoin.blocked");
-    case "NotReadableError":
-    case "AbortError":
-      return t("prejoin.busy");
-    default:
-      return t("prejoin.nodevice");
-  }
+function message(prefix, code, fallback) {
+  return has(`${prefix}.${code}`) ? t(`${prefix}.${code}`) : fallback;
 }
 
-/** Open the chosen devices; falls back to audio or video alone if one is missing. */
-async function openDevices() {
-  const cameraId = $("camera-select").value;
-  const micId = $("mic-select").value;
-  const video = cameraId ? { deviceId: { exact: cameraId } } : true;
-  const audio = micId ? { deviceId: { exact: micId } } : true;
-  state.stream?.getTracks().forEach((track) => track.stop());
-  state.stream = null;
-  let firstError = null;
-  for (const constraints of [{ audio, video }, { audio }, { video }]) {
-    try {
-      state.stream = await navigator.mediaDevices.getUserMedia(constraints);
-      break;
-    } catch (error) {
-      firstError ??= error;
-      if (error.name === "NotAllowedError") break; // blocked: asking again changes nothing
-    }
-  }
-  const complete = state.stream?.getAudioTracks().length && state.stream?.getVideoTracks().length;
-  $("device-error").textContent = complete ? "" : deviceMessage(firstError);
-  $("device-error").hidden = Boolean(complete);
-  $("preview").srcObject = state.stream;
-  $("join").disabled = !state.stream;
-  meterLevel();
-}
+// -- pre-join ------------------------------------------------------------------
 
-/** Fill the camera and microphone choices (labels are known once access is granted). */
-async function listDevices() {
-  const devices = await navigator.mediaDevices.enumerateDevices();
-  for (const [select, kind] of [["camera-select", "videoinput"], ["mic-select", "audioinput"]]) {
-    const current = state.stream
-      ?.getTracks()
-      .find((track) => (kind === "videoinput" ? track.kind === "video" : track.kind === "audio"))
-      ?.getSettings().deviceId;
-    $(select).replaceChildren(
-      ...devices
-        .filter((device) => device.kind === kind)
-        .map((device, index) => new Option(device.label || `${kind} ${index + 1}`, device.deviceId,
-          false, device.deviceId === current)),
-    );
-  }
-}
-
-let meterContext = null;
-/** A live microphone level on the pre-join screen. */
-function meterLevel() {
-  const track = state.stream?.getAudioTracks()[0];
-  if (!track) return;
-  meterContext?.close();
-  meterContext = new AudioContext();
-  const analyser = meterContext.createAnalyser();
-  meterContext.createMediaStreamSource(new MediaStream([track])).connect(analyser);
-  const samples = new Float32Array(analyser.fftSize);
-  const tick = () => {
-    if (meterContext?.state === "closed" || !$("prejoin").isConnected || $("prejoin").hidden) return;
-    analyser.getFloatTimeDomainData(samples);
-    $("level").value = Math.min(1, Math.sqrt(samples.reduce((s, x) => s + x * x, 0) / samples.length) * 4);
-    requestAnimationFrame(tick);
-  };
-  tick();
-}
-
-async function prejoin() {
+async function fetchSession() {
   const response = await fetch(`/m/${encodeURIComponent(meeting)}/session`, {
     credentials: "same-origin",
     cache: "no-store",
   });
   if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw Object.assign(new Error(body.message || response.statusText),
+      { code: body.error || "unauthorized", status: response.status });
+  }
+  return response.json();
+}
+
+async function prejoin() {
+  try {
+    state.session = await fetchSession();
+  } catch (error) {
     $("prejoin").hidden = true;
-    notice(response.status === 403 ? t("error.wrongmeeting") : t("error.badlink"));
+    notice(error.status === 403 ? t("error.wrongmeeting") : t("error.badlink"));
     return;
   }
-  state.session = await response.json();
   $("name").value = state.session.name;
   $("name").readOnly = true; // the display name comes from the invitation
-  if (!navigator.mediaDevices) {
-    $("device-error").textContent = t("prejoin.insecure");
-    $("device-error").hidden = false;
-    return;
-  }
-  await openDevices();
-  if (state.stream) await listDevices();
-  $("camera-select").onchange = $("mic-select").onchange = openDevices;
-  $("join").onclick = join;
+  $("prejoin-profile").onchange = () => ($("profile-select").value = $("prejoin-profile").value);
+  await prejoinScreen.start(join);
 }
 
 // -- joining and negotiation ---------------------------------------------------
@@ -157,7 +120,14 @@ function peerConnection(name, iceServers) {
   // candidates found after the SDP was sent are trickled
   pc.onicecandidate = (event) => {
     if (event.candidate && pc.sdpSent) {
-      state.signaling.send({ type: "candidate", pc: name, candidate: event.candidate.toJSON() });
+      send({ type: "candidate", pc: name, candidate: event.candidate.toJSON() });
+    }
+  };
+  // a media path that fails is a network drop: rejoin
+  pc.onconnectionstatechange = () => {
+    if (pc.connectionState === "failed" && !state.left && !pc.replaced) {
+      console.warn(`${name} connection failed: rejoining`);
+      state.signaling?.ws?.close();
     }
   };
   return pc;
@@ -166,148 +136,396 @@ function peerConnection(name, iceServers) {
 async function join() {
   $("join").disabled = true;
   $("join").textContent = t("prejoin.joining");
-  meterContext?.close();
-  const signaling = new Signaling(meeting, state.session.token);
-  state.signaling = signaling;
-  let joined;
+  prejoinScreen.close();
+  state.micMuted = $("join-muted").checked;
+  state.cameraOff = $("join-camera-off").checked;
+  state.profile = $("prejoin-profile").value;
+  $("profile-select").value = state.profile;
+  state.stream?.getAudioTracks().forEach((track) => (track.enabled = !state.micMuted));
+  state.stream?.getVideoTracks().forEach((track) => (track.enabled = !state.cameraOff));
   try {
-    joined = await signaling.join();
+    await connect();
   } catch (error) {
     $("join").textContent = t("prejoin.join");
     $("join").disabled = false;
-    notice(t(`leave.${error.code}`) !== `leave.${error.code}` ? t(`leave.${error.code}`)
-      : `${t("room.error")}: ${error.message}`);
+    notice(message("leave", error.code, `${t("room.error")}: ${error.message}`));
     return;
   }
+  monitor = new QualityMonitor(state);
+  state.onQuality = renderParticipants;
+}
+
+/** Join the room over a new WebSocket and publish; used for the first join and rejoins. */
+async function connect() {
+  const signaling = new Signaling(meeting, state.session.token);
+  const joining = signaling.join({ autoSubscribe: false });
+  watchLobby(signaling); // a scheduled meeting may keep us in its lobby first (lobby.js)
+  const joined = await joining;
+  state.signaling = signaling;
   state.me = joined.participant;
   state.room = joined.room;
   state.speaker = joined.room.speaker ?? null;
   state.iceServers = joined.iceServers || [];
-  for (const type of ["room", "offer", "speaker", "muted-by-moderator", "leave", "error", "close"]) {
-    signaling.addEventListener(type, (event) => handlers[type](event.detail));
+  state.midToPublication = {};
+  state.subscribed = new Set();
+  state.leftReason = null;
+  state.leftMessage = null;
+  for (const item of joined.chat || []) showChat(item, state.me);
+  for (const type of Object.keys(handlers)) {
+    // a replaced socket's late events are ignored
+    signaling.addEventListener(type, (event) => {
+      if (state.signaling === signaling) handlers[type](event.detail);
+    });
   }
   $("prejoin").hidden = true;
   $("room").hidden = false;
   render();
-  if (state.me.grants?.publish !== false && state.stream) await publish();
+  if (state.me.grants?.publish !== false && (state.stream || state.screen)) await publish();
+  if (state.handRaised) send({ type: "raise-hand" });
 }
 
-/** Offer our microphone and camera on the publisher connection. */
+/** Offer our microphone, camera (and screen share) on a new publisher connection. */
 async function publish() {
   const pc = peerConnection("publisher", state.iceServers);
   state.publisher = pc;
-  const sources = new Map();
-  for (const track of state.stream.getTracks()) {
-    const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [state.stream] });
-    sources.set(transceiver, track.kind === "audio" ? "microphone" : "camera");
+  state.transceivers = {};
+  for (const track of state.stream?.getTracks() ?? []) {
+    const source = track.kind === "audio" ? "microphone" : "camera";
+    state.transceivers[source] = pc.addTransceiver(track,
+      { direction: "sendonly", streams: [state.stream] });
   }
-  await pc.setLocalDescription(await pc.createOffer());
-  await gathered(pc);
-  const tracks = {};
-  for (const [transceiver, source] of sources) tracks[transceiver.mid] = source;
-  pc.sdpSent = true;
-  const answer = await state.signaling.request(
-    { type: "offer", pc: "publisher", sdp: pc.localDescription.sdp, tracks }, "answer");
-  await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  const screen = state.screen?.getVideoTracks()[0];
+  if (screen) state.transceivers.screen = pc.addTransceiver(screen, { direction: "sendonly" });
+  await negotiatePublisher();
+  if (state.micMuted) send({ type: "mute", source: "microphone", muted: true });
+  if (state.cameraOff || state.profile === "audio") send({ type: "mute", source: "camera", muted: true });
+  if (state.profile !== "high") await applyProfile(state.transceivers.camera?.sender, state.profile);
+  renderControls();
+}
+
+let publisherQueue = Promise.resolve();
+
+/** (Re)negotiate the publisher connection; offers are made one at a time. */
+function negotiatePublisher() {
+  const run = async () => {
+    const pc = state.publisher;
+    if (!pc || pc.signalingState === "closed") return;
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);
+    const tracks = {};
+    for (const [source, transceiver] of Object.entries(state.transceivers)) {
+      if (transceiver.mid !== null && transceiver.direction !== "inactive") tracks[transceiver.mid] = source;
+    }
+    pc.sdpSent = true;
+    const answer = await state.signaling.request(
+      { type: "offer", pc: "publisher", sdp: pc.localDescription.sdp, tracks }, "answer");
+    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  };
+  publisherQueue = publisherQueue.then(run, run);
+  return publisherQueue;
 }
 
 let subscriberQueue = Promise.resolve();
 
 /** Answer a server offer on the subscriber connection (offers are handled in order). */
-async function answerSubscriber(message) {
+async function answerSubscriber(offer) {
   if (!state.subscriber) {
     state.subscriber = peerConnection("subscriber", state.iceServers);
     state.subscriber.ontrack = () => render();
   }
   const pc = state.subscriber;
-  Object.assign(state.midToPublication, message.tracks || {});
-  state.negotiations.push({ tracks: message.tracks, at: performance.now() });
-  await pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
+  Object.assign(state.midToPublication, offer.tracks || {});
+  state.negotiations.push({ tracks: offer.tracks, at: performance.now() });
+  await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
   await pc.setLocalDescription(await pc.createAnswer());
   await gathered(pc);
   pc.sdpSent = true;
-  state.signaling.send({ type: "answer", pc: "subscriber", sdp: pc.localDescription.sdp });
+  send({ type: "answer", pc: "subscriber", sdp: pc.localDescription.sdp });
   state.negotiations.at(-1).answered = performance.now();
   render();
 }
 
+// -- reconnect -----------------------------------------------------------------
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function closePeers() {
+  for (const pc of [state.publisher, state.subscriber]) {
+    if (pc) {
+      pc.replaced = true;
+      pc.close();
+    }
+  }
+  state.publisher = null;
+  state.subscriber = null;
+  state.transceivers = {};
+  subscriberQueue = Promise.resolve();
+  publisherQueue = Promise.resolve();
+}
+
+/** The connection dropped: say so, then rejoin (the new session replaces the old one). */
+async function reconnect() {
+  if (state.reconnecting || state.left) return;
+  state.reconnecting = true;
+  state.reconnects += 1;
+  $("reconnecting").hidden = false;
+  $("room").classList.add("offline");
+  closePeers();
+  let delay = 500;
+  while (!state.left) {
+    await sleep(delay);
+    try {
+      state.session = await fetchSession(); // the cookie may have been renewed
+      await connect();
+      break;
+    } catch (error) {
+      console.warn("rejoin failed", error);
+      if (FINAL_ERRORS.has(error.code)) {
+        state.reconnecting = false;
+        $("reconnecting").hidden = true;
+        end(message("leave", error.code, t("leave.disconnected")));
+        return;
+      }
+      state.signaling?.ws?.close();
+      delay = Math.min(delay * 2, 8000);
+    }
+  }
+  state.reconnecting = false;
+  $("reconnecting").hidden = true;
+  $("room").classList.remove("offline");
+  notice(t("room.reconnected"));
+  setTimeout(() => {
+    if ($("notice").textContent === t("room.reconnected")) notice("");
+  }, 3000);
+}
+
+/** The session is over for good: leave the room view and say why. */
+function end(text) {
+  hangUp();
+  notice(text);
+}
+
+// -- server messages -----------------------------------------------------------
+
+function myMicrophone() {
+  const me = state.room.participants.find((p) => p.id === state.me?.id);
+  return me?.publications.find((p) => p.source === "microphone");
+}
+
 const handlers = {
-  room(message) {
-    state.room = message;
-    state.speaker = message.speaker ?? null;
+  room(update) {
+    state.room = update;
+    const me = update.participants.find((p) => p.id === state.me?.id);
+    if (me) state.handRaised = Boolean(me.hand); // the server's queue is the truth
+    state.speaker = update.speaker ?? null;
     render();
   },
-  offer(message) {
-    if (message.pc !== "subscriber") return;
-    subscriberQueue = subscriberQueue.then(() => answerSubscriber(message)).catch((error) => {
+  offer(offer) {
+    if (offer.pc !== "subscriber") return;
+    subscriberQueue = subscriberQueue.then(() => answerSubscriber(offer)).catch((error) => {
       console.error("subscriber negotiation failed", error);
     });
   },
-  speaker(message) {
-    state.speaker = message.participant ?? null;
+  speaker(update) {
+    state.speaker = update.participant ?? null;
     render();
   },
-  "muted-by-moderator"(message) {
-    if (message.source === "microphone" && message.muted) {
+  recording(update) {
+    state.room.recording = Boolean(update.recording);
+    render();
+  },
+  floor(update) {
+    state.room.floor = update.participant;
+    if (update.participant === state.me?.id) {
+      state.handRaised = false;
+      setMicMuted(false, true); // the floor is the point's consent to speak
+      notice(t("room.floorYou"));
+    }
+    render();
+  },
+  "muted-by-moderator"(update) {
+    if (update.source !== "microphone") return;
+    if (update.muted) {
+      state.invited = false;
       setMicMuted(true);
       notice(t("room.mutedByModerator"));
+    } else if ($("notice").textContent === t("room.mutedByModerator")) {
+      notice("");
     }
   },
-  leave(message) {
-    state.leftReason = message.reason;
+  "unmute-request"() {
+    state.invited = true;
+    if (!$("unmute-dialog").open) $("unmute-dialog").showModal();
   },
-  error(message) {
-    console.warn("server error", message);
+  "unmute-declined"(update) {
+    const who = state.room.participants.find((p) => p.id === update.participant);
+    notice(tf("chair.unmuteDeclined", { name: who?.name ?? "" }));
+  },
+  "lobby-state"(update) {
+    lobbyPanel.update(update); // the chair's list of waiting points and guests
+  },
+  chat(item) {
+    state.chatCount += 1;
+    showChat(item, state.me);
+  },
+  leave(update) {
+    state.leftReason = update.reason;
+    state.leftMessage = update.message ?? null;
+  },
+  error(problem) {
+    console.warn("server error", problem);
+    if (has(`error.${problem.code}`)) notice(t(`error.${problem.code}`));
   },
   close() {
     if (state.left) return;
-    hangUp();
-    const reason = state.leftReason || "disconnected";
-    notice(t(`leave.${reason}`) !== `leave.${reason}` ? t(`leave.${reason}`) : t("leave.disconnected"));
+    const reason = state.leftReason;
+    if (FINAL_REASONS.has(reason)) {
+      let text = message("leave", reason, t("leave.disconnected"));
+      if (state.leftMessage) text += ` ${tf("room.removedWhy", { reason: state.leftMessage })}`;
+      end(text);
+      return;
+    }
+    reconnect();
   },
 };
 
 // -- controls ------------------------------------------------------------------
 
-function setMicMuted(muted) {
+/** Mute or unmute our microphone.  A point the chair holds unmutes only when asked
+ *  (`unmute-request`) or given the floor (`force`): the server refuses otherwise. */
+function setMicMuted(muted, force = false) {
+  const held = myMicrophone()?.blocked;
+  if (!muted && held && !force && !state.invited && state.room.floor !== state.me?.id) {
+    notice(t("room.held"));
+    return false;
+  }
   state.micMuted = muted;
+  if (!muted) state.invited = false;
   state.stream?.getAudioTracks().forEach((track) => (track.enabled = !muted));
-  state.signaling.send({ type: "mute", source: "microphone", muted });
-  $("mute-btn").textContent = muted ? t("room.unmute") : t("room.mute");
-  $("mute-btn").classList.toggle("active", muted);
+  send({ type: "mute", source: "microphone", muted });
+  renderControls();
+  return true;
 }
 
 function setCameraOff(off) {
   state.cameraOff = off;
   state.stream?.getVideoTracks().forEach((track) => (track.enabled = !off));
-  state.signaling.send({ type: "mute", source: "camera", muted: off });
-  $("camera-btn").textContent = off ? t("room.cameraOn") : t("room.cameraOff");
-  $("camera-btn").classList.toggle("active", off);
+  send({ type: "mute", source: "camera", muted: off || state.profile === "audio" });
+  renderControls();
+}
+
+function setHand(raised) {
+  state.handRaised = raised;
+  send({ type: raised ? "raise-hand" : "lower-hand" });
+  renderControls();
+}
+
+async function setProfile(profile) {
+  state.profile = profile;
+  await applyProfile(state.transceivers.camera?.sender, profile);
+  send({ type: "mute", source: "camera", muted: state.cameraOff || profile === "audio" });
+  render();
+}
+
+/** Share the screen: a second video publication, source "screen". */
+async function startScreen() {
+  let stream;
+  try {
+    stream = await (state.screenCapture?.() ?? navigator.mediaDevices.getDisplayMedia({ video: true, audio: false }));
+  } catch (error) {
+    console.warn("getDisplayMedia failed", error);
+    notice(t("room.shareFailed"));
+    return;
+  }
+  const track = stream.getVideoTracks()[0];
+  if (!track) return;
+  if ("contentHint" in track) track.contentHint = "detail";
+  track.addEventListener("ended", () => stopScreen());
+  state.screen = stream;
+  if (!state.publisher) {
+    await publish();
+  } else {
+    const existing = state.transceivers.screen;
+    if (existing) {
+      await existing.sender.replaceTrack(track);
+      existing.direction = "sendonly";
+    } else {
+      state.transceivers.screen = state.publisher.addTransceiver(track, { direction: "sendonly" });
+    }
+    await negotiatePublisher();
+  }
+  renderControls();
+}
+
+async function stopScreen() {
+  if (!state.screen) return;
+  state.screen.getTracks().forEach((track) => track.stop());
+  state.screen = null;
+  const transceiver = state.transceivers.screen;
+  if (transceiver && state.publisher) {
+    send({ type: "unpublish", source: "screen" });
+    transceiver.direction = "inactive";
+    await transceiver.sender.replaceTrack(null);
+    await negotiatePublisher();
+  }
+  renderControls();
 }
 
 function hangUp() {
   state.left = true;
-  state.publisher?.close();
-  state.subscriber?.close();
+  monitor?.stop();
+  closePeers();
   state.stream?.getTracks().forEach((track) => track.stop());
+  state.screen?.getTracks().forEach((track) => track.stop());
+  for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
   $("room").hidden = true;
 }
 
 $("mute-btn").onclick = () => setMicMuted(!state.micMuted);
 $("camera-btn").onclick = () => setCameraOff(!state.cameraOff);
+$("hand-btn").onclick = () => setHand(!state.handRaised);
+$("screen-btn").onclick = () => (state.screen ? stopScreen() : startScreen());
+$("layout-select").onchange = () => {
+  state.layout = $("layout-select").value;
+  render();
+};
+$("profile-select").onchange = () => setProfile($("profile-select").value);
+$("unmute-accept").onclick = () => {
+  $("unmute-dialog").close();
+  setMicMuted(false);
+};
+$("unmute-decline").onclick = () => {
+  $("unmute-dialog").close();
+  state.invited = false;
+  send({ type: "unmute-decline" });
+};
 $("leave-btn").onclick = () => {
   hangUp();
-  state.signaling.leave();
+  state.signaling?.leave();
   notice(t("room.left"));
 };
-window.conference.setMicMuted = setMicMuted;
-window.conference.setCameraOff = setCameraOff;
+setupChat(send); // before joining too: the form must never submit as a page navigation
+// leaving the page is not a network drop: no rejoin while it unloads
+window.addEventListener("pagehide", () => {
+  state.left = true;
+});
+// keyboard shortcuts: M mute/unmute, H raise/lower hand (not while typing)
+document.addEventListener("keydown", (event) => {
+  if ($("room").hidden || event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+  if (event.target.closest?.("input, textarea, select, dialog")) return;
+  const key = event.key.toLowerCase();
+  if (key === "m") setMicMuted(!state.micMuted);
+  else if (key === "h") setHand(!state.handRaised);
+  else return;
+  event.preventDefault();
+});
+Object.assign(state, { setMicMuted, setCameraOff, setHand, setProfile, startScreen, stopScreen });
 
 // -- rendering -----------------------------------------------------------------
 
 /** The received track of a publication, if the subscriber connection carries it. */
 function trackOf(publication) {
-  if (!publication || !state.subscriber) return null;
+  if (!publication || !state.subscriber || !state.subscribed.has(publication.id)) return null;
   const mid = Object.keys(state.midToPublication).find(
     (key) => state.midToPublication[key] === publication.id);
   const transceiver = state.subscriber.getTransceivers().find((tr) => tr.mid === mid);
@@ -316,60 +534,168 @@ function trackOf(publication) {
 
 /** Point `element` at `track` (only when it changed, so playback is not restarted). */
 function attach(element, track) {
-  if ((element.srcObject?.getTracks()[0] ?? null) === track) return;
-  element.srcObject = track ? new MediaStream([track]) : null;
-  if (track) element.play().catch(() => {}); // autoplay: the join click allows it
+  if ((element.srcObject?.getTracks()[0] ?? null) !== track) {
+    element.srcObject = track ? new MediaStream([track]) : null;
+  }
+  if (track && element.paused) element.play().catch(() => {}); // autoplay: the join click allows it
 }
 
-function tile(participant) {
-  let node = document.querySelector(`.tile[data-participant="${CSS.escape(participant.id)}"]`);
+/** What the tiles show: the large tile, the chair inset, the others; and the videos to receive. */
+function plan() {
+  const others = state.room.participants.filter((p) => p.id !== state.me?.id);
+  const find = (participant, source) => participant.publications.find((pub) => pub.source === source);
+  const screenOwner = others.find((p) => find(p, "screen"));
+  const floor = others.find((p) => p.id === state.room.floor);
+  const speaker = others.find((p) => p.id === state.speaker);
+  const chairs = others.filter((p) => p.moderator);
+  const mode = state.layout === "auto" ? (screenOwner || floor ? "speaker" : "grid") : state.layout;
+  const tiles = [];
+  for (const participant of others) {
+    const camera = find(participant, "camera");
+    if (camera || find(participant, "microphone")) tiles.push({ participant, source: "camera", publication: camera });
+  }
+  if (screenOwner) tiles.unshift({ participant: screenOwner, source: "screen", publication: find(screenOwner, "screen") });
+  let large = null;
+  let inset = null;
+  if (mode === "speaker" && tiles.length) {
+    const pick = (participant) => tiles.find((tile) => tile.participant === participant && tile.source === "camera");
+    large = (screenOwner && tiles[0]) || pick(floor) || pick(speaker) || pick(chairs[0]) || tiles[0];
+    inset = chairs.map(pick).find((tile) => tile && tile !== large) ?? null;
+  }
+  for (const tile of tiles) {
+    tile.place = tile === large ? "stage" : tile === inset ? "inset" : "strip";
+    // weak links: in the speaker layout only the large tile and the chair show video
+    tile.video = Boolean(tile.publication) && state.profile !== "audio"
+      && (mode === "grid" || tile.place !== "strip");
+  }
+  return { mode, tiles };
+}
+
+/** Ask the server for exactly the publications this page needs. */
+function syncSubscriptions(layout) {
+  const existing = new Set(state.room.participants.flatMap((p) => p.publications.map((pub) => pub.id)));
+  const wanted = new Set();
+  for (const participant of state.room.participants) {
+    if (participant.id === state.me?.id) continue;
+    const mic = participant.publications.find((pub) => pub.source === "microphone");
+    if (mic) wanted.add(mic.id);
+  }
+  for (const tile of layout.tiles) if (tile.video) wanted.add(tile.publication.id);
+  const add = [...wanted].filter((id) => !state.subscribed.has(id));
+  const drop = [...state.subscribed].filter((id) => !wanted.has(id) && existing.has(id));
+  if (!state.signaling?.open) return;
+  if (add.length) send({ type: "subscribe", publications: add });
+  if (drop.length) send({ type: "unsubscribe", publications: drop });
+  state.subscribed = wanted;
+}
+
+function tileNode(tile) {
+  const key = `${tile.participant.id}:${tile.source}`;
+  let node = document.querySelector(`.tile[data-key="${CSS.escape(key)}"]`);
   if (!node) {
     node = document.createElement("div");
     node.className = "tile";
-    node.dataset.participant = participant.id;
+    node.dataset.key = key;
+    node.dataset.participant = tile.participant.id;
+    node.dataset.source = tile.source;
+    node.classList.toggle("screen", tile.source === "screen");
     const video = Object.assign(document.createElement("video"),
       { autoplay: true, playsInline: true, muted: true });
-    const audio = Object.assign(document.createElement("audio"), { autoplay: true });
     const label = document.createElement("span");
     label.className = "name";
-    node.append(video, audio, label);
-    $("tiles").append(node);
+    const badges = document.createElement("span");
+    badges.className = "tile-badges";
+    node.append(video, label, badges);
   }
   return node;
 }
 
 function render() {
-  const others = state.room.participants.filter((p) => p.id !== state.me?.id);
-  // tiles: one per remote participant, video + audio + name
+  if (!state.me) return;
+  const layout = plan();
+  state.plan = layout.tiles.map((tile) => ({ participant: tile.participant.id, source: tile.source,
+    place: tile.place, video: tile.video }));
+  syncSubscriptions(layout);
+  $("tiles").className = `tiles layout-${layout.mode}`;
   const present = new Set();
-  for (const participant of others) {
-    const camera = participant.publications.find((pub) => pub.source === "camera");
-    const microphone = participant.publications.find((pub) => pub.source === "microphone");
-    if (!camera && !microphone) continue;
-    present.add(participant.id);
-    const node = tile(participant);
-    node.querySelector(".name").textContent = participant.name;
-    attach(node.querySelector("video"), trackOf(camera));
-    attach(node.querySelector("audio"), trackOf(microphone));
-    node.classList.toggle("speaking", participant.id === state.speaker);
-    node.classList.toggle("camera-off", Boolean(camera?.muted || !camera));
+  for (const tile of layout.tiles) {
+    const node = tileNode(tile);
+    present.add(node.dataset.key);
+    const container = $(tile.place);
+    if (node.parentElement !== container) container.append(node);
+    node.querySelector(".name").textContent = tile.source === "screen"
+      ? tf("room.screenOf", { name: tile.participant.name }) : tile.participant.name;
+    attach(node.querySelector("video"), tile.video ? trackOf(tile.publication) : null);
+    node.classList.toggle("large", tile.place === "stage");
+    node.classList.toggle("speaking", tile.source === "camera" && tile.participant.id === state.speaker);
+    node.classList.toggle("floor", tile.participant.id === state.room.floor);
+    node.classList.toggle("camera-off", !tile.video || Boolean(tile.publication?.muted));
+    const mic = tile.participant.publications.find((pub) => pub.source === "microphone");
+    const badges = [];
+    if (tile.participant.hand) badges.push("✋");
+    if (tile.source === "camera" && (!mic || mic.muted)) badges.push("🔇");
+    node.querySelector(".tile-badges").textContent = badges.join(" ");
   }
   for (const node of document.querySelectorAll(".tile")) {
-    if (!present.has(node.dataset.participant)) node.remove();
+    if (!present.has(node.dataset.key)) node.remove();
   }
   $("alone").hidden = present.size > 0;
-  // participant list with mute state
+  // our own camera, last in the strip (not a tile: nothing is received for it)
+  const selfVideo = state.stream?.getVideoTracks()[0] ?? null;
+  $("self-view").hidden = !selfVideo || state.cameraOff || state.profile === "audio";
+  if ($("strip").lastElementChild !== $("self-view")) $("strip").append($("self-view"));
+  attach($("self-video"), selfVideo);
+  // audio: one element per subscribed microphone
+  const audios = new Set();
+  for (const participant of state.room.participants) {
+    if (participant.id === state.me.id) continue;
+    const mic = participant.publications.find((pub) => pub.source === "microphone");
+    if (!mic) continue;
+    audios.add(mic.id);
+    let node = $("audios").querySelector(`audio[data-publication="${CSS.escape(mic.id)}"]`);
+    if (!node) {
+      node = Object.assign(document.createElement("audio"), { autoplay: true });
+      node.dataset.publication = mic.id;
+      node.dataset.participant = participant.id;
+      $("audios").append(node);
+    }
+    attach(node, trackOf(mic));
+    if (state.speakerId && node.setSinkId && node.sinkId !== state.speakerId) {
+      node.setSinkId(state.speakerId).catch(() => {});
+    }
+  }
+  for (const node of $("audios").querySelectorAll("audio")) {
+    if (!audios.has(node.dataset.publication)) node.remove();
+  }
+  renderParticipants();
+  renderControls();
+  chair.render();
+  // status bar
+  $("rec-indicator").hidden = !state.room.recording;
+  $("locked-indicator").hidden = !state.room.locked;
+  const floor = state.room.participants.find((p) => p.id === state.room.floor);
+  $("floor-indicator").hidden = !floor;
+  $("floor-indicator").textContent = floor ? tf("room.floorOther", { name: floor.name }) : "";
+}
+
+function renderParticipants() {
+  if (!state.me) return;
   $("participants").replaceChildren(...state.room.participants.map((participant) => {
     const item = document.createElement("li");
     item.dataset.participant = participant.id;
     item.classList.toggle("speaking", participant.id === state.speaker);
     const name = document.createElement("span");
+    name.className = "pname";
     name.textContent = participant.name + (participant.id === state.me?.id ? ` ${t("room.you")}` : "");
     item.append(name);
     const badges = [];
     const mic = participant.publications.find((pub) => pub.source === "microphone");
     const cam = participant.publications.find((pub) => pub.source === "camera");
+    if (participant.moderator) badges.push(["chair", t("room.chairBadge")]);
     if (participant.id === state.speaker) badges.push(["speaking", t("room.speaking")]);
+    if (participant.floor) badges.push(["floor", t("room.floorBadge")]);
+    if (participant.hand) badges.push(["hand", t("room.handBadge")]);
+    if (mic?.blocked) badges.push(["mic-blocked", t("room.blockedBadge")]);
     if (!mic || mic.muted || mic.blocked) badges.push(["mic-muted", t("room.micMuted")]);
     if (!cam || cam.muted || cam.blocked) badges.push(["cam-muted", t("room.camMuted")]);
     for (const [kind, text] of badges) {
@@ -378,8 +704,24 @@ function render() {
       badge.textContent = text;
       item.append(badge);
     }
+    const quality = state.quality[participant.id];
+    if (quality) item.append(qualityBadge(quality));
+    item.append(...chair.actions(participant));
     return item;
   }));
+}
+
+function renderControls() {
+  $("mute-btn").textContent = state.micMuted ? t("room.unmute") : t("room.mute");
+  $("mute-btn").classList.toggle("active", state.micMuted);
+  $("camera-btn").textContent = state.cameraOff ? t("room.cameraOn") : t("room.cameraOff");
+  $("camera-btn").classList.toggle("active", state.cameraOff);
+  $("hand-btn").textContent = state.handRaised ? t("room.lowerHand") : t("room.raiseHand");
+  $("hand-btn").classList.toggle("active", state.handRaised);
+  $("hand-btn").hidden = !state.me?.grants?.publish || Boolean(state.me?.grants?.moderate);
+  $("screen-btn").textContent = state.screen ? t("room.stopShare") : t("room.shareScreen");
+  $("screen-btn").classList.toggle("active", Boolean(state.screen));
+  $("screen-btn").hidden = !state.me?.grants?.publish || !navigator.mediaDevices;
 }
 
 prejoin().catch((error) => {

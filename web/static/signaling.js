@@ -10,15 +10,16 @@ export class Signaling extends EventTarget {
     this.ws = null;
   }
 
-  /** Open the socket and join; resolves with the `joined` message. */
-  join() {
+  /** Open the socket and join; resolves with the `joined` message.
+   *  `options` go into the join message (e.g. `{autoSubscribe: false}`). */
+  join(options = {}) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const url = `${scheme}//${location.host}/ws/meetings/${encodeURIComponent(this.meeting)}`;
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(url);
       this.ws = ws;
       let joined = false;
-      ws.onopen = () => this.send({ type: "join", version: 1, token: this.token });
+      ws.onopen = () => this.send({ type: "join", version: 1, token: this.token, ...options });
       ws.onmessage = (event) => {
         const message = JSON.parse(event.data);
         if (!joined) {
@@ -40,8 +41,12 @@ export class Signaling extends EventTarget {
     });
   }
 
+  get open() {
+    return Boolean(this.ws && this.ws.readyState === WebSocket.OPEN);
+  }
+
   send(message) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+    if (this.open) this.ws.send(JSON.stringify(message));
   }
 
   /** Send `message` and wait for the next message of type `reply`. */
@@ -49,13 +54,21 @@ export class Signaling extends EventTarget {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.removeEventListener(reply, onReply);
+        this.removeEventListener("close", onClose);
         reject(new Error(`no ${reply} within ${timeoutMs} ms`));
       }, timeoutMs);
       const onReply = (event) => {
         clearTimeout(timer);
+        this.removeEventListener("close", onClose);
         resolve(event.detail);
       };
+      const onClose = () => {
+        clearTimeout(timer);
+        this.removeEventListener(reply, onReply);
+        reject(new Error("connection closed"));
+      };
       this.addEventListener(reply, onReply, { once: true });
+      this.addEventListener("close", onClose, { once: true });
       this.send(message);
     });
   }

@@ -1,0 +1,463 @@
+"""The lobby of scheduled meetings: waiting points, the chair's start, guests, attendance.
+
+The media plane's side of the meeting lifecycle (the database side is
+conference/scheduling/lifecycle.py).  Ad-hoc rooms (meeting ids that are not meetings of
+the database) never see any of this.
+
+* **Waiting.**  A WebSocket join (conference/signaling.py) goes through `gate` after the
+  token is verified.  A point that arrives while its meeting is still ``scheduled`` gets
+  ``{"type": "lobby", ...}`` and waits; it may send ``ping`` or ``leave`` meanwhile.
+  The wait ends when the chair starts the meeting (admitted: the usual ``joined``
+  follows), the chair refuses it (error ``refused``, close 4403), the meeting is ended
+  (``meeting-ended``, 4410) or the join window closes (``lobby-timeout``, 4408).
+* **Start.**  The first join of the chair's side with the moderate grant starts the
+  meeting (`start_meeting`, which refuses when an invited point is live elsewhere);
+  a chair that joined with ``"start": false``, or whose start was refused, sends
+  ``meeting-start``.  Starting releases every waiting point.
+* **Guests.**  A token of the meeting whose identity is not invited waits as a guest,
+  also in a live meeting, until a moderator sends ``admit`` (the identity is added to the
+  room's in-memory allow list; it enters at once if the meeting is live, at the start
+  otherwise) or ``refuse``.  Moderators get ``lobby-state`` (who waits) on every change.
+* **End.**  When the chair ends the room for everyone (``end-meeting``, `Room.end`), the
+  meeting is marked ended in the database; waiting participants are told and new joins
+  are refused.
+* **Attendance.**  Every join and leave of a scheduled meeting's room (WebSocket and
+  WHIP/WHEP sessions alike) is stored by `record_event` in a background task; a failure
+  is logged, never raised into the room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+import weakref
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .access import AccessError
+from .appkeys import MEETING_POLICY, SETTINGS
+from .recording import recorder as recording
+from .scheduling.errors import SchedulingError
+from .scheduling.lifecycle import MeetingLifecycle, Verdict
+from .sfu.participant import Identity, Participant
+from .sfu.room import Room, RoomError
+from .tokens import TokenError, verify_token
+
+__all__ = [
+    "LOBBY",
+    "LOBBY_MESSAGES",
+    "Lobby",
+    "direct",
+    "gate",
+    "handle_message",
+    "joined",
+    "setup_lobby",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Chair messages handled here (see docs/PROTOCOL.md, "Lobby").
+LOBBY_MESSAGES = ("admit", "refuse", "meeting-start")
+#: The longest a participant waits in the lobby (the join window may be longer).
+MAX_WAIT = 6 * 3600.0
+#: The most sessions waiting in one meeting's lobby.
+MAX_WAITING = 200
+
+
+@dataclass
+class Waiter:
+    """A participant waiting in the lobby."""
+
+    id: str
+    identity: str
+    name: str
+    role: str
+    guest: bool
+    since: float
+    decision: asyncio.Future[str]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "identity": self.identity,
+            "name": self.name,
+            "role": self.role,
+            "guest": self.guest,
+            "since": int(self.since * 1000),
+        }
+
+
+@dataclass
+class MeetingLobby:
+    """The lobby of one scheduled meeting."""
+
+    meeting: str
+    started: bool = False
+    waiting: dict[str, Waiter] = field(default_factory=dict)
+    #: Guests a moderator admitted (in memory; they may rejoin while the server runs).
+    allowed: set[str] = field(default_factory=set)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "type": "lobby-state",
+            "meeting": self.meeting,
+            "started": self.started,
+            "waiting": [w.describe() for w in self.waiting.values()],
+        }
+
+
+class Lobby:
+    """Every scheduled meeting's lobby on this server, and the attendance hooks."""
+
+    def __init__(self, lifecycle: MeetingLifecycle) -> None:
+        self.lifecycle = lifecycle
+        self.meetings: dict[str, MeetingLobby] = {}
+        self.rooms: dict[str, Room] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def of(self, meeting: str) -> MeetingLobby:
+        lobby = self.meetings.get(meeting)
+        if lobby is None:
+            lobby = self.meetings[meeting] = MeetingLobby(meeting)
+        return lobby
+
+    # -- room hooks ------------------------------------------------------------------
+    def room_created(self, room: Room) -> None:
+        """Registry hook: observe the room for attendance and its end."""
+        meeting = room.meeting_id
+        self.rooms[meeting] = room
+
+        def observe(event: str, subject: Any, detail: str | None) -> None:
+            if not self.lifecycle.is_scheduled(meeting):
+                return
+            if event in ("joined", "left") and isinstance(subject, Participant):
+                self._record(meeting, subject, "join" if event == "joined" else "leave")
+            elif event == "closed":
+                if self.rooms.get(meeting) is room:
+                    del self.rooms[meeting]
+                if room.ended:
+                    self._ended(meeting)
+
+        room.observers.append(observe)
+        _BY_ROOM[room] = self
+
+    def _background(self, what: str, coroutine: Any) -> None:
+        async def run() -> None:
+            try:
+                await coroutine
+            except Exception:
+                logger.exception("lobby: %s failed", what)
+
+        task = asyncio.ensure_future(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _record(self, meeting: str, participant: Participant, kind: str) -> None:
+        who = participant.who
+        self._background(
+            f"attendance {kind} of {participant.id} in {meeting}",
+            self.lifecycle.record(
+                meeting,
+                identity=who.identity,
+                participant_id=participant.id,
+                kind=kind,
+                at=datetime.now(UTC),
+                name=who.name,
+                role=who.role,
+            ),
+        )
+
+    def _ended(self, meeting: str) -> None:
+        lobby = self.meetings.pop(meeting, None)
+        if lobby is not None:
+            for waiter in lobby.waiting.values():
+                if not waiter.decision.done():
+                    waiter.decision.set_result("ended")
+        logger.info("meeting %s: ended by the chair", meeting)
+        self._background(f"ending meeting {meeting}", self.lifecycle.end(meeting))
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait for the attendance writes in flight (at shutdown)."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=timeout)
+
+    # -- decisions ---------------------------------------------------------------------
+    async def start(self, meeting: str) -> None:
+        """Start the meeting (database) and release the waiting points.
+
+        Raises `SchedulingError` when the database refuses (``point-busy-live``...).
+        """
+        _status, recording_policy = await self.lifecycle.start(meeting)
+        lobby = self.of(meeting)
+        lobby.started = True
+        if recording_policy == "auto":
+            self._auto_record(meeting)
+        for waiter in list(lobby.waiting.values()):
+            if not waiter.guest or waiter.identity in lobby.allowed:
+                self._decide(lobby, waiter, "admit")
+        logger.info("meeting %s: started", meeting)
+        await self.tell_moderators(meeting)
+
+    def _auto_record(self, meeting: str) -> None:
+        """The meeting's recording policy is ``auto``: record from its start."""
+        room = self.rooms.get(meeting)
+        if room is None or room.closed or room.recording:
+            return
+        try:
+            recording.start(room, started_by={"policy": "auto"})
+        except recording.RecordingError as exc:
+            logger.error("meeting %s: automatic recording failed: %s", meeting, exc.message)
+            return
+        logger.info("meeting %s: recording (policy auto)", meeting)
+
+    def _decide(self, lobby: MeetingLobby, waiter: Waiter, decision: str) -> None:
+        lobby.waiting.pop(waiter.id, None)
+        if not waiter.decision.done():
+            waiter.decision.set_result(decision)
+
+    def admit(self, meeting: str, identity: str, admitted: bool) -> bool:
+        """A moderator admits (or refuses) a waiting identity; False if nobody waits so."""
+        lobby = self.of(meeting)
+        found = [w for w in lobby.waiting.values() if w.identity == identity]
+        if admitted:
+            lobby.allowed.add(identity)
+        else:
+            lobby.allowed.discard(identity)
+        for waiter in found:
+            if not admitted:
+                self._decide(lobby, waiter, "refuse")
+            elif lobby.started:
+                self._decide(lobby, waiter, "admit")
+        return bool(found)
+
+    async def tell_moderators(self, meeting: str) -> None:
+        room = self.rooms.get(meeting)
+        if room is None or room.closed:
+            return
+        state = self.of(meeting).state()
+        for participant in list(room.participants.values()):
+            if participant.who.moderate:
+                await participant.send(state)
+
+
+LOBBY = web.AppKey("lobby", Lobby)
+#: room -> the lobby of its server (for the chair's messages, which carry no app).
+_BY_ROOM: weakref.WeakKeyDictionary[Room, Lobby] = weakref.WeakKeyDictionary()
+
+
+def setup_lobby(app: web.Application, lifecycle: MeetingLifecycle) -> Lobby:
+    """Create the lobby of `app` (the rooms' creation hook is set by the caller)."""
+    lobby = Lobby(lifecycle)
+    app[LOBBY] = lobby
+
+    async def drain(app: web.Application) -> None:
+        await app[LOBBY].drain()
+
+    # after on_shutdown closed the rooms (their leaves), before the database is closed
+    app.on_cleanup.insert(0, drain)
+    return lobby
+
+
+# -- the WebSocket side --------------------------------------------------------------------
+
+
+def _lifecycle(app: web.Application) -> MeetingLifecycle | None:
+    policy = app[MEETING_POLICY]
+    return policy if isinstance(policy, MeetingLifecycle) else None
+
+
+async def gate(
+    app: web.Application,
+    ws: web.WebSocketResponse,
+    token: str,
+    who: Identity,
+    meeting: str,
+    send: Any,
+) -> Verdict | None:
+    """Let a verified WebSocket participant through, maybe after a wait in the lobby.
+
+    Returns the verdict once it may join the room; None if it left the lobby (the socket
+    is closed).  Raises `AccessError` for a refusal (sent and closed by the caller).
+    """
+    lifecycle = _lifecycle(app)
+    if lifecycle is None or LOBBY not in app:
+        return Verdict(scheduled=False)
+    try:
+        claims = verify_token(app[SETTINGS].token_secret or "", token, meeting=meeting)
+    except TokenError as exc:
+        raise AccessError(exc.code, exc.message, 401) from exc
+    verdict = await lifecycle.verdict(claims)
+    if not verdict.scheduled or verdict.chair_side:
+        return verdict
+    lobby = app[LOBBY].of(meeting)
+    started = lobby.started or verdict.status == "live"
+    if started and (not verdict.guest or who.identity in lobby.allowed):
+        return verdict
+    if len(lobby.waiting) >= MAX_WAITING:
+        raise AccessError("lobby-full", "too many participants are waiting in the lobby", 429)
+    waiter = Waiter(
+        id="lobby-" + secrets.token_hex(6),
+        identity=who.identity,
+        name=who.name,
+        role=who.role,
+        guest=verdict.guest,
+        since=time.time(),
+        decision=asyncio.get_running_loop().create_future(),
+    )
+    lobby.waiting[waiter.id] = waiter
+    logger.info("meeting %s: %s waits in the lobby (guest: %s)", meeting, waiter.id, waiter.guest)
+    try:
+        await send(
+            {
+                "type": "lobby",
+                "id": waiter.id,
+                "meeting": meeting,
+                "title": verdict.title,
+                "starts": verdict.starts.isoformat() if verdict.starts else None,
+                "guest": verdict.guest,
+                "started": started,
+            }
+        )
+        await app[LOBBY].tell_moderators(meeting)
+        closes = verdict.closes.timestamp() if verdict.closes else time.time() + MAX_WAIT
+        deadline = time.monotonic() + max(1.0, min(MAX_WAIT, closes - time.time()))
+        decision = await _wait(ws, waiter.decision, deadline, send)
+    finally:
+        if lobby.waiting.pop(waiter.id, None) is not None:
+            await app[LOBBY].tell_moderators(meeting)
+    if decision == "admit":
+        logger.info("meeting %s: %s admitted from the lobby", meeting, waiter.id)
+        return verdict
+    if decision == "left":
+        if not ws.closed:
+            await ws.close()
+        return None
+    if decision == "refuse":
+        raise AccessError("refused", "the chair did not admit you to the meeting", 403)
+    if decision == "ended":
+        raise AccessError("meeting-ended", "this meeting has ended", 410)
+    raise AccessError("lobby-timeout", "the meeting did not start in time", 408)
+
+
+async def direct(app: web.Application, token: str | None, meeting: str) -> None:
+    """WHIP/WHEP sessions cannot wait in the lobby: refused unless they may enter now."""
+    lifecycle = _lifecycle(app)
+    if lifecycle is None or LOBBY not in app or not token:
+        return
+    try:
+        claims = verify_token(app[SETTINGS].token_secret or "", token, meeting=meeting)
+    except TokenError as exc:
+        raise AccessError(exc.code, exc.message, 401) from exc
+    verdict = await lifecycle.verdict(claims)
+    if verdict.enters_now:
+        return
+    lobby = app[LOBBY].of(meeting)
+    started = lobby.started or verdict.status == "live"
+    if not started:
+        raise AccessError("not-started", "the chair has not started the meeting yet", 403)
+    if claims.identity not in lobby.allowed:
+        raise AccessError("not-admitted", "the chair has not admitted this participant", 403)
+
+
+async def _wait(
+    ws: web.WebSocketResponse, decision: asyncio.Future[str], deadline: float, send: Any
+) -> str:
+    """Wait for the decision; answer pings, refuse other messages; "left" if the peer goes."""
+    while not decision.done():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "timeout"
+        receive = asyncio.ensure_future(ws.receive())
+        pending: set[asyncio.Future[Any]] = {receive, decision}
+        done, _ = await asyncio.wait(pending, timeout=remaining, return_when="FIRST_COMPLETED")
+        if receive not in done:
+            receive.cancel()
+            try:
+                await receive
+            except (asyncio.CancelledError, Exception):
+                pass
+            continue
+        msg = receive.result()
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return "left"
+        if msg.type != WSMsgType.TEXT:
+            continue
+        try:
+            message = json.loads(msg.data)
+        except ValueError:
+            message = None
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "leave":
+            return "left"
+        if kind == "ping":
+            await send({"type": "pong", "id": message.get("id") if message else None})
+        else:
+            await send(
+                {
+                    "type": "error",
+                    "code": "in-lobby",
+                    "message": "waiting in the lobby: only ping and leave are accepted",
+                    "request": kind if isinstance(kind, str) else None,
+                }
+            )
+    return decision.result()
+
+
+async def joined(
+    app: web.Application, participant: Participant, verdict: Verdict, join: dict[str, Any]
+) -> None:
+    """After a WebSocket participant joined: the chair starts the meeting, sees the lobby."""
+    if not verdict.scheduled or LOBBY not in app or not participant.who.moderate:
+        return
+    meeting = participant.room.meeting_id
+    lobby = app[LOBBY]
+    if verdict.status == "live":
+        lobby.of(meeting).started = True
+    if (
+        verdict.chair_side
+        and not lobby.of(meeting).started
+        and join.get("start", True) is not False
+    ):
+        try:
+            await lobby.start(meeting)
+            return  # start() told the moderators
+        except SchedulingError as exc:
+            await participant.send(
+                {"type": "error", "code": exc.code, "message": str(exc), "request": "join"}
+            )
+    await participant.send(lobby.of(meeting).state())
+
+
+async def handle_message(participant: Participant, message: dict[str, Any]) -> None:
+    """``admit``, ``refuse``, ``meeting-start`` from a moderator (signaling's dispatch).
+
+    Raises `PermissionError` or `RoomError` (an ``error`` message to the sender).
+    """
+    room = participant.room
+    lobby = _BY_ROOM.get(room)
+    kind = message["type"]
+    if not participant.who.moderate:
+        raise PermissionError("only a moderator (the chair) may do this")
+    if lobby is None or not lobby.lifecycle.is_scheduled(room.meeting_id):
+        raise RoomError("not-scheduled", "this room is not a scheduled meeting: it has no lobby")
+    meeting = room.meeting_id
+    if kind == "meeting-start":
+        if lobby.of(meeting).started:
+            raise RoomError("already-started", "the meeting has already started")
+        try:
+            await lobby.start(meeting)
+        except SchedulingError as exc:
+            raise RoomError(exc.code, str(exc)) from None
+        return
+    identity = message.get("identity")
+    if not isinstance(identity, str) or not identity or len(identity) > 128:
+        raise RoomError("bad-message", f"{kind} needs the 'identity' of a waiting participant")
+    if not lobby.admit(meeting, identity, kind == "admit"):
+        raise RoomError("not-waiting", "nobody with this identity waits in the lobby")
+    await lobby.tell_moderators(meeting)

@@ -1,0 +1,1138 @@
+"""Meeting pages: today's and this week's briefings, the meeting form, the meeting page.
+
+Who sees and who edits (shared with the JSON API, :mod:`conference.meeting_api`)
+--------------------------------------------------------------------------------
+* **See** a meeting: an admin, secretary or chair whose unit scope
+  (:func:`conference.webauth.visible_unit_ids`) contains the meeting's unit, and the
+  meeting's own chair; a point operator only when their point is invited (an active
+  invitation).  Anything else is reported as *not found* (404), so meetings of another
+  district do not leak.
+* **Edit** (form, reschedule, cancel, send the invitations): an admin whose scope contains
+  the meeting's unit, and the meeting's chair.  Other chairs and secretaries of the unit
+  see the meeting but get 403 on the edit pages.  (Choice: the chair answers for the
+  briefing; a secretary prepares it by asking the chair or an admin.  Widening it is one
+  line in :func:`can_edit`.)
+* **Create**: admins (any chair in their scope) and chairs (themselves as the chair only).
+
+The services are those of :mod:`conference.scheduling` (typed `SchedulingError` with a
+code, a field and a catalogue key ``sched.error.<code>`` of ``meetings.json``); this
+module adds the scope checks above (`MeetingNotFound`, `NotAllowed`, and a few
+`SchedulingError` codes of its own whose texts are ``mp.error.<code>`` in
+``web/static/i18n/meeting_pages.json``).
+
+Form behaviour
+--------------
+Times are entered as local dates and times (Asia/Ho_Chi_Minh) and converted here; an
+impossible date (31/02) is the field message of ``sched.error.invalid-time``.  The agenda
+has the existing items plus three blank rows (works without JavaScript; a blank row is
+ignored, a cleared row removes the item).  Conflicts (the chair or a point double-booked)
+are *saved with warnings*: the meeting page always shows the current conflicts of a
+scheduled meeting.  The form carries the meeting's version: a save based on an older
+version writes nothing and shows the form again with the current values and the message
+that the meeting changed.  A weekly briefing is created from the form either with the
+weekday builder (``FREQ=WEEKLY;BYDAY=MO`` at the start time) or a raw RRULE.
+
+Pages
+-----
+``/meetings`` (today and this week, per role), ``/meetings/new``, ``/meetings/{id}``,
+``/meetings/{id}/edit``, ``/meetings/{id}/reschedule`` (POST), ``/meetings/{id}/cancel``
+(GET: confirmation, POST: cancel), ``/meetings/{id}/send`` (POST: e-mail the invitations),
+``/meetings/{id}/join`` (a join link for the viewer: the chair's side gets a meeting token
+with role ``chair``, an operator their point's invitation link).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .appkeys import SETTINGS
+from .scheduling import attendance, invitations, recurrence
+from .scheduling import meetings as svc
+from .scheduling.admission import CHAIR_SIDE_ROLES
+from .scheduling.errors import SchedulingError
+from .scheduling.meetings import ZONE, AgendaInput, local_time
+from .scheduling.models import RECORDING_POLICIES, Meeting, Point, Unit, User
+from .settings import Settings, load_secret
+from .tokens import create_token
+from .webauth import (
+    CurrentUser,
+    add_nav_link,
+    database,
+    gettext,
+    page,
+    render_page,
+    visible_unit_ids,
+)
+
+__all__ = [
+    "EDIT_ROLES",
+    "VIEW_ROLES",
+    "FormErrors",
+    "MeetingData",
+    "MeetingNotFound",
+    "MeetingView",
+    "NotAllowed",
+    "briefings",
+    "can_edit",
+    "can_view",
+    "chair_join_link",
+    "create_for",
+    "create_series_for",
+    "load_meeting",
+    "setup_meetings",
+    "update_for",
+]
+
+VIEW_ROLES = ("admin", "chair", "secretary", "operator")
+EDIT_ROLES = ("admin", "chair")
+WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
+BLANK_AGENDA_ROWS = 3
+MAX_AGENDA_ROWS = 100
+
+
+class MeetingNotFound(Exception):
+    """No such meeting, or not one the user may see (404)."""
+
+
+class NotAllowed(Exception):
+    """The user sees the meeting but may not change it (403)."""
+
+
+class FormErrors(Exception):
+    """Field -> SchedulingError, found before calling a service (nothing written)."""
+
+    def __init__(self, errors: Mapping[str, SchedulingError]) -> None:
+        super().__init__(", ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = dict(errors)
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return local_time(value).isoformat() if value is not None else None
+
+
+@dataclass(frozen=True)
+class InvitedPoint:
+    code: str
+    name: str
+    answer: str
+    answered_at: datetime | None
+
+
+@dataclass(frozen=True)
+class MeetingView:
+    """A snapshot of a meeting (usable after the session closed); times are UTC."""
+
+    id: int
+    title: str
+    unit: str
+    unit_name: str
+    chair: str
+    chair_name: str
+    start: datetime
+    end: datetime
+    status: str
+    version: int
+    sequence: int
+    recording_policy: str
+    notes: str
+    series_id: int | None
+    agenda: tuple[tuple[str, str], ...]
+    points: tuple[InvitedPoint, ...]
+    can_edit: bool = False
+
+    @classmethod
+    def of(cls, meeting: Meeting, editable: bool = False) -> MeetingView:
+        return cls(
+            id=meeting.id,
+            title=meeting.title,
+            unit=meeting.unit.code,
+            unit_name=meeting.unit.name,
+            chair=meeting.chair.username,
+            chair_name=meeting.chair.display_name,
+            start=meeting.start_at,
+            end=meeting.end_at,
+            status=meeting.status,
+            version=meeting.version,
+            sequence=meeting.sequence,
+            recording_policy=meeting.recording_policy,
+            notes=meeting.notes,
+            series_id=meeting.series_id,
+            agenda=tuple((a.title, a.presenter_name) for a in meeting.agenda),
+            points=tuple(
+                InvitedPoint(inv.point.code, inv.point.name, inv.answer, inv.answered_at)
+                for inv in meeting.invitations
+                if inv.active
+            ),
+            can_edit=editable,
+        )
+
+    @property
+    def local_start(self) -> datetime:
+        return local_time(self.start)
+
+    @property
+    def local_end(self) -> datetime:
+        return local_time(self.end)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API form (times with the +07:00 offset)."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "unit": self.unit,
+            "unit_name": self.unit_name,
+            "chair": self.chair,
+            "chair_name": self.chair_name,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "status": self.status,
+            "version": self.version,
+            "sequence": self.sequence,
+            "recording_policy": self.recording_policy,
+            "notes": self.notes,
+            "series_id": self.series_id,
+            "agenda": [{"title": t, "presenter": p} for t, p in self.agenda],
+            "points": [{"code": p.code, "name": p.name, "answer": p.answer} for p in self.points],
+        }
+
+
+# --- scope ------------------------------------------------------------------------------------
+
+
+def _point_invited(meeting: Meeting, point_id: int | None) -> bool:
+    return point_id is not None and any(
+        inv.point_id == point_id and inv.active for inv in meeting.invitations
+    )
+
+
+def can_view(session: Session, actor: CurrentUser, meeting: Meeting) -> bool:
+    if actor.role == "operator":
+        return _point_invited(meeting, actor.point_id)
+    if actor.id == meeting.chair_id:
+        return True
+    scope = visible_unit_ids(session, actor)
+    return scope is None or meeting.unit_id in scope
+
+
+def can_edit(session: Session, actor: CurrentUser, meeting: Meeting) -> bool:
+    if actor.role == "chair":
+        return actor.id == meeting.chair_id
+    if actor.role == "admin":
+        scope = visible_unit_ids(session, actor)
+        return scope is None or meeting.unit_id in scope
+    return False
+
+
+def load_meeting(
+    session: Session, actor: CurrentUser, meeting_id: int | str, *, edit: bool = False
+) -> Meeting:
+    """The meeting if `actor` may see it (else `MeetingNotFound`) and, with `edit`, change
+    it (else `NotAllowed`)."""
+    try:
+        meeting = svc.get_meeting(session, meeting_id)
+    except SchedulingError:
+        raise MeetingNotFound(str(meeting_id)) from None
+    if not can_view(session, actor, meeting):
+        raise MeetingNotFound(str(meeting_id))
+    if edit and not can_edit(session, actor, meeting):
+        raise NotAllowed(str(meeting_id))
+    return meeting
+
+
+def briefings(
+    session: Session,
+    actor: CurrentUser,
+    start: datetime,
+    end: datetime,
+    unit: str | None = None,
+    include_cancelled: bool = False,
+) -> list[MeetingView]:
+    """The meetings overlapping [start, end) that `actor` sees, per role (module docstring):
+    chairs get the meetings they chair, operators those of their point, secretaries and
+    admins those of their units."""
+    if unit is not None:
+        scope = visible_unit_ids(session, actor)
+        known = session.scalar(select(Unit).where(Unit.code == unit))
+        if known is None or (scope is not None and known.id not in scope):
+            raise SchedulingError(
+                "unknown-unit", f"unknown unit {unit!r}", field="unit", params={"unit": unit}
+            )
+    found = svc.list_meetings(
+        session, start=start, end=end, unit=unit, include_cancelled=include_cancelled
+    )
+    if actor.role == "chair":
+        chosen = [m for m in found if m.chair_id == actor.id]
+    else:
+        chosen = [m for m in found if can_view(session, actor, m)]
+    return [MeetingView.of(m, can_edit(session, actor, m)) for m in chosen]
+
+
+def _visible_points(session: Session, actor: CurrentUser) -> list[Point]:
+    scope = visible_unit_ids(session, actor)
+    points = session.scalars(select(Point).where(Point.active.is_(True)).order_by(Point.name))
+    return [p for p in points if scope is None or p.unit_id in scope]
+
+
+def _chairs(session: Session, actor: CurrentUser) -> list[User]:
+    """The chairs `actor` may name: itself for a chair; chairs in scope for an admin."""
+    if actor.role == "chair":
+        user = session.get(User, actor.id)
+        return [user] if user is not None else []
+    scope = visible_unit_ids(session, actor)
+    users = session.scalars(
+        select(User).where(User.role == "chair", User.active.is_(True)).order_by(User.display_name)
+    )
+    return [u for u in users if scope is None or u.unit_id in scope]
+
+
+def _units(session: Session, actor: CurrentUser) -> list[Unit]:
+    scope = visible_unit_ids(session, actor)
+    units = session.scalars(select(Unit).order_by(Unit.name))
+    return [u for u in units if scope is None or u.id in scope]
+
+
+# --- input ------------------------------------------------------------------------------------
+
+
+@dataclass
+class MeetingData:
+    """A meeting as the form or the API gives it (checked by the services)."""
+
+    title: str
+    unit: str
+    chair: str
+    start: datetime | str
+    end: datetime | str
+    points: list[str] = field(default_factory=list)
+    agenda: list[AgendaInput] = field(default_factory=list)
+    recording_policy: str = "none"
+    notes: str = ""
+
+
+def _check_scope(
+    session: Session,
+    actor: CurrentUser,
+    *,
+    unit: str | None,
+    chair: str | None,
+    points: Sequence[str] | None,
+) -> None:
+    """Refuse a unit, chair or point outside the actor's scope (as the service would
+    refuse an unknown one: nothing of another district leaks)."""
+    scope = visible_unit_ids(session, actor)
+    if unit is not None:
+        known = session.scalar(select(Unit).where(Unit.code == unit.strip()))
+        if known is None or (scope is not None and known.id not in scope):
+            raise SchedulingError(
+                "unknown-unit", f"unknown unit {unit!r}", field="unit", params={"unit": unit}
+            )
+    if chair is not None and actor.role == "chair" and chair.strip() != actor.username:
+        raise SchedulingError(
+            "chair-not-self", "a chair schedules meetings they chair", field="chair"
+        )
+    if chair is not None and actor.role != "chair":
+        user = session.scalar(select(User).where(User.username == chair.strip()))
+        if user is not None and scope is not None and user.unit_id not in scope:
+            raise SchedulingError(
+                "unknown-user", f"unknown user {chair!r}", field="chair", params={"user": chair}
+            )
+    if points:
+        codes = [c.strip() for c in points if c and c.strip()]
+        rows = session.scalars(select(Point).where(Point.code.in_(codes)))
+        visible = {p.code for p in rows if scope is None or p.unit_id in scope}
+        for code in codes:
+            if code not in visible:
+                raise SchedulingError(
+                    "unknown-point",
+                    f"unknown point {code!r}",
+                    field="points",
+                    params={"point": code},
+                )
+
+
+def create_for(session: Session, actor: CurrentUser, data: MeetingData) -> svc.MeetingResult:
+    """`meetings.create_meeting` with the scope and role checks of this module."""
+    if actor.role not in EDIT_ROLES:
+        raise NotAllowed("create")
+    _check_scope(session, actor, unit=data.unit, chair=data.chair, points=data.points)
+    return svc.create_meeting(
+        session,
+        title=data.title,
+        unit=data.unit,
+        chair=data.chair,
+        start=data.start,
+        end=data.end,
+        points=data.points,
+        agenda=data.agenda,
+        recording_policy=data.recording_policy,
+        notes=data.notes,
+    )
+
+
+def create_series_for(
+    session: Session, actor: CurrentUser, data: MeetingData, rrule: str
+) -> recurrence.SeriesResult:
+    """`recurrence.create_series` with the scope and role checks of this module."""
+    if actor.role not in EDIT_ROLES:
+        raise NotAllowed("create")
+    _check_scope(session, actor, unit=data.unit, chair=data.chair, points=data.points)
+    return recurrence.create_series(
+        session,
+        title=data.title,
+        unit=data.unit,
+        chair=data.chair,
+        rrule=rrule,
+        start=data.start,
+        end=data.end,
+        points=data.points,
+        agenda=data.agenda,
+        recording_policy=data.recording_policy,
+        notes=data.notes,
+    )
+
+
+def stale(meeting: Meeting, version: int | None) -> SchedulingError:
+    return SchedulingError(
+        "conflict-stale",
+        f"the meeting changed since it was opened (version {version}, now {meeting.version})",
+        params={"version": str(meeting.version)},
+        status=409,
+    )
+
+
+def update_for(
+    session: Session,
+    actor: CurrentUser,
+    meeting_id: int | str,
+    version: int,
+    changes: Mapping[str, Any],
+) -> svc.MeetingResult:
+    """`meetings.update_meeting` (keys of `changes`: its keyword arguments) with the scope
+    checks; a version other than the current one is ``conflict-stale``."""
+    meeting = load_meeting(session, actor, meeting_id, edit=True)
+    if meeting.version != version:
+        raise stale(meeting, version)
+    _check_scope(
+        session,
+        actor,
+        unit=changes.get("unit"),
+        chair=changes.get("chair"),
+        points=changes.get("points"),
+    )
+    return svc.update_meeting(session, meeting.id, version=version, **changes)
+
+
+# --- join links -------------------------------------------------------------------------------
+
+
+def join_open(meeting: Meeting, settings: Settings, now: datetime | None = None) -> bool:
+    """Whether the room admits people now (the admission rules of scheduling/admission.py)."""
+    if meeting.status in ("cancelled", "ended"):
+        return False
+    if meeting.status == "live":
+        return True
+    opens, closes = invitations.join_window(meeting, settings)
+    return opens <= (now or datetime.now(UTC)) <= closes
+
+
+def chair_join_link(settings: Settings, meeting: Meeting, user: CurrentUser) -> str:
+    """A link to the room for the chair's side: a meeting token with role ``chair``,
+    identity the username, valid during the meeting's join window."""
+    not_before, expires = invitations.join_window(meeting, settings)
+    now = datetime.now(UTC)
+    if now >= expires:  # a live meeting that runs past its planned window
+        not_before, expires = now, now + timedelta(hours=3)
+    token = create_token(
+        load_secret(settings),
+        meeting=str(meeting.id),
+        identity=user.username,
+        name=user.display_name or user.username,
+        role="chair",
+        now=not_before,
+        not_before=not_before,
+        ttl=expires - not_before,
+    )
+    return f"/m/{meeting.id}?token={token}"
+
+
+def join_link_for(settings: Settings, session: Session, meeting: Meeting, user: CurrentUser) -> str:
+    """The viewer's way into the room: an operator's point link, else the chair's side."""
+    if user.role == "operator":
+        point = session.get(Point, user.point_id) if user.point_id else None
+        if point is None or not _point_invited(meeting, point.id):
+            raise MeetingNotFound(str(meeting.id))
+        full = invitations.join_link(settings, meeting, point)
+        return full[full.index("/m/") :]
+    if user.role not in CHAIR_SIDE_ROLES:
+        raise NotAllowed(str(meeting.id))
+    return chair_join_link(settings, meeting, user)
+
+
+# --- page helpers -----------------------------------------------------------------------------
+
+
+def error_text(request: web.Request, error: SchedulingError) -> str:
+    """The message of a typed error in the request's language (``mp.error.*`` first)."""
+    _ = gettext(request)
+    for key in (f"mp.error.{error.code}", error.key):
+        text = _(key)
+        if text != key:
+            try:
+                return text.format(**error.params)
+            except (KeyError, IndexError, ValueError):
+                return text
+    return error.message
+
+
+def _not_found(request: web.Request, user: CurrentUser) -> web.Response:
+    return render_page(request, "meeting_missing.html", user, status=404, reason="missing")
+
+
+def _forbidden(request: web.Request, user: CurrentUser) -> web.Response:
+    return render_page(request, "meeting_missing.html", user, status=403, reason="forbidden")
+
+
+def _today() -> date:
+    return datetime.now(ZONE).date()
+
+
+def _day_bounds(day: date, days: int = 1) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=ZONE)
+    return start, start + timedelta(days=days)
+
+
+# --- the briefing lists -----------------------------------------------------------------------
+
+
+@page(VIEW_ROLES)
+async def list_page(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    today = _today()
+    try:
+        wanted = (
+            date.fromisoformat(request.query.get("day", "")) if "day" in request.query else today
+        )
+    except ValueError:
+        wanted = today
+    monday = wanted - timedelta(days=wanted.weekday())
+    day_start, day_end = _day_bounds(wanted)
+    week_start, week_end = _day_bounds(monday, 7)
+    settings = request.app[SETTINGS]
+
+    def load(session: Session) -> tuple[list[MeetingView], list[MeetingView], set[int]]:
+        day = briefings(session, user, day_start, day_end, include_cancelled=True)
+        week = briefings(session, user, week_start, week_end, include_cancelled=True)
+        joinable = {v.id for v in week if join_open(svc.get_meeting(session, v.id), settings)}
+        return day, week, joinable
+
+    day, week, joinable = await database(request).run(load)
+    return render_page(
+        request,
+        "meeting_list.html",
+        user,
+        day=day,
+        week=week,
+        joinable=joinable,
+        wanted=wanted,
+        is_today=wanted == today,
+        monday=monday,
+        sunday=monday + timedelta(days=6),
+        previous=(monday - timedelta(days=7)).isoformat(),
+        following=(monday + timedelta(days=7)).isoformat(),
+        may_create=user.role in EDIT_ROLES,
+    )
+
+
+# --- the form ---------------------------------------------------------------------------------
+
+
+def _text(form: Mapping[str, Any], key: str) -> str:
+    value = form.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _local(day: str, clock: str, what: str) -> datetime:
+    text = f"{day.strip()} {clock.strip()}".strip()
+    try:
+        naive = datetime.strptime(text, "%Y-%m-%d %H:%M")
+    except ValueError:
+        raise SchedulingError(
+            "invalid-time",
+            f"{what}: {text!r} is not a valid date and time",
+            field=what,
+            params={"value": text or "—"},
+        ) from None
+    return naive.replace(tzinfo=ZONE)
+
+
+def form_values(form: Mapping[str, Any]) -> dict[str, Any]:
+    """The raw values of a posted meeting form (to show again)."""
+    rows = []
+    for index in range(MAX_AGENDA_ROWS):
+        if f"agenda_title_{index}" not in form:
+            break
+        rows.append(
+            (_text(form, f"agenda_title_{index}"), _text(form, f"agenda_presenter_{index}"))
+        )
+    getall = getattr(form, "getall", None)
+    points = [p for p in (getall("points", []) if getall else []) if isinstance(p, str)]
+    values: dict[str, Any] = {
+        key: _text(form, key)
+        for key in (
+            "title",
+            "unit",
+            "chair",
+            "start_date",
+            "start_time",
+            "end_date",
+            "end_time",
+            "recording_policy",
+            "notes",
+            "version",
+            "repeat",
+            "weekday",
+            "rrule",
+        )
+    }
+    values["agenda"] = rows
+    values["points"] = points
+    return values
+
+
+def parse_form(values: Mapping[str, Any]) -> MeetingData:
+    """A `MeetingData` from the form values; `FormErrors` for what fails before the service."""
+    errors: dict[str, SchedulingError] = {}
+    start: datetime | str = ""
+    end: datetime | str = ""
+    try:
+        svc.clean_text(values["title"], "title", svc.MAX_TITLE)
+    except SchedulingError as exc:
+        errors["title"] = exc
+    try:
+        start = _local(values["start_date"], values["start_time"], "start")
+    except SchedulingError as exc:
+        errors["start"] = exc
+    try:
+        end = _local(values["end_date"] or values["start_date"], values["end_time"], "end")
+    except SchedulingError as exc:
+        errors["end"] = exc
+    if not values["unit"]:
+        errors["unit"] = SchedulingError("unit-empty", "choose a unit", field="unit")
+    if not values["chair"]:
+        errors["chair"] = SchedulingError("chair-empty", "choose a chair", field="chair")
+    if errors:
+        raise FormErrors(errors)
+    agenda = [
+        AgendaInput(title=title, presenter=presenter)
+        for title, presenter in values["agenda"]
+        if title.strip() or presenter.strip()
+    ]
+    return MeetingData(
+        title=values["title"],
+        unit=values["unit"],
+        chair=values["chair"],
+        start=start,
+        end=end,
+        points=list(values["points"]),
+        agenda=agenda,
+        recording_policy=values["recording_policy"] or "none",
+        notes=values["notes"],
+    )
+
+
+def meeting_values(meeting: Meeting) -> dict[str, Any]:
+    """The form values of a stored meeting."""
+    start, end = local_time(meeting.start_at), local_time(meeting.end_at)
+    return {
+        "title": meeting.title,
+        "unit": meeting.unit.code,
+        "chair": meeting.chair.username,
+        "start_date": start.strftime("%Y-%m-%d"),
+        "start_time": start.strftime("%H:%M"),
+        "end_date": end.strftime("%Y-%m-%d"),
+        "end_time": end.strftime("%H:%M"),
+        "recording_policy": meeting.recording_policy,
+        "notes": meeting.notes,
+        "version": str(meeting.version),
+        "agenda": [(a.title, a.presenter_name) for a in meeting.agenda],
+        "points": [inv.point.code for inv in meeting.invitations if inv.active],
+        "repeat": "",
+        "weekday": "MO",
+        "rrule": "",
+    }
+
+
+def _rrule(values: Mapping[str, Any]) -> str | None:
+    repeat = values.get("repeat") or ""
+    if repeat == "weekly":
+        day = values.get("weekday") or ""
+        if day not in WEEKDAYS:
+            raise FormErrors(
+                {"rrule": SchedulingError("bad-rrule", "choose a weekday", field="rrule")}
+            )
+        return f"FREQ=WEEKLY;BYDAY={day}"
+    if repeat == "rrule":
+        return str(values.get("rrule") or "")
+    return None
+
+
+async def _form_page(
+    request: web.Request,
+    user: CurrentUser,
+    *,
+    meeting_id: int | None,
+    values: Mapping[str, Any],
+    status: int = 200,
+    errors: Mapping[str, str] | None = None,
+    notice: str = "",
+) -> web.Response:
+    def load(session: Session) -> tuple[list[Unit], list[User], list[Point]]:
+        units, chairs, points = (
+            _units(session, user),
+            _chairs(session, user),
+            _visible_points(session, user),
+        )
+        _ = [u.unit for u in chairs]
+        return units, chairs, points
+
+    units, chairs, points = await database(request).run(load)
+    agenda = list(values.get("agenda") or [])
+    agenda += [("", "")] * BLANK_AGENDA_ROWS
+    return render_page(
+        request,
+        "meeting_form.html",
+        user,
+        status,
+        meeting_id=meeting_id,
+        values=values,
+        agenda=agenda[:MAX_AGENDA_ROWS],
+        units=units,
+        chairs=chairs,
+        points=points,
+        policies=RECORDING_POLICIES,
+        weekdays=WEEKDAYS,
+        errors=dict(errors or {}),
+        notice=notice,
+    )
+
+
+def _messages(request: web.Request, errors: Mapping[str, SchedulingError]) -> dict[str, str]:
+    return {name: error_text(request, err) for name, err in errors.items()}
+
+
+@page(EDIT_ROLES)
+async def new_get(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    start = datetime.now(ZONE).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    values: dict[str, Any] = {
+        "title": "",
+        "unit": user.unit_code or "",
+        "chair": user.username if user.role == "chair" else "",
+        "start_date": start.strftime("%Y-%m-%d"),
+        "start_time": start.strftime("%H:%M"),
+        "end_date": start.strftime("%Y-%m-%d"),
+        "end_time": (start + timedelta(hours=1)).strftime("%H:%M"),
+        "recording_policy": "none",
+        "notes": "",
+        "agenda": [],
+        "points": [],
+        "repeat": "",
+        "weekday": WEEKDAYS[start.weekday()],
+        "rrule": "",
+    }
+    return await _form_page(request, user, meeting_id=None, values=values)
+
+
+@page(EDIT_ROLES)
+async def new_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    values = form_values(await request.post())
+    try:
+        data = parse_form(values)
+        rule = _rrule(values)
+        if rule is None:
+            made = await database(request).run(lambda s: create_for(s, user, data).meeting.id)
+        else:
+            rrule_text = rule
+
+            def series(session: Session) -> int:
+                result = create_series_for(session, user, data, rrule_text)
+                if not result.meetings:
+                    raise SchedulingError(
+                        "series-empty", "the rule gives no meeting", field="rrule"
+                    )
+                return result.meetings[0].id
+
+            made = await database(request).run(series)
+    except FormErrors as exc:
+        errors = _messages(request, exc.errors)
+        return await _form_page(
+            request, user, meeting_id=None, values=values, status=400, errors=errors
+        )
+    except SchedulingError as exc:
+        errors = {exc.field or "form": error_text(request, exc)}
+        return await _form_page(
+            request, user, meeting_id=None, values=values, status=400, errors=errors
+        )
+    except NotAllowed:
+        return _forbidden(request, user)
+    raise web.HTTPSeeOther(f"/meetings/{made}?saved=1")
+
+
+@page(EDIT_ROLES)
+async def edit_get(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    meeting_id = request.match_info["meeting_id"]
+    try:
+        values = await database(request).run(
+            lambda s: meeting_values(load_meeting(s, user, meeting_id, edit=True))
+        )
+    except MeetingNotFound:
+        return _not_found(request, user)
+    except NotAllowed:
+        return _forbidden(request, user)
+    return await _form_page(request, user, meeting_id=int(meeting_id), values=values)
+
+
+@page(EDIT_ROLES)
+async def edit_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    meeting_id = request.match_info["meeting_id"]
+    values = form_values(await request.post())
+    try:
+        version = int(values["version"])
+    except ValueError:
+        version = -1
+
+    def save(session: Session) -> None:
+        meeting = load_meeting(session, user, meeting_id, edit=True)
+        if meeting.version != version:
+            raise stale(meeting, version)
+        data = parse_form(values)
+        changes = {
+            "title": data.title,
+            "unit": data.unit,
+            "chair": data.chair,
+            "start": data.start,
+            "end": data.end,
+            "points": data.points,
+            "agenda": data.agenda,
+            "recording_policy": data.recording_policy,
+            "notes": data.notes,
+        }
+        shown = meeting_values(meeting)
+        if (
+            all(values[k] == shown[k] for k in ("start_date", "start_time", "end_time"))
+            and (values["end_date"] or values["start_date"]) == shown["end_date"]
+        ):
+            # unchanged times: a live meeting can still get its agenda or notes edited
+            del changes["start"], changes["end"]
+        update_for(session, user, meeting.id, version, changes)
+
+    try:
+        await database(request).run(save)
+    except MeetingNotFound:
+        return _not_found(request, user)
+    except NotAllowed:
+        return _forbidden(request, user)
+    except FormErrors as exc:
+        errors = _messages(request, exc.errors)
+        return await _form_page(
+            request, user, meeting_id=int(meeting_id), values=values, status=400, errors=errors
+        )
+    except SchedulingError as exc:
+        if exc.code == "conflict-stale":
+            current = await database(request).run(
+                lambda s: meeting_values(load_meeting(s, user, meeting_id))
+            )
+            return await _form_page(
+                request,
+                user,
+                meeting_id=int(meeting_id),
+                values=current,
+                status=409,
+                notice=error_text(request, exc),
+            )
+        errors = {exc.field or "form": error_text(request, exc)}
+        status = 409 if exc.status == 409 else 400
+        return await _form_page(
+            request, user, meeting_id=int(meeting_id), values=values, status=status, errors=errors
+        )
+    raise web.HTTPSeeOther(f"/meetings/{meeting_id}?saved=1")
+
+
+# --- the meeting page -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attendee:
+    identity: str
+    name: str
+    point: str | None
+    invited: bool
+    first_join: datetime | None
+    last_leave: datetime | None
+    minutes: int
+
+
+@dataclass(frozen=True)
+class Event:
+    at: datetime
+    kind: str
+    identity: str
+    name: str
+    point: str | None
+
+
+@dataclass
+class MeetingPage:
+    meeting: MeetingView
+    warnings: list[svc.Conflict]
+    attendees: list[Attendee]
+    events: list[Event]
+    joinable: bool
+
+
+def _page_data(
+    session: Session, user: CurrentUser, meeting_id: str, settings: Settings
+) -> MeetingPage:
+    meeting = load_meeting(session, user, meeting_id)
+    editable = can_edit(session, user, meeting)
+    view = MeetingView.of(meeting, editable)
+    warnings = svc.find_conflicts(session, meeting) if user.role != "operator" else []
+    attendees: list[Attendee] = []
+    events: list[Event] = []
+    if meeting.status in ("live", "ended") or meeting.end_at < datetime.now(UTC):
+        for p in attendance.presence(session, meeting.id):
+            if user.role == "operator" and p.point != user.point_code:
+                continue
+            attendees.append(
+                Attendee(
+                    p.identity,
+                    p.name,
+                    p.point,
+                    p.invited,
+                    p.first_join,
+                    p.last_leave,
+                    round(p.connected.total_seconds() / 60),
+                )
+            )
+        if user.role != "operator":
+            events = [
+                Event(e.at, e.kind, e.identity, e.name, e.point.code if e.point else None)
+                for e in attendance.list_events(session, meeting.id)
+            ]
+    return MeetingPage(view, warnings, attendees, events, join_open(meeting, settings))
+
+
+async def _meeting_page(
+    request: web.Request,
+    user: CurrentUser,
+    meeting_id: str,
+    status: int = 200,
+    **extra: Any,
+) -> web.Response:
+    settings = request.app[SETTINGS]
+    try:
+        data = await database(request).run(lambda s: _page_data(s, user, meeting_id, settings))
+    except MeetingNotFound:
+        return _not_found(request, user)
+    _ = gettext(request)
+    warnings = [
+        _(w.key)
+        + " "
+        + _("mp.warning.detail").format(
+            title=w.title, when=local_time(w.start).strftime("%H:%M %d/%m/%Y"), point=w.point or ""
+        )
+        for w in data.warnings
+    ]
+    extra.setdefault("saved", request.query.get("saved", ""))
+    for key, empty in (
+        ("action_error", ""),
+        ("send_summary", ""),
+        ("send_failed", []),
+        ("send_no_email", []),
+    ):
+        extra.setdefault(key, empty)
+    return render_page(
+        request,
+        "meeting_page.html",
+        user,
+        status,
+        m=data.meeting,
+        warnings=warnings,
+        attendees=data.attendees,
+        events=data.events,
+        joinable=data.joinable,
+        local=local_time,
+        **extra,
+    )
+
+
+@page(VIEW_ROLES)
+async def meeting_get(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    return await _meeting_page(request, user, request.match_info["meeting_id"])
+
+
+@page(VIEW_ROLES)
+async def join_get(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    meeting_id = request.match_info["meeting_id"]
+    settings = request.app[SETTINGS]
+
+    def link(session: Session) -> str | None:
+        meeting = load_meeting(session, user, meeting_id)
+        if not join_open(meeting, settings):
+            return None
+        return join_link_for(settings, session, meeting, user)
+
+    try:
+        target = await database(request).run(link)
+    except MeetingNotFound:
+        return _not_found(request, user)
+    except NotAllowed:
+        return _forbidden(request, user)
+    if target is None:
+        _ = gettext(request)
+        return await _meeting_page(request, user, meeting_id, 409, action_error=_("mp.join.closed"))
+    raise web.HTTPSeeOther(target)
+
+
+@page(EDIT_ROLES)
+async def reschedule_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    meeting_id = request.match_info["meeting_id"]
+    form = await request.post()
+    values = form_values(form)
+    try:
+        version = int(values["version"])
+    except ValueError:
+        version = -1
+
+    def move(session: Session) -> None:
+        errors: dict[str, SchedulingError] = {}
+        start = end = None
+        try:
+            start = _local(values["start_date"], values["start_time"], "start")
+        except SchedulingError as exc:
+            errors["start"] = exc
+        try:
+            end = _local(values["end_date"] or values["start_date"], values["end_time"], "end")
+        except SchedulingError as exc:
+            errors["end"] = exc
+        meeting = load_meeting(session, user, meeting_id, edit=True)
+        if meeting.version != version:
+            raise stale(meeting, version)
+        if errors or start is None or end is None:
+            raise FormErrors(errors)
+        svc.reschedule_meeting(session, meeting.id, version=version, start=start, end=end)
+
+    return await _action(request, user, meeting_id, move, "rescheduled")
+
+
+async def _action(
+    request: web.Request, user: CurrentUser, meeting_id: str, function: Any, done: str
+) -> web.StreamResponse:
+    try:
+        await database(request).run(function)
+    except MeetingNotFound:
+        return _not_found(request, user)
+    except NotAllowed:
+        return _forbidden(request, user)
+    except FormErrors as exc:
+        text = "; ".join(_messages(request, exc.errors).values())
+        return await _meeting_page(request, user, meeting_id, 400, action_error=text)
+    except SchedulingError as exc:
+        status = 409 if exc.status == 409 else 400
+        return await _meeting_page(
+            request, user, meeting_id, status, action_error=error_text(request, exc)
+        )
+    raise web.HTTPSeeOther(f"/meetings/{meeting_id}?saved={done}")
+
+
+@page(EDIT_ROLES)
+async def cancel_get(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    meeting_id = request.match_info["meeting_id"]
+    try:
+        view = await database(request).run(
+            lambda s: MeetingView.of(load_meeting(s, user, meeting_id, edit=True), True)
+        )
+    except MeetingNotFound:
+        return _not_found(request, user)
+    except NotAllowed:
+        return _forbidden(request, user)
+    return render_page(request, "meeting_cancel.html", user, m=view, local=local_time)
+
+
+@page(EDIT_ROLES)
+async def cancel_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    meeting_id = request.match_info["meeting_id"]
+    form = await request.post()
+    try:
+        version = int(_text(form, "version"))
+    except ValueError:
+        version = -1
+
+    def cancel(session: Session) -> None:
+        meeting = load_meeting(session, user, meeting_id, edit=True)
+        if meeting.version != version:
+            raise stale(meeting, version)
+        svc.cancel_meeting(session, meeting.id, version=version)
+
+    return await _action(request, user, meeting_id, cancel, "cancelled")
+
+
+@page(EDIT_ROLES)
+async def send_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    meeting_id = request.match_info["meeting_id"]
+    settings = request.app[SETTINGS]
+    try:
+        the_id = await database(request).run(
+            lambda s: load_meeting(s, user, meeting_id, edit=True).id
+        )
+    except MeetingNotFound:
+        return _not_found(request, user)
+    except NotAllowed:
+        return _forbidden(request, user)
+    _ = gettext(request)
+    try:
+        report = await invitations.send_pending(database(request), settings, the_id)
+    except (SchedulingError, OSError) as exc:
+        return await _meeting_page(
+            request, user, meeting_id, 502, action_error=_("mp.send.error") + f" ({exc})"
+        )
+    summary = _("mp.send.result").format(
+        sent=len(report.sent),
+        cancelled=len(report.cancelled),
+        no_email=len(report.no_email),
+        failed=len(report.failed),
+    )
+    return await _meeting_page(
+        request,
+        user,
+        meeting_id,
+        200 if not report.failed else 502,
+        send_summary=summary,
+        send_failed=sorted(report.failed.items()),
+        send_no_email=report.no_email,
+    )
+
+
+def setup_meetings(app: web.Application) -> None:
+    """Add the meeting pages and their link (call after ``setup_auth``)."""
+    app.router.add_get("/meetings", list_page)
+    app.router.add_get("/meetings/new", new_get)
+    app.router.add_post("/meetings/new", new_post)
+    app.router.add_get("/meetings/{meeting_id:\\d+}", meeting_get)
+    app.router.add_get("/meetings/{meeting_id:\\d+}/edit", edit_get)
+    app.router.add_post("/meetings/{meeting_id:\\d+}/edit", edit_post)
+    app.router.add_post("/meetings/{meeting_id:\\d+}/reschedule", reschedule_post)
+    app.router.add_get("/meetings/{meeting_id:\\d+}/cancel", cancel_get)
+    app.router.add_post("/meetings/{meeting_id:\\d+}/cancel", cancel_post)
+    app.router.add_post("/meetings/{meeting_id:\\d+}/send", send_post)
+    app.router.add_get("/meetings/{meeting_id:\\d+}/join", join_get)
+    add_nav_link(app, "/meetings", "mp.nav.meetings", VIEW_ROLES)
+    add_nav_link(app, "/meetings/new", "mp.nav.new", EDIT_ROLES)

@@ -1,0 +1,446 @@
+"""The meeting lifecycle on the media plane: lobby, start, guests, end, attendance.
+
+A real server process on a database prepared through the scheduling services (SQLite and
+PostgreSQL), participants over real WebSockets (conference.client).  Ad-hoc rooms (meeting
+ids that are not meetings of the database) keep working with a signed token alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+
+from conference.client import Client, ClientError
+from conference.scheduling import db
+from conference.scheduling.attendance import list_events, presence
+from conference.scheduling.meetings import ZONE, cancel_meeting, create_meeting, get_meeting
+from conference.testmedia import ToneAudioTrack
+
+from .conftest import ServerProcess, check_clean_exit, start_server
+from .scheduling.meeting_setup import make_org
+from .scheduling.test_cli import env  # noqa: F401 - fixture
+from .scheduling.test_meetings_e2e import url_of
+from .test_browser import browser  # noqa: F401 - fixture
+
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], T], timeout: float = 10.0) -> T:
+    """Poll `check()` until it returns something true (database writes in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            assert value, "condition not met in time"
+            return value
+        await asyncio.sleep(0.1)
+
+
+def schedule(database: db.Database, minutes: int, n_points: int = 3) -> tuple[int, int, list[str]]:
+    """An organisation and two meetings starting in `minutes`: (meeting, other, points)."""
+    start = (datetime.now(ZONE) + timedelta(minutes=minutes)).replace(second=0, microsecond=0)
+    with database.session() as session:
+        org = make_org(session, n_points=n_points, email=False)
+        invited = org.points[:2]  # the last point is not invited: a guest
+        meeting = create_meeting(
+            session,
+            title="Giao ban tuần",
+            unit="huyen-a",
+            chair="chu-tich",
+            start=start,
+            end=start + timedelta(hours=1),
+            points=invited,
+        ).meeting
+        other = create_meeting(
+            session,
+            title="Họp bị hủy",
+            unit="huyen-a",
+            chair="chu-tich",
+            start=start,
+            end=start + timedelta(hours=1),
+            points=invited,
+        ).meeting
+        cancel_meeting(session, other.id, version=None)
+        return meeting.id, other.id, org.points
+
+
+@pytest.fixture
+def prepared(
+    tmp_path: Path,
+    env: dict[str, str],  # noqa: F811
+) -> Any:
+    Path(env["CONFERENCE_DATA_DIR"]).mkdir(parents=True)
+    url = url_of(env)
+    db.upgrade(url)
+    database = db.Database(url)
+    meeting, cancelled, points = schedule(database, minutes=10)
+    server = start_server(tmp_path, env=env)
+    try:
+        yield server, database, str(meeting), str(cancelled), points
+    finally:
+        database.close()
+        check_clean_exit(server)
+
+
+async def refused(client: Client, code: str) -> None:
+    with pytest.raises(ClientError) as info:
+        await client.connect()
+    assert info.value.code == code, info.value
+
+
+async def test_lobby_start_guest_attendance_end(prepared: Any) -> None:
+    server: ServerProcess
+    server, database, meeting, cancelled, points = prepared
+    point_a, point_b, outsider = points
+
+    def client(identity: str, role: str = "point", meeting_id: str = meeting) -> Client:
+        return Client(server.url, meeting_id, server.token(meeting_id, identity, role))
+
+    clients: list[Client] = []
+    try:
+        # An invited point arrives early: the lobby, not the room.
+        a = client(point_a)
+        clients.append(a)
+        a_joining = asyncio.ensure_future(a.connect())
+        await eventually(lambda: a.lobby is not None)
+        assert a.lobby is not None
+        assert a.lobby["guest"] is False and a.lobby["title"] == "Giao ban tuần"
+        assert datetime.fromisoformat(a.lobby["starts"]) > datetime.now(ZONE)
+        assert not a_joining.done()
+        # The room page of a waiting point loads (it shows the lobby).
+        async with aiohttp.ClientSession() as http:
+            page = f"{server.url}/m/{meeting}?token={server.token(meeting, point_a, 'point')}"
+            async with http.get(page) as response:
+                assert response.status == 200
+
+        # An identity that is not invited waits as a guest.
+        guest = client(outsider)
+        clients.append(guest)
+        guest_joining = asyncio.ensure_future(guest.connect())
+        await eventually(lambda: guest.lobby is not None)
+        assert guest.lobby is not None and guest.lobby["guest"] is True
+
+        # A chair of another district is refused; a cancelled meeting refuses.
+        await refused(client("chu-tich-b", "chair"), "not-invited")
+        await refused(client(point_b, meeting_id=cancelled), "meeting-cancelled")
+        with database.session() as session:
+            assert get_meeting(session, meeting).status == "scheduled"
+
+        # The chair joins: the meeting starts and the waiting point enters.
+        chair = client("chu-tich", "chair")
+        clients.append(chair)
+        await chair.connect()
+        await asyncio.wait_for(a_joining, 10)
+        assert a.id and a.participant["identity"] == point_a
+        with database.session() as session:
+            assert get_meeting(session, meeting).status == "live"
+        # The guest still waits; the chair sees it in lobby-state and admits it.
+        state = await chair.wait_message("lobby-state", since=0)
+        await chair.wait_for(
+            lambda: any(
+                m.get("type") == "lobby-state"
+                and [w["identity"] for w in m["waiting"]] == [outsider]
+                and m["started"]
+                for m in chair.messages
+            )
+        )
+        assert not guest_joining.done()
+        assert state["type"] == "lobby-state"
+        # only the chair may admit
+        await a.send({"type": "admit", "identity": outsider})
+        error = await a.wait_message("error")
+        assert error["code"] == "forbidden"
+        await chair.send({"type": "admit", "identity": "nobody-waits"})
+        assert (await chair.wait_message("error"))["code"] == "not-waiting"
+        await chair.send({"type": "admit", "identity": outsider})
+        await asyncio.wait_for(guest_joining, 10)
+        assert guest.participant["identity"] == outsider
+
+        # A point arriving now that the meeting is live enters at once, and publishes.
+        b = client(point_b)
+        clients.append(b)
+        await b.connect()
+        assert b.lobby is None
+        await b.publish({"microphone": ToneAudioTrack(440.0)})
+        await chair.wait_for(lambda: len(chair.publications("microphone")) == 1, 15)
+
+        # The guest leaves: joins and leaves are attendance events.
+        await guest.leave()
+        await a.leave()
+
+        def stored() -> list[Any]:
+            with database.session() as session:
+                events = list_events(session, meeting)
+                return [(e.identity, e.kind, e.point.code if e.point else None) for e in events]
+
+        await eventually(lambda: len(stored()) == 6)
+        events = stored()
+        assert set(events) == {
+            (point_a, "join", point_a),
+            (outsider, "join", outsider),
+            ("chu-tich", "join", None),
+            (point_b, "join", point_b),
+            (outsider, "leave", outsider),
+            (point_a, "leave", point_a),
+        }
+        assert events.index((point_a, "join", point_a)) < events.index((point_a, "leave", point_a))
+        with database.session() as session:
+            rows = {p.identity: p for p in presence(session, meeting)}
+            assert rows[point_a].invited and rows[point_a].first_join is not None
+            assert rows[outsider].invited is False and rows[outsider].last_leave is not None
+
+        # A guest refused by the chair is told so.
+        late = client("khach-moi", "viewer")
+        clients.append(late)
+        late_joining = asyncio.ensure_future(late.connect())
+        await eventually(lambda: late.lobby is not None)
+        await chair.send({"type": "refuse", "identity": "khach-moi"})
+        with pytest.raises(ClientError) as info:
+            await asyncio.wait_for(late_joining, 10)
+        assert info.value.code == "refused"
+
+        # Someone waiting when the chair ends the meeting is told; the meeting is ended.
+        waiting = client("khach-2", "viewer")
+        clients.append(waiting)
+        waiting_joining = asyncio.ensure_future(waiting.connect())
+        await eventually(lambda: waiting.lobby is not None)
+        await chair.send({"type": "end-meeting"})
+        with pytest.raises(ClientError) as info:
+            await asyncio.wait_for(waiting_joining, 10)
+        assert info.value.code == "meeting-ended"
+
+        def status() -> str:
+            with database.session() as session:
+                return get_meeting(session, meeting).status
+
+        await eventually(lambda: status() == "ended")
+        await refused(client(point_a), "meeting-ended")
+        await refused(client("chu-tich", "chair"), "meeting-ended")
+        await eventually(lambda: ("chu-tich", "leave", None) in stored())
+
+        # Ad-hoc rooms (not meetings of the database) need no lobby, record nothing.
+        adhoc = client("xa-bat-ky", meeting_id="m-adhoc")
+        clients.append(adhoc)
+        await adhoc.connect()
+        assert adhoc.lobby is None and adhoc.id
+        numeric = client("xa-bat-ky", meeting_id="987654")
+        clients.append(numeric)
+        await numeric.connect()
+        assert numeric.lobby is None
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_chair_starts_explicitly_and_lobby_messages(tmp_path: Path) -> None:
+    """SQLite only: `"start": false`, `meeting-start`, the lobby's ping/leave, and
+    `adhoc_meetings = false` refusing unknown meetings."""
+    data = tmp_path / "data"
+    data.mkdir()
+    url = url_of({"CONFERENCE_DATA_DIR": str(data)})
+    db.upgrade(url)
+    database = db.Database(url)
+    meeting_id, _, points = schedule(database, minutes=20)
+    meeting = str(meeting_id)
+    server = start_server(tmp_path, env={"CONFERENCE_ADHOC_MEETINGS": "false"})
+    clients: list[Client] = []
+
+    def client(identity: str, role: str = "point", meeting_id: str = meeting) -> Client:
+        c = Client(server.url, meeting_id, server.token(meeting_id, identity, role))
+        clients.append(c)
+        return c
+
+    try:
+        await refused(client("xa", meeting_id="m-adhoc"), "unknown-meeting")
+        await refused(client("xa", meeting_id="424242"), "unknown-meeting")
+
+        # The lobby answers ping, refuses other messages, and lets a point leave.
+        url = server.url.replace("http", "ws", 1) + f"/ws/meetings/{meeting}"
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            token = server.token(meeting, points[1], "point")
+            await ws.send_json({"type": "join", "version": 1, "token": token})
+            assert (await ws.receive_json(timeout=10))["type"] == "lobby"
+            await ws.send_json({"type": "ping", "id": 7})
+            assert await ws.receive_json(timeout=10) == {"type": "pong", "id": 7}
+            await ws.send_json({"type": "offer", "sdp": "v=0"})
+            error = await ws.receive_json(timeout=10)
+            assert error["code"] == "in-lobby"
+            await ws.send_json({"type": "leave"})
+            closing = await ws.receive(timeout=10)
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+        # WHIP cannot wait in a lobby: refused before the start, and for a guest.
+        async def whip(identity: str) -> tuple[int, str]:
+            headers = {
+                "Authorization": f"Bearer {server.token(meeting, identity, 'point')}",
+                "Content-Type": "application/sdp",
+            }
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(f"{server.url}/whip/{meeting}", data="v=0\r\n", headers=headers) as r,
+            ):
+                return r.status, (await r.json())["error"]
+
+        assert await whip(points[0]) == (403, "not-started")
+
+        a = client(points[0])
+        a_joining = asyncio.ensure_future(a.connect())
+        await eventually(lambda: a.lobby is not None)
+        chair = client("chu-tich", "chair")
+        await chair.connect(start=False)
+        state = await chair.wait_message("lobby-state", since=0)
+        assert state["started"] is False
+        assert [w["identity"] for w in state["waiting"]] == [points[0]]
+        with database.session() as session:
+            assert get_meeting(session, meeting).status == "scheduled"
+        assert not a_joining.done()
+        # meeting-start is the chair's; an ad-hoc style message from a point is refused
+        await a_joining_is_waiting(a_joining)
+        await chair.send({"type": "meeting-start"})
+        await asyncio.wait_for(a_joining, 10)
+        with database.session() as session:
+            assert get_meeting(session, meeting).status == "live"
+        await chair.send({"type": "meeting-start"})
+        assert (await chair.wait_message("error"))["code"] == "already-started"
+        assert await whip(points[2]) == (403, "not-admitted")  # a guest
+        assert (await whip(points[0]))[0] == 400  # admitted: on to the (bad) offer
+
+        # Stopping the server stores the leaves of the sessions it closes.
+        assert server.stop() == 0
+        with database.session() as session:
+            kinds = [(e.identity, e.kind) for e in list_events(session, meeting)]
+        assert kinds.count(("chu-tich", "join")) == 1
+        assert ("chu-tich", "leave") in kinds and (points[0], "leave") in kinds
+    finally:
+        for c in clients:
+            await c.close()
+        database.close()
+        check_clean_exit(server)
+
+
+async def a_joining_is_waiting(joining: asyncio.Future[Any]) -> None:
+    await asyncio.sleep(0.3)
+    assert not joining.done()
+
+
+@pytest.mark.slow
+def test_lobby_in_the_browser(tmp_path: Path, browser: Any) -> None:  # noqa: F811
+    """A point's page waits in the lobby until the chair's page starts the meeting; the
+    chair's page lists a waiting guest and admits it (Chromium, SQLite)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    url = url_of({"CONFERENCE_DATA_DIR": str(data)})
+    db.upgrade(url)
+    database = db.Database(url)
+    meeting_id, _, points = schedule(database, minutes=10)
+    meeting = str(meeting_id)
+    server = start_server(tmp_path)
+    try:
+
+        def open_page(identity: str, name: str, role: str = "point") -> Any:
+            context = browser.new_context(locale="vi-VN", viewport={"width": 1280, "height": 720})
+            page = context.new_page()
+            page.set_default_timeout(20_000)
+            page.errors = []
+            page.on("pageerror", lambda error: page.errors.append(str(error)))
+            token = server.token(meeting=meeting, identity=identity, name=name, role=role)
+            response = page.goto(f"{server.url}/m/{meeting}?token={token}")
+            assert response is not None and response.ok
+            page.wait_for_function("document.getElementById('name').value.length > 0")
+            page.click("#join:not([disabled])")
+            return page
+
+        point = open_page(points[0], "UBND xã số 1")
+        point.wait_for_selector("#lobby:not([hidden])")
+        assert point.inner_text("#lobby-text") == "Đang chờ chủ trì bắt đầu hội nghị…"
+        assert "Giờ bắt đầu" in point.inner_text("#lobby-starts")
+        assert point.is_hidden("#room") and point.is_hidden("#prejoin")
+
+        chair = open_page("chu-tich", "Chủ tịch UBND huyện", role="chair")
+        chair.wait_for_selector("#room:not([hidden])")
+        point.wait_for_selector("#room:not([hidden])")
+        assert point.is_hidden("#lobby")
+
+        guest = open_page(points[2], "UBND xã số 3")
+        guest.wait_for_selector("#lobby:not([hidden])")
+        assert guest.inner_text("#lobby-text") == "Đang chờ chủ trì cho phép vào hội nghị…"
+        admit = f'#lobby-waiting button[data-action="admit"][data-identity="{points[2]}"]'
+        chair.wait_for_selector(admit)
+        assert "UBND xã số 3 (khách)" in chair.inner_text("#lobby-waiting")
+        assert chair.is_hidden("#lobby-start")  # the meeting has started
+        chair.click(admit)
+        guest.wait_for_selector("#room:not([hidden])")
+        chair.wait_for_selector("#lobby-none:not([hidden])")
+        for page in (point, chair, guest):
+            assert page.errors == []
+        with database.session() as session:
+            assert get_meeting(session, meeting).status == "live"
+    finally:
+        database.close()
+        check_clean_exit(server)
+
+
+async def test_auto_recording_policy_records_from_the_start(tmp_path: Path) -> None:
+    """A meeting whose recording policy is ``auto`` is recorded as soon as the chair
+    starts it: every page sees ``recording: true`` and a manifest appears on disk."""
+    data = tmp_path / "data"
+    data.mkdir()
+    url = url_of({"CONFERENCE_DATA_DIR": str(data)})
+    db.upgrade(url)
+    database = db.Database(url)
+    start = (datetime.now(ZONE) + timedelta(minutes=10)).replace(second=0, microsecond=0)
+    with database.session() as session:
+        org = make_org(session, n_points=2, email=False)
+        recorded = create_meeting(
+            session,
+            title="Giao ban có ghi hình",
+            unit="huyen-a",
+            chair="chu-tich",
+            start=start,
+            end=start + timedelta(hours=1),
+            points=org.points[:1],
+            recording_policy="auto",
+        ).meeting
+        plain = create_meeting(
+            session,
+            title="Giao ban không ghi hình",
+            unit="huyen-a",
+            chair="chu-tich",
+            start=start,
+            end=start + timedelta(hours=1),
+            points=org.points[1:],
+        ).meeting
+        recorded_id, plain_id = str(recorded.id), str(plain.id)
+    database.close()
+    server = start_server(tmp_path)
+    clients: list[Client] = []
+    try:
+        for meeting, point_code in ((recorded_id, org.points[0]), (plain_id, org.points[1])):
+            chair = Client(server.url, meeting, server.token(meeting, "chu-tich", "chair"))
+            clients.append(chair)
+            await chair.connect()
+            point = Client(server.url, meeting, server.token(meeting, point_code, "point"))
+            clients.append(point)
+            await point.connect()
+        recorded_chair, recorded_point, plain_chair, plain_point = clients
+
+        def recording_on(client: Client) -> bool:
+            rooms = [m for m in client.messages if m.get("type") == "room"]
+            return bool(rooms) and bool(rooms[-1].get("recording"))
+
+        await eventually(lambda: recording_on(recorded_point) and recording_on(recorded_chair))
+        manifests = list((tmp_path / "recordings").rglob("*.manifest.json"))
+        assert [m.parent.name for m in manifests] == [recorded_id]
+        await asyncio.sleep(0.5)
+        assert not recording_on(plain_chair) and not recording_on(plain_point)
+    finally:
+        for client in clients:
+            await client.close()
+        check_clean_exit(server)

@@ -1,0 +1,584 @@
+"""Meeting pages (lists, form, meeting page, actions) against the real server.
+
+The server is the real ``conference serve`` subprocess (tests/test_webauth.py `Site`), on
+SQLite and PostgreSQL where storage matters; e-mails go to a real aiosmtpd server.
+"""
+
+# ruff: noqa: F811 - the fixtures imported from test_webauth are parameters here
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jwt
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy.engine import URL
+
+from conference.scheduling import attendance, invitations, organisation
+from conference.scheduling import meetings as svc
+from conference.scheduling.meetings import ZONE, AgendaInput
+from conference.scheduling.models import Meeting
+
+from .conftest import SECRET
+from .scheduling.smtp_server import Mailbox, free_port
+from .test_webauth import Browser, Site, _start, any_site, browsers, field_error, site  # noqa: F401
+
+HTMLISH = '<script>alert("x")</script> Họp & "giao ban"'
+
+
+def district(site: Site) -> None:
+    """Districts A and B; points p-a1, p-a2 (A) and p-b1 (B); users of every role."""
+    site.add_unit("huyen-a", "Huyện A")
+    site.add_unit("xa-a1", "Xã A Một", "commune", "huyen-a")
+    site.add_unit("xa-a2", "Xã A Hai", "commune", "huyen-a")
+    site.add_unit("huyen-b", "Huyện B")
+    site.add_unit("xa-b1", "Xã B Một", "commune", "huyen-b")
+    for code, name, unit in (
+        ("p-a1", "UBND xã A Một", "xa-a1"),
+        ("p-a2", "UBND xã A Hai", "xa-a2"),
+        ("p-b1", "UBND xã B Một", "xa-b1"),
+    ):
+        site.db(
+            lambda s, c=code, n=name, u=unit: organisation.create_point(
+                s, code=c, name=n, unit=u, email=f"{c}@example.vn"
+            )
+        )
+    site.add_user("qt-a", "admin", unit="huyen-a", display_name="Quản trị A")
+    site.add_user("ct-a", "chair", unit="huyen-a", display_name="Chủ tịch A")
+    site.add_user("ct-a2", "chair", unit="huyen-a", display_name="Phó chủ tịch A")
+    site.add_user("tk-a", "secretary", unit="huyen-a")
+    site.add_user("vh-a1", "operator", point="p-a1")
+    site.add_user("tk-b", "secretary", unit="huyen-b")
+    site.add_user("ct-b", "chair", unit="huyen-b")
+
+
+def schedule(
+    site: Site,
+    title: str,
+    start: datetime,
+    minutes: int = 60,
+    chair: str = "ct-a",
+    points: tuple[str, ...] = ("p-a1",),
+    unit: str = "huyen-a",
+) -> int:
+    def make(session: object) -> int:
+        result = svc.create_meeting(
+            session,  # type: ignore[arg-type]
+            title=title,
+            unit=unit,
+            chair=chair,
+            start=start,
+            end=start + timedelta(minutes=minutes),
+            points=points,
+            agenda=[AgendaInput("Báo cáo tình hình", "Văn phòng")],
+        )
+        return result.meeting.id
+
+    return site.db(make)
+
+
+def meeting(site: Site, meeting_id: int) -> Meeting:
+    def load(session: object) -> Meeting:
+        found = svc.get_meeting(session, meeting_id)  # type: ignore[arg-type]
+        _ = found.agenda, found.chair, found.unit
+        _ = [(a.presenter_user, i.point) for a in found.agenda for i in found.invitations]
+        _ = [i.point for i in found.invitations]
+        return found
+
+    return site.db(load)
+
+
+async def signed_in(site: Site, browsers: list[Browser], username: str) -> Browser:
+    browser = site.browser()
+    browsers.append(browser)
+    return await browser.signed_in(username)
+
+
+def form(token: str, **values: str | list[str]) -> list[tuple[str, str]]:
+    base: dict[str, str | list[str]] = {
+        "csrf_token": token,
+        "title": "Giao ban tuần",
+        "unit": "huyen-a",
+        "chair": "ct-a",
+        "start_date": "2030-01-07",
+        "start_time": "08:00",
+        "end_date": "2030-01-07",
+        "end_time": "09:30",
+        "recording_policy": "none",
+        "notes": "",
+        "agenda_title_0": "Báo cáo kinh tế - xã hội",
+        "agenda_presenter_0": "Phòng Tài chính - Kế hoạch",
+        "agenda_title_1": "",
+        "agenda_presenter_1": "",
+        "points": ["p-a1", "p-a2"],
+        "repeat": "",
+    }
+    base.update(values)
+    pairs: list[tuple[str, str]] = []
+    for key, value in base.items():
+        for item in value if isinstance(value, list) else [value]:
+            pairs.append((key, item))
+    return pairs
+
+
+def meeting_id_of(location: str) -> int:
+    match = re.fullmatch(r"/meetings/(\d+)\?saved=\w+", location)
+    assert match, location
+    return int(match.group(1))
+
+
+# --- the form -----------------------------------------------------------------------------------
+
+
+async def test_create_form_validation_and_escaping(any_site: Site, browsers: list[Browser]) -> None:
+    site = any_site
+    district(site)
+    chair = await signed_in(site, browsers, "ct-a")
+    status, html, _ = await chair.get("/meetings/new")
+    assert status == 200 and 'name="start_date"' in html and 'value="p-b1"' not in html
+    assert 'value="p-a1"' in html and 'value="ct-a2"' not in html  # a chair chairs itself
+    token = await chair.csrf("/meetings/new")
+
+    # 31 February: a field message on the start, nothing written
+    status, html, _ = await chair.post("/meetings/new", form(token, start_date="2030-02-31"))
+    assert status == 400
+    assert "Ngày giờ không hợp lệ" in (field_error(html, "start") or ""), html[-2000:]
+    assert 'value="Giao ban tuần"' in html  # the values come back
+    # end before start, missing title (two field messages at once where possible)
+    status, html, _ = await chair.post("/meetings/new", form(token, title=" ", end_time="07:00"))
+    assert status == 400 and field_error(html, "title") == "Chưa nhập tên cuộc họp."
+    status, html, _ = await chair.post("/meetings/new", form(token, end_time="07:00"))
+    assert status == 400 and field_error(html, "end") == "Giờ kết thúc phải sau giờ bắt đầu."
+    # a point of another district, an agenda item without presenter, another chair
+    status, html, _ = await chair.post("/meetings/new", form(token, points=["p-a1", "p-b1"]))
+    assert status == 400 and field_error(html, "points") == "Không có điểm cầu p-b1."
+    status, html, _ = await chair.post("/meetings/new", form(token, agenda_presenter_0=""))
+    assert status == 400 and "Mục 1" in (field_error(html, "agenda") or "")
+    status, html, _ = await chair.post("/meetings/new", form(token, chair="ct-a2"))
+    assert status == 400 and "chính mình" in (field_error(html, "chair") or "")
+    assert site.db(lambda s: s.query(Meeting).count()) == 0
+
+    # an HTML-ish title is stored as text and escaped on every page
+    status, _, response = await chair.post("/meetings/new", form(token, title=HTMLISH))
+    assert status == 303, _
+    first = meeting_id_of(response.headers["Location"])
+    status, html, _ = await chair.get(response.headers["Location"])
+    assert status == 200 and "Đã lưu cuộc họp." in html
+    stored = meeting(site, first)
+    assert stored.title == HTMLISH and stored.chair.username == "ct-a"
+    assert stored.start_at == datetime(2030, 1, 7, 1, 0, tzinfo=UTC)  # 08:00 in Hanoi
+    assert [(a.title, a.presenter) for a in stored.agenda] == [
+        ("Báo cáo kinh tế - xã hội", "Phòng Tài chính - Kế hoạch")
+    ]
+    status, html, _ = await chair.get(f"/meetings/{first}")
+    assert status == 200 and "<script>alert" not in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; Họp &amp; &#34;giao ban&#34;" in html
+    assert "08:00–09:30 07/01/2030" in html
+    assert 'data-point="p-a1" data-answer="pending"' in html and "chưa trả lời" in html
+    assert "Báo cáo kinh tế - xã hội" in html
+    status, html, _ = await chair.get(f"/meetings/{first}?lang=en")
+    assert "Invited points and their answers" in html
+
+    # a second meeting at the same time: saved, with a conflict warning
+    status, _, response = await chair.post("/meetings/new", form(token, title="Họp trùng giờ"))
+    assert status == 303
+    second = meeting_id_of(response.headers["Location"])
+    status, html, _ = await chair.get(f"/meetings/{second}?lang=vi")
+    assert "Lưu ý trùng lịch" in html and "07/01/2030" in html
+    assert "&lt;script&gt;" in html  # the other meeting's title, escaped in the warning
+
+    # a weekly briefing from the builder: Mondays at the start time
+    status, _, response = await chair.post(
+        "/meetings/new",
+        form(token, title="Giao ban thứ Hai", repeat="weekly", weekday="MO", points=["p-a2"]),
+    )
+    assert status == 303
+    occurrence = meeting(site, meeting_id_of(response.headers["Location"]))
+    assert occurrence.series_id is not None
+    count = site.db(
+        lambda s: s.query(Meeting).filter(Meeting.series_id == occurrence.series_id).count()
+    )
+    assert count >= 8
+    status, html, _ = await chair.post(
+        "/meetings/new", form(token, repeat="rrule", rrule="FREQ=SOMETIMES")
+    )
+    assert status == 400 and field_error(html, "rrule") == "Quy tắc lặp lại không hợp lệ."
+
+
+async def test_stale_edit_reschedule_and_cancel(any_site: Site, browsers: list[Browser]) -> None:
+    site = any_site
+    district(site)
+    start = datetime(2030, 3, 4, 14, 0, tzinfo=ZONE)
+    the_id = schedule(site, "Họp chuyên đề", start)
+    chair = await signed_in(site, browsers, "ct-a")
+    status, html, _ = await chair.get(f"/meetings/{the_id}/edit")
+    assert status == 200 and 'name="version" value="1"' in html
+    token = await chair.csrf(f"/meetings/{the_id}/edit")
+    # meanwhile an admin renames it
+    site.db(lambda s: svc.update_meeting(s, the_id, version=1, title="Họp chuyên đề (đã sửa)"))
+    edit = form(
+        token,
+        version="1",
+        title="Tên của chủ trì",
+        start_date="2030-03-04",
+        start_time="14:00",
+        end_date="2030-03-04",
+        end_time="15:00",
+    )
+    status, html, _ = await chair.post(f"/meetings/{the_id}/edit", edit)
+    assert status == 409
+    assert "Cuộc họp đã thay đổi kể từ khi bạn mở trang này" in html
+    assert 'value="Họp chuyên đề (đã sửa)"' in html and 'name="version" value="2"' in html
+    assert meeting(site, the_id).title == "Họp chuyên đề (đã sửa)"  # nothing written
+
+    # saved against the current version
+    edit = [(k, "2" if k == "version" else v) for k, v in edit]
+    status, _, response = await chair.post(f"/meetings/{the_id}/edit", edit)
+    assert status == 303, _
+    changed = meeting(site, the_id)
+    assert changed.title == "Tên của chủ trì" and {
+        i.point.code for i in changed.invitations if i.active
+    } == {"p-a1", "p-a2"}
+
+    # the other chair and the secretary see it but may not change it
+    other = await signed_in(site, browsers, "ct-a2")
+    status, html, _ = await other.get(f"/meetings/{the_id}")
+    assert status == 200 and f"/meetings/{the_id}/edit" not in html
+    status, html, _ = await other.get(f"/meetings/{the_id}/edit")
+    assert status == 403
+    other_token = await other.csrf(f"/meetings/{the_id}")
+    status, _, _ = await other.post(
+        f"/meetings/{the_id}/cancel", {"csrf_token": other_token, "version": "3"}
+    )
+    assert status == 403 and meeting(site, the_id).status == "scheduled"
+    secretary = await signed_in(site, browsers, "tk-a")
+    status, html, _ = await secretary.get(f"/meetings/{the_id}")
+    assert status == 200 and "Tên của chủ trì" in html
+    status, _, _ = await secretary.get(f"/meetings/{the_id}/edit")
+    assert status == 403
+
+    # reschedule (a bad date first), then cancel through the confirmation page
+    version = str(meeting(site, the_id).version)
+    move = {
+        "csrf_token": token,
+        "version": version,
+        "start_date": "2030-03-05",
+        "start_time": "25:00",
+        "end_date": "2030-03-05",
+        "end_time": "16:00",
+    }
+    status, html, _ = await chair.post(f"/meetings/{the_id}/reschedule", move)
+    assert status == 400 and "Ngày giờ không hợp lệ" in html
+    move["start_time"] = "15:00"
+    status, _, response = await chair.post(f"/meetings/{the_id}/reschedule", move)
+    assert status == 303 and response.headers["Location"].endswith("saved=rescheduled")
+    moved = meeting(site, the_id)
+    assert moved.start_at == datetime(2030, 3, 5, 8, 0, tzinfo=UTC) and moved.sequence >= 2
+    status, html, _ = await chair.get(f"/meetings/{the_id}/cancel")
+    assert status == 200 and "Bạn có chắc muốn hủy cuộc họp này?" in html
+    status, html, _ = await chair.post(
+        f"/meetings/{the_id}/cancel", {"csrf_token": token, "version": version}
+    )
+    assert status == 409 and "Cuộc họp đã thay đổi" in html  # the old version
+    assert meeting(site, the_id).status == "scheduled"
+    status, _, _ = await chair.post(
+        f"/meetings/{the_id}/cancel", {"csrf_token": token, "version": str(moved.version)}
+    )
+    assert status == 303 and meeting(site, the_id).status == "cancelled"
+    status, html, _ = await chair.post(
+        f"/meetings/{the_id}/cancel", {"csrf_token": "wrong", "version": str(moved.version)}
+    )
+    assert status == 403  # CSRF
+    status, html, _ = await chair.get(f"/meetings/{the_id}")
+    assert 'data-status="cancelled"' in html and "Đã hủy" in html
+
+
+# --- lists, the meeting page, access ------------------------------------------------------------
+
+
+async def test_lists_join_and_access(site: Site, browsers: list[Browser]) -> None:
+    district(site)
+    now = datetime.now(UTC)
+    current = schedule(site, "Giao ban sáng", now - timedelta(minutes=5), 60, "ct-a", ("p-a1",))
+    deputy = schedule(
+        site, "Họp của phó chủ tịch", now + timedelta(minutes=2), 30, "ct-a2", ("p-a2",)
+    )
+    later = datetime(2030, 5, 8, 9, 0, tzinfo=ZONE)  # a Wednesday
+    future = schedule(site, "Họp tháng Năm", later, 60, "ct-a", ("p-a1", "p-a2"))
+    district_b = schedule(
+        site, "Họp huyện B", now - timedelta(minutes=5), 60, "ct-b", ("p-b1",), unit="huyen-b"
+    )
+
+    async def listed(username: str, path: str = "/meetings") -> tuple[set[int], set[int], str]:
+        browser = await signed_in(site, browsers, username)
+        status, html, _ = await browser.get(path)
+        assert status == 200, html[-500:]
+        today = html.split('data-section="today"', 1)[1].split('data-section="week"', 1)[0]
+        ids = {int(x) for x in re.findall(r'data-meeting="(\d+)"', html)}
+        return {int(x) for x in re.findall(r'data-meeting="(\d+)"', today)}, ids, html
+
+    today, _, html = await listed("ct-a")
+    assert today == {current} and "Giao ban sáng" in html  # only what this chair chairs
+    assert f'href="/meetings/{current}/join"' in html
+    today, _, _ = await listed("tk-a")
+    assert today == {current, deputy}
+    today, _, _ = await listed("qt-a")
+    assert today == {current, deputy}
+    today, _, html = await listed("vh-a1")
+    assert today == {current} and f'href="/meetings/{current}/join"' in html
+    today, _, _ = await listed("tk-b")
+    assert today == {district_b}
+    _, week, html = await listed("tk-a", "/meetings?day=2030-05-06")
+    assert week == {future} and "06/05–12/05/2030" in html
+    _, week, _ = await listed("vh-a1", "/meetings?day=2030-05-06&lang=en")
+    assert week == {future}
+
+    # join links: the operator gets its point's invitation token, the chair a chair token
+    operator = await signed_in(site, browsers, "vh-a1")
+    status, _, response = await operator.get(f"/meetings/{current}/join")
+    assert status == 303
+    location = response.headers["Location"]
+    assert location.startswith(f"/m/{current}?token=")
+    claims = jwt.decode(
+        location.split("token=")[1], SECRET, algorithms=["HS256"], options={"verify_aud": False}
+    )
+    assert (
+        claims["sub"] == "p-a1" and claims["role"] == "point" and claims["meeting"] == str(current)
+    )
+    chair = await signed_in(site, browsers, "ct-a")
+    status, _, response = await chair.get(f"/meetings/{current}/join")
+    claims = jwt.decode(
+        response.headers["Location"].split("token=")[1],
+        SECRET,
+        algorithms=["HS256"],
+        options={"verify_aud": False},
+    )
+    assert status == 303 and claims["sub"] == "ct-a" and claims["role"] == "chair"
+    status, html, _ = await chair.get(f"/meetings/{future}/join")
+    assert status == 409 and "Phòng họp chưa mở" in html
+
+    # the operator sees only meetings of its point; other districts get 404
+    status, html, _ = await operator.get(f"/meetings/{current}")
+    assert status == 200 and "Giao ban sáng" in html and "/edit" not in html
+    for path in (f"/meetings/{deputy}", f"/meetings/{deputy}/join", f"/meetings/{current}/edit"):
+        status, _, _ = await operator.get(path)
+        assert status in (403, 404), path
+    status, _, _ = await operator.get(f"/meetings/{deputy}")
+    assert status == 404
+    other = await signed_in(site, browsers, "tk-b")
+    for path in (f"/meetings/{current}", f"/meetings/{current}/join", "/meetings/999999"):
+        status, html, _ = await other.get(path)
+        assert status == 404 and "Không tìm thấy cuộc họp" in html and "Giao ban sáng" not in html
+    chair_b = await signed_in(site, browsers, "ct-b")
+    status, _, _ = await chair_b.get(f"/meetings/{current}/edit")
+    assert status == 404
+    anonymous = site.browser()
+    browsers.append(anonymous)
+    status, _, response = await anonymous.get(f"/meetings/{current}")
+    assert status == 303 and response.headers["Location"].startswith("/login?next=")
+
+    # a live meeting: the form still edits its notes (its unchanged times are not a move)
+    site.db(lambda s: svc.start_meeting(s, current))
+    status, html, _ = await chair.get(f"/meetings/{current}/edit")
+    version = re.search(r'name="version" value="(\d+)"', html)
+    assert status == 200 and version
+    token = await chair.csrf(f"/meetings/{current}/edit")
+    values = re.findall(r'name="(start_date|start_time|end_date|end_time)" value="([^"]*)"', html)
+    edit = form(
+        token,
+        version=version.group(1),
+        title="Giao ban sáng",
+        notes="Bổ sung khi đang họp",
+        points=["p-a1"],
+        **dict(values),
+    )
+    status, _, _ = await chair.post(f"/meetings/{current}/edit", edit)
+    assert status == 303 and meeting(site, current).notes == "Bổ sung khi đang họp"
+    now_version = str(meeting(site, current).version)
+    moved = [(k, {"end_time": "23:00", "version": now_version}.get(k, v)) for k, v in edit]
+    status, html, _ = await chair.post(f"/meetings/{current}/edit", moved)
+    assert status == 409 and "đang diễn ra" in html
+
+
+async def test_attendance_and_answers_on_the_page(any_site: Site, browsers: list[Browser]) -> None:
+    site = any_site
+    district(site)
+    start = datetime.now(UTC) - timedelta(hours=2)
+    the_id = schedule(site, "Họp đã qua", start, 60, "ct-a", ("p-a1", "p-a2"))
+
+    def happened(session: object) -> None:
+        s = session
+        invitations.answer(s, the_id, "p-a1", "accept")  # type: ignore[arg-type]
+        invitations.answer(s, the_id, "p-a2", "decline")  # type: ignore[arg-type]
+        at = start + timedelta(minutes=1)
+        attendance.record_event(
+            s,
+            the_id,
+            identity="p-a1",
+            participant_id="x1",
+            kind="join",
+            at=at,
+            name="UBND xã A Một",
+            role="point",  # type: ignore[arg-type]
+        )
+        attendance.record_event(
+            s,
+            the_id,
+            identity="p-a1",
+            participant_id="x1",
+            kind="leave",
+            at=at + timedelta(minutes=42),
+            role="point",  # type: ignore[arg-type]
+        )
+        attendance.record_event(
+            s,
+            the_id,
+            identity="ct-a",
+            participant_id="c1",
+            kind="join",
+            at=at,
+            name="Chủ tịch A",
+            role="chair",  # type: ignore[arg-type]
+        )
+        attendance.record_event(
+            s,
+            the_id,
+            identity="ct-a",
+            participant_id="c1",
+            kind="leave",
+            at=at + timedelta(minutes=50),
+            role="chair",  # type: ignore[arg-type]
+        )
+        svc.start_meeting(s, the_id, now=start)  # type: ignore[arg-type]
+        svc.end_meeting(s, the_id, now=start + timedelta(minutes=55))  # type: ignore[arg-type]
+
+    site.db(happened)
+    chair = await signed_in(site, browsers, "ct-a")
+    status, html, _ = await chair.get(f"/meetings/{the_id}")
+    assert status == 200 and 'data-status="ended"' in html
+    assert 'data-point="p-a1" data-answer="accepted"' in html
+    assert 'data-point="p-a2" data-answer="declined"' in html
+    assert 'data-identity="p-a1" data-minutes="42"' in html
+    assert 'data-identity="ct-a" data-minutes="50"' in html
+    assert 'data-identity="p-a2" data-minutes="0"' in html and "Vắng mặt" in html
+    local_join = (start + timedelta(minutes=1)).astimezone(ZONE).strftime("%H:%M:%S")
+    assert local_join in html
+    assert f"/meetings/{the_id}/edit" not in html  # an ended meeting has no actions
+    operator = await signed_in(site, browsers, "vh-a1")
+    status, html, _ = await operator.get(f"/meetings/{the_id}")
+    assert 'data-identity="p-a1"' in html and 'data-identity="ct-a"' not in html
+
+
+# --- e-mails ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mail_site(tmp_path: Path) -> Iterator[tuple[Site, Mailbox, Controller]]:
+    """A server on SQLite whose SMTP server is a real aiosmtpd on 127.0.0.1."""
+    box = Mailbox("127.0.0.1", free_port())
+    controller = Controller(box, hostname=box.host, port=box.port)
+    controller.start()
+    url = URL.create("sqlite", database=str(tmp_path / "data" / "conference.db"))
+    try:
+        for made in _start(tmp_path, box.settings_env(), url):
+            yield made, box, controller
+    finally:
+        try:
+            controller.stop()
+        except (AssertionError, RuntimeError):
+            pass  # stopped by the test
+
+
+async def test_send_invitations_and_smtp_failure(
+    mail_site: tuple[Site, Mailbox, Controller], browsers: list[Browser]
+) -> None:
+    site, box, controller = mail_site
+    district(site)
+    the_id = schedule(
+        site,
+        "Giao ban có giấy mời",
+        datetime(2030, 6, 3, 8, 0, tzinfo=ZONE),
+        60,
+        "ct-a",
+        ("p-a1", "p-a2"),
+    )
+    chair = await signed_in(site, browsers, "ct-a")
+    token = await chair.csrf(f"/meetings/{the_id}")
+    status, html, _ = await chair.post(f"/meetings/{the_id}/send", {"csrf_token": token})
+    assert status == 200 and "Đã gửi 2 giấy mời" in html and 'data-send="ok"' in html
+    messages = box.wait_for(2)
+    assert sorted(m["To"].addresses[0].addr_spec for m in messages) == [
+        "p-a1@example.vn",
+        "p-a2@example.vn",
+    ]
+    status, html, _ = await chair.post(f"/meetings/{the_id}/send", {"csrf_token": token})
+    assert "Đã gửi 0 giấy mời" in html  # idempotent
+
+    # the mail server goes away: a clear message, no crash, the update stays pending
+    controller.stop()
+    site.db(lambda s: svc.update_meeting(s, the_id, version=None, title="Giao ban (đổi giờ)"))
+    status, html, _ = await chair.post(f"/meetings/{the_id}/send", {"csrf_token": token})
+    assert status == 502 and 'data-send="failed"' in html and "Traceback" not in html
+    assert "Không gửi được thư" in html and 'data-point="p-a1"' in html
+    views = site.db(lambda s: invitations.list_invitations(s, the_id))
+    assert all(v.last_error for v in views) and all(v.sent_sequence == 0 for v in views)
+
+
+# --- in a real browser --------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+async def test_form_in_chromium(site: Site) -> None:
+    """The form works in Chromium without extra JavaScript: date and time inputs, a
+    checkbox, an agenda row; a title that is markup is shown as text, never run."""
+    playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright")
+    district(site)
+    title = '<img src=x onerror="window.__xss = 1"> Giao ban'
+    async with playwright_api.async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+                "--no-sandbox",
+                "--disable-gpu",
+            ],
+        )
+        try:
+            page = await chromium.new_page(locale="vi-VN")
+            await page.goto(site.url + "/login?next=/meetings/new")
+            await page.fill("input[name=username]", "ct-a")
+            await page.fill("input[name=password]", "mat-khau-1")
+            await page.click("button[type=submit]")
+            await page.wait_for_url("**/meetings/new")
+            await page.fill("input[name=title]", title)
+            await page.fill("input[name=start_date]", "2030-01-07")
+            await page.fill("input[name=start_time]", "08:00")
+            await page.fill("input[name=end_date]", "2030-01-07")
+            await page.fill("input[name=end_time]", "09:15")
+            await page.fill("input[name=agenda_title_0]", "Báo cáo tuần")
+            await page.fill("input[name=agenda_presenter_0]", "Văn phòng")
+            await page.check("input[name=points][value=p-a2]")
+            await page.click("button.primary")
+            await page.wait_for_url(re.compile(r".*/meetings/\d+\?saved=1$"))
+            assert await page.text_content("h1.meeting-title") == title
+            assert await page.evaluate("window.__xss") is None
+            assert "08:00–09:15 07/01/2030" in (await page.text_content("[data-field=time]") or "")
+            the_id = int(re.findall(r"/meetings/(\d+)", page.url)[0])
+            stored = meeting(site, the_id)
+            assert stored.title == title and [i.point.code for i in stored.invitations] == ["p-a2"]
+            assert stored.end_at == datetime(2030, 1, 7, 2, 15, tzinfo=UTC)
+            # cancel through the confirmation page
+            await page.click(f"a[href='/meetings/{the_id}/cancel']")
+            await page.click("button.primary")
+            await page.wait_for_url(re.compile(r".*saved=cancelled$"))
+            assert await page.get_attribute(".meeting-status", "data-status") == "cancelled"
+            assert meeting(site, the_id).status == "cancelled"
+        finally:
+            await chromium.close()

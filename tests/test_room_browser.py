@@ -1,0 +1,432 @@
+"""The chaired briefing in headless Chromium: chat, raised hands, floor, mute all,
+ask to unmute, remove, screen share, reconnect, pre-join, weak-link profiles.
+
+Same setup as tests/test_browser.py (Debian's chromium through Playwright, fake
+camera and a tone as microphone, traffic on 127.0.0.1 only).  Audio is checked with
+getStats per received publication: the energy of a held microphone stops rising
+on the others' pages while the floor holder's keeps rising.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import ServerProcess, check_clean_exit, start_server
+from .test_browser import browser, join, open_invitation, save_screenshot, sync_api, wait_until
+
+__all__ = ["browser"]  # the fixture, shared with tests/test_browser.py
+
+pytestmark = pytest.mark.slow
+
+# inbound statistics of the subscriber connection by publication id
+BY_PUBLICATION_JS = """async () => {
+  const c = window.conference;
+  if (!c || !c.subscriber) return {};
+  const out = {};
+  (await c.subscriber.getStats()).forEach((s) => {
+    const id = c.midToPublication[s.mid];
+    if (s.type === "inbound-rtp" && id) out[id] = {kind: s.kind,
+      frames: s.framesDecoded || 0, energy: s.totalAudioEnergy || 0};
+  });
+  return out;
+}"""
+
+PUBLICATION_JS = """([participant, source]) => {
+  const p = window.conference.room.participants.find((x) => x.id === participant);
+  const pub = p && p.publications.find((x) => x.source === source);
+  return pub ? pub.id : null;
+}"""
+
+NAMES = {"huyen": "UBND huyện Đắk Glong", "xa-a": "UBND xã Quảng Sơn", "xa-b": "UBND xã Đắk Ha"}
+
+
+def publication(page: Any, participant: str, source: str) -> str:
+    found = wait_until(
+        lambda: page.evaluate(PUBLICATION_JS, [participant, source]),
+        20,
+        f"{source} of {participant}",
+    )
+    return str(found)
+
+
+def stats(page: Any) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = page.evaluate(BY_PUBLICATION_JS)
+    return result
+
+
+def growth(page: Any, ids: list[str], seconds: float = 2.0) -> dict[str, float]:
+    """How much each publication's frames (video) or audio energy grew in ``seconds``."""
+    before = stats(page)
+    time.sleep(seconds)
+    after = stats(page)
+    out = {}
+    for pid in ids:
+        key = "frames" if after.get(pid, {}).get("kind") == "video" else "energy"
+        out[pid] = after.get(pid, {}).get(key, 0) - before.get(pid, {}).get(key, 0)
+    return out
+
+
+def me(page: Any) -> str:
+    return str(page.evaluate("window.conference.me.id"))
+
+
+def briefing(browser: Any, server: ServerProcess) -> dict[str, Any]:
+    pages = {"huyen": join(browser, server, "huyen", NAMES["huyen"], role="chair")}
+    for identity in ("xa-a", "xa-b"):
+        pages[identity] = join(browser, server, identity, NAMES[identity])
+    return pages
+
+
+def test_chair_runs_the_briefing(server: ServerProcess, browser: Any, tmp_path: Path) -> None:
+    pages = briefing(browser, server)
+    chair, a, b = pages["huyen"], pages["xa-a"], pages["xa-b"]
+    ids = {identity: me(page) for identity, page in pages.items()}
+    mic_a = publication(chair, ids["xa-a"], "microphone")
+    mic_b = publication(chair, ids["xa-b"], "microphone")
+    wait_until(lambda: all(v > 0 for v in growth(chair, [mic_a, mic_b], 1).values()), 30, "audio")
+
+    # chat: fan-out with sender name, rendered as text
+    a.fill("#chat-input", "Xã Quảng Sơn đã sẵn sàng <b>báo cáo</b>")
+    a.press("#chat-input", "Enter")
+    for page in (chair, b, a):
+        item = page.locator("#chat-log li").last
+        sync_api.expect(item.locator(".chat-text")).to_have_text(
+            "Xã Quảng Sơn đã sẵn sàng <b>báo cáo</b>"
+        )
+        sync_api.expect(item.locator(".chat-name")).to_have_text(NAMES["xa-a"])
+    assert chair.locator("#chat-log b").count() == 0
+
+    # the chair panel is the chair's only
+    assert chair.is_visible("#chair-panel") and not a.is_visible("#chair-panel")
+    # raised hands reach the chair's queue in order (H is the shortcut)
+    b.click("#hand-btn")
+    sync_api.expect(b.locator("#hand-btn")).to_have_text("Hạ tay")
+    chair.wait_for_selector(f'#hands li[data-participant="{ids["xa-b"]}"]')
+    a.evaluate("document.activeElement.blur()")  # shortcuts are off while typing
+    a.keyboard.press("h")
+    sync_api.expect(chair.locator("#hands li")).to_have_count(2)
+    queue = chair.eval_on_selector_all(
+        "#hands li", "items => items.map(i => i.dataset.participant)"
+    )
+    assert queue == [ids["xa-b"], ids["xa-a"]]
+    sync_api.expect(chair.locator("#hands li").first.locator(".hand-name")).to_have_text(
+        NAMES["xa-b"]
+    )
+
+    # the chair gives the floor to xa-a: large on the others' pages, heard; xa-b held
+    chair.click(f'#hands li[data-participant="{ids["xa-a"]}"] button.give-floor')
+    b.wait_for_selector(f'#stage .tile.large[data-participant="{ids["xa-a"]}"]')
+    chair.wait_for_selector(f'#stage .tile.large[data-participant="{ids["xa-a"]}"]')
+    sync_api.expect(a.locator("#notice")).to_contain_text("cho bạn phát biểu")
+    sync_api.expect(a.locator("#mute-btn")).to_have_text("Tắt micro")
+    sync_api.expect(chair.locator("#hands li")).to_have_count(1)
+    sync_api.expect(b.locator("#floor-indicator")).to_have_text(f"{NAMES['xa-a']} đang phát biểu")
+    sync_api.expect(b.locator("#mute-btn")).to_have_text("Bật micro")
+    time.sleep(1.0)  # the held stream's jitter buffer drains
+    grown = growth(chair, [mic_a, mic_b])
+    assert grown[mic_a] > 0 and grown[mic_b] == 0, grown
+    mic_b_on_a = publication(a, ids["xa-b"], "microphone")
+    assert growth(a, [mic_b_on_a])[mic_b_on_a] == 0
+    # xa-b cannot unmute itself while held (the page says why, the server would refuse)
+    b.click("#mute-btn")
+    sync_api.expect(b.locator("#notice")).to_contain_text("giơ tay phát biểu")
+    save_screenshot(chair, tmp_path, "screenshot-chair.png")
+
+    # mute all: the floor ends, xa-a is held too
+    chair.click("#mute-all-btn")
+    sync_api.expect(a.locator("#mute-btn")).to_have_text("Bật micro")
+    chair.wait_for_selector(
+        f'#participants li[data-participant="{ids["xa-a"]}"] .badge.mic-blocked'
+    )
+    time.sleep(1.0)
+    grown = growth(chair, [mic_a, mic_b])
+    assert grown == {mic_a: 0, mic_b: 0}, grown
+
+    # ask to unmute: xa-a's page asks, the point accepts, it is heard again
+    chair.click(f'#participants li[data-participant="{ids["xa-a"]}"] button.ask-unmute')
+    a.wait_for_selector("#unmute-dialog[open]")
+    a.click("#unmute-accept")
+    sync_api.expect(a.locator("#mute-btn")).to_have_text("Tắt micro")
+    wait_until(lambda: growth(chair, [mic_a], 1)[mic_a] > 0, 10, "xa-a heard again")
+
+    # remove xa-b with a reason: its page says why
+    chair.click(f'#participants li[data-participant="{ids["xa-b"]}"] button.remove')
+    chair.fill("#remove-reason", "Kiểm tra lại đường truyền")
+    chair.click("#remove-confirm")
+    b.wait_for_selector("#notice:not([hidden])")
+    sync_api.expect(b.locator("#notice")).to_contain_text("Chủ trì đã mời bạn rời phòng họp.")
+    sync_api.expect(b.locator("#notice")).to_contain_text("Kiểm tra lại đường truyền")
+    assert b.is_hidden("#room")
+    sync_api.expect(chair.locator("#participants li")).to_have_count(2)
+
+    # lock, then end the meeting for everyone (with a confirmation)
+    chair.click("#lock-btn")
+    sync_api.expect(a.locator("#locked-indicator")).to_be_visible()
+    late = open_invitation(browser, server, "xa-c", "UBND xã Đắk Som")
+    late.click("#join:not([disabled])")
+    sync_api.expect(late.locator("#notice")).to_contain_text("Chủ trì đã khóa phòng họp")
+    assert late.is_visible("#prejoin") and late.is_hidden("#room")
+    chair.click("#end-btn")
+    chair.click("#end-cancel")
+    assert a.is_visible("#room")
+    chair.click("#end-btn")
+    chair.click("#end-confirm")
+    for page in (a, chair):
+        sync_api.expect(page.locator("#notice")).to_have_text("Cuộc họp đã kết thúc.")
+        assert page.is_hidden("#room")
+    # the meeting no longer admits anyone, with the links it was opened with
+    late.click("#join:not([disabled])")
+    sync_api.expect(late.locator("#notice")).to_have_text("Cuộc họp đã kết thúc.")
+    late.context.close()
+    assert not any(page.errors for page in pages.values()), [p.errors for p in pages.values()]
+    for page in pages.values():
+        page.context.close()
+
+
+def test_screen_share_is_large_and_hidden_videos_are_not_received(
+    server: ServerProcess, browser: Any, tmp_path: Path
+) -> None:
+    pages = briefing(browser, server)
+    chair, a, b = pages["huyen"], pages["xa-a"], pages["xa-b"]
+    ids = {identity: me(page) for identity, page in pages.items()}
+    cam_a = publication(b, ids["xa-a"], "camera")
+    wait_until(lambda: growth(b, [cam_a], 1)[cam_a] > 0, 30, "xa-a's camera on xa-b")
+
+    # getDisplayMedia runs headless with --use-fake-ui-for-media-stream (fake screen)
+    a.click("#screen-btn")
+    sync_api.expect(a.locator("#screen-btn")).to_have_text("Dừng chia sẻ")
+    for page in (chair, b):
+        page.wait_for_selector(f'#stage .tile.screen.large[data-participant="{ids["xa-a"]}"]')
+    screen = publication(b, ids["xa-a"], "screen")
+    wait_until(lambda: growth(b, [screen], 1)[screen] > 0, 20, "screen frames on xa-b")
+    sync_api.expect(b.locator("#stage .tile.screen .name")).to_have_text(
+        f"Màn hình: {NAMES['xa-a']}"
+    )
+
+    # speaker layout on xa-b: the screen large, the chair inset; xa-a's camera is a
+    # name card in the strip, and its video is no longer received
+    b.wait_for_selector(f'#inset .tile[data-participant="{ids["huyen"]}"]')
+    b.wait_for_selector(f'#strip .tile.camera-off[data-participant="{ids["xa-a"]}"]')
+    wait_until(
+        lambda: cam_a not in b.evaluate("[...window.conference.subscribed]"), 5, "unsubscribed"
+    )
+    time.sleep(1.0)
+    cam_chair = publication(b, ids["huyen"], "camera")
+    grown = growth(b, [cam_a, cam_chair, screen])
+    assert grown[cam_a] == 0 and grown[cam_chair] > 0 and grown[screen] > 0, grown
+    save_screenshot(b, tmp_path, "screenshot-screen-share.png", docs=False)
+
+    # the grid layout (the point's choice) shows and receives every camera again
+    b.select_option("#layout-select", "grid")
+    wait_until(lambda: growth(b, [cam_a], 1)[cam_a] > 0, 15, "xa-a's camera back")
+
+    # stopping the share removes the screen tile everywhere
+    a.click("#screen-btn")
+    chair.wait_for_selector(".tile.screen", state="detached")
+    assert not any(page.errors for page in pages.values()), [p.errors for p in pages.values()]
+    for page in pages.values():
+        page.context.close()
+
+
+def test_page_reconnects_after_its_websocket_drops(server: ServerProcess, browser: Any) -> None:
+    chair = join(browser, server, "huyen", NAMES["huyen"], role="chair")
+    chair.fill("#chat-input", "Các điểm cầu kiểm tra âm thanh")
+    chair.click("#chat-send")
+    chair.wait_for_selector("#chat-log li")
+    point = join(browser, server, "xa-a", NAMES["xa-a"])
+    # the chat history arrives with the join
+    sync_api.expect(point.locator("#chat-log .chat-text")).to_have_text(
+        ["Các điểm cầu kiểm tra âm thanh"]
+    )
+    old_id = me(point)
+    point.click("#hand-btn")
+    chair.wait_for_selector(f'#hands li[data-participant="{old_id}"]')
+
+    point.evaluate("window.conference.signaling.ws.close()")
+    sync_api.expect(point.locator("#reconnecting")).to_be_visible()
+    sync_api.expect(point.locator("#reconnecting")).to_have_text("Mất kết nối, đang kết nối lại…")
+    sync_api.expect(point.locator("#reconnecting")).to_be_hidden(timeout=20_000)
+    assert point.is_visible("#room")
+    new_id = me(point)
+    assert new_id != old_id
+    assert point.evaluate("window.conference.reconnects") == 1
+    # the same identity came back: one participant, the raised hand kept its place
+    sync_api.expect(chair.locator("#participants li")).to_have_count(2)
+    chair.wait_for_selector(f'#hands li[data-participant="{new_id}"]')
+    # media flows again both ways
+    cam = publication(chair, new_id, "camera")
+    wait_until(lambda: growth(chair, [cam], 1)[cam] > 0, 30, "the point's camera again")
+    cam_chair = publication(point, me(chair), "camera")
+    wait_until(lambda: growth(point, [cam_chair], 1)[cam_chair] > 0, 30, "the chair again")
+    assert "left (left)" in server.log()
+    # the history is not shown twice after the rejoin
+    assert point.locator("#chat-log li").count() == 1
+    assert not chair.errors and not point.errors, (chair.errors, point.errors)
+    chair.context.close()
+    point.context.close()
+
+
+def test_prejoin_devices_speaker_test_and_join_muted(server: ServerProcess, browser: Any) -> None:
+    page = open_invitation(browser, server, "xa-a", NAMES["xa-a"])
+    page.wait_for_function(
+        "['camera-select', 'mic-select'].every((id) => document.getElementById(id).options.length)"
+    )
+    wait_until(lambda: page.evaluate("window.conference.prejoinLevel || 0") > 0.02, 10, "level")
+    page.wait_for_function("document.getElementById('preview').videoWidth > 0")
+    # Chromium can choose the output (setSinkId): the fake outputs are listed
+    sync_api.expect(page.locator("#speaker-label")).to_be_visible()
+    page.select_option("#speaker-select", index=1)
+    chosen = page.input_value("#speaker-select")
+    assert page.evaluate("window.conference.speakerId") == chosen
+    page.click("#speaker-test")
+    sync_api.expect(page.locator("#speaker-hint")).to_be_visible()
+    assert page.evaluate("window.conference.speakerTested") == 1
+    assert page.is_hidden("#device-error")
+    page.check("#join-muted")
+    page.click("#join")
+    page.wait_for_selector("#room:not([hidden])")
+    sync_api.expect(page.locator("#mute-btn")).to_have_text("Bật micro")
+    # the server shows the microphone muted to everyone
+    page.wait_for_selector(f'#participants li[data-participant="{me(page)}"] .badge.mic-muted')
+    assert page.evaluate("window.conference.stream.getAudioTracks().every((t) => !t.enabled)")
+    page.context.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        ("NotFoundError", "Không tìm thấy camera hoặc micro"),
+        ("NotAllowedError", "Trình duyệt chưa cho phép dùng camera và micro"),
+        ("NotReadableError", "đang được phần mềm khác sử dụng"),
+    ],
+)
+def test_prejoin_explains_missing_blocked_or_busy_devices(
+    server: ServerProcess, browser: Any, error: str, text: str
+) -> None:
+    script = (
+        "navigator.mediaDevices.getUserMedia = () => "
+        f"Promise.reject(new DOMException('test', '{error}'));"
+    )
+    page = open_invitation(browser, server, "xa-a", NAMES["xa-a"], init_script=script)
+    page.wait_for_selector("#device-error:not([hidden])")
+    sync_api.expect(page.locator("#device-error")).to_contain_text(text)
+    assert page.get_attribute("#device-error", "data-error") == error
+    # one can still join to watch and listen
+    page.click("#join:not([disabled])")
+    page.wait_for_selector("#room:not([hidden])")
+    sync_api.expect(page.locator("#participants li")).to_have_count(1)
+    assert not page.errors, page.errors
+    page.context.close()
+
+
+def test_bandwidth_profiles_cap_the_camera(server: ServerProcess, browser: Any) -> None:
+    page = open_invitation(browser, server, "xa-a", NAMES["xa-a"])
+    page.select_option("#prejoin-profile", "low")
+    page.click("#join:not([disabled])")
+    page.wait_for_selector("#room:not([hidden])")
+    other = join(browser, server, "xa-b", NAMES["xa-b"])
+    encoding = """() => {
+      const sender = window.conference.transceivers.camera.sender;
+      const e = sender.getParameters().encodings[0];
+      return {active: e.active, maxBitrate: e.maxBitrate || null,
+              scale: e.scaleResolutionDownBy || 1};
+    }"""
+    wait_until(lambda: page.evaluate(encoding)["maxBitrate"] == 400_000, 10, "500k cap")
+    assert page.evaluate(encoding) == {"active": True, "maxBitrate": 400_000, "scale": 2}
+    cam = publication(other, me(page), "camera")
+    wait_until(lambda: growth(other, [cam], 1)[cam] > 0, 30, "capped camera received")
+    # the 500 kbps profile sends at most about 400 kbit/s of video
+    sent = """async () => { let b = 0; (await window.conference.publisher.getStats())
+      .forEach((s) => { if (s.type === "outbound-rtp" && s.kind === "video") b += s.bytesSent; });
+      return b; }"""
+    first = page.evaluate(sent)
+    time.sleep(3)
+    kbps = (page.evaluate(sent) - first) * 8 / 3 / 1000
+    assert 0 < kbps < 480, kbps
+
+    page.select_option("#profile-select", "high")
+    wait_until(lambda: page.evaluate(encoding)["maxBitrate"] == 1_400_000, 10, "1.5M cap")
+    assert page.evaluate(encoding)["scale"] == 1
+
+    # audio only: the camera stops sending and shows as off to the others
+    page.select_option("#profile-select", "audio")
+    wait_until(lambda: page.evaluate(encoding)["active"] is False, 10, "camera stopped")
+    other.wait_for_selector(f'#participants li[data-participant="{me(page)}"] .badge.cam-muted')
+    time.sleep(1.0)
+    assert growth(other, [cam])[cam] == 0
+    # and the page receives no video at all
+    wait_until(
+        lambda: not page.evaluate("window.conference.plan.some((t) => t.video)"),
+        5,
+        "no video shown",
+    )
+    # connection quality from getStats is shown per participant
+    other.wait_for_selector(f'#participants li[data-participant="{me(page)}"] .quality')
+    title = other.get_attribute(
+        f'#participants li[data-participant="{me(page)}"] .quality', "title"
+    )
+    assert title is not None and "mất gói" in title and "ms" in title
+    assert not page.errors and not other.errors, (page.errors, other.errors)
+    page.context.close()
+    other.context.close()
+
+
+def test_english_page_and_recording_indicator(server: ServerProcess, browser: Any) -> None:
+    chair = join(browser, server, "huyen", NAMES["huyen"], role="chair")
+    point = open_invitation(browser, server, "xa-a", NAMES["xa-a"], lang="en")
+    assert point.inner_text("#join") == "Join the meeting"
+    point.click("#join:not([disabled])")
+    point.wait_for_selector("#room:not([hidden])")
+    assert point.inner_text("#hand-btn") == "Raise hand"
+    assert point.inner_text("#mute-btn") == "Mute"
+    tip = "Shortcuts: M — mute/unmute; H — raise/lower hand"
+    assert point.text_content("#help-tip") == tip
+    assert point.is_hidden("#help-tip")
+    point.hover("#help-btn")  # the help tooltip shows on hover or focus
+    sync_api.expect(point.locator("#help-tip")).to_be_visible()
+    assert "Phím tắt: M — tắt/bật micro" in (chair.text_content("#help-tip") or "")
+    assert chair.is_hidden("#hand-btn")  # the chair gives the floor, it does not ask for it
+    # the recording indicator follows the room state (the chair starts a recording)
+    assert point.is_hidden("#rec-indicator")
+    chair.click("#record-btn")
+    sync_api.expect(point.locator("#rec-indicator")).to_be_visible()
+    sync_api.expect(point.locator("#rec-indicator")).to_have_text("● Recording")
+    sync_api.expect(chair.locator("#rec-indicator")).to_have_text("● Đang ghi hình")
+    sync_api.expect(chair.locator("#record-btn")).to_have_text("Dừng ghi hình")
+    chair.click("#record-btn")
+    sync_api.expect(point.locator("#rec-indicator")).to_be_hidden()
+    assert not chair.errors and not point.errors, (chair.errors, point.errors)
+    chair.context.close()
+    point.context.close()
+
+
+def test_pages_come_back_after_a_server_restart(
+    server: ServerProcess, browser: Any, tmp_path: Path
+) -> None:
+    """A harder drop: the server goes away for a few seconds and comes back (same port)."""
+    chair = join(browser, server, "huyen", NAMES["huyen"], role="chair")
+    point = join(browser, server, "xa-a", NAMES["xa-a"])
+    cam = publication(chair, me(point), "camera")
+    wait_until(lambda: growth(chair, [cam], 1)[cam] > 0, 30, "camera before")
+    assert server.stop() == 0
+    for page in (chair, point):
+        sync_api.expect(page.locator("#reconnecting")).to_be_visible()
+    time.sleep(2.0)  # the pages retry while the server is down
+    (tmp_path / "again").mkdir()
+    again = start_server(tmp_path / "again", "--port", str(server.port))
+    try:
+        for page in (chair, point):
+            sync_api.expect(page.locator("#reconnecting")).to_be_hidden(timeout=30_000)
+            assert page.is_visible("#room")
+        sync_api.expect(chair.locator("#participants li")).to_have_count(2)
+        cam = publication(chair, me(point), "camera")
+        wait_until(lambda: growth(chair, [cam], 1)[cam] > 0, 30, "camera after")
+        assert not chair.errors and not point.errors, (chair.errors, point.errors)
+        chair.context.close()
+        point.context.close()
+    finally:
+        check_clean_exit(again)
