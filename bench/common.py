@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -17,31 +16,52 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from conference.loadtest.procstat import (
+    cpu_sample,
+    machine_busy_seconds,
+    machine_info,
+    udp_error_counters,
+)
+from conference.loadtest.report import percentile
+
+__all__ = [
+    "CLIP",
+    "ROOT",
+    "SECRET",
+    "CpuMeter",
+    "ServerProcess",
+    "cpu_seconds",
+    "cpu_split",
+    "machine",
+    "machine_busy",
+    "payload_key",
+    "percentile",
+    "rtp_payload",
+    "ssrc_of",
+    "start_conference_server",
+    "start_process",
+    "udp_errors",
+]
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-" + "x" * 40
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # The clip every benchmark uses: 1280x720, 30 fps, ~1.5 Mbps VP8 + 32 kbps Opus.
 CLIP = {"width": 1280, "height": 720, "fps": 30, "seconds": 10.0, "bitrate": 1_500_000}
 
 
-# -- CPU accounting -------------------------------------------------------------------
+# -- CPU accounting (the load tester's /proc readers) ----------------------------------
 def cpu_seconds(pid: int) -> float:
     """utime + stime of process ``pid`` (all its threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    # the command name (field 2) may contain spaces: split after its closing ')'
-    fields = data[data.rindex(b")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / CLK_TCK
+    return sum(cpu_split(pid))
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
     """(user seconds, system seconds) of process ``pid``."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    fields = data[data.rindex(b")") + 2 :].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    sample = cpu_sample(pid)
+    if sample is None:
+        raise ProcessLookupError(f"cannot read /proc/{pid}/stat")
+    return sample.user, sample.system
 
 
 class CpuMeter:
@@ -65,37 +85,16 @@ class CpuMeter:
 
 def machine_busy() -> float:
     """CPU seconds used by everything on the machine (all cores), from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / CLK_TCK
+    return machine_busy_seconds() or 0.0
 
 
 def udp_errors() -> dict[str, int]:
     """System-wide UDP receive/send buffer overflow counters (/proc/net/snmp)."""
-    with open("/proc/net/snmp") as f:
-        lines = [line.split() for line in f if line.startswith("Udp:")]
-    names, values = lines[0][1:], [int(x) for x in lines[1][1:]]
-    table = dict(zip(names, values, strict=False))
-    return {k: table.get(k, 0) for k in ("RcvbufErrors", "SndbufErrors")}
+    counters = udp_error_counters()
+    return {k: counters.get(k, 0) for k in ("RcvbufErrors", "SndbufErrors")}
 
 
-def machine() -> dict[str, object]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "python": sys.version.split()[0],
-        "loadavg_at_start": [round(x, 2) for x in load],
-    }
+machine = machine_info
 
 
 # -- RTP --------------------------------------------------------------------------------
@@ -125,16 +124,6 @@ def payload_key(payload: bytes) -> int:
 
 def ssrc_of(data: bytes) -> int:
     return int.from_bytes(data[8:12], "big")
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=1000, method="inclusive")[
-        max(0, min(998, round(q * 1000) - 1))
-    ]
 
 
 # -- server processes -------------------------------------------------------------------

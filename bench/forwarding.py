@@ -25,10 +25,11 @@ seconds pass, then measures for ``--seconds``:
   are measured the same way (to show whether the load generator kept up);
 * forwarded packets/s = sum over subscribers of received RTP packets / window;
 * loss per subscriber: the server rewrites sequence numbers, so loss is
-  estimated from each subscriber's own sequence space: 1 - distinct sequence
-  numbers received / (highest - lowest + 1) within the window.  "raw" counts
-  only first transmissions, "final" also counts RTX repairs (NACK answered
-  from the subscription's history);
+  counted in each subscriber's own sequence space, by the load tester's
+  :class:`conference.loadtest.streamstats.StreamStats` (the same accounting
+  as ``conference loadtest``): "raw" = sequence numbers ever missing,
+  "final" = those not repaired by RTX (NACK answered from the subscription's
+  history) within a second, per expected packet in the window;
 * forwarding delay: the publisher's DTLS transport ``_send_rtp`` is wrapped;
   for every video RTP packet it records ``time.time()`` under a key of the
   payload (length + CRC-32; the SFU forwards the payload byte-for-byte and
@@ -90,64 +91,41 @@ LIGHT_SUBSCRIBERS = True
 # =====================================================================================
 @dataclass
 class TapWindow:
-    video_packets: int = 0
-    video_repaired: int = 0
-    video_bytes: int = 0
     audio_packets: int = 0
-    frames: int = 0
-    seen: set[int] = field(default_factory=set)  # extended seq numbers (any delivery)
-    first: set[int] = field(default_factory=set)  # extended seq numbers (first transmission)
     arrivals: list[tuple[int, float]] = field(default_factory=list)
 
 
 class Tap:
-    """A PacketSink in front of an optional inner sink (the client's StreamCounter)."""
+    """A PacketSink in front of an optional inner sink (the client's StreamCounter).
+
+    Loss and frames come from the load tester's :class:`StreamStats` (sequence
+    gaps, NACK repairs, complete frames); the tap itself only adds what the
+    delay measurement needs: the arrival time of every first transmission,
+    keyed by its payload.
+    """
 
     def __init__(self, kind: str, inner: Any = None) -> None:
+        from conference.loadtest.streamstats import StreamStats
+
         self.kind = kind
         self.inner = inner
         self.total_video = 0
+        self.stats = StreamStats(kind, kind, "vp8")
         self.window = TapWindow()
         self.measuring = False
-        self._ext: int | None = None
 
     def mark(self) -> None:
         self.window = TapWindow()
+        self.stats.mark()
         self.measuring = True
 
     async def on_rtp(self, packet: Any, repaired: bool) -> None:
         if self.kind == "video":
             self.total_video += 1
-            if self.measuring:
-                now = time.time()
-                w = self.window
-                seq = packet.sequence_number
-                if self._ext is None:
-                    ext = seq
-                else:
-                    delta = ((seq - self._ext) + 0x8000) & 0xFFFF
-                    ext = self._ext + delta - 0x8000
-                if self._ext is None or ext > self._ext:
-                    self._ext = ext
-                w.video_packets += 1
-                w.video_bytes += len(packet.payload)
-                w.seen.add(ext)
-                if repaired:
-                    w.video_repaired += 1
-                else:
-                    w.first.add(ext)
-                    w.arrivals.append((payload_key(packet.payload), now))
-                    if packet.marker:
-                        w.frames += 1
-            else:
-                seq = packet.sequence_number
-                if self._ext is None:
-                    self._ext = seq
-                else:
-                    delta = ((seq - self._ext) + 0x8000) & 0xFFFF
-                    ext = self._ext + delta - 0x8000
-                    if ext > self._ext:
-                        self._ext = ext
+            now = time.monotonic()
+            self.stats.receive(packet, repaired, now)
+            if self.measuring and not repaired:
+                self.window.arrivals.append((payload_key(packet.payload), time.time()))
         elif self.measuring:
             self.window.audio_packets += 1
         if self.inner is not None:
@@ -162,18 +140,17 @@ class Tap:
             self.inner.on_bye()
 
     def report(self) -> dict[str, Any]:
-        w = self.window
-        span = (max(w.seen) - min(w.seen) + 1) if w.seen else 0
+        stats = self.stats.report()
         return {
-            "video_packets": w.video_packets,
-            "video_repaired": w.video_repaired,
-            "video_bytes": w.video_bytes,
-            "audio_packets": w.audio_packets,
-            "frames": w.frames,
-            "span": span,
-            "distinct": len(w.seen),
-            "distinct_first": len(w.first),
-            "arrivals": w.arrivals,
+            "video_packets": stats["packets"],
+            "video_repaired": stats["repaired"],
+            "video_bytes": stats["bytes"],
+            "audio_packets": self.window.audio_packets,
+            "frames": stats["frames"],
+            "expected": stats["expected"],
+            "loss_pct": stats["loss_pct"],
+            "raw_loss_pct": stats["raw_loss_pct"],
+            "arrivals": self.window.arrivals,
         }
 
 
@@ -182,6 +159,7 @@ class SfuSubscriber:
 
     def __init__(self, url: str, index: int) -> None:
         from conference.client import Client
+        from conference.sfu.bridge import ForwardingReceiver, light_receiver
         from conference.tokens import create_token
 
         token = create_token(
@@ -210,11 +188,8 @@ class SfuSubscriber:
                         tap = taps[key] = Tap(key)
                     tap.inner = sink
                     receiver.sink = tap
-                    if LIGHT_SUBSCRIBERS:
-                        # the client's receive-side bandwidth estimator (REMB, pure Python,
-                        # ~10% of a worker's CPU) only feeds the server's on_remb(), which
-                        # ignores it: switch it off so that one worker carries more points
-                        receiver._remb = None
+                    if LIGHT_SUBSCRIBERS and isinstance(receiver, ForwardingReceiver):
+                        light_receiver(receiver)  # as the load tester's points do
 
         self.client = TappedClient(url, MEETING, token, decode=False)
 
@@ -528,9 +503,9 @@ async def measure(
         frames += s["frames"]
         video_bytes += s["video_bytes"]
         repaired += s["video_repaired"]
-        if s["span"]:
-            losses_final.append(1 - s["distinct"] / s["span"])
-            losses_raw.append(1 - s["distinct_first"] / s["span"])
+        if s["expected"]:
+            losses_final.append(s["loss_pct"] / 100)
+            losses_raw.append(s["raw_loss_pct"] / 100)
         for key, arrived in s["arrivals"]:
             t = sent.get(key)
             if t is None:

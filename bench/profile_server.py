@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def main() -> int:
-    out = sys.argv[1]
+def install_signal_profiler(out: str) -> None:
+    """SIGUSR1 starts a CPU-time cProfile of this process, SIGUSR2 writes it to ``out``."""
     profiler = cProfile.Profile(time.process_time)
 
     def start(*_: object) -> None:
@@ -36,6 +36,10 @@ def main() -> int:
 
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)
+
+
+def main() -> int:
+    install_signal_profiler(sys.argv[1])
     from conference.cli import main as cli_main
 
     args = sys.argv[2:]

@@ -5,8 +5,9 @@ Modules, from the wire up:
 * :mod:`.streamstats`: what one viewer received on one stream (loss, frames,
   freezes, keyframe waits), from RTP headers only;
 * :mod:`.media`: pre-encoded camera and speech tracks that a simulated point
-  sends without encoding; :mod:`.aiortc_hooks`: the three aiortc internals they
-  need (keyframe requests, audio levels, no receive-side REMB);
+  sends without encoding (the three aiortc internals they need, keyframe
+  requests, audio levels and no receive-side REMB, are the client-side hooks
+  of :mod:`conference.sfu.bridge`);
 * :mod:`.sim`: the chair, points and WHEP viewers, subscribing as the browser
   page does; :mod:`.plan`: configuration, tokens, the floor schedule;
 * :mod:`.worker`: a share of the participants in one process, on the event

@@ -14,7 +14,7 @@ several cores.  Both tracks here replay packets demuxed once from cached clips
   pause pattern while the point "has the floor", and of a faint tone (room
   noise, about -57 dBov) otherwise.  It knows the RFC 6464 level of every
   packet (:attr:`SpeechTrack.level`), which
-  :func:`conference.loadtest.aiortc_hooks.attach_audio_levels` puts in the
+  :func:`conference.sfu.bridge.attach_audio_levels` puts in the
   ``ssrc-audio-level`` header extension: aiortc computes that level only for
   frames it encodes itself, never for pre-encoded packets.
 

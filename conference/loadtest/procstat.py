@@ -11,8 +11,10 @@ available or the process is not ours to inspect, so reports can say "n/a".
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "CpuSample",
@@ -21,8 +23,10 @@ __all__ = [
     "find_listening_pid",
     "is_local_host",
     "machine_busy_seconds",
+    "machine_info",
     "memory_kib",
     "udp_drops_by_pid",
+    "udp_error_counters",
     "udp_receive_errors",
 ]
 
@@ -78,16 +82,43 @@ def machine_busy_seconds() -> float | None:
     return (sum(fields[:8]) - idle) / CLK_TCK
 
 
-def udp_receive_errors() -> int | None:
-    """Datagrams the kernel dropped for full receive buffers, machine-wide (/proc/net/snmp)."""
+def udp_error_counters() -> dict[str, int]:
+    """Machine-wide UDP buffer overflows so far (/proc/net/snmp): ``RcvbufErrors``,
+    ``SndbufErrors``; empty if they cannot be read."""
     try:
         lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
     except OSError:
-        return None
+        return {}
     udp = [line for line in lines if line and line[0] == "Udp:"]
-    if len(udp) < 2 or "RcvbufErrors" not in udp[0]:
-        return None
-    return int(udp[1][udp[0].index("RcvbufErrors")])
+    if len(udp) < 2:
+        return {}
+    table = dict(zip(udp[0][1:], udp[1][1:], strict=False))
+    return {k: int(table[k]) for k in ("RcvbufErrors", "SndbufErrors") if k in table}
+
+
+def udp_receive_errors() -> int | None:
+    """Datagrams the kernel dropped for full receive buffers, machine-wide (/proc/net/snmp)."""
+    return udp_error_counters().get("RcvbufErrors")
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, CPU model, Python version and load average now, for reports."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "loadavg_at_start": [round(x, 2) for x in load],
+    }
 
 
 def _udp_drops_by_inode() -> dict[str, int]:

@@ -22,7 +22,13 @@ TARGETS = (
     ("loss_pct", "loss < 0.5 %", 0.5),
     ("join_p95_s", "join p95 < 2 s", 2.0),
     ("rss_mb_per_participant", "server memory < 10 MB per participant", 10.0),
+    # soak runs only (a window of 10 minutes or more): first -> last 5 minutes
+    ("soak_cpu_growth_pct", "soak: server CPU growth < 10 %", 10.0),
+    ("soak_rss_growth_pct", "soak: server memory growth < 10 %", 10.0),
 )
+#: The span compared at both ends of a soak run (seconds); runs shorter than
+#: twice this have no soak verdict.
+SOAK_SPAN = 300.0
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
@@ -102,13 +108,31 @@ def _drift(timeline: list[Any]) -> dict[str, Any] | None:
         values = [row[column] for row in rows if row[column] is not None]
         return round(sum(values) / len(values), 1) if values else None
 
+    def growth(before: float | None, after: float | None) -> float | None:
+        if before is None or after is None or before <= 0:
+            return None
+        return round(100 * (after - before) / before, 1)
+
     first, last = timeline[:quarter], timeline[-quarter:]
-    return {
+    drift: dict[str, Any] = {
         "cpu_pct_first_quarter": mean(first, 1),
         "cpu_pct_last_quarter": mean(last, 1),
         "rss_mb_first_quarter": mean(first, 2),
         "rss_mb_last_quarter": mean(last, 2),
     }
+    end = timeline[-1][0]
+    if end >= 2 * SOAK_SPAN:
+        first = [row for row in timeline if row[0] <= SOAK_SPAN]
+        last = [row for row in timeline if row[0] > end - SOAK_SPAN]
+        drift.update(
+            cpu_pct_first_5min=mean(first, 1),
+            cpu_pct_last_5min=mean(last, 1),
+            rss_mb_first_5min=mean(first, 2),
+            rss_mb_last_5min=mean(last, 2),
+        )
+        drift["cpu_growth_pct"] = growth(drift["cpu_pct_first_5min"], drift["cpu_pct_last_5min"])
+        drift["rss_growth_pct"] = growth(drift["rss_mb_first_5min"], drift["rss_mb_last_5min"])
+    return drift
 
 
 def build_report(
@@ -212,6 +236,9 @@ def _target_value(report: dict[str, Any], key: str) -> float | None:
         value = report["loss_pct"]
     elif key == "join_p95_s":
         value = report["join"]["p95_s"]
+    elif key in ("soak_cpu_growth_pct", "soak_rss_growth_pct"):
+        drift = report["server"].get("drift") or {}
+        value = drift.get("cpu_growth_pct" if key == "soak_cpu_growth_pct" else "rss_growth_pct")
     else:
         value = report["server"].get("rss_mb_per_participant")
     return None if value is None else float(value)
@@ -222,6 +249,8 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     results = []
     for key, label, limit in TARGETS:
         value = _target_value(report, key)
+        if value is None and key.startswith("soak_"):
+            continue  # not a soak run
         if value is None:
             ok = None
         elif key == "video_freezes":
@@ -238,6 +267,17 @@ def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}{unit}"
     return f"{value}{unit}"
+
+
+def _soak_drift(drift: dict[str, Any]) -> str:
+    if "cpu_growth_pct" not in drift:
+        return ""
+    return (
+        f"; first -> last 5 min: CPU {_fmt(drift['cpu_pct_first_5min'], ' %')} ->"
+        f" {_fmt(drift['cpu_pct_last_5min'], ' %')} ({_fmt(drift['cpu_growth_pct'], ' %')}),"
+        f" RSS {_fmt(drift['rss_mb_first_5min'], ' MB')} ->"
+        f" {_fmt(drift['rss_mb_last_5min'], ' MB')} ({_fmt(drift['rss_growth_pct'], ' %')})"
+    )
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -301,7 +341,8 @@ def format_report(report: dict[str, Any]) -> str:
             else f"CPU {_fmt(s['drift']['cpu_pct_first_quarter'], ' %')} ->"
             f" {_fmt(s['drift']['cpu_pct_last_quarter'], ' %')},"
             f" RSS {_fmt(s['drift']['rss_mb_first_quarter'], ' MB')} ->"
-            f" {_fmt(s['drift']['rss_mb_last_quarter'], ' MB')} (first -> last quarter)",
+            f" {_fmt(s['drift']['rss_mb_last_quarter'], ' MB')} (first -> last quarter)"
+            + _soak_drift(s["drift"]),
         ),
         (
             "forwarded",

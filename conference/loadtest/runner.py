@@ -24,7 +24,6 @@ import asyncio
 import datetime
 import multiprocessing
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from .procstat import (
     find_listening_pid,
     is_local_host,
     machine_busy_seconds,
+    machine_info,
     memory_kib,
     udp_receive_errors,
 )
@@ -283,25 +283,6 @@ def _mb(pid: int | None) -> dict[str, float] | None:
     return {k: round(v / 1024, 1) for k, v in memory.items()}
 
 
-def _machine() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "loadavg_at_start": [round(x, 2) for x in load],
-    }
-
-
 async def run_loadtest(
     config: Config, seats: list[Seat], *, progress: TextIO | None = None
 ) -> dict[str, Any]:
@@ -441,7 +422,7 @@ async def run_loadtest(
         server=server,
         generator=generator,
         floor_changes=floor_changes,
-        machine=_machine(),
+        machine=machine_info(),
     )
     return report
 

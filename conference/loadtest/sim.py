@@ -25,9 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ..client import Client, StreamCounter
-from ..sfu.bridge import ForwardingPeerConnection, ForwardingReceiver
+from ..sfu.bridge import (
+    ForwardingPeerConnection,
+    ForwardingReceiver,
+    attach_audio_levels,
+    honour_keyframe_requests,
+    light_receiver,
+)
 from ..whipclient import WhipSession, whep_watch
-from .aiortc_hooks import attach_audio_levels, honour_keyframe_requests, light_receiver
 from .media import ClipTrack, MediaSet, SpeechTrack
 from .plan import Seat
 from .streamstats import StreamStats
@@ -35,6 +40,10 @@ from .streamstats import StreamStats
 __all__ = ["LoadClient", "SimulatedSeat"]
 
 logger = logging.getLogger(__name__)
+
+#: handling a message slower than this is logged: meanwhile the client reads
+#: nothing, not even the server's heartbeat (5 s), and answers no offer (10 s)
+SLOW_HANDLING = 2.0
 
 
 class LoadClient(Client):
@@ -50,6 +59,7 @@ class LoadClient(Client):
         self.speaker_log: list[tuple[float, str | None]] = []  # (wall time, identity)
         self.speaker_at = 0.0  # monotonic time of the last speaker message
         self.changed = asyncio.Event()
+        self._watching = False  # subscriber connection state reported
 
     def learn(self, room: dict[str, Any]) -> None:
         """Remember participant identities from a room state."""
@@ -57,8 +67,12 @@ class LoadClient(Client):
             self.identities[participant["id"]] = participant.get("identity", participant["id"])
 
     async def _handle(self, message: dict[str, Any]) -> None:
+        began = time.monotonic()
         await super()._handle(message)
         kind = message.get("type")
+        took = time.monotonic() - began
+        if took > SLOW_HANDLING:
+            logger.warning("%s: handling %s took %.1f s", self.seat.identity, kind, took)
         if kind == "room":
             self.learn(message)
             self.relabel()
@@ -99,6 +113,15 @@ class LoadClient(Client):
         pc = self.subscriber
         if pc is None:
             return
+        if not self._watching:
+            self._watching = True
+            identity = self.seat.identity
+
+            @pc.on("connectionstatechange")
+            def report_state() -> None:
+                if pc.connectionState in ("failed", "closed") and not self._closing:
+                    logger.warning("%s: subscriber connection %s", identity, pc.connectionState)
+
         now = time.monotonic()
         for transceiver in pc.getTransceivers():
             mid = transceiver.mid or ""

@@ -37,6 +37,9 @@ __all__ = ["Channel", "LocalChannel", "PipeChannel", "WorkerPlan", "process_entr
 
 logger = logging.getLogger(__name__)
 
+#: an event-loop stall longer than this is logged (seconds)
+STALL = 1.0
+
 Message = dict[str, Any]
 CHAIR_HEAD_START = 1.0  # seconds between the chair's join and the first point's
 
@@ -130,8 +133,12 @@ class _LagMonitor:
         while True:
             before = time.monotonic()
             await asyncio.sleep(0.02)
+            late = time.monotonic() - before - 0.02
             if self.measuring:
-                self.samples.append((time.monotonic() - before - 0.02) * 1000)
+                self.samples.append(late * 1000)
+            if late > STALL:
+                # long enough to miss WebSocket heartbeats (the server waits 5 s for a pong)
+                logger.warning("load-test process %d stalled for %.1f s", os.getpid(), late)
 
     def summary(self) -> dict[str, float | None]:
         values = sorted(self.samples)
@@ -244,6 +251,11 @@ async def run_worker(plan: WorkerPlan, channel: Channel, configure_ice: bool = T
 def process_entry(connection: multiprocessing.connection.Connection, plan: WorkerPlan) -> None:
     """``multiprocessing`` target: run one worker in its own process."""
     logging.basicConfig(level=logging.ERROR)
+    # a simulated participant's own failures (an offer it could not answer) must show
+    logging.getLogger("conference").setLevel(logging.WARNING)
+    ice = logging.getLogger("aioice.ice")  # of aioice's news, only "Consent to send expired"
+    ice.setLevel(logging.INFO)
+    ice.addFilter(lambda record: "Consent" in record.getMessage())
 
     async def main() -> None:
         await run_worker(plan, PipeChannel(connection))

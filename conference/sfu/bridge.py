@@ -21,6 +21,11 @@ are built with these two classes.  It hooks the (name-mangled) private method
 ``tests/sfu/test_bridge.py`` pin the behaviour so that an aiortc upgrade that
 changes it fails loudly.  The aiortc version is pinned in ``pyproject.toml``.
 
+The last section, *client-side hooks*, is not used by the server: it lets the
+load tester's simulated points (stock ``RTCRtpSender`` s sending pre-encoded
+media) behave like a browser: a keyframe on PLI, RFC 6464 audio levels on
+pre-encoded Opus, and no receive-side bandwidth estimator.
+
 Everything else in ``conference/`` must use only what this module exports.
 """
 
@@ -30,10 +35,12 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, cast
 
 import aioice.ice
+import aiortc.rtcpeerconnection as _rtcpeerconnection
 from aioice.ice import StunProtocol
 from aiortc import (
     RTCBundlePolicy,
@@ -54,6 +61,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpSendParameters,
 )
 from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
@@ -90,9 +98,12 @@ __all__ = [
     "RtpPacket",
     "RTCSessionDescription",
     "announce_address",
+    "attach_audio_levels",
     "codec_capability",
     "configure_ice_hosts",
+    "honour_keyframe_requests",
     "ice_candidate_from_json",
+    "light_receiver",
     "ntp_now",
 ]
 
@@ -105,6 +116,10 @@ ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 RTCP_INTERVAL = 1.0
 NACK_INTERVAL = 0.02
+#: REMB is sent at most this often (ms) unless the estimate drops (as libwebrtc does)
+REMB_INTERVAL_MS = 200
+#: a drop below this share of the last REMB sent goes out at once
+REMB_DROP = 0.97
 
 
 def ntp_now() -> int:
@@ -135,6 +150,51 @@ def configure_ice_hosts(addresses: Iterable[str]) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = get_host_addresses
+
+
+#: STUN retransmissions of an ICE consent check (RFC 7675): 2 = sent at 0, 0.5 and
+#: 1.5 s, failed after 3.5 s (aioice sends one and fails it after 0.5 s)
+CONSENT_RETRANSMISSIONS = 2
+#: failed consent checks in a row after which the connection is closed (aioice: 6)
+CONSENT_FAILURES = 4
+
+
+def patient_consent_checks() -> None:
+    """Let ICE consent checks wait for a late answer (applied on import).
+
+    aioice checks consent every ~5 s with a single STUN request that fails
+    after 0.5 s without retransmission, and closes the connection after six
+    failures in a row.  A busy peer (a chair receiving forty points, a laptop,
+    a load-test process) answers late behind its own media backlog: each
+    check fails, the connection closes although both ends are alive, and with
+    it the whole subscriber connection (seen in every 40-point load test on a
+    busy machine: ``Consent to send expired``).  Consent checks are the only
+    requests aioice sends with ``retransmissions=0``; this gives them
+    :data:`CONSENT_RETRANSMISSIONS`, as any STUN transaction has, and expires
+    consent after four failed checks instead of six, so that a dead peer is
+    still given up after ~34 s (4 x (5 + 3.5)), near RFC 7675's 30 s.
+    """
+    aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
+    if getattr(StunProtocol.request, "_conference_patient", False):
+        return
+    original = StunProtocol.request
+
+    async def request(
+        self: StunProtocol,
+        request: Any,
+        addr: tuple[str, int],
+        integrity_key: bytes | None = None,
+        retransmissions: int | None = None,
+    ) -> Any:
+        if retransmissions == 0:
+            retransmissions = CONSENT_RETRANSMISSIONS
+        return await original(self, request, addr, integrity_key, retransmissions)
+
+    request._conference_patient = True  # type: ignore[attr-defined]
+    StunProtocol.request = request  # type: ignore[method-assign]
+
+
+patient_consent_checks()
 
 
 def announce_address(sdp: str, address: str | None) -> str:
@@ -236,6 +296,69 @@ def fast_protect(session: Any) -> Callable[[bytes], bytes]:
     return protect
 
 
+class SlidingRateCounter:
+    """aiortc's ``RateCounter`` (bits per second over the last second), made cheap.
+
+    aiortc keeps 1,000 one-millisecond bucket objects per counter and, on
+    every packet, walks one bucket per millisecond elapsed since the last
+    one.  This keeps the packets of the window in a deque instead: the same
+    results (``tests/sfu/test_bridge.py`` compares them), a few objects per
+    counter, and work proportional to the packets that leave the window.
+    """
+
+    __slots__ = ("_window", "_scale", "_origin_ms", "_entries", "_total", "_count")
+
+    def __init__(self, window_size: int = 1000, scale: int = 8000) -> None:
+        self._window = window_size
+        self._scale = scale
+        self._origin_ms: int | None = None
+        self._entries: deque[tuple[int, int]] = deque()
+        self._total = 0
+        self._count = 0
+
+    def reset(self) -> None:
+        self._origin_ms = None
+        self._entries.clear()
+        self._total = 0
+        self._count = 0
+
+    def _erase_old(self, origin: int, now_ms: int) -> None:
+        new_origin = now_ms - self._window + 1
+        if origin < new_origin:
+            self._origin_ms = new_origin
+            entries = self._entries
+            while entries and entries[0][0] < new_origin:
+                self._total -= entries.popleft()[1]
+                self._count -= 1
+
+    def add(self, value: int, now_ms: int) -> None:
+        origin = self._origin_ms
+        if origin is None:
+            self._origin_ms = now_ms
+        else:
+            self._erase_old(origin, now_ms)
+        self._entries.append((now_ms, value))
+        self._total += value
+        self._count += 1
+
+    def rate(self, now_ms: int) -> int | None:
+        origin = self._origin_ms
+        if origin is None:
+            return None
+        self._erase_old(origin, now_ms)
+        active = now_ms - cast(int, self._origin_ms) + 1
+        if self._count > 0 and active > 1:
+            return round(self._scale * self._total / active)
+        return None
+
+
+def bitrate_estimator() -> RemoteBitrateEstimator:
+    """aiortc's receive-side (REMB) estimator with a :class:`SlidingRateCounter`."""
+    estimator = RemoteBitrateEstimator()
+    estimator.incoming_bitrate = SlidingRateCounter(1000, 8000)  # type: ignore[assignment]
+    return estimator
+
+
 class PacketSink(Protocol):
     """Where a :class:`ForwardingReceiver` delivers what it receives."""
 
@@ -303,8 +426,13 @@ class ForwardingReceiver:
         self._lsr: dict[int, tuple[int, float]] = {}
         self._nack = NackTracker() if kind == "video" else None
         self._media_ssrc: int | None = None
-        self._remb = RemoteBitrateEstimator() if kind == "video" else None
+        #: whether to estimate the publisher's bandwidth (REMB); the estimator is
+        #: made on the first packet, so subscriber-side receivers never build one
+        self.estimate_bandwidth = kind == "video"
+        self._remb: RemoteBitrateEstimator | None = None
         self._rtcp_task: asyncio.Task[None] | None = None
+        self._loss = asyncio.Event()  # set when a loss is found: NACK retries are due
+        self._remb_sent: tuple[int, int] | None = None  # (arrival time ms, bitrate)
         self._started = False
         self.sink: PacketSink | None = None
         self.mid: str | None = None
@@ -390,16 +518,28 @@ class ForwardingReceiver:
             stats = self._streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stats.add(packet)
 
-        if self._remb is not None and packet.extensions.abs_send_time is not None:
-            remb = self._remb.add(
+        if self.estimate_bandwidth and packet.extensions.abs_send_time is not None:
+            estimator = self._remb
+            if estimator is None:
+                estimator = self._remb = bitrate_estimator()
+            remb = estimator.add(
                 abs_send_time=packet.extensions.abs_send_time,
                 arrival_time_ms=arrival_time_ms,
                 payload_size=len(packet.payload) + packet.padding_size,
                 ssrc=packet.ssrc,
             )
             if remb is not None:
-                self.estimated_bitrate = remb[0]
-                await self._send_remb(remb[0], remb[1])
+                self.estimated_bitrate = bitrate = remb[0]
+                last = self._remb_sent
+                # aiortc's estimator has a value for most packets; libwebrtc sends
+                # one every 200 ms, or at once when the estimate drops
+                if (
+                    last is None
+                    or arrival_time_ms - last[0] >= REMB_INTERVAL_MS
+                    or bitrate < last[1] * REMB_DROP
+                ):
+                    self._remb_sent = (arrival_time_ms, bitrate)
+                    await self._send_remb(bitrate, remb[1])
 
         repaired = False
         if codec.name.lower() == "rtx":
@@ -430,6 +570,7 @@ class ForwardingReceiver:
             else:
                 lost = self._nack.received(packet.sequence_number, time.monotonic())
                 if lost:
+                    self._loss.set()
                     await self._send_nack(packet.ssrc, lost)
 
         if self.sink is not None:
@@ -466,13 +607,29 @@ class ForwardingReceiver:
             pass
 
     async def _run_rtcp(self) -> None:
+        """Receiver reports about every second; NACK retries every 20 ms while
+        packets are missing.  With nothing missing the loop sleeps until the
+        next report or the next loss (a wake-up every 20 ms for every
+        publisher's track cost ~10 % of a core at 60 points)."""
         next_report = time.monotonic() + RTCP_INTERVAL * (0.5 + random.random())
+        nack = self._nack
         try:
             while True:
-                await asyncio.sleep(NACK_INTERVAL)
                 now = time.monotonic()
-                if self._nack is not None and self._media_ssrc is not None:
-                    due = self._nack.due(now)
+                if nack is not None and nack.missing:
+                    await asyncio.sleep(NACK_INTERVAL)
+                else:
+                    self._loss.clear()
+                    try:
+                        async with asyncio.timeout(max(next_report - now, 0.0)):
+                            await self._loss.wait()
+                    except TimeoutError:
+                        pass
+                    if nack is not None and self._loss.is_set():
+                        await asyncio.sleep(NACK_INTERVAL)  # the first NACK went out at once
+                now = time.monotonic()
+                if nack is not None and self._media_ssrc is not None:
+                    due = nack.due(now)
                     if due:
                         await self._send_nack(self._media_ssrc, due)
                 if now >= next_report:
@@ -779,17 +936,28 @@ class ForwardingPeerConnection(RTCPeerConnection):
     def _RTCPeerConnection__createTransceiver(  # noqa: N802 (aiortc private hook)
         self, direction: str, kind: str, sender_track: Any = None
     ) -> Any:
-        transceiver = RTCPeerConnection._RTCPeerConnection__createTransceiver(  # type: ignore[attr-defined]
-            self, direction, kind, None
-        )
+        # aiortc builds the receiver from its module's global ``RTCRtpReceiver``:
+        # for this synchronous call it is ours (a stock receiver would set up a
+        # jitter buffer and a 1,000-bucket bitrate counter, 3 ms per m-line, only
+        # to be thrown away)
+        stock_receiver = _rtcpeerconnection.RTCRtpReceiver
+        _rtcpeerconnection.RTCRtpReceiver = ForwardingReceiver  # type: ignore[misc,assignment]
+        try:
+            transceiver = RTCPeerConnection._RTCPeerConnection__createTransceiver(  # type: ignore[attr-defined]
+                self, direction, kind, None
+            )
+        finally:
+            _rtcpeerconnection.RTCRtpReceiver = stock_receiver  # type: ignore[misc]
         stock_sender = transceiver.sender
         dtls = stock_sender.transport
         sender = ForwardingSender(kind, dtls, stock_sender._ssrc, stock_sender._rtx_ssrc)
         sender._stream_id = stock_sender._stream_id
-        receiver = ForwardingReceiver(kind, dtls)
+        receiver = transceiver.receiver
+        if not isinstance(receiver, ForwardingReceiver):  # aiortc changed: see test_bridge
+            receiver = ForwardingReceiver(kind, dtls)
+            transceiver._RTCRtpTransceiver__receiver = receiver
         receiver._set_rtcp_ssrc(sender._ssrc)
         transceiver._RTCRtpTransceiver__sender = sender
-        transceiver._RTCRtpTransceiver__receiver = receiver
         return transceiver
 
     @staticmethod
@@ -827,3 +995,55 @@ class ForwardingPeerConnection(RTCPeerConnection):
         """Whether the remote side's latest description sends on this m-line."""
         direction = transceiver._offerDirection or transceiver.currentDirection
         return direction in ("recvonly", "sendrecv")
+
+
+# -- client-side hooks (the load tester's simulated points; never the server) ------------
+#
+# A simulated point sends pre-encoded packets through aiortc's stock
+# RTCRtpSender and receives through a ForwardingReceiver.  Three behaviours of
+# a browser need a hook; tests/sfu/test_bridge.py pins the internals they use.
+
+
+def honour_keyframe_requests(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call ``callback`` whenever the remote side asks ``sender`` for a keyframe.
+
+    ``RTCRtpSender`` answers a PLI/FIR by calling its ``_send_keyframe()``,
+    which only sets a flag for its encoder; pre-encoded packets bypass the
+    encoder, so the hook also tells whoever produces them.
+    """
+    original: Callable[[], None] = sender._send_keyframe
+
+    def send_keyframe() -> None:
+        original()
+        callback()
+
+    sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
+
+
+def attach_audio_levels(sender: RTCRtpSender, level: Callable[[], int]) -> None:
+    """Give pre-encoded audio frames of ``sender`` the RFC 6464 level ``level()``.
+
+    ``RTCRtpSender._next_encoded_frame()`` fills ``RTCEncodedFrame.audio_level``
+    (dBov, <= 0) only for frames it encodes.  ``level()`` is read right after
+    the track returned the packet (0 loudest, 127 silence) and goes into the
+    ``ssrc-audio-level`` header extension.
+    """
+    original: Callable[[Any], Awaitable[Any]] = sender._next_encoded_frame
+
+    async def next_encoded_frame(codec: Any) -> Any:
+        frame = await original(codec)
+        if frame is not None and frame.audio_level is None:
+            frame.audio_level = -level()
+        return frame
+
+    sender._next_encoded_frame = next_encoded_frame  # type: ignore[method-assign]
+
+
+def light_receiver(receiver: ForwardingReceiver) -> None:
+    """Switch off the REMB estimator of a client-side :class:`ForwardingReceiver`.
+
+    The receive-side bandwidth estimator (pure Python, ~10 % of a load-test
+    process) feeds REMB to the server, which ignores a subscriber's REMB.
+    """
+    receiver.estimate_bandwidth = False
+    receiver._remb = None

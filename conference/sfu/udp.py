@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 RECEIVE_BUFFER = 4 * 1024 * 1024
 #: Datagrams read from one readable socket per event-loop iteration.
 READ_BATCH = 32
+#: Largest datagram read (UDP's own limit); longer ones are truncated, as by asyncio.
+MAX_DATAGRAM = 65536
 
 _Base: Any = getattr(selector_events, "_SelectorDatagramTransport", None)
 
@@ -33,14 +35,24 @@ if _Base is not None:
         asyncio reads one datagram per readable socket per loop iteration: a
         server socket carrying forty points' media falls behind whenever the
         loop has other work, and the kernel drops from the full buffer.
+
+        It also reads into one reusable buffer and copies out exactly the
+        datagram.  asyncio's ``recvfrom(256 KiB)`` allocates 256 KiB per
+        datagram and shrinks it; once glibc's adaptive mmap threshold rises
+        above 256 KiB these come from the heap, and the small long-lived
+        objects made from each packet (payloads kept in retransmission
+        histories) pin every hole: the heap grew without bound (~0.7 MB/s at
+        20 points, all of it free memory malloc could not return).
         """
 
         def _read_ready(self) -> None:
+            buffer = self._loop.datagram_buffer  # one per loop: copied out before any callback
             for _ in range(READ_BATCH):
                 if self._conn_lost:
                     return
                 try:
-                    data, addr = self._sock.recvfrom(self.max_size)
+                    size, addr = self._sock.recvfrom_into(buffer)
+                    data = bytes(buffer[:size])
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as exc:
@@ -61,6 +73,11 @@ class BatchedUdpEventLoop(asyncio.SelectorEventLoop):
     Relies on CPython's private ``_SelectorDatagramTransport`` and
     ``_make_datagram_transport``; falls back to asyncio's transport without them.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: the receive buffer shared by this loop's datagram transports
+        self.datagram_buffer = memoryview(bytearray(MAX_DATAGRAM))
 
     def _make_datagram_transport(
         self,

@@ -30,12 +30,25 @@ def test_pinned_aiortc_version():
 
 
 async def test_add_transceiver_uses_forwarding_parts():
+    import inspect
+
+    import aiortc.rtcpeerconnection
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+    # aiortc builds the receiver from its module's global, which bridge swaps for the call
+    source = inspect.getsource(RTCPeerConnection._RTCPeerConnection__createTransceiver)
+    assert "receiver=RTCRtpReceiver(kind, dtlsTransport)" in source
     pc = ForwardingPeerConnection()
     transceiver = pc.addTransceiver("video", direction="sendonly")
     assert isinstance(transceiver.sender, ForwardingSender)
-    assert isinstance(transceiver.receiver, ForwardingReceiver)
+    assert type(transceiver.receiver) is ForwardingReceiver
     # the receiver reports RTCP from the sender's SSRC, as aiortc does
     assert transceiver.receiver._rtcp_ssrc == transceiver.sender._ssrc
+    # the stock receiver class is back for anyone else
+    assert aiortc.rtcpeerconnection.RTCRtpReceiver is RTCRtpReceiver
+    stock = RTCPeerConnection()
+    assert type(stock.addTransceiver("audio").receiver) is RTCRtpReceiver
+    await stock.close()
     await pc.close()
 
 
@@ -159,3 +172,301 @@ def test_fast_protect_matches_pylibsrtp():
         protected = protect(packet)
         assert protected == reference.protect(packet)
         assert receiver.unprotect(protected) == packet
+
+
+# -- client-side hooks (used by the load tester's simulated points) ---------------------
+
+
+def _stock_sender(track_or_kind):
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    dtls = RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+    return RTCRtpSender(track_or_kind, dtls)
+
+
+def test_client_hook_internals_are_still_there():
+    """aiortc is pinned; an upgrade that changes these breaks the load tester's publishers."""
+    import inspect
+
+    from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender
+
+    assert callable(RTCRtpSender._send_keyframe)
+    assert "self._send_keyframe()" in inspect.getsource(RTCRtpSender._handle_rtcp_packet)
+    run_rtp = inspect.getsource(RTCRtpSender._run_rtp)
+    assert "await self._next_encoded_frame(codec)" in run_rtp
+    assert "enc_frame.audio_level" in run_rtp
+    assert "audio_level" in inspect.signature(RTCEncodedFrame.__init__).parameters
+    assert "self.estimate_bandwidth" in inspect.getsource(ForwardingReceiver._handle_rtp_packet)
+
+
+async def test_honour_keyframe_requests_calls_back_on_pli_and_fir():
+    from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
+
+    from conference.sfu.bridge import honour_keyframe_requests
+
+    sender = _stock_sender("video")
+    calls = []
+    honour_keyframe_requests(sender, lambda: calls.append(1))
+    for fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+        await sender._handle_rtcp_packet(
+            RtcpPsfbPacket(fmt=fmt, ssrc=1234, media_ssrc=sender._ssrc)
+        )
+    assert calls == [1, 1]
+    # and aiortc's own flag for its encoder is still set
+    assert sender._RTCRtpSender__force_keyframe is True
+
+
+async def test_attach_audio_levels_labels_pre_encoded_opus():
+    from fractions import Fraction
+
+    import av
+    from aiortc import MediaStreamTrack
+    from aiortc.codecs import get_capabilities
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from conference.sfu.bridge import attach_audio_levels
+
+    class OpusPackets(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.pts = 0
+
+        async def recv(self) -> av.Packet:
+            packet = av.Packet(b"\xf8\xff\xfe")  # an Opus packet (20 ms, silence)
+            packet.pts = self.pts
+            packet.time_base = Fraction(1, 48000)
+            self.pts += 960
+            return packet
+
+    sender = _stock_sender(OpusPackets())
+    opus = next(c for c in get_capabilities("audio").codecs if c.name == "opus")
+    codec = RTCRtpCodecParameters(
+        mimeType=opus.mimeType, clockRate=opus.clockRate, channels=2, payloadType=111
+    )
+    # without the hook, aiortc leaves the level of a pre-encoded packet unset
+    frame = await sender._next_encoded_frame(codec)
+    assert frame is not None and frame.audio_level is None
+    levels = iter([30, 127])
+    attach_audio_levels(sender, lambda: next(levels))
+    frame = await sender._next_encoded_frame(codec)
+    assert frame.audio_level == -30 and frame.payloads == [b"\xf8\xff\xfe"]
+    frame = await sender._next_encoded_frame(codec)
+    assert frame.audio_level == -127 and frame.timestamp == 1920
+
+
+async def test_light_receiver_switches_off_remb():
+    from conference.sfu.bridge import light_receiver
+
+    pc = ForwardingPeerConnection()
+    receiver = pc.addTransceiver("video", direction="recvonly").receiver
+    assert receiver.estimate_bandwidth and receiver._remb is None  # made on first packet
+    light_receiver(receiver)
+    assert not receiver.estimate_bandwidth
+    await pc.close()
+
+
+def _estimator_inputs(seed: int, count: int) -> list[tuple[int, int, int]]:
+    """(arrival ms, abs-send-time, size) of a paced ~500 kbps video stream with jitter."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    send = 0.0
+    for i in range(count):
+        send += rng.choice((0.0, 0.0, 33.3)) if i % 3 else 33.3  # frames of 1-3 packets
+        send += rng.random() * 2
+        arrival = int(send + 20 + rng.random() * (30 if 2000 < i < 2600 else 4))
+        out.append((arrival, int(send * 262.144) & 0xFFFFFF, rng.randint(300, 1200)))
+    out.sort()
+    return out
+
+
+def test_sliding_rate_counter_matches_aiortc():
+    import random
+
+    from aiortc.rate import RateCounter
+
+    from conference.sfu.bridge import SlidingRateCounter
+
+    rng = random.Random(7)
+    ours, theirs = SlidingRateCounter(1000, 8000), RateCounter(1000, 8000)
+    now = 1000
+    for i in range(5000):
+        now += rng.choice((0, 1, 3, 20, 40, 300, 1500)) if i % 500 else 0
+        if i % 1700 == 1699:
+            ours.reset()
+            theirs.reset()
+        assert ours.rate(now) == theirs.rate(now)
+        size = rng.randint(1, 1500)
+        ours.add(size, now)
+        theirs.add(size, now)
+        assert ours.rate(now) == theirs.rate(now)
+
+
+def test_bitrate_estimator_gives_aiortc_remb():
+    """Same REMB values, at the same packets, as aiortc's own estimator (with a delay spike)."""
+    from aiortc.rate import RemoteBitrateEstimator
+
+    from conference.sfu.bridge import bitrate_estimator
+
+    ours, theirs = bitrate_estimator(), RemoteBitrateEstimator()
+    results = []
+    for arrival, abs_send, size in _estimator_inputs(3, 6000):
+        a = ours.add(arrival_time_ms=arrival, abs_send_time=abs_send, payload_size=size, ssrc=9)
+        b = theirs.add(arrival_time_ms=arrival, abs_send_time=abs_send, payload_size=size, ssrc=9)
+        assert a == b
+        if a is not None:
+            results.append(a[0])
+    assert len(results) > 50 and len(set(results)) > 10  # it really estimated
+
+
+# -- the publisher-facing feedback of ForwardingReceiver ---------------------------------
+
+
+def _feedback_receiver():
+    """A video ForwardingReceiver on an unconnected transport, recording its RTCP."""
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    dtls = RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+    receiver = ForwardingReceiver("video", dtls)
+    receiver._codecs = {
+        96: RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    }
+    receiver._set_rtcp_ssrc(1111)
+    sent = []
+
+    async def send_rtcp(data: bytes) -> None:
+        from aiortc.rtp import RtcpPacket
+
+        sent.extend(RtcpPacket.parse(data))
+
+    receiver._send_rtcp = send_rtcp
+    return receiver, sent
+
+
+def _video_packet(seq: int, abs_send_time: int | None = None):
+    from aiortc.rtp import RtpPacket
+
+    packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=seq * 3000, ssrc=4242)
+    packet.payload = b"\x10" + bytes(900)
+    packet.extensions.abs_send_time = abs_send_time
+    return packet
+
+
+def _congested_inputs(count: int) -> list[tuple[int, int, int]]:
+    """(arrival ms, abs-send-time, size): 30 fps, two packets a frame, and a
+    queue building up for ~5 s (the estimator sees overuse and updates its
+    estimate on almost every packet)."""
+    import random
+
+    rng = random.Random(1)
+    out = []
+    send, delay = 0.0, 20.0
+    for i in range(count):
+        send += 33.3 if i % 2 == 0 else 0.5
+        if 200 < i < 500:
+            delay += 0.8
+        elif i >= 500:
+            delay = max(20.0, delay - 2)
+        out.append((int(send + delay + rng.random() * 3), int(send * 262.144) & 0xFFFFFF, 1000))
+    return out
+
+
+async def test_remb_goes_out_five_times_a_second_not_per_estimate():
+    from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket
+
+    from conference.sfu.bridge import bitrate_estimator
+
+    inputs = _congested_inputs(1200)  # 20 s
+    reference = bitrate_estimator()
+    estimates = sum(
+        reference.add(arrival_time_ms=a, abs_send_time=t, payload_size=n, ssrc=4242) is not None
+        for a, t, n in inputs
+    )
+    receiver, sent = _feedback_receiver()
+    for seq, (arrival, abs_send, _) in enumerate(inputs):
+        await receiver._handle_rtp_packet(_video_packet(seq, abs_send), arrival)
+    rembs = [p for p in sent if isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_APP]
+    assert rembs == sent  # no loss, so nothing but REMB
+    assert estimates > 250  # aiortc's estimator had a new value for a quarter of the packets
+    assert 20 <= len(rembs) <= 150  # REMB: every 200 ms (100 in 20 s), or at once on a drop
+    assert receiver.estimated_bitrate is not None
+
+
+async def test_nack_retries_while_the_rtcp_loop_idles():
+    from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
+
+    receiver, sent = _feedback_receiver()
+    task = asyncio.ensure_future(receiver._run_rtcp())
+    try:
+        await receiver._handle_rtp_packet(_video_packet(1), 0)
+        await asyncio.sleep(0.1)  # nothing missing: the loop waits for a loss
+        await receiver._handle_rtp_packet(_video_packet(4), 0)  # 2 and 3 missing
+        await asyncio.sleep(0.35)
+    finally:
+        task.cancel()
+    nacks = [p for p in sent if isinstance(p, RtcpRtpfbPacket) and p.fmt == RTCP_RTPFB_NACK]
+    # at once, then every 50 ms, three retries (NackTracker defaults)
+    assert [sorted(p.lost) for p in nacks] == [[2, 3]] * 4
+
+
+async def test_consent_checks_wait_for_a_late_answer():
+    """aioice's consent check (the only request without retransmissions) survives a
+    peer that answers after 1.2 s; a connectivity check keeps aioice's own schedule."""
+    import inspect
+
+    from aioice import stun
+    from aioice.ice import Connection, StunProtocol
+
+    from conference.sfu import bridge
+
+    source = inspect.getsource(Connection.query_consent)
+    assert "retransmissions=0" in source and "failures >= CONSENT_FAILURES" in source
+    assert StunProtocol.request._conference_patient
+    assert aioice.ice.CONSENT_FAILURES == bridge.CONSENT_FAILURES == 4
+    bridge.patient_consent_checks()  # idempotent
+    loop = asyncio.get_running_loop()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.setblocking(False)
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: StunProtocol(None), local_addr=("127.0.0.1", 0)
+    )
+
+    async def answer_late() -> int:
+        data, addr = await loop.sock_recvfrom(peer, 2048)
+        first = loop.time()
+        await asyncio.sleep(1.2)
+        request = stun.parse_message(data)
+        response = stun.Message(
+            message_method=stun.Method.BINDING,
+            message_class=stun.Class.RESPONSE,
+            transaction_id=request.transaction_id,
+        )
+        peer.sendto(bytes(response), addr)
+        resent = 0
+        while loop.time() - first < 1.6:
+            try:
+                await asyncio.wait_for(loop.sock_recvfrom(peer, 2048), 0.1)
+                resent += 1
+            except TimeoutError:
+                pass
+        return resent
+
+    try:
+        answering = asyncio.ensure_future(answer_late())
+        request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+        response, _ = await protocol.request(request, peer.getsockname(), retransmissions=0)
+        assert response.transaction_id == request.transaction_id
+        assert await answering == 1  # resent once at 0.5 s, answered before 1.5 s
+    finally:
+        transport.close()
+        peer.close()
