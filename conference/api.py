@@ -96,7 +96,12 @@ __all__ = [
 T = TypeVar("T")
 PREFIX = "/api/v1"
 #: Modules whose import registers operations on `API` (this one first).
-API_MODULES: list[str] = ["conference.api", "conference.meeting_api"]
+API_MODULES: list[str] = [
+    "conference.api",
+    "conference.meeting_api",
+    "conference.library_api",
+    "conference.minutes_api",
+]
 _NO_STORE = {"Cache-Control": "no-store"}
 _STATUS_TEXT = {
     400: "Bad request: the body is not JSON",

@@ -27,6 +27,7 @@ from .appkeys import (
     WEBSOCKETS,
 )
 from .lobby import setup_lobby
+from .recording import jobs as compose_jobs
 from .recording import recorder as recording
 from .scheduling.lifecycle import MeetingLifecycle
 from .scheduling.reminders import background as reminder_task
@@ -56,6 +57,11 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         raise
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError as exc:  # aiohttp's ClientConnectionResetError among them
+        # The client went away mid-request (e.g. a WebSocket pong on a closing socket):
+        # nothing to answer and nothing wrong with the server.
+        logger.info("%s %s: the client went away (%s)", request.method, request.path, exc)
+        return web.Response(status=499)
     except Exception:
         logger.exception("internal error on %s %s", request.method, request.path)
         return web.json_response(
@@ -179,7 +185,8 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then close every room cleanly."""
     configure_ice_hosts(settings.ice_hosts)
-    recording.configure_from(settings)
+    interrupted = recording.configure_from(settings)
+    compose_jobs.resume_jobs(settings.recordings_dir, interrupted)  # compositions to (re)do
     app = create_app(settings)
     context = _ssl_context(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)

@@ -803,9 +803,13 @@ def setup_control_plane(app: web.Application) -> None:
     """Sign-in (this module), the organisation and meeting pages, the JSON API, in order."""
     from .admin_pages import setup_admin
     from .api import setup_api
+    from .library_pages import setup_library
     from .meeting_pages import setup_meetings
+    from .minutes_pages import setup_minutes
 
     setup_auth(app)
     setup_admin(app)
     setup_meetings(app)
+    setup_minutes(app)
+    setup_library(app)
     setup_api(app)

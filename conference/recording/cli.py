@@ -1,8 +1,11 @@
-"""``conference recordings list|verify|prune``: the recordings directory from the shell.
+"""``conference recordings list|verify|prune|compose|status``: recordings from the shell.
 
 ``verify`` exits 1 when a signature or a file hash does not match (2 for usage
 errors, like every command); ``prune`` never deletes a recording whose
 minutes are not final (see :func:`conference.recording.store.prune`).
+``compose`` composes a meeting's MP4 in the foreground (niced, with the same
+state file as the server's background jobs: ``jobs``); ``status`` lists every
+recording's composition state.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import Settings
+from .manifest import MANIFEST_SUFFIX
 from .signing import KEY_FILE, load_public_key, public_key_path
-from .store import list_recordings, prune, verify_directory
+from .store import inside, list_recordings, manifests, prune, verify_directory
 
 __all__ = ["COMMANDS", "EXIT_MISMATCH", "add_commands", "run"]
 
@@ -54,6 +58,17 @@ def add_commands(commands: Any, settings_flags: Callable[[argparse.ArgumentParse
     )
     pruning.add_argument("--dry-run", action="store_true", help="only show what would go")
 
+    composing = sub.add_parser("compose", help="compose a meeting's MP4 now (foreground)")
+    common(composing)
+    composing.add_argument("directory", metavar="MEETING_DIR", help="e.g. recordings/2026/11/m1")
+    composing.add_argument(
+        "--retry", action="store_true", help="compose again even if failed or done before"
+    )
+
+    status = sub.add_parser("status", help="composition state of every recording")
+    common(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     root = settings.recordings_dir
@@ -73,6 +88,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.recordings_command == "verify":
         return _verify(args, settings)
+    if args.recordings_command == "compose":
+        return _compose(Path(args.directory), args.retry)
+    if args.recordings_command == "status":
+        return _status(root, args.json)
     days = args.older_than_days
     if days is None:
         days = settings.recording_retention_days
@@ -114,4 +133,58 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{directory}: verification FAILED ({len(problems)} problem(s))")
         return EXIT_MISMATCH
     print(f"{directory}: verified")
+    return 0
+
+
+def _compose(directory: Path, again: bool) -> int:
+    from .jobs import job_status  # PyAV and numpy only when needed
+    from .jobs import run as run_job
+
+    if not directory.is_dir():
+        raise ValueError(f"{directory}: no such directory")
+    paths = sorted(directory.glob(f"*{MANIFEST_SUFFIX}"))
+    if not paths:
+        raise ValueError(f"{directory}: no recording manifest here")
+    failed = 0
+    for path in paths:
+        inside(directory, path)
+        status = job_status(path)
+        if status["state"] == "done" and not again:
+            print(f"{path.name}: already composed: {status['output']} (--retry to redo)")
+            continue
+        if status["state"] == "failed" and not again:
+            print(f"{path.name}: failed before: {status['error']} (--retry to try again)")
+            failed += 1
+            continue
+        if status["state"] == "running" and not again:
+            print(f"{path.name}: being composed now ({status['progress']} %)")
+            continue
+        print(f"{path.name}: composing ...", flush=True)
+        status = run_job(path)
+        if status["state"] == "done":
+            print(f"{path.name}: done: {status['output']}")
+        else:
+            print(f"{path.name}: FAILED: {status['error']}")
+            failed += 1
+    return EXIT_MISMATCH if failed else 0
+
+
+def _status(root: Path, as_json: bool) -> int:
+    from .jobs import job_status
+
+    found = []
+    for path in manifests(root):
+        found.append({"manifest": str(path.relative_to(root))} | job_status(path))
+    if as_json:
+        print(json.dumps(found, ensure_ascii=False, indent=2))
+        return 0
+    for item in found:
+        line = f"{item['manifest']}  {item['state']}  {item['progress']} %"
+        if item["output"]:
+            line += f"  {item['output']}"
+        if item["error"]:
+            line += f"  error: {item['error']}"
+        print(line)
+    if not found:
+        print(f"no recordings under {root}")
     return 0

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..sfu.bridge import NTP_EPOCH_OFFSET, RtpPacket
 from ..sfu.publication import Publication
+from . import jobs
 from .depacketize import AudioSequencer, Frame, VideoAssembler
 from .manifest import FORMAT, MANIFEST_SUFFIX, iso, write_manifest
 from .signing import KEY_FILE, load_or_create_key
@@ -550,6 +551,8 @@ def _sealed(future: asyncio.Future[Any]) -> None:
     _finishing.discard(future)
     if not future.cancelled() and future.exception() is not None:
         logger.error("recording: sealing the manifest failed: %r", future.exception())
+    elif not future.cancelled() and _config is not None:  # compose the MP4 in the background
+        jobs.enqueue_sealed(_config.root, future.result())
 
 
 async def shutdown() -> None:

@@ -430,7 +430,46 @@ class AttendanceEvent(Base):
     point: Mapped[Point | None] = relationship()
 
 
+# --- minutes (biên bản) of a meeting -----------------------------------------------------------
+
+MINUTES_STATES = ("draft", "final")
+
+
+class Minutes(Base):
+    """The minutes of one meeting: the draft document (JSON) the secretary edits, then final.
+
+    ``content`` is the whole document (header, times, attendance, speaking, text sections:
+    see :mod:`conference.minutes`); a final minutes is never changed again.
+    """
+
+    __tablename__ = "minutes"
+    __table_args__ = (CheckConstraint(f"state IN ({_quoted(MINUTES_STATES)})", name="state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    meeting_id: Mapped[int] = mapped_column(
+        ForeignKey("meetings.id", ondelete="CASCADE"), unique=True
+    )
+    #: The user who created the minutes (the secretary, thư ký).
+    secretary_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    content: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(8), default="draft")
+    #: Optimistic concurrency: every UPDATE of the row checks and increments it.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finalized_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+    meeting: Mapped[Meeting] = relationship()
+    secretary: Mapped[User | None] = relationship(foreign_keys=[secretary_id])
+    finalized_by: Mapped[User | None] = relationship(foreign_keys=[finalized_by_id])
+
+    __mapper_args__ = {"version_id_col": version}
+
+
 __all__ += [
+    "MINUTES_STATES",
+    "Minutes",
     "ATTENDANCE_KINDS",
     "EXCEPTION_KINDS",
     "MEETING_STATUSES",
