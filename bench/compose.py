@@ -13,7 +13,7 @@ What runs (in this process, like the background job does in its own):
   texture) and an Opus microphone, the first one the chair, the active speaker
   changing every 4 s with a silence every fifth turn;
 * :func:`conference.recording.compose.compose` composes it to the 1280x720
-  25 fps H.264 (libx264 ``veryfast``) + AAC MP4, with the SHA-256 checks.
+  25 fps H.264 (libx264 ``superfast`` by default) + AAC MP4, with the SHA-256 checks.
 
 Measured: wall time (speed = meeting seconds / wall seconds), this process's
 CPU time (user + system, all threads: decoders, libx264, numpy), and the

@@ -102,6 +102,9 @@ class MeetingLobby:
     waiting: dict[str, Waiter] = field(default_factory=dict)
     #: Guests a moderator admitted (in memory; they may rejoin while the server runs).
     allowed: set[str] = field(default_factory=set)
+    #: Recording policy ``auto`` was applied (once per server process: a chair who
+    #: stops the recording is not overruled by the next join).
+    auto_recorded: bool = False
 
     def state(self) -> dict[str, Any]:
         return {
@@ -197,18 +200,21 @@ class Lobby:
         lobby = self.of(meeting)
         lobby.started = True
         if recording_policy == "auto":
-            self._auto_record(meeting)
+            self.auto_record(meeting)
         for waiter in list(lobby.waiting.values()):
             if not waiter.guest or waiter.identity in lobby.allowed:
                 self._decide(lobby, waiter, "admit")
         logger.info("meeting %s: started", meeting)
         await self.tell_moderators(meeting)
 
-    def _auto_record(self, meeting: str) -> None:
-        """The meeting's recording policy is ``auto``: record from its start."""
+    def auto_record(self, meeting: str) -> None:
+        """The meeting's recording policy is ``auto``: record from its start (or from the
+        first moderator's join after a server restart during the meeting)."""
         room = self.rooms.get(meeting)
-        if room is None or room.closed or room.recording:
+        lobby = self.of(meeting)
+        if room is None or room.closed or room.recording or lobby.auto_recorded:
             return
+        lobby.auto_recorded = True
         try:
             recording.start(room, started_by={"policy": "auto"})
         except recording.RecordingError as exc:
@@ -419,6 +425,8 @@ async def joined(
     lobby = app[LOBBY]
     if verdict.status == "live":
         lobby.of(meeting).started = True
+        if verdict.recording_policy == "auto":
+            lobby.auto_record(meeting)  # e.g. the server restarted during the meeting
     if (
         verdict.chair_side
         and not lobby.of(meeting).started

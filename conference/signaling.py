@@ -117,8 +117,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except AccessError as exc:
         logger.info("ws %s: refused: %s", where, exc.message)
         await send(_error(exc.code, exc.message))
-        # 4401, 4403, 4404 (a meeting policy may refuse an unknown meeting)...
-        code = 4000 + exc.status if 400 <= exc.status < 500 else CLOSE_UNAUTHORIZED
+        # 4401, 4403, 4404 (a meeting policy may refuse an unknown meeting)... and 4503
+        # when the meetings database is unavailable
+        code = 4000 + exc.status if 400 <= exc.status < 600 else CLOSE_UNAUTHORIZED
         await ws.close(code=code, message=exc.message.encode()[:120])
         return ws
     if verdict is None:  # left the lobby

@@ -28,7 +28,7 @@ Output audio and video timestamps come from the same origin, so the A/V
 offset is the recorder's clock error (tested: under 100 ms).
 
 Speed: only the pictures shown are scaled (``VideoFrame.reformat``), the
-canvas is assembled in numpy, and libx264 runs ``veryfast`` with its own
+canvas is assembled in numpy, and libx264 runs ``superfast`` with its own
 threads; decoders use frame threads.
 """
 
@@ -67,7 +67,9 @@ WIDTH = 1280
 HEIGHT = 720
 FPS = 25
 SAMPLE_RATE = 48000
-PRESET = "veryfast"
+#: superfast: 2.3x real time on one busy core (veryfast: 1.5-1.8x, half the file size);
+#: docs/BENCHMARKS.md, "Composition".
+PRESET = "superfast"
 CRF = 23
 BACKGROUND = (40, 128, 128)  # dark grey, Y U V
 INSET_SCALE = 4  # an inset is 1/4 of the canvas width

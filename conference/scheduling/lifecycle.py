@@ -68,6 +68,8 @@ class Verdict:
     starts: datetime | None = None
     closes: datetime | None = None
     title: str = ""
+    #: The meeting's recording policy ("none", "auto", "ask").
+    recording_policy: str = "none"
 
     @property
     def enters_now(self) -> bool:
@@ -116,6 +118,7 @@ def evaluate(
         starts=meeting.start_at,
         closes=closes,
         title=meeting.title,
+        recording_policy=meeting.recording_policy,
     )
 
 
