@@ -412,7 +412,11 @@ class Participant:
         for pc in (self.publisher_pc, self.subscriber_pc):
             if pc is not None:
                 try:
-                    await pc.close()
+                    # shielded: aiortc may be closing the connection itself (all DTLS
+                    # transports closed); a second close() awaits aiortc's own future,
+                    # and cancelling us (server shutdown) must not cancel that future,
+                    # or aiortc's close task fails with InvalidStateError.
+                    await asyncio.shield(pc.close())
                 except Exception as exc:  # closing must never fail the room
                     logger.debug("participant %s: close failed: %s", self.id, exc)
 
