@@ -446,8 +446,11 @@ def join_open(meeting: Meeting, settings: Settings, now: datetime | None = None)
 
 
 def chair_join_link(settings: Settings, meeting: Meeting, user: CurrentUser) -> str:
-    """A link to the room for the chair's side: a meeting token with role ``chair``,
-    identity the username, valid during the meeting's join window."""
+    """A link to the room for the chair's side, valid during the meeting's join window,
+    identity the username: role ``chair`` (publish + moderate) for the meeting's chair and
+    admins; role ``viewer`` (watch and listen, never waits in the lobby) for the other
+    users of the chair's side, e.g. the secretary taking the minutes."""
+    moderates = user.role == "admin" or user.username == meeting.chair.username
     not_before, expires = invitations.join_window(meeting, settings)
     now = datetime.now(UTC)
     if now >= expires:  # a live meeting that runs past its planned window
@@ -457,7 +460,7 @@ def chair_join_link(settings: Settings, meeting: Meeting, user: CurrentUser) -> 
         meeting=str(meeting.id),
         identity=user.username,
         name=user.display_name or user.username,
-        role="chair",
+        role="chair" if moderates else "viewer",
         now=not_before,
         not_before=not_before,
         ttl=expires - not_before,

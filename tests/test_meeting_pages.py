@@ -358,6 +358,17 @@ async def test_lists_join_and_access(site: Site, browsers: list[Browser]) -> Non
         options={"verify_aud": False},
     )
     assert status == 303 and claims["sub"] == "ct-a" and claims["role"] == "chair"
+    # the secretary of the unit watches from the chair's side: no moderation
+    secretary = await signed_in(site, browsers, "tk-a")
+    status, _, response = await secretary.get(f"/meetings/{current}/join")
+    claims = jwt.decode(
+        response.headers["Location"].split("token=")[1],
+        SECRET,
+        algorithms=["HS256"],
+        options={"verify_aud": False},
+    )
+    assert status == 303 and claims["sub"] == "tk-a" and claims["role"] == "viewer"
+    assert claims["grants"]["moderate"] is False
     status, html, _ = await chair.get(f"/meetings/{future}/join")
     assert status == 409 and "Phòng họp chưa mở" in html
 
