@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, select
@@ -298,24 +299,29 @@ def _agenda(session: Session, items: Sequence[AgendaInput]) -> list[tuple[str, s
     return cleaned
 
 
+RowT = TypeVar("RowT")
+
 # --- queries ------------------------------------------------------------------------------------
+
+
+def get_row(session: Session, model: type[RowT], row_id: int | str, what: str) -> RowT:
+    """The row of `model` with this id (an int, or its decimal string from a URL);
+    `SchedulingError` ``unknown-<what>`` (404) when there is none."""
+    try:
+        key = int(row_id)
+    except (TypeError, ValueError):
+        key = -1
+    row = session.get(model, key) if key > 0 else None
+    if row is None:
+        raise SchedulingError(
+            f"unknown-{what}", f"no {what} {row_id}", params={what: str(row_id)}, status=404
+        )
+    return row
 
 
 def get_meeting(session: Session, meeting_id: int | str) -> Meeting:
     """The meeting with this id (an int, or its decimal string from a URL)."""
-    try:
-        key = int(meeting_id)
-    except (TypeError, ValueError):
-        key = -1
-    meeting = session.get(Meeting, key) if key > 0 else None
-    if meeting is None:
-        raise SchedulingError(
-            "unknown-meeting",
-            f"no meeting {meeting_id}",
-            params={"meeting": str(meeting_id)},
-            status=404,
-        )
-    return meeting
+    return get_row(session, Meeting, meeting_id, "meeting")
 
 
 def list_meetings(

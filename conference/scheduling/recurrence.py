@@ -142,19 +142,7 @@ def expand(series: Series, after: datetime, until: datetime) -> list[datetime]:
 
 
 def get_series(session: Session, series_id: int | str) -> Series:
-    try:
-        key = int(series_id)
-    except (TypeError, ValueError):
-        key = -1
-    series = session.get(Series, key) if key > 0 else None
-    if series is None:
-        raise SchedulingError(
-            "unknown-series",
-            f"no series {series_id}",
-            params={"series": str(series_id)},
-            status=404,
-        )
-    return series
+    return svc.get_row(session, Series, series_id, "series")
 
 
 def _agenda_template(items: Sequence[AgendaInput]) -> list[dict[str, str | None]]:
