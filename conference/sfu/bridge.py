@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, cast
 
 import aioice.ice
+import aioice.turn
 import aiortc.rtcpeerconnection as _rtcpeerconnection
 from aioice.ice import StunProtocol
 from aiortc import (
@@ -85,6 +86,7 @@ from aiortc.sdp import candidate_from_sdp
 from aiortc.stats import RTCOutboundRtpStreamStats, RTCStatsReport
 
 from .nack import NackTracker
+from .udp import RECEIVE_BUFFER
 
 __all__ = [
     "ABS_SEND_TIME_URI",
@@ -195,6 +197,25 @@ def patient_consent_checks() -> None:
 
 
 patient_consent_checks()
+
+
+def large_ice_receive_buffers() -> None:
+    """Keep the large UDP receive buffers of our event loop (applied on import).
+
+    :class:`conference.sfu.udp.BatchedUdpEventLoop` asks for
+    :data:`~conference.sfu.udp.RECEIVE_BUFFER` on every UDP socket, but aioice
+    sets ``SO_RCVBUF`` to its own 256 KiB right after binding each host
+    candidate, so every ICE socket had 512 KiB (the kernel doubles it): a
+    simulated chair receiving forty points (~4,000 datagrams/s, ~2.3 KB of
+    buffer each) overflowed it whenever its process paused for ~50 ms, and
+    the kernel dropped datagrams the server had sent.  aioice reads the size
+    from ``aioice.turn.UDP_SOCKET_BUFFER_SIZE`` at run time.  The kernel caps
+    it at ``net.core.rmem_max`` (docs/OPERATIONS.md).
+    """
+    aioice.turn.UDP_SOCKET_BUFFER_SIZE = max(aioice.turn.UDP_SOCKET_BUFFER_SIZE, RECEIVE_BUFFER)
+
+
+large_ice_receive_buffers()
 
 
 def announce_address(sdp: str, address: str | None) -> str:

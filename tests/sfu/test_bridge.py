@@ -156,6 +156,38 @@ def test_port_range_loop_binds_inside_the_range():
     sock.close()
 
 
+def test_ice_sockets_keep_the_large_receive_buffer():
+    """aioice shrinks SO_RCVBUF to 256 KiB after binding a host candidate; the bridge
+    makes it keep the event loop's size (a chair's socket dropped datagrams at 512 KiB)."""
+    from aioice.ice import Connection
+
+    from conference.sfu.udp import RECEIVE_BUFFER
+
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+    expected = 2 * min(RECEIVE_BUFFER, rmem_max)  # the kernel doubles what it grants
+    loop = PortRangeEventLoop()
+    try:
+
+        async def gather() -> list[int]:
+            connection = Connection(ice_controlling=True)
+            await connection.gather_candidates()
+            sizes = [
+                protocol.transport.get_extra_info("socket").getsockopt(
+                    socket.SOL_SOCKET, socket.SO_RCVBUF
+                )
+                for protocol in connection._protocols
+            ]
+            await connection.close()
+            return sizes
+
+        sizes = loop.run_until_complete(gather())
+    finally:
+        loop.close()
+    assert sizes and all(size == expected for size in sizes), (sizes, expected)
+    assert expected > 2 * 262144 or rmem_max <= 262144
+
+
 def test_fast_protect_matches_pylibsrtp():
     from pylibsrtp import Policy, Session
 
