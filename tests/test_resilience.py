@@ -164,3 +164,34 @@ async def test_second_session_of_an_identity_replaces_the_first(server):
     finally:
         await first.close()
         await second.leave()
+
+
+async def test_subscriber_connection_closed_by_the_client_ends_the_session(server):
+    """A client whose receiving connection closes (its ICE consent expired, say) is
+    told to rejoin: the server does not keep offering on a closed connection."""
+    chair = Client(server.url, "m1", server.token(identity="chair", role="chair"), decode=False)
+    await chair.connect()
+    await chair.publish({"camera": BarcodeVideoTrack(320, 240, fps=15)})
+    point = Client(server.url, "m1", server.token(identity="xa-c"), decode=False)
+    await point.connect()
+    try:
+        await point.wait_for(lambda: bool(point.counters), timeout=15)
+        await point.wait_for(
+            lambda: (
+                point.subscriber is not None and point.subscriber.connectionState == "connected"
+            ),
+            timeout=15,
+        )
+        await point.subscriber.close()  # DTLS close_notify reaches the server
+        await point.wait_for(lambda: point.left_reason == "connection-failed", timeout=10)
+        await asyncio.wait_for(point.closed.wait(), 10)
+        assert point.ws.close_code == 4410
+        # the room carries on for the others, and the point may join again
+        await chair.wait_for(lambda: len(chair.room["participants"]) == 1, timeout=10)
+        again = Client(server.url, "m1", server.token(identity="xa-c"), decode=False)
+        await again.connect()
+        await again.wait_for(lambda: bool(again.counters), timeout=15)
+        await again.leave()
+    finally:
+        await point.close()
+        await chair.leave()

@@ -145,8 +145,11 @@ class Participant:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
-            if pc.connectionState == "failed" and not self.closed:
-                logger.info("participant %s: connection failed", self.id)
+            # "closed" while we did not close it: the far end closed DTLS (its own
+            # ICE failed, e.g. consent expired) and aiortc closed the connection.
+            # Negotiating on it would fail for ever; the client rejoins instead.
+            if pc.connectionState in ("failed", "closed") and not self.closed:
+                logger.info("participant %s: connection %s", self.id, pc.connectionState)
                 await self.room.leave(self.id, "connection-failed")
 
         return pc
