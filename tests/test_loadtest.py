@@ -443,6 +443,15 @@ async def test_briefing_with_five_points(lt_server: ServerProcess) -> None:
         assert point["chair_video_frames"] > 0, (point["identity"], text)
     assert report["join"]["count"] == 5 and report["join"]["p95_s"] is not None
     assert report["loss_pct"] < 5, text
+    # the chair sees every point: the points' packet pumps send decodable video
+    chair = next(s for s in report["seats"] if s["role"] == "chair")
+    seen = {
+        stream["publisher"]
+        for stream in chair["streams"]
+        if stream["kind"] == "video" and stream["frames"] > 0 and stream["keyframes"] > 0
+    }
+    assert seen == {p["identity"] for p in points}, text
+    assert all(p["keyframes_sent"] >= 1 for p in points)
     # the floor moved three times (period 2.5 s); the detector followed at least once
     assert report["speaker"]["floor_changes"] == 3
     assert report["speaker"]["detected"] >= 1, text
