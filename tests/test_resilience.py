@@ -97,7 +97,8 @@ async def test_five_percent_loss_each_way_is_repaired(server, lossy_links):
         await wait_tracks(viewer, 1)
         numbers = await video_numbers(await wait_track(viewer, chair.id, "camera"), 6.0)
         decoded = [n for n in numbers if n is not None]
-        assert lossy_links["sent"] >= 10 and lossy_links["received"] >= 10, lossy_links
+        # about 15 each way are expected; at least 5 proves both directions lost packets
+        assert lossy_links["sent"] >= 5 and lossy_links["received"] >= 5, lossy_links
         # the picture keeps coming, in order, and is not corrupted for long
         assert len(decoded) >= 50, numbers
         assert increasing(numbers)
