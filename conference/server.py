@@ -188,7 +188,7 @@ def settle_heap() -> None:
 
     A full (generation 2) collection walks every tracked object and stops the
     event loop, so all media, while it runs.  Modules, classes, functions and
-    templates loaded at start-up (~50,000 objects) live as long as the
+    templates loaded at start-up (~150,000 objects) live as long as the
     process; after ``gc.freeze()`` full collections skip them (measured at 40
     points: docs/BENCHMARKS.md).
     """
