@@ -19,7 +19,6 @@ reader thread on each side.  A worker:
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import multiprocessing.connection
 import os
@@ -155,17 +154,8 @@ class _LagMonitor:
         self._task.cancel()
 
 
-async def run_worker(
-    plan: WorkerPlan, channel: Channel, configure_ice: bool = True, own_process: bool = False
-) -> None:
-    """Run the seats of ``plan`` as the coordinator commands (see the module doc).
-
-    In a process of its own (``own_process``), the heap built while joining is
-    frozen out of the garbage collector when the window starts: a full
-    collection of a process with twenty simulated points stops its event loop,
-    and so every stream it publishes, for a few hundred milliseconds, which
-    every viewer of those streams would count as a freeze of the server.
-    """
+async def run_worker(plan: WorkerPlan, channel: Channel, configure_ice: bool = True) -> None:
+    """Run the seats of ``plan`` as the coordinator commands (see the module doc)."""
     config = plan.config
     if configure_ice and config.ice_hosts:
         configure_ice_hosts(config.ice_hosts)
@@ -229,8 +219,6 @@ async def run_worker(
                 tasks.append(asyncio.ensure_future(keep_floor()))
                 tasks.append(asyncio.ensure_future(progress()))
             elif command == "mark":
-                if own_process:
-                    gc.freeze()  # no collect(): that would be the pause this avoids
                 floor = FloorSchedule(floor.points, floor.period, float(message["floor_start"]))
                 now = time.monotonic()
                 for simulated in seats:
@@ -270,7 +258,7 @@ def process_entry(connection: multiprocessing.connection.Connection, plan: Worke
     ice.addFilter(lambda record: "Consent" in record.getMessage())
 
     async def main() -> None:
-        await run_worker(plan, PipeChannel(connection), own_process=True)
+        await run_worker(plan, PipeChannel(connection))
 
     try:
         with asyncio.Runner(loop_factory=LoadTestEventLoop) as runner:
