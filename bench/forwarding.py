@@ -119,7 +119,7 @@ class Tap:
         self.stats.mark()
         self.measuring = True
 
-    async def on_rtp(self, packet: Any, repaired: bool) -> None:
+    async def on_rtp(self, packet: Any, repaired: bool, layer: int = 0) -> None:
         if self.kind == "video":
             self.total_video += 1
             now = time.monotonic()
@@ -131,7 +131,7 @@ class Tap:
         if self.inner is not None:
             await self.inner.on_rtp(packet, repaired)
 
-    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
+    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, layer: int = 0) -> None:
         if self.inner is not None:
             self.inner.on_sender_report(ntp_timestamp, rtp_timestamp)
 

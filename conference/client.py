@@ -57,7 +57,7 @@ class StreamCounter:
     arrivals: list[float] = field(default_factory=list)
     on_packet: Callable[[RtpPacket, float], None] | None = None
 
-    async def on_rtp(self, packet: RtpPacket, repaired: bool) -> None:
+    async def on_rtp(self, packet: RtpPacket, repaired: bool, layer: int = 0) -> None:
         now = time.monotonic()
         self.packets += 1
         self.bytes += len(packet.payload)
@@ -73,7 +73,7 @@ class StreamCounter:
         if self.on_packet is not None:
             self.on_packet(packet, now)
 
-    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
+    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, layer: int = 0) -> None:
         pass
 
     def on_bye(self) -> None:

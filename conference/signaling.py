@@ -25,6 +25,7 @@ from .lobby import gate as lobby_gate
 from .lobby import handle_message as lobby_message
 from .lobby import joined as lobby_joined
 from .recording import recorder as recording
+from .sfu.bandwidth import VIEW_SIZES
 from .sfu.bridge import ice_candidate_from_json
 from .sfu.participant import NegotiationError, Participant
 from .sfu.publication import SOURCES
@@ -308,7 +309,9 @@ def _str(message: dict[str, Any], key: str, limit: int = 200_000) -> str:
 
 
 # chair actions on one participant (``participant``: its id)
-CHAIR_TARGETED = ("mute-participant", "remove", "give-floor", "ask-unmute")
+CHAIR_TARGETED = ("mute-participant", "remove", "give-floor", "ask-unmute", "set-profile")
+#: link profiles (the page's names): the highest layer a point receives and sends
+PROFILES = ("high", "low", "audio")
 
 
 def _moderator(participant: Participant) -> None:
@@ -376,6 +379,24 @@ async def _dispatch(participant: Participant, message: dict[str, Any], send: Any
                 unknown.append(publication_id)
         if unknown:
             raise ProtocolError("unknown-publication", f"unknown publications: {unknown[:10]}")
+    elif kind == "view":
+        videos = message.get("videos")
+        if (
+            not isinstance(videos, dict)
+            or len(videos) > 200
+            or not all(isinstance(k, str) and v in VIEW_SIZES for k, v in videos.items())
+        ):
+            raise ProtocolError(
+                "bad-message", "'videos' maps publication ids to large, medium or small"
+            )
+        room.bandwidth.link(participant.id).sizes = dict(videos)
+    elif kind == "profile":
+        profile = message.get("profile")
+        if profile not in PROFILES:
+            raise ProtocolError("bad-message", "'profile' must be high, low or audio")
+        if participant.profile != profile:
+            participant.profile = profile
+            room.schedule_broadcast()
     elif kind == "unpublish":
         source = message.get("source")
         if source not in SOURCES:
@@ -421,6 +442,13 @@ async def _dispatch(participant: Participant, message: dict[str, Any], send: Any
                     "bad-request", "this participant cannot speak (no publish grant)"
                 )
             await room.give_floor(target)
+        elif kind == "set-profile":
+            profile = message.get("profile")
+            if profile not in PROFILES:
+                raise ProtocolError("bad-message", "'profile' must be high, low or audio")
+            target.profile = profile
+            await target.send({"type": "profile", "profile": profile, "by": participant.id})
+            room.schedule_broadcast()
         elif kind == "ask-unmute":
             if target.who.moderate or not target.who.publish:
                 raise ProtocolError("bad-request", "only a point can be asked to unmute")

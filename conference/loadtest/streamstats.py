@@ -157,10 +157,10 @@ class StreamStats:
         self._last_pli = float("-inf")
 
     # -- PacketSink ---------------------------------------------------------------
-    async def on_rtp(self, packet: RtpPacket, repaired: bool) -> None:
+    async def on_rtp(self, packet: RtpPacket, repaired: bool, layer: int = 0) -> None:
         self.receive(packet, repaired, time.monotonic())
 
-    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
+    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, layer: int = 0) -> None:
         pass
 
     def on_bye(self) -> None:

@@ -51,13 +51,14 @@ from aiortc import (
     RTCSessionDescription,
     clock,
 )
-from aiortc.codecs import get_capabilities
+from aiortc.codecs import HEADER_EXTENSIONS, get_capabilities
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
 from aiortc.rtcicetransport import RTCIceCandidate
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecCapability,
     RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
@@ -86,6 +87,8 @@ from aiortc.sdp import candidate_from_sdp
 from aiortc.stats import RTCOutboundRtpStreamStats, RTCStatsReport
 
 from .nack import NackTracker
+from .simulcast import REPAIRED_RID_URI, RID_URI
+from .twcc import TWCC_URI, FeedbackRecorder
 from .udp import RECEIVE_BUFFER
 
 __all__ = [
@@ -97,6 +100,7 @@ __all__ = [
     "ForwardingReceiver",
     "ForwardingSender",
     "PacketSink",
+    "accept_transport_cc",
     "RtpPacket",
     "RTCSessionDescription",
     "announce_address",
@@ -216,6 +220,39 @@ def large_ice_receive_buffers() -> None:
 
 
 large_ice_receive_buffers()
+
+
+#: header-extension IDs we offer for the RID extensions (a browser's offer brings its own)
+RID_EXTENSION_ID = 10
+REPAIRED_RID_EXTENSION_ID = 11
+TWCC_EXTENSION_ID = 12
+#: transport-cc feedback goes out at most this often (seconds), on the next packet
+TWCC_INTERVAL = 0.1
+
+
+def accept_rid_extensions() -> None:
+    """Let aiortc negotiate the RID and repaired-RID header extensions (on import).
+
+    aiortc answers only the header extensions it lists in
+    ``aiortc.codecs.HEADER_EXTENSIONS``; without these two, a browser's
+    simulcast layers could not be told apart (``conference.sfu.simulcast``).
+    aiortc's RTP parser already reads both into ``packet.extensions``.  The
+    transport-wide sequence number extension is accepted too: with it the
+    publisher's own bandwidth estimator runs on our transport-cc feedback
+    (:class:`TransportFeedback`, :func:`accept_transport_cc`).
+    """
+    video = HEADER_EXTENSIONS["video"]
+    known = {extension.uri for extension in video}
+    for uri, ext_id in (
+        (RID_URI, RID_EXTENSION_ID),
+        (REPAIRED_RID_URI, REPAIRED_RID_EXTENSION_ID),
+        (TWCC_URI, TWCC_EXTENSION_ID),
+    ):
+        if uri not in known:
+            video.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+
+
+accept_rid_extensions()
 
 
 def announce_address(sdp: str, address: str | None) -> str:
@@ -383,9 +420,9 @@ def bitrate_estimator() -> RemoteBitrateEstimator:
 class PacketSink(Protocol):
     """Where a :class:`ForwardingReceiver` delivers what it receives."""
 
-    async def on_rtp(self, packet: RtpPacket, repaired: bool) -> None: ...
+    async def on_rtp(self, packet: RtpPacket, repaired: bool, layer: int = 0) -> None: ...
 
-    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None: ...
+    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, layer: int = 0) -> None: ...
 
     def on_bye(self) -> None: ...
 
@@ -412,6 +449,69 @@ def _log_task_error(task: asyncio.Future[Any]) -> None:
         exc = task.exception()
         if not isinstance(exc, ConnectionError):
             logger.warning("media task failed: %r", exc)
+
+
+class TransportFeedback:
+    """Transport-cc feedback to one publisher transport (shared by its receivers).
+
+    Every packet that carries a transport-wide sequence number is recorded on
+    arrival; feedback goes out with the first packet at least
+    :data:`TWCC_INTERVAL` after the previous feedback, so no timer runs per
+    transport.  While it is in use the receivers send no REMB: the
+    publisher's send-side estimate (GoogCC) takes the lower of its own
+    estimate and our REMB, and aiortc's receive-side estimate is what held
+    Chromium at a few hundred kbit/s.
+    """
+
+    __slots__ = ("recorder", "last_sent", "packets")
+
+    def __init__(self) -> None:
+        self.recorder = FeedbackRecorder()
+        self.last_sent = 0.0
+        self.packets = 0
+
+
+def transport_feedback(transport: RTCDtlsTransport) -> TransportFeedback:
+    """The :class:`TransportFeedback` of a DTLS transport (made on first use)."""
+    feedback: TransportFeedback | None = getattr(transport, "_conference_twcc", None)
+    if feedback is None:
+        feedback = TransportFeedback()
+        transport._conference_twcc = feedback  # type: ignore[attr-defined]
+    return feedback
+
+
+def accept_transport_cc(answer: str) -> str:
+    """Add ``a=rtcp-fb:<pt> transport-cc`` to each answered m-line that
+    negotiated the transport-wide sequence number extension (aiortc's codecs
+    list only nack, pli and goog-remb feedback)."""
+    out: list[str] = []
+    section: list[str] = []
+
+    def flush() -> None:
+        if section and any(TWCC_URI in line for line in section if line.startswith("a=extmap:")):
+            types = [
+                line.split(":", 1)[1].split(" ", 1)[0]
+                for line in section
+                if line.startswith("a=rtpmap:") and " rtx/" not in line.lower()
+            ]
+            have = {line for line in section if line.startswith("a=rtcp-fb:")}
+            for pt in types:
+                line = f"a=rtcp-fb:{pt} transport-cc"
+                if line not in have:
+                    section.append(line)
+        out.extend(section)
+        section.clear()
+
+    lines = answer.split("\r\n")
+    for line in lines:
+        if line.startswith("m="):
+            flush()
+        section.append(line)
+    trailing = section and section[-1] == ""
+    if trailing:
+        section.pop()
+    flush()
+    return "\r\n".join(out) + ("\r\n" if trailing else "")
 
 
 class MidRtpRouter(RtpRouter):
@@ -445,11 +545,18 @@ class ForwardingReceiver:
         self._rtcp_ssrc: int | None = None
         self._streams: dict[int, StreamStatistics] = {}
         self._lsr: dict[int, tuple[int, float]] = {}
-        self._nack = NackTracker() if kind == "video" else None
-        self._media_ssrc: int | None = None
+        #: simulcast: the RIDs of the layers, lowest first (empty: one layer)
+        self.rids: list[str] = []
+        self._ssrc_layer: dict[int, int] = {}  # media SSRC -> layer index
+        self._layer_ssrc: list[int | None] = [None]  # layer index -> its (latest) media SSRC
+        self._nacks: list[NackTracker | None] = [self._new_nack()]
         #: whether to estimate the publisher's bandwidth (REMB); the estimator is
         #: made on the first packet, so subscriber-side receivers never build one
         self.estimate_bandwidth = kind == "video"
+        #: answer transport-wide sequence numbers with transport-cc feedback (instead
+        #: of REMB); off on the client side (load tester)
+        self.transport_cc = True
+        self._twcc: TransportFeedback | None = None
         self._remb: RemoteBitrateEstimator | None = None
         self._rtcp_task: asyncio.Task[None] | None = None
         self._loss = asyncio.Event()  # set when a loss is found: NACK retries are due
@@ -477,6 +584,49 @@ class ForwardingReceiver:
 
     def _set_rtcp_ssrc(self, ssrc: int) -> None:
         self._rtcp_ssrc = ssrc
+
+    def _new_nack(self) -> NackTracker | None:
+        return NackTracker() if self.kind == "video" else None
+
+    def set_layers(self, rids: list[str]) -> None:
+        """Receive simulcast: one layer per RID, lowest first (before media flows)."""
+        if rids == self.rids:
+            return
+        self.rids = list(rids)
+        count = max(len(rids), 1)
+        self._ssrc_layer.clear()
+        self._layer_ssrc = [None] * count
+        self._nacks = [self._new_nack() for _ in range(count)]
+
+    @property
+    def _media_ssrc(self) -> int | None:
+        """The lowest layer's SSRC (the only one without simulcast)."""
+        return self._layer_ssrc[0]
+
+    def _layer_of(self, ssrc: int, rid: str | None) -> int | None:
+        """The layer of a new media SSRC, from its RID (simulcast) or first come."""
+        if self.rids:
+            if rid is None or rid not in self.rids:
+                return None
+            layer = self.rids.index(rid)
+            self._layer_ssrc[layer] = ssrc
+        else:
+            layer = 0
+            if self._layer_ssrc[0] is None:
+                self._layer_ssrc[0] = ssrc
+        self._ssrc_layer[ssrc] = layer
+        return layer
+
+    def _rtx_original(self, rtx_ssrc: int, repaired_rid: str | None) -> int | None:
+        """The media SSRC an unsignalled RTX stream repairs (by repaired-RID)."""
+        if not self.rids:
+            return self._layer_ssrc[0]
+        if repaired_rid is None or repaired_rid not in self.rids:
+            return None
+        original = self._layer_ssrc[self.rids.index(repaired_rid)]
+        if original is not None:
+            self._rtx_ssrc[rtx_ssrc] = original
+        return original
 
     async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
         if self._started:
@@ -519,8 +669,9 @@ class ForwardingReceiver:
         if isinstance(packet, RtcpSrPacket):
             info = packet.sender_info
             self._lsr[packet.ssrc] = ((info.ntp_timestamp >> 16) & 0xFFFFFFFF, time.time())
-            if self.sink is not None and packet.ssrc not in self._rtx_ssrc:
-                self.sink.on_sender_report(info.ntp_timestamp, info.rtp_timestamp)
+            layer = self._ssrc_layer.get(packet.ssrc)
+            if self.sink is not None and layer is not None:
+                self.sink.on_sender_report(info.ntp_timestamp, info.rtp_timestamp, layer)
         elif isinstance(packet, RtcpByePacket):
             if self.sink is not None and any(s not in self._rtx_ssrc for s in packet.sources):
                 self.sink.on_bye()
@@ -539,7 +690,19 @@ class ForwardingReceiver:
             stats = self._streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stats.add(packet)
 
-        if self.estimate_bandwidth and packet.extensions.abs_send_time is not None:
+        sequence = packet.extensions.transport_sequence_number
+        if sequence is not None and self.transport_cc:
+            feedback = self._twcc
+            if feedback is None:
+                feedback = self._twcc = transport_feedback(self._transport)
+            now = time.monotonic()
+            feedback.recorder.received(sequence, int(now * 1_000_000))
+            feedback.packets += 1
+            if now - feedback.last_sent >= TWCC_INTERVAL and self._rtcp_ssrc is not None:
+                feedback.last_sent = now
+                for data in feedback.recorder.build(self._rtcp_ssrc, packet.ssrc):
+                    await self._send_rtcp(data)
+        elif self.estimate_bandwidth and packet.extensions.abs_send_time is not None:
             estimator = self._remb
             if estimator is None:
                 estimator = self._remb = bitrate_estimator()
@@ -566,7 +729,9 @@ class ForwardingReceiver:
         if codec.name.lower() == "rtx":
             original_ssrc = self._rtx_ssrc.get(packet.ssrc)
             if original_ssrc is None:
-                original_ssrc = self._media_ssrc
+                original_ssrc = self._rtx_original(
+                    packet.ssrc, packet.extensions.repaired_rtp_stream_id
+                )
             apt = codec.parameters.get("apt")
             if original_ssrc is None or not isinstance(apt, int) or len(packet.payload) < 2:
                 return
@@ -582,28 +747,31 @@ class ForwardingReceiver:
             repaired_packet.extensions = packet.extensions
             packet = repaired_packet
             repaired = True
-        elif self._media_ssrc is None:
-            self._media_ssrc = packet.ssrc
+        layer = self._ssrc_layer.get(packet.ssrc)
+        if layer is None:
+            layer = self._layer_of(packet.ssrc, packet.extensions.rtp_stream_id)
+            if layer is None:
+                return  # a simulcast packet of no announced layer
 
-        if self._nack is not None and packet.ssrc == self._media_ssrc:
+        nack = self._nacks[layer]
+        if nack is not None and packet.ssrc == self._layer_ssrc[layer]:
             if repaired:
-                self._nack.received(packet.sequence_number, time.monotonic())
+                nack.received(packet.sequence_number, time.monotonic())
             else:
-                lost = self._nack.received(packet.sequence_number, time.monotonic())
+                lost = nack.received(packet.sequence_number, time.monotonic())
                 if lost:
                     self._loss.set()
                     await self._send_nack(packet.ssrc, lost)
 
         if self.sink is not None:
-            await self.sink.on_rtp(packet, repaired)
+            await self.sink.on_rtp(packet, repaired, layer)
 
     # -- feedback to the publisher --------------------------------------------------
-    def request_keyframe(self) -> None:
-        """Send a PLI to the publisher (the caller throttles)."""
-        if self._media_ssrc is not None and self._rtcp_ssrc is not None:
-            pli = RtcpPsfbPacket(
-                fmt=RTCP_PSFB_PLI, ssrc=self._rtcp_ssrc, media_ssrc=self._media_ssrc
-            )
+    def request_keyframe(self, layer: int = 0) -> None:
+        """Send a PLI for one layer to the publisher (the caller throttles)."""
+        ssrc = self._layer_ssrc[layer] if 0 <= layer < len(self._layer_ssrc) else None
+        if ssrc is not None and self._rtcp_ssrc is not None:
+            pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self._rtcp_ssrc, media_ssrc=ssrc)
             _spawn(self._send_rtcp(bytes(pli)))
 
     async def _send_remb(self, bitrate: int, ssrcs: list[int]) -> None:
@@ -633,11 +801,10 @@ class ForwardingReceiver:
         next report or the next loss (a wake-up every 20 ms for every
         publisher's track cost ~10 % of a core at 60 points)."""
         next_report = time.monotonic() + RTCP_INTERVAL * (0.5 + random.random())
-        nack = self._nack
         try:
             while True:
                 now = time.monotonic()
-                if nack is not None and nack.missing:
+                if any(nack is not None and nack.missing for nack in self._nacks):
                     await asyncio.sleep(NACK_INTERVAL)
                 else:
                     self._loss.clear()
@@ -646,13 +813,14 @@ class ForwardingReceiver:
                             await self._loss.wait()
                     except TimeoutError:
                         pass
-                    if nack is not None and self._loss.is_set():
+                    if self.kind == "video" and self._loss.is_set():
                         await asyncio.sleep(NACK_INTERVAL)  # the first NACK went out at once
                 now = time.monotonic()
-                if nack is not None and self._media_ssrc is not None:
-                    due = nack.due(now)
-                    if due:
-                        await self._send_nack(self._media_ssrc, due)
+                for nack, ssrc in zip(self._nacks, self._layer_ssrc, strict=True):
+                    if nack is not None and ssrc is not None:
+                        due = nack.due(now)
+                        if due:
+                            await self._send_nack(ssrc, due)
                 if now >= next_report:
                     next_report = now + RTCP_INTERVAL * (0.5 + random.random())
                     await self._send_receiver_report()
@@ -716,7 +884,8 @@ class ForwardingSender:
         self.bytes_sent = 0
         self.rtt: float | None = None
         self.fraction_lost = 0
-        self.remote_bitrate: int | None = None
+        self.remote_bitrate: int | None = None  # the subscriber's latest REMB
+        self.remote_bitrate_time = 0.0  # monotonic time it arrived
         self.last_feedback = 0.0  # monotonic time of the last RTCP from the subscriber
         self._srtp_session: Any = None
         self._protect: Callable[[bytes], bytes] = bytes
@@ -889,6 +1058,7 @@ class ForwardingSender:
                 return
             if self._ssrc in ssrcs:
                 self.remote_bitrate = bitrate
+                self.remote_bitrate_time = time.monotonic()
                 if feedback is not None:
                     feedback.on_remb(bitrate)
 
@@ -1067,4 +1237,5 @@ def light_receiver(receiver: ForwardingReceiver) -> None:
     process) feeds REMB to the server, which ignores a subscriber's REMB.
     """
     receiver.estimate_bandwidth = False
+    receiver.transport_cc = False
     receiver._remb = None

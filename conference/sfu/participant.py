@@ -28,10 +28,12 @@ from .bridge import (
     ForwardingReceiver,
     ForwardingSender,
     RTCSessionDescription,
+    accept_transport_cc,
     announce_address,
     codec_capability,
 )
 from .publication import SOURCES, Publication
+from .simulcast import SimulcastError, accept_in_answer, parse_offer
 from .subscription import Subscription
 
 if TYPE_CHECKING:
@@ -120,6 +122,9 @@ class Participant:
         self._answer: asyncio.Future[str] | None = None
         self.joined_at = time.time()
         self.hand_raised = False
+        #: link profile (high, low, audio): the highest layer it receives (the page
+        #: applies it to what it sends); set by the page or the chair
+        self.profile = "high"
         self.closed = False
 
     # -- description -------------------------------------------------------------
@@ -130,6 +135,7 @@ class Participant:
             "name": self.who.name,
             "role": self.who.role,
             "transport": self.transport,
+            "profile": self.profile,
             "publications": [p.describe() for p in self.publications.values()],
         }
 
@@ -164,9 +170,22 @@ class Participant:
                 self.publisher_pc = self._new_pc()
             pc = self.publisher_pc
             try:
+                layers = parse_offer(sdp)
+            except SimulcastError as exc:
+                raise NegotiationError(f"bad simulcast offer: {exc}") from exc
+            for transceiver in pc.getTransceivers():
+                receiver = transceiver.receiver
+                if isinstance(receiver, ForwardingReceiver) and receiver.rids:
+                    if layers.get(transceiver.mid or "", receiver.rids) != receiver.rids:
+                        raise NegotiationError("the simulcast layers of an m-line cannot change")
+            try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:  # aiortc raises many types on bad SDP
                 raise NegotiationError(f"cannot apply offer: {exc}") from exc
+            for transceiver in pc.getTransceivers():
+                receiver = transceiver.receiver
+                if transceiver.mid in layers and isinstance(receiver, ForwardingReceiver):
+                    receiver.set_layers(layers[transceiver.mid])
             for source_mid, source in (sources or {}).items():
                 self._mid_source[str(source_mid)] = source
             for transceiver in pc.getTransceivers():
@@ -179,7 +198,8 @@ class Participant:
             except Exception as exc:
                 raise NegotiationError(f"cannot answer offer: {exc}") from exc
             self._sync_publications(pc)
-            return announce_address(pc.localDescription.sdp, self.room.public_ip)
+            answer_sdp = accept_transport_cc(accept_in_answer(pc.localDescription.sdp, layers))
+            return announce_address(answer_sdp, self.room.public_ip)
 
     def _sync_publications(self, pc: ForwardingPeerConnection) -> None:
         seen: set[str] = set()

@@ -1,4 +1,10 @@
-"""Publication: one incoming track of a participant, fanned out to subscriptions."""
+"""Publication: one incoming track of a participant, fanned out to subscriptions.
+
+A simulcast publication has several :class:`Layer` s (the same camera at
+several resolutions, lowest first); any other publication has one.  Each
+subscription forwards exactly one layer, so each layer keeps its own set of
+subscriptions, keyframe throttle, sender report and bitrate.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +24,81 @@ logger = logging.getLogger(__name__)
 SOURCES = ("microphone", "camera", "screen")
 
 
+class Layer:
+    """One RTP stream of a publication: a simulcast layer, or the only one."""
+
+    __slots__ = (
+        "index",
+        "rid",
+        "subscriptions",
+        "keyframe_throttle",
+        "keyframes_requested",
+        "keyframes_received",
+        "packets",
+        "octets",
+        "last_packet",
+        "last_rtp",
+        "sender_report",
+        "bitrate",
+        "_rate_mark",
+    )
+
+    def __init__(self, index: int, rid: str | None) -> None:
+        self.index = index
+        self.rid = rid
+        #: subscriptions forwarding (or waiting for a keyframe of) this layer
+        self.subscriptions: set[Subscription] = set()
+        self.keyframe_throttle = KeyframeThrottle(0.3)
+        self.keyframes_requested = 0
+        self.keyframes_received = 0
+        self.packets = 0
+        self.octets = 0
+        self.last_packet = 0.0  # monotonic time
+        self.last_rtp: tuple[int, float] | None = None  # (rtp timestamp, monotonic time)
+        self.sender_report: tuple[int, int] | None = None  # (ntp, rtp) from the publisher
+        #: bits per second, measured by :meth:`measure` (0 until then)
+        self.bitrate = 0.0
+        self._rate_mark: tuple[float, int] | None = None  # (time, octets) of the last measure
+
+    def live(self, now: float, within: float = 1.0) -> bool:
+        """Whether the publisher sent this layer in the last ``within`` seconds."""
+        return self.packets > 0 and now - self.last_packet < within
+
+    def measure(self, now: float) -> float:
+        """Update :attr:`bitrate` from the octets since the last call (smoothed)."""
+        mark = self._rate_mark
+        self._rate_mark = (now, self.octets)
+        if mark is not None and now - mark[0] >= 0.2:
+            rate = 8 * (self.octets - mark[1]) / (now - mark[0])
+            self.bitrate = rate if self.bitrate == 0 else 0.6 * self.bitrate + 0.4 * rate
+        if not self.live(now, 2.0):
+            self.bitrate = 0.0
+        return self.bitrate
+
+    def rtp_now(self, clock_rate: int) -> tuple[int, int] | None:
+        """(NTP now, this layer's RTP timestamp for now), for sender reports."""
+        now_ntp = ntp_now()
+        if self.sender_report is not None:
+            sr_ntp, sr_rtp = self.sender_report
+            elapsed = ((now_ntp - sr_ntp) & 0xFFFFFFFFFFFFFFFF) / (1 << 32)
+            if 0 <= elapsed < 3600:
+                return now_ntp, (sr_rtp + int(elapsed * clock_rate)) & 0xFFFFFFFF
+        if self.last_rtp is not None:
+            rtp, when = self.last_rtp
+            elapsed = time.monotonic() - when
+            return now_ntp, (rtp + int(elapsed * clock_rate)) & 0xFFFFFFFF
+        return None
+
+
 class Publication:
     """One incoming audio or video track (microphone, camera or screen).
 
     The publisher's :class:`ForwardingReceiver` calls :meth:`on_rtp` for every
-    packet; the publication detects keyframes once per packet and hands the
-    packet to each :class:`Subscription` (which rewrites and sends it).  Keyframe
-    requests from all subscriptions are throttled here, so twenty subscribers
-    reporting the same loss cost the publisher one PLI.
+    packet with its layer; the publication detects keyframes once per packet
+    and hands the packet to each :class:`Subscription` of that layer (which
+    rewrites and sends it).  Keyframe requests from all subscriptions are
+    throttled per layer, so twenty subscribers reporting the same loss cost
+    the publisher one PLI.
     """
 
     def __init__(
@@ -49,27 +122,61 @@ class Publication:
         self.muted = False
         # muted by a moderator: the server stops forwarding until lifted
         self.blocked = False
-        self.subscriptions: set[Subscription] = set()
-        #: Called with every forwarded packet after the subscriptions (the recorder);
-        #: ``tap(publication, packet, keyframe)`` must not raise.
+        rids: list[str | None] = list(receiver.rids) or [None]
+        self.layers = [Layer(index, rid) for index, rid in enumerate(rids)]
+        #: Called with every packet of the top layer after the subscriptions (the
+        #: recorder); ``tap(publication, packet, keyframe)`` must not raise.
         self.taps: list[Callable[[Publication, RtpPacket, bool], None]] = []
-        self.keyframe_throttle = KeyframeThrottle(0.3)
-        self.keyframes_requested = 0
-        self.keyframes_received = 0
-        self.packets = 0
-        self.last_rtp: tuple[int, float] | None = None  # (rtp timestamp, monotonic time)
-        self.sender_report: tuple[int, int] | None = None  # (ntp, rtp) from the publisher
         self._on_audio_level = on_audio_level
         self._on_ended = on_ended
         self.closed = False
         receiver.sink = self
 
+    @property
+    def simulcast(self) -> bool:
+        return len(self.layers) > 1
+
+    @property
+    def top(self) -> Layer:
+        return self.layers[-1]
+
+    @property
+    def subscriptions(self) -> set[Subscription]:
+        """Every subscription of any layer."""
+        found: set[Subscription] = set()
+        for layer in self.layers:
+            found |= layer.subscriptions
+        return found
+
+    # -- statistics of the top layer (what the recorder and the tests read) --------------
+    @property
+    def packets(self) -> int:
+        return sum(layer.packets for layer in self.layers)
+
+    @property
+    def keyframes_requested(self) -> int:
+        return sum(layer.keyframes_requested for layer in self.layers)
+
+    @property
+    def keyframes_received(self) -> int:
+        return sum(layer.keyframes_received for layer in self.layers)
+
+    @property
+    def sender_report(self) -> tuple[int, int] | None:
+        return self.top.sender_report
+
+    @property
+    def last_rtp(self) -> tuple[int, float] | None:
+        return self.top.last_rtp
+
     # -- PacketSink -------------------------------------------------------------------
-    async def on_rtp(self, packet: RtpPacket, repaired: bool) -> None:
-        self.packets += 1
+    async def on_rtp(self, packet: RtpPacket, repaired: bool, layer: int = 0) -> None:
+        stream = self.layers[layer] if layer < len(self.layers) else self.top
+        stream.packets += 1
+        payload = packet.payload
+        stream.octets += len(payload)
         if self.blocked:
             return
-        payload = packet.payload
         if self.kind == "audio":
             keyframe = True
             level = packet.extensions.audio_level
@@ -78,60 +185,57 @@ class Publication:
         else:
             keyframe = bool(payload) and is_keyframe(self.codec_name, payload)
             if keyframe:
-                self.keyframes_received += 1
+                stream.keyframes_received += 1
         if not repaired:
-            self.last_rtp = (packet.timestamp, time.monotonic())
+            stream.last_packet = now = time.monotonic()
+            stream.last_rtp = (packet.timestamp, now)
         blocks: dict[tuple[object, ...], bytes] = {}
-        for subscription in list(self.subscriptions):
-            subscription.forward(self, packet, keyframe, blocks)
-        for tap in self.taps:
-            tap(self, packet, keyframe)
+        for subscription in list(stream.subscriptions):
+            subscription.forward(self, stream.index, packet, keyframe, blocks)
+        if stream is self.top:
+            for tap in self.taps:
+                tap(self, packet, keyframe)
 
-    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
-        self.sender_report = (ntp_timestamp, rtp_timestamp)
+    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, layer: int = 0) -> None:
+        if layer < len(self.layers):
+            self.layers[layer].sender_report = (ntp_timestamp, rtp_timestamp)
 
     def on_bye(self) -> None:
         self.close()
 
     # -- control -----------------------------------------------------------------------
-    def request_keyframe(self) -> bool:
-        """Ask the publisher for a keyframe, at most every 300 ms."""
+    def request_keyframe(self, layer: int | None = None) -> bool:
+        """Ask the publisher for a keyframe of ``layer`` (the top one by default),
+        at most every 300 ms per layer."""
         if self.kind != "video":
             return False
-        if self.keyframe_throttle.allow(time.monotonic()):
-            logger.debug("publication %s: keyframe requested", self.id)
-            self.keyframes_requested += 1
-            self.receiver.request_keyframe()
+        stream = self.top if layer is None else self.layers[layer]
+        if stream.keyframe_throttle.allow(time.monotonic()):
+            logger.debug("publication %s: keyframe requested (layer %d)", self.id, stream.index)
+            stream.keyframes_requested += 1
+            self.receiver.request_keyframe(stream.index)
             return True
         return False
 
-    def rtp_now(self) -> tuple[int, int] | None:
+    def rtp_now(self, layer: int | None = None) -> tuple[int, int] | None:
         """(NTP now, the publisher's RTP timestamp for now), for sender reports."""
-        now_ntp = ntp_now()
-        if self.sender_report is not None:
-            sr_ntp, sr_rtp = self.sender_report
-            elapsed = ((now_ntp - sr_ntp) & 0xFFFFFFFFFFFFFFFF) / (1 << 32)
-            if 0 <= elapsed < 3600:
-                return now_ntp, (sr_rtp + int(elapsed * self.clock_rate)) & 0xFFFFFFFF
-        if self.last_rtp is not None:
-            rtp, when = self.last_rtp
-            elapsed = time.monotonic() - when
-            return now_ntp, (rtp + int(elapsed * self.clock_rate)) & 0xFFFFFFFF
-        return None
+        stream = self.top if layer is None else self.layers[layer]
+        return stream.rtp_now(self.clock_rate)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.receiver.sink = None
-        for subscription in list(self.subscriptions):
+        for subscription in self.subscriptions:
             subscription.source_ended(self)
-        self.subscriptions.clear()
+        for layer in self.layers:
+            layer.subscriptions.clear()
         if self._on_ended is not None:
             self._on_ended(self)
 
     def describe(self) -> dict[str, object]:
-        return {
+        described: dict[str, object] = {
             "id": self.id,
             "source": self.source,
             "kind": self.kind,
@@ -139,3 +243,6 @@ class Publication:
             "muted": self.muted or self.blocked,
             "blocked": self.blocked,
         }
+        if self.simulcast:
+            described["layers"] = [layer.rid for layer in self.layers]
+        return described

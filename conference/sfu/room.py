@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .bandwidth import BandwidthManager
 from .participant import Participant
 from .program import ProgramFeed
 from .publication import Publication
@@ -111,9 +112,12 @@ class Room:
         self._chat_seq = 0
         self._on_empty = on_empty
         self._broadcast_handle: asyncio.TimerHandle | None = None
+        self.bandwidth = BandwidthManager(self)
+        self.bandwidth.on_layers = self._layers_changed
         self._tasks: list[asyncio.Task[None]] = [
             asyncio.ensure_future(self._speaker_loop()),
             asyncio.ensure_future(self._watchdog_loop()),
+            asyncio.ensure_future(self.bandwidth.run()),
         ]
 
     # -- membership ---------------------------------------------------------------
@@ -167,6 +171,7 @@ class Room:
         if not any(p.who.identity == identity for p in self.participants.values()):
             self.absent_since[identity] = time.monotonic()
         self._chat_times.pop(participant_id, None)
+        self.bandwidth.forget(participant_id)
         if reason != "left":
             notice: dict[str, Any] = {"type": "leave", "reason": reason}
             if message:
@@ -392,9 +397,22 @@ class Room:
         self._notify("publication-added", publication)
 
     def publication_removed(self, publication: Publication) -> None:
+        self.bandwidth.publication_gone(publication.id)
         self._notify("publication-removed", publication)
         self.program.refresh()
         self.schedule_broadcast()
+
+    def _layers_changed(self, publication: Publication, active: list[bool]) -> None:
+        """Dynacast: tell the publisher which simulcast layers to encode."""
+        owner = self.participants.get(publication.participant_id)
+        if owner is not None:
+            message = {
+                "type": "layers",
+                "publication": publication.id,
+                "rids": [layer.rid for layer in publication.layers],
+                "active": active,
+            }
+            asyncio.ensure_future(owner.send(message))
 
     def _notify(self, event: str, subject: Any, detail: str | None = None) -> None:
         """Tell the observers (joined, left, publication-added/-removed, speaker, closed).

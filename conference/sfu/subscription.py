@@ -10,9 +10,12 @@ rewrites every forwarded packet into it:
 * header extensions rebuilt with the subscriber's IDs (MID, audio level,
   abs-send-time).
 
-The source can change (program feed, a reused transceiver).  A switch waits for
-a keyframe of the new source and keeps the outgoing sequence numbers and
-timestamps continuous, so the subscriber's decoder sees one stream.
+The source can change (program feed, a reused transceiver), and so can the
+layer of a simulcast source (the allocator's choice for this subscriber's
+link).  A switch waits for a keyframe of the new source or layer, keeps
+forwarding the old one meanwhile, and keeps the outgoing sequence numbers,
+timestamps and (VP8) picture IDs continuous, so the subscriber's decoder sees
+one stream.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .history import PacketHistory
 from .packetmap import PacketMap
 from .publication import Publication
 from .rtpwire import abs_send_time, audio_level, build_rtp_with_block, extension_block
+from .vp8 import Vp8Rewriter
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +53,15 @@ class Subscription:
         self.kind = kind
         self.source: Publication | None = None
         self.pending: Publication | None = None
+        self.layer = 0  # the source's layer being forwarded
+        self.pending_layer = 0
+        #: the highest layer this subscriber should get (None: the top one); set by
+        #: the bandwidth allocator and the subscriber's view
+        self.max_layer: int | None = None
+        #: video paused because even the lowest layer does not fit the link
+        self.suspended = False
         self.paused = False
+        self._vp8: Vp8Rewriter | None = None
         self._map: PacketMap | None = None
         self._ts_offset = 0
         self._started = False
@@ -69,17 +81,86 @@ class Subscription:
             self._sender_ready()
 
     # -- source management ---------------------------------------------------------
+    def choose_layer(self, publication: Publication, now: float | None = None) -> int:
+        """The layer to forward: the highest at most :attr:`max_layer` that the
+        publisher sends now, else the lowest one it sends above, else the wanted one."""
+        top = len(publication.layers) - 1
+        wanted = top if self.max_layer is None else max(0, min(self.max_layer, top))
+        if top == 0:
+            return 0
+        now = time.monotonic() if now is None else now
+        for index in range(wanted, -1, -1):
+            if publication.layers[index].live(now):
+                return index
+        for index in range(wanted + 1, top + 1):
+            if publication.layers[index].live(now):
+                return index
+        return wanted
+
+    def _unregister_pending(self) -> None:
+        if self.pending is not None:
+            layers = self.pending.layers
+            if self.pending is not self.source or self.pending_layer != self.layer:
+                if 0 <= self.pending_layer < len(layers):
+                    layers[self.pending_layer].subscriptions.discard(self)
+            self.pending = None
+
+    def update_layer(self, now: float | None = None) -> None:
+        """Move to the layer :meth:`choose_layer` picks now (after a keyframe of it)."""
+        source = self.pending or self.source
+        if source is None or self.suspended or len(source.layers) < 2:
+            return
+        layer = self.choose_layer(source, now)
+        if self.pending is not None:
+            if self.pending_layer == layer:
+                return
+        elif layer == self.layer:
+            return
+        self._wait_for(source, layer)
+
+    def _wait_for(self, publication: Publication, layer: int) -> None:
+        self._unregister_pending()
+        if publication is self.source and layer == self.layer:
+            return
+        logger.debug(
+            "subscription %s of %s: waiting for %s layer %d",
+            self.id,
+            self.subscriber_id,
+            publication.id,
+            layer,
+        )
+        self.pending = publication
+        self.pending_layer = layer
+        publication.layers[layer].subscriptions.add(self)
+        self.keyframe_waits += 1
+        publication.request_keyframe(layer)
+
+    def suspend(self, suspended: bool) -> None:
+        """Pause (True) or resume the video: nothing fits the subscriber's link."""
+        if suspended == self.suspended:
+            return
+        self.suspended = suspended
+        if suspended:
+            target = self.pending or self.source
+            self._unregister_pending()
+            self._detach_source()
+            self.pending = target  # resumes here, from a keyframe
+            self.pending_layer = -1
+        elif self.pending is not None:
+            target = self.pending
+            self.pending = None
+            self._wait_for(target, self.choose_layer(target))
+
     def switch_to(self, publication: Publication | None) -> None:
         """Forward ``publication`` from its next keyframe on (None: stop)."""
         if publication is self.source and self.pending is None:
             return
         if self.pending is not None and self.pending is not publication:
-            self.pending.subscriptions.discard(self)
-            self.pending = None
+            self._unregister_pending()
         if publication is None:
             self._detach_source()
             return
-        if publication is self.source:
+        if publication is self.source or publication is self.pending:
             return
         codec = self.sender.codec
         if codec is not None and codec.name.lower() != publication.codec_name:
@@ -91,17 +172,19 @@ class Subscription:
                 codec.name,
             )
             return
-        logger.debug(
-            "subscription %s of %s: waiting for %s", self.id, self.subscriber_id, publication.id
-        )
-        self.pending = publication
-        publication.subscriptions.add(self)
-        self.keyframe_waits += 1
-        publication.request_keyframe()
+        if self.suspended:
+            self.pending = publication
+            self.pending_layer = -1
+            return
+        self._wait_for(publication, self.choose_layer(publication))
 
     def _detach_source(self) -> None:
         if self.source is not None:
-            self.source.subscriptions.discard(self)
+            layers = self.source.layers
+            if self.layer < len(layers) and not (
+                self.pending is self.source and self.pending_layer == self.layer
+            ):
+                layers[self.layer].subscriptions.discard(self)
         self.source = None
         self._map = None
 
@@ -119,17 +202,16 @@ class Subscription:
         if not self.paused:
             return
         self.paused = False
-        if self.source is not None:
-            self.pending, self.source = self.source, None
-            self._map = None
-        target = self.pending
-        if target is not None:
-            target.request_keyframe()
+        target = self.pending or self.source
+        self._unregister_pending()
+        self._detach_source()
+        if target is not None and not self.suspended:
+            self._wait_for(target, self.choose_layer(target))
+        elif target is not None:
+            self.pending, self.pending_layer = target, -1
 
     def close(self) -> None:
-        if self.pending is not None:
-            self.pending.subscriptions.discard(self)
-            self.pending = None
+        self._unregister_pending()
         self._detach_source()
         self.sender.feedback = None
         self.sender.on_ready = None
@@ -141,19 +223,24 @@ class Subscription:
         self._level_id = ids.get(AUDIO_LEVEL_URI)
         self._abs_id = ids.get(ABS_SEND_TIME_URI)
         self._ext_key = (self._mid_ext, self._level_id, self._abs_id)
-        target = self.pending or self.source
-        if target is not None:
-            target.request_keyframe()
+        self._request_keyframe()
+
+    def _request_keyframe(self) -> None:
+        if self.pending is not None and self.pending_layer >= 0:
+            self.pending.request_keyframe(self.pending_layer)
+        elif self.source is not None:
+            self.source.request_keyframe(self.layer)
 
     # -- the forwarding path -------------------------------------------------------
     def forward(
         self,
         publication: Publication,
+        layer: int,
         packet: RtpPacket,
         keyframe: bool,
         blocks: dict[tuple[object, ...], bytes] | None = None,
     ) -> None:
-        """Rewrite ``packet`` of ``publication`` and send it, if it belongs here.
+        """Rewrite ``packet`` of ``publication``'s ``layer`` and send it, if it belongs here.
 
         ``blocks`` is a per-packet cache of header-extension blocks shared by
         the subscriptions of one fan-out: those with the same extension IDs
@@ -162,17 +249,19 @@ class Subscription:
         sender = self.sender
         if not sender._started or self.paused:
             return
-        if publication is not self.source:
-            if publication is not self.pending:
+        if publication is not self.source or layer != self.layer:
+            if publication is not self.pending or layer != self.pending_layer:
                 return
             if not keyframe:
-                publication.request_keyframe()
+                publication.request_keyframe(layer)
                 return
-            self._start_source(publication, packet)
+            self._start_source(publication, layer, packet)
         packet_map = self._map
         if packet_map is None:
             return
         payload = packet.payload
+        if self._vp8 is not None and payload:
+            payload = self._vp8.rewrite(payload)
         if not payload:
             # padding-only packets are bandwidth probes for the first hop
             packet_map.drop(packet.sequence_number)
@@ -212,28 +301,43 @@ class Subscription:
             extensions.append((self._abs_id, abs_send_time(time.time())))
         return extension_block(tuple(extensions))
 
-    def _start_source(self, publication: Publication, packet: RtpPacket) -> None:
-        if self.source is not None:
-            self.source.subscriptions.discard(self)
+    def _start_source(self, publication: Publication, layer: int, packet: RtpPacket) -> None:
+        previous, previous_layer = self.source, self.layer
+        if previous is not None:
+            previous.layers[previous_layer].subscriptions.discard(self)
             self.switches += 1
         logger.debug(
-            "subscription %s of %s: now forwarding %s from seq %d",
+            "subscription %s of %s: now forwarding %s layer %d from seq %d",
             self.id,
             self.subscriber_id,
             publication.id,
+            layer,
             packet.sequence_number,
         )
         self.source = publication
+        self.layer = layer
         self.pending = None
         sender = self.sender
         first_seq = (sender.last_seq + 1) & 0xFFFF
         self._map = PacketMap(packet.sequence_number, first_seq)
-        if sender.last_time is None:
-            target_ts = sender.last_ts
+        offset = None
+        if previous is publication and self._started:
+            offset = layer_timestamp_offset(publication, previous_layer, layer, self._ts_offset)
+        if offset is None:
+            if sender.last_time is None:
+                target_ts = sender.last_ts
+            else:
+                elapsed = max(time.monotonic() - sender.last_time, 0.001)
+                target_ts = sender.last_ts + max(1, int(elapsed * publication.clock_rate))
+            offset = (target_ts - packet.timestamp) & 0xFFFFFFFF
+        self._ts_offset = offset
+        if publication.codec_name == "vp8":
+            if self._vp8 is None:
+                self._vp8 = Vp8Rewriter()
+            if self._started:
+                self._vp8.switch()
         else:
-            elapsed = max(time.monotonic() - sender.last_time, 0.001)
-            target_ts = sender.last_ts + max(1, int(elapsed * publication.clock_rate))
-        self._ts_offset = (target_ts - packet.timestamp) & 0xFFFFFFFF
+            self._vp8 = None
         self._started = True
 
     # -- FeedbackSink --------------------------------------------------------------
@@ -267,9 +371,7 @@ class Subscription:
             sender.send_rtp(data, len(payload))
 
     def on_picture_loss(self) -> None:
-        target = self.pending or self.source
-        if target is not None:
-            target.request_keyframe()
+        self._request_keyframe()
 
     def on_remb(self, bitrate: int) -> None:
         pass
@@ -278,8 +380,29 @@ class Subscription:
         source = self.source
         if source is None:
             return None
-        now = source.rtp_now()
+        now = source.rtp_now(self.layer)
         if now is None:
             return None
         ntp, rtp = now
         return ntp, (rtp + self._ts_offset) & 0xFFFFFFFF
+
+
+def layer_timestamp_offset(
+    publication: Publication, old: int, new: int, old_offset: int
+) -> int | None:
+    """The timestamp offset that continues layer ``old``'s outgoing clock on ``new``.
+
+    Simulcast layers are separate RTP streams with their own random timestamp
+    bases; their sender reports tie each to the publisher's wall clock.  The
+    new layer's RTP time for "now" minus the old layer's gives the difference
+    of bases.  None when either layer has no sender report yet (the caller
+    then continues from the elapsed time).
+    """
+    layers = publication.layers
+    if layers[old].sender_report is None or layers[new].sender_report is None:
+        return None
+    old_now = layers[old].rtp_now(publication.clock_rate)
+    new_now = layers[new].rtp_now(publication.clock_rate)
+    if old_now is None or new_now is None:
+        return None
+    return (old_offset + old_now[1] - new_now[1]) & 0xFFFFFFFF

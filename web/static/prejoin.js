@@ -35,7 +35,9 @@ export class Prejoin {
     const state = this.state;
     const cameraId = $("camera-select").value;
     const micId = $("mic-select").value;
-    const video = cameraId ? { deviceId: { exact: cameraId } } : true;
+    // 720p when the camera has it: the top simulcast layer; the lower ones are scaled down
+    const size = { width: { ideal: 1280 }, height: { ideal: 720 } };
+    const video = cameraId ? { deviceId: { exact: cameraId }, ...size } : size;
     const audio = micId ? { deviceId: { exact: micId } } : true;
     state.stream?.getTracks().forEach((track) => track.stop());
     state.stream = null;

@@ -3,25 +3,48 @@
 
 import { t, tf } from "./i18n.js";
 
-/** Profiles: the camera's encoder cap (RTCRtpSender.setParameters). */
+/**
+ * The camera is published in three simulcast layers (lowest first; RIDs as the
+ * server expects, see conference/sfu/simulcast.py).  The server forwards one layer to
+ * each viewer, chosen for its link, and asks this page to stop encoding a layer nobody
+ * receives ("layers" message).
+ */
+export const SIMULCAST = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_400_000 },
+];
+
+/** Profiles: the highest layer this page sends (-1: none, audio only). */
 export const PROFILES = {
-  high: { active: true, maxBitrate: 1_400_000, scaleResolutionDownBy: 1 }, // ~1.5 Mbps with audio
-  low: { active: true, maxBitrate: 400_000, scaleResolutionDownBy: 2 }, // ~500 kbps with audio
-  audio: { active: false }, // audio only: the camera stops sending
+  high: { top: 2 }, // ~1.5 Mbps with audio
+  low: { top: 1 }, // ~650 kbps with audio
+  audio: { top: -1 }, // audio only: the camera stops sending
 };
 
-/** Apply `profile` to the camera sender `sender` (if any). */
-export async function applyProfile(sender, profile) {
+/**
+ * Apply `profile` and the server's wanted layers `wanted` (rid -> bool; missing: wanted)
+ * to the camera sender `sender` (if any).  A sender without simulcast (one encoding)
+ * gets the top allowed layer's cap.
+ */
+export async function applyProfile(sender, profile, wanted = {}) {
   if (!sender || !sender.track) return;
-  const wanted = PROFILES[profile] || PROFILES.high;
+  const top = (PROFILES[profile] || PROFILES.high).top;
   const parameters = sender.getParameters();
   if (!parameters.encodings || !parameters.encodings.length) parameters.encodings = [{}];
-  const encoding = parameters.encodings[0];
-  encoding.active = wanted.active;
-  if (wanted.active) {
-    encoding.maxBitrate = wanted.maxBitrate;
-    encoding.scaleResolutionDownBy = wanted.scaleResolutionDownBy;
-  }
+  const simulcast = parameters.encodings.length > 1;
+  parameters.encodings.forEach((encoding) => {
+    if (simulcast) {
+      const layer = SIMULCAST.findIndex((l) => l.rid === encoding.rid);
+      encoding.active = layer >= 0 && layer <= top && wanted[encoding.rid] !== false;
+    } else {
+      encoding.active = top >= 0;
+      if (top >= 0) {
+        encoding.maxBitrate = SIMULCAST[top].maxBitrate;
+        encoding.scaleResolutionDownBy = SIMULCAST[top].scaleResolutionDownBy;
+      }
+    }
+  });
   await sender.setParameters(parameters);
 }
 

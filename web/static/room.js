@@ -14,7 +14,7 @@ import { Prejoin } from "./prejoin.js";
 import { setupChat, showChat } from "./chat.js";
 import { Chair } from "./chair.js";
 import { LobbyPanel, watchLobby } from "./lobby.js";
-import { QualityMonitor, applyProfile, qualityBadge } from "./quality.js";
+import { QualityMonitor, SIMULCAST, applyProfile, qualityBadge } from "./quality.js";
 
 const $ = (id) => document.getElementById(id);
 const meeting = $("prejoin").dataset.meeting;
@@ -45,6 +45,10 @@ const state = {
   handRaised: false,
   invited: false, // the chair asked us to unmute
   profile: "high",
+  wantedLayers: {}, // dynacast: rid -> whether the server wants that layer of our camera
+  pausedVideos: new Set(), // publication ids the server paused for our link
+  viewKey: null, // the last "view" sent (how large each video is shown)
+  tilePublication: {}, // tile key -> the publication it shows
   layout: "auto",
   quality: {},
   plan: null, // what the tiles show (for tests)
@@ -168,6 +172,9 @@ async function connect() {
   state.iceServers = joined.iceServers || [];
   state.midToPublication = {};
   state.subscribed = new Set();
+  state.pausedVideos = new Set();
+  state.wantedLayers = {};
+  state.viewKey = null;
   state.leftReason = null;
   state.leftMessage = null;
   for (const item of joined.chat || []) showChat(item, state.me);
@@ -191,15 +198,21 @@ async function publish() {
   state.transceivers = {};
   for (const track of state.stream?.getTracks() ?? []) {
     const source = track.kind === "audio" ? "microphone" : "camera";
-    state.transceivers[source] = pc.addTransceiver(track,
-      { direction: "sendonly", streams: [state.stream] });
+    const init = { direction: "sendonly", streams: [state.stream] };
+    // the camera in three simulcast layers: the server forwards each viewer the one its link carries
+    if (source === "camera") init.sendEncodings = SIMULCAST.map((layer) => ({ ...layer }));
+    state.transceivers[source] = pc.addTransceiver(track, init);
   }
   const screen = state.screen?.getVideoTracks()[0];
-  if (screen) state.transceivers.screen = pc.addTransceiver(screen, { direction: "sendonly" });
+  if (screen) {
+    screen.contentHint = "detail"; // a document: keep the resolution, lower the frame rate
+    state.transceivers.screen = pc.addTransceiver(screen, { direction: "sendonly" });
+  }
   await negotiatePublisher();
   if (state.micMuted) send({ type: "mute", source: "microphone", muted: true });
   if (state.cameraOff || state.profile === "audio") send({ type: "mute", source: "camera", muted: true });
-  if (state.profile !== "high") await applyProfile(state.transceivers.camera?.sender, state.profile);
+  send({ type: "profile", profile: state.profile });
+  await applyProfile(state.transceivers.camera?.sender, state.profile, state.wantedLayers);
   renderControls();
 }
 
@@ -361,6 +374,26 @@ const handlers = {
     const who = state.room.participants.find((p) => p.id === update.participant);
     notice(tf("chair.unmuteDeclined", { name: who?.name ?? "" }));
   },
+  layers(update) {
+    // dynacast: the server says which of our camera's layers somebody receives
+    const wanted = {};
+    (update.rids || []).forEach((rid, index) => (wanted[rid] = Boolean(update.active?.[index])));
+    state.wantedLayers = wanted;
+    applyProfile(state.transceivers?.camera?.sender, state.profile, wanted).catch(() => {});
+  },
+  "video-paused"(update) {
+    // our link cannot carry this video now: the server paused it (audio goes on)
+    if (update.paused) state.pausedVideos.add(update.publication);
+    else state.pausedVideos.delete(update.publication);
+    render();
+  },
+  profile(update) {
+    // the chair changed our link profile
+    if (update.profile && update.profile !== state.profile) {
+      setProfile(update.profile, false).catch(() => {});
+      notice(tf("quality.profileByChair", { profile: t(`quality.${update.profile}`) }));
+    }
+  },
   "lobby-state"(update) {
     lobbyPanel.update(update); // the chair's list of waiting points and guests
   },
@@ -420,10 +453,12 @@ function setHand(raised) {
   renderControls();
 }
 
-async function setProfile(profile) {
+async function setProfile(profile, tell = true) {
   state.profile = profile;
-  await applyProfile(state.transceivers.camera?.sender, profile);
+  $("profile-select").value = profile;
+  await applyProfile(state.transceivers.camera?.sender, profile, state.wantedLayers);
   send({ type: "mute", source: "camera", muted: state.cameraOff || profile === "audio" });
+  if (tell) send({ type: "profile", profile }); // the server's ceiling for what we receive
   render();
 }
 
@@ -589,6 +624,23 @@ function syncSubscriptions(layout) {
   state.subscribed = wanted;
 }
 
+/** Tell the server how large each received video is shown: it sends the layer that fits. */
+function syncView() {
+  if (!state.signaling?.open) return;
+  const videos = {};
+  for (const node of document.querySelectorAll(".tile")) {
+    const id = state.tilePublication?.[node.dataset.key];
+    if (!id) continue;
+    const width = node.clientWidth;
+    // the layers are 320, 640 and 1280 pixels wide: up to 1.25x upscaled still looks sharp
+    videos[id] = width > 800 ? "large" : width > 400 ? "medium" : "small";
+  }
+  const key = JSON.stringify(Object.entries(videos).sort());
+  if (key === state.viewKey) return;
+  state.viewKey = key;
+  send({ type: "view", videos });
+}
+
 function tileNode(tile) {
   const key = `${tile.participant.id}:${tile.source}`;
   let node = document.querySelector(`.tile[data-key="${CSS.escape(key)}"]`);
@@ -605,7 +657,10 @@ function tileNode(tile) {
     label.className = "name";
     const badges = document.createElement("span");
     badges.className = "tile-badges";
-    node.append(video, label, badges);
+    const paused = document.createElement("span");
+    paused.className = "tile-paused";
+    paused.setAttribute("role", "status");
+    node.append(video, label, badges, paused);
   }
   return node;
 }
@@ -618,9 +673,11 @@ function render() {
   syncSubscriptions(layout);
   $("tiles").className = `tiles layout-${layout.mode}`;
   const present = new Set();
+  state.tilePublication = {};
   for (const tile of layout.tiles) {
     const node = tileNode(tile);
     present.add(node.dataset.key);
+    if (tile.video) state.tilePublication[node.dataset.key] = tile.publication.id;
     const container = $(tile.place);
     if (node.parentElement !== container) container.append(node);
     node.querySelector(".name").textContent = tile.source === "screen"
@@ -630,6 +687,9 @@ function render() {
     node.classList.toggle("speaking", tile.source === "camera" && tile.participant.id === state.speaker);
     node.classList.toggle("floor", tile.participant.id === state.room.floor);
     node.classList.toggle("camera-off", !tile.video || Boolean(tile.publication?.muted));
+    const paused = tile.video && state.pausedVideos.has(tile.publication?.id);
+    node.classList.toggle("video-paused", paused);
+    node.querySelector(".tile-paused").textContent = paused ? t("quality.videoPaused") : "";
     const mic = tile.participant.publications.find((pub) => pub.source === "microphone");
     const badges = [];
     if (tile.participant.hand) badges.push("✋");
@@ -640,6 +700,7 @@ function render() {
     if (!present.has(node.dataset.key)) node.remove();
   }
   $("alone").hidden = present.size > 0;
+  syncView();
   // our own camera, last in the strip (not a tile: nothing is received for it)
   const selfVideo = state.stream?.getVideoTracks()[0] ?? null;
   $("self-view").hidden = !selfVideo || state.cameraOff || state.profile === "audio";
@@ -727,4 +788,10 @@ function renderControls() {
 prejoin().catch((error) => {
   console.error(error);
   notice(`${t("room.error")}: ${error.message}`);
+});
+
+let resizeTimer = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(syncView, 300); // a larger tile asks for a better layer
 });

@@ -1,0 +1,238 @@
+"""The room's bandwidth loop: layers per subscriber, and layers nobody receives.
+
+Every :data:`TICK` seconds, :class:`BandwidthManager`:
+
+1. measures each layer's bitrate;
+2. for each browser subscriber, feeds its :class:`~.allocator.DownlinkEstimate`
+   (its latest REMB, the loss in its receiver reports), runs
+   :func:`~.allocator.allocate` over its video subscriptions (what its page
+   shows large first, then thumbnails, each capped by the view and by the
+   point's profile), moves each subscription to its layer (on a keyframe) or
+   pauses it, and tells the page which videos are paused (``video-paused``);
+3. "dynacast": for each simulcast publication, the layers some subscription
+   wants (or forwards, or the recorder records) stay on; a layer nobody has
+   wanted for :data:`LAYER_OFF_AFTER` seconds is switched off at the
+   publisher (``layers`` message: the page sets ``active=false`` on that
+   encoding), and switched on again as soon as someone wants it.  The lowest
+   layer always stays on, so that a new subscriber's first picture does not
+   wait for an encoder to start.
+
+Only WebSocket (browser) subscribers are allocated: a WHEP viewer or the
+program feed gets the top layer, as before simulcast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .allocator import DownlinkEstimate, VideoWant, allocate, cost_of, next_step
+
+if TYPE_CHECKING:
+    from .participant import Participant
+    from .publication import Publication
+    from .room import Room
+
+logger = logging.getLogger(__name__)
+
+TICK = 0.5
+LAYER_OFF_AFTER = 3.0
+#: assumed bits/s of each layer before it has been measured, by layer count
+NOMINAL_RATES = {
+    1: [1_000_000.0],
+    2: [250_000.0, 1_200_000.0],
+    3: [150_000.0, 500_000.0, 1_400_000.0],
+}
+#: a point's bandwidth profile -> the highest layer index it receives (-1: no video)
+PROFILE_CEILING = {"high": 2, "low": 1, "audio": -1}
+#: how large the page shows a video -> the highest layer it needs (and its priority)
+VIEW_SIZES = {"large": 2, "medium": 1, "small": 0}
+
+
+def layer_rates(publication: Publication) -> list[float]:
+    """Expected bits/s of each layer: measured, else nominal; increasing."""
+    count = len(publication.layers)
+    nominal = NOMINAL_RATES.get(count) or [1_000_000.0 * (i + 1) for i in range(count)]
+    rates: list[float] = []
+    for index, layer in enumerate(publication.layers):
+        rate = layer.bitrate if layer.bitrate > 0 else nominal[index]
+        if rates:
+            rate = max(rate, rates[-1] * 1.2)
+        rates.append(rate)
+    return rates
+
+
+class SubscriberLink:
+    """What the server knows of one subscriber's downlink and view."""
+
+    def __init__(self) -> None:
+        self.estimate = DownlinkEstimate()
+        #: publication id -> how large the page shows it (``VIEW_SIZES``); a video
+        #: the page did not mention is taken as large
+        self.sizes: dict[str, str] = {}
+        self.paused: set[str] = set()
+        self.remb_seen = 0.0
+        self.sending = 0.0
+
+
+class BandwidthManager:
+    """Runs the allocation and dynacast of one room (see the module doc)."""
+
+    def __init__(self, room: Room) -> None:
+        self.room = room
+        self.links: dict[str, SubscriberLink] = {}
+        #: publication id -> (active flags sent, time each layer was last wanted)
+        self._layers: dict[str, tuple[list[bool], list[float]]] = {}
+        self.on_layers: Callable[[Publication, list[bool]], None] | None = None
+
+    def link(self, participant_id: str) -> SubscriberLink:
+        link = self.links.get(participant_id)
+        if link is None:
+            link = self.links[participant_id] = SubscriberLink()
+        return link
+
+    def forget(self, participant_id: str) -> None:
+        self.links.pop(participant_id, None)
+
+    def publication_gone(self, publication_id: str) -> None:
+        self._layers.pop(publication_id, None)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(TICK)
+                try:
+                    self.tick(time.monotonic())
+                except Exception:  # the loop must outlive any one bad state
+                    logger.exception("room %s: bandwidth tick failed", self.room.meeting_id)
+        except asyncio.CancelledError:
+            pass
+
+    def tick(self, now: float) -> None:
+        publications = [
+            publication
+            for participant in self.room.participants.values()
+            for publication in participant.publications.values()
+        ]
+        for publication in publications:
+            for layer in publication.layers:
+                layer.measure(now)
+        for participant in list(self.room.participants.values()):
+            if participant.transport == "websocket" and participant.subscriptions:
+                self._allocate(participant, now)
+            else:  # the top layer, or the best one the publisher sends now
+                for subscription in participant.subscriptions.values():
+                    if subscription.kind == "video":
+                        subscription.update_layer(now)
+        self._dynacast(publications, now)
+
+    # -- allocation ---------------------------------------------------------------
+    def _allocate(self, participant: Participant, now: float) -> None:
+        link = self.link(participant.id)
+        estimate = link.estimate
+        audio = 0.0
+        videos: list[tuple[str, Any]] = []
+        loss = 0.0
+        for key, subscription in participant.subscriptions.items():
+            sender = subscription.sender
+            if sender.remote_bitrate is not None and sender.remote_bitrate_time > link.remb_seen:
+                link.remb_seen = sender.remote_bitrate_time
+                estimate.on_remb(float(sender.remote_bitrate), now)
+            if subscription.kind == "audio":
+                if subscription.source is not None:
+                    audio += subscription.source.layers[0].bitrate
+                continue
+            loss = max(loss, sender.fraction_lost / 256)
+            if subscription.source is not None or subscription.pending is not None:
+                videos.append((key, subscription))
+        estimate.on_loss(loss, link.sending, now)
+        ceiling = PROFILE_CEILING.get(participant.profile, 2)
+        wants: list[VideoWant] = []
+        for key, subscription in videos:
+            publication = subscription.pending or subscription.source
+            top = len(publication.layers) - 1
+            size = VIEW_SIZES.get(link.sizes.get(key, "large"), 2)
+            max_layer = min(top, size, ceiling)
+            wants.append(VideoWant(key, size, layer_rates(publication), max_layer))
+        budget = max(estimate.value - audio, 0.0)
+        chosen = allocate(budget, wants)
+        needed = next_step(chosen, wants)
+        estimate.tick(now, None if needed is None else needed + audio)
+        if estimate.trial is not None:  # a trial started: allocate what it allows
+            chosen = allocate(max(estimate.value - audio, 0.0), wants)
+        link.sending = audio + cost_of(chosen, wants)
+        for key, subscription in videos:
+            layer = chosen.get(key)
+            paused = layer is None
+            subscription.suspend(paused)
+            if not paused:
+                subscription.max_layer = layer
+                subscription.update_layer(now)
+            if paused != (key in link.paused):
+                if paused:
+                    link.paused.add(key)
+                else:
+                    link.paused.discard(key)
+                if ceiling >= 0:  # an audio-only profile pauses on purpose: no notice
+                    asyncio.ensure_future(
+                        participant.send(
+                            {
+                                "type": "video-paused",
+                                "publication": key,
+                                "paused": paused,
+                                "reason": "bandwidth",
+                            }
+                        )
+                    )
+
+    # -- dynacast -------------------------------------------------------------------
+    def _dynacast(self, publications: list[Publication], now: float) -> None:
+        wanted: dict[str, set[int]] = {}
+        for participant in self.room.participants.values():
+            for subscription in participant.subscriptions.values():
+                if subscription.suspended:
+                    continue
+                for publication, layer in (
+                    (subscription.source, subscription.layer),
+                    (subscription.pending, subscription.pending_layer),
+                ):
+                    if publication is None or not publication.simulcast:
+                        continue
+                    layers = wanted.setdefault(publication.id, set())
+                    if layer >= 0:
+                        layers.add(layer)
+                    top = len(publication.layers) - 1
+                    if subscription.max_layer is None:
+                        layers.add(top)
+                    else:
+                        layers.add(min(subscription.max_layer, top))
+        for publication in publications:
+            if not publication.simulcast:
+                continue
+            count = len(publication.layers)
+            want = wanted.get(publication.id, set())
+            want.add(0)
+            if publication.taps:
+                want.add(count - 1)
+            state = self._layers.get(publication.id)
+            if state is None:
+                state = self._layers[publication.id] = ([True] * count, [now] * count)
+            active, last_wanted = state
+            changed = False
+            for index in range(count):
+                if index in want:
+                    last_wanted[index] = now
+                    if not active[index]:
+                        active[index] = changed = True
+                elif active[index] and now - last_wanted[index] >= LAYER_OFF_AFTER:
+                    active[index] = False
+                    changed = True
+            if changed and self.on_layers is not None:
+                self.on_layers(publication, list(active))
+
+    def active_layers(self, publication_id: str) -> list[bool] | None:
+        state = self._layers.get(publication_id)
+        return list(state[0]) if state is not None else None
