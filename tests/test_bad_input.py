@@ -1296,3 +1296,81 @@ async def test_media_survives_a_barrage_of_bad_input(http, server):
     finally:
         await viewer.leave()
         await chair.leave()
+
+
+def _simulcast(offer: str, rids: str, declared: str, repaired: bool = True) -> str:
+    """``offer`` (one aiortc video m-line) turned into a simulcast offer."""
+    extra = [
+        "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+        *(
+            ["a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"]
+            if repaired
+            else []
+        ),
+        *(f"a=rid:{rid} send" for rid in declared.split()),
+        f"a=simulcast:send {rids}",
+    ]
+    # aiortc's own offer lists the RID extensions already (the server's bridge adds them)
+    lines = [line for line in offer.split("\r\n") if "rtp-stream-id" not in line]
+    at = next(i for i, line in enumerate(lines) if line.startswith("a=mid:"))
+    return "\r\n".join(lines[: at + 1] + extra + lines[at + 1 :])
+
+
+async def test_malformed_simulcast_offers_keep_the_connection(http, server):
+    ws = await join(http, server, server.token())
+    pc, offer = await make_offer("video")
+    try:
+        for sdp, message in (
+            (_simulcast(offer, "q;h;z", "q h f"), "bad simulcast offer: simulcast names rid 'z'"),
+            (
+                _simulcast(offer, "a;b;c;d", "a b c d"),
+                "bad simulcast offer: 4 simulcast layers (at most 3)",
+            ),
+            (
+                _simulcast(offer, "q;h;f", "q h f", repaired=False),
+                "bad simulcast offer: simulcast with RTX needs the repaired-rtp-stream-id",
+            ),
+        ):
+            await ws.send_json({"type": "offer", "pc": "publisher", "sdp": sdp})
+            await expect_error(ws, "bad-request", message, "offer")
+            await ping_pong(ws)
+        # a good simulcast offer is answered with the layers received
+        good = _simulcast(offer, "q;h;f", "q h f")
+        await ws.send_json({"type": "offer", "sdp": good, "tracks": {"0": "camera"}})
+        answer = await reply(ws)
+        assert answer["type"] == "answer", answer
+        assert "a=simulcast:recv q;h;f" in answer["sdp"] and "a=rid:f recv" in answer["sdp"]
+        room = await _room(ws)
+        mine = [p for p in room["participants"] if p["identity"] == "p1"]
+        assert mine[0]["publications"][0]["layers"] == ["q", "h", "f"], room
+        # the layers of a published m-line cannot change in a re-offer
+        await ws.send_json({"type": "offer", "sdp": _simulcast(offer, "q;h", "q h")})
+        await expect_error(ws, "bad-request", "the simulcast layers of an m-line cannot change")
+        await ping_pong(ws)
+    finally:
+        await pc.close()
+        await ws.close()
+
+
+async def test_bad_view_and_profile_messages(http, server):
+    ws = await join(http, server, server.token())
+    try:
+        for message, text in (
+            ({"type": "view", "videos": ["TR_x"]}, "'videos' maps publication ids"),
+            ({"type": "view", "videos": {"TR_x": "huge"}}, "'videos' maps publication ids"),
+            ({"type": "profile", "profile": "ultra"}, "'profile' must be high, low or audio"),
+            (
+                {"type": "set-profile", "participant": "PA_x", "profile": "low"},
+                "only a moderator (the chair)",
+            ),
+        ):
+            await ws.send_json(message)
+            error = await reply(ws)
+            assert error["type"] == "error" and error["message"].startswith(text), error
+            await ping_pong(ws)
+        await ws.send_json({"type": "view", "videos": {"TR_x": "small"}})  # unknown ids: fine
+        await ws.send_json({"type": "profile", "profile": "low"})
+        room = await _room(ws)
+        assert [p["profile"] for p in room["participants"] if p["identity"] == "p1"] == ["low"]
+    finally:
+        await ws.close()

@@ -189,3 +189,57 @@ async def test_ffmpeg_default_certificate_is_refused(server):
     while "connection failed" not in server.log() and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert "connection failed" in server.log()
+
+
+async def test_first_picture_without_waiting_for_the_encoder(server, tmp_path):
+    """FFmpeg ignores keyframe requests and sends a keyframe every 10 s: a WHEP viewer
+    joining between two keyframes still decodes its first picture within 1 s (the
+    server starts it from the last keyframe it kept), and then follows the live
+    picture; the viewer already watching is not disturbed."""
+    from conference.whipclient import whep_watch
+
+    cert_file, key_file = write_p256_certificate(tmp_path)
+    token = server.token(identity="ffmpeg-hall", role="chair", name="FFmpeg hội trường")
+    publisher = FfmpegWhipPublisher(
+        f"{server.url}/whip/m1",
+        {"authorization": token, "cert_file": str(cert_file), "key_file": str(key_file)},
+        seconds=14.0,
+        gop=10 * FPS,
+    )
+    viewer = Client(server.url, "m1", server.token(identity="xa-tan-thinh"))
+    await viewer.connect()
+    publishing = asyncio.ensure_future(asyncio.to_thread(publisher.run))
+    watcher = None
+    try:
+        await wait_tracks(viewer, 2, timeout=8.0)
+
+        def encoders() -> list[dict[str, Any]]:
+            return [p for p in viewer.room["participants"] if p["transport"] == "whip"]
+
+        await viewer.wait_for(lambda: len(encoders()) == 1, 5.0)
+        track = await wait_track(viewer, encoders()[0]["id"], "camera")
+        await video_numbers(track, 0.5)  # the first viewer decodes
+        await asyncio.sleep(3.0)  # well after the first keyframe, far before the next
+        asked = time.monotonic()
+        watcher = await whep_watch(
+            f"{server.url}/whep/m1/ffmpeg-hall", server.token(identity="radio", role="viewer")
+        )
+        frame = await asyncio.wait_for(watcher.tracks["video"].recv(), 5.0)
+        waited = time.monotonic() - asked
+        assert waited < 1.0, f"first picture after {waited:.2f} s"
+        numbers = await video_numbers(watcher.tracks["video"], 1.5)
+        decoded = [n for n in numbers if n is not None]
+        # it catches up with the live picture: frames of the current second
+        assert decoded and max(decoded) >= FIRST_FRAME + publisher.frames_sent - 2 * FPS, (
+            decoded,
+            publisher.frames_sent,
+        )
+        assert frame is not None
+        first_viewer = await video_numbers(track, 1.0)
+        assert len([n for n in first_viewer if n is not None]) >= 20, first_viewer
+    finally:
+        publisher.stop.set()
+        if watcher is not None:
+            await watcher.delete()
+        await asyncio.wait([publishing], timeout=10.0)
+        await viewer.leave()

@@ -120,6 +120,8 @@ class BandwidthManager:
         for publication in publications:
             for layer in publication.layers:
                 layer.measure(now)
+            if publication.kind == "video":
+                publication.note_slow_keyframes(now)
         for participant in list(self.room.participants.values()):
             if participant.transport == "websocket" and participant.subscriptions:
                 self._allocate(participant, now)

@@ -238,6 +238,9 @@ class Participant:
                 on_audio_level=self.room.on_audio_level,
                 on_ended=self._publication_ended,
             )
+            if self.transport == "whip" and publication.kind == "video":
+                for layer in publication.layers:  # encoders seldom honour keyframe requests
+                    layer.keep_keyframes = True
             self.publications[publication.id] = publication
             seen.add(publication.id)
             self.room.publication_added(publication)

@@ -23,6 +23,12 @@ logger = logging.getLogger(__name__)
 
 SOURCES = ("microphone", "camera", "screen")
 
+#: a group of pictures kept for new subscribers is dropped beyond these sizes
+GOP_PACKETS = 4000
+GOP_OCTETS = 4_000_000
+#: a keyframe request unanswered this long marks a publisher that ignores them
+SLOW_KEYFRAME = 1.5
+
 
 class Layer:
     """One RTP stream of a publication: a simulcast layer, or the only one."""
@@ -41,6 +47,10 @@ class Layer:
         "sender_report",
         "bitrate",
         "_rate_mark",
+        "keep_keyframes",
+        "gop",
+        "_gop_octets",
+        "keyframe_asked",
     )
 
     def __init__(self, index: int, rid: str | None) -> None:
@@ -59,6 +69,28 @@ class Layer:
         #: bits per second, measured by :meth:`measure` (0 until then)
         self.bitrate = 0.0
         self._rate_mark: tuple[float, int] | None = None  # (time, octets) of the last measure
+        #: keep the last keyframe and what followed (``gop``) for new subscribers: for
+        #: publishers that ignore keyframe requests (WHIP encoders, see
+        #: :meth:`Publication.note_slow_keyframes`)
+        self.keep_keyframes = False
+        self.gop: list[tuple[RtpPacket, bool]] | None = None
+        self._gop_octets = 0
+        #: monotonic time of the oldest keyframe request not yet answered
+        self.keyframe_asked: float | None = None
+
+    def keep(self, packet: RtpPacket, keyframe: bool) -> None:
+        """Add a packet to the cached group of pictures (from the last keyframe)."""
+        gop = self.gop
+        if keyframe and (gop is None or gop[0][0].timestamp != packet.timestamp):
+            self.gop = [(packet, True)]
+            self._gop_octets = len(packet.payload)
+            return
+        if gop is None:
+            return
+        gop.append((packet, keyframe))
+        self._gop_octets += len(packet.payload)
+        if len(gop) > GOP_PACKETS or self._gop_octets > GOP_OCTETS:
+            self.gop = None  # too long a group: wait for the next keyframe
 
     def live(self, now: float, within: float = 1.0) -> bool:
         """Whether the publisher sent this layer in the last ``within`` seconds."""
@@ -186,6 +218,9 @@ class Publication:
             keyframe = bool(payload) and is_keyframe(self.codec_name, payload)
             if keyframe:
                 stream.keyframes_received += 1
+                stream.keyframe_asked = None
+            if stream.keep_keyframes:
+                stream.keep(packet, keyframe)
         if not repaired:
             stream.last_packet = now = time.monotonic()
             stream.last_rtp = (packet.timestamp, now)
@@ -213,9 +248,29 @@ class Publication:
         if stream.keyframe_throttle.allow(time.monotonic()):
             logger.debug("publication %s: keyframe requested (layer %d)", self.id, stream.index)
             stream.keyframes_requested += 1
+            if stream.keyframe_asked is None:
+                stream.keyframe_asked = time.monotonic()
             self.receiver.request_keyframe(stream.index)
             return True
         return False
+
+    def note_slow_keyframes(self, now: float) -> None:
+        """Start keeping keyframes for layers whose publisher ignores requests.
+
+        An encoder that ignores PLI (FFmpeg, hardware encoders, cameras through
+        WHIP) sends a keyframe only every few seconds: a new subscriber would
+        wait that long for its first picture.  Such a layer keeps its last group
+        of pictures, which :class:`Subscription` sends a new subscriber at once.
+        """
+        for stream in self.layers:
+            asked = stream.keyframe_asked
+            if asked is not None and now - asked > SLOW_KEYFRAME and not stream.keep_keyframes:
+                logger.info(
+                    "publication %s: layer %d ignores keyframe requests: keeping keyframes",
+                    self.id,
+                    stream.index,
+                )
+                stream.keep_keyframes = True
 
     def rtp_now(self, layer: int | None = None) -> tuple[int, int] | None:
         """(NTP now, the publisher's RTP timestamp for now), for sender reports."""

@@ -62,6 +62,7 @@ class Subscription:
         self.suspended = False
         self.paused = False
         self._vp8: Vp8Rewriter | None = None
+        self._last_payload = b""
         self._map: PacketMap | None = None
         self._ts_offset = 0
         self._started = False
@@ -75,6 +76,7 @@ class Subscription:
         self.retransmitted = 0
         self.switches = 0
         self.keyframe_waits = 0
+        self.replays = 0  # starts from a kept keyframe
         sender.feedback = self
         sender.on_ready = self._sender_ready
         if sender.started:
@@ -134,6 +136,46 @@ class Subscription:
         publication.layers[layer].subscriptions.add(self)
         self.keyframe_waits += 1
         publication.request_keyframe(layer)
+        self._replay()
+
+    def _replay(self) -> None:
+        """Start a waiting subscription at once from the layer's kept keyframe.
+
+        For publishers that ignore keyframe requests the layer keeps its last
+        keyframe and the packets that followed (``Layer.gop``).  They are sent
+        now, through the normal path (this subscription's sequence numbers,
+        history, picture IDs), with their timestamps squeezed to 1 ms apart:
+        the decoder gets its picture at once and catches up to the live one
+        without the receiver buffering seconds of old frames.  Live packets
+        then continue from the last kept frame.  Other subscribers see nothing
+        of it.
+        """
+        publication, layer = self.pending, self.pending_layer
+        if publication is None or layer < 0 or self.paused or self.suspended:
+            return
+        if not self.sender._started:
+            return  # again when the sender is ready
+        gop = publication.layers[layer].gop
+        if not gop:
+            return
+        first = gop[0][0]
+        self._start_source(publication, layer, first)
+        base = (first.timestamp + self._ts_offset) & 0xFFFFFFFF
+        step = max(1, publication.clock_rate // 1000)
+        frame, frame_ts = 0, first.timestamp
+        for packet, keyframe in list(gop):
+            if packet.timestamp != frame_ts:
+                frame, frame_ts = frame + 1, packet.timestamp
+            self._ts_offset = (base + frame * step - packet.timestamp) & 0xFFFFFFFF
+            self.forward(publication, layer, packet, keyframe, None)
+        self.replays += 1
+        logger.debug(
+            "subscription %s of %s: started from %d kept packets of %s",
+            self.id,
+            self.subscriber_id,
+            len(gop),
+            publication.id,
+        )
 
     def suspend(self, suspended: bool) -> None:
         """Pause (True) or resume the video: nothing fits the subscriber's link."""
@@ -224,6 +266,7 @@ class Subscription:
         self._abs_id = ids.get(ABS_SEND_TIME_URI)
         self._ext_key = (self._mid_ext, self._level_id, self._abs_id)
         self._request_keyframe()
+        self._replay()
 
     def _request_keyframe(self) -> None:
         if self.pending is not None and self.pending_layer >= 0:
@@ -260,8 +303,10 @@ class Subscription:
         if packet_map is None:
             return
         payload = packet.payload
-        if self._vp8 is not None and payload:
+        if self._vp8 is not None:
             payload = self._vp8.rewrite(payload)
+        else:
+            self._last_payload = payload  # what a first switch continues from
         if not payload:
             # padding-only packets are bandwidth probes for the first hop
             packet_map.drop(packet.sequence_number)
@@ -331,13 +376,16 @@ class Subscription:
                 target_ts = sender.last_ts + max(1, int(elapsed * publication.clock_rate))
             offset = (target_ts - packet.timestamp) & 0xFFFFFFFF
         self._ts_offset = offset
-        if publication.codec_name == "vp8":
+        if publication.codec_name != "vp8":
+            self._vp8 = None
+        elif self._started:
+            # VP8 picture IDs continue across the switch; until the first switch
+            # payloads go out as they came (no rewriting cost)
             if self._vp8 is None:
                 self._vp8 = Vp8Rewriter()
-            if self._started:
-                self._vp8.switch()
-        else:
-            self._vp8 = None
+                if self._last_payload:
+                    self._vp8.rewrite(self._last_payload)  # learns the last IDs sent
+            self._vp8.switch()
         self._started = True
 
     # -- FeedbackSink --------------------------------------------------------------

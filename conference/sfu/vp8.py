@@ -45,10 +45,14 @@ Rules:
   descriptors are returned as is, and never raise.
 
 Cost, measured with timeit (best of 7 x 300k calls) on CPython 3.11 for a
-1100-byte payload with a 15-bit PictureID and a TL0PICIDX: `Vp8Rewriter.rewrite`
-takes about 330 ns when the offsets are zero (the payload is returned as is)
-and about 700 ns when the ids are rewritten (one copy of the payload);
-`parse_descriptor` takes about 800 ns, as it builds a dataclass.
+1100-byte payload with a 15-bit PictureID and a TL0PICIDX, on a machine where
+`rtpwire.build_rtp` takes 350 ns for the same payload: `Vp8Rewriter.rewrite`
+takes about 0.7 us when the offsets are zero (the ids are still read, to track
+the last emitted ones; the payload is returned as is), about 1.4 us when the
+ids are rewritten (a bytearray copy written in place, and its conversion back
+to bytes), and about 130 ns for a payload without extension byte.
+`parse_descriptor` takes about 2.7 us, most of it building the frozen
+dataclass: it is meant for inspection, not for the forwarding path.
 """
 
 import struct

@@ -502,3 +502,39 @@ async def test_consent_checks_wait_for_a_late_answer():
     finally:
         transport.close()
         peer.close()
+
+
+async def test_opus_fec_and_dtx_and_simulcast_extensions_are_negotiated() -> None:
+    """The server's SDP asks senders for Opus FEC and DTX, and accepts the RID,
+    repaired-RID and transport-wide sequence number extensions on video."""
+    from conference.sfu.bridge import ForwardingPeerConnection
+    from conference.sfu.simulcast import REPAIRED_RID_URI, RID_URI
+    from conference.sfu.twcc import TWCC_URI
+
+    pc = ForwardingPeerConnection()
+    try:
+        pc.addTransceiver("audio", direction="sendonly")
+        pc.addTransceiver("video", direction="sendonly")
+        offer = await pc.createOffer()
+        assert "useinbandfec=1" in offer.sdp and "usedtx=1" in offer.sdp
+        video = offer.sdp.split("m=video")[1]
+        for uri in (RID_URI, REPAIRED_RID_URI, TWCC_URI):
+            assert uri in video
+    finally:
+        await pc.close()
+
+
+def test_transport_cc_feedback_is_added_only_where_negotiated() -> None:
+    from conference.sfu.bridge import accept_transport_cc
+    from conference.sfu.twcc import TWCC_URI
+
+    answer = (
+        "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\n"
+        f"a=extmap:3 {TWCC_URI}\r\n"
+    )
+    accepted = accept_transport_cc(answer)
+    audio, video = accepted.split("m=video")
+    assert "transport-cc" not in audio
+    assert "a=rtcp-fb:96 transport-cc" in video and "a=rtcp-fb:97" not in video
+    assert accepted.endswith("\r\n") and accept_transport_cc(accepted) == accepted

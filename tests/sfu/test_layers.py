@@ -7,7 +7,6 @@ test is the publication/subscription pair, not aiortc)."""
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from typing import Any
 
@@ -77,7 +76,13 @@ def setup() -> tuple[Publication, Receiver, Subscription, Sender]:
 
 
 def feed(publication: Publication, layer: int, seq: int, ts: int, payload: bytes) -> None:
-    asyncio.run(publication.on_rtp(packet(seq, ts, payload), False, layer))
+    """``Publication.on_rtp`` never awaits: run the coroutine to its end in place."""
+    coroutine = publication.on_rtp(packet(seq, ts, payload), False, layer)
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    raise AssertionError("on_rtp awaited something")
 
 
 def test_one_layer_forwarded_and_switch_on_its_keyframe() -> None:
@@ -145,3 +150,47 @@ def test_per_layer_keyframe_throttle() -> None:
     assert not publication.request_keyframe(0)  # throttled per layer
     assert receiver.keyframes == [0, 2]
     assert publication.describe()["layers"] == ["q", "h", "f"]
+
+
+def test_kept_keyframe_starts_a_new_subscriber_at_once() -> None:
+    publication, receiver, first, first_sender = setup()
+    layer = publication.layers[0]
+    layer.keep_keyframes = True
+    first.max_layer = 0
+    first.switch_to(publication)
+    feed(publication, 0, 10, 1000, vp8(7, keyframe=True))
+    feed(publication, 0, 11, 1000, vp8(7, keyframe=False, start=False))  # same frame
+    feed(publication, 0, 12, 4000, vp8(8, keyframe=False))
+    feed(publication, 0, 13, 7000, vp8(9, keyframe=False))
+    assert layer.gop is not None and len(layer.gop) == 4
+    # a new subscriber gets the kept frames at once, 1 ms apart, then the live ones
+    sender = Sender()
+    late = Subscription("SU_b", "PA_c", sender, "video")  # type: ignore[arg-type]
+    late.max_layer = 0
+    late.switch_to(publication)
+    assert late.source is publication and late.replays == 1
+    assert [s[0] for s in sender.sent] == [101, 102, 103, 104]
+    timestamps = [s[1] for s in sender.sent]
+    assert timestamps[1] == timestamps[0] and timestamps[3] - timestamps[2] == 90
+    feed(publication, 0, 14, 10000, vp8(10, keyframe=False))
+    assert sender.sent[-1][0] == 105 and sender.sent[-1][1] - timestamps[3] == 3000
+    assert len(first_sender.sent) == 5  # the first subscriber saw nothing of it
+    # a new keyframe starts a new group; a group too long is dropped
+    feed(publication, 0, 15, 13000, vp8(11, keyframe=True))
+    assert len(layer.gop) == 1
+    for n in range(4001):
+        feed(publication, 0, (16 + n) & 0xFFFF, 16000 + n, vp8(12, keyframe=False))
+    assert layer.gop is None
+
+
+def test_unanswered_keyframe_requests_start_keeping_keyframes() -> None:
+    publication, receiver, subscription, sender = setup()
+    publication.request_keyframe(0)
+    asked = publication.layers[0].keyframe_asked
+    assert asked is not None
+    publication.note_slow_keyframes(asked + 1.0)
+    assert not publication.layers[0].keep_keyframes
+    publication.note_slow_keyframes(asked + 2.0)
+    assert publication.layers[0].keep_keyframes
+    feed(publication, 0, 1, 0, vp8(1, keyframe=True))
+    assert publication.layers[0].keyframe_asked is None
