@@ -27,6 +27,11 @@ answers only same-origin requests carrying the Strict cookie (no CORS headers).
 A bad, expired or revoked link gets an HTML error page (401/403), in Vietnamese by
 default.
 
+The session also carries ``profile``, the link profile the page starts with: for a point
+of a scheduled meeting (the token's identity is the point's code), its configured
+bandwidth (``points.bandwidth_profile``: ``low`` -> ``low``, ``standard`` and ``high`` ->
+``high``); ``high`` otherwise (ad-hoc rooms, chairs, unknown codes, no database).
+
 Language
 --------
 ``web/static/i18n/*.json`` (one file per area, merged) is the one catalogue (key -> {vi, en}).  Templates call
@@ -38,6 +43,7 @@ the first of vi/en in Accept-Language, else Vietnamese.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -46,9 +52,19 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from .access import AccessError, authenticate
+from .appkeys import DATABASE
+from .scheduling.db import DatabaseError
+from .scheduling.lifecycle import scheduled_id
+from .scheduling.models import Point
 from .scheduling.rsvp_web import setup_rsvp
+from .sfu.participant import Identity
+
+logger = logging.getLogger(__name__)
 
 LANGUAGES = ("vi", "en")
 DEFAULT_LANGUAGE = "vi"
@@ -59,6 +75,10 @@ JINJA: web.AppKey[jinja2.Environment] = web.AppKey("jinja")
 CATALOGUE: web.AppKey[dict[str, dict[str, str]]] = web.AppKey("catalogue")
 
 _NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+#: A point's configured bandwidth (points.bandwidth_profile) -> the page's link profile.
+PAGE_PROFILES = {"low": "low", "standard": "high", "high": "high"}
+DEFAULT_PROFILE = "high"
 
 
 def web_dir() -> Path:
@@ -227,6 +247,25 @@ async def meeting_session(request: web.Request) -> web.Response:
             "name": who.name,
             "role": who.role,
             "expires": who.expires_at,
+            "profile": await page_profile(request.app, meeting_id, who),
         },
         headers=_NO_STORE,
     )
+
+
+async def page_profile(app: web.Application, meeting_id: str, who: Identity) -> str:
+    """The link profile the room page starts with (see the module docstring)."""
+    if who.role not in ("point", "viewer") or scheduled_id(meeting_id) is None:
+        return DEFAULT_PROFILE
+    if DATABASE not in app:
+        return DEFAULT_PROFILE
+
+    def load(session: Session) -> str | None:
+        return session.scalar(select(Point.bandwidth_profile).where(Point.code == who.identity))
+
+    try:
+        bandwidth = await app[DATABASE].run(load)
+    except (DatabaseError, SQLAlchemyError) as exc:
+        logger.warning("bandwidth profile of %s: %s", who.identity, exc)
+        return DEFAULT_PROFILE
+    return PAGE_PROFILES.get(bandwidth or "", DEFAULT_PROFILE)

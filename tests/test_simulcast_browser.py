@@ -96,8 +96,8 @@ def test_simulcast_one_layer_per_viewer_and_dynacast(server: ServerProcess, brow
     )
     assert sent["f"]["width"] in (0, 1280), sent
     # the chair gives the point the floor: its camera is the large tile on every page;
-    # on a phone-sized page that tile is small
-    small_viewer.set_viewport_size({"width": 320, "height": 640})
+    # on a small screen that tile is small
+    small_viewer.set_viewport_size({"width": 600, "height": 300})
     large_viewer.evaluate(
         "(id) => window.conference.signaling.send({type: 'give-floor', participant: id})", me
     )

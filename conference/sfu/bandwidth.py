@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .allocator import DownlinkEstimate, VideoWant, allocate, cost_of, next_step
 
@@ -35,10 +35,13 @@ if TYPE_CHECKING:
     from .participant import Participant
     from .publication import Publication
     from .room import Room
+    from .subscription import Subscription
 
 logger = logging.getLogger(__name__)
 
 TICK = 0.5
+#: a probe's padding goes out every this many seconds
+PROBE_STEP = 0.02
 LAYER_OFF_AFTER = 3.0
 #: assumed bits/s of each layer before it has been measured, by layer count
 NOMINAL_RATES = {
@@ -74,8 +77,14 @@ class SubscriberLink:
         #: the page did not mention is taken as large
         self.sizes: dict[str, str] = {}
         self.paused: set[str] = set()
+        #: videos the allocation would pause: paused only on the second tick in a row
+        self.pausing: set[str] = set()
         self.remb_seen = 0.0
+        #: bits/s the server sends this subscriber (audio + allocated video)
         self.sending = 0.0
+        #: bits/s of probe padding to send now
+        self.padding = 0.0
+        self.probe_task: asyncio.Task[None] | None = None
 
 
 class BandwidthManager:
@@ -132,42 +141,60 @@ class BandwidthManager:
         self._dynacast(publications, now)
 
     # -- allocation ---------------------------------------------------------------
-    def _allocate(self, participant: Participant, now: float) -> None:
-        link = self.link(participant.id)
+    @staticmethod
+    def _feedback(participant: Participant, link: SubscriberLink, now: float) -> None:
+        """Feed the subscriber's latest REMB and worst loss to its estimate."""
         estimate = link.estimate
-        audio = 0.0
-        videos: list[tuple[str, Any]] = []
-        loss = 0.0
-        for key, subscription in participant.subscriptions.items():
+        loss = 0
+        for subscription in participant.subscriptions.values():
             sender = subscription.sender
             if sender.remote_bitrate is not None and sender.remote_bitrate_time > link.remb_seen:
                 link.remb_seen = sender.remote_bitrate_time
-                estimate.on_remb(float(sender.remote_bitrate), now)
+                estimate.on_remb(float(sender.remote_bitrate), now, link.sending)
+            if subscription.kind == "video":
+                loss = max(loss, sender.fraction_lost_max)
+                sender.fraction_lost_max = 0
+        estimate.on_loss(loss / 256, link.sending, now)
+
+    def _allocate(self, participant: Participant, now: float) -> None:
+        link = self.link(participant.id)
+        estimate = link.estimate
+        self._feedback(participant, link, now)
+        audio = 0.0
+        videos: list[tuple[str, Subscription]] = []
+        for key, subscription in participant.subscriptions.items():
             if subscription.kind == "audio":
                 if subscription.source is not None:
                     audio += subscription.source.layers[0].bitrate
-                continue
-            loss = max(loss, sender.fraction_lost / 256)
-            if subscription.source is not None or subscription.pending is not None:
+            elif subscription.source is not None or subscription.pending is not None:
                 videos.append((key, subscription))
-        estimate.on_loss(loss, link.sending, now)
         ceiling = PROFILE_CEILING.get(participant.profile, 2)
         wants: list[VideoWant] = []
         for key, subscription in videos:
             publication = subscription.pending or subscription.source
+            assert publication is not None
             top = len(publication.layers) - 1
             size = VIEW_SIZES.get(link.sizes.get(key, "large"), 2)
             max_layer = min(top, size, ceiling)
-            wants.append(VideoWant(key, size, layer_rates(publication), max_layer))
-        budget = max(estimate.value - audio, 0.0)
-        chosen = allocate(budget, wants)
-        needed = next_step(chosen, wants)
-        estimate.tick(now, None if needed is None else needed + audio)
-        if estimate.trial is not None:  # a trial started: allocate what it allows
-            chosen = allocate(max(estimate.value - audio, 0.0), wants)
+            current = None if subscription.suspended else subscription.max_layer
+            if current is None and not subscription.suspended:
+                current = top  # not allocated yet: it gets the top layer
+            wants.append(VideoWant(key, size, layer_rates(publication), max_layer, current))
+        chosen = allocate(max(estimate.value - audio, 0.0), wants)
         link.sending = audio + cost_of(chosen, wants)
+        needed = next_step(chosen, wants)
+        estimate.tick(now, None if needed is None else needed + audio, link.sending)
+        link.padding = estimate.padding(link.sending)
+        if link.padding > 0 and (link.probe_task is None or link.probe_task.done()):
+            link.probe_task = asyncio.ensure_future(self._probe(participant, link))
         for key, subscription in videos:
             layer = chosen.get(key)
+            if layer is None and key not in link.paused and key not in link.pausing:
+                if ceiling >= 0 and subscription.max_layer is not None:
+                    link.pausing.add(key)  # one tick of grace: a pause costs a keyframe
+                    layer = 0
+            else:
+                link.pausing.discard(key)
             paused = layer is None
             subscription.suspend(paused)
             if not paused:
@@ -178,6 +205,15 @@ class BandwidthManager:
                     link.paused.add(key)
                 else:
                     link.paused.discard(key)
+                logger.info(
+                    "participant %s: video %s %s (estimate %d kbit/s, audio %d, loss %.0f %%)",
+                    participant.id,
+                    key,
+                    "paused" if paused else "resumed",
+                    estimate.value / 1000,
+                    audio / 1000,
+                    estimate.loss * 100,
+                )
                 if ceiling >= 0:  # an audio-only profile pauses on purpose: no notice
                     asyncio.ensure_future(
                         participant.send(
@@ -189,6 +225,38 @@ class BandwidthManager:
                             }
                         )
                     )
+
+    async def _probe(self, participant: Participant, link: SubscriberLink) -> None:
+        """Send the probe's padding evenly (every 20 ms) until it ends or fails.
+
+        The subscriber's REMB and loss are read at every step, so congestion
+        ends the probe within a few tens of milliseconds of being reported.
+        """
+        last = time.monotonic()
+        owed = 0.0
+        try:
+            while not participant.closed and link.padding > 0:
+                await asyncio.sleep(PROBE_STEP)
+                now = time.monotonic()
+                self._feedback(participant, link, now)
+                link.padding = link.estimate.padding(link.sending)
+                owed += link.padding * (now - last) / 8
+                last = now
+                carriers = [
+                    s
+                    for s in participant.subscriptions.values()
+                    if s.kind == "video" and s.source is not None and not s.suspended
+                ]
+                if not carriers or owed <= 0:
+                    continue
+                sent = 0
+                for carrier in carriers:
+                    sent += carrier.pad(int(owed) - sent)
+                    if sent >= owed:
+                        break
+                owed = max(0.0, owed - sent) if sent else 0.0
+        except Exception:  # a probe must never take the room down
+            logger.exception("participant %s: bandwidth probe failed", participant.id)
 
     # -- dynacast -------------------------------------------------------------------
     def _dynacast(self, publications: list[Publication], now: float) -> None:

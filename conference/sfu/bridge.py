@@ -909,6 +909,8 @@ class ForwardingSender:
         self.bytes_sent = 0
         self.rtt: float | None = None
         self.fraction_lost = 0
+        #: the worst fraction lost (of 256) reported since the allocator last read it
+        self.fraction_lost_max = 0
         self.remote_bitrate: int | None = None  # the subscriber's latest REMB
         self.remote_bitrate_time = 0.0  # monotonic time it arrived
         self.last_feedback = 0.0  # monotonic time of the last RTCP from the subscriber
@@ -1066,6 +1068,7 @@ class ForwardingSender:
                 if report.ssrc != self._ssrc:
                     continue
                 self.fraction_lost = report.fraction_lost
+                self.fraction_lost_max = max(self.fraction_lost_max, report.fraction_lost)
                 if self._last_sr is not None and report.lsr == self._last_sr[0] and report.dlsr:
                     rtt = time.time() - self._last_sr[1] - report.dlsr / 65536
                     if rtt >= 0:

@@ -27,7 +27,7 @@ SOURCES = ("microphone", "camera", "screen")
 GOP_PACKETS = 4000
 GOP_OCTETS = 4_000_000
 #: a keyframe request unanswered this long marks a publisher that ignores them
-SLOW_KEYFRAME = 1.5
+SLOW_KEYFRAME = 3.0
 
 
 class Layer:
@@ -206,7 +206,8 @@ class Publication:
         stream = self.layers[layer] if layer < len(self.layers) else self.top
         stream.packets += 1
         payload = packet.payload
-        stream.octets += len(payload)
+        if not repaired:  # retransmissions (and the publisher's RTX padding) are not media rate
+            stream.octets += len(payload)
         if self.blocked:
             return
         if self.kind == "audio":
@@ -262,6 +263,8 @@ class Publication:
         wait that long for its first picture.  Such a layer keeps its last group
         of pictures, which :class:`Subscription` sends a new subscriber at once.
         """
+        if self.simulcast:
+            return  # browsers, which answer keyframe requests
         for stream in self.layers:
             asked = stream.keyframe_asked
             if asked is not None and now - asked > SLOW_KEYFRAME and not stream.keep_keyframes:

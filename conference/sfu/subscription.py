@@ -77,6 +77,7 @@ class Subscription:
         self.switches = 0
         self.keyframe_waits = 0
         self.replays = 0  # starts from a kept keyframe
+        self.padding_sent = 0  # octets of bandwidth probes
         sender.feedback = self
         sender.on_ready = self._sender_ready
         if sender.started:
@@ -417,6 +418,49 @@ class Subscription:
                 )
             self.retransmitted += 1
             sender.send_rtp(data, len(payload))
+
+    def pad(self, octets: int) -> int:
+        """Send about ``octets`` of padding for a bandwidth probe; returns what was sent.
+
+        The padding is recent packets sent again as RTX (as libwebrtc pads):
+        the subscriber discards them as duplicates, but its bandwidth estimator
+        counts them.  Each carries a fresh abs-send-time, or the estimator would
+        read their age as queueing delay.  Nothing is sent without RTX.
+        """
+        sender = self.sender
+        rtx_pt = sender.rtx_payload_type
+        if not sender._started or self._map is None or rtx_pt is None or self.paused:
+            return 0
+        extensions: list[tuple[int, bytes]] = []
+        if self._mid_ext is not None:
+            extensions.append(self._mid_ext)
+        if self._abs_id is not None:
+            extensions.append((self._abs_id, abs_send_time(time.time())))
+        block = extension_block(tuple(extensions))
+        sent = 0
+        last = sender.last_seq
+        for back in range(HISTORY_SIZE // 4):
+            if sent >= octets:
+                break
+            seq = (last - back) & 0xFFFF
+            item = self._history.get(seq)
+            if item is None:
+                continue
+            timestamp, marker, payload, _ = item
+            data = build_rtp_with_block(
+                rtx_pt,
+                marker,
+                sender.rtx_seq,
+                timestamp,
+                sender._rtx_ssrc,
+                seq.to_bytes(2, "big") + payload,
+                block,
+            )
+            sender.rtx_seq = (sender.rtx_seq + 1) & 0xFFFF
+            sender.send_rtp(data, len(payload) + 2)
+            sent += len(data)
+        self.padding_sent += sent
+        return sent
 
     def on_picture_loss(self) -> None:
         self._request_keyframe()

@@ -6,7 +6,9 @@ from conference.sfu.allocator import (
     FLOOR,
     INITIAL_ESTIMATE,
     MAX_BACKOFF,
-    TRIAL_SECONDS,
+    PROBE_GROWTH,
+    PROBE_SECONDS,
+    UPGRADE_MARGIN,
     DownlinkEstimate,
     VideoWant,
     allocate,
@@ -17,8 +19,8 @@ from conference.sfu.allocator import (
 RATES = [150_000.0, 500_000.0, 1_500_000.0]
 
 
-def want(key: str, priority: int = 2, max_layer: int = 2) -> VideoWant:
-    return VideoWant(key, priority, list(RATES), max_layer)
+def want(key: str, priority: int = 2, max_layer: int = 2, current: int | None = 2) -> VideoWant:
+    return VideoWant(key, priority, list(RATES), max_layer, current)
 
 
 def test_everything_fits() -> None:
@@ -35,11 +37,11 @@ def test_large_first_then_thumbnails() -> None:
 
 
 def test_lowest_layers_for_all_before_upgrades() -> None:
-    wants = [want("a"), want("b"), want("c")]
-    # 3 x 150 k = 450 k; the remaining 250 k cannot lift anyone by 350 k
+    wants = [want("a", current=0), want("b", current=0), want("c", current=0)]
+    # 3 x 150 k = 450 k; the remaining 250 k cannot lift anyone to the middle layer
     assert allocate(700_000, wants) == {"a": 0, "b": 0, "c": 0}
-    # 800 k: the first (in priority order) goes up to the middle layer
-    assert allocate(800_000, wants) == {"a": 1, "b": 0, "c": 0}
+    # 900 k: the first (in priority order) goes up to the middle layer
+    assert allocate(900_000, wants) == {"a": 1, "b": 0, "c": 0}
 
 
 def test_nothing_fits_pauses_video() -> None:
@@ -52,64 +54,93 @@ def test_audio_only_profile_pauses_everything() -> None:
     assert allocate(10e6, [want("a", max_layer=-1)]) == {"a": None}
 
 
+def test_upgrades_and_resumes_need_a_margin() -> None:
+    # it has the low layer: the middle one costs 15 % more than its rate
+    low = [want("a", current=0)]
+    assert allocate(560_000, low) == {"a": 0}
+    assert allocate(500_000 * UPGRADE_MARGIN, low) == {"a": 1}
+    # it has the middle layer already: 80 % of its rate is enough to keep it
+    assert allocate(400_000, [want("a", current=1)]) == {"a": 1}
+    assert allocate(390_000, [want("a", current=1)]) == {"a": 0}
+    # a paused video resumes only with the margin
+    assert allocate(160_000, [want("a", current=None)]) == {"a": None}
+    assert allocate(150_000 * UPGRADE_MARGIN, [want("a", current=None)]) == {"a": 0}
+
+
 def test_cost_and_next_step() -> None:
     wants = [want("a"), want("b", priority=0)]
     chosen = allocate(200_000, wants)
     assert chosen == {"a": 0, "b": None}
     assert cost_of(chosen, wants) == 150_000
     # first improvement: resume the paused thumbnail
-    assert next_step(chosen, wants) == 300_000
+    assert next_step(chosen, wants) == 150_000 + 150_000 * UPGRADE_MARGIN
     chosen = {"a": 0, "b": 0}
-    assert next_step(chosen, wants) == 300_000 + 350_000  # then lift the large one
+    assert next_step(chosen, wants) == 150_000 + 500_000 * UPGRADE_MARGIN  # then lift the large one
     assert next_step({"a": 2, "b": 2}, wants) is None
+
+
+def test_remb_counts_once_it_has_caught_up_with_what_is_sent() -> None:
+    estimate = DownlinkEstimate()
+    estimate.on_remb(60_000, 0.0, sending=190_000)  # libwebrtc's start: audio alone
+    estimate.on_remb(50_000, 0.5, sending=190_000)  # a dip while ramping: not congestion
+    assert estimate.value == INITIAL_ESTIMATE and estimate.congestions == 0
+    estimate.on_remb(160_000, 1.0, sending=190_000)  # caught up
+    estimate.on_remb(100_000, 1.5, sending=190_000)  # now a fall is congestion
+    assert estimate.remb_valid and estimate.congestions == 1 and estimate.value == 100_000
 
 
 def test_estimate_follows_remb_up_and_drops_on_congestion() -> None:
     estimate = DownlinkEstimate()
     assert estimate.value == INITIAL_ESTIMATE
-    estimate.on_remb(1_000_000, 0.0)
-    estimate.on_remb(1_200_000, 0.5)
+    estimate.on_remb(1_000_000, 0.0, sending=600_000)
+    estimate.on_remb(1_200_000, 0.5, sending=600_000)
     assert estimate.value == 1_200_000
-    estimate.on_remb(400_000, 1.0)  # far below the recent maximum: over-use
+    estimate.on_remb(400_000, 1.0, sending=600_000)  # far below the recent maximum: over-use
     assert estimate.value == 400_000 and estimate.congestions == 1
 
 
 def test_loss_is_congestion() -> None:
     estimate = DownlinkEstimate()
-    estimate.on_loss(0.2, 600_000, 1.0)
-    assert estimate.value == 0.85 * 600_000
+    estimate.on_loss(0.2, 500_000, 1.0)
+    assert estimate.value == 0.85 * 500_000
     estimate.on_loss(0.9, 10_000, 2.0)
     assert estimate.value == FLOOR
 
 
-def test_a_trial_that_holds_keeps_the_higher_value() -> None:
+def test_a_probe_pads_and_then_raises_the_estimate() -> None:
     estimate = DownlinkEstimate(300_000)
-    estimate.tick(10.0, 650_000)
-    assert estimate.trial is not None and estimate.value == 650_000
-    estimate.tick(10.0 + TRIAL_SECONDS, 650_000)
-    assert estimate.trial is None and estimate.value == 650_000
+    estimate.tick(10.0, 2_000_000, 200_000)
+    assert estimate.probe is not None
+    target = 300_000 * PROBE_GROWTH  # one step at a time, not straight to 2 Mbit/s
+    assert estimate.padding(200_000) == target - 200_000
+    assert estimate.value == 300_000  # the layers do not change during the probe
+    estimate.tick(10.0 + PROBE_SECONDS, 2_000_000, 200_000)
+    assert estimate.probe is None and estimate.value == target
+    assert estimate.padding(200_000) == 0
 
 
-def test_a_failed_trial_falls_back_and_waits_longer() -> None:
+def test_a_failed_probe_stops_and_waits_longer() -> None:
     estimate = DownlinkEstimate(300_000)
     backoffs = []
     now = 10.0
     for _ in range(4):
-        estimate.tick(now, 650_000)
-        assert estimate.trial is not None
-        estimate.on_remb(900_000, now + 0.1)
-        estimate.on_remb(350_000, now + 0.5)  # the link could not carry it
-        assert estimate.trial is None and estimate.value <= 350_000
-        backoffs.append(estimate.next_trial - (now + 0.5))
-        estimate.tick(now + 1.0, 650_000)
-        assert estimate.trial is None  # not yet
-        now = estimate.next_trial
+        estimate.tick(now, 650_000, 200_000)
+        assert estimate.probe is not None
+        estimate.on_remb(280_000, now + 0.1, sending=200_000)
+        estimate.on_remb(200_000, now + 0.3, sending=200_000)  # the link could not carry it
+        assert estimate.probe is None and estimate.padding(200_000) == 0
+        assert estimate.value == 300_000  # the padding caused it: the estimate stays
+        backoffs.append(estimate.next_probe - (now + 0.3))
+        estimate.tick(now + 1.0, 650_000, 200_000)
+        assert estimate.probe is None  # not yet
+        now = estimate.next_probe
         estimate._rembs.clear()
     assert backoffs == sorted(backoffs) and max(backoffs) <= MAX_BACKOFF
+    assert estimate.probes_failed == 4
 
 
-def test_no_trial_while_losing_packets() -> None:
+def test_no_probe_while_losing_packets() -> None:
     estimate = DownlinkEstimate(300_000)
     estimate.on_loss(0.05, 300_000, 1.0)
-    estimate.tick(10.0, 650_000)
-    assert estimate.trial is None
+    estimate.tick(10.0, 650_000, 300_000)
+    assert estimate.probe is None

@@ -1,5 +1,5 @@
 // Chair controls (moderate grant): the queue of raised hands with "give the floor",
-// per-participant mute / ask to unmute / remove, mute all, lock, end the meeting.
+// per-participant mute / ask to unmute / remove / link profile, mute all, lock, end the meeting.
 // The server enforces all of it; these buttons only ask.
 
 import { t, tf } from "./i18n.js";
@@ -14,6 +14,9 @@ function button(text, className, onclick) {
   node.onclick = onclick;
   return node;
 }
+
+// a point's link profile, as the chair sets it (`set-profile`): its page applies it
+const PROFILE_LABELS = { high: "chair.profileHigh", low: "chair.profileLow", audio: "chair.profileAudio" };
 
 function time(ms) {
   return new Date(ms).toLocaleTimeString(document.documentElement.lang === "en" ? "en-GB" : "vi-VN",
@@ -96,6 +99,7 @@ export class Chair {
       nodes.push(button(t("chair.askUnmute"), "ask-unmute",
         () => this.send({ type: "ask-unmute", participant: participant.id })));
     }
+    nodes.push(this.profileSelect(participant));
     nodes.push(button(t("chair.remove"), "remove danger", () => {
       this.removing = participant.id;
       $("remove-text").textContent = tf("chair.removeConfirm", { name: participant.name });
@@ -106,5 +110,22 @@ export class Chair {
     box.className = "actions";
     box.append(...nodes);
     return [box];
+  }
+
+  /** A point's link profile (Tốt / Yếu / Chỉ âm thanh), set live with `set-profile`. */
+  profileSelect(participant) {
+    const select = document.createElement("select");
+    select.className = "profile-one";
+    select.setAttribute("aria-label", tf("chair.profileOf", { name: participant.name }));
+    select.title = t("quality.profile");
+    for (const [value, key] of Object.entries(PROFILE_LABELS)) {
+      select.append(new Option(t(key), value));
+    }
+    select.value = participant.profile in PROFILE_LABELS ? participant.profile : "high";
+    select.onchange = () => {
+      this.send({ type: "set-profile", participant: participant.id, profile: select.value });
+      select.blur(); // the list is drawn again with the room state that follows
+    };
+    return select;
   }
 }

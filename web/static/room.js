@@ -4,7 +4,8 @@
 // and screen share (we offer), `subscriber` carries what we receive (the server offers,
 // its `tracks` map labels each mid with a publication id).  The page joins with
 // `autoSubscribe: false` and subscribes only to what it shows: every microphone, and the
-// videos of the visible tiles (in the speaker layout the large tile and the chair only).
+// videos of the visible tiles (in the speaker layout the large tile and the chair only;
+// in a large meeting the chair sees a paged mosaic of the points, one page subscribed).
 // The server enforces the chair's decisions; this page only asks and shows.
 // The page state is exposed as `window.conference` for the end-to-end tests.
 
@@ -50,6 +51,11 @@ const state = {
   viewKey: null, // the last "view" sent (how large each video is shown)
   tilePublication: {}, // tile key -> the publication it shows
   layout: "auto",
+  mode: null, // the layout in use: grid, speaker or mosaic (the chair's, in a large meeting)
+  page: 0, // the page of the mosaic (or of a long grid) shown, from 0
+  pages: 1,
+  rotate: false, // the chair's mosaic turns its pages by itself
+  rotationMs: 10_000, // every 10 s (tests shorten it)
   quality: {},
   plan: null, // what the tiles show (for tests)
   left: false,
@@ -99,6 +105,10 @@ async function prejoin() {
   }
   $("name").value = state.session.name;
   $("name").readOnly = true; // the display name comes from the invitation
+  // the point's configured bandwidth (the server's database) is the default profile
+  const profile = ["high", "low", "audio"].includes(state.session.profile) ? state.session.profile : "high";
+  $("prejoin-profile").value = profile;
+  $("profile-select").value = profile;
   $("prejoin-profile").onchange = () => ($("profile-select").value = $("prejoin-profile").value);
   await prejoinScreen.start(join);
 }
@@ -186,6 +196,7 @@ async function connect() {
   }
   $("prejoin").hidden = true;
   $("room").hidden = false;
+  send({ type: "profile", profile: state.profile }); // the ceiling of what we receive, also on a rejoin
   render();
   if (state.me.grants?.publish !== false && (state.stream || state.screen)) await publish();
   if (state.handRaised) send({ type: "raise-hand" });
@@ -211,7 +222,6 @@ async function publish() {
   await negotiatePublisher();
   if (state.micMuted) send({ type: "mute", source: "microphone", muted: true });
   if (state.cameraOff || state.profile === "audio") send({ type: "mute", source: "camera", muted: true });
-  send({ type: "profile", profile: state.profile });
   await applyProfile(state.transceivers.camera?.sender, state.profile, state.wantedLayers);
   renderControls();
 }
@@ -575,7 +585,30 @@ function attach(element, track) {
   if (track && element.paused) element.play().catch(() => {}); // autoplay: the join click allows it
 }
 
-/** What the tiles show: the large tile, the chair inset, the others; and the videos to receive. */
+// A large meeting (a province with its communes: 40-150 points) has more others than this:
+// the chair gets the mosaic, a point the speaker layout (never a grid of everyone)
+const MANY = 6;
+// the mosaic: 5 x 5 thumbnails per page (3 x 3 on a phone)
+const PAGE_SIZE = 25;
+const PHONE_PAGE_SIZE = 9;
+// the speaker layout of a large meeting names at most this many others in its strip
+const STRIP_MAX = 8;
+const phone = window.matchMedia("(max-width: 40rem)");
+
+function pageSize() {
+  return phone.matches ? PHONE_PAGE_SIZE : PAGE_SIZE;
+}
+
+/**
+ * What the tiles show: the large tile, the chair inset, the others; and the videos to receive.
+ *
+ * * grid: every tile (paged when there are more than a page: only one page is received);
+ * * speaker: the large tile (screen share, floor holder, active speaker, chair) and the
+ *   chair's inset with video, a strip of names without video (at most STRIP_MAX others
+ *   in a large meeting: raised hands and the speaker first);
+ * * mosaic (moderators only): the screen share or the floor holder large, and the other
+ *   cameras in pages of thumbnails; only the page shown is received.
+ */
 function plan() {
   const others = state.room.participants.filter((p) => p.id !== state.me?.id);
   const find = (participant, source) => participant.publications.find((pub) => pub.source === source);
@@ -583,27 +616,62 @@ function plan() {
   const floor = others.find((p) => p.id === state.room.floor);
   const speaker = others.find((p) => p.id === state.speaker);
   const chairs = others.filter((p) => p.moderator);
-  const mode = state.layout === "auto" ? (screenOwner || floor ? "speaker" : "grid") : state.layout;
+  const moderator = Boolean(state.me?.grants?.moderate);
+  const many = others.length > MANY;
+  let mode = state.layout;
+  if (mode === "auto") {
+    if (many) mode = moderator ? "mosaic" : "speaker";
+    else mode = screenOwner || floor ? "speaker" : "grid";
+  }
+  if (mode === "mosaic" && !moderator) mode = "speaker";
   const tiles = [];
   for (const participant of others) {
     const camera = find(participant, "camera");
     if (camera || find(participant, "microphone")) tiles.push({ participant, source: "camera", publication: camera });
   }
   if (screenOwner) tiles.unshift({ participant: screenOwner, source: "screen", publication: find(screenOwner, "screen") });
+  const pick = (participant) => tiles.find((tile) => tile.participant === participant && tile.source === "camera");
   let large = null;
   let inset = null;
   if (mode === "speaker" && tiles.length) {
-    const pick = (participant) => tiles.find((tile) => tile.participant === participant && tile.source === "camera");
     large = (screenOwner && tiles[0]) || pick(floor) || pick(speaker) || pick(chairs[0]) || tiles[0];
     inset = chairs.map(pick).find((tile) => tile && tile !== large) ?? null;
+  } else if (mode === "mosaic") {
+    large = (screenOwner && tiles[0]) || pick(floor) || null;
   }
+  let shown = null; // the tiles of the strip (null: all of them)
+  let pages = 1;
+  if (mode === "grid" || mode === "mosaic") {
+    const paged = tiles.filter((tile) => tile !== large);
+    const size = pageSize();
+    pages = Math.max(1, Math.ceil(paged.length / size));
+    state.page = Math.min(Math.max(0, state.page), pages - 1);
+    if (pages > 1 || mode === "mosaic") shown = new Set(paged.slice(state.page * size, (state.page + 1) * size));
+  } else if (many) {
+    // a point in a large meeting: a short strip of names, raised hands first
+    const hands = (state.room.hands || []).map((hand) => hand.participant);
+    const rank = (tile) => {
+      const queued = hands.indexOf(tile.participant.id);
+      if (queued >= 0) return queued;
+      if (tile.participant === speaker) return hands.length;
+      return hands.length + 1;
+    };
+    const strip = tiles.filter((tile) => tile !== large && tile !== inset);
+    shown = new Set(strip.map((tile, index) => ({ tile, index }))
+      .sort((a, b) => rank(a.tile) - rank(b.tile) || a.index - b.index)
+      .slice(0, STRIP_MAX).map((entry) => entry.tile));
+  }
+  state.pages = pages;
   for (const tile of tiles) {
-    tile.place = tile === large ? "stage" : tile === inset ? "inset" : "strip";
-    // weak links: in the speaker layout only the large tile and the chair show video
-    tile.video = Boolean(tile.publication) && state.profile !== "audio"
-      && (mode === "grid" || tile.place !== "strip");
+    tile.place = tile === large ? "stage" : tile === inset ? "inset"
+      : !shown || shown.has(tile) ? "strip" : "off";
+    // weak links: in the speaker layout only the large tile and the chair show video;
+    // a tile not shown (another page of the mosaic) receives nothing
+    tile.video = Boolean(tile.publication) && state.profile !== "audio" && tile.place !== "off"
+      && (mode !== "speaker" || tile.place !== "strip");
+    tile.thumb = mode === "mosaic" && tile.place === "strip";
   }
-  return { mode, tiles };
+  return { mode, tiles, pages, page: state.page, paged: mode === "mosaic" || pages > 1 };
 }
 
 /** Ask the server for exactly the publications this page needs. */
@@ -632,8 +700,10 @@ function syncView() {
     const id = state.tilePublication?.[node.dataset.key];
     if (!id) continue;
     const width = node.clientWidth;
-    // the layers are 320, 640 and 1280 pixels wide: up to 1.25x upscaled still looks sharp
-    videos[id] = width > 800 ? "large" : width > 400 ? "medium" : "small";
+    // the layers are 320, 640 and 1280 pixels wide: up to 1.25x upscaled still looks sharp;
+    // the thumbnails of the mosaic are small whatever the window
+    videos[id] = node.classList.contains("thumb") ? "small"
+      : width > 800 ? "large" : width > 400 ? "medium" : "small";
   }
   const key = JSON.stringify(Object.entries(videos).sort());
   if (key === state.viewKey) return;
@@ -668,22 +738,34 @@ function tileNode(tile) {
 function render() {
   if (!state.me) return;
   const layout = plan();
+  state.mode = layout.mode;
   state.plan = layout.tiles.map((tile) => ({ participant: tile.participant.id, source: tile.source,
     place: tile.place, video: tile.video }));
   syncSubscriptions(layout);
   $("tiles").className = `tiles layout-${layout.mode}`;
+  $("tiles").classList.toggle("with-stage", layout.tiles.some((tile) => tile.place === "stage"));
+  renderPager(layout);
   const present = new Set();
+  const previous = {}; // place -> the tile node placed last there
   state.tilePublication = {};
   for (const tile of layout.tiles) {
+    if (tile.place === "off") continue; // another page of the mosaic, or a long strip's tail
     const node = tileNode(tile);
     present.add(node.dataset.key);
     if (tile.video) state.tilePublication[node.dataset.key] = tile.publication.id;
+    // in the plan's order (a page of the mosaic reads 1, 2, 3…), moving only what is out of place
     const container = $(tile.place);
-    if (node.parentElement !== container) container.append(node);
-    node.querySelector(".name").textContent = tile.source === "screen"
+    const after = previous[tile.place];
+    const wanted = after ? after.nextElementSibling : container.firstElementChild;
+    if (node !== wanted) container.insertBefore(node, wanted);
+    previous[tile.place] = node;
+    const name = tile.source === "screen"
       ? tf("room.screenOf", { name: tile.participant.name }) : tile.participant.name;
+    node.querySelector(".name").textContent = name;
+    node.title = name; // a thumbnail's label may be cut short
     attach(node.querySelector("video"), tile.video ? trackOf(tile.publication) : null);
     node.classList.toggle("large", tile.place === "stage");
+    node.classList.toggle("thumb", Boolean(tile.thumb));
     node.classList.toggle("speaking", tile.source === "camera" && tile.participant.id === state.speaker);
     node.classList.toggle("floor", tile.participant.id === state.room.floor);
     node.classList.toggle("camera-off", !tile.video || Boolean(tile.publication?.muted));
@@ -699,7 +781,7 @@ function render() {
   for (const node of document.querySelectorAll(".tile")) {
     if (!present.has(node.dataset.key)) node.remove();
   }
-  $("alone").hidden = present.size > 0;
+  $("alone").hidden = layout.tiles.length > 0;
   syncView();
   // our own camera, last in the strip (not a tile: nothing is received for it)
   const selfVideo = state.stream?.getVideoTracks()[0] ?? null;
@@ -739,8 +821,62 @@ function render() {
   $("floor-indicator").textContent = floor ? tf("room.floorOther", { name: floor.name }) : "";
 }
 
+/** The page buttons of the mosaic (or of a long grid): "Trang 2/6", and the rotation. */
+function renderPager(layout) {
+  $("pager").hidden = !layout.paged;
+  if (!layout.paged) return;
+  $("page-label").textContent = tf("room.pageOf", { page: layout.page + 1, pages: layout.pages });
+  $("page-prev").disabled = layout.pages < 2;
+  $("page-next").disabled = layout.pages < 2;
+  $("rotate-label").hidden = layout.mode !== "mosaic";
+  $("rotate").checked = state.rotate;
+}
+
+/** Show page `page` (wraps around), and restart the rotation's period. */
+function setPage(page) {
+  const pages = Math.max(1, state.pages);
+  state.page = ((page % pages) + pages) % pages;
+  render();
+  scheduleRotation();
+}
+
+let rotationTimer = null;
+
+/** The automatic rotation: the next page every `state.rotationMs` while it is on. */
+function scheduleRotation() {
+  clearTimeout(rotationTimer);
+  rotationTimer = null;
+  if (!state.rotate || state.left) return;
+  rotationTimer = setTimeout(() => {
+    rotationTimer = null;
+    if (!state.rotate || state.left) return;
+    if (state.mode === "mosaic" && state.pages > 1) setPage(state.page + 1);
+    else scheduleRotation();
+  }, Math.max(500, Number(state.rotationMs) || 10_000));
+}
+
+function setRotation(on) {
+  state.rotate = Boolean(on);
+  $("rotate").checked = state.rotate;
+  scheduleRotation();
+}
+
+$("page-prev").onclick = () => setPage(state.page - 1);
+$("page-next").onclick = () => setPage(state.page + 1);
+$("rotate").onchange = () => setRotation($("rotate").checked);
+Object.assign(state, { setPage, setRotation });
+
 function renderParticipants() {
   if (!state.me) return;
+  // the chair is choosing a point's profile: keep its open list until it is done
+  const choosing = document.activeElement?.closest?.("#participants select");
+  if (choosing) {
+    if (!choosing.dataset.pending) {
+      choosing.dataset.pending = "1";
+      choosing.addEventListener("blur", () => setTimeout(renderParticipants), { once: true });
+    }
+    return;
+  }
   $("participants").replaceChildren(...state.room.participants.map((participant) => {
     const item = document.createElement("li");
     item.dataset.participant = participant.id;
@@ -783,7 +919,11 @@ function renderControls() {
   $("screen-btn").textContent = state.screen ? t("room.stopShare") : t("room.shareScreen");
   $("screen-btn").classList.toggle("active", Boolean(state.screen));
   $("screen-btn").hidden = !state.me?.grants?.publish || !navigator.mediaDevices;
+  $("layout-mosaic").hidden = !state.me?.grants?.moderate; // the mosaic is the chair's
 }
+
+// a phone shows smaller pages of the mosaic
+phone.addEventListener("change", () => render());
 
 prejoin().catch((error) => {
   console.error(error);
