@@ -52,6 +52,18 @@ CAMERA_JS = """(participant) => {
 }"""
 
 
+# the publisher's own estimate of its uplink (GoogCC, fed by our transport-cc feedback)
+UPLINK_JS = """async () => {
+  const c = window.conference;
+  let rate = 0;
+  if (c && c.publisher) (await c.publisher.getStats()).forEach((s) => {
+    if (s.type === "candidate-pair" && s.nominated && s.availableOutgoingBitrate)
+      rate = s.availableOutgoingBitrate;
+  });
+  return rate;
+}"""
+
+
 def outbound(page: Any) -> dict[str, dict[str, Any]]:
     result: dict[str, dict[str, Any]] = page.evaluate(OUTBOUND_JS)
     return result
@@ -82,6 +94,19 @@ def growing(page: Any, rid: str, seconds: float = 1.0) -> bool:
 
 def test_simulcast_one_layer_per_viewer_and_dynacast(server: ServerProcess, browser: Any) -> None:
     publisher = join(browser, server, "xa-a", "UBND xã Quảng Sơn")
+    # the server's transport-cc feedback lets the publisher find its real uplink
+    # (loopback: plenty): 1.2 Mbit/s and more within 10 s, where the server's REMB
+    # used to hold it at 375-600 kbit/s
+    seen: list[float] = []
+
+    def uplink() -> float | None:
+        seen.append(publisher.evaluate(UPLINK_JS))
+        return seen[-1] if seen[-1] >= 1_200_000 else None
+
+    try:
+        wait_until(uplink, 10, "the publisher's estimate to reach 1.2 Mbit/s")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {[round(r / 1000) for r in seen[::4]]} kbit/s") from None
     large_viewer = join(browser, server, "huyen", "UBND tỉnh", role="chair")
     small_viewer = join(browser, server, "xa-b", "UBND xã Đắk Ha")
     me = publisher.evaluate("window.conference.me.id")
@@ -95,6 +120,7 @@ def test_simulcast_one_layer_per_viewer_and_dynacast(server: ServerProcess, brow
         "three outbound layers",
     )
     assert sent["f"]["width"] in (0, 1280), sent
+
     # the chair gives the point the floor: its camera is the large tile on every page;
     # on a small screen that tile is small
     small_viewer.set_viewport_size({"width": 600, "height": 300})
