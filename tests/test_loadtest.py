@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from conference import linkemu
 from conference.loadtest import media
 from conference.loadtest.eventloop import LoadTestEventLoop
 from conference.loadtest.media import ClipTrack, MediaSet, SpeechTrack
@@ -41,6 +42,13 @@ from conference.loadtest.procstat import (
 from conference.loadtest.report import build_report, check_targets, format_report, percentile
 from conference.loadtest.runner import _split, run_loadtest
 from conference.loadtest.streamstats import StreamStats
+from conference.loadtest.weak import (
+    assign_weak,
+    relay_candidates,
+    strip_candidates,
+    weak_camera_kbps,
+    weak_counts,
+)
 from conference.sfu.bridge import RtpPacket
 from conference.sfu.speaker import SpeakerDetector
 from conference.testmedia import EncodedPacket
@@ -182,6 +190,172 @@ def test_duplicates_and_discontinuities() -> None:
     report = stats.report(0.03)
     assert stats.duplicates == 1 and stats.discontinuities == 1
     assert report["lost"] == 0
+
+
+def test_a_paused_video_is_no_freeze_and_its_pause_leaves_the_frame_rate() -> None:
+    stats = StreamStats("x", "video", "vp8", started_at=0.0)
+    now = video_frames(stats, 0, 30, 0.0)  # 1 s of frames
+    stats.pause(now)  # the server paused it for our link: 2 s without frames
+    stats.resume(now + 2.0)
+    seq, ts = 60, 30 * 3000
+    now += 2.0
+    stats.receive(rtp(seq, ts, VP8_KEY, marker=False), False, now)
+    stats.receive(rtp(seq + 1, ts, VP8_MORE), False, now)
+    now = video_frames(stats, seq + 2, 29, now + 1 / 30, key=False)
+    report = stats.report(now)
+    assert report["freezes"] == 0 and report["gaps"] == 0
+    assert report["paused_seconds"] == pytest.approx(2.0)
+    assert report["fps"] == pytest.approx(30, rel=0.05)  # while shown
+    assert report["fps_window"] == pytest.approx(60 / 4, rel=0.05)  # 60 frames in 4 s
+    stats.pause(now)  # paused until the end: no trailing freeze either
+    assert stats.report(now + 3)["freezes"] == 0
+
+
+def test_gaps_over_300_ms_are_counted() -> None:
+    stats = StreamStats("a", "audio", "opus", started_at=0.0)
+    for seq, at in enumerate([0.0, 0.02, 0.04, 0.40, 0.42, 1.0, 1.02]):
+        stats.receive(rtp(seq, seq * 960, b"a"), False, at)
+    report = stats.report(1.03)
+    assert report["gaps"] == 2 and report["freezes"] == 1
+    assert report["max_frame_gap_s"] == pytest.approx(0.58)
+
+
+# -- weak links (--weak) -----------------------------------------------------------------
+def test_weak_points_are_spread_evenly_and_never_the_chair() -> None:
+    assert assign_weak(10, [(0.3, "4g-weak")]) == {2: "4g-weak", 6: "4g-weak", 9: "4g-weak"}
+    forty = assign_weak(40, [(0.3, "4g-weak")])
+    assert len(forty) == 12 and 0 not in forty and set(forty) <= set(range(1, 41))
+    gaps = {b - a for a, b in zip(sorted(forty), sorted(forty)[1:], strict=False)}
+    assert gaps <= {3, 4}
+    mixed = assign_weak(10, [(0.2, "4g-weak"), (0.2, "very-weak")])
+    assert list(mixed.values()) == ["4g-weak", "very-weak", "4g-weak", "very-weak"]
+    assert assign_weak(10, [(0.2, "4g-weak"), (0.2, "very-weak")]) == mixed  # deterministic
+    assert assign_weak(4, [(0.5, "adsl-busy")]) == {2: "adsl-busy", 4: "adsl-busy"}
+    assert assign_weak(3, [(0.1, "4g-weak")]) == {2: "4g-weak"}  # a share takes at least one
+    assert assign_weak(5, [(0.0, "4g-weak")]) == {}
+    assert assign_weak(5, [(1.0, "very-weak")]) == {i: "very-weak" for i in range(1, 6)}
+    with pytest.raises(ValueError, match="asks for 6 weak points"):
+        weak_counts(5, [(0.6, "4g-weak"), (0.6, "very-weak")])
+    with pytest.raises(ValueError, match="--weak"):
+        Config(url="u", meeting="m", points=2, weak=[(1.0, "4g-weak"), (0.5, "adsl-busy")])
+    with pytest.raises(ValueError, match="--insecure"):
+        Config(url="https://example.org", meeting="m", weak=[(0.3, "4g-weak")])
+    assert Config(url="u", meeting="m", weak=[(0.3, "4g-weak")]).to_dict()["weak"] == [
+        "30%:4g-weak"
+    ]
+    # a weak point's camera: half its uplink, at most --bitrate
+    assert weak_camera_kbps(500, linkemu.PROFILES["4g-weak"]) == 250
+    assert weak_camera_kbps(500, linkemu.PROFILES["very-weak"]) == 128
+    assert weak_camera_kbps(200, linkemu.PROFILES["adsl-busy"]) == 200
+
+
+SERVER_SDP = (
+    "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+    "m=audio 40001 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 127.0.0.1\r\n"
+    "a=candidate:abc 1 udp 2130706431 127.0.0.1 40001 typ host\r\n"
+    "a=candidate:abd 1 udp 2130706431 ::1 40002 typ host\r\n"
+    "a=candidate:tcp 1 tcp 1518280447 127.0.0.1 9 typ host tcptype active\r\n"
+    "a=candidate:mdns 1 udp 2130706431 abc.local 40003 typ host\r\n"
+    "a=candidate:srf 1 udp 1694498815 192.0.2.7 40004 typ srflx raddr 127.0.0.1 rport 40001\r\n"
+    "a=end-of-candidates\r\na=mid:0\r\n"
+)
+
+
+async def test_server_candidates_are_rewritten_to_relays_and_ours_are_hidden() -> None:
+    asked: list[tuple[str, int]] = []
+
+    async def relay(host: str, port: int) -> tuple[str, int] | None:
+        asked.append((host, port))
+        return None if host == "::1" else ("10.250.0.1", 50000 + len(asked))
+
+    rewritten = await relay_candidates(SERVER_SDP, relay)
+    assert asked == [("127.0.0.1", 40001), ("::1", 40002), ("192.0.2.7", 40004)]
+    candidates = [line for line in rewritten.split("\r\n") if line.startswith("a=candidate")]
+    assert candidates == [
+        "a=candidate:abc 1 udp 2130706431 10.250.0.1 50001 typ host",
+        "a=candidate:srf 1 udp 1694498815 10.250.0.1 50003 typ srflx",
+    ]
+    assert "a=end-of-candidates" in rewritten and rewritten.endswith("a=mid:0\r\n")
+    stripped = strip_candidates(SERVER_SDP)
+    assert "a=candidate" not in stripped and "end-of-candidates" not in stripped
+    assert stripped.endswith("a=mid:0\r\n") and "c=IN IP4 127.0.0.1" in stripped
+
+
+def test_weak_flag_errors_on_the_command_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conference.cli import main
+
+    base = ["loadtest", "--url", "http://127.0.0.1:1", "--meeting", "m", "--secret", SECRET]
+    with pytest.raises(SystemExit) as exited:
+        main([*base, "--weak", "30%:5g"])
+    assert exited.value.code == 2
+    assert "unknown link profile '5g' (known: 4g-weak, adsl-busy, very-weak)" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        main([*base, "--weak", "4g-weak"])
+    assert "expected SHARE%:PROFILE" in capsys.readouterr().err
+    assert main([*base, "--points", "2", "--weak", "100%:4g-weak", "--weak", "50%:4g-weak"]) == 2
+    assert "asks for 3 weak points" in capsys.readouterr().err
+    monkeypatch.setattr(linkemu, "available", lambda: "ip (iproute2) is not installed")
+    assert main([*base, "--weak", "30%:4g-weak"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("conference: error: --weak needs network namespaces") and "ip" in err
+
+
+def test_report_has_a_section_per_link() -> None:
+    def stream(publisher: str, kind: str, **kw: Any) -> dict[str, Any]:
+        base = StreamStats(f"{publisher}/{kind}", kind, "opus", publisher=publisher, started_at=0)
+        return base.report(0.0) | {"seconds": 10.0, "frames": 300, "fps": 30.0, **kw}
+
+    seats = [
+        {"index": 0, "identity": "chair", "role": "chair", "joined": True, "join_s": None,
+         "speaker_log": [], "left_reason": None, "error": None, "link": None,
+         "streams": [stream("p1", "video", freezes=1), stream("p2", "video")]},
+        {"index": 1, "identity": "p1", "role": "point", "joined": True, "join_s": 0.3,
+         "speaker_log": [], "left_reason": None, "error": None, "link": None,
+         "streams": [stream("chair", "video"), stream("chair", "audio")]},
+        {"index": 2, "identity": "p2", "role": "point", "joined": True, "join_s": 0.5,
+         "speaker_log": [], "left_reason": None, "error": None, "link": "4g-weak",
+         "link_stats": {"relay_up_forwarded": 99, "relay_up_dropped": 1, "tbf_down_dropped": 4},
+         "streams": [
+             stream("chair", "video", fps=25.0, fps_window=8.0, paused_seconds=6.0),
+             stream("chair", "audio", max_frame_gap_s=0.35, gaps=1),
+         ]},
+    ]  # fmt: skip
+    report = build_report(
+        config=Config(url="u", meeting="m", points=2, duration=10).to_dict(),
+        seats=seats,
+        window={"seconds": 10.0},
+        server={"cpu_pct": 10.0},
+        generator={"processes": 2},
+        floor_changes=[],
+        machine={},
+    )
+    links = report["links"]
+    assert list(links) == ["strong", "4g-weak"]
+    assert links["strong"]["participants"] == 2 and links["strong"]["video"]["freezes"] == 1
+    weak = links["4g-weak"]
+    assert weak["seats"] == ["p2"] and weak["camera_kbps"] == 250
+    assert weak["profile"] == {
+        "down_kbps": 1000, "up_kbps": 500, "rtt_ms": 80, "loss_pct": 1.0, "jitter_ms": 10
+    }  # fmt: skip
+    assert weak["video"]["fps_min"] == 25.0 and weak["video"]["fps_window_min"] == 8.0
+    assert weak["video"]["paused_seconds"] == 6.0
+    assert weak["link"]["relay_up_loss_pct"] == 1.0 and weak["link"]["tbf_down_dropped"] == 4
+    assert weak["published_video"]["freezes"] == 0  # the chair saw p2 without a freeze
+    verdicts = {(t["link"], t["key"]): (t["value"], t["ok"]) for t in report["link_targets"]}
+    assert verdicts == {
+        ("strong", "video_freezes"): (1.0, False),
+        ("4g-weak", "audio_gap_ms"): (350, False),
+        ("4g-weak", "video_fps_window_min"): (8.0, False),
+    }
+    # the issue-6 freeze target counts the strong participants only
+    assert {t["key"]: t["value"] for t in report["targets"]}["video_freezes"] == 1
+    text = format_report(report)
+    assert "4g-weak: 1 point (p2), 1000/500 kbit/s" in text
+    assert "targets per link (issue 11):" in text and "MISSED  4g-weak: no audio gap" in text
 
 
 # -- plan, report, procstat --------------------------------------------------------------
@@ -498,6 +672,57 @@ def test_webinar_from_the_command_line(lt_server: ServerProcess, tmp_path: Path)
         assert viewer["chair_video_packets"] > 0 and viewer["chair_video_frames"] > 0
     assert report["join"]["p95_s"] is not None
     assert report["loss_pct"] < 5, done.stdout
+
+
+@pytest.mark.slow
+async def test_briefing_with_points_on_a_weak_link(lt_server: ServerProcess) -> None:
+    """Two of four points on 4g-weak: rate-limited namespaces, relays, a section per link."""
+    reason = linkemu.available()
+    if reason is not None:
+        pytest.skip(reason)
+    config = Config(
+        url=lt_server.url,
+        meeting="lt-weak",
+        scenario="briefing",
+        points=4,
+        duration=10,
+        ramp=10,
+        ice_hosts=["127.0.0.1"],
+        progress=False,
+        weak=[(0.5, "4g-weak")],
+    )
+    report = await run_loadtest(config, make_seats(config, SECRET), progress=io.StringIO())
+    text = format_report(report)
+    assert report["participants"]["joined"] == 5, text
+    weak = [s for s in report["seats"] if s["link"] == "4g-weak"]
+    assert [s["identity"] for s in weak] == ["loadtest-xa-002", "loadtest-xa-004"], text
+    for seat in weak:
+        # the weak points received the chair's audio and video through their link: joining
+        # takes a decodable frame of the chair's video; in the window, packets of both
+        assert seat["joined"] and seat["join_s"] is not None, text
+        streams = {st["kind"]: st for st in seat["streams"] if st["publisher"] == "loadtest-huyen"}
+        assert streams["video"]["packets"] > 0, text
+        assert streams["audio"]["packets"] > 100 and streams["audio"]["frames"] > 100, text
+        link = seat["link_stats"]
+        assert link["profile"] == "4g-weak" and link["relays"] >= 2
+        # media went through the relays both ways, and through the rate limit
+        assert link["relay_up_forwarded"] > 100 and link["relay_down_forwarded"] > 100
+        assert link["tbf_up_packets"] > 100 and link["tbf_down_packets"] > 100
+        assert link["tbf_down_kbps"] < 1100  # the 1 Mbit/s limit (plus what tc counts late)
+    # the chair received the weak points' cameras (sent at 250 kbps through their uplinks)
+    chair = next(s for s in report["seats"] if s["role"] == "chair")
+    seen = {st["publisher"] for st in chair["streams"] if st["kind"] == "video" and st["frames"]}
+    assert {s["identity"] for s in weak} <= seen, text
+    links = report["links"]
+    assert list(links) == ["strong", "4g-weak"]
+    assert links["strong"]["participants"] == 3 and links["4g-weak"]["points"] == 2
+    assert links["4g-weak"]["video"]["packets"] > 0 and links["4g-weak"]["audio"]["frames"] > 0
+    assert {t["link"] for t in report["link_targets"]} == {"strong", "4g-weak"}
+    assert "4g-weak: 2 points (002, 004)" in text
+    # every namespace is gone again
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for seat in weak:
+        assert seat["link_stats"]["namespace"] not in namespaces.split()
 
 
 def test_build_report_survives_an_empty_run() -> None:

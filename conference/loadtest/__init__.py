@@ -14,8 +14,10 @@ Modules, from the wire up:
   loop of :mod:`.eventloop` (batched UDP reads, large receive buffers);
   :mod:`.runner`: the coordinator (phases, /proc sampling via
   :mod:`.procstat`, progress bar); :mod:`.report`: the JSON report and table;
+* :mod:`.weak`: ``--weak SHARE%:PROFILE``, points on emulated weak links
+  (a rate-limited network namespace each, loss/delay relays, per-link report);
 * :mod:`.command`: the command-line options.
 
-Only :mod:`.command` and :mod:`.plan` are imported by ``conference`` itself;
-the rest loads when a test runs.
+Only :mod:`.command`, :mod:`.plan` and :mod:`.weak` (standard library only) are
+imported by ``conference`` itself; the rest loads when a test runs.
 """

@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..linkemu import PROFILES
 from .plan import SCENARIOS, Config, Seat, make_seats, seats_from_tokens
 from .procstat import is_local_host
+from .weak import parse_weak_flag
 
 __all__ = ["add_arguments", "config_from_args", "run_command", "seats_for"]
 
@@ -23,7 +25,8 @@ Simulate a briefing against a running server: a chair and N meeting points join
 through the real signaling protocol (or N WHEP viewers watch the program feed),
 publish pre-encoded camera and speech-like microphone media, watch what a
 browser would, and check what they receive without decoding.  Prints a table,
-writes the whole report as JSON with --json.
+writes the whole report as JSON with --json.  --weak puts a share of the points
+on an emulated weak link (rate limit, loss, delay, jitter) and reports per link.
 """
 
 
@@ -81,8 +84,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--insecure", action="store_true", help="accept the server's self-signed certificate"
     )
     parser.add_argument("--server-pid", type=int, metavar="PID", help="the server's process ID")
+    parser.add_argument(
+        "--weak",
+        action="append",
+        type=_weak_flag,
+        metavar="SHARE%:PROFILE",
+        help="put SHARE of the points on an emulated weak link (repeatable), e.g. 30%%:4g-weak;"
+        f" profiles: {', '.join(PROFILES)}.  Needs root and iproute2 (network namespaces)",
+    )
     parser.add_argument("--json", metavar="OUT", help="write the report as JSON to OUT")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _weak_flag(text: str) -> tuple[float, str]:
+    try:
+        return parse_weak_flag(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -112,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         server_pid=args.server_pid,
         json_path=args.json,
         progress=not args.no_progress,
+        weak=list(args.weak or []),
     )
 
 
@@ -131,6 +150,12 @@ def seats_for(config: Config, args: argparse.Namespace) -> list[Seat]:
 def run_command(args: argparse.Namespace) -> int:
     """Run ``conference loadtest``: print the table, write the JSON; 0 when it ran."""
     config = config_from_args(args)
+    if config.weak:
+        from ..linkemu import available
+
+        reason = available()
+        if reason is not None:
+            raise ValueError(f"--weak needs network namespaces with tbf: {reason}")
     seats = seats_for(config, args)
     from .eventloop import LoadTestEventLoop
     from .report import format_report

@@ -52,6 +52,8 @@ class Config:
     server_pid: int | None = None
     json_path: str | None = None
     progress: bool = True
+    #: ``--weak``: (share of the points 0..1, link profile name), see :mod:`.weak`
+    weak: list[tuple[float, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -64,6 +66,15 @@ class Config:
             raise ValueError("--processes must be at least 1")
         if self.ramp <= 0:
             raise ValueError("--ramp must be positive")
+        if self.weak:
+            from .weak import weak_counts
+
+            weak_counts(self.points, self.weak)  # raises when the shares do not fit
+            if self.url.startswith("https:") and not self.insecure:
+                raise ValueError(
+                    "--weak with an https URL needs --insecure: weak points reach the server"
+                    " through a forwarder in 10.250.0.0/16, which its certificate does not name"
+                )
 
     @property
     def bitrate(self) -> int:
@@ -83,6 +94,7 @@ class Config:
         data = dict(vars(self))
         data["bitrate_kbps"] = self.bitrate
         data["floor_period"] = self.floor if self.scenario != "webinar" else None
+        data["weak"] = [f"{share * 100:g}%:{name}" for share, name in self.weak]
         return data
 
 

@@ -121,9 +121,11 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _udp_drops_by_inode() -> dict[str, int]:
+def _udp_drops_by_inode(proc: str = "/proc") -> dict[str, int]:
+    """``{socket inode: drops}`` of the UDP sockets in the network namespace of
+    ``proc`` (``/proc``: ours; ``/proc/PID``: that process's)."""
     drops: dict[str, int] = {}
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
+    for table in (f"{proc}/net/udp", f"{proc}/net/udp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
@@ -140,9 +142,17 @@ def udp_drops_by_pid(pids: list[int]) -> dict[int, dict[str, int]]:
 
     Sockets come and go: :class:`UdpDropMeter` follows them over time.
     """
-    by_inode = _udp_drops_by_inode()
+    by_namespace: dict[str, dict[str, int]] = {}
     result: dict[int, dict[str, int]] = {}
     for pid in pids:
+        # a weak point's worker runs in a network namespace of its own
+        try:
+            namespace = os.readlink(f"/proc/{pid}/ns/net")
+        except OSError:
+            namespace = ""
+        by_inode = by_namespace.get(namespace)
+        if by_inode is None:
+            by_inode = by_namespace[namespace] = _udp_drops_by_inode(f"/proc/{pid}")
         sockets: dict[str, int] = {}
         try:
             for fd in Path(f"/proc/{pid}/fd").iterdir():

@@ -5,6 +5,16 @@ CPU and memory samples; :func:`format_report` prints it for people, and
 :func:`check_targets` compares it with the issue's targets for a briefing
 (server under one core, no freezes, loss under 0.5 %, join p95 under 2 s,
 under 10 MB per participant).
+
+With points on weak links (``--weak``) the report has a ``links`` section:
+``strong`` (the chair and the points on no emulated link) and one entry per
+profile, each with what its participants received (video freezes, frame
+rate, loss, time paused by the server; audio gaps), how the others received
+what they published, and what the emulated links did (relay and tbf
+counters).  ``link_targets`` checks issue 11's bounds: strong participants no
+video freeze; weak points no audio gap over 300 ms and video at 10 fps or
+more.  The issue-6 freeze and loss targets then count the strong
+participants only.
 """
 
 from __future__ import annotations
@@ -13,7 +23,15 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["TARGETS", "build_report", "check_targets", "format_report", "percentile"]
+__all__ = [
+    "LINK_TARGETS",
+    "TARGETS",
+    "build_report",
+    "check_targets",
+    "check_link_targets",
+    "format_report",
+    "percentile",
+]
 
 #: (key, label, limit): the issue's targets, checked for every scenario.
 TARGETS = (
@@ -29,6 +47,14 @@ TARGETS = (
 #: The span compared at both ends of a soak run (seconds); runs shorter than
 #: twice this have no soak verdict.
 SOAK_SPAN = 300.0
+#: issue 11's bounds per link: (key, label, limit); "strong" or any weak profile
+LINK_TARGETS = (
+    ("strong", "video_freezes", "video freezes = 0", 0.0),
+    ("weak", "audio_gap_ms", "no audio gap > 300 ms", 300.0),
+    ("weak", "video_fps_window_min", "video >= 10 fps (pauses count as 0)", 10.0),
+)
+#: a received video counts for the frame rate when shown at least this long (s)
+MIN_SHOWING = 1.0
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
@@ -59,23 +85,140 @@ def _kind_summary(streams: list[dict[str, Any]], seconds: float) -> dict[str, An
     expected = sum(s["expected"] for s in streams)
     lost = sum(s["lost"] for s in streams)
     raw = sum(s["raw_missing"] for s in streams)
+    # the streams received through the whole window, and those of them shown long enough
     whole = [s for s in streams if s["reason"] == "join" and s["active"]]
+    shown = [s for s in whole if s["seconds"] - s.get("paused_seconds", 0.0) >= MIN_SHOWING]
     return {
         "streams": len(streams),
         "packets": sum(s["packets"] for s in streams),
         "bytes": sum(s["bytes"] for s in streams),
         "repaired": sum(s["repaired"] for s in streams),
+        "expected": expected,
+        "lost": lost,
         "loss_pct": round(100 * lost / expected, 3) if expected else 0.0,
         "raw_loss_pct": round(100 * raw / expected, 3) if expected else 0.0,
         "loss_pct_max": max((s["loss_pct"] for s in streams), default=0.0),
         "frames": sum(s["frames"] for s in streams),
-        "fps_mean": round(sum(s["fps"] for s in whole) / len(whole), 2) if whole else None,
+        # the frame rate while shown (not paused by the server)
+        "fps_mean": round(sum(s["fps"] for s in shown) / len(shown), 2) if shown else None,
+        "fps_min": round(min(s["fps"] for s in shown), 2) if shown else None,
+        # frames over the whole window (paused time and keyframe waits count as 0 fps)
+        "fps_window_min": round(min(s.get("fps_window", s["fps"]) for s in whole), 2)
+        if whole
+        else None,
         "freezes": sum(s["freezes"] for s in streams),
         "freeze_seconds": round(sum(s["freeze_seconds"] for s in streams), 3),
         "streams_with_freezes": sum(1 for s in streams if s["freezes"]),
         "max_frame_gap_s": max((s["max_frame_gap_s"] for s in streams), default=0.0),
+        "gaps_over_300ms": sum(s.get("gaps", 0) for s in streams),
+        "paused_seconds": round(sum(s.get("paused_seconds", 0.0) for s in streams), 3),
         "abandoned_frames": sum(s["abandoned_frames"] for s in streams),
     }
+
+
+def _link_summary(
+    name: str, group: list[dict[str, Any]], seats: list[dict[str, Any]], config: dict[str, Any]
+) -> dict[str, Any]:
+    """What the participants on one link (``strong`` or a profile) received and sent."""
+    from ..linkemu import PROFILES
+    from .weak import weak_camera_kbps
+
+    seconds = 1.0
+    streams = [s for seat in group for s in seat["streams"]]
+    video = _kind_summary([s for s in streams if s["kind"] == "video"], seconds)
+    audio = _kind_summary([s for s in streams if s["kind"] == "audio"], seconds)
+    identities = {seat["identity"] for seat in group}
+    published = [
+        s
+        for seat in seats
+        if seat["identity"] not in identities
+        for s in seat["streams"]
+        if s["publisher"] in identities and s["kind"] == "video"
+    ]
+    sent = _kind_summary(published, seconds)
+    summary: dict[str, Any] = {
+        "profile": None,
+        "participants": len(group),
+        "points": sum(1 for seat in group if seat["index"] != 0),
+        "joined": sum(1 for seat in group if seat["joined"]),
+        "seats": [seat["identity"] for seat in group] if name != "strong" else None,
+        "video": video,
+        "audio": audio,
+        "published_video": {
+            "streams": sent["streams"],
+            "freezes": sent["freezes"],
+            "loss_pct": sent["loss_pct"],
+            "fps_mean": sent["fps_mean"],
+        },
+    }
+    profile = PROFILES.get(name)
+    if profile is not None:
+        summary["profile"] = {
+            "down_kbps": profile.down_kbps,
+            "up_kbps": profile.up_kbps,
+            "rtt_ms": profile.rtt_ms,
+            "loss_pct": round(profile.loss * 100, 2),
+            "jitter_ms": profile.jitter_ms,
+        }
+        summary["camera_kbps"] = weak_camera_kbps(int(config.get("bitrate_kbps") or 500), profile)
+        stats = [seat["link_stats"] for seat in group if seat.get("link_stats")]
+        link: dict[str, Any] = {}
+        for key in (
+            "relay_up_forwarded",
+            "relay_up_dropped",
+            "relay_down_forwarded",
+            "relay_down_dropped",
+            "tbf_up_packets",
+            "tbf_up_dropped",
+            "tbf_down_packets",
+            "tbf_down_dropped",
+        ):
+            link[key] = sum(int(st.get(key, 0)) for st in stats)
+        for direction in ("up", "down"):
+            total = link[f"relay_{direction}_forwarded"] + link[f"relay_{direction}_dropped"]
+            link[f"relay_{direction}_loss_pct"] = (
+                round(100 * link[f"relay_{direction}_dropped"] / total, 2) if total else 0.0
+            )
+            rates = [st[f"tbf_{direction}_kbps"] for st in stats if f"tbf_{direction}_kbps" in st]
+            link[f"tbf_{direction}_kbps_mean"] = (
+                round(sum(rates) / len(rates), 1) if rates else None
+            )
+        summary["link"] = link
+    return summary
+
+
+def _links(seats: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-link section, or None when no seat is on a weak link."""
+    names = sorted({seat["link"] for seat in seats if seat.get("link")})
+    if not names:
+        return None
+    groups = {"strong": [seat for seat in seats if not seat.get("link")]}
+    for name in names:
+        groups[name] = [seat for seat in seats if seat.get("link") == name]
+    return {name: _link_summary(name, group, seats, config) for name, group in groups.items()}
+
+
+def check_link_targets(links: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 11's bounds per link, with the measured value and ``ok``."""
+    results: list[dict[str, Any]] = []
+    for name, summary in (links or {}).items():
+        for applies, key, label, limit in LINK_TARGETS:
+            if (applies == "strong") != (name == "strong"):
+                continue
+            ok: bool | None
+            value: float | None
+            if key == "video_freezes":
+                value = float(summary["video"]["freezes"])
+                ok = value <= limit
+            elif key == "audio_gap_ms":
+                audio = summary["audio"]
+                value = None if not audio["streams"] else round(audio["max_frame_gap_s"] * 1000)
+                ok = None if value is None else value <= limit and not audio["gaps_over_300ms"]
+            else:
+                value = summary["video"]["fps_window_min"]
+                ok = None if value is None else value >= limit
+            results.append({"link": name, "target": label, "key": key, "value": value, "ok": ok})
+    return results
 
 
 def _speaker_summary(
@@ -223,6 +366,10 @@ def build_report(
         | {"switch_keyframe_wait": _quantiles(switch_waits)},
         "seats": seats,
     }
+    links = _links(seats, config)
+    if links is not None:
+        report["links"] = links
+        report["link_targets"] = check_link_targets(links)
     report["targets"] = check_targets(report)
     return report
 
@@ -231,9 +378,14 @@ def _target_value(report: dict[str, Any], key: str) -> float | None:
     if key == "server_cpu_pct":
         value = report["server"].get("cpu_pct")
     elif key == "video_freezes":
-        value = report["video"]["freezes"]
+        strong = (report.get("links") or {}).get("strong")
+        value = (strong or report)["video"]["freezes"]
     elif key == "loss_pct":
-        value = report["loss_pct"]
+        strong = (report.get("links") or {}).get("strong")
+        if strong is not None:
+            value = _combined_loss(strong["video"], strong["audio"])
+        else:
+            value = report["loss_pct"]
     elif key == "join_p95_s":
         value = report["join"]["p95_s"]
     elif key in ("soak_cpu_growth_pct", "soak_rss_growth_pct"):
@@ -242,6 +394,13 @@ def _target_value(report: dict[str, Any], key: str) -> float | None:
     else:
         value = report["server"].get("rss_mb_per_participant")
     return None if value is None else float(value)
+
+
+def _combined_loss(video: dict[str, Any], audio: dict[str, Any]) -> float:
+    """Video and audio loss together, weighted by packets (as the report's ``loss_pct``)."""
+    expected = video.get("expected", 0) + audio.get("expected", 0)
+    lost = video.get("lost", 0) + audio.get("lost", 0)
+    return round(100 * lost / expected, 3) if expected else 0.0
 
 
 def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -280,6 +439,55 @@ def _soak_drift(drift: dict[str, Any]) -> str:
     )
 
 
+def _format_links(links: dict[str, Any], noun: str = "point") -> list[str]:
+    """The per-link block of the table: one paragraph per link."""
+    lines = ["links (what each link's participants received; see docs/BENCHMARKS.md):"]
+    for name, link in links.items():
+        v, a, sent = link["video"], link["audio"], link["published_video"]
+        count = f"{link['points']} {noun}{'' if link['points'] == 1 else 's'}"
+        if name == "strong":
+            chair = "chair + " if link["participants"] > link["points"] else ""
+            head = f"  strong: {chair}{count}, no emulated link"
+        else:
+            p = link["profile"]
+            short = ", ".join(identity.rsplit("-", 1)[-1] for identity in link["seats"])
+            head = (
+                f"  {name}: {count} ({short}),"
+                f" {p['down_kbps']}/{p['up_kbps']} kbit/s down/up, RTT {p['rtt_ms']:g} ms"
+                f" (+{p['jitter_ms']:g} ms jitter), {p['loss_pct']:g} % loss each way;"
+                f" camera {link['camera_kbps']} kbps"
+            )
+        lines.append(head + f", {link['joined']} joined")
+        lines.append(
+            f"    video received: {v['streams']} streams, {_fmt(v['fps_mean'], ' fps')}"
+            f" while shown (min {_fmt(v['fps_min'], ' fps')}; over the window, pauses"
+            f" included: min {_fmt(v['fps_window_min'], ' fps')}), freezes {v['freezes']}"
+            f" in {v['streams_with_freezes']} streams, longest gap {v['max_frame_gap_s']:.2f} s,"
+            f" loss {v['loss_pct']:.2f} % (raw {v['raw_loss_pct']:.2f} %),"
+            f" paused by the server {v['paused_seconds']:.1f} s"
+        )
+        lines.append(
+            f"    audio received: {a['streams']} streams, longest gap"
+            f" {a['max_frame_gap_s'] * 1000:.0f} ms, gaps > 300 ms {a['gaps_over_300ms']},"
+            f" loss {a['loss_pct']:.2f} %"
+        )
+        lines.append(
+            f"    their video as others received it: {sent['streams']} streams,"
+            f" freezes {sent['freezes']}, loss {sent['loss_pct']:.2f} %"
+        )
+        link_stats = link.get("link")
+        if link_stats:
+            lines.append(
+                f"    the link: relay dropped {link_stats['relay_up_loss_pct']:.2f} % up,"
+                f" {link_stats['relay_down_loss_pct']:.2f} % down;"
+                f" tbf dropped {link_stats['tbf_up_dropped']} up,"
+                f" {link_stats['tbf_down_dropped']} down; mean rate per point"
+                f" {_fmt(link_stats['tbf_up_kbps_mean'], ' kbit/s')} up,"
+                f" {_fmt(link_stats['tbf_down_kbps_mean'], ' kbit/s')} down"
+            )
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text table of the report, for a terminal."""
     c = report["config"]
@@ -296,7 +504,8 @@ def format_report(report: dict[str, Any]) -> str:
             "scenario",
             f"{c['scenario']}, {c['points']} {'viewers' if c['scenario'] == 'webinar' else 'points'}"
             f" + chair, {c['video']} {c['resolution']} {c['bitrate_kbps']} kbps {c['fps']} fps,"
-            f" window {report['window']['seconds']:.0f} s, {c['processes']} process(es)",
+            f" window {report['window']['seconds']:.0f} s, {c['processes']} process(es)"
+            + (f", weak links {' '.join(c['weak'])}" if c.get("weak") else ""),
         ),
         (
             "participants",
@@ -385,11 +594,26 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {text}" for name, text in rows]
+    links = report.get("links")
+    if links:
+        lines.append("")
+        lines.extend(_format_links(links, "viewer" if c["scenario"] == "webinar" else "point"))
     lines.append("")
-    lines.append("targets (issue 6, for a 40-point briefing on 2 cores):")
+    lines.append(
+        "targets (issue 6, for a 40-point briefing on 2 cores"
+        + ("; freezes and loss: strong participants only):" if links else "):")
+    )
     for t in report["targets"]:
         verdict = {True: "ok", False: "MISSED", None: "n/a"}[t["ok"]]
         lines.append(f"  {verdict:<7} {t['target']:<42} {_fmt(t['value'], '', 2)}")
+    if report.get("link_targets"):
+        lines.append("")
+        lines.append("targets per link (issue 11):")
+        for t in report["link_targets"]:
+            verdict = {True: "ok", False: "MISSED", None: "n/a"}[t["ok"]]
+            label = f"{t['link']}: {t['target']}"
+            unit = " ms" if t["key"] == "audio_gap_ms" else ""
+            lines.append(f"  {verdict:<7} {label:<42} {_fmt(t['value'], unit, 1)}")
     worst = sorted(
         (
             (st["freezes"], st["loss_pct"], seat["identity"], st["label"])

@@ -16,23 +16,34 @@ Phases of a run (wall-clock times are shared with the workers):
 
 The server process is measured through ``/proc``: ``--server-pid``, or the
 process listening on the URL's port when the URL names this machine.
+
+Points on weak links (``--weak``, :mod:`.weak`) run one per worker process,
+each inside its own rate-limited network namespace; this coordinator runs
+their relays and TCP forwarders (so the strong participants never share its
+process), and the report gets a section per link (see :mod:`.report`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import multiprocessing
+import multiprocessing.connection
 import os
+import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlparse
 
 import aiohttp
 
 from .. import __version__
+from ..linkemu import PROFILES, LinkEmuError
 from .plan import Config, FloorSchedule, Seat
 from .procstat import (
     CpuSample,
@@ -46,6 +57,7 @@ from .procstat import (
     udp_receive_errors,
 )
 from .report import build_report
+from .weak import WeakSite, assign_weak, weak_camera_kbps
 from .worker import CHAIR_HEAD_START, LocalChannel, PipeChannel, WorkerPlan, process_entry
 
 __all__ = ["LoadTestError", "run_loadtest"]
@@ -134,21 +146,76 @@ class _Progress:
             self.stream.flush()
 
 
-class _Worker:
-    """The coordinator's handle on one worker (a process, or a task in this process)."""
+class _NamespacedProcess:
+    """A worker process inside a weak point's network namespace (``ip netns exec``).
 
-    def __init__(self, plan: WorkerPlan, state: _State, in_process: bool) -> None:
+    multiprocessing cannot start a process in another namespace, so this one is
+    a plain subprocess given one end of a socket pair (a
+    ``multiprocessing.connection.Connection`` on both sides, as with a pipe);
+    the plan is its first message.  ``ip netns exec`` execs the command, so the
+    process ID is the Python worker's.  Offers what :class:`_Worker` uses of a
+    ``multiprocessing.Process``.
+    """
+
+    def __init__(self, site: WeakSite, plan: WorkerPlan) -> None:
+        ours, theirs = socket.socketpair()
+        source = str(Path(__file__).resolve().parents[2])  # the folder holding `conference`
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
+        code = "from conference.loadtest.worker import namespaced_entry; namespaced_entry()"
+        argv = site.command([sys.executable, "-c", code, str(theirs.fileno())])
+        try:
+            self.popen = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env=env)
+        finally:
+            theirs.close()
+        self.pid = self.popen.pid
+        self.connection = multiprocessing.connection.Connection(ours.detach())
+        self.connection.send(plan)
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def terminate(self) -> None:
+        self.popen.terminate()
+
+
+class _Worker:
+    """The coordinator's handle on one worker (a process, or a task in this process).
+
+    With a ``site`` the worker hosts that weak point, in its namespace, and
+    this handle answers its requests for relays.
+    """
+
+    def __init__(
+        self, plan: WorkerPlan, state: _State, in_process: bool, site: WeakSite | None = None
+    ) -> None:
         self.plan = plan
         self.state = state
-        self.process: multiprocessing.process.BaseProcess | None = None
+        self.site = site
+        self.process: multiprocessing.process.BaseProcess | _NamespacedProcess | None = None
         self.task: asyncio.Task[None] | None = None
         self.pid: int | None = None
         self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        if in_process:
+        self._relay_tasks: set[asyncio.Task[None]] = set()
+        if site is not None:
+            self.process = _NamespacedProcess(site, plan)
+            self.pid = self.process.pid
+            self.channel: LocalChannel | PipeChannel = PipeChannel(self.process.connection)
+        elif in_process:
             from .worker import run_worker
 
             mine, theirs = LocalChannel.pair()
-            self.channel: LocalChannel | PipeChannel = mine
+            self.channel = mine
             self.task = asyncio.ensure_future(run_worker(plan, theirs))
             self.pid = os.getpid()
         else:
@@ -173,10 +240,30 @@ class _Worker:
                 self.state.failed[int(message["index"])] = str(message.get("error"))
             elif event == "progress":
                 self.state.packets[self.plan.number] = int(message["packets"])
+            elif event == "relay":
+                task = asyncio.ensure_future(self._relay(message))
+                self._relay_tasks.add(task)
+                task.add_done_callback(self._relay_tasks.discard)
             else:
                 await self.replies.put(message)
                 if event in ("closed", "eof"):
                     return
+
+    async def _relay(self, message: dict[str, Any]) -> None:
+        """Answer a weak point's request for a relay to one of the server's candidates."""
+        answer: dict[str, Any] = {
+            "cmd": "relay",
+            "id": message.get("id"),
+            "index": message.get("index"),
+        }
+        try:
+            if self.site is None:
+                raise RuntimeError("this worker is not on a weak link")
+            host, port = message["target"]
+            answer["address"] = list(await self.site.relay(str(host), int(port)))
+        except Exception as exc:  # the point drops that candidate; the report shows the failure
+            answer["error"] = f"{type(exc).__name__}: {exc}"
+        self.send(answer)
 
     async def reply(self, event: str, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -298,27 +385,54 @@ async def run_loadtest(
     state.phase = "preparing"
     from .media import prepare_media
 
+    chosen = assign_weak(config.points, config.weak)
+    weak = {seat.index: chosen[seat.index] for seat in seats if seat.index in chosen}
+    if weak:
+        from ..linkemu import available
+
+        reason = await asyncio.to_thread(available)
+        if reason is not None:
+            bar.stop()
+            raise LoadTestError(f"--weak needs network namespaces with tbf: {reason}")
     # every scenario has a publisher: encode the clips once, before the workers look for them
-    await asyncio.get_running_loop().run_in_executor(
-        None, prepare_media, config.video, config.resolution, config.bitrate, config.fps
-    )
-    shares = _split(seats, min(config.processes, len(seats)), config.scenario)
-    in_process = len(shares) == 1
+    bitrates = {config.bitrate} | {
+        weak_camera_kbps(config.bitrate, PROFILES[name]) for name in weak.values()
+    }
+    for bitrate in sorted(bitrates):
+        await asyncio.get_running_loop().run_in_executor(
+            None, prepare_media, config.video, config.resolution, bitrate, config.fps
+        )
+    strong = [seat for seat in seats if seat.index not in weak]
+    shares = _split(strong, min(config.processes, len(strong)), config.scenario)
+    # a weak point's relays run here: then no participant does
+    in_process = len(shares) == 1 and not weak
     if in_process and config.ice_hosts:
         from ..sfu.bridge import configure_ice_hosts
 
         configure_ice_hosts(config.ice_hosts)
-    workers = [
-        _Worker(
-            WorkerPlan(number, config, share, config.points, seats[0].identity), state, in_process
-        )
-        for number, share in enumerate(shares)
-    ]
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     rss_before = _mb(server_pid)
     participants_before = health.get("participants")
     sampler: asyncio.Task[None] | None = None
+    workers: list[_Worker] = []
+    sites: dict[int, WeakSite] = {}
     try:
+        for number, share in enumerate(shares):
+            plan = WorkerPlan(number, config, share, config.points, seats[0].identity)
+            workers.append(_Worker(plan, state, in_process))
+        for seat in seats:
+            if seat.index in weak:
+                site = await _open_site(config, seat, weak[seat.index])
+                sites[seat.index] = site
+                plan = WorkerPlan(
+                    len(workers),
+                    _weak_config(config, site),
+                    [seat],
+                    config.points,
+                    seats[0].identity,
+                    weak=site.profile.name,
+                )
+                workers.append(_Worker(plan, state, False, site))
         for worker in workers:
             await worker.reply("ready", READY_TIMEOUT)
         state.phase = "joining"
@@ -346,6 +460,7 @@ async def run_loadtest(
         drop_meter.mark()
         state.drop_meter = drop_meter
         rss_window_start = _mb(server_pid)
+        await asyncio.gather(*(site.mark() for site in sites.values()))
         wall0 = time.monotonic()
         for worker in workers:
             worker.send({"cmd": "mark", "floor_start": window_start})
@@ -357,6 +472,13 @@ async def run_loadtest(
         udp1 = udp_receive_errors()
         drops = drop_meter.totals()
         rss_end = _mb(server_pid)
+        link_stats = dict(
+            zip(
+                sites,
+                await asyncio.gather(*(site.stats(wall) for site in sites.values())),
+                strict=True,
+            )
+        )
         state.phase = "reporting"
         for worker in workers:
             worker.send({"cmd": "report"})
@@ -366,8 +488,14 @@ async def run_loadtest(
             sampler.cancel()
         bar.stop()
         await asyncio.gather(*(worker.stop() for worker in workers), return_exceptions=True)
+        for site in sites.values():
+            await site.close()
 
     seat_reports = sorted((s for r in replies for s in r["seats"]), key=lambda s: s["index"])
+    for seat_report in seat_reports:
+        seat_report["link"] = weak.get(seat_report["index"])
+        if seat_report["index"] in link_stats:
+            seat_report["link_stats"] = link_stats[seat_report["index"]]
     server_cpu = _cpu_pct(server_cpu0, server_cpu1, wall)
     generator_cpu = 0.0
     for pid in own:
@@ -425,6 +553,40 @@ async def run_loadtest(
         machine=machine_info(),
     )
     return report
+
+
+async def _open_site(config: Config, seat: Seat, profile: str) -> WeakSite:
+    """Open the weak link of ``seat``: namespace, rate limits, forwarder to the server."""
+    parsed = urlparse(config.url)
+    host = parsed.hostname or "127.0.0.1"
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    site = WeakSite(
+        seat.index,
+        seat.identity,
+        PROFILES[profile],
+        (host, port),
+        allow_remote=not is_local_host(host),  # a remote server: its candidates are remote
+    )
+    try:
+        await site.open()
+    except BaseException as exc:
+        await site.close()
+        if isinstance(exc, (LinkEmuError, OSError)):
+            raise LoadTestError(f"{seat.identity}: cannot set up its weak link: {exc}") from exc
+        raise
+    return site
+
+
+def _weak_config(config: Config, site: WeakSite) -> Config:
+    """The configuration a weak point's worker runs with (see :mod:`.weak`)."""
+    return dataclasses.replace(
+        config,
+        url=site.url(urlparse(config.url).scheme),
+        ice_hosts=[site.address],
+        bitrate_kbps=weak_camera_kbps(config.bitrate, site.profile),
+        processes=1,
+        weak=[],
+    )
 
 
 async def _sample_while_running(state: _State, server_pid: int | None) -> None:

@@ -23,6 +23,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
+from urllib.parse import urljoin
+
+import aiohttp
+from aiortc import RTCSessionDescription
 
 from ..client import Client, StreamCounter
 from ..sfu.bridge import (
@@ -32,10 +36,11 @@ from ..sfu.bridge import (
     honour_keyframe_requests,
     light_receiver,
 )
-from ..whipclient import WhipSession, whep_watch
+from ..whipclient import WhipError, WhipSession, whep_watch
 from .media import ClipTrack, MediaSet, SpeechTrack
 from .plan import Seat
 from .streamstats import StreamStats
+from .weak import RelayFactory, relay_candidates, strip_candidates
 
 __all__ = ["LoadClient", "SimulatedSeat"]
 
@@ -47,11 +52,32 @@ SLOW_HANDLING = 2.0
 
 
 class LoadClient(Client):
-    """A non-decoding :class:`Client` whose received streams feed :class:`StreamStats`."""
+    """A non-decoding :class:`Client` whose received streams feed :class:`StreamStats`.
 
-    def __init__(self, base_url: str, meeting: str, seat: Seat, *, insecure: bool = False) -> None:
+    With ``relay`` (a point on a weak link, :mod:`.weak`) the server's SDP is
+    rewritten to reach its candidates through relays, the point's own SDP goes
+    out without candidates, the receivers keep their REMB estimator, and the
+    point sends a ``view`` message, as the room page does: the server then
+    allocates its downlink (layers, pauses) from that REMB and its loss.
+
+    Without it (a strong point) the receivers run no estimator (it would cost
+    ~10 % of a load-test process) and the point sends no ``view``: the server
+    forwards it everything it subscribes, as a browser on a good link gets.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        meeting: str,
+        seat: Seat,
+        *,
+        insecure: bool = False,
+        relay: RelayFactory | None = None,
+    ) -> None:
         super().__init__(base_url, meeting, seat.token, decode=False, ssl_context=not insecure)
         self.seat = seat
+        self.relay = relay
+        self.paused: set[str] = set()  # publications the server paused for our link
         self.streams: list[StreamStats] = []  # every episode, in order
         self.by_mid: dict[str, StreamStats] = {}
         self.requested: dict[str, tuple[float, str]] = {}  # publication -> (monotonic, reason)
@@ -66,10 +92,17 @@ class LoadClient(Client):
         for participant in room.get("participants", []):
             self.identities[participant["id"]] = participant.get("identity", participant["id"])
 
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.relay is not None and message.get("type") in ("offer", "answer"):
+            message = message | {"sdp": strip_candidates(str(message.get("sdp", "")))}
+        await super().send(message)
+
     async def _handle(self, message: dict[str, Any]) -> None:
         began = time.monotonic()
-        await super()._handle(message)
         kind = message.get("type")
+        if self.relay is not None and kind in ("offer", "answer") and message.get("sdp"):
+            message["sdp"] = await relay_candidates(str(message["sdp"]), self.relay)
+        await super()._handle(message)
         took = time.monotonic() - began
         if took > SLOW_HANDLING:
             logger.warning("%s: handling %s took %.1f s", self.seat.identity, kind, took)
@@ -83,6 +116,20 @@ class LoadClient(Client):
             self.speaker_log.append((time.time(), identity))
             self.speaker_at = time.monotonic()
             self.changed.set()
+        elif kind == "video-paused":
+            publication = str(message.get("publication"))
+            paused = bool(message.get("paused"))
+            if paused:
+                self.paused.add(publication)
+            else:
+                self.paused.discard(publication)
+            now = time.monotonic()
+            for stats in self.by_mid.values():
+                if stats.publication == publication and stats.ended_at is None:
+                    if paused:
+                        stats.pause(now)
+                    else:
+                        stats.resume(now)
 
     def relabel(self) -> None:
         """Name streams whose offer arrived before the room state that describes them."""
@@ -151,18 +198,55 @@ class LoadClient(Client):
                 )
                 self.by_mid[mid] = current
                 self.streams.append(current)
+                if publication in self.paused:
+                    current.pause(now)
                 # duck-typed: Client only hands counters to receivers as packet sinks
                 self.counters[publication] = cast(StreamCounter, current)
             receiver = transceiver.receiver
             if isinstance(receiver, ForwardingReceiver):
                 receiver.sink = current
                 current.on_picture_loss = receiver.request_keyframe
-                light_receiver(receiver)
+                feedback(receiver, self.relay is not None)
 
     def end_streams(self, publications: set[str], now: float) -> None:
         for stats in self.by_mid.values():
             if stats.publication in publications:
                 stats.end(now)
+
+
+def feedback(receiver: ForwardingReceiver, weak: bool) -> None:
+    """A receiver's feedback to the server: a weak point's as Chromium's (REMB from
+    the receive-side estimator, which the server's allocator reads), the others'
+    without the estimator (it costs ~10 % of a load-test process)."""
+    if weak:
+        receiver.transport_cc = False  # the server offers REMB to subscribers, not transport-cc
+    else:
+        light_receiver(receiver)
+
+
+async def _weak_whep_watch(url: str, token: str, relay: RelayFactory) -> WhipSession:
+    """:func:`conference.whipclient.whep_watch` (non-decoding) through relays."""
+    pc = ForwardingPeerConnection([])
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            url,
+            data=strip_candidates(pc.localDescription.sdp).encode(),
+            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"},
+        ) as response:
+            body = await response.text()
+            if response.status != 201:
+                await pc.close()
+                raise WhipError(response.status, body)
+            location = urljoin(url, response.headers["Location"])
+    answer = await relay_candidates(body, relay)
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    session = WhipSession(pc, location, token)
+    for transceiver in pc.getTransceivers():
+        session.tracks[transceiver.kind] = transceiver.receiver.track
+    return session
 
 
 @dataclass
@@ -173,6 +257,8 @@ class SimulatedSeat:
     scenario: str
     chair_identity: str
     process: int = 0
+    #: a point on a weak link: where its relays come from (see :mod:`.weak`)
+    relay: RelayFactory | None = None
     client: LoadClient | None = None
     whep: WhipSession | None = None
     camera: ClipTrack | None = None
@@ -194,9 +280,13 @@ class SimulatedSeat:
         if self.seat.role == "viewer":
             await self._join_whep(url, meeting, insecure, timeout)
             return
-        client = self.client = LoadClient(url, meeting, self.seat, insecure=insecure)
+        client = self.client = LoadClient(
+            url, meeting, self.seat, insecure=insecure, relay=self.relay
+        )
         briefing_point = self.scenario == "briefing" and not self.seat.is_chair
         joined = await client.connect(auto_subscribe=not briefing_point)
+        if self.relay is not None:  # a weak point has its downlink allocated, as a page does
+            await client.send({"type": "view", "videos": {}})
         self.signaled_at = time.monotonic()
         client.learn(joined["room"])
         if briefing_point:
@@ -216,7 +306,11 @@ class SimulatedSeat:
                 "WHEP viewers need a trusted certificate (whep_watch has no TLS option yet)"
             )
         assert self.started_at is not None
-        session = self.whep = await whep_watch(f"{url}/whep/{meeting}", self.seat.token, False)
+        if self.relay is not None:
+            session = await _weak_whep_watch(f"{url}/whep/{meeting}", self.seat.token, self.relay)
+        else:
+            session = await whep_watch(f"{url}/whep/{meeting}", self.seat.token, False)
+        self.whep = session
         self.signaled_at = time.monotonic()
         for transceiver in session.pc.getTransceivers():
             codec = ForwardingPeerConnection.media_codec(transceiver)
@@ -232,7 +326,7 @@ class SimulatedSeat:
             if isinstance(receiver, ForwardingReceiver):
                 receiver.sink = stats
                 stats.on_picture_loss = receiver.request_keyframe
-                light_receiver(receiver)
+                feedback(receiver, self.relay is not None)
         await self._wait_first_frame(
             lambda: next((s for s in self.whep_streams if s.kind == "video"), None), timeout
         )

@@ -20,7 +20,14 @@ bits and the codec's keyframe bit it derives what a viewer would experience:
 * **freezes**: gaps longer than :data:`FREEZE_THRESHOLD` between consecutive
   decodable frames (and a trailing gap until the stream's end);
 * **keyframe wait**: from the moment the stream was asked for (join, or a
-  speaker switch) to the first complete keyframe.
+  speaker switch) to the first complete keyframe;
+* **gaps**: gaps longer than :data:`GAP_THRESHOLD` (300 ms) are counted too,
+  the bound the weak-link profiles are checked against for audio;
+* **pauses**: while the server says it paused a video for this viewer's link
+  (``video-paused``, :meth:`StreamStats.pause` / :meth:`StreamStats.resume`),
+  the missing frames are no freeze: the gap that spans a pause is not counted,
+  and the paused time is reported on its own (``paused_seconds``) and left out
+  of the frame rate.
 
 Counters can be *marked*: a report covers only what happened after
 :meth:`StreamStats.mark` (the measurement window), except the keyframe wait,
@@ -41,6 +48,7 @@ from ..sfu.keyframe import is_keyframe
 __all__ = [
     "ABANDON_AFTER",
     "FREEZE_THRESHOLD",
+    "GAP_THRESHOLD",
     "LOSS_HORIZON",
     "MAX_GAP_FILL",
     "StreamStats",
@@ -48,6 +56,8 @@ __all__ = [
 
 #: A gap between two decodable frames longer than this is a freeze (seconds).
 FREEZE_THRESHOLD = 0.5
+#: Gaps longer than this are counted as ``gaps`` (seconds; the weak-link audio bound).
+GAP_THRESHOLD = 0.3
 #: A sequence number missing for longer than this is lost for good (seconds).
 LOSS_HORIZON = 1.0
 #: A frame still incomplete after this long is given up, and a keyframe asked
@@ -73,6 +83,7 @@ class _Counters:
     picture_loss: int = 0
     freezes: int = 0
     freeze_seconds: float = 0.0
+    gaps: int = 0
 
 
 class StreamStats:
@@ -113,6 +124,9 @@ class StreamStats:
         "_audio",
         "on_picture_loss",
         "_last_pli",
+        "_paused_at",
+        "_pauses",
+        "_pause_gap",
     )
 
     def __init__(
@@ -155,6 +169,9 @@ class StreamStats:
         self._audio = kind == "audio"
         self.on_picture_loss: Callable[[], None] | None = None
         self._last_pli = float("-inf")
+        self._paused_at: float | None = None  # paused by the server since
+        self._pauses: list[tuple[float, float]] = []  # (from, to) of the pauses that ended
+        self._pause_gap = False  # the next frame gap spans a pause: not a freeze
 
     # -- PacketSink ---------------------------------------------------------------
     async def on_rtp(self, packet: RtpPacket, repaired: bool, layer: int = 0) -> None:
@@ -274,10 +291,14 @@ class StreamStats:
         last = self.last_frame_at
         if last is None:
             self.first_frame_at = now
+        elif self._pause_gap or self._paused_at is not None:
+            self._pause_gap = False  # the server paused it: no freeze
         else:
             gap = now - last
             if gap > self.max_frame_gap:
                 self.max_frame_gap = gap
+            if gap > GAP_THRESHOLD:
+                c.gaps += 1
             if gap > FREEZE_THRESHOLD:
                 c.freezes += 1
                 c.freeze_seconds += gap
@@ -308,6 +329,31 @@ class StreamStats:
         self.max_frame_gap = 0.0
         self.freeze_log.clear()
         self.loss_log.clear()
+
+    def pause(self, now: float | None = None) -> None:
+        """The server paused this video for the viewer's link (``video-paused``)."""
+        if self._paused_at is None:
+            self._paused_at = time.monotonic() if now is None else now
+            self._pause_gap = True
+
+    def resume(self, now: float | None = None) -> None:
+        """The server resumed it: frames are expected again (after a keyframe)."""
+        if self._paused_at is not None:
+            now = time.monotonic() if now is None else now
+            self._pauses.append((self._paused_at, now))
+            self._paused_at = None
+            self._pause_gap = True
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_at is not None
+
+    def paused_within(self, start: float, end: float) -> float:
+        """Seconds of [start, end] during which the server had paused this video."""
+        pauses = self._pauses
+        if self._paused_at is not None:
+            pauses = [*pauses, (self._paused_at, end)]
+        return sum(max(0.0, min(end, b) - max(start, a)) for a, b in pauses)
 
     def end(self, now: float | None = None) -> None:
         """The stream was given up (unsubscribed): nothing more is expected."""
@@ -345,13 +391,24 @@ class StreamStats:
         lost = c.lost - b.lost + pending_lost
         freezes = c.freezes - b.freezes
         freeze_seconds = c.freeze_seconds - b.freeze_seconds
+        gaps = c.gaps - b.gaps
+        paused = self.paused_within(begin, end)
         trailing = None
-        if self.last_frame_at is not None and end - self.last_frame_at > FREEZE_THRESHOLD:
+        if (
+            self.last_frame_at is not None
+            and end - self.last_frame_at > GAP_THRESHOLD
+            and not self._pause_gap  # paused since the last frame: no freeze
+            and self._paused_at is None
+        ):
             trailing = end - max(self.last_frame_at, begin)
+            if trailing > GAP_THRESHOLD:
+                gaps += 1
             if trailing > FREEZE_THRESHOLD:
                 freezes += 1
                 freeze_seconds += trailing
         frames = c.frames - b.frames
+        shown_from = max(begin, self.first_frame_at or begin)
+        showing = end - shown_from - self.paused_within(shown_from, end)
         return {
             "label": self.label,
             "kind": self.kind,
@@ -373,12 +430,16 @@ class StreamStats:
             else 0.0,
             "frames": frames,
             # the frame rate while showing (the keyframe wait is reported on its own)
-            "fps": round(frames / max(end - max(begin, self.first_frame_at or begin), 1e-9), 2),
+            "fps": round(frames / showing, 2) if showing > 0.05 else 0.0,
+            # over the whole window: keyframe wait and pauses count as no frames
+            "fps_window": round(frames / seconds, 2),
             "keyframes": c.keyframes - b.keyframes,
             "abandoned_frames": c.abandoned - b.abandoned,
             "picture_loss_sent": c.picture_loss - b.picture_loss,
             "freezes": freezes,
             "freeze_seconds": round(freeze_seconds, 3),
+            "gaps": gaps,
+            "paused_seconds": round(paused, 3),
             "max_frame_gap_s": round(self.max_frame_gap, 3),
             # when the freezes started, in seconds from the start of the window
             "freezes_at_s": [[round(t - begin, 2), round(d, 2)] for t, d in self.freeze_log],

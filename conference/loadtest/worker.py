@@ -14,6 +14,11 @@ reader thread on each side.  A worker:
 4. on ``mark`` (the measurement window starts, with the floor schedule) marks
    every stream; on ``report`` answers with every seat's report; on ``close``
    leaves and answers ``closed``.
+
+A worker for a point on a weak link (:mod:`.weak`) hosts that one point, runs
+inside the point's network namespace (started by :func:`namespaced_entry`
+through ``ip netns exec``, its channel a socket pair) and asks the coordinator
+for relays (``relay`` events, answered by ``relay`` commands).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import asyncio
 import logging
 import multiprocessing.connection
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -32,8 +38,17 @@ from .eventloop import LoadTestEventLoop
 from .media import MediaSet, prepare_media
 from .plan import Config, FloorSchedule, Seat
 from .sim import SimulatedSeat
+from .weak import RelayRequester
 
-__all__ = ["Channel", "LocalChannel", "PipeChannel", "WorkerPlan", "process_entry", "run_worker"]
+__all__ = [
+    "Channel",
+    "LocalChannel",
+    "PipeChannel",
+    "WorkerPlan",
+    "namespaced_entry",
+    "process_entry",
+    "run_worker",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +128,8 @@ class WorkerPlan:
     seats: list[Seat]
     points: int  # points in the whole test (for the floor schedule)
     chair_identity: str  # the chair may run in another worker
+    #: the link profile of this worker's one seat, which is on a weak link (:mod:`.weak`)
+    weak: str | None = None
 
     def offset(self, seat: Seat) -> float:
         """Seconds after ``t0`` at which ``seat`` joins."""
@@ -170,8 +187,17 @@ async def run_worker(plan: WorkerPlan, channel: Channel, configure_ice: bool = T
             config.bitrate,
             config.fps,
         )
+    requesters: dict[int, RelayRequester] = {}
+    if plan.weak is not None:
+        requesters = {seat.index: RelayRequester(channel.send, seat.index) for seat in plan.seats}
     seats = [
-        SimulatedSeat(seat, config.scenario, plan.chair_identity, process=plan.number)
+        SimulatedSeat(
+            seat,
+            config.scenario,
+            plan.chair_identity,
+            process=plan.number,
+            relay=requesters.get(seat.index),
+        )
         for seat in plan.seats
     ]
     channel.send({"event": "ready", "worker": plan.number, "pid": os.getpid()})
@@ -237,6 +263,10 @@ async def run_worker(plan: WorkerPlan, channel: Channel, configure_ice: bool = T
                         "seats": [simulated.report(now) for simulated in seats],
                     }
                 )
+            elif command == "relay":
+                requester = requesters.get(int(message.get("index", -1)))
+                if requester is not None:
+                    requester.resolve(message)
             elif command == "close":
                 break
     finally:
@@ -265,3 +295,14 @@ def process_entry(connection: multiprocessing.connection.Connection, plan: Worke
             runner.run(main())
     except KeyboardInterrupt:
         pass
+
+
+def namespaced_entry() -> None:
+    """Entry of a worker started inside a network namespace (``ip netns exec``).
+
+    ``python -c "...; namespaced_entry()" FD``: FD is this end of a socket pair
+    to the coordinator, whose first message is the :class:`WorkerPlan`.
+    """
+    connection = multiprocessing.connection.Connection(int(sys.argv[1]))
+    plan = connection.recv()
+    process_entry(connection, plan)

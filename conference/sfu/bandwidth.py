@@ -17,8 +17,9 @@ Every :data:`TICK` seconds, :class:`BandwidthManager`:
    layer always stays on, so that a new subscriber's first picture does not
    wait for an encoder to start.
 
-Only WebSocket (browser) subscribers are allocated: a WHEP viewer or the
-program feed gets the top layer, as before simulcast.
+Only subscribers that say how they show each video (the ``view`` message:
+the room page) are allocated.  Others (Python clients, WHEP viewers, the
+program feed) get the top layer the publisher sends, as before simulcast.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ class SubscriberLink:
     def __init__(self) -> None:
         self.estimate = DownlinkEstimate()
         #: publication id -> how large the page shows it (``VIEW_SIZES``); a video
-        #: the page did not mention is taken as large
-        self.sizes: dict[str, str] = {}
+        #: the page did not mention is taken as large.  None until the client sent a
+        #: ``view``: only such clients (the room page) are allocated
+        self.sizes: dict[str, str] | None = None
         self.paused: set[str] = set()
         #: videos the allocation would pause: paused only on the second tick in a row
         self.pausing: set[str] = set()
@@ -132,8 +134,9 @@ class BandwidthManager:
             if publication.kind == "video":
                 publication.note_slow_keyframes(now)
         for participant in list(self.room.participants.values()):
-            if participant.transport == "websocket" and participant.subscriptions:
-                self._allocate(participant, now)
+            link = self.links.get(participant.id)
+            if link is not None and link.sizes is not None and participant.subscriptions:
+                self._allocate(participant, link, now)
             else:  # the top layer, or the best one the publisher sends now
                 for subscription in participant.subscriptions.values():
                     if subscription.kind == "video":
@@ -156,9 +159,9 @@ class BandwidthManager:
                 sender.fraction_lost_max = 0
         estimate.on_loss(loss / 256, link.sending, now)
 
-    def _allocate(self, participant: Participant, now: float) -> None:
-        link = self.link(participant.id)
+    def _allocate(self, participant: Participant, link: SubscriberLink, now: float) -> None:
         estimate = link.estimate
+        sizes = link.sizes or {}
         self._feedback(participant, link, now)
         audio = 0.0
         videos: list[tuple[str, Subscription]] = []
@@ -174,7 +177,7 @@ class BandwidthManager:
             publication = subscription.pending or subscription.source
             assert publication is not None
             top = len(publication.layers) - 1
-            size = VIEW_SIZES.get(link.sizes.get(key, "large"), 2)
+            size = VIEW_SIZES.get(sizes.get(key, "large"), 2)
             max_layer = min(top, size, ceiling)
             current = None if subscription.suspended else subscription.max_layer
             if current is None and not subscription.suspended:
