@@ -389,7 +389,7 @@ async def _dispatch(participant: Participant, message: dict[str, Any], send: Any
             raise ProtocolError(
                 "bad-message", "'videos' maps publication ids to large, medium or small"
             )
-        room.bandwidth.link(participant.id).sizes = dict(videos)
+        room.bandwidth.set_view(participant, dict(videos))
     elif kind == "profile":
         profile = message.get("profile")
         if profile not in PROFILES:

@@ -208,7 +208,7 @@ class DownlinkEstimate:
         sending ``sending`` bits/s."""
         self.loss = fraction
         if fraction > LOSS_CONGESTION:
-            # nothing measured yet (the first tick): back off from the estimate itself
+            # nothing allocated yet (the first tick): back off from the estimate itself
             self._congestion(now, 0.85 * (sending if sending > 0 else self.value))
 
     def padding(self, sending: float) -> float:

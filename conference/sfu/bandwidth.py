@@ -105,6 +105,24 @@ class BandwidthManager:
             link = self.links[participant_id] = SubscriberLink()
         return link
 
+    def manages(self, participant_id: str) -> bool:
+        """Whether this subscriber's layers are allocated (it sent a ``view``)."""
+        link = self.links.get(participant_id)
+        return link is not None and link.sizes is not None
+
+    def set_view(self, participant: Participant, sizes: dict[str, str]) -> None:
+        """The client's ``view``: from the first one on, its layers are allocated,
+        and its videos start from the lowest layer, raised as the estimate allows
+        (a weak link is never flooded with the top layer while it is measured)."""
+        link = self.link(participant.id)
+        first = link.sizes is None
+        link.sizes = sizes
+        if first:
+            for subscription in participant.subscriptions.values():
+                if subscription.kind == "video" and subscription.max_layer is None:
+                    subscription.max_layer = 0
+                    subscription.update_layer()
+
     def forget(self, participant_id: str) -> None:
         self.links.pop(participant_id, None)
 

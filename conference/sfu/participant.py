@@ -301,6 +301,8 @@ class Participant:
             # that reactivates it
             subscription.paused = True
             self._awaiting_answer.append(subscription)
+        if publication.kind == "video" and self.room.bandwidth.manages(self.id):
+            subscription.max_layer = 0  # the allocator raises it as the link allows
         subscription.switch_to(publication)
         self.subscriptions[publication.id] = subscription
         self._transceiver_of[publication.id] = transceiver

@@ -45,8 +45,11 @@ def test_lowest_layers_for_all_before_upgrades() -> None:
 
 
 def test_nothing_fits_pauses_video() -> None:
-    assert allocate(100_000, [want("a")]) == {"a": None}
-    wants = [want("big"), want("thumb", priority=0)]
+    assert allocate(100_000, [want("a", current=None)]) == {"a": None}
+    # a video on its lowest layer is kept down to 80 % of its cost
+    assert allocate(120_000, [want("a", current=0)]) == {"a": 0}
+    assert allocate(110_000, [want("a", current=0)]) == {"a": None}
+    wants = [want("big", current=None), want("thumb", priority=0, current=None)]
     assert allocate(200_000, wants) == {"big": 0, "thumb": None}
 
 
