@@ -401,23 +401,37 @@ class Subscription:
                 continue
             timestamp, marker, payload, block = item
             if sender.rtx_payload_type is not None:
-                # RFC 4588: the RTX stream's header, then the original sequence number
-                data = build_rtp_with_block(
-                    sender.rtx_payload_type,
-                    marker,
-                    sender.rtx_seq,
-                    timestamp,
-                    sender._rtx_ssrc,
-                    seq.to_bytes(2, "big") + payload,
-                    block,
-                )
-                sender.rtx_seq = (sender.rtx_seq + 1) & 0xFFFF
+                data = self._rtx(sender.rtx_payload_type, seq, timestamp, marker, payload, block)
             else:
                 data = build_rtp_with_block(
                     sender.payload_type, marker, seq, timestamp, sender._ssrc, payload, block
                 )
             self.retransmitted += 1
             sender.send_rtp(data, len(payload))
+
+    def _rtx(
+        self,
+        payload_type: int,
+        seq: int,
+        timestamp: int,
+        marker: bool,
+        payload: bytes,
+        block: bytes,
+    ) -> bytes:
+        """An RTX packet (RFC 4588: the RTX stream's header, then the original
+        sequence number) for packet ``seq`` of the history."""
+        sender = self.sender
+        data = build_rtp_with_block(
+            payload_type,
+            marker,
+            sender.rtx_seq,
+            timestamp,
+            sender._rtx_ssrc,
+            seq.to_bytes(2, "big") + payload,
+            block,
+        )
+        sender.rtx_seq = (sender.rtx_seq + 1) & 0xFFFF
+        return data
 
     def pad(self, octets: int) -> int:
         """Send about ``octets`` of padding for a bandwidth probe; returns what was sent.
@@ -447,16 +461,7 @@ class Subscription:
             if item is None:
                 continue
             timestamp, marker, payload, _ = item
-            data = build_rtp_with_block(
-                rtx_pt,
-                marker,
-                sender.rtx_seq,
-                timestamp,
-                sender._rtx_ssrc,
-                seq.to_bytes(2, "big") + payload,
-                block,
-            )
-            sender.rtx_seq = (sender.rtx_seq + 1) & 0xFFFF
+            data = self._rtx(rtx_pt, seq, timestamp, marker, payload, block)
             sender.send_rtp(data, len(payload) + 2)
             sent += len(data)
         self.padding_sent += sent
