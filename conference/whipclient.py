@@ -6,6 +6,7 @@ encoder/viewer that speaks only HTTP + SDP, like OBS, FFmpeg or a radio box.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
@@ -41,13 +42,21 @@ class WhipSession:
         return status
 
 
-async def _exchange(url: str, token: str, pc: RTCPeerConnection) -> str:
+async def exchange(
+    url: str,
+    token: str,
+    pc: RTCPeerConnection,
+    offer_sdp: Callable[[str], str] = lambda sdp: sdp,
+    answer_sdp: Callable[[str], Awaitable[str]] | None = None,
+) -> str:
+    """POST our offer (through ``offer_sdp``), apply the answer (through
+    ``answer_sdp``); returns the session's URL.  Raises :class:`WhipError`."""
     offer = await pc.createOffer()
     await pc.setLocalDescription(offer)
     async with aiohttp.ClientSession() as http:
         async with http.post(
             url,
-            data=pc.localDescription.sdp.encode(),
+            data=offer_sdp(pc.localDescription.sdp).encode(),
             headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"},
         ) as response:
             body = await response.text()
@@ -55,6 +64,8 @@ async def _exchange(url: str, token: str, pc: RTCPeerConnection) -> str:
                 await pc.close()
                 raise WhipError(response.status, body)
             location = urljoin(url, response.headers["Location"])
+    if answer_sdp is not None:
+        body = await answer_sdp(body)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
     return location
 
@@ -64,7 +75,7 @@ async def whip_publish(url: str, token: str, tracks: list[MediaStreamTrack]) -> 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     for track in tracks:
         pc.addTransceiver(track, direction="sendonly")
-    location = await _exchange(url, token, pc)
+    location = await exchange(url, token, pc)
     return WhipSession(pc, location, token)
 
 
@@ -77,7 +88,7 @@ async def whep_watch(url: str, token: str, decode: bool = True) -> WhipSession:
     )
     pc.addTransceiver("audio", direction="recvonly")
     pc.addTransceiver("video", direction="recvonly")
-    location = await _exchange(url, token, pc)
+    location = await exchange(url, token, pc)
     session = WhipSession(pc, location, token)
     for transceiver in pc.getTransceivers():
         session.tracks[transceiver.kind] = transceiver.receiver.track

@@ -23,10 +23,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
-from urllib.parse import urljoin
-
-import aiohttp
-from aiortc import RTCSessionDescription
 
 from ..client import Client, StreamCounter
 from ..sfu.bridge import (
@@ -36,7 +32,7 @@ from ..sfu.bridge import (
     honour_keyframe_requests,
     light_receiver,
 )
-from ..whipclient import WhipError, WhipSession, whep_watch
+from ..whipclient import WhipSession, exchange, whep_watch
 from .media import ClipTrack, MediaSet, SpeechTrack
 from .plan import Seat
 from .streamstats import StreamStats
@@ -229,20 +225,9 @@ async def _weak_whep_watch(url: str, token: str, relay: RelayFactory) -> WhipSes
     pc = ForwardingPeerConnection([])
     pc.addTransceiver("audio", direction="recvonly")
     pc.addTransceiver("video", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            url,
-            data=strip_candidates(pc.localDescription.sdp).encode(),
-            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"},
-        ) as response:
-            body = await response.text()
-            if response.status != 201:
-                await pc.close()
-                raise WhipError(response.status, body)
-            location = urljoin(url, response.headers["Location"])
-    answer = await relay_candidates(body, relay)
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    location = await exchange(
+        url, token, pc, strip_candidates, lambda answer: relay_candidates(answer, relay)
+    )
     session = WhipSession(pc, location, token)
     for transceiver in pc.getTransceivers():
         session.tracks[transceiver.kind] = transceiver.receiver.track
