@@ -136,6 +136,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             signal=send,
             ice_servers=app[ICE_SERVERS],
             auto_subscribe=join.get("autoSubscribe", True) is not False,
+            red=join.get("red") is True,
         )
         await room.join(participant)
     except RoomError as exc:

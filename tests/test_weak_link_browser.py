@@ -50,19 +50,7 @@ from .test_browser import CHROMIUM, browser, open_invitation, wait_until
 
 __all__ = ["browser"]  # the fixture, shared with tests/test_browser.py
 
-pytestmark = [
-    pytest.mark.slow,
-    # Not yet reliable on this 2-core machine: 4 of 11 runs passed after the last
-    # allocator change (it passed 3 of 3 once before).  The failing runs show the capped
-    # viewer receiving no video at all for the 8 s window (0 fps, 0 kbit/s, no pause
-    # notice): a subscription stuck waiting for a keyframe of its layer over the
-    # congested link, under investigation (issue 11).  Run it with
-    # CONFERENCE_TEST_WEAK_LINK=1; CI skips it so that a flaky test cannot block a landing.
-    pytest.mark.skipif(
-        os.environ.get("CONFERENCE_TEST_WEAK_LINK") != "1",
-        reason="flaky on a 2-core machine (see the module): set CONFERENCE_TEST_WEAK_LINK=1",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 #: the capped viewer's downlink, kbit/s
 CAP_KBPS = 400

@@ -44,6 +44,14 @@ TICK = 0.5
 #: a probe's padding goes out every this many seconds
 PROBE_STEP = 0.02
 LAYER_OFF_AFTER = 3.0
+#: a probe stops when the subscriber NACKs this many packets, and this share of
+#: those forwarded since it began (a link with a little random loss still passes)
+PROBE_NACKS = 2
+PROBE_NACK_SHARE = 0.03
+#: loss is judged over at least this many packets expected ...
+LOSS_PACKETS = 30
+#: ... or over this many seconds, whichever comes first
+LOSS_WINDOW = 2.0
 #: assumed bits/s of each layer before it has been measured, by layer count
 NOMINAL_RATES = {
     1: [1_000_000.0],
@@ -56,13 +64,20 @@ PROFILE_CEILING = {"high": 2, "low": 1, "audio": -1}
 VIEW_SIZES = {"large": 2, "medium": 1, "small": 0}
 
 
-def layer_rates(publication: Publication) -> list[float]:
-    """Expected bits/s of each layer: measured, else nominal; increasing."""
+def layer_rates(publication: Publication, now: float, peak: bool = True) -> list[float]:
+    """Expected bits/s of each layer, increasing: its peak of the last seconds
+    (see :attr:`~.publication.Layer.peak`; with ``peak`` false, its mean), but
+    no less than the nominal rate for a layer that has not been sent for long
+    (:meth:`~.publication.Layer.settled`): a layer dynacast just switched back
+    on looks cheap while its encoder ramps up, and an upgrade priced so
+    floods a link that cannot carry it."""
     count = len(publication.layers)
     nominal = NOMINAL_RATES.get(count) or [1_000_000.0 * (i + 1) for i in range(count)]
     rates: list[float] = []
     for index, layer in enumerate(publication.layers):
-        rate = layer.bitrate if layer.bitrate > 0 else nominal[index]
+        rate = layer.peak if peak else layer.bitrate
+        if rate <= 0 or (peak and not layer.settled(now)):
+            rate = max(rate, nominal[index])
         if rates:
             rate = max(rate, rates[-1] * 1.2)
         rates.append(rate)
@@ -82,11 +97,17 @@ class SubscriberLink:
         #: videos the allocation would pause: paused only on the second tick in a row
         self.pausing: set[str] = set()
         self.remb_seen = 0.0
+        #: video packets reported lost and expected since the loss was last judged
+        self.lost = 0
+        self.expected = 0
+        self.loss_judged = 0.0
         #: bits/s the server sends this subscriber (audio + allocated video)
         self.sending = 0.0
         #: bits/s of probe padding to send now
         self.padding = 0.0
         self.probe_task: asyncio.Task[None] | None = None
+        #: the estimate's (congestions, probes, failed probes) when last logged
+        self.logged = (0, 0, 0)
 
 
 class BandwidthManager:
@@ -164,18 +185,28 @@ class BandwidthManager:
     # -- allocation ---------------------------------------------------------------
     @staticmethod
     def _feedback(participant: Participant, link: SubscriberLink, now: float) -> None:
-        """Feed the subscriber's latest REMB and worst loss to its estimate."""
+        """Feed the subscriber's latest REMB, and its video loss, to its estimate.
+
+        Loss is counted over the receiver reports' packets (lost / expected), and
+        judged once :data:`LOSS_PACKETS` were expected or :data:`LOSS_WINDOW`
+        seconds passed: one report's fraction over a handful of packets (a low
+        layer sends ~15 a second) says 66 % for two packets lost of three.
+        """
         estimate = link.estimate
-        loss = 0
         for subscription in participant.subscriptions.values():
             sender = subscription.sender
             if sender.remote_bitrate is not None and sender.remote_bitrate_time > link.remb_seen:
                 link.remb_seen = sender.remote_bitrate_time
                 estimate.on_remb(float(sender.remote_bitrate), now, link.sending)
             if subscription.kind == "video":
-                loss = max(loss, sender.fraction_lost_max)
-                sender.fraction_lost_max = 0
-        estimate.on_loss(loss / 256, link.sending, now)
+                link.lost += sender.report_lost
+                link.expected += sender.report_expected
+                sender.report_lost = sender.report_expected = 0
+        if link.expected >= LOSS_PACKETS or now - link.loss_judged >= LOSS_WINDOW:
+            loss = link.lost / link.expected if link.expected else 0.0
+            estimate.on_loss(loss, link.sending, now)
+            link.lost = link.expected = 0
+            link.loss_judged = now
 
     def _allocate(self, participant: Participant, link: SubscriberLink, now: float) -> None:
         estimate = link.estimate
@@ -186,7 +217,9 @@ class BandwidthManager:
         for key, subscription in participant.subscriptions.items():
             if subscription.kind == "audio":
                 if subscription.source is not None:
-                    audio += subscription.source.layers[0].bitrate
+                    rate = subscription.source.layers[0].bitrate
+                    # RED: each packet carries the frame before it too
+                    audio += 2 * rate if subscription.sender.red_block_pt is not None else rate
             elif subscription.source is not None or subscription.pending is not None:
                 videos.append((key, subscription))
         ceiling = PROFILE_CEILING.get(participant.profile, 2)
@@ -200,14 +233,19 @@ class BandwidthManager:
             current = None if subscription.suspended else subscription.max_layer
             if current is None and not subscription.suspended:
                 current = top  # not allocated yet: it gets the top layer
-            wants.append(VideoWant(key, size, layer_rates(publication), max_layer, current))
+            wants.append(
+                VideoWant(
+                    key,
+                    size,
+                    layer_rates(publication, now),
+                    max_layer,
+                    current,
+                    layer_rates(publication, now, peak=False),
+                )
+            )
         chosen = allocate(max(estimate.value - audio, 0.0), wants)
-        link.sending = audio + cost_of(chosen, wants)
         needed = next_step(chosen, wants)
-        estimate.tick(now, None if needed is None else needed + audio, link.sending)
-        link.padding = estimate.padding(link.sending)
-        if link.padding > 0 and (link.probe_task is None or link.probe_task.done()):
-            link.probe_task = asyncio.ensure_future(self._probe(participant, link))
+        forwarded: dict[str, int | None] = {}
         for key, subscription in videos:
             layer = chosen.get(key)
             if layer is None and key not in link.paused and key not in link.pausing:
@@ -217,8 +255,18 @@ class BandwidthManager:
             else:
                 link.pausing.discard(key)
             paused = layer is None
+            forwarded[key] = layer
             subscription.suspend(paused)
             if not paused:
+                if layer != subscription.max_layer and subscription.max_layer is not None:
+                    logger.info(
+                        "participant %s: video %s layer %d -> %d (estimate %d kbit/s)",
+                        participant.id,
+                        key,
+                        subscription.max_layer,
+                        layer,
+                        estimate.value / 1000,
+                    )
                 subscription.max_layer = layer
                 subscription.update_layer(now)
             if paused != (key in link.paused):
@@ -246,6 +294,43 @@ class BandwidthManager:
                             }
                         )
                     )
+        # what is sent now (a video in its grace tick included), then the probe
+        link.sending = audio + cost_of(forwarded, wants)
+        estimate.tick(now, None if needed is None else needed + audio, link.sending)
+        link.padding = estimate.padding(link.sending)
+        self._log_estimate(participant, link)
+        if link.padding > 0 and (link.probe_task is None or link.probe_task.done()):
+            link.probe_task = asyncio.ensure_future(self._probe(participant, link))
+
+    @staticmethod
+    def _log_estimate(participant: Participant, link: SubscriberLink) -> None:
+        """Log congestion and probes since the last call (the probe task's too)."""
+        estimate = link.estimate
+        before = link.logged
+        link.logged = (estimate.congestions, estimate.probes, estimate.probes_failed)
+        if estimate.congestions > before[0] and estimate.probes_failed == before[2]:
+            logger.info(
+                "participant %s: congestion, estimate %d kbit/s (sending %d, loss %.0f %%)",
+                participant.id,
+                estimate.value / 1000,
+                link.sending / 1000,
+                estimate.loss * 100,
+            )
+        if estimate.probes_failed > before[2]:
+            logger.info(
+                "participant %s: probe failed (estimate stays %d kbit/s, loss %.0f %%)",
+                participant.id,
+                estimate.value / 1000,
+                estimate.loss * 100,
+            )
+        if estimate.probes > before[1] and estimate.probe is not None:
+            logger.info(
+                "participant %s: probe to %d kbit/s (sending %d, estimate %d)",
+                participant.id,
+                estimate.probe[1] / 1000,
+                link.sending / 1000,
+                estimate.value / 1000,
+            )
 
     async def _probe(self, participant: Participant, link: SubscriberLink) -> None:
         """Send the probe's padding evenly (every 20 ms) until it ends or fails.
@@ -255,29 +340,52 @@ class BandwidthManager:
         """
         last = time.monotonic()
         owed = 0.0
+        start = self._resends(participant)
         try:
             while not participant.closed and link.padding > 0:
                 await asyncio.sleep(PROBE_STEP)
                 now = time.monotonic()
                 self._feedback(participant, link, now)
+                forwarded, resent = self._resends(participant)
+                resent -= start[1]
+                if resent >= max(PROBE_NACKS, PROBE_NACK_SHARE * (forwarded - start[0])):
+                    link.estimate.on_probe_loss(now)
                 link.padding = link.estimate.padding(link.sending)
-                owed += link.padding * (now - last) / 8
+                # at most three steps' worth: a stalled loop does not burst
+                owed = min(
+                    owed + link.padding * (now - last) / 8, link.padding * 3 * PROBE_STEP / 8
+                )
                 last = now
                 carriers = [
                     s
                     for s in participant.subscriptions.values()
                     if s.kind == "video" and s.source is not None and not s.suspended
                 ]
-                if not carriers or owed <= 0:
+                if not carriers:
+                    owed = 0.0
+                    continue
+                if owed <= 0:
                     continue
                 sent = 0
                 for carrier in carriers:
                     sent += carrier.pad(int(owed) - sent)
                     if sent >= owed:
                         break
-                owed = max(0.0, owed - sent) if sent else 0.0
+                # a packet is sent whole: what went beyond is owed back (the
+                # padding keeps its rate); nothing to send (no history) owes nothing
+                owed = owed - sent if sent else 0.0
         except Exception:  # a probe must never take the room down
             logger.exception("participant %s: bandwidth probe failed", participant.id)
+
+    @staticmethod
+    def _resends(participant: Participant) -> tuple[int, int]:
+        """(packets forwarded, packets sent again on NACK) of a subscriber's videos."""
+        forwarded = resent = 0
+        for subscription in participant.subscriptions.values():
+            if subscription.kind == "video":
+                forwarded += subscription.packets_forwarded
+                resent += subscription.retransmitted
+        return forwarded, resent
 
     # -- dynacast -------------------------------------------------------------------
     def _dynacast(self, publications: list[Publication], now: float) -> None:
@@ -321,8 +429,14 @@ class BandwidthManager:
                 elif active[index] and now - last_wanted[index] >= LAYER_OFF_AFTER:
                     active[index] = False
                     changed = True
-            if changed and self.on_layers is not None:
-                self.on_layers(publication, list(active))
+            if changed:
+                logger.info(
+                    "publication %s: layers %s",
+                    publication.id,
+                    " ".join(f"{i}:{'on' if on else 'off'}" for i, on in enumerate(active)),
+                )
+                if self.on_layers is not None:
+                    self.on_layers(publication, list(active))
 
     def active_layers(self, publication_id: str) -> list[bool] | None:
         state = self._layers.get(publication_id)

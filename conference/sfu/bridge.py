@@ -86,6 +86,7 @@ from aiortc.rtp import (
 from aiortc.sdp import candidate_from_sdp
 from aiortc.stats import RTCOutboundRtpStreamStats, RTCStatsReport
 
+from . import red
 from .nack import NackTracker
 from .simulcast import REPAIRED_RID_URI, RID_URI
 from .twcc import TWCC_URI, FeedbackRecorder
@@ -278,6 +279,37 @@ def resilient_opus() -> None:
 
 
 resilient_opus()
+
+#: RED's payload type in the server's own offers (Chromium's choice too)
+RED_PAYLOAD_TYPE = 63
+
+
+def accept_red() -> None:
+    """Let aiortc negotiate RED audio, ``red/48000/2`` (RFC 2198; applied on import).
+
+    It goes *last* among the audio codecs: an answer follows the offer's order
+    and a sender sends the first codec, so only a side that asks for RED first
+    gets it (the room page does; aiortc clients, which cannot encode or
+    decode RED, never do).  Its format parameter names the Opus payload type
+    it carries: aiortc's own (96) in the server's offers,
+    :meth:`ForwardingPeerConnection.red_follows_opus` fixes it in answers.
+    """
+    audio = CODECS["audio"]
+    if any(codec.mimeType.lower() == "audio/red" for codec in audio):
+        return
+    opus = next(codec for codec in audio if codec.mimeType.lower() == "audio/opus")
+    audio.append(
+        RTCRtpCodecParameters(
+            mimeType="audio/red",
+            clockRate=48000,
+            channels=2,
+            payloadType=RED_PAYLOAD_TYPE,
+            parameters={f"{opus.payloadType}/{opus.payloadType}": None},
+        )
+    )
+
+
+accept_red()
 
 
 def announce_address(sdp: str, address: str | None) -> str:
@@ -591,6 +623,14 @@ class ForwardingReceiver:
         self.mid: str | None = None
         self.codec: RTCRtpCodecParameters | None = None
         self.packets_received = 0
+        #: retransmissions of packets already received (RTX padding): not forwarded
+        self.duplicates = 0
+        #: RED audio: the highest sequence number seen, frames rebuilt from redundant
+        #: blocks (packets lost on the publisher's uplink), malformed packets dropped
+        self._red_high: int | None = None
+        self.red_packets = 0
+        self.red_recovered = 0
+        self.red_malformed = 0
         self.bytes_received = 0
         self.last_packet_time = 0.0
         self.estimated_bitrate: int | None = None
@@ -659,7 +699,8 @@ class ForwardingReceiver:
         for codec in parameters.codecs:
             if codec.payloadType is not None:
                 self._codecs[codec.payloadType] = codec
-        primary = [c for c in parameters.codecs if c.name.lower() != "rtx"]
+        # the media codec: with RED first (redundant audio), the codec inside it
+        primary = [c for c in parameters.codecs if c.name.lower() not in ("rtx", "red")]
         self.codec = primary[0] if primary else None
         for encoding in parameters.encodings:
             if encoding.rtx:
@@ -781,7 +822,12 @@ class ForwardingReceiver:
         nack = self._nacks[layer]
         if nack is not None and packet.ssrc == self._layer_ssrc[layer]:
             if repaired:
-                nack.received(packet.sequence_number, time.monotonic())
+                if not nack.repairs(packet.sequence_number):
+                    # a copy of a packet already forwarded: the publisher's RTX
+                    # padding (its bandwidth probes) or a late retransmission;
+                    # forwarded, it would flood every subscriber of this layer
+                    self.duplicates += 1
+                    return
             else:
                 lost = nack.received(packet.sequence_number, time.monotonic())
                 if lost:
@@ -789,7 +835,55 @@ class ForwardingReceiver:
                     await self._send_nack(packet.ssrc, lost)
 
         if self.sink is not None:
-            await self.sink.on_rtp(packet, repaired, layer)
+            if codec.name.lower() == "red":
+                await self._unwrap_red(packet, layer)
+            else:
+                await self.sink.on_rtp(packet, repaired, layer)
+
+    async def _unwrap_red(self, packet: RtpPacket, layer: int) -> None:
+        """Forward a RED packet's primary Opus frame, after the frames its
+        redundant blocks bring back for packets that never arrived (see
+        :mod:`.red`)."""
+        sink = self.sink
+        if not self.red_packets:
+            logger.info("audio m-line %s: the publisher sends RED (redundant audio)", self.mid)
+        self.red_packets += 1
+        parsed = red.parse(packet.payload)
+        if parsed is None or sink is None:
+            self.red_malformed += 1
+            return
+        primary_pt, blocks, primary = parsed
+        seq = packet.sequence_number
+        high = self._red_high
+        gap = (seq - high) & 0xFFFF if high is not None else 1
+        if gap >= 0x8000:
+            return  # late: what it carries went out already (or was rebuilt)
+        self._red_high = seq
+        # blocks[-k] is the frame of packet seq - k (libwebrtc: consecutive frames)
+        for back in range(min(gap - 1, len(blocks)), 0, -1):
+            _, offset, data = blocks[-back]
+            if not data:
+                continue
+            rebuilt = RtpPacket(
+                payload_type=primary_pt,
+                sequence_number=(seq - back) & 0xFFFF,
+                timestamp=(packet.timestamp - offset) & 0xFFFFFFFF,
+                ssrc=packet.ssrc,
+                payload=data,
+            )
+            rebuilt.extensions = packet.extensions
+            self.red_recovered += 1
+            await sink.on_rtp(rebuilt, False, layer)
+        plain = RtpPacket(
+            payload_type=primary_pt,
+            marker=packet.marker,
+            sequence_number=seq,
+            timestamp=packet.timestamp,
+            ssrc=packet.ssrc,
+            payload=primary,
+        )
+        plain.extensions = packet.extensions
+        await sink.on_rtp(plain, False, layer)
 
     # -- feedback to the publisher --------------------------------------------------
     def request_keyframe(self, layer: int = 0) -> None:
@@ -904,13 +998,18 @@ class ForwardingSender:
         self.codec: RTCRtpCodecParameters | None = None
         self.payload_type = 0
         self.rtx_payload_type: int | None = None
+        #: with RED negotiated first: the Opus payload type of the blocks inside
+        self.red_block_pt: int | None = None
         self.extension_ids: dict[str, int] = {}
         self.packets_sent = 0
         self.bytes_sent = 0
         self.rtt: float | None = None
         self.fraction_lost = 0
-        #: the worst fraction lost (of 256) reported since the allocator last read it
-        self.fraction_lost_max = 0
+        #: packets the subscriber reported lost, and expected, over its receiver
+        #: reports (deltas of the cumulative counts; the allocator reads and resets)
+        self.report_lost = 0
+        self.report_expected = 0
+        self._report_mark: tuple[int, int] | None = None  # (cumulative lost, highest seq)
         self.remote_bitrate: int | None = None  # the subscriber's latest REMB
         self.remote_bitrate_time = 0.0  # monotonic time it arrived
         self.last_feedback = 0.0  # monotonic time of the last RTCP from the subscriber
@@ -960,6 +1059,12 @@ class ForwardingSender:
             return
         self.codec = primary[0]
         self.payload_type = self.codec.payloadType or 0
+        inner = [c for c in primary[1:] if c.name.lower() == "opus"]
+        if self.codec.name.lower() == "red" and inner:
+            # RED first: packets go out as RED (the payload type above) around
+            # Opus frames; the media codec is Opus
+            self.codec = inner[0]
+            self.red_block_pt = inner[0].payloadType
         for codec in parameters.codecs:
             if codec.name.lower() == "rtx" and codec.parameters.get("apt") == self.payload_type:
                 self.rtx_payload_type = codec.payloadType
@@ -1068,7 +1173,13 @@ class ForwardingSender:
                 if report.ssrc != self._ssrc:
                     continue
                 self.fraction_lost = report.fraction_lost
-                self.fraction_lost_max = max(self.fraction_lost_max, report.fraction_lost)
+                mark = (report.packets_lost, report.highest_sequence)
+                if self._report_mark is not None:
+                    expected = (mark[1] - self._report_mark[1]) & 0xFFFFFFFF
+                    if 0 < expected < 0x8000:  # not a reset (a new stream on this sender)
+                        self.report_expected += expected
+                        self.report_lost += min(max(mark[0] - self._report_mark[0], 0), expected)
+                self._report_mark = mark
                 if self._last_sr is not None and report.lsr == self._last_sr[0] and report.dlsr:
                     rtt = time.time() - self._last_sr[1] - report.dlsr / 65536
                     if rtt >= 0:
@@ -1196,6 +1307,19 @@ class ForwardingPeerConnection(RTCPeerConnection):
         transceiver._codecs = chosen + rtx
 
     @staticmethod
+    def red_follows_opus(transceiver: Any) -> None:
+        """Make RED's format parameter name this m-line's Opus payload type
+        (aiortc answers with its own codec's parameters, which name its own)."""
+        codecs = transceiver._codecs
+        opus = next((c for c in codecs if c.name.lower() == "opus"), None)
+        for codec in codecs:
+            if codec.name.lower() == "red":
+                if opus is None:
+                    transceiver._codecs = [c for c in codecs if c is not codec]
+                else:
+                    codec.parameters = {f"{opus.payloadType}/{opus.payloadType}": None}
+
+    @staticmethod
     def offered_codecs(transceiver: Any) -> list[str]:
         """Names of the media codecs both sides support, in the remote's order."""
         names: list[str] = []
@@ -1206,8 +1330,9 @@ class ForwardingPeerConnection(RTCPeerConnection):
 
     @staticmethod
     def media_codec(transceiver: Any) -> RTCRtpCodecParameters | None:
-        """The negotiated media codec of a transceiver (RTX left out)."""
-        return next((c for c in transceiver._codecs if c.name.lower() != "rtx"), None)
+        """The negotiated media codec of a transceiver (RTX left out, and RED: the
+        codec inside it)."""
+        return next((c for c in transceiver._codecs if c.name.lower() not in ("rtx", "red")), None)
 
     @staticmethod
     def remote_sends(transceiver: Any) -> bool:

@@ -122,6 +122,13 @@ class NackTracker:
         self._prune(seq)
         return new
 
+    def repairs(self, seq: int) -> bool:
+        """Whether a retransmission of ``seq`` fills a hole (it was missing): it
+        is then no longer missing.  False for a copy of a packet already here,
+        which is what a publisher's RTX padding is (libwebrtc probes its uplink
+        by sending old packets again): such copies must not be forwarded."""
+        return self._missing.pop(seq & 0xFFFF, None) is not None
+
     def _restart(self, seq: int) -> None:
         self._high = seq
         self._missing.clear()

@@ -86,6 +86,7 @@ class Participant:
         signal: Signal | None = None,
         ice_servers: list[RTCIceServer] | None = None,
         auto_subscribe: bool = True,
+        red: bool = False,
     ) -> None:
         self.id = new_id("PA")
         self.room = room
@@ -102,6 +103,9 @@ class Participant:
             if all(url.startswith("stun:") for url in _urls(server))
         ]
         self.auto_subscribe = auto_subscribe and who.subscribe
+        #: the client receives RED audio (it said so when joining): the server's
+        #: offers put ``red/48000/2`` first on its audio m-lines
+        self.red = red
         self.publisher_pc: ForwardingPeerConnection | None = None
         self.subscriber_pc: ForwardingPeerConnection | None = None
         self.publications: dict[str, Publication] = {}
@@ -192,6 +196,8 @@ class Participant:
                 if transceiver.kind == "video":
                     self.room.adopt_video_codec(pc.offered_codecs(transceiver))
                     pc.answer_one_codec(transceiver, self.room.video_codec)
+                else:
+                    pc.red_follows_opus(transceiver)
             try:
                 answer = await pc.createAnswer()
                 await pc.setLocalDescription(answer)
@@ -286,9 +292,10 @@ class Participant:
             self._free.remove(transceiver)
         else:
             transceiver = pc.addTransceiver(publication.kind, direction="sendonly")
-            transceiver.setCodecPreferences(
-                codec_capability(publication.kind, publication.codec_name)
-            )
+            codecs = codec_capability(publication.kind, publication.codec_name)
+            if self.red and publication.codec_name == "opus":
+                codecs = codec_capability("audio", "red") + codecs
+            transceiver.setCodecPreferences(codecs)
         transceiver.direction = "sendonly"
         sender = transceiver.sender
         assert isinstance(sender, ForwardingSender)
@@ -412,6 +419,8 @@ class Participant:
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "video":
                 pc.answer_one_codec(transceiver, codec)
+            else:
+                pc.red_follows_opus(transceiver)
             transceiver.direction = "sendonly"
             sender = transceiver.sender
             assert isinstance(sender, ForwardingSender)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import red
 from .bridge import ForwardingReceiver, RtpPacket, ntp_now
 from .keyframe import KeyframeThrottle, is_keyframe
 
@@ -28,6 +30,8 @@ GOP_PACKETS = 4000
 GOP_OCTETS = 4_000_000
 #: a keyframe request unanswered this long marks a publisher that ignores them
 SLOW_KEYFRAME = 3.0
+#: :attr:`Layer.peak` is the highest bitrate measured in this many seconds
+PEAK_WINDOW = 5.0
 
 
 class Layer:
@@ -47,6 +51,8 @@ class Layer:
         "sender_report",
         "bitrate",
         "_rate_mark",
+        "_peaks",
+        "live_since",
         "keep_keyframes",
         "gop",
         "_gop_octets",
@@ -69,6 +75,10 @@ class Layer:
         #: bits per second, measured by :meth:`measure` (0 until then)
         self.bitrate = 0.0
         self._rate_mark: tuple[float, int] | None = None  # (time, octets) of the last measure
+        #: (time, smoothed bits/s) of the measures in the last PEAK_WINDOW seconds
+        self._peaks: deque[tuple[float, float]] = deque()
+        #: monotonic time the layer (re)started after a pause of 1 s or more
+        self.live_since = 0.0
         #: keep the last keyframe and what followed (``gop``) for new subscribers: for
         #: publishers that ignore keyframe requests (WHIP encoders, see
         #: :meth:`Publication.note_slow_keyframes`)
@@ -105,7 +115,26 @@ class Layer:
             self.bitrate = rate if self.bitrate == 0 else 0.6 * self.bitrate + 0.4 * rate
         if not self.live(now, 2.0):
             self.bitrate = 0.0
+            self._peaks.clear()
+        peaks = self._peaks
+        while peaks and now - peaks[0][0] > PEAK_WINDOW:
+            peaks.popleft()
+        peaks.append((now, self.bitrate))
         return self.bitrate
+
+    def settled(self, now: float) -> bool:
+        """Whether the layer has been sent for :data:`PEAK_WINDOW` seconds: before
+        that its rate says little (an encoder (re)started by dynacast ramps up
+        over seconds), and :attr:`peak` is not to be trusted alone."""
+        return self.live(now) and now - self.live_since >= PEAK_WINDOW
+
+    @property
+    def peak(self) -> float:
+        """The highest :attr:`bitrate` of the last :data:`PEAK_WINDOW` seconds: what
+        a subscriber's link must carry for this layer (an encoder's rate swings with
+        motion and keyframes; an upgrade priced at the mean overflows a link that
+        barely holds the mean)."""
+        return max((rate for _, rate in self._peaks), default=self.bitrate)
 
     def rtp_now(self, clock_rate: int) -> tuple[int, int] | None:
         """(NTP now, this layer's RTP timestamp for now), for sender reports."""
@@ -162,6 +191,11 @@ class Publication:
         self._on_audio_level = on_audio_level
         self._on_ended = on_ended
         self.closed = False
+        #: RED towards subscribers that asked for it: the frame before the packet
+        #: being forwarded (timestamp, payload), and the RED payload built for the
+        #: current packet (packet, block payload type, payload), shared by them all
+        self._red_previous: tuple[int, bytes] | None = None
+        self._red_built: tuple[RtpPacket, int, bytes] | None = None
         receiver.sink = self
 
     @property
@@ -223,7 +257,10 @@ class Publication:
             if stream.keep_keyframes:
                 stream.keep(packet, keyframe)
         if not repaired:
-            stream.last_packet = now = time.monotonic()
+            now = time.monotonic()
+            if now - stream.last_packet >= 1.0:  # (re)started: see Layer.settled
+                stream.live_since = now
+            stream.last_packet = now
             stream.last_rtp = (packet.timestamp, now)
         blocks: dict[tuple[object, ...], bytes] = {}
         for subscription in list(stream.subscriptions):
@@ -231,6 +268,22 @@ class Publication:
         if stream is self.top:
             for tap in self.taps:
                 tap(self, packet, keyframe)
+        if self.kind == "audio" and payload:
+            self._red_previous = (packet.timestamp, payload)
+
+    def red_payload(self, packet: RtpPacket, block_pt: int) -> bytes:
+        """``packet`` as RED (its frame after the one before it, see
+        :mod:`.red`), built once for every subscriber that receives RED."""
+        built = self._red_built
+        if built is not None and built[0] is packet and built[1] == block_pt:
+            return built[2]
+        previous = self._red_previous
+        redundant = None
+        if previous is not None:
+            redundant = ((packet.timestamp - previous[0]) & 0xFFFFFFFF, previous[1])
+        data = red.build(block_pt, packet.payload, redundant)
+        self._red_built = (packet, block_pt, data)
+        return data
 
     def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, layer: int = 0) -> None:
         if layer < len(self.layers):

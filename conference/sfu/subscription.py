@@ -312,6 +312,8 @@ class Subscription:
             # padding-only packets are bandwidth probes for the first hop
             packet_map.drop(packet.sequence_number)
             return
+        if sender.red_block_pt is not None:
+            payload = publication.red_payload(packet, sender.red_block_pt)
         seq = packet_map.map(packet.sequence_number)
         if seq is None:
             return

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from conference.sfu.allocator import (
+    DECREASE_INTERVAL,
     FLOOR,
     INITIAL_ESTIMATE,
     MAX_BACKOFF,
+    MAX_DECREASE,
+    MIN_BACKOFF,
     PROBE_GROWTH,
     PROBE_SECONDS,
+    PROBE_SETTLE,
     UPGRADE_MARGIN,
     DownlinkEstimate,
     VideoWant,
@@ -46,9 +50,10 @@ def test_lowest_layers_for_all_before_upgrades() -> None:
 
 def test_nothing_fits_pauses_video() -> None:
     assert allocate(100_000, [want("a", current=None)]) == {"a": None}
-    # a video on its lowest layer is kept down to 80 % of its cost
-    assert allocate(120_000, [want("a", current=0)]) == {"a": 0}
-    assert allocate(110_000, [want("a", current=0)]) == {"a": None}
+    # a video on its lowest layer is kept down to 60 % of its cost (150 kbit/s): a
+    # pause loses the picture; loss brings the estimate lower if the link cannot carry it
+    assert allocate(90_000, [want("a", current=0)]) == {"a": 0}
+    assert allocate(85_000, [want("a", current=0)]) == {"a": None}
     wants = [want("big", current=None), want("thumb", priority=0, current=None)]
     assert allocate(200_000, wants) == {"big": 0, "thumb": None}
 
@@ -89,7 +94,8 @@ def test_remb_counts_once_it_has_caught_up_with_what_is_sent() -> None:
     assert estimate.value == INITIAL_ESTIMATE and estimate.congestions == 0
     estimate.on_remb(160_000, 1.0, sending=190_000)  # caught up
     estimate.on_remb(100_000, 1.5, sending=190_000)  # now a fall is congestion
-    assert estimate.remb_valid and estimate.congestions == 1 and estimate.value == 100_000
+    assert estimate.remb_valid and estimate.congestions == 1
+    assert estimate.value == MAX_DECREASE * 190_000  # at most 15 % below what was sent
 
 
 def test_estimate_follows_remb_up_and_drops_on_congestion() -> None:
@@ -99,14 +105,41 @@ def test_estimate_follows_remb_up_and_drops_on_congestion() -> None:
     estimate.on_remb(1_200_000, 0.5, sending=600_000)
     assert estimate.value == 1_200_000
     estimate.on_remb(400_000, 1.0, sending=600_000)  # far below the recent maximum: over-use
-    assert estimate.value == 400_000 and estimate.congestions == 1
+    assert estimate.value == MAX_DECREASE * 600_000 and estimate.congestions == 1
+    estimate.on_remb(300_000, 1.2, sending=600_000)  # too soon after the last decrease
+    assert estimate.value == MAX_DECREASE * 600_000 and estimate.congestions == 1
+    estimate.on_remb(300_000, 1.0 + DECREASE_INTERVAL, sending=500_000)  # still falling
+    assert estimate.value == MAX_DECREASE * 500_000
+    assert estimate.congestions == 2
+
+
+def test_a_collapsed_remb_lowers_the_estimate_by_15_percent_at_a_time() -> None:
+    """After a burst, libwebrtc's REMB can fall far below what the link carries
+    for a moment (here 40 kbit/s on a 400 kbit/s link carrying 180) and climb
+    back slowly: the estimate falls by 15 % of what was sent, so the lowest layer
+    is not paused on one report.  A link that really fell also loses packets,
+    and loss brings the estimate down."""
+    estimate = DownlinkEstimate(300_000)
+    estimate.on_remb(300_000, 0.0, sending=180_000)
+    now = 0.1
+    for _ in range(10):  # the collapsed REMB, climbing back at ~8 % a second
+        estimate.on_remb(40_000 * 1.08 ** (now - 0.1), now, sending=180_000)
+        estimate.on_loss(0.0, 180_000, now)
+        now += DECREASE_INTERVAL
+    assert estimate.value == MAX_DECREASE * 180_000
+    for _ in range(4):  # the link fell: most packets are lost
+        estimate.on_loss(0.7, estimate.value, now)
+        now += 1.0
+    assert estimate.value < 60_000
 
 
 def test_loss_is_congestion() -> None:
-    estimate = DownlinkEstimate()
-    estimate.on_loss(0.2, 500_000, 1.0)
-    assert estimate.value == 0.85 * 500_000
-    estimate.on_loss(0.9, 10_000, 2.0)
+    estimate = DownlinkEstimate(600_000)
+    estimate.on_loss(0.05, 500_000, 1.0)  # a few per cent: no congestion, but no probe
+    assert estimate.value == 600_000 and estimate.congestions == 0
+    estimate.on_loss(0.2, 500_000, 2.0)  # what was sent, less half the loss
+    assert estimate.value == 0.9 * 500_000
+    estimate.on_loss(0.9, 10_000, 3.0)
     assert estimate.value == FLOOR
 
 
@@ -147,3 +180,42 @@ def test_no_probe_while_losing_packets() -> None:
     estimate.on_loss(0.05, 300_000, 1.0)
     estimate.tick(10.0, 650_000, 300_000)
     assert estimate.probe is None
+
+
+def test_a_remb_falling_after_a_pause_is_not_congestion() -> None:
+    """libwebrtc caps its REMB at 1.5 times what arrives: once video is paused it
+    falls towards 1.5 x the audio rate.  Still above what is sent, that is no
+    congestion, and it must not hold the estimate down (the paused video could
+    never resume)."""
+    estimate = DownlinkEstimate(400_000)
+    estimate.on_remb(400_000, 0.0, sending=250_000)
+    estimate.on_remb(150_000, 0.5, sending=33_000)  # paused: audio alone is sent
+    estimate.on_remb(60_000, 1.0, sending=33_000)
+    assert estimate.congestions == 0 and estimate.value == 400_000
+    estimate.on_remb(25_000, 1.5, sending=33_000)  # below what is sent: over-use
+    assert estimate.congestions == 1 and estimate.value == FLOOR
+
+
+def test_nacks_during_a_probe_stop_it_and_keep_the_estimate() -> None:
+    estimate = DownlinkEstimate(300_000)
+    estimate.on_probe_loss(9.0)  # no probe: nothing to stop
+    assert estimate.congestions == 0
+    estimate.tick(10.0, 650_000, 200_000)
+    assert estimate.probe is not None
+    estimate.on_probe_loss(10.2)
+    assert estimate.probe is None and estimate.probes_failed == 1
+    assert estimate.value == 300_000 and estimate.next_probe >= 10.2 + MIN_BACKOFF
+
+
+def test_after_a_failed_probe_a_lower_remb_is_its_aftermath() -> None:
+    """The probe's queueing cut libwebrtc's estimate, which climbs back slowly: for
+    REMB_SETTLE seconds a REMB below the estimate lowers nothing (loss still does)."""
+    estimate = DownlinkEstimate(300_000)
+    estimate.on_remb(300_000, 9.0, sending=200_000)
+    estimate.tick(10.0, 650_000, 200_000)
+    estimate.on_probe_loss(10.3)
+    for step in range(5):
+        estimate.on_remb(150_000 + 10_000 * step, 10.5 + 0.5 * step, sending=200_000)
+    assert estimate.value == 300_000 and estimate.congestions == 1  # the failed probe
+    estimate.on_loss(0.3, 200_000, 10.3 + PROBE_SETTLE)
+    assert estimate.value == 0.85 * 200_000 and estimate.congestions == 2

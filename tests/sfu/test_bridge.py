@@ -538,3 +538,100 @@ def test_transport_cc_feedback_is_added_only_where_negotiated() -> None:
     assert "transport-cc" not in audio
     assert "a=rtcp-fb:96 transport-cc" in video and "a=rtcp-fb:97" not in video
     assert accepted.endswith("\r\n") and accept_transport_cc(accepted) == accepted
+
+
+async def test_rtx_copies_of_packets_already_here_are_not_forwarded():
+    """libwebrtc probes its uplink by sending old packets again on RTX (padding):
+    only a retransmission that fills a hole reaches the subscribers, or every
+    subscriber of the layer would get the publisher's probes (a weak viewer's
+    link flooded whenever the publisher probes)."""
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+    from aiortc.rtp import RtpPacket
+
+    from conference.sfu.rtpwire import build_rtx
+
+    receiver, _ = _feedback_receiver()
+    receiver._codecs[97] = RTCRtpCodecParameters(
+        mimeType="video/rtx", clockRate=90000, payloadType=97, parameters={"apt": 96}
+    )
+    receiver._rtx_ssrc[5555] = 4242
+    forwarded: list[tuple[int, bool]] = []
+
+    class Sink:
+        async def on_rtp(self, packet, repaired, layer=0):
+            forwarded.append((packet.sequence_number, repaired))
+
+        def on_sender_report(self, *args):
+            pass
+
+        def on_bye(self):
+            pass
+
+    receiver.sink = Sink()
+    receiver._enabled = True
+
+    def rtx(seq: int, original: int) -> RtpPacket:
+        return RtpPacket.parse(
+            build_rtx(97, seq, original * 3000, 5555, False, original, b"\x10" + bytes(900))
+        )
+
+    for seq in (1, 2, 4):
+        await receiver._handle_rtp_packet(_video_packet(seq), 0)
+    await receiver._handle_rtp_packet(rtx(100, 2), 0)  # padding: 2 is here already
+    await receiver._handle_rtp_packet(rtx(101, 3), 0)  # the repair of the lost 3
+    await receiver._handle_rtp_packet(rtx(102, 3), 0)  # and a late copy of it
+    assert forwarded == [(1, False), (2, False), (4, False), (3, True)]
+    assert receiver.duplicates == 2
+
+
+async def test_red_from_a_publisher_is_unwrapped_and_fills_a_lost_packet():
+    """A publisher that sends RED: the server forwards plain Opus frames, and a
+    packet lost on the way in comes back from the next packet's redundant block."""
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+    from aiortc.rtp import RtpPacket
+
+    from conference.sfu import red
+
+    dtls = RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+    receiver = ForwardingReceiver("audio", dtls)
+    receiver._codecs = {
+        63: RTCRtpCodecParameters(
+            mimeType="audio/red", clockRate=48000, channels=2, payloadType=63
+        ),
+        111: RTCRtpCodecParameters(
+            mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111
+        ),
+    }
+    forwarded: list[tuple[int, int, int, bytes]] = []
+
+    class Sink:
+        async def on_rtp(self, packet, repaired, layer=0):
+            forwarded.append(
+                (packet.sequence_number, packet.timestamp, packet.payload_type, packet.payload)
+            )
+
+    receiver.sink = Sink()
+
+    def red_packet(seq: int) -> RtpPacket:
+        frame = f"frame{seq}".encode()
+        previous = (960, f"frame{seq - 1}".encode()) if seq > 1 else None
+        payload = red.build(111, frame, previous)
+        return RtpPacket(
+            payload_type=63, sequence_number=seq, timestamp=seq * 960, ssrc=7, payload=payload
+        )
+
+    for seq in (1, 2, 4, 3):  # 3 is lost, then arrives late
+        await receiver._handle_rtp_packet(red_packet(seq), 0)
+    await receiver._handle_rtp_packet(
+        RtpPacket(payload_type=63, sequence_number=5, timestamp=4800, ssrc=7, payload=b"\x80"), 0
+    )
+    assert forwarded == [
+        (1, 960, 111, b"frame1"),
+        (2, 1920, 111, b"frame2"),
+        (3, 2880, 111, b"frame3"),  # rebuilt from packet 4's redundant block
+        (4, 3840, 111, b"frame4"),
+    ]
+    assert receiver.red_recovered == 1 and receiver.red_malformed == 1

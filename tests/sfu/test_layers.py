@@ -38,6 +38,7 @@ class Sender:
         self.started = True
         self.payload_type = 96
         self.rtx_payload_type = None
+        self.red_block_pt: int | None = None
         self._ssrc = 1234
         self._rtx_ssrc = 5678
         self.codec = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)

@@ -149,3 +149,25 @@ export function qualityBadge(entry) {
   badge.textContent = "●";
   return badge;
 }
+
+const isRed = (codec) => codec.mimeType.toLowerCase() === "audio/red";
+
+/** Whether this browser can receive RED (RFC 2198 redundant audio): told to the server
+ *  when joining, so that it sends every Opus frame twice (the copy rides in the next
+ *  packet) and one lost packet on a weak link costs no sound. */
+export const RED_SUPPORTED = Boolean(
+  globalThis.RTCRtpReceiver?.getCapabilities?.("audio")?.codecs.some(isRed),
+);
+
+/** Send the microphone as RED where the browser can: RED first among the audio codecs
+ *  (the server answers in the offer's order, and a browser sends the first codec). */
+export function preferRed(transceiver) {
+  const codecs = RTCRtpReceiver.getCapabilities?.("audio")?.codecs ?? [];
+  if (!codecs.some(isRed) || !transceiver.setCodecPreferences) return false;
+  try {
+    transceiver.setCodecPreferences([...codecs.filter(isRed), ...codecs.filter((c) => !isRed(c))]);
+    return true;
+  } catch {
+    return false; // plain Opus, with its in-band FEC
+  }
+}

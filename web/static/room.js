@@ -15,7 +15,7 @@ import { Prejoin } from "./prejoin.js";
 import { setupChat, showChat } from "./chat.js";
 import { Chair } from "./chair.js";
 import { LobbyPanel, watchLobby } from "./lobby.js";
-import { QualityMonitor, SIMULCAST, applyProfile, qualityBadge } from "./quality.js";
+import { QualityMonitor, RED_SUPPORTED, SIMULCAST, applyProfile, preferRed, qualityBadge } from "./quality.js";
 
 const $ = (id) => document.getElementById(id);
 const meeting = $("prejoin").dataset.meeting;
@@ -172,7 +172,8 @@ async function join() {
 /** Join the room over a new WebSocket and publish; used for the first join and rejoins. */
 async function connect() {
   const signaling = new Signaling(meeting, state.session.token);
-  const joining = signaling.join({ autoSubscribe: false });
+  // red: this browser receives RED audio (docs/PROTOCOL.md)
+  const joining = signaling.join({ autoSubscribe: false, red: RED_SUPPORTED });
   watchLobby(signaling); // a scheduled meeting may keep us in its lobby first (lobby.js)
   const joined = await joining;
   state.signaling = signaling;
@@ -213,6 +214,7 @@ async function publish() {
     // the camera in three simulcast layers: the server forwards each viewer the one its link carries
     if (source === "camera") init.sendEncodings = SIMULCAST.map((layer) => ({ ...layer }));
     state.transceivers[source] = pc.addTransceiver(track, init);
+    if (source === "microphone") preferRed(state.transceivers[source]); // redundant audio
   }
   const screen = state.screen?.getVideoTracks()[0];
   if (screen) {
