@@ -13,18 +13,9 @@ from typing import Protocol
 from aiohttp import web
 
 from .appkeys import MEETING_POLICY, REVOKED, SETTINGS
-from .sfu.participant import Identity
+from .core.errors import AccessError
+from .core.identity import Identity
 from .tokens import Claims, TokenError, verify_token
-
-
-class AccessError(Exception):
-    """Refused: ``code`` for the protocol, ``status`` for HTTP."""
-
-    def __init__(self, code: str, message: str, status: int = 401) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 class MeetingPolicy(Protocol):

@@ -53,7 +53,8 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from . import __version__
-from .admin_pages import (
+from .appkeys import SETTINGS
+from .scheduling.admin_services import (
     Invalid,
     NotFound,
     create_point,
@@ -68,7 +69,6 @@ from .admin_pages import (
     update_point,
     update_user,
 )
-from .appkeys import SETTINGS
 from .scheduling.models import BANDWIDTH_PROFILES, ROLES, UNIT_KINDS, User
 from .web import translator
 from .webauth import (

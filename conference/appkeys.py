@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiortc import RTCIceServer
 
+from .scheduling.db import Database
 from .settings import Settings
 from .sfu.room import RoomRegistry
 from .tokens import RevocationList
 
 if TYPE_CHECKING:
     from .access import MeetingPolicy
-    from .scheduling.db import Database
 
 SETTINGS = web.AppKey("settings", Settings)
 ROOMS = web.AppKey("rooms", RoomRegistry)
@@ -26,3 +26,15 @@ ICE_SERVERS_JSON = web.AppKey("ice_servers_json", list[dict[str, Any]])
 WEBSOCKETS: web.AppKey[weakref.WeakSet[asyncio.Task[Any]]] = web.AppKey("websockets")
 #: The control-plane database (opened by conference.webauth.setup_auth, closed on cleanup).
 DATABASE: web.AppKey[Database] = web.AppKey("database")
+
+
+def app_database(app: web.Application) -> Database:
+    """The app's control-plane database (opened once, closed on cleanup)."""
+    if DATABASE not in app:
+        app[DATABASE] = Database.from_settings(app[SETTINGS])
+
+        async def close(app: web.Application) -> None:
+            app[DATABASE].close()
+
+        app.on_cleanup.append(close)
+    return app[DATABASE]

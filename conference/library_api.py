@@ -1,4 +1,7 @@
-"""The recordings JSON API (``/api/v1/recordings``), on the library of :mod:`library_pages`.
+"""The recordings JSON API (``/api/v1/recordings``), on :mod:`conference.recording.library`.
+
+It also holds the two request-level checks the pages share: :func:`visible_recording`
+(the recording if the user may see it) and :func:`log_access` (the audit log).
 
 Registered on :data:`conference.api.API` (listed in ``API_MODULES``), so both operations
 are in the OpenAPI document.  Access is that of the pages (see
@@ -10,25 +13,38 @@ times are ISO 8601 UTC as in the manifest, plus ``local_start`` in Asia/Ho_Chi_M
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import date
+from pathlib import Path
 from typing import Any
+
+from aiohttp import web
+from sqlalchemy.orm import Session
 
 from .api import API, ApiCall, ApiError, Query
 from .appkeys import SETTINGS
-from .library_pages import (
+from .recording import audit
+from .recording.library import (
     LIBRARY_ROLES,
     Filters,
     MeetingInfo,
     Recording,
     Row,
     attendance,
+    find,
     library,
-    log_access,
+    load_meetings,
+    may_see,
+    meeting_number,
     timeline,
-    visible_recording,
 )
+from .scheduling.permissions import CurrentUser, visible_unit_ids
+from .webauth import client_address, database
 
-__all__: list[str] = []
+__all__ = ["audit_path", "log_access", "visible_recording"]
+
+logger = logging.getLogger(__name__)
 
 TAGS = ("recordings",)
 
@@ -122,6 +138,53 @@ LIST = API.schema(
         "required": ["recordings"],
     },
 )
+
+
+# --- shared with the library pages ------------------------------------------------------
+
+
+async def visible_recording(
+    request: web.Request, user: CurrentUser, wanted: str
+) -> tuple[Recording, MeetingInfo | None] | None:
+    """The recording ``wanted`` if ``user`` may see it, else None (unknown or not allowed)."""
+    root = request.app[SETTINGS].recordings_dir
+    recording = await asyncio.get_running_loop().run_in_executor(None, find, root, wanted)
+    if recording is None:
+        return None
+    number = meeting_number(recording.meeting)
+
+    def check(session: Session) -> tuple[bool, MeetingInfo | None]:
+        info = load_meetings(session, [number]).get(number) if number is not None else None
+        return may_see(user, info, visible_unit_ids(session, user)), info
+
+    allowed, info = await database(request).run(check)
+    return (recording, info) if allowed else None
+
+
+def audit_path(request: web.Request) -> Path:
+    return Path(request.app[SETTINGS].data_dir) / audit.AUDIT_FILE
+
+
+def log_access(
+    request: web.Request, user: CurrentUser, recording: Recording, action: str, **extra: Any
+) -> None:
+    """Append one audit record (see :mod:`conference.recording.audit`)."""
+    record = {
+        "action": action,
+        "user": user.id,
+        "username": user.username,
+        "role": user.role,
+        "recording": recording.id,
+        "manifest": recording.relative,
+        "meeting": recording.meeting,
+        **extra,
+        "client": client_address(request),
+    }
+    try:
+        audit.append(audit_path(request), record)
+    except OSError as exc:
+        logger.error("library: cannot write the audit log: %r", exc)
+        raise web.HTTPServiceUnavailable(text="audit log unavailable") from exc
 
 
 def summary(recording: Recording, info: MeetingInfo | None) -> dict[str, Any]:

@@ -42,10 +42,11 @@ from aiohttp import WSMsgType, web
 
 from .access import AccessError
 from .appkeys import MEETING_POLICY, SETTINGS
+from .core.identity import Identity
 from .recording import recorder as recording
 from .scheduling.errors import SchedulingError
 from .scheduling.lifecycle import MeetingLifecycle, Verdict
-from .sfu.participant import Identity, Participant
+from .sfu.participant import Participant
 from .sfu.room import Room, RoomError
 from .tokens import TokenError, verify_token
 

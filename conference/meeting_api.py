@@ -28,7 +28,10 @@ from sqlalchemy.orm import Session
 
 from .api import API, ApiCall, ApiError, Query
 from .appkeys import SETTINGS
-from .meeting_pages import (
+from .scheduling import attendance, invitations
+from .scheduling import meetings as svc
+from .scheduling.errors import SchedulingError
+from .scheduling.meeting_services import (
     EDIT_ROLES,
     MeetingData,
     MeetingNotFound,
@@ -42,9 +45,6 @@ from .meeting_pages import (
     stale,
     update_for,
 )
-from .scheduling import attendance, invitations
-from .scheduling import meetings as svc
-from .scheduling.errors import SchedulingError
 from .scheduling.meetings import ZONE, AgendaInput, local_time
 from .scheduling.models import MEETING_STATUSES, RECORDING_POLICIES, RSVP_ANSWERS
 from .webauth import database

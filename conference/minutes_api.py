@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from .api import API, ApiCall, ApiError
-from .minutes import (
+from .minutes_export import docx_response, recordings_root
+from .scheduling.minutes import (
     EDIT_ROLES,
     FINAL_ROLES,
     ROW_FIELDS,
@@ -31,7 +32,6 @@ from .minutes import (
     refresh_minutes,
     save_minutes,
 )
-from .minutes_pages import docx_response, recordings_root
 from .webauth import database
 
 __all__: list[str] = []

@@ -12,17 +12,22 @@ meeting title, the times, place, chair and secretary, the agenda, the attendance
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from docx import Document
 from docx.enum.table import WD_TABLE_ALIGNMENT
 from docx.enum.text import WD_ALIGN_PARAGRAPH
 from docx.shared import Cm, Pt
 from docx.table import Table
 
-from .minutes import date_line
+from .appkeys import SETTINGS
+from .scheduling.minutes import MinutesResult, date_line
+from .web import translator
 
 __all__ = ["DOCX_TYPE", "duration_text", "to_docx"]
 
@@ -224,3 +229,31 @@ def to_docx(content: dict[str, Any], t: Gettext, final: bool = False) -> bytes:
     buffer = io.BytesIO()
     document.save(buffer)
     return buffer.getvalue()
+
+
+# --- over HTTP (the minutes pages and the API) ---------------------------------------
+
+
+def recordings_root(request: web.Request) -> Path:
+    return Path(request.app[SETTINGS].recordings_dir)
+
+
+def document_text(app: web.Application) -> Callable[[str], str]:
+    """The catalogue in Vietnamese: the language of the document whatever the page's."""
+    strings = translator(app, "vi")
+    return lambda key: strings.get(key, key)
+
+
+async def docx_response(request: web.Request, result: MinutesResult) -> web.Response:
+    """The .docx download of ``result`` (made in a worker thread)."""
+    data = await asyncio.to_thread(
+        to_docx, result.content, document_text(request.app), result.state == "final"
+    )
+    return web.Response(
+        body=data,
+        content_type=DOCX_TYPE,
+        headers={
+            "Content-Disposition": f'attachment; filename="bien-ban-{result.meeting_id}.docx"',
+            "Cache-Control": "no-store",
+        },
+    )

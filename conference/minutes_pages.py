@@ -19,13 +19,18 @@ another district the 404 page):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from .appkeys import SETTINGS
-from .minutes import (
+from .minutes_export import (
+    document_text,
+    docx_response,
+    duration_text,
+    recordings_root,
+)
+from .scheduling.meetings import local_time
+from .scheduling.minutes import (
     EDIT_ROLES,
     TEXT_FIELDS,
     MeetingNotFound,
@@ -38,24 +43,11 @@ from .minutes import (
     refresh_minutes,
     save_minutes,
 )
-from .minutes_export import DOCX_TYPE, duration_text, to_docx
-from .scheduling.meetings import local_time
-from .web import translator
 from .webauth import CurrentUser, database, gettext, page, render_page
 
-__all__ = ["document_text", "setup_minutes"]
+__all__ = ["setup_minutes"]
 
 MAX_ROWS = 1000
-
-
-def recordings_root(request: web.Request) -> Path:
-    return Path(request.app[SETTINGS].recordings_dir)
-
-
-def document_text(app: web.Application) -> Callable[[str], str]:
-    """The catalogue in Vietnamese: the language of the document whatever the page's."""
-    strings = translator(app, "vi")
-    return lambda key: strings.get(key, key)
 
 
 def error_message(request: web.Request, error: MinutesError) -> str:
@@ -225,23 +217,6 @@ async def print_get(request: web.Request, user: CurrentUser) -> web.StreamRespon
         date_line=date_line(result.content),
         duration=duration_text,
         d=document_text(request.app),
-    )
-
-
-async def docx_response(request: web.Request, result: MinutesResult) -> web.Response:
-    """The .docx download of ``result`` (made in a worker thread)."""
-    import asyncio
-
-    data = await asyncio.to_thread(
-        to_docx, result.content, document_text(request.app), result.state == "final"
-    )
-    return web.Response(
-        body=data,
-        content_type=DOCX_TYPE,
-        headers={
-            "Content-Disposition": f'attachment; filename="bien-ban-{result.meeting_id}.docx"',
-            "Cache-Control": "no-store",
-        },
     )
 
 

@@ -17,6 +17,8 @@ from aiohttp import web
 from aiortc import RTCIceServer
 
 from . import __version__
+from .admin_pages import setup_admin
+from .api import setup_api
 from .appkeys import (
     DATABASE,
     ICE_SERVERS,
@@ -27,9 +29,13 @@ from .appkeys import (
     SETTINGS,
     WEBSOCKETS,
 )
+from .library_pages import setup_library
 from .lobby import setup_lobby
+from .meeting_pages import setup_meetings
+from .minutes_pages import setup_minutes
 from .recording import jobs as compose_jobs
 from .recording import recorder as recording
+from .rsvp_pages import setup_rsvp
 from .scheduling.lifecycle import MeetingLifecycle
 from .scheduling.reminders import background as reminder_task
 from .settings import Settings
@@ -40,7 +46,7 @@ from .sfu.udp import loop_factory
 from .signaling import websocket_handler
 from .tokens import RevocationList
 from .web import setup_web
-from .webauth import setup_control_plane
+from .webauth import setup_auth
 from .whip import session_delete, session_patch, whep_post, whip_post
 
 logger = logging.getLogger("conference")
@@ -105,6 +111,16 @@ def ice_servers(settings: Settings) -> tuple[list[RTCIceServer], list[dict[str, 
     return servers, as_json
 
 
+def setup_control_plane(app: web.Application) -> None:
+    """Sign-in (webauth), the organisation and meeting pages, the JSON API, in order."""
+    setup_auth(app)
+    setup_admin(app)
+    setup_meetings(app)
+    setup_minutes(app)
+    setup_library(app)
+    setup_api(app)
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the application; ``settings.token_secret`` must be set."""
     if not settings.token_secret:
@@ -130,6 +146,7 @@ def create_app(settings: Settings) -> web.Application:
     app[ICE_SERVERS], app[ICE_SERVERS_JSON] = ice_servers(settings)
     app[WEBSOCKETS] = weakref.WeakSet()
     setup_web(app)
+    setup_rsvp(app)  # /m/{meeting}/rsvp: invitation answers (conference/rsvp_pages.py)
     setup_control_plane(app)  # sign-in, admin pages, JSON API
     # scheduled meetings: admission, lobby, start/end, attendance (ad-hoc rooms as before)
     lifecycle = MeetingLifecycle(app[DATABASE], settings)

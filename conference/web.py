@@ -3,7 +3,7 @@
 Where the files are
 -------------------
 Templates and static files live in the top-level ``web/`` folder (no build step).
-:func:`web_dir` looks for them, in order:
+:func:`conference.core.i18n.web_dir` looks for them, in order:
 
 1. ``$CONFERENCE_WEB_DIR`` when set (an operator's customised copy);
 2. ``web/`` next to the ``conference`` package: a source checkout or an editable
@@ -44,10 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -58,11 +55,11 @@ from sqlalchemy.orm import Session
 
 from .access import AccessError, authenticate
 from .appkeys import DATABASE
+from .core.i18n import load_catalogue, web_dir
+from .core.identity import Identity
 from .scheduling.db import DatabaseError
 from .scheduling.lifecycle import scheduled_id
 from .scheduling.models import Point
-from .scheduling.rsvp_web import setup_rsvp
-from .sfu.participant import Identity
 
 logger = logging.getLogger(__name__)
 
@@ -81,36 +78,6 @@ PAGE_PROFILES = {"low": "low", "standard": "high", "high": "high"}
 DEFAULT_PROFILE = "high"
 
 
-def web_dir() -> Path:
-    """The folder with ``templates/`` and ``static/`` (see the module docstring)."""
-    candidates = []
-    if os.environ.get("CONFERENCE_WEB_DIR"):
-        candidates.append(Path(os.environ["CONFERENCE_WEB_DIR"]))
-    candidates.append(Path(__file__).resolve().parent.parent / "web")
-    candidates.append(Path(sys.prefix) / "share" / "conference" / "web")
-    for path in candidates:
-        if (path / "templates").is_dir() and (path / "static").is_dir():
-            return path
-    raise FileNotFoundError("web files not found in: " + ", ".join(map(str, candidates)))
-
-
-def load_catalogue(root: Path) -> dict[str, dict[str, str]]:
-    """Merge ``static/i18n/*.json`` (one file per area of the interface) into one catalogue.
-
-    A key defined in two files is an error: each string has one home.
-    """
-    catalogue: dict[str, dict[str, str]] = {}
-    for path in sorted((root / "static" / "i18n").glob("*.json")):
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        for key, value in raw.items():
-            if key.startswith("_"):
-                continue
-            if key in catalogue:
-                raise ValueError(f"translation key {key!r} defined twice (again in {path.name})")
-            catalogue[key] = value
-    return catalogue
-
-
 def setup_web(app: web.Application) -> None:
     """Register the page routes and static files on ``app``."""
     root = web_dir()
@@ -124,7 +91,6 @@ def setup_web(app: web.Application) -> None:
     app.router.add_get("/m/{meeting_id}", meeting_page)
     app.router.add_get("/m/{meeting_id}/session", meeting_session)
     app.router.add_static("/static/", root / "static", append_version=False)
-    setup_rsvp(app)  # /m/{meeting}/rsvp: invitation answers (conference/scheduling/rsvp_web.py)
 
 
 def language(request: web.Request) -> str:

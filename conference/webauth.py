@@ -72,14 +72,12 @@ import logging
 import math
 import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import jwt
 from aiohttp import web
 from sqlalchemy.orm import Session
 
@@ -87,8 +85,18 @@ from .appkeys import DATABASE, SETTINGS
 from .scheduling import accounts
 from .scheduling.db import Database
 from .scheduling.models import User
-from .scheduling.organisation import subtree_ids
-from .tokens import ALGORITHM, ISSUER, RevocationList
+from .scheduling.permissions import CurrentUser, visible_unit_ids
+from .scheduling.usertokens import (
+    API_AUDIENCE,
+    SESSION_AUDIENCE,
+    Claims,
+    create_api_token,
+    create_session_token,
+    fingerprint,
+    signing_key,
+    verify,
+)
+from .tokens import RevocationList
 from .web import language, render, translator
 
 __all__ = [
@@ -117,10 +125,6 @@ SESSION_COOKIE = "conference_session"
 PRELOGIN_COOKIE = "conference_prelogin"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
-SESSION_AUDIENCE = "conference-session"
-API_AUDIENCE = "conference-api"
-API_TOKEN_TTL = timedelta(hours=1)
-API_TOKEN_MAX_TTL = timedelta(hours=24)
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 _USER_KEY = "conference.user"
 
@@ -131,130 +135,18 @@ SESSIONS_REVOKED = web.AppKey("sessions_revoked", RevocationList)
 NAV_LINKS: web.AppKey[list[NavLink]] = web.AppKey("nav_links")
 
 
-# --- tokens -------------------------------------------------------------------------------
-
-
-def _key(secret: str) -> bytes:
-    return secret.encode()
-
-
-def fingerprint(secret: str, password_hash: str) -> str:
-    """A short HMAC of a password hash: changes when the password does."""
-    digest = hmac.new(_key(secret), b"pwf|" + password_hash.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest[:12]).decode().rstrip("=")
+# --- CSRF -------------------------------------------------------------------------------
 
 
 def _csrf_for(secret: str, session_id: str) -> str:
-    digest = hmac.new(_key(secret), b"csrf|" + session_id.encode(), hashlib.sha256).digest()
+    digest = hmac.new(signing_key(secret), b"csrf|" + session_id.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
-
-
-def _sign(
-    secret: str, audience: str, user: User, ttl: timedelta, now: datetime | None
-) -> tuple[str, str, datetime]:
-    issued = now or datetime.now(UTC)
-    expires = issued + ttl
-    token_id = uuid.uuid4().hex
-    payload = {
-        "iss": ISSUER,
-        "aud": audience,
-        "sub": str(user.id),
-        "usr": user.username,
-        "pwf": fingerprint(secret, user.password_hash),
-        "iat": int(issued.timestamp()),
-        "exp": int(expires.timestamp()),
-        "jti": token_id,
-    }
-    return jwt.encode(payload, _key(secret), algorithm=ALGORITHM), token_id, expires
-
-
-def create_session_token(
-    secret: str, user: User, ttl: timedelta, now: datetime | None = None
-) -> str:
-    """A session cookie value for `user` (see the module docstring for the claims)."""
-    return _sign(secret, SESSION_AUDIENCE, user, ttl, now)[0]
-
-
-def create_api_token(
-    secret: str, user: User, ttl: timedelta = API_TOKEN_TTL, now: datetime | None = None
-) -> str:
-    """A bearer token for the JSON API; `ttl` at most 24 hours."""
-    if ttl <= timedelta(0) or ttl > API_TOKEN_MAX_TTL:
-        raise ValueError("an API token lasts between 1 second and 24 hours")
-    return _sign(secret, API_AUDIENCE, user, ttl, now)[0]
-
-
-@dataclass(frozen=True)
-class _Claims:
-    user_id: int
-    fingerprint: str
-    token_id: str
-    expires_at: datetime
-
-
-def _verify(secret: str, token: str, audience: str) -> _Claims | None:
-    """The claims of a valid token of this audience, else None (never raises)."""
-    if not token or token.count(".") != 2 or len(token) > 4096:
-        return None
-    try:
-        payload = jwt.decode(
-            token,
-            _key(secret),
-            algorithms=[ALGORITHM],
-            audience=audience,
-            issuer=ISSUER,
-            leeway=5,
-            options={"require": ["iss", "aud", "sub", "iat", "exp", "jti"]},
-        )
-    except jwt.InvalidTokenError:
-        return None
-    sub, pwf, jti, exp = (payload.get(k) for k in ("sub", "pwf", "jti", "exp"))
-    if not (isinstance(sub, str) and sub.isdigit() and isinstance(pwf, str)):
-        return None
-    if not isinstance(jti, str) or not jti or not isinstance(exp, int):
-        return None
-    return _Claims(int(sub), pwf, jti, datetime.fromtimestamp(exp, UTC))
 
 
 # --- the signed-in user -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CurrentUser:
-    """A snapshot of the signed-in user, taken when the request was authenticated."""
-
-    id: int
-    username: str
-    display_name: str
-    role: str
-    unit_id: int | None
-    unit_code: str | None
-    unit_name: str | None
-    point_id: int | None
-    point_code: str | None
-    #: "session" (browser cookie) or "api" (bearer token).
-    via: str
-    token_id: str
-    expires_at: datetime
-    csrf_token: str = field(default="", repr=False)
-
-    def has_role(self, *roles: str) -> bool:
-        return not roles or self.role in roles
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "username": self.username,
-            "display_name": self.display_name,
-            "role": self.role,
-            "unit": self.unit_code,
-            "unit_name": self.unit_name,
-            "point": self.point_code,
-            "expires_at": self.expires_at.isoformat(),
-        }
-
-
-def _snapshot(user: User, via: str, claims: _Claims, csrf: str = "") -> CurrentUser:
+def _snapshot(user: User, via: str, claims: Claims, csrf: str = "") -> CurrentUser:
     return CurrentUser(
         id=user.id,
         username=user.username,
@@ -289,7 +181,7 @@ async def user_from_token(
     is active, and that its password has not changed since the token was made.
     """
     secret = _secret(app)
-    claims = _verify(secret, token or "", audience)
+    claims = verify(secret, token or "", audience)
     if claims is None or app[SESSIONS_REVOKED].is_revoked(claims.token_id):
         return None
     via = "session" if audience == SESSION_AUDIENCE else "api"
@@ -315,13 +207,6 @@ async def session_user(request: web.Request) -> CurrentUser | None:
         )
     user: CurrentUser | None = request[_USER_KEY]
     return user
-
-
-def visible_unit_ids(session: Session, user: CurrentUser) -> set[int] | None:
-    """The ids of the units `user` sees (its unit's subtree); None means every unit."""
-    if user.unit_id is None:
-        return None if user.role == "admin" else set()
-    return subtree_ids(session, user.unit_id)
 
 
 # --- pages --------------------------------------------------------------------------------
@@ -797,19 +682,3 @@ def setup_auth(app: web.Application) -> None:
     app.router.add_post("/account/password", password_post)
     app.router.add_get("/account/token", token_get)
     app.router.add_post("/account/token", token_post)
-
-
-def setup_control_plane(app: web.Application) -> None:
-    """Sign-in (this module), the organisation and meeting pages, the JSON API, in order."""
-    from .admin_pages import setup_admin
-    from .api import setup_api
-    from .library_pages import setup_library
-    from .meeting_pages import setup_meetings
-    from .minutes_pages import setup_minutes
-
-    setup_auth(app)
-    setup_admin(app)
-    setup_meetings(app)
-    setup_minutes(app)
-    setup_library(app)
-    setup_api(app)

@@ -22,8 +22,9 @@ from aiohttp import web
 
 from .access import AccessError, authenticate
 from .appkeys import ICE_SERVERS, ICE_SERVERS_JSON, ROOMS
+from .core.identity import Identity
 from .lobby import direct as lobby_direct
-from .sfu.participant import Identity, NegotiationError, Participant
+from .sfu.participant import NegotiationError, Participant
 from .sfu.room import Room, RoomError
 
 logger = logging.getLogger(__name__)

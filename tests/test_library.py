@@ -19,11 +19,10 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from conference.library_pages import recording_id
 from conference.recording.audit import read as read_audit
 from conference.recording.manifest import FORMAT, iso, read_manifest, write_manifest
 from conference.recording.signing import load_or_create_key
-from conference.recording.store import meeting_directory, seal
+from conference.recording.store import meeting_directory, recording_id, seal
 from conference.recording.writer import TrackWriter
 from conference.testmedia import cached_clip, load_packets
 

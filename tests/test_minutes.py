@@ -22,10 +22,15 @@ import docx
 import pytest
 from sqlalchemy import select
 
-from conference.library_pages import recording_id
 from conference.recording.manifest import FORMAT, iso, read_manifest
 from conference.recording.signing import load_or_create_key
-from conference.recording.store import meeting_directory, prune, seal, verify_directory
+from conference.recording.store import (
+    meeting_directory,
+    prune,
+    recording_id,
+    seal,
+    verify_directory,
+)
 from conference.scheduling import attendance, invitations, organisation
 from conference.scheduling import meetings as svc
 from conference.scheduling.meetings import ZONE, AgendaInput

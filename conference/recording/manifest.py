@@ -43,6 +43,18 @@ def iso(when: float | None) -> str | None:
     )
 
 
+def parse_iso(value: object) -> datetime | None:
+    """A manifest's time (ISO 8601, as :func:`iso` writes it; naive means UTC), or None
+    for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     """Write ``manifest`` to ``path`` atomically (temporary file, fsync, rename)."""
     data = json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=False).encode()

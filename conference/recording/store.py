@@ -272,3 +272,9 @@ def _remove_empty(directory: Path, root: Path) -> None:
         except OSError:
             return
         current = current.parent
+
+
+def recording_id(relative: str) -> str:
+    """The opaque id of the manifest at ``relative`` (its path under the recordings
+    root): what the library's URLs and the minutes name a recording by, never the path."""
+    return hashlib.sha256(relative.encode()).hexdigest()[:16]

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from conference.access import AccessError
+from conference.core.errors import AccessError
 from conference.scheduling.db import Database
 from conference.scheduling.invitations import join_window
 from conference.scheduling.models import Invitation, Meeting, Point, User

@@ -227,11 +227,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _api_token(session: Any, settings: Settings, username: str, ttl: str) -> str:
-    """`conference user token`: an API token (conference/webauth.py) of an active user."""
+    """`conference user token`: an API token (scheduling/usertokens.py) of an active user."""
     from conference.scheduling.accounts import get_user
+    from conference.scheduling.usertokens import create_api_token
     from conference.settings import ensure_data_dir
     from conference.tokens import parse_ttl
-    from conference.webauth import create_api_token
 
     lifetime = parse_ttl(ttl)
     user = get_user(session, username)

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from conference.access import AccessError
+from conference.core.errors import AccessError
 from conference.scheduling.admission import _chair_side, check_admission
 from conference.scheduling.attendance import record_event
 from conference.scheduling.db import Database, DatabaseError

@@ -23,6 +23,7 @@ from email.utils import formataddr, make_msgid, parseaddr
 
 import aiosmtplib
 
+from conference.core.i18n import load_catalogue, web_dir
 from conference.scheduling.ics import EventView, build_ics
 from conference.scheduling.meetings import local_time
 from conference.settings import Settings
@@ -47,8 +48,7 @@ class MailError(RuntimeError):
 
 @functools.cache
 def catalogue() -> dict[str, dict[str, str]]:
-    from conference.web import load_catalogue, web_dir
-
+    """The interface's translation catalogue (the e-mails' texts are in it)."""
     return load_catalogue(web_dir())
 
 

@@ -439,7 +439,7 @@ class Minutes(Base):
     """The minutes of one meeting: the draft document (JSON) the secretary edits, then final.
 
     ``content`` is the whole document (header, times, attendance, speaking, text sections:
-    see :mod:`conference.minutes`); a final minutes is never changed again.
+    see :mod:`conference.scheduling.minutes`); a final minutes is never changed again.
     """
 
     __tablename__ = "minutes"

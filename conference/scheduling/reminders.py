@@ -201,8 +201,7 @@ class Reminders:
 
 async def background(app: web.Application) -> AsyncIterator[None]:
     """aiohttp cleanup context: run the reminder task while the app runs (if e-mail is set)."""
-    from conference.appkeys import SETTINGS
-    from conference.scheduling.rsvp_web import app_database
+    from conference.appkeys import SETTINGS, app_database
 
     settings = app[SETTINGS]
     task = None

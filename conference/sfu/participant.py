@@ -18,11 +18,11 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCIceServer
 
+from ..core.identity import Identity
 from .bridge import (
     ForwardingPeerConnection,
     ForwardingReceiver,
@@ -48,22 +48,6 @@ Signal = Callable[[dict[str, Any]], Awaitable[None]]
 
 class NegotiationError(Exception):
     """An SDP offer or answer could not be applied."""
-
-
-@dataclass
-class Identity:
-    """Who a participant is, from its token."""
-
-    identity: str
-    name: str
-    role: str
-    publish: bool = False
-    subscribe: bool = True
-    moderate: bool = False
-    record: bool = False
-    token_id: str = ""
-    expires_at: float = 0.0  # POSIX time the token expires
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _urls(server: RTCIceServer) -> list[str]:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -51,16 +51,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from .library_pages import recording_id
-from .recording.manifest import MANIFEST_SUFFIX, read_manifest, write_manifest
-from .recording.store import safe_component
-from .scheduling import attendance
-from .scheduling import meetings as svc
-from .scheduling.db import Database
-from .scheduling.errors import SchedulingError
-from .scheduling.meetings import ZONE, local_time
-from .scheduling.models import Meeting, Minutes, Point, Unit, User, utcnow
-from .webauth import CurrentUser, visible_unit_ids
+from conference.recording.manifest import MANIFEST_SUFFIX, parse_iso, read_manifest, write_manifest
+from conference.recording.store import recording_id, safe_component
+from conference.scheduling import attendance
+from conference.scheduling import meetings as svc
+from conference.scheduling.db import Database
+from conference.scheduling.errors import SchedulingError
+from conference.scheduling.meetings import ZONE, local_time
+from conference.scheduling.models import Meeting, Minutes, Point, Unit, User, utcnow
+from conference.scheduling.permissions import CurrentUser, visible_unit_ids
 
 __all__ = [
     "EDIT_ROLES",
@@ -244,16 +243,6 @@ def mark_recordings_final(root: Path, meeting_id: int) -> list[Path]:
     return marked
 
 
-def _parse(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 @dataclass
 class _Turn:
     identity: str
@@ -266,12 +255,12 @@ class _Turn:
 def _turns(manifests: list[tuple[str, dict[str, Any]]]) -> list[_Turn]:
     turns: list[_Turn] = []
     for relative, manifest in manifests:
-        started = _parse(manifest.get("started_at"))
-        end = _parse(manifest.get("stopped_at")) or _parse(manifest.get("updated_at"))
+        started = parse_iso(manifest.get("started_at"))
+        end = parse_iso(manifest.get("stopped_at")) or parse_iso(manifest.get("updated_at"))
         changes = [
             (when, entry.get("identity"))
             for entry in manifest.get("speakers") or []
-            if isinstance(entry, dict) and (when := _parse(entry.get("at"))) is not None
+            if isinstance(entry, dict) and (when := parse_iso(entry.get("at"))) is not None
         ]
         changes.sort(key=lambda change: change[0])
         if started is None:

@@ -15,37 +15,24 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from conference.appkeys import DATABASE, SETTINGS
+from conference.appkeys import SETTINGS, app_database
 from conference.scheduling import invitations, meetings
-from conference.scheduling.db import Database, DatabaseError
+from conference.scheduling.db import DatabaseError
 from conference.scheduling.errors import SchedulingError
 from conference.scheduling.models import Point
+from conference.web import language, render, translator
 
-__all__ = ["app_database", "setup_rsvp"]
-
-
-def app_database(app: web.Application) -> Database:
-    """The app's control-plane database (opened once, closed on cleanup)."""
-    if DATABASE not in app:
-        app[DATABASE] = Database.from_settings(app[SETTINGS])
-
-        async def close(app: web.Application) -> None:
-            app[DATABASE].close()
-
-        app.on_cleanup.append(close)
-    return app[DATABASE]
+__all__ = ["setup_rsvp"]
 
 
 def setup_rsvp(app: web.Application) -> None:
-    """Register the answer-link routes (called from conference.web.setup_web)."""
+    """Register the answer-link routes (called from conference.server.create_app)."""
     app_database(app)
     app.router.add_get("/m/{meeting_id}/rsvp", rsvp_get)
     app.router.add_post("/m/{meeting_id}/rsvp", rsvp_post)
 
 
 def _page(request: web.Request, status: int = 200, **context: Any) -> web.Response:
-    from conference.web import render
-
     values: dict[str, Any] = {
         "meeting": None,
         "state": "ask",
@@ -62,8 +49,6 @@ def _page(request: web.Request, status: int = 200, **context: Any) -> web.Respon
 
 
 def _error(request: web.Request, exc: SchedulingError) -> web.Response:
-    from conference.web import language, translator
-
     strings = translator(request.app, language(request))
     template = strings.get(exc.key, exc.message)
     try:
