@@ -54,9 +54,9 @@ from sqlalchemy.orm import Session
 
 from . import __version__
 from .appkeys import SETTINGS
+from .core.errors import Forbidden, NotFound
 from .scheduling.admin_services import (
     Invalid,
-    NotFound,
     create_point,
     create_unit,
     create_user,
@@ -367,8 +367,10 @@ class ApiRegistry:
                 result = await op.handler(call)
             except ApiError as exc:
                 return exc.response()
-            except NotFound:
-                return ApiError(404, "not-found", "no such item in your units").response()
+            except NotFound as exc:  # any domain's (a meeting, a unit...): one mapping
+                return ApiError(404, "not-found", exc.message).response()
+            except Forbidden as exc:
+                return ApiError(403, "forbidden", exc.message).response()
             except Invalid as exc:
                 english = translator(request.app, "en")
                 fields = {

@@ -45,13 +45,13 @@ Pages: ``/recordings`` (filters ``from``, ``to``, ``unit``, ``q``, ``chair``),
 from __future__ import annotations
 
 import asyncio
-import importlib
 import re
 
 from aiohttp import web
 
 from .appkeys import SETTINGS
 from .library_api import log_access, visible_recording
+from .recording import jobs
 from .recording.library import (
     LIBRARY_ROLES,
     MAX_ROWS,
@@ -59,7 +59,7 @@ from .recording.library import (
     Filters,
     Row,
     attendance,
-    duration_text,
+    clock_text,
     library,
     timeline,
 )
@@ -99,7 +99,7 @@ async def list_page(request: web.Request, user: CurrentUser) -> web.StreamRespon
         filters=filters,
         bad=bad,
         compositions=compositions,
-        duration=duration_text,
+        duration=clock_text,
         limit=MAX_ROWS,
     )
 
@@ -130,7 +130,7 @@ async def recording_page(request: web.Request, user: CurrentUser) -> web.StreamR
         playable=playable,
         timeline=timeline(recording),
         attendance=attendance(recording),
-        duration=duration_text,
+        duration=clock_text,
         may_compose=may_compose,
     )
 
@@ -184,10 +184,6 @@ async def compose_post(request: web.Request, user: CurrentUser) -> web.StreamRes
     if found is None:
         return _missing(request, user)
     recording = found[0]
-    try:
-        jobs = importlib.import_module("conference.recording.jobs")
-    except ImportError:
-        return _missing(request, user)
     status = recording.composition()
     if status is None or status["state"] in ("failed", "done"):
         action = jobs.retry if status is not None else jobs.enqueue

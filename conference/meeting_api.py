@@ -34,11 +34,8 @@ from .scheduling.errors import SchedulingError
 from .scheduling.meeting_services import (
     EDIT_ROLES,
     MeetingData,
-    MeetingNotFound,
     MeetingView,
-    NotAllowed,
     briefings,
-    can_edit,
     create_for,
     create_series_for,
     load_meeting,
@@ -47,6 +44,7 @@ from .scheduling.meeting_services import (
 )
 from .scheduling.meetings import ZONE, AgendaInput, local_time
 from .scheduling.models import MEETING_STATUSES, RECORDING_POLICIES, RSVP_ANSWERS
+from .scheduling.permissions import can_edit_meeting
 from .webauth import database
 
 __all__ = ["scheduling_error"]
@@ -308,12 +306,6 @@ async def _run(call: ApiCall, function: Callable[[Session], T]) -> T:
         return await call.db(function)
     except SchedulingError as exc:
         raise scheduling_error(exc) from None
-    except MeetingNotFound:
-        raise ApiError(404, "not-found", "no such meeting in your units") from None
-    except NotAllowed:
-        raise ApiError(
-            403, "forbidden", "only the meeting's chair or an admin of its unit may change it"
-        ) from None
 
 
 def _warning(conflict: svc.Conflict) -> dict[str, Any]:
@@ -333,7 +325,7 @@ def _meeting(view: MeetingView) -> dict[str, Any]:
 
 
 def _result(session: Session, actor: Any, result: svc.MeetingResult) -> dict[str, Any]:
-    view = MeetingView.of(result.meeting, can_edit(session, actor, result.meeting))
+    view = MeetingView.of(result.meeting, can_edit_meeting(session, actor, result.meeting))
     return {"meeting": _meeting(view), "warnings": [_warning(w) for w in result.warnings]}
 
 
@@ -428,7 +420,7 @@ async def meeting_create(call: ApiCall) -> Any:
 async def meeting_get(call: ApiCall) -> Any:
     def load(session: Session) -> dict[str, Any]:
         meeting = load_meeting(session, call.actor, call.params["meeting_id"])
-        return _meeting(MeetingView.of(meeting, can_edit(session, call.actor, meeting)))
+        return _meeting(MeetingView.of(meeting, can_edit_meeting(session, call.actor, meeting)))
 
     return await _run(call, load)
 
@@ -596,7 +588,7 @@ async def series_create(call: ApiCall) -> Any:
             "series_id": result.series.id,
             "rrule": result.series.rrule,
             "meetings": [
-                _meeting(MeetingView.of(m, can_edit(session, call.actor, m)))
+                _meeting(MeetingView.of(m, can_edit_meeting(session, call.actor, m)))
                 for m in result.meetings
             ],
             "warnings": [_warning(w) for w in result.warnings],

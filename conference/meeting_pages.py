@@ -53,13 +53,10 @@ from .scheduling.meeting_services import (
     MeetingView,
     NotAllowed,
     briefings,
-    can_edit,
-    can_view,
     chairs_for,
     create_for,
     create_series_for,
     load_meeting,
-    point_invited,
     stale,
     units_for,
     update_for,
@@ -67,6 +64,7 @@ from .scheduling.meeting_services import (
 )
 from .scheduling.meetings import ZONE, AgendaInput, local_time
 from .scheduling.models import RECORDING_POLICIES, Meeting, Point, Unit, User
+from .scheduling.permissions import can_edit_meeting, point_invited
 from .settings import Settings, load_secret
 from .tokens import create_token
 from .webauth import (
@@ -87,8 +85,6 @@ __all__ = [
     "MeetingView",
     "NotAllowed",
     "briefings",
-    "can_edit",
-    "can_view",
     "chair_join_link",
     "create_for",
     "create_series_for",
@@ -575,7 +571,7 @@ def _page_data(
     session: Session, user: CurrentUser, meeting_id: str, settings: Settings
 ) -> MeetingPage:
     meeting = load_meeting(session, user, meeting_id)
-    editable = can_edit(session, user, meeting)
+    editable = can_edit_meeting(session, user, meeting)
     view = MeetingView.of(meeting, editable)
     warnings = svc.find_conflicts(session, meeting) if user.role != "operator" else []
     attendees: list[Attendee] = []

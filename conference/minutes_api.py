@@ -23,10 +23,8 @@ from .scheduling.minutes import (
     FINAL_ROLES,
     ROW_FIELDS,
     TEXT_FIELDS,
-    MeetingNotFound,
     MinutesError,
     MinutesResult,
-    NotAllowed,
     finalize_and_mark,
     open_minutes,
     refresh_minutes,
@@ -100,12 +98,6 @@ async def _run(function: Callable[[], Awaitable[T]]) -> T:
         return await function()
     except MinutesError as exc:
         raise ApiError(exc.status, exc.code, exc.message, field=exc.field) from None
-    except MeetingNotFound:
-        raise ApiError(404, "not-found", "no such meeting in your units") from None
-    except NotAllowed:
-        raise ApiError(
-            403, "forbidden", "only a secretary or an admin of the meeting's unit may do this"
-        ) from None
 
 
 async def _load(call: ApiCall) -> MinutesResult:

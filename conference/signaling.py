@@ -29,7 +29,7 @@ from .sfu.bandwidth import VIEW_SIZES
 from .sfu.bridge import ice_candidate_from_json
 from .sfu.participant import NegotiationError, Participant
 from .sfu.publication import SOURCES
-from .sfu.room import MAX_REASON_CHARS, RoomError, clean_text
+from .sfu.room import MAX_REASON_CHARS, RoomError, printable_text
 
 logger = logging.getLogger(__name__)
 
@@ -435,7 +435,7 @@ async def _dispatch(participant: Participant, message: dict[str, Any], send: Any
             why = message.get("reason")
             if why is not None and not isinstance(why, str):
                 raise ProtocolError("bad-message", "'reason' must be a string")
-            text = clean_text(why, MAX_REASON_CHARS, multiline=False) if why else None
+            text = printable_text(why, MAX_REASON_CHARS, multiline=False) if why else None
             await room.remove(target.id, message=text)
         elif kind == "give-floor":
             if not target.who.publish:

@@ -38,7 +38,7 @@ Login throttling
 limit the key is locked for 1 minute, doubling with each further failure up to 15 minutes;
 counts are forgotten after an hour without failure, and a success clears the username's
 count.  An unknown username costs the same argon2 verification as a known one
-(``accounts.authenticate`` verifies a dummy hash).  In memory, per process.
+(``accounts.check_credentials`` verifies a dummy hash).  In memory, per process.
 
 Using it from another module (pages)
 ------------------------------------
@@ -431,7 +431,7 @@ class SignIn:
 
 
 async def check_password(request: web.Request, username: str, password: str) -> SignIn:
-    """Throttled ``accounts.authenticate``: for the login form and ``POST /api/v1/tokens``."""
+    """Throttled ``accounts.check_credentials``: for the login form and ``POST /api/v1/tokens``."""
     throttle = request.app[THROTTLE]
     address = client_address(request)
     wait = throttle.wait(username, address)
@@ -439,7 +439,7 @@ async def check_password(request: web.Request, username: str, password: str) -> 
         return SignIn(None, wait)
 
     def attempt(session: Session) -> User | None:
-        user = accounts.authenticate(session, username, password)
+        user = accounts.check_credentials(session, username, password)
         if user is not None:
             _ = user.unit, user.point  # loaded while the session is open
         return user
@@ -456,7 +456,8 @@ async def check_password(request: web.Request, username: str, password: str) -> 
     return SignIn(user)
 
 
-def minutes(seconds: float) -> int:
+def whole_minutes(seconds: float) -> int:
+    """A wait in minutes for a message, rounded up (at least 1)."""
     return max(1, math.ceil(seconds / 60))
 
 
@@ -540,7 +541,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     result = await check_password(request, username, password)
     if result.user is None:
         if result.wait > 0:
-            message = _("auth.throttled", minutes=minutes(result.wait))
+            message = _("auth.throttled", minutes=whole_minutes(result.wait))
             return _login_form(
                 request,
                 429,
@@ -601,7 +602,7 @@ async def password_post(request: web.Request, user: CurrentUser) -> web.StreamRe
     result = await check_password(request, user.username, current)
     if result.user is None:
         errors["current"] = (
-            _("auth.throttled", minutes=minutes(result.wait))
+            _("auth.throttled", minutes=whole_minutes(result.wait))
             if result.wait > 0
             else _("auth.err.current_wrong")
         )

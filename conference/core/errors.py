@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AccessError"]
+__all__ = ["AccessError", "Forbidden", "NotFound"]
 
 
 class AccessError(Exception):
@@ -13,3 +13,19 @@ class AccessError(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+
+class NotFound(Exception):
+    """No such thing, or not one the actor may see (404: its existence does not leak).
+
+    ``message`` (a class attribute) is the English text the API answers with; the
+    argument, if any, names what was looked for (for logs).
+    """
+
+    message = "no such item in your units"
+
+
+class Forbidden(Exception):
+    """The actor sees it but may not do this (403); ``message`` as for :class:`NotFound`."""
+
+    message = "you may not do this"

@@ -10,7 +10,6 @@ library pages (conference/library_pages.py) and the JSON API (conference/library
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from conference.recording import jobs
 from conference.recording.manifest import MANIFEST_SUFFIX, parse_iso, read_manifest
 from conference.recording.store import PathError, inside, manifests, recording_id
 from conference.scheduling.meetings import ZONE
@@ -35,7 +35,6 @@ LIBRARY_ROLES = ("admin", "chair", "secretary")
 ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 #: a media file's name inside a recording's folder
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-_DONE_STATES = ("done", "complete", "completed", "finished", "succeeded")
 MAX_ROWS = 500
 CONTENT_TYPES = {".mp4": "video/mp4", ".webm": "video/webm", ".mkv": "video/x-matroska"}
 
@@ -109,10 +108,6 @@ class Recording:
     def composition(self) -> dict[str, Any] | None:
         """The composition job's status (state, progress 0-100, output, error), or None."""
         try:
-            jobs = importlib.import_module("conference.recording.jobs")
-        except ImportError:
-            return None
-        try:
             status = jobs.job_status(self.path)
         except Exception as exc:  # another module's failure must not break the library
             logger.warning("library: job_status(%s) failed: %r", self.relative, exc)
@@ -124,7 +119,7 @@ class Recording:
             progress = round(min(100.0, max(0.0, float(progress))), 1)
         else:
             progress = None
-        if str(status.get("state")) in _DONE_STATES:
+        if status.get("state") == "done":
             progress = 100.0
         return {
             "state": str(status.get("state")),
@@ -137,7 +132,7 @@ class Recording:
         directory = self.path.parent
         candidate = directory / f"{self.stem}.mp4"
         if composition is not None:
-            if composition["state"] not in _DONE_STATES:
+            if composition["state"] != "done":
                 return None
             output = composition.get("output")
             if isinstance(output, str) and output:
@@ -472,5 +467,6 @@ def attendance(recording: Recording) -> list[dict[str, Any]]:
     return found
 
 
-def duration_text(seconds: float | None) -> str:
+def clock_text(seconds: float | None) -> str:
+    """A duration as a clock, ``1:02:05`` or ``2:05``."""
     return _clock(seconds)

@@ -64,7 +64,6 @@ __all__ = [
     "TrackRecorder",
     "configure",
     "configure_from",
-    "recorder_for",
     "shutdown",
     "start",
     "stop",
@@ -512,10 +511,6 @@ def configure_from(settings: Settings) -> list[Path]:
     """:func:`configure` with the server's settings (``recording_key`` or the data dir)."""
     key_path = settings.recording_key or settings.data_dir / KEY_FILE
     return configure(settings.recordings_dir, key_path)
-
-
-def recorder_for(room: Room) -> MeetingRecorder | None:
-    return _recorders.get(room)
 
 
 def start(room: Room, started_by: dict[str, Any] | None = None) -> MeetingRecorder:

@@ -31,7 +31,7 @@ __all__ = [
     "FIRST_ADMIN",
     "MIN_PASSWORD",
     "AccountError",
-    "authenticate",
+    "check_credentials",
     "can_see",
     "create_user",
     "ensure_first_admin",
@@ -161,7 +161,7 @@ def set_password(session: Session, username: str, password: str) -> User:
     return user
 
 
-def authenticate(
+def check_credentials(
     session: Session, username: str, password: str, now: datetime | None = None
 ) -> User | None:
     """The active user with this username and password, or None; records the login."""

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conference.core import errors
 from conference.scheduling import accounts, organisation
 from conference.scheduling.models import ROLES, UNIT_KINDS, UNIT_LEVEL, Point, Unit, User
 from conference.scheduling.organisation import (
@@ -48,7 +49,7 @@ class Invalid(Exception):
         self.status = status
 
 
-class NotFound(Exception):
+class NotFound(errors.NotFound):
     """No such unit, point or user in the actor's scope."""
 
 

@@ -1,7 +1,7 @@
 """Who may enter a meeting's room: a `MeetingPolicy` (conference/access.py) on the database.
 
-`DatabaseAdmission.admit(claims)` refuses, with an `AccessError` (code, message, HTTP
-status), unless:
+`check_admission(session, claims, settings, now)` refuses, with an `AccessError` (code,
+message, HTTP status), unless:
 
 * the token's meeting is a meeting of the database (``unknown-meeting``, 404) that is not
   cancelled (``meeting-cancelled``) or ended (``meeting-ended``);
@@ -19,21 +19,19 @@ The server uses it through `conference.scheduling.lifecycle.MeetingLifecycle`, w
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conference.core.errors import AccessError
-from conference.scheduling.db import Database
 from conference.scheduling.invitations import join_window
 from conference.scheduling.models import Invitation, Meeting, Point, User
 from conference.scheduling.organisation import subtree_ids
 from conference.settings import Settings
 from conference.tokens import Claims
 
-__all__ = ["CHAIR_SIDE_ROLES", "DatabaseAdmission", "check_admission"]
+__all__ = ["CHAIR_SIDE_ROLES", "check_admission"]
 
 #: Account roles that count as "the chair's side" of a meeting of their unit.
 CHAIR_SIDE_ROLES = ("chair", "secretary", "admin")
@@ -89,21 +87,3 @@ def check_admission(session: Session, claims: Claims, settings: Settings, now: d
     )
     if not allowed:
         raise AccessError("not-invited", "this participant is not invited to the meeting", 403)
-
-
-class DatabaseAdmission:
-    """`MeetingPolicy` backed by the meetings database."""
-
-    def __init__(
-        self,
-        database: Database,
-        settings: Settings,
-        clock: Callable[[], datetime] | None = None,
-    ) -> None:
-        self.database = database
-        self.settings = settings
-        self.clock = clock or (lambda: datetime.now(UTC))
-
-    async def admit(self, claims: Claims) -> None:
-        now = self.clock()
-        await self.database.run(lambda s: check_admission(s, claims, self.settings, now))

@@ -29,7 +29,6 @@ from conference.scheduling.meetings import local_time
 from conference.settings import Settings
 
 __all__ = [
-    "MailError",
     "MeetingText",
     "build_message",
     "catalogue",
@@ -40,10 +39,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 KINDS = ("invite", "update", "cancel", "reminder")
-
-
-class MailError(RuntimeError):
-    """E-mail could not be sent (not configured, or the SMTP server refused)."""
 
 
 @functools.cache
@@ -189,7 +184,7 @@ async def send_messages(
     """Send `messages` over one SMTP connection; returns an error text (or None) per message."""
     if not messages:
         return []
-    if not settings.smtp_host:
+    if not mail_configured(settings):
         return ["e-mail is not configured (smtp_host)"] * len(messages)
     client = aiosmtplib.SMTP(
         hostname=settings.smtp_host,

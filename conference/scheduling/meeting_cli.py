@@ -228,11 +228,12 @@ def _send(args: argparse.Namespace, settings: Settings, database: Any) -> int:
     from sqlalchemy import select
 
     from conference.scheduling.invitations import send_pending
+    from conference.scheduling.mail import mail_configured
     from conference.scheduling.meetings import get_meeting
     from conference.scheduling.models import Meeting, utcnow
     from conference.settings import ensure_data_dir
 
-    if not settings.smtp_host:
+    if not mail_configured(settings):
         raise ValueError("e-mail is not configured: set smtp_host (CONFERENCE_SMTP_HOST)")
     if settings.token_secret is None:
         ensure_data_dir(settings)  # the links are signed with the server's secret

@@ -12,7 +12,7 @@ Shared by the meeting pages (conference/meeting_pages.py) and the JSON API
   the meeting's unit, and the meeting's chair.  Other chairs and secretaries of the unit
   see the meeting but get 403 on the edit pages.  (Choice: the chair answers for the
   briefing; a secretary prepares it by asking the chair or an admin.  Widening it is one
-  line in :func:`can_edit`.)
+  line in :func:`~conference.scheduling.permissions.can_edit_meeting`.)
 * **Create**: admins (any chair in their scope) and chairs (themselves as the chair only).
 """
 
@@ -26,23 +26,33 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conference.core.errors import Forbidden, NotFound
 from conference.scheduling import meetings as svc
 from conference.scheduling import recurrence
 from conference.scheduling.errors import SchedulingError
 from conference.scheduling.meetings import AgendaInput, local_time
 from conference.scheduling.models import Meeting, Point, Unit, User
-from conference.scheduling.permissions import CurrentUser, visible_unit_ids
+from conference.scheduling.permissions import (
+    CurrentUser,
+    can_edit_meeting,
+    can_view_meeting,
+    visible_unit_ids,
+)
 
 VIEW_ROLES = ("admin", "chair", "secretary", "operator")
 EDIT_ROLES = ("admin", "chair")
 
 
-class MeetingNotFound(Exception):
+class MeetingNotFound(NotFound):
     """No such meeting, or not one the user may see (404)."""
 
+    message = "no such meeting in your units"
 
-class NotAllowed(Exception):
+
+class NotAllowed(Forbidden):
     """The user sees the meeting but may not change it (403)."""
+
+    message = "only the meeting's chair or an admin of its unit may change it"
 
 
 class FormErrors(Exception):
@@ -149,31 +159,6 @@ class MeetingView:
 # --- scope ------------------------------------------------------------------------------------
 
 
-def point_invited(meeting: Meeting, point_id: int | None) -> bool:
-    """Whether the point has an active invitation to the meeting."""
-    return point_id is not None and any(
-        inv.point_id == point_id and inv.active for inv in meeting.invitations
-    )
-
-
-def can_view(session: Session, actor: CurrentUser, meeting: Meeting) -> bool:
-    if actor.role == "operator":
-        return point_invited(meeting, actor.point_id)
-    if actor.id == meeting.chair_id:
-        return True
-    scope = visible_unit_ids(session, actor)
-    return scope is None or meeting.unit_id in scope
-
-
-def can_edit(session: Session, actor: CurrentUser, meeting: Meeting) -> bool:
-    if actor.role == "chair":
-        return actor.id == meeting.chair_id
-    if actor.role == "admin":
-        scope = visible_unit_ids(session, actor)
-        return scope is None or meeting.unit_id in scope
-    return False
-
-
 def load_meeting(
     session: Session, actor: CurrentUser, meeting_id: int | str, *, edit: bool = False
 ) -> Meeting:
@@ -183,9 +168,9 @@ def load_meeting(
         meeting = svc.get_meeting(session, meeting_id)
     except SchedulingError:
         raise MeetingNotFound(str(meeting_id)) from None
-    if not can_view(session, actor, meeting):
+    if not can_view_meeting(session, actor, meeting):
         raise MeetingNotFound(str(meeting_id))
-    if edit and not can_edit(session, actor, meeting):
+    if edit and not can_edit_meeting(session, actor, meeting):
         raise NotAllowed(str(meeting_id))
     return meeting
 
@@ -214,8 +199,8 @@ def briefings(
     if actor.role == "chair":
         chosen = [m for m in found if m.chair_id == actor.id]
     else:
-        chosen = [m for m in found if can_view(session, actor, m)]
-    return [MeetingView.of(m, can_edit(session, actor, m)) for m in chosen]
+        chosen = [m for m in found if can_view_meeting(session, actor, m)]
+    return [MeetingView.of(m, can_edit_meeting(session, actor, m)) for m in chosen]
 
 
 def visible_points(session: Session, actor: CurrentUser) -> list[Point]:

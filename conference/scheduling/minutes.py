@@ -51,15 +51,23 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+from conference.core.errors import Forbidden
 from conference.recording.manifest import MANIFEST_SUFFIX, parse_iso, read_manifest, write_manifest
 from conference.recording.store import recording_id, safe_component
 from conference.scheduling import attendance
 from conference.scheduling import meetings as svc
 from conference.scheduling.db import Database
 from conference.scheduling.errors import SchedulingError
+from conference.scheduling.meeting_services import MeetingNotFound
 from conference.scheduling.meetings import ZONE, local_time
 from conference.scheduling.models import Meeting, Minutes, Point, Unit, User, utcnow
-from conference.scheduling.permissions import CurrentUser, visible_unit_ids
+from conference.scheduling.permissions import (
+    MINUTES_EDIT_ROLES,
+    MINUTES_FINAL_ROLES,
+    CurrentUser,
+    can_edit_minutes,
+    can_finalize_minutes,
+)
 
 __all__ = [
     "EDIT_ROLES",
@@ -71,8 +79,6 @@ __all__ = [
     "NotAllowed",
     "MinutesResult",
     "build_content",
-    "can_edit",
-    "can_finalize",
     "date_line",
     "finalize",
     "finalize_and_mark",
@@ -88,8 +94,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT = "conference-minutes/1"
-EDIT_ROLES = ("admin", "chair", "secretary")
-FINAL_ROLES = ("admin", "secretary")
+EDIT_ROLES = MINUTES_EDIT_ROLES
+FINAL_ROLES = MINUTES_FINAL_ROLES
 #: A speaking turn shorter than this (seconds) is noise of the active-speaker detection.
 MIN_TURN = 2.0
 #: Free-text fields of the document the secretary may change, and their maximum length.
@@ -121,12 +127,10 @@ class MinutesError(Exception):
         self.field = field
 
 
-class MeetingNotFound(Exception):
-    """No such meeting, or not one the user may see (404)."""
-
-
-class NotAllowed(Exception):
+class NotAllowed(Forbidden):
     """The user sees the meeting but may not do this with its minutes (403)."""
+
+    message = "only a secretary or an admin of the meeting's unit may do this"
 
 
 @dataclass(frozen=True)
@@ -167,23 +171,6 @@ def _iso(value: datetime | None) -> str | None:
 # --- access -----------------------------------------------------------------------------------
 
 
-def _in_scope(session: Session, actor: CurrentUser, meeting: Meeting) -> bool:
-    scope = visible_unit_ids(session, actor)
-    return scope is None or meeting.unit_id in scope
-
-
-def can_edit(session: Session, actor: CurrentUser, meeting: Meeting) -> bool:
-    """A secretary, chair or admin of the meeting unit's scope, or the meeting's chair."""
-    if actor.role not in EDIT_ROLES:
-        return False
-    return actor.id == meeting.chair_id or _in_scope(session, actor, meeting)
-
-
-def can_finalize(session: Session, actor: CurrentUser, meeting: Meeting) -> bool:
-    """A secretary or admin of the meeting unit's scope."""
-    return actor.role in FINAL_ROLES and _in_scope(session, actor, meeting)
-
-
 def _meeting_for(session: Session, actor: CurrentUser, meeting_id: int | str) -> Meeting:
     try:
         meeting = svc.get_meeting(session, meeting_id)
@@ -191,7 +178,7 @@ def _meeting_for(session: Session, actor: CurrentUser, meeting_id: int | str) ->
         raise MeetingNotFound(str(meeting_id)) from None
     if actor.role == "operator":
         raise NotAllowed(str(meeting_id))
-    if not can_edit(session, actor, meeting):
+    if not can_edit_minutes(session, actor, meeting):
         raise MeetingNotFound(str(meeting_id))  # another district: do not leak it
     return meeting
 
@@ -470,8 +457,8 @@ def _result(
         finalized_at=minutes.finalized_at,
         finalized_by=minutes.finalized_by.display_name if minutes.finalized_by else None,
         updated_at=minutes.updated_at,
-        can_edit=can_edit(session, actor, minutes.meeting),
-        can_finalize=can_finalize(session, actor, minutes.meeting),
+        can_edit=can_edit_minutes(session, actor, minutes.meeting),
+        can_finalize=can_finalize_minutes(session, actor, minutes.meeting),
         recordings_marked=marked,
     )
 
@@ -631,7 +618,7 @@ def finalize(
     never leaves a recording deletable whose minutes are not final.
     """
     minutes = _row(session, actor, meeting_id)
-    if minutes is not None and not can_finalize(session, actor, minutes.meeting):
+    if minutes is not None and not can_finalize_minutes(session, actor, minutes.meeting):
         raise NotAllowed(str(meeting_id))
     minutes = _check_open(minutes, version)
     manifests = meeting_manifests(recordings_root, minutes.meeting_id) if recordings_root else []

@@ -13,9 +13,25 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from conference.scheduling.models import Meeting
 from conference.scheduling.organisation import subtree_ids
 
-__all__ = ["CurrentUser", "visible_unit_ids"]
+__all__ = [
+    "MINUTES_EDIT_ROLES",
+    "MINUTES_FINAL_ROLES",
+    "CurrentUser",
+    "can_edit_meeting",
+    "can_edit_minutes",
+    "can_finalize_minutes",
+    "can_view_meeting",
+    "in_scope",
+    "point_invited",
+    "visible_unit_ids",
+]
+
+#: who may write a meeting's minutes (biên bản), in scope, and who may make them final
+MINUTES_EDIT_ROLES = ("admin", "chair", "secretary")
+MINUTES_FINAL_ROLES = ("admin", "secretary")
 
 
 @dataclass(frozen=True)
@@ -58,3 +74,50 @@ def visible_unit_ids(session: Session, user: CurrentUser) -> set[int] | None:
     if user.unit_id is None:
         return None if user.role == "admin" else set()
     return subtree_ids(session, user.unit_id)
+
+
+# --- meetings ------------------------------------------------------------------------------
+
+
+def in_scope(session: Session, actor: CurrentUser, meeting: Meeting) -> bool:
+    """Whether the meeting's unit is in `actor`'s scope."""
+    scope = visible_unit_ids(session, actor)
+    return scope is None or meeting.unit_id in scope
+
+
+def point_invited(meeting: Meeting, point_id: int | None) -> bool:
+    """Whether the point has an active invitation to the meeting."""
+    return point_id is not None and any(
+        inv.point_id == point_id and inv.active for inv in meeting.invitations
+    )
+
+
+def can_view_meeting(session: Session, actor: CurrentUser, meeting: Meeting) -> bool:
+    """An admin, secretary or chair whose scope holds the meeting's unit, the meeting's
+    own chair, and a point operator whose point is invited."""
+    if actor.role == "operator":
+        return point_invited(meeting, actor.point_id)
+    return actor.id == meeting.chair_id or in_scope(session, actor, meeting)
+
+
+def can_edit_meeting(session: Session, actor: CurrentUser, meeting: Meeting) -> bool:
+    """The meeting's own chair, and an admin whose scope holds the meeting's unit
+    (secretaries and other chairs of the unit see it, they do not change it)."""
+    if actor.role == "chair":
+        return actor.id == meeting.chair_id
+    return actor.role == "admin" and in_scope(session, actor, meeting)
+
+
+# --- minutes (biên bản) --------------------------------------------------------------------
+
+
+def can_edit_minutes(session: Session, actor: CurrentUser, meeting: Meeting) -> bool:
+    """A secretary, chair or admin of the meeting unit's scope, or the meeting's chair."""
+    if actor.role not in MINUTES_EDIT_ROLES:
+        return False
+    return actor.id == meeting.chair_id or in_scope(session, actor, meeting)
+
+
+def can_finalize_minutes(session: Session, actor: CurrentUser, meeting: Meeting) -> bool:
+    """A secretary or admin of the meeting unit's scope."""
+    return actor.role in MINUTES_FINAL_ROLES and in_scope(session, actor, meeting)

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from conference.scheduling.db import Database, DatabaseError
 from conference.scheduling.invitations import meeting_text
-from conference.scheduling.mail import build_message, send_messages
+from conference.scheduling.mail import build_message, mail_configured, send_messages
 from conference.scheduling.models import Invitation, Meeting, Point, ReminderLog, utcnow
 from conference.scheduling.recurrence import extend_all
 from conference.settings import Settings
@@ -205,7 +205,7 @@ async def background(app: web.Application) -> AsyncIterator[None]:
 
     settings = app[SETTINGS]
     task = None
-    if settings.smtp_host and settings.reminders:
+    if mail_configured(settings) and settings.reminders:
         task = asyncio.create_task(Reminders(app_database(app), settings).run())
         log.info("reminders: every %d s, leads %s", settings.reminder_interval, settings.reminders)
     yield

@@ -35,7 +35,7 @@ MAX_REASON_CHARS = 200
 ENDED_MEMORY = 12 * 3600.0  # an ended meeting refuses joins this long (in memory)
 
 
-def clean_text(text: str, limit: int, multiline: bool = True) -> str:
+def printable_text(text: str, limit: int, multiline: bool = True) -> str:
     """User text made safe to show and log: NFC, no control or bidi-override characters.
 
     Pages render it as text (never HTML); this removes what could still mislead a
@@ -304,7 +304,7 @@ class Room:
             "identity": participant.who.identity,
             "name": participant.who.name,
             "role": participant.who.role,
-            "text": clean_text(text, MAX_CHAT_CHARS),
+            "text": printable_text(text, MAX_CHAT_CHARS),
             "at": int(time.time() * 1000),
         }
         self.chat.append(message)

@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session
 from conference.scheduling import db
 from conference.scheduling.accounts import (
     AccountError,
-    authenticate,
     can_see,
+    check_credentials,
     create_user,
     first_run_admin,
     get_user,
@@ -41,12 +41,12 @@ def test_create_and_verify(session: Session) -> None:
     assert verify_password(user.password_hash, PASSWORD)
     assert not verify_password(user.password_hash, PASSWORD + "x")
     assert not verify_password("not a hash", PASSWORD)
-    assert authenticate(session, "THUKY.huyena", PASSWORD) is user
+    assert check_credentials(session, "THUKY.huyena", PASSWORD) is user
     assert user.last_login_at is not None
-    assert authenticate(session, "thuky.huyena", "wrong password") is None
-    assert authenticate(session, "nobody", PASSWORD) is None
+    assert check_credentials(session, "thuky.huyena", "wrong password") is None
+    assert check_credentials(session, "nobody", PASSWORD) is None
     user.active = False
-    assert authenticate(session, "thuky.huyena", PASSWORD) is None
+    assert check_credentials(session, "thuky.huyena", PASSWORD) is None
 
 
 def test_set_password(database: db.Database) -> None:
@@ -56,8 +56,8 @@ def test_set_password(database: db.Database) -> None:
     with database.session() as session:
         set_password(session, "chair", "another password")
     with database.session() as session:
-        assert authenticate(session, "chair", PASSWORD) is None
-        assert authenticate(session, "chair", "another password") is not None
+        assert check_credentials(session, "chair", PASSWORD) is None
+        assert check_credentials(session, "chair", "another password") is not None
         with pytest.raises(AccountError, match="at least 8"):
             set_password(session, "chair", "short")
         with pytest.raises(AccountError, match="unknown user"):
@@ -123,4 +123,4 @@ def test_first_run_admin_once(database: db.Database) -> None:
         assert session.scalar(select(func.count()).select_from(User)) == 1
         admin = get_user(session, "admin")
         assert admin.role == "admin" and admin.unit is None
-        assert authenticate(session, "admin", password) is admin
+        assert check_credentials(session, "admin", password) is admin

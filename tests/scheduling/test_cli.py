@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from conference.scheduling import db
-from conference.scheduling.accounts import authenticate
+from conference.scheduling.accounts import check_credentials
 
 from ..test_cli import ROOT, assert_one_line_error, run
 from .conftest import _postgres_schema_url
@@ -141,8 +141,8 @@ def test_organisation_and_users(tmp_path: Path, env: dict[str, str]) -> None:
     database = database_of(env)
     try:
         with database.session() as session:
-            assert authenticate(session, "thuky", "mật khẩu 1") is None
-            assert authenticate(session, "thuky", "mật khẩu 2") is not None
+            assert check_credentials(session, "thuky", "mật khẩu 1") is None
+            assert check_credentials(session, "thuky", "mật khẩu 2") is not None
     finally:
         database.close()
 
@@ -237,6 +237,6 @@ def test_serve_creates_first_admin_once(tmp_path: Path, env: dict[str, str]) -> 
     database = database_of(env)
     try:
         with database.session() as session:
-            assert authenticate(session, "admin", password) is not None
+            assert check_credentials(session, "admin", password) is not None
     finally:
         database.close()
