@@ -52,6 +52,7 @@ from aiortc import (
     clock,
 )
 from aiortc.codecs import CODECS, HEADER_EXTENSIONS, get_capabilities
+from aiortc.exceptions import InvalidStateError
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
 from aiortc.rtcicetransport import RTCIceCandidate
@@ -1262,6 +1263,17 @@ class ForwardingPeerConnection(RTCPeerConnection):
         super().__init__(
             RTCConfiguration(iceServers=ice_servers or [], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
+
+    async def _RTCPeerConnection__connect(self) -> None:  # noqa: N802 (aiortc private hook)
+        """aiortc's connection task (started by each description), which raises when
+        the connection is closed while it runs (a participant leaving, or the server
+        shutting down, during ICE): nobody awaits that task, so asyncio logs the
+        error with a traceback.  A closed connection has nothing left to connect."""
+        try:
+            await RTCPeerConnection._RTCPeerConnection__connect(self)  # type: ignore[attr-defined]
+        except (InvalidStateError, ConnectionError):
+            if self.signalingState != "closed":
+                raise
 
     def _RTCPeerConnection__createTransceiver(  # noqa: N802 (aiortc private hook)
         self, direction: str, kind: str, sender_track: Any = None

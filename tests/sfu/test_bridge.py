@@ -635,3 +635,41 @@ async def test_red_from_a_publisher_is_unwrapped_and_fills_a_lost_packet():
         (4, 3840, 111, b"frame4"),
     ]
     assert receiver.red_recovered == 1 and receiver.red_malformed == 1
+
+
+async def test_closing_during_ice_leaves_no_unretrieved_task_error():
+    """A participant leaving (or the server stopping) while aiortc's connection task
+    starts ICE: the task ends quietly instead of asyncio logging a traceback; on an
+    open connection the error still shows."""
+    from aiortc.exceptions import InvalidStateError
+
+    async def connect(close_meanwhile: bool) -> None:
+        pc = ForwardingPeerConnection()
+        transceiver = pc.addTransceiver("audio")
+        ice = transceiver.receiver.transport.transport
+        started = asyncio.Event()
+
+        async def start(parameters):
+            started.set()
+            await asyncio.sleep(0.05)
+            raise InvalidStateError("RTCIceTransport is closed")
+
+        ice.iceGatherer.getLocalCandidates = lambda: [object()]
+        ice.start = start
+        pc._RTCPeerConnection__remoteIce[transceiver] = object()
+        task = asyncio.ensure_future(pc._RTCPeerConnection__connect())
+        await started.wait()
+        if close_meanwhile:
+            await pc.close()
+        try:
+            await task
+        finally:
+            await pc.close()
+
+    await connect(close_meanwhile=True)  # no exception
+    try:
+        await connect(close_meanwhile=False)
+    except InvalidStateError:
+        pass
+    else:
+        raise AssertionError("an open connection's ICE failure was swallowed")
