@@ -34,7 +34,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .compose import CompositionError, compose
 from .manifest import MANIFEST_SUFFIX, iso, write_manifest
 from .store import manifests
 
@@ -223,7 +222,14 @@ def _run_process(path: Path) -> None:
 
 # -- one job (in its own process) ---------------------------------------------------------
 def run(manifest_path: Path, nice: int = NICE) -> dict[str, Any]:
-    """Compose one recording here, writing the state file; return the final status."""
+    """Compose one recording here, writing the state file; return the final status.
+
+    This runs in the composition's own process (:func:`_run_process`): the server, which
+    only queues jobs and reads their state, never loads the composer (PyAV's codecs,
+    numpy).
+    """
+    from .compose import CompositionError, compose
+
     path = Path(manifest_path).resolve()
     if nice:
         try:

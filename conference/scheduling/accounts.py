@@ -12,6 +12,7 @@ username and per client address) lives in the web layer, `conference/webauth.py`
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import unicodedata
@@ -49,9 +50,14 @@ MAX_PASSWORD = 1024
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")
 
 _hasher = PasswordHasher()
+
+
 # A valid hash of a random password, verified when the user is unknown so that a login
 # attempt takes the same time whether or not the username exists.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash of nothing, made on first use (hashing costs ~0.15 s: not at import)."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 class AccountError(ValueError):
@@ -167,7 +173,7 @@ def check_credentials(
     """The active user with this username and password, or None; records the login."""
     user = session.scalar(select(User).where(User.username == username.strip().lower()))
     if user is None or not user.active:
-        verify_password(_DUMMY_HASH, password)
+        verify_password(_dummy_hash(), password)
         return None
     if not verify_password(user.password_hash, password):
         return None

@@ -67,16 +67,18 @@ VIEW_SIZES = {"large": 2, "medium": 1, "small": 0}
 def layer_rates(publication: Publication, now: float, peak: bool = True) -> list[float]:
     """Expected bits/s of each layer, increasing: its peak of the last seconds
     (see :attr:`~.publication.Layer.peak`; with ``peak`` false, its mean), but
-    no less than the nominal rate for a layer that has not been sent for long
-    (:meth:`~.publication.Layer.settled`): a layer dynacast just switched back
-    on looks cheap while its encoder ramps up, and an upgrade priced so
-    floods a link that cannot carry it."""
+    no less than the nominal rate for an upper layer that has not been sent for
+    long (:meth:`~.publication.Layer.settled`): a layer dynacast just switched
+    back on looks cheap while its encoder ramps up, and an upgrade priced so
+    floods a link that cannot carry it.  The lowest layer (the only one of a
+    screen share) is what it measures: it is never an upgrade, only kept or
+    paused."""
     count = len(publication.layers)
     nominal = NOMINAL_RATES.get(count) or [1_000_000.0 * (i + 1) for i in range(count)]
     rates: list[float] = []
     for index, layer in enumerate(publication.layers):
         rate = layer.peak if peak else layer.bitrate
-        if rate <= 0 or (peak and not layer.settled(now)):
+        if rate <= 0 or (peak and index > 0 and not layer.settled(now)):
             rate = max(rate, nominal[index])
         if rates:
             rate = max(rate, rates[-1] * 1.2)

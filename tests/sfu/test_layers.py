@@ -196,3 +196,31 @@ def test_unanswered_keyframe_requests_start_keeping_keyframes() -> None:
     assert publication.layers[0].keep_keyframes
     feed(publication, 0, 1, 0, vp8(1, keyframe=True))
     assert publication.layers[0].keyframe_asked is None
+
+
+def test_layer_rates_price_a_fresh_upper_layer_at_least_at_its_nominal_rate() -> None:
+    """An upper layer dynacast just switched on is priced at no less than its nominal
+    rate until it has been sent for PEAK_WINDOW seconds; the lowest layer (a screen
+    share's only one) always at what it measures."""
+    from conference.sfu.bandwidth import NOMINAL_RATES, layer_rates
+    from conference.sfu.publication import PEAK_WINDOW
+
+    publication, _, _, _ = setup()
+    start = 100.0
+    for index, rate in enumerate((120_000.0, 200_000.0, 600_000.0)):
+        layer = publication.layers[index]
+        layer.packets, layer.last_packet, layer.live_since = 1, start, start
+        layer.bitrate = rate
+        layer._peaks.append((start, rate))
+    fresh = layer_rates(publication, start + 1.0)
+    assert fresh == [120_000.0, NOMINAL_RATES[3][1], NOMINAL_RATES[3][2]]
+    settled = start + PEAK_WINDOW
+    for layer in publication.layers:
+        layer.last_packet = settled
+        layer._peaks.append((settled, layer.bitrate))
+    assert layer_rates(publication, settled) == [120_000.0, 200_000.0, 600_000.0]
+    screen = Publication("TR_s", "PA_a", "screen", Receiver([]), "VP8", 90000)  # type: ignore[arg-type]
+    only = screen.layers[0]
+    only.packets, only.last_packet, only.live_since, only.bitrate = 1, start, start, 90_000.0
+    only._peaks.append((start, 90_000.0))
+    assert layer_rates(screen, start + 1.0) == [90_000.0]  # not the 1 Mbit/s nominal
