@@ -89,7 +89,6 @@ from .scheduling.permissions import CurrentUser, visible_unit_ids
 from .scheduling.usertokens import (
     API_AUDIENCE,
     SESSION_AUDIENCE,
-    Claims,
     create_api_token,
     create_session_token,
     fingerprint,
@@ -146,24 +145,6 @@ def _csrf_for(secret: str, session_id: str) -> str:
 # --- the signed-in user -------------------------------------------------------------------
 
 
-def _snapshot(user: User, via: str, claims: Claims, csrf: str = "") -> CurrentUser:
-    return CurrentUser(
-        id=user.id,
-        username=user.username,
-        display_name=user.display_name,
-        role=user.role,
-        unit_id=user.unit_id,
-        unit_code=user.unit.code if user.unit else None,
-        unit_name=user.unit.name if user.unit else None,
-        point_id=user.point_id,
-        point_code=user.point.code if user.point else None,
-        via=via,
-        token_id=claims.token_id,
-        expires_at=claims.expires_at,
-        csrf_token=csrf,
-    )
-
-
 def database(request: web.Request) -> Database:
     return request.app[DATABASE]
 
@@ -193,7 +174,7 @@ async def user_from_token(
             return None
         if not hmac.compare_digest(fingerprint(secret, user.password_hash), claims.fingerprint):
             return None
-        return _snapshot(user, via, claims, csrf)
+        return CurrentUser.of(user, via, claims.token_id, claims.expires_at, csrf)
 
     return await app[DATABASE].run(load)
 

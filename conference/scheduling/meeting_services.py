@@ -288,45 +288,34 @@ def _check_scope(
                 )
 
 
-def create_for(session: Session, actor: CurrentUser, data: MeetingData) -> svc.MeetingResult:
-    """`meetings.create_meeting` with the scope and role checks of this module."""
+def _creation(session: Session, actor: CurrentUser, data: MeetingData) -> dict[str, Any]:
+    """The arguments of a create service for `data`, once `actor` may create it there."""
     if actor.role not in EDIT_ROLES:
         raise NotAllowed("create")
     _check_scope(session, actor, unit=data.unit, chair=data.chair, points=data.points)
-    return svc.create_meeting(
-        session,
-        title=data.title,
-        unit=data.unit,
-        chair=data.chair,
-        start=data.start,
-        end=data.end,
-        points=data.points,
-        agenda=data.agenda,
-        recording_policy=data.recording_policy,
-        notes=data.notes,
-    )
+    return {
+        "title": data.title,
+        "unit": data.unit,
+        "chair": data.chair,
+        "start": data.start,
+        "end": data.end,
+        "points": data.points,
+        "agenda": data.agenda,
+        "recording_policy": data.recording_policy,
+        "notes": data.notes,
+    }
+
+
+def create_for(session: Session, actor: CurrentUser, data: MeetingData) -> svc.MeetingResult:
+    """`meetings.create_meeting` with the scope and role checks of this module."""
+    return svc.create_meeting(session, **_creation(session, actor, data))
 
 
 def create_series_for(
     session: Session, actor: CurrentUser, data: MeetingData, rrule: str
 ) -> recurrence.SeriesResult:
     """`recurrence.create_series` with the scope and role checks of this module."""
-    if actor.role not in EDIT_ROLES:
-        raise NotAllowed("create")
-    _check_scope(session, actor, unit=data.unit, chair=data.chair, points=data.points)
-    return recurrence.create_series(
-        session,
-        title=data.title,
-        unit=data.unit,
-        chair=data.chair,
-        rrule=rrule,
-        start=data.start,
-        end=data.end,
-        points=data.points,
-        agenda=data.agenda,
-        recording_policy=data.recording_policy,
-        notes=data.notes,
-    )
+    return recurrence.create_series(session, rrule=rrule, **_creation(session, actor, data))
 
 
 def stale(meeting: Meeting, version: int | None) -> SchedulingError:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from conference.scheduling.models import Meeting
+from conference.scheduling.models import Meeting, User
 from conference.scheduling.organisation import subtree_ids
 
 __all__ = [
@@ -52,6 +52,27 @@ class CurrentUser:
     token_id: str
     expires_at: datetime
     csrf_token: str = field(default="", repr=False)
+
+    @classmethod
+    def of(
+        cls, user: User, via: str, token_id: str, expires_at: datetime, csrf_token: str = ""
+    ) -> CurrentUser:
+        """The snapshot of ``user`` (its unit and point loaded) for one request."""
+        return cls(
+            id=user.id,
+            username=user.username,
+            display_name=user.display_name,
+            role=user.role,
+            unit_id=user.unit_id,
+            unit_code=user.unit.code if user.unit else None,
+            unit_name=user.unit.name if user.unit else None,
+            point_id=user.point_id,
+            point_code=user.point.code if user.point else None,
+            via=via,
+            token_id=token_id,
+            expires_at=expires_at,
+            csrf_token=csrf_token,
+        )
 
     def has_role(self, *roles: str) -> bool:
         return not roles or self.role in roles

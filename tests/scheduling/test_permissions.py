@@ -45,20 +45,7 @@ EXPECTED = {
 
 
 def actor(user: User) -> CurrentUser:
-    return CurrentUser(
-        id=user.id,
-        username=user.username,
-        display_name=user.display_name,
-        role=user.role,
-        unit_id=user.unit_id,
-        unit_code=user.unit.code if user.unit else None,
-        unit_name=user.unit.name if user.unit else None,
-        point_id=user.point_id,
-        point_code=user.point.code if user.point else None,
-        via="session",
-        token_id="t",
-        expires_at=datetime(2040, 1, 1, tzinfo=UTC),
-    )
+    return CurrentUser.of(user, "session", "t", datetime(2040, 1, 1, tzinfo=UTC))
 
 
 @pytest.fixture
