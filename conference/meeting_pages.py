@@ -483,17 +483,7 @@ async def edit_post(request: web.Request, user: CurrentUser) -> web.StreamRespon
         if meeting.version != version:
             raise stale(meeting, version)
         data = parse_form(values)
-        changes = {
-            "title": data.title,
-            "unit": data.unit,
-            "chair": data.chair,
-            "start": data.start,
-            "end": data.end,
-            "points": data.points,
-            "agenda": data.agenda,
-            "recording_policy": data.recording_policy,
-            "notes": data.notes,
-        }
+        changes = data.arguments()
         shown = meeting_values(meeting)
         if (
             all(values[k] == shown[k] for k in ("start_date", "start_time", "end_time"))

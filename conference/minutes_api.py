@@ -19,8 +19,6 @@ from aiohttp import web
 from .api import API, ApiCall, ApiError
 from .minutes_export import docx_response, recordings_root
 from .scheduling.minutes import (
-    EDIT_ROLES,
-    FINAL_ROLES,
     ROW_FIELDS,
     TEXT_FIELDS,
     MinutesError,
@@ -30,6 +28,7 @@ from .scheduling.minutes import (
     refresh_minutes,
     save_minutes,
 )
+from .scheduling.permissions import MINUTES_EDIT_ROLES, MINUTES_FINAL_ROLES
 from .webauth import database
 
 __all__: list[str] = []
@@ -110,7 +109,7 @@ async def _load(call: ApiCall) -> MinutesResult:
     "GET",
     "/meetings/{meeting_id}/minutes",
     summary="The meeting's minutes (the draft is generated on the first read)",
-    roles=EDIT_ROLES,
+    roles=MINUTES_EDIT_ROLES,
     response=MINUTES,
     tags=TAGS,
     errors=(404,),
@@ -123,7 +122,7 @@ async def minutes_get(call: ApiCall) -> Any:
     "PUT",
     "/meetings/{meeting_id}/minutes",
     summary="Change the draft minutes (text fields, attendance times and notes)",
-    roles=EDIT_ROLES,
+    roles=MINUTES_EDIT_ROLES,
     request=MINUTES_CHANGE,
     response=MINUTES,
     tags=TAGS,
@@ -145,7 +144,7 @@ async def minutes_put(call: ApiCall) -> Any:
     "POST",
     "/meetings/{meeting_id}/minutes/refresh",
     summary="Generate the draft again from the meeting (keeps the text fields and notes)",
-    roles=EDIT_ROLES,
+    roles=MINUTES_EDIT_ROLES,
     request=MINUTES_VERSION,
     response=MINUTES,
     tags=TAGS,
@@ -165,7 +164,7 @@ async def minutes_refresh(call: ApiCall) -> Any:
     "POST",
     "/meetings/{meeting_id}/minutes/final",
     summary="Mark the minutes final (read-only; recordings become prunable)",
-    roles=FINAL_ROLES,
+    roles=MINUTES_FINAL_ROLES,
     request=MINUTES_VERSION,
     response=MINUTES,
     tags=TAGS,
@@ -187,7 +186,7 @@ async def minutes_final(call: ApiCall) -> Any:
     "GET",
     "/meetings/{meeting_id}/minutes.docx",
     summary="The minutes as a Word document (.docx download)",
-    roles=EDIT_ROLES,
+    roles=MINUTES_EDIT_ROLES,
     tags=TAGS,
     errors=(404,),
 )

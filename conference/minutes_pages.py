@@ -31,7 +31,6 @@ from .minutes_export import (
 )
 from .scheduling.meetings import local_time
 from .scheduling.minutes import (
-    EDIT_ROLES,
     TEXT_FIELDS,
     MeetingNotFound,
     MinutesError,
@@ -43,6 +42,7 @@ from .scheduling.minutes import (
     refresh_minutes,
     save_minutes,
 )
+from .scheduling.permissions import MINUTES_EDIT_ROLES
 from .webauth import CurrentUser, database, gettext, page, render_page
 
 __all__ = ["setup_minutes"]
@@ -101,7 +101,7 @@ async def _page(
     )
 
 
-@page(EDIT_ROLES)
+@page(MINUTES_EDIT_ROLES)
 async def minutes_get(request: web.Request, user: CurrentUser) -> web.StreamResponse:
     return await _page(request, user, request.match_info["meeting_id"])
 
@@ -151,7 +151,7 @@ async def _act(
     return None
 
 
-@page(EDIT_ROLES)
+@page(MINUTES_EDIT_ROLES)
 async def minutes_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
     meeting_id = request.match_info["meeting_id"]
     form = await request.post()
@@ -166,7 +166,7 @@ async def minutes_post(request: web.Request, user: CurrentUser) -> web.StreamRes
     raise web.HTTPSeeOther(f"/meetings/{meeting_id}/minutes?saved=saved")
 
 
-@page(EDIT_ROLES)
+@page(MINUTES_EDIT_ROLES)
 async def refresh_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
     meeting_id = request.match_info["meeting_id"]
     version, root = _version(await request.post()), recordings_root(request)
@@ -180,7 +180,7 @@ async def refresh_post(request: web.Request, user: CurrentUser) -> web.StreamRes
     raise web.HTTPSeeOther(f"/meetings/{meeting_id}/minutes?saved=refreshed")
 
 
-@page(EDIT_ROLES)
+@page(MINUTES_EDIT_ROLES)
 async def final_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
     meeting_id = request.match_info["meeting_id"]
     form = await request.post()
@@ -199,7 +199,7 @@ async def final_post(request: web.Request, user: CurrentUser) -> web.StreamRespo
     raise web.HTTPSeeOther(f"/meetings/{meeting_id}/minutes?saved=final&marked={marked[0]}")
 
 
-@page(EDIT_ROLES)
+@page(MINUTES_EDIT_ROLES)
 async def print_get(request: web.Request, user: CurrentUser) -> web.StreamResponse:
     meeting_id = request.match_info["meeting_id"]
     try:
@@ -220,7 +220,7 @@ async def print_get(request: web.Request, user: CurrentUser) -> web.StreamRespon
     )
 
 
-@page(EDIT_ROLES)
+@page(MINUTES_EDIT_ROLES)
 async def docx_get(request: web.Request, user: CurrentUser) -> web.StreamResponse:
     try:
         result = await _load(request, user, request.match_info["meeting_id"])

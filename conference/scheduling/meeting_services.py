@@ -19,7 +19,7 @@ Shared by the meeting pages (conference/meeting_pages.py) and the JSON API
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -246,6 +246,10 @@ class MeetingData:
     recording_policy: str = "none"
     notes: str = ""
 
+    def arguments(self) -> dict[str, Any]:
+        """The fields as keyword arguments of the meeting services (create, update)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
 
 def _check_scope(
     session: Session,
@@ -293,17 +297,7 @@ def _creation(session: Session, actor: CurrentUser, data: MeetingData) -> dict[s
     if actor.role not in EDIT_ROLES:
         raise NotAllowed("create")
     _check_scope(session, actor, unit=data.unit, chair=data.chair, points=data.points)
-    return {
-        "title": data.title,
-        "unit": data.unit,
-        "chair": data.chair,
-        "start": data.start,
-        "end": data.end,
-        "points": data.points,
-        "agenda": data.agenda,
-        "recording_policy": data.recording_policy,
-        "notes": data.notes,
-    }
+    return data.arguments()
 
 
 def create_for(session: Session, actor: CurrentUser, data: MeetingData) -> svc.MeetingResult:

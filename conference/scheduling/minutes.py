@@ -62,16 +62,12 @@ from conference.scheduling.meeting_services import MeetingNotFound
 from conference.scheduling.meetings import ZONE, local_time
 from conference.scheduling.models import Meeting, Minutes, Point, Unit, User, utcnow
 from conference.scheduling.permissions import (
-    MINUTES_EDIT_ROLES,
-    MINUTES_FINAL_ROLES,
     CurrentUser,
     can_edit_minutes,
     can_finalize_minutes,
 )
 
 __all__ = [
-    "EDIT_ROLES",
-    "FINAL_ROLES",
     "FORMAT",
     "TEXT_FIELDS",
     "MeetingNotFound",
@@ -94,8 +90,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT = "conference-minutes/1"
-EDIT_ROLES = MINUTES_EDIT_ROLES
-FINAL_ROLES = MINUTES_FINAL_ROLES
 #: A speaking turn shorter than this (seconds) is noise of the active-speaker detection.
 MIN_TURN = 2.0
 #: Free-text fields of the document the secretary may change, and their maximum length.

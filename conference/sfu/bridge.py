@@ -599,6 +599,7 @@ class ForwardingReceiver:
         self._track: Any = None
         self._transport = transport
         self._codecs: dict[int, RTCRtpCodecParameters] = {}
+        self._codec_names: dict[int, str] = {}  # payload type -> lower-case codec name
         self._rtx_ssrc: dict[int, int] = {}
         self._rtcp_ssrc: int | None = None
         self._streams: dict[int, StreamStatistics] = {}
@@ -749,6 +750,9 @@ class ForwardingReceiver:
         codec = self._codecs.get(packet.payload_type)
         if codec is None:
             return
+        name = self._codec_names.get(packet.payload_type)
+        if name is None:  # once per payload type, not a string split per packet
+            name = self._codec_names[packet.payload_type] = codec.name.lower()
         self.packets_received += 1
         self.bytes_received += len(packet.payload) + 12
         self.last_packet_time = time.monotonic()
@@ -793,7 +797,7 @@ class ForwardingReceiver:
                     await self._send_remb(bitrate, remb[1])
 
         repaired = False
-        if codec.name.lower() == "rtx":
+        if name == "rtx":
             original_ssrc = self._rtx_ssrc.get(packet.ssrc)
             if original_ssrc is None:
                 original_ssrc = self._rtx_original(
@@ -836,7 +840,7 @@ class ForwardingReceiver:
                     await self._send_nack(packet.ssrc, lost)
 
         if self.sink is not None:
-            if codec.name.lower() == "red":
+            if name == "red":
                 await self._unwrap_red(packet, layer)
             else:
                 await self.sink.on_rtp(packet, repaired, layer)
