@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +28,80 @@ configure_ice_hosts(["127.0.0.1"])
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-" + "x" * 40
+
+
+#: media tests (Chromium, or marked slow) running at once beside the light ones
+MEDIA_SLOTS = 2
+
+
+@contextmanager
+def machine_share(alone: bool, media: bool) -> Iterator[None]:
+    """Share this 2-core machine between the xdist workers' tests.
+
+    The suite runs on several workers (pyproject.toml): most tests wait on real time.
+    Every test holds a shared lock; a test marked ``quiet`` measures frame rates, bit
+    rates or simulcast layers that a loaded machine would change (Chromium drops its
+    top layer when short of CPU), so it holds the lock exclusively: it waits until the
+    other workers' tests end and keeps them waiting while it runs (a turnstile gives it
+    priority over new tests).  A media test (Chromium pages, marked ``media`` or ``slow``) also
+    takes one of `MEDIA_SLOTS` slots: two of them starve each other of CPU, not of a
+    light test.  Outside xdist (``-n 0``) there is nothing to share.
+    """
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        yield
+        return
+    base = Path(tempfile.gettempdir()) / f"conference-tests-{run}"
+    with contextlib.ExitStack() as held:
+        turnstile = held.enter_context(open(f"{base}.turnstile", "a"))
+        lock = held.enter_context(open(f"{base}.lock", "a"))
+        if media and not alone:
+            held.enter_context(_media_slot(base))
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            if not alone:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _media_slot(base: Path) -> Iterator[None]:
+    slots = [open(f"{base}.media{n}", "a") for n in range(MEDIA_SLOTS)]
+    try:
+        while True:
+            for slot in slots:
+                try:
+                    fcntl.flock(slot, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                try:
+                    yield
+                finally:
+                    fcntl.flock(slot, fcntl.LOCK_UN)
+                return
+            time.sleep(0.1)
+    finally:
+        for slot in slots:
+            slot.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    alone = item.get_closest_marker("quiet") is not None
+    media = (
+        item.get_closest_marker("media") is not None
+        or item.get_closest_marker("slow") is not None
+        or "browser" in getattr(item, "fixturenames", ())
+    )
+    with machine_share(alone, media):
+        return (yield)
 
 
 @dataclass

@@ -48,6 +48,8 @@ from conference.tls import self_signed_certificate
 
 from .mediacheck import audio_frequency, increasing, video_numbers, wait_track, wait_tracks
 
+pytestmark = pytest.mark.media  # real-time media: shares the machine (tests/conftest.py)
+
 WIDTH, HEIGHT, FPS = 320, 240, 30
 FIRST_FRAME = 1000
 TONE_HZ = 660.0

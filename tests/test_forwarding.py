@@ -15,6 +15,8 @@ from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack
 
 from .mediacheck import audio_frequency, increasing, video_numbers, wait_track, wait_tracks
 
+pytestmark = pytest.mark.media  # real-time media: shares the machine (tests/conftest.py)
+
 
 async def test_one_publisher_three_subscribers_decode_content(server):
     chair = Client(server.url, "m1", server.token(identity="chair", role="chair"))

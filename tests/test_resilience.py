@@ -21,6 +21,8 @@ from .mediacheck import (
     wait_tracks,
 )
 
+pytestmark = pytest.mark.media  # real-time media: shares the machine (tests/conftest.py)
+
 
 async def test_late_subscriber_gets_a_picture_within_one_second(server):
     # aiortc's VP8 encoder makes a keyframe only at start and on request

@@ -18,7 +18,7 @@ from .test_browser import browser, join, wait_until
 
 __all__ = ["browser"]  # the fixture, shared with tests/test_browser.py
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.quiet]
 
 # what the publisher sends, per simulcast layer (rid)
 OUTBOUND_JS = """async () => {

@@ -50,7 +50,7 @@ from .test_browser import CHROMIUM, browser, open_invitation, wait_until
 
 __all__ = ["browser"]  # the fixture, shared with tests/test_browser.py
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.quiet]
 
 #: the capped viewer's downlink, kbit/s
 CAP_KBPS = 400

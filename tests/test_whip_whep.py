@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 
 from conference.client import Client, StreamCounter
 from conference.sfu.bridge import ForwardingReceiver
@@ -13,6 +14,8 @@ from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack
 from conference.whipclient import whep_watch, whip_publish
 
 from .mediacheck import audio_frequency, increasing, video_numbers, wait_track, wait_tracks
+
+pytestmark = pytest.mark.media  # real-time media: shares the machine (tests/conftest.py)
 
 
 async def test_whip_publisher_reaches_websocket_subscriber(server):

@@ -19,12 +19,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conference.client import Client
 from conference.recording.store import verify_directory
 from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack
 
 from ..conftest import ServerProcess, check_clean_exit, start_server
 from .files import consecutive, decode_audio, decode_video, frequency, manifests, onsets
+
+pytestmark = pytest.mark.media  # real-time media: shares the machine (tests/conftest.py)
 
 FPS = 15
 PATTERN = [(1.0, 1.0)]  # tone 1 s on, 1 s off: onsets at frames 0, 100, 200, ... (20 ms)
