@@ -4,21 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from aiortc import RTCIceServer
 
+from .realtime.briefing import Briefings
 from .scheduling.db import Database
 from .settings import Settings
 from .sfu.room import RoomRegistry
 from .tokens import RevocationList
 
 if TYPE_CHECKING:
-    from .access import MeetingPolicy
+    from .tokens import Claims
+
+
+class MeetingPolicy(Protocol):
+    """Who may enter a meeting now: the scheduling plane's hook into access control.
+
+    The server uses `conference.scheduling.lifecycle.MeetingLifecycle`;
+    `conference.realtime.access.OpenMeetings` accepts any meeting ID.
+    """
+
+    async def admit(self, claims: Claims) -> None:
+        """Raise `AccessError` if ``claims`` may not enter its meeting now."""
+
 
 SETTINGS = web.AppKey("settings", Settings)
 ROOMS = web.AppKey("rooms", RoomRegistry)
+BRIEFINGS = web.AppKey("briefings", Briefings)
 REVOKED = web.AppKey("revoked", RevocationList)
 MEETING_POLICY: web.AppKey[MeetingPolicy] = web.AppKey("meeting_policy")
 ICE_SERVERS = web.AppKey("ice_servers", list[RTCIceServer])

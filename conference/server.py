@@ -20,6 +20,7 @@ from . import __version__
 from .admin_pages import setup_admin
 from .api import setup_api
 from .appkeys import (
+    BRIEFINGS,
     DATABASE,
     ICE_SERVERS,
     ICE_SERVERS_JSON,
@@ -30,9 +31,12 @@ from .appkeys import (
     WEBSOCKETS,
 )
 from .library_pages import setup_library
-from .lobby import setup_lobby
 from .meeting_pages import setup_meetings
 from .minutes_pages import setup_minutes
+from .realtime.briefing import Briefings
+from .realtime.lobby import setup_lobby
+from .realtime.signaling import websocket_handler
+from .realtime.whip import session_delete, session_patch, whep_post, whip_post
 from .recording import jobs as compose_jobs
 from .recording import recorder as recording
 from .rsvp_pages import setup_rsvp
@@ -43,11 +47,9 @@ from .sfu.bridge import configure_ice_hosts
 from .sfu.participant import Participant
 from .sfu.room import RoomRegistry
 from .sfu.udp import loop_factory
-from .signaling import websocket_handler
 from .tokens import RevocationList
 from .web import setup_web
 from .webauth import setup_auth
-from .whip import session_delete, session_patch, whep_post, whip_post
 
 logger = logging.getLogger("conference")
 
@@ -142,7 +144,8 @@ def create_app(settings: Settings) -> web.Application:
             expires = datetime.fromtimestamp(participant.who.expires_at, UTC)
             revoked.revoke(participant.who.token_id, expires)
 
-    app[ROOMS].on_removed = revoke
+    app[BRIEFINGS] = Briefings(app[ROOMS])  # the chair's rules on every room
+    app[BRIEFINGS].on_removed = revoke
     app[ICE_SERVERS], app[ICE_SERVERS_JSON] = ice_servers(settings)
     app[WEBSOCKETS] = weakref.WeakSet()
     setup_web(app)
@@ -151,7 +154,7 @@ def create_app(settings: Settings) -> web.Application:
     # scheduled meetings: admission, lobby, start/end, attendance (ad-hoc rooms as before)
     lifecycle = MeetingLifecycle(app[DATABASE], settings)
     app[MEETING_POLICY] = lifecycle
-    app[ROOMS].on_created = setup_lobby(app, lifecycle).room_created
+    app[BRIEFINGS].on_created = setup_lobby(app, lifecycle).briefing_created
     app.router.add_get("/healthz", health)
     app.router.add_get("/ws/meetings/{meeting_id}", _tracked(websocket_handler))
     app.router.add_post("/whip/{meeting_id}", whip_post)

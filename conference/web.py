@@ -16,7 +16,7 @@ Templates and static files live in the top-level ``web/`` folder (no build step)
 Invitation links
 ----------------
 An invitation link is ``/m/{meeting}?token=JWT``.  The server verifies the token
-(:func:`conference.access.authenticate`), stores it in an HttpOnly, SameSite=Strict
+(:func:`conference.realtime.access.authenticate`), stores it in an HttpOnly, SameSite=Strict
 cookie scoped to ``/m/{meeting}`` (Secure under TLS), and redirects to the same URL
 without the token, so that the token leaves the address bar, the history and
 screenshots.  The page itself never sees the cookie: its script asks the same-origin
@@ -53,10 +53,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .access import AccessError, authenticate
 from .appkeys import DATABASE
 from .core.i18n import load_catalogue, web_dir
 from .core.identity import Identity
+from .realtime.access import AccessError, authenticate
 from .scheduling.db import DatabaseError
 from .scheduling.lifecycle import scheduled_id
 from .scheduling.models import Point

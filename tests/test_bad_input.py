@@ -29,10 +29,10 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcicetransport import candidate_to_aioice
 from aiortc.sdp import SessionDescription
 
-from conference import whip
-from conference.access import AccessError
 from conference.appkeys import MEETING_POLICY, REVOKED, ROOMS
 from conference.client import Client
+from conference.realtime import whip
+from conference.realtime.access import AccessError
 from conference.server import create_app
 from conference.settings import Settings
 from conference.testmedia import BarcodeVideoTrack

@@ -26,8 +26,8 @@ PACKAGE = ROOT / "conference"
 
 #: the web layer: HTTP pages, the page framework and the JSON API
 WEB = {"conference.web", "conference.webauth", "conference.api"}
-#: the real-time glue between the web, the domain and the media plane
-REALTIME = {"conference.signaling", "conference.lobby", "conference.whip", "conference.access"}
+#: the real-time layer: signaling, the briefing rules, the lobby, WHIP/WHEP, access
+REALTIME = "conference.realtime"
 
 
 def is_web(module: str) -> bool:
@@ -133,7 +133,7 @@ def forbidden(source: str, target: str) -> str | None:
     ):
         return "the media plane imports only sfu and core"
     if source.startswith("conference.scheduling") and (
-        is_web(target) or target.startswith("conference.sfu") or target in REALTIME
+        is_web(target) or target.startswith(("conference.sfu", REALTIME))
     ):
         return "the domain imports neither the web layer, the media plane nor the real-time glue"
     if is_web(source) and target.startswith("conference.sfu"):

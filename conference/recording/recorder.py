@@ -326,7 +326,7 @@ class MeetingRecorder:
         self._event("recording-stop", reason=reason)
         self.room.recording = False
         if not self.room.closed:
-            self.room.schedule_broadcast()
+            self.room.changed()
         manifest = self.build("finalizing")
         try:
             write_manifest(self.manifest_path, manifest)
@@ -527,7 +527,7 @@ def start(room: Room, started_by: dict[str, Any] | None = None) -> MeetingRecord
     except OSError as exc:
         raise RecordingError("recording-failed", f"cannot write the recording: {exc}") from exc
     _recorders[room] = recorder
-    room.schedule_broadcast()
+    room.changed()
     return recorder
 
 

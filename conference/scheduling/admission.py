@@ -1,4 +1,4 @@
-"""Who may enter a meeting's room: a `MeetingPolicy` (conference/access.py) on the database.
+"""Who may enter a meeting's room: a `MeetingPolicy` (conference/appkeys.py) on the database.
 
 `check_admission(session, claims, settings, now)` refuses, with an `AccessError` (code,
 message, HTTP status), unless:

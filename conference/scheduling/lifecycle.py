@@ -1,6 +1,6 @@
 """The meeting lifecycle as the media plane sees it: who enters now, start, end, attendance.
 
-Database side of the lobby (conference/lobby.py).  Everything here is a synchronous
+Database side of the lobby (conference/realtime/lobby.py).  Everything here is a synchronous
 function on a `Session`, run by `MeetingLifecycle` through `Database.run`.
 
 Scheduled and ad-hoc meetings
@@ -135,7 +135,7 @@ def _end(session: Session, meeting_id: int) -> str:
 
 
 class MeetingLifecycle:
-    """`MeetingPolicy` (conference/access.py) of the server, and the lobby's database calls.
+    """`MeetingPolicy` (conference/appkeys.py) of the server, and the lobby's database calls.
 
     ``admit`` raises for a refusal and lets through what the lobby decides (guests, early
     points); `verdict` gives the lobby the details.  Verdicts are remembered per meeting

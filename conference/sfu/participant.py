@@ -78,7 +78,7 @@ class Participant:
         self.transport = transport  # "websocket", "whip" or "whep"
         self.signal = signal
         # closes the signaling channel with a reason (set by the WebSocket handler)
-        self.disconnect: Callable[[int, str], Awaitable[None]] | None = None
+        self.disconnect: Callable[[str], Awaitable[None]] | None = None
         # the server's own ICE agent needs STUN at most: handing it TURN would
         # make it allocate a relay per peer connection
         self.ice_servers = [
@@ -109,7 +109,6 @@ class Participant:
         self._negotiation_task: asyncio.Task[None] | None = None
         self._answer: asyncio.Future[str] | None = None
         self.joined_at = time.time()
-        self.hand_raised = False
         #: link profile (high, low, audio): the highest layer it receives (the page
         #: applies it to what it sends); set by the page or the chair
         self.profile = "high"

@@ -1,12 +1,10 @@
-"""Room: the live media session of one meeting, and the registry of rooms."""
+"""Room: one meeting's live media session (no meeting rules: see `RoomEvents`); the registry."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-import unicodedata
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -23,42 +21,6 @@ WATCHDOG_TICK = 1.0
 CONNECT_TIMEOUT = 20.0
 MEDIA_SILENCE_TIMEOUT = 15.0
 
-# WebSocket close codes for the reasons a room ends a session (docs/PROTOCOL.md)
-CLOSE_CODES = {"replaced": 4409, "server-shutdown": 1001}
-
-# the chaired briefing (docs/PROTOCOL.md, "Chairing the meeting")
-REJOIN_GRACE = 30.0  # a dropped point keeps its raised hand and the floor this long
-CHAT_HISTORY = 50  # messages sent to a page when it joins
-MAX_CHAT_CHARS = 1000
-CHAT_RATE = (10, 10.0)  # at most 10 messages in 10 s per participant
-MAX_REASON_CHARS = 200
-ENDED_MEMORY = 12 * 3600.0  # an ended meeting refuses joins this long (in memory)
-
-
-def printable_text(text: str, limit: int, multiline: bool = True) -> str:
-    """User text made safe to show and log: NFC, no control or bidi-override characters.
-
-    Pages render it as text (never HTML); this removes what could still mislead a
-    reader (a right-to-left override reversing a name, invisible characters) and
-    collapses blank lines.  Raises ValueError when nothing is left or it is too long.
-    """
-    text = unicodedata.normalize("NFC", text)
-    kept = []
-    for char in text:
-        if char == "\n" and multiline:
-            kept.append(char)
-        elif char in "\t\n\r":
-            kept.append(" ")
-        elif unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co", "Cn"):
-            kept.append(char)
-    lines = [line.rstrip() for line in "".join(kept).strip().split("\n")]
-    cleaned = "\n".join(line for i, line in enumerate(lines) if line or (i and lines[i - 1]))
-    if not cleaned:
-        raise ValueError("the text is empty")
-    if len(cleaned) > limit:
-        raise ValueError(f"the text is longer than {limit} characters")
-    return cleaned
-
 
 class RoomError(Exception):
     """A room refused an operation; ``code`` is the protocol error code."""
@@ -67,6 +29,42 @@ class RoomError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class RoomEvents:
+    """What a room asks and reports to the layer above it; these defaults do nothing.
+
+    The media plane holds no meeting rules: the chaired briefing
+    (conference/realtime/briefing.py) implements these to admit joins, hold
+    microphones, tell the pages, and keep its state across rejoins.
+    """
+
+    def admit(self, participant: Participant) -> None:
+        """Before a join: raise `RoomError` to refuse it."""
+
+    def joined(self, participant: Participant) -> None:
+        """After a join, before it subscribes to anything."""
+
+    async def departed(self, participant: Participant, reason: str, message: str | None) -> None:
+        """A participant is gone from the room; its connections close next."""
+
+    def publication_added(self, publication: Publication) -> None:
+        """A new publication, before anyone subscribes to it (it may be blocked here)."""
+
+    async def speaker_changed(self, participant_id: str | None) -> None:
+        """The active speaker changed."""
+
+    def layers_changed(self, publication: Publication, active: list[bool]) -> None:
+        """Dynacast: the simulcast layers anyone receives changed."""
+
+    def changed(self) -> None:
+        """Something a participant list would show changed."""
+
+    def tick(self, now: float) -> None:
+        """Once a second (``time.monotonic()``)."""
+
+    def closed(self) -> None:
+        """The room closed (every participant has left)."""
 
 
 class Room:
@@ -83,8 +81,7 @@ class Room:
         media_timeout: float = MEDIA_SILENCE_TIMEOUT,
     ) -> None:
         self.meeting_id = meeting_id
-        # called before a moderator removes a participant (the server revokes its token)
-        self.on_removed: Callable[[Participant], None] | None = None
+        self.events = RoomEvents()  # replaced by the layer above (a briefing)
         self.connect_timeout = connect_timeout
         self.media_timeout = media_timeout
         self.public_ip = public_ip
@@ -98,20 +95,7 @@ class Room:
         self.recording = False  # set by conference.recording while a recorder runs
         #: Observers (the recorder): ``observer(event, subject, detail)``, see `_notify`.
         self.observers: list[Callable[[str, Any, str | None], None]] = []
-        self.ended = False  # the chair ended the meeting for everyone
-        # the chaired briefing, by identity so that it survives a point's rejoin
-        self.locked = False
-        self.floor: str | None = None  # identity of the floor holder
-        self.hands: list[tuple[str, float]] = []  # (identity, time raised), in order
-        self.held: set[str] = set()  # identities whose microphone the chair holds muted
-        self.invited: set[str] = set()  # held identities asked to unmute (consent lifts it)
-        self.admitted: set[str] = set()  # identities that joined (may rejoin a locked room)
-        self.absent_since: dict[str, float] = {}  # identity -> monotonic time it left
-        self.chat: deque[dict[str, Any]] = deque(maxlen=CHAT_HISTORY)
-        self._chat_times: dict[str, deque[float]] = {}
-        self._chat_seq = 0
         self._on_empty = on_empty
-        self._broadcast_handle: asyncio.TimerHandle | None = None
         self.bandwidth = BandwidthManager(self)
         self.bandwidth.on_layers = self._layers_changed
         self._tasks: list[asyncio.Task[None]] = [
@@ -125,9 +109,7 @@ class Room:
         """Add ``participant``; returns the sessions it replaced (same identity)."""
         if self.closed:
             raise RoomError("room-closed", "the meeting room is closed")
-        identity = participant.who.identity
-        if self.locked and not participant.who.moderate and identity not in self.admitted:
-            raise RoomError("room-locked", "the chair has locked the meeting")
+        self.events.admit(participant)
         replaced = [
             p
             for p in self.participants.values()
@@ -138,8 +120,7 @@ class Room:
         for old in replaced:
             await self.leave(old.id, "replaced", close_room=False)
         self.participants[participant.id] = participant
-        self.admitted.add(identity)
-        self.absent_since.pop(identity, None)
+        self.events.joined(participant)
         if participant.auto_subscribe:
             for publication in self.publications():
                 participant.subscribe(publication)
@@ -151,7 +132,7 @@ class Room:
             participant.transport,
         )
         self._notify("joined", participant)
-        self.schedule_broadcast()
+        self.changed()
         return replaced
 
     async def leave(
@@ -161,177 +142,36 @@ class Room:
         close_room: bool = True,
         message: str | None = None,
     ) -> None:
-        """Remove a participant; unless it asked to leave, tell it why and hang up."""
+        """Remove a participant; unless it asked to leave, its signaling is hung up."""
         participant = self.participants.pop(participant_id, None)
         if participant is None:
             return
         logger.info("room %s: %s left (%s)", self.meeting_id, participant_id, reason)
         self._notify("left", participant, reason)
-        identity = participant.who.identity
-        if not any(p.who.identity == identity for p in self.participants.values()):
-            self.absent_since[identity] = time.monotonic()
-        self._chat_times.pop(participant_id, None)
         self.bandwidth.forget(participant_id)
-        if reason != "left":
-            notice: dict[str, Any] = {"type": "leave", "reason": reason}
-            if message:
-                notice["message"] = message
-            await participant.send(notice)
+        await self.events.departed(participant, reason, message)
         self.speaker.remove(participant_id)
         self.program.participant_left(participant)
         await participant.close()
         if reason != "left" and participant.disconnect is not None:
-            await participant.disconnect(CLOSE_CODES.get(reason, 4410), reason)
-        self.schedule_broadcast()
+            await participant.disconnect(reason)
+        self.changed()
         if close_room and not self.participants:
             await self.close()
 
-    async def remove(
-        self, participant_id: str, reason: str = "removed", message: str | None = None
-    ) -> Participant | None:
-        """Remove a participant on a moderator's order; its token cannot rejoin."""
-        participant = self.participants.get(participant_id)
-        if participant is not None:
-            if self.on_removed is not None:
-                self.on_removed(participant)
-            await self.leave(participant.id, reason, close_room=False, message=message)
-            self._forget(participant.who.identity)
-        return participant
-
     def block(self, participant_id: str, source: str, blocked: bool) -> bool:
-        """Stop (or resume) forwarding a participant's publication: a moderator's mute.
-
-        A held microphone stays held across the point's rejoins (by identity).
-        """
+        """Stop (or resume) forwarding a participant's publications from ``source``."""
         participant = self.participants.get(participant_id)
         if participant is None:
             return False
         found = [p for p in participant.publications.values() if p.source == source]
         for publication in found:
             publication.blocked = blocked
-        if source == "microphone" and found:
-            if blocked:
-                self.held.add(participant.who.identity)
-            else:
-                self.held.discard(participant.who.identity)
-                self.invited.discard(participant.who.identity)
-        if found:
-            self.schedule_broadcast()
         return bool(found)
 
-    # -- chairing ----------------------------------------------------------------------
-    async def hold(self, identity: str, held: bool) -> None:
-        """Hold (or release) the microphones of ``identity``; tell each changed session."""
-        if held:
-            self.held.add(identity)
-        else:
-            self.held.discard(identity)
-            self.invited.discard(identity)
-        for participant in list(self.participants.values()):
-            if participant.who.identity != identity:
-                continue
-            changed = False
-            for publication in participant.publications.values():
-                if publication.source == "microphone" and publication.blocked != held:
-                    publication.blocked = held
-                    changed = True
-            if changed:
-                await participant.send(
-                    {"type": "muted-by-moderator", "source": "microphone", "muted": held}
-                )
-        self.schedule_broadcast()
-
-    def _chair_side(self, identity: str) -> bool:
-        """The chair's own sessions (moderate grant) are never muted by the room."""
-        return any(p.who.moderate for p in self.participants.values() if p.who.identity == identity)
-
-    async def give_floor(self, participant: Participant) -> None:
-        """``participant`` speaks: released and shown large; every other point is held."""
-        identity = participant.who.identity
-        self.floor = identity
-        self.hands = [hand for hand in self.hands if hand[0] != identity]
-        for other in {p.who.identity for p in self.participants.values()}:
-            if other != identity and not self._chair_side(other):
-                await self.hold(other, True)
-        await self.hold(identity, False)
-        await self.broadcast({"type": "floor", "participant": participant.id})
-        self.program.refresh()
-
-    async def take_floor(self) -> None:
-        """End the floor: its holder is held again (unless it is the chair side)."""
-        identity, self.floor = self.floor, None
-        if identity is not None and not self._chair_side(identity):
-            await self.hold(identity, True)
-        await self.broadcast({"type": "floor", "participant": None})
-        self.schedule_broadcast()
-
-    async def mute_all(self) -> None:
-        """Hold every microphone but the chair side's; ends the floor."""
-        if self.floor is not None:
-            self.floor = None
-            await self.broadcast({"type": "floor", "participant": None})
-        for identity in {p.who.identity for p in self.participants.values()}:
-            if not self._chair_side(identity):
-                await self.hold(identity, True)
-
-    def raise_hand(self, identity: str, raised: bool) -> bool:
-        """Add to (or take off) the queue of requests to speak; False if nothing changed."""
-        queued = any(hand[0] == identity for hand in self.hands)
-        if raised == queued:
-            return False
-        if raised:
-            self.hands.append((identity, time.time()))
-        else:
-            self.hands = [hand for hand in self.hands if hand[0] != identity]
-        self.schedule_broadcast()
-        return True
-
-    def add_chat(self, participant: Participant, text: str) -> dict[str, Any]:
-        """Record a chat message (rate-limited per session); returns it for broadcast."""
-        limit, window = CHAT_RATE
-        now = time.monotonic()
-        times = self._chat_times.setdefault(participant.id, deque())
-        while times and now - times[0] > window:
-            times.popleft()
-        if len(times) >= limit:
-            raise RoomError("rate-limited", f"at most {limit} chat messages in {window:.0f} s")
-        times.append(now)
-        self._chat_seq += 1
-        message = {
-            "type": "chat",
-            "id": self._chat_seq,
-            "participant": participant.id,
-            "identity": participant.who.identity,
-            "name": participant.who.name,
-            "role": participant.who.role,
-            "text": printable_text(text, MAX_CHAT_CHARS),
-            "at": int(time.time() * 1000),
-        }
-        self.chat.append(message)
-        return message
-
-    async def end(self) -> None:
-        """The chair ends the meeting for everyone; the meeting refuses joins from now on."""
-        self.ended = True
-        await self.close("meeting-ended")
-
-    def _forget(self, identity: str) -> None:
-        """Drop the chairing state of an identity that is gone for good."""
-        self.hands = [hand for hand in self.hands if hand[0] != identity]
-        if self.floor == identity:
-            self.floor = None
-        self.invited.discard(identity)
-        self.admitted.discard(identity)
-        self.absent_since.pop(identity, None)
-        self.schedule_broadcast()
-
-    def _identity_ids(self) -> dict[str, str]:
-        """identity -> participant id of its browser session (else any session)."""
-        ids: dict[str, str] = {}
-        for participant in self.participants.values():
-            if participant.transport == "websocket" or participant.who.identity not in ids:
-                ids[participant.who.identity] = participant.id
-        return ids
+    def changed(self) -> None:
+        """Report a change the participant list shows (a mute, the recording flag)."""
+        self.events.changed()
 
     def get(self, participant_id: str) -> Participant | None:
         participant = self.participants.get(participant_id)
@@ -372,47 +212,22 @@ class Room:
 
     # -- publications ------------------------------------------------------------
     def publication_added(self, publication: Publication) -> None:
-        owner = self.participants.get(publication.participant_id)
-        if publication.source == "microphone" and owner is not None:
-            identity = owner.who.identity
-            if (
-                self.floor is not None
-                and identity != self.floor
-                and not owner.who.moderate
-                and identity not in self.held
-            ):
-                self.held.add(identity)  # a point joining during the floor is held too
-            if identity in self.held:
-                publication.blocked = True
-                asyncio.ensure_future(
-                    owner.send(
-                        {"type": "muted-by-moderator", "source": "microphone", "muted": True}
-                    )
-                )
+        self.events.publication_added(publication)  # may block it before anyone receives it
         for participant in self.participants.values():
             if participant.auto_subscribe and participant.id != publication.participant_id:
                 participant.subscribe(publication)
         self.program.refresh()
-        self.schedule_broadcast()
+        self.changed()
         self._notify("publication-added", publication)
 
     def publication_removed(self, publication: Publication) -> None:
         self.bandwidth.publication_gone(publication.id)
         self._notify("publication-removed", publication)
         self.program.refresh()
-        self.schedule_broadcast()
+        self.changed()
 
     def _layers_changed(self, publication: Publication, active: list[bool]) -> None:
-        """Dynacast: tell the publisher which simulcast layers to encode."""
-        owner = self.participants.get(publication.participant_id)
-        if owner is not None:
-            message = {
-                "type": "layers",
-                "publication": publication.id,
-                "rids": [layer.rid for layer in publication.layers],
-                "active": active,
-            }
-            asyncio.ensure_future(owner.send(message))
+        self.events.layers_changed(publication, active)
 
     def _notify(self, event: str, subject: Any, detail: str | None = None) -> None:
         """Tell the observers (joined, left, publication-added/-removed, speaker, closed).
@@ -438,7 +253,7 @@ class Room:
                     self._notify("speaker", current)
                     logger.debug("room %s: speaker %s", self.meeting_id, current)
                     self.program.refresh()
-                    await self.broadcast({"type": "speaker", "participant": current})
+                    await self.events.speaker_changed(current)
         except asyncio.CancelledError:
             pass
 
@@ -452,12 +267,7 @@ class Room:
                     reason = self._stale(participant, now)
                     if reason is not None:
                         await self.leave(participant.id, reason)
-                for identity, since in list(self.absent_since.items()):
-                    if now - since > REJOIN_GRACE:
-                        admitted = identity in self.admitted
-                        self._forget(identity)
-                        if admitted:  # gone, but it may still rejoin a locked room
-                            self.admitted.add(identity)
+                self.events.tick(now)
         except asyncio.CancelledError:
             pass
 
@@ -477,58 +287,15 @@ class Room:
                 return "media-timeout"
         return None
 
-    # -- state to clients ---------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        ids = self._identity_ids()
-        hands = [identity for identity, _ in self.hands if identity in ids]
-        return {
-            "type": "room",
-            "meeting": self.meeting_id,
-            "participants": [
-                p.describe()
-                | {
-                    "moderator": p.who.moderate,
-                    "hand": p.who.identity in hands,
-                    "floor": p.who.identity == self.floor,
-                }
-                for p in self.participants.values()
-            ],
-            "speaker": self.speaker.current,
-            "recording": self.recording,
-            "floor": ids.get(self.floor) if self.floor is not None else None,
-            "hands": [
-                {"participant": ids[identity], "at": int(at * 1000)}
-                for identity, at in self.hands
-                if identity in ids
-            ],
-            "locked": self.locked,
-        }
-
-    def schedule_broadcast(self) -> None:
-        if self._broadcast_handle is not None or self.closed:
-            return
-        loop = asyncio.get_running_loop()
-
-        def fire() -> None:
-            self._broadcast_handle = None
-            asyncio.ensure_future(self.broadcast(self.state()))
-
-        self._broadcast_handle = loop.call_later(0.05, fire)
-
-    async def broadcast(self, message: dict[str, Any]) -> None:
-        for participant in list(self.participants.values()):
-            await participant.send(message)
-
     async def close(self, reason: str = "room-closed") -> None:
         if self.closed:
             return
         self.closed = True
         for task in self._tasks:
             task.cancel()
-        if self._broadcast_handle is not None:
-            self._broadcast_handle.cancel()
         for participant_id in list(self.participants):
             await self.leave(participant_id, reason, close_room=False)
+        self.events.closed()
         self._notify("closed", self)
         if self._on_empty is not None:
             self._on_empty(self)
@@ -545,18 +312,15 @@ class RoomRegistry:
         public_ip: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         media_timeout: float = MEDIA_SILENCE_TIMEOUT,
-        on_removed: Callable[[Participant], None] | None = None,
     ) -> None:
         self.public_ip = public_ip
-        self.on_removed = on_removed
         self.connect_timeout = connect_timeout
         self.media_timeout = media_timeout
         self.max_rooms = max_rooms
         self.max_participants = max_participants
         self.video_codec = video_codec
         self.rooms: dict[str, Room] = {}
-        self.ended: dict[str, float] = {}  # meeting id -> monotonic time the chair ended it
-        #: called with every new room (conference/lobby.py observes it)
+        #: called with every new room (conference/realtime/briefing.py opens its briefing)
         self.on_created: Callable[[Room], None] | None = None
 
     def get(self, meeting_id: str) -> Room | None:
@@ -567,12 +331,6 @@ class RoomRegistry:
         room = self.get(meeting_id)
         if room is not None:
             return room
-        now = time.monotonic()
-        for ended, at in list(self.ended.items()):
-            if now - at > ENDED_MEMORY:
-                del self.ended[ended]
-        if meeting_id in self.ended:
-            raise RoomError("meeting-ended", "the chair has ended this meeting")
         if len(self.rooms) >= self.max_rooms:
             raise RoomError("server-full", "this server has reached its number of rooms")
         room = Room(
@@ -584,15 +342,12 @@ class RoomRegistry:
             connect_timeout=self.connect_timeout,
             media_timeout=self.media_timeout,
         )
-        room.on_removed = self.on_removed
         self.rooms[meeting_id] = room
         if self.on_created is not None:
-            self.on_created(room)  # the lobby's attendance and end hooks (conference/lobby.py)
+            self.on_created(room)
         return room
 
     def _closed(self, room: Room) -> None:
-        if room.ended:
-            self.ended[room.meeting_id] = time.monotonic()
         if self.rooms.get(room.meeting_id) is room:
             del self.rooms[room.meeting_id]
 

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conference.access import AccessError, MeetingPolicy
+from conference.appkeys import MeetingPolicy
+from conference.realtime.access import AccessError
 from conference.scheduling import db
 from conference.scheduling.admission import check_admission
 from conference.scheduling.attendance import list_events, presence, record_event

@@ -1,6 +1,6 @@
 """Turning a bearer token into a participant identity, for every media endpoint.
 
-The scheduling plane plugs in through :class:`MeetingPolicy`: the server uses
+The scheduling plane plugs in through `conference.appkeys.MeetingPolicy`: the server uses
 `conference.scheduling.lifecycle.MeetingLifecycle` (scheduled meetings get the
 meeting policy and the lobby, other meeting IDs are ad-hoc rooms);
 :class:`OpenMeetings` accepts any meeting ID (tests, embedding).
@@ -8,19 +8,12 @@ meeting policy and the lobby, other meeting IDs are ad-hoc rooms);
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from aiohttp import web
 
-from .appkeys import MEETING_POLICY, REVOKED, SETTINGS
-from .core.errors import AccessError
-from .core.identity import Identity
-from .tokens import Claims, TokenError, verify_token
-
-
-class MeetingPolicy(Protocol):
-    async def admit(self, claims: Claims) -> None:
-        """Raise :class:`AccessError` if ``claims`` may not enter its meeting now."""
+from ..appkeys import MEETING_POLICY, REVOKED, SETTINGS
+from ..core.errors import AccessError
+from ..core.identity import Identity
+from ..tokens import Claims, TokenError, verify_token
 
 
 class OpenMeetings:

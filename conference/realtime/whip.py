@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from ..appkeys import BRIEFINGS, ICE_SERVERS, ICE_SERVERS_JSON, ROOMS
+from ..core.identity import Identity
+from ..sfu.participant import NegotiationError, Participant
+from ..sfu.room import Room, RoomError
 from .access import AccessError, authenticate
-from .appkeys import ICE_SERVERS, ICE_SERVERS_JSON, ROOMS
-from .core.identity import Identity
 from .lobby import direct as lobby_direct
-from .sfu.participant import NegotiationError, Participant
-from .sfu.room import Room, RoomError
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
         raise _http(403, "forbidden", "this token may not publish")
     sdp = await _read_offer(request)
     try:
-        room = request.app[ROOMS].get_or_create(meeting_id)
+        room = request.app[BRIEFINGS].open(meeting_id).room
     except RoomError as exc:
         raise _http(503, exc.code, exc.message) from exc
     participant = Participant(

@@ -4,7 +4,7 @@ The media plane's side of the meeting lifecycle (the database side is
 conference/scheduling/lifecycle.py).  Ad-hoc rooms (meeting ids that are not meetings of
 the database) never see any of this.
 
-* **Waiting.**  A WebSocket join (conference/signaling.py) goes through `gate` after the
+* **Waiting.**  A WebSocket join (conference/realtime/signaling.py) goes through `gate` after the
   token is verified.  A point that arrives while its meeting is still ``scheduled`` gets
   ``{"type": "lobby", ...}`` and waits; it may send ``ping`` or ``leave`` meanwhile.
   The wait ends when the chair starts the meeting (admitted: the usual ``joined``
@@ -18,7 +18,7 @@ the database) never see any of this.
   also in a live meeting, until a moderator sends ``admit`` (the identity is added to the
   room's in-memory allow list; it enters at once if the meeting is live, at the start
   otherwise) or ``refuse``.  Moderators get ``lobby-state`` (who waits) on every change.
-* **End.**  When the chair ends the room for everyone (``end-meeting``, `Room.end`), the
+* **End.**  When the chair ends the room for everyone (``end-meeting``, `Briefing.end`), the
   meeting is marked ended in the database; waiting participants are told and new joins
   are refused.
 * **Attendance.**  Every join and leave of a scheduled meeting's room (WebSocket and
@@ -40,15 +40,16 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from ..appkeys import MEETING_POLICY, SETTINGS
+from ..core.identity import Identity
+from ..recording import recorder as recording
+from ..scheduling.errors import SchedulingError
+from ..scheduling.lifecycle import MeetingLifecycle, Verdict
+from ..sfu.participant import Participant
+from ..sfu.room import Room, RoomError
+from ..tokens import TokenError, verify_token
 from .access import AccessError
-from .appkeys import MEETING_POLICY, SETTINGS
-from .core.identity import Identity
-from .recording import recorder as recording
-from .scheduling.errors import SchedulingError
-from .scheduling.lifecycle import MeetingLifecycle, Verdict
-from .sfu.participant import Participant
-from .sfu.room import Room, RoomError
-from .tokens import TokenError, verify_token
+from .briefing import Briefing
 
 __all__ = [
     "LOBBY",
@@ -132,8 +133,9 @@ class Lobby:
         return lobby
 
     # -- room hooks ------------------------------------------------------------------
-    def room_created(self, room: Room) -> None:
+    def briefing_created(self, briefing: Briefing) -> None:
         """Registry hook: observe the room for attendance and its end."""
+        room = briefing.room
         meeting = room.meeting_id
         self.rooms[meeting] = room
 
@@ -145,7 +147,7 @@ class Lobby:
             elif event == "closed":
                 if self.rooms.get(meeting) is room:
                     del self.rooms[meeting]
-                if room.ended:
+                if briefing.ended:
                     self._ended(meeting)
 
         room.observers.append(observe)

@@ -1,0 +1,450 @@
+"""The chaired briefing: the meeting rules on top of a media room.
+
+A `Room` (conference/sfu/room.py) forwards media and knows nothing of chairs and
+points: it asks its events object (`RoomEvents`) before a join and reports joins,
+departures, new publications, the speaker, simulcast layers and changes.  A
+`Briefing` is that object for a meeting: it holds the chair's state (the floor, raised
+hands, held microphones, consent to unmute, the lock, the chat and its rate limit),
+keeps it across a point's rejoin (by identity, for `REJOIN_GRACE`), and builds the
+signaling messages that tell the pages (docs/PROTOCOL.md, "Chairing the meeting").
+`Briefings` opens one per live room and remembers ended meetings.
+
+Policy refusals raise `RoomError` (an ``error`` message with its code) or
+`PermissionError` (``forbidden``); checking a message's shape is the caller's work
+(conference/realtime/messages.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import unicodedata
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..sfu.participant import Participant
+from ..sfu.publication import Publication
+from ..sfu.room import Room, RoomError, RoomEvents, RoomRegistry
+
+logger = logging.getLogger(__name__)
+
+REJOIN_GRACE = 30.0  # a dropped point keeps its raised hand and the floor this long
+CHAT_HISTORY = 50  # messages sent to a page when it joins
+MAX_CHAT_CHARS = 1000
+CHAT_RATE = (10, 10.0)  # at most 10 messages in 10 s per participant
+MAX_REASON_CHARS = 200
+ENDED_MEMORY = 12 * 3600.0  # an ended meeting refuses joins this long (in memory)
+BROADCAST_DELAY = 0.05  # changes within this time go out as one room state
+
+
+def printable_text(text: str, limit: int, multiline: bool = True) -> str:
+    """User text made safe to show and log: NFC, no control or bidi-override characters.
+
+    Pages render it as text (never HTML); this removes what could still mislead a
+    reader (a right-to-left override reversing a name, invisible characters) and
+    collapses blank lines.  Raises ValueError when nothing is left or it is too long.
+    """
+    text = unicodedata.normalize("NFC", text)
+    kept = []
+    for char in text:
+        if char == "\n" and multiline:
+            kept.append(char)
+        elif char in "\t\n\r":
+            kept.append(" ")
+        elif unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            kept.append(char)
+    lines = [line.rstrip() for line in "".join(kept).strip().split("\n")]
+    cleaned = "\n".join(line for i, line in enumerate(lines) if line or (i and lines[i - 1]))
+    if not cleaned:
+        raise ValueError("the text is empty")
+    if len(cleaned) > limit:
+        raise ValueError(f"the text is longer than {limit} characters")
+    return cleaned
+
+
+def muted_notice(source: str, muted: bool) -> dict[str, Any]:
+    return {"type": "muted-by-moderator", "source": source, "muted": muted}
+
+
+class Briefing(RoomEvents):
+    """The chair's rules for one room; its state is kept by identity across rejoins."""
+
+    def __init__(
+        self,
+        room: Room,
+        on_removed: Callable[[Participant], None] | None = None,
+        on_closed: Callable[[Briefing], None] | None = None,
+    ) -> None:
+        self.room = room
+        #: called before the chair removes a participant (the server revokes its token)
+        self.on_removed = on_removed
+        self._on_closed = on_closed
+        self.ended = False  # the chair ended the meeting for everyone
+        self.locked = False
+        self.floor: str | None = None  # identity of the floor holder
+        self.hands: list[tuple[str, float]] = []  # (identity, time raised), in order
+        self.held: set[str] = set()  # identities whose microphone the chair holds muted
+        self.invited: set[str] = set()  # held identities asked to unmute (consent lifts it)
+        self.admitted: set[str] = set()  # identities that joined (may rejoin a locked room)
+        self.absent_since: dict[str, float] = {}  # identity -> monotonic time it left
+        self.chat: deque[dict[str, Any]] = deque(maxlen=CHAT_HISTORY)
+        self._chat_times: dict[str, deque[float]] = {}
+        self._chat_seq = 0
+        self._broadcast_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def meeting_id(self) -> str:
+        return self.room.meeting_id
+
+    # -- what the room reports (RoomEvents) ------------------------------------------
+    def admit(self, participant: Participant) -> None:
+        identity = participant.who.identity
+        if self.locked and not participant.who.moderate and identity not in self.admitted:
+            raise RoomError("room-locked", "the chair has locked the meeting")
+
+    def joined(self, participant: Participant) -> None:
+        self.admitted.add(participant.who.identity)
+        self.absent_since.pop(participant.who.identity, None)
+
+    async def departed(self, participant: Participant, reason: str, message: str | None) -> None:
+        identity = participant.who.identity
+        if not any(p.who.identity == identity for p in self.room.participants.values()):
+            self.absent_since[identity] = time.monotonic()
+        self._chat_times.pop(participant.id, None)
+        if reason != "left":  # it did not ask to leave: tell it why
+            notice: dict[str, Any] = {"type": "leave", "reason": reason}
+            if message:
+                notice["message"] = message
+            await participant.send(notice)
+
+    def publication_added(self, publication: Publication) -> None:
+        """A held point's new microphone is held before anyone receives it."""
+        owner = self.room.participants.get(publication.participant_id)
+        if publication.source != "microphone" or owner is None:
+            return
+        identity = owner.who.identity
+        if (
+            self.floor is not None
+            and identity != self.floor
+            and not owner.who.moderate
+            and identity not in self.held
+        ):
+            self.held.add(identity)  # a point joining during the floor is held too
+        if identity in self.held:
+            publication.blocked = True
+            asyncio.ensure_future(owner.send(muted_notice("microphone", True)))
+
+    async def speaker_changed(self, participant_id: str | None) -> None:
+        await self.broadcast({"type": "speaker", "participant": participant_id})
+
+    def layers_changed(self, publication: Publication, active: list[bool]) -> None:
+        """Dynacast: tell the publisher which simulcast layers to encode."""
+        owner = self.room.participants.get(publication.participant_id)
+        if owner is not None:
+            message = {
+                "type": "layers",
+                "publication": publication.id,
+                "rids": [layer.rid for layer in publication.layers],
+                "active": active,
+            }
+            asyncio.ensure_future(owner.send(message))
+
+    def changed(self) -> None:
+        """Send the room state to every page, once for the changes of `BROADCAST_DELAY`."""
+        if self._broadcast_handle is not None or self.room.closed:
+            return
+
+        def fire() -> None:
+            self._broadcast_handle = None
+            asyncio.ensure_future(self.broadcast(self.state()))
+
+        self._broadcast_handle = asyncio.get_running_loop().call_later(BROADCAST_DELAY, fire)
+
+    def tick(self, now: float) -> None:
+        """A point gone longer than `REJOIN_GRACE` loses its hand and the floor."""
+        for identity, since in list(self.absent_since.items()):
+            if now - since > REJOIN_GRACE:
+                admitted = identity in self.admitted
+                self._forget(identity)
+                if admitted:  # gone, but it may still rejoin a locked room
+                    self.admitted.add(identity)
+
+    def closed(self) -> None:
+        if self._broadcast_handle is not None:
+            self._broadcast_handle.cancel()
+            self._broadcast_handle = None
+        if self._on_closed is not None:
+            self._on_closed(self)
+
+    # -- the chair's actions -----------------------------------------------------------
+    async def hold(self, identity: str, held: bool) -> None:
+        """Hold (or release) the microphones of ``identity``; tell each changed session."""
+        if held:
+            self.held.add(identity)
+        else:
+            self.held.discard(identity)
+            self.invited.discard(identity)
+        for participant in list(self.room.participants.values()):
+            if participant.who.identity != identity:
+                continue
+            changed = False
+            for publication in participant.publications.values():
+                if publication.source == "microphone" and publication.blocked != held:
+                    publication.blocked = held
+                    changed = True
+            if changed:
+                await participant.send(muted_notice("microphone", held))
+        self.changed()
+
+    async def mute(self, target: Participant, source: str, muted: bool) -> None:
+        """The chair mutes (or releases) one source of one session.
+
+        A held microphone stays held across the point's rejoins (by identity).
+        """
+        if not self.room.block(target.id, source, muted):
+            raise RoomError("unknown-publication", f"nothing published from {source}")
+        if source == "microphone":
+            if muted:
+                self.held.add(target.who.identity)
+            else:
+                self.held.discard(target.who.identity)
+                self.invited.discard(target.who.identity)
+        self.changed()
+        await target.send(muted_notice(source, muted))
+
+    def _chair_side(self, identity: str) -> bool:
+        """The chair's own sessions (moderate grant) are never muted by the room."""
+        return any(
+            p.who.moderate for p in self.room.participants.values() if p.who.identity == identity
+        )
+
+    async def give_floor(self, participant: Participant) -> None:
+        """``participant`` speaks: released and shown large; every other point is held."""
+        if not participant.who.publish:
+            raise RoomError("bad-request", "this participant cannot speak (no publish grant)")
+        identity = participant.who.identity
+        self.floor = identity
+        self.hands = [hand for hand in self.hands if hand[0] != identity]
+        for other in {p.who.identity for p in self.room.participants.values()}:
+            if other != identity and not self._chair_side(other):
+                await self.hold(other, True)
+        await self.hold(identity, False)
+        await self.broadcast({"type": "floor", "participant": participant.id})
+        self.room.program.refresh()
+
+    async def take_floor(self) -> None:
+        """End the floor: its holder is held again (unless it is the chair side)."""
+        if self.floor is None:
+            raise RoomError("bad-request", "nobody has the floor")
+        identity, self.floor = self.floor, None
+        if not self._chair_side(identity):
+            await self.hold(identity, True)
+        await self.broadcast({"type": "floor", "participant": None})
+        self.changed()
+
+    async def mute_all(self) -> None:
+        """Hold every microphone but the chair side's; ends the floor."""
+        if self.floor is not None:
+            self.floor = None
+            await self.broadcast({"type": "floor", "participant": None})
+        for identity in {p.who.identity for p in self.room.participants.values()}:
+            if not self._chair_side(identity):
+                await self.hold(identity, True)
+
+    async def unmute(self, participant: Participant, source: str) -> None:
+        """A point unmutes itself: a held microphone speaks only if asked or given the floor.
+
+        Unmuting after the chair's request is its consent, and lifts the hold.
+        """
+        held = any(p.source == source and p.blocked for p in participant.publications.values())
+        if source != "microphone" or not held:
+            return
+        identity = participant.who.identity
+        if identity not in self.invited and self.floor != identity:
+            raise RoomError(
+                "muted-by-moderator",
+                "the chair has muted your microphone: raise your hand to ask to speak",
+            )
+        await self.hold(identity, False)
+
+    async def ask_unmute(self, target: Participant, by: Participant) -> None:
+        if target.who.moderate or not target.who.publish:
+            raise RoomError("bad-request", "only a point can be asked to unmute")
+        self.invited.add(target.who.identity)
+        await target.send({"type": "unmute-request", "by": by.id, "name": by.who.name})
+
+    async def decline_unmute(self, participant: Participant) -> None:
+        self.invited.discard(participant.who.identity)
+        for other in list(self.room.participants.values()):
+            if other.who.moderate:
+                await other.send({"type": "unmute-declined", "participant": participant.id})
+
+    def raise_hand(self, participant: Participant, raised: bool) -> None:
+        """A point asks to speak (or withdraws)."""
+        if not participant.who.publish:
+            raise PermissionError("this token may not speak in the meeting")
+        self._set_hand(participant.who.identity, raised)
+
+    def lower_hand(self, target: Participant) -> None:
+        """The chair lowers someone's hand."""
+        if not self._set_hand(target.who.identity, False):
+            raise RoomError("bad-request", "this participant has not raised a hand")
+
+    def _set_hand(self, identity: str, raised: bool) -> bool:
+        """Add to (or take off) the queue of requests to speak; False if nothing changed."""
+        queued = any(hand[0] == identity for hand in self.hands)
+        if raised == queued:
+            return False
+        if raised:
+            self.hands.append((identity, time.time()))
+        else:
+            self.hands = [hand for hand in self.hands if hand[0] != identity]
+        self.changed()
+        return True
+
+    async def set_profile(self, target: Participant, profile: str, by: Participant) -> None:
+        """The chair sets a point's link profile (the page applies it)."""
+        target.profile = profile
+        await target.send({"type": "profile", "profile": profile, "by": by.id})
+        self.changed()
+
+    def set_lock(self, locked: bool) -> None:
+        self.locked = locked
+        self.changed()
+
+    async def chat_message(self, participant: Participant, text: str) -> None:
+        """Record a chat message (rate-limited per session) and send it to everyone."""
+        limit, window = CHAT_RATE
+        now = time.monotonic()
+        times = self._chat_times.setdefault(participant.id, deque())
+        while times and now - times[0] > window:
+            times.popleft()
+        if len(times) >= limit:
+            raise RoomError("rate-limited", f"at most {limit} chat messages in {window:.0f} s")
+        cleaned = printable_text(text, MAX_CHAT_CHARS)
+        times.append(now)
+        self._chat_seq += 1
+        message = {
+            "type": "chat",
+            "id": self._chat_seq,
+            "participant": participant.id,
+            "identity": participant.who.identity,
+            "name": participant.who.name,
+            "role": participant.who.role,
+            "text": cleaned,
+            "at": int(time.time() * 1000),
+        }
+        self.chat.append(message)
+        await self.broadcast(message)
+
+    async def remove(self, participant: Participant, reason: str | None = None) -> None:
+        """The chair removes a participant; its token cannot rejoin."""
+        message = printable_text(reason, MAX_REASON_CHARS, multiline=False) if reason else None
+        if self.on_removed is not None:
+            self.on_removed(participant)
+        await self.room.leave(participant.id, "removed", close_room=False, message=message)
+        self._forget(participant.who.identity)
+
+    async def end(self) -> None:
+        """The chair ends the meeting for everyone; the meeting refuses joins from now on."""
+        self.ended = True
+        await self.room.close("meeting-ended")
+
+    def _forget(self, identity: str) -> None:
+        """Drop the chairing state of an identity that is gone for good."""
+        self.hands = [hand for hand in self.hands if hand[0] != identity]
+        if self.floor == identity:
+            self.floor = None
+        self.invited.discard(identity)
+        self.admitted.discard(identity)
+        self.absent_since.pop(identity, None)
+        self.changed()
+
+    # -- state to the pages ------------------------------------------------------------
+    def _identity_ids(self) -> dict[str, str]:
+        """identity -> participant id of its browser session (else any session)."""
+        ids: dict[str, str] = {}
+        for participant in self.room.participants.values():
+            if participant.transport == "websocket" or participant.who.identity not in ids:
+                ids[participant.who.identity] = participant.id
+        return ids
+
+    def state(self) -> dict[str, Any]:
+        """The ``room`` message: who is here, what they publish, the chair's state."""
+        ids = self._identity_ids()
+        hands = [identity for identity, _ in self.hands if identity in ids]
+        return {
+            "type": "room",
+            "meeting": self.room.meeting_id,
+            "participants": [
+                p.describe()
+                | {
+                    "moderator": p.who.moderate,
+                    "hand": p.who.identity in hands,
+                    "floor": p.who.identity == self.floor,
+                }
+                for p in self.room.participants.values()
+            ],
+            "speaker": self.room.speaker.current,
+            "recording": self.room.recording,
+            "floor": ids.get(self.floor) if self.floor is not None else None,
+            "hands": [
+                {"participant": ids[identity], "at": int(at * 1000)}
+                for identity, at in self.hands
+                if identity in ids
+            ],
+            "locked": self.locked,
+        }
+
+    async def broadcast(self, message: dict[str, Any]) -> None:
+        for participant in list(self.room.participants.values()):
+            await participant.send(message)
+
+
+class Briefings:
+    """The briefing of every live room, and the meetings the chair ended."""
+
+    def __init__(self, rooms: RoomRegistry) -> None:
+        self.rooms = rooms
+        rooms.on_created = self._attach
+        self.ended: dict[str, float] = {}  # meeting id -> monotonic time the chair ended it
+        #: called before the chair removes a participant (the server revokes its token)
+        self.on_removed: Callable[[Participant], None] | None = None
+        #: called with every new briefing (conference/realtime/lobby.py observes it)
+        self.on_created: Callable[[Briefing], None] | None = None
+
+    def open(self, meeting_id: str) -> Briefing:
+        """The briefing of a meeting's room, opened if needed.
+
+        Raises `RoomError`: meeting-ended (for `ENDED_MEMORY`), server-full.
+        """
+        now = time.monotonic()
+        for ended, at in list(self.ended.items()):
+            if now - at > ENDED_MEMORY:
+                del self.ended[ended]
+        if meeting_id in self.ended and self.rooms.get(meeting_id) is None:
+            raise RoomError("meeting-ended", "the chair has ended this meeting")
+        return of(self.rooms.get_or_create(meeting_id))
+
+    def _attach(self, room: Room) -> None:
+        briefing = Briefing(room, on_removed=self._removed, on_closed=self._closed)
+        room.events = briefing
+        if self.on_created is not None:
+            self.on_created(briefing)
+
+    def _removed(self, participant: Participant) -> None:
+        if self.on_removed is not None:
+            self.on_removed(participant)
+
+    def _closed(self, briefing: Briefing) -> None:
+        if briefing.ended:
+            self.ended[briefing.meeting_id] = time.monotonic()
+
+
+def of(room: Room) -> Briefing:
+    """The briefing of a room opened by `Briefings`."""
+    if not isinstance(room.events, Briefing):
+        raise RuntimeError(f"room {room.meeting_id} has no briefing")
+    return room.events

@@ -1,0 +1,247 @@
+"""WebSocket signaling: ``/ws/meetings/{meeting_id}``, protocol version 1.
+
+See docs/PROTOCOL.md for the messages.  The handler authenticates the first
+message (or an ``Authorization: Bearer`` header), joins the room, then hands
+each message to its handler (conference/realtime/messages.py).  Every bad message gets an ``error``
+message; the connection is closed (with a reason) only when continuing makes
+no sense (bad token, removed, too many errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..appkeys import BRIEFINGS, ICE_SERVERS, ICE_SERVERS_JSON, SETTINGS
+from ..sfu.participant import NegotiationError, Participant
+from ..sfu.room import RoomError
+from .access import AccessError, authenticate
+from .lobby import gate as lobby_gate
+from .lobby import joined as lobby_joined
+from .messages import ProtocolError, Session, dispatch
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+JOIN_TIMEOUT = 10.0
+MAX_ERRORS = 20
+
+# WebSocket close codes (4000-4999 are ours, mirroring HTTP statuses)
+CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_FULL = 4429
+CLOSE_REPLACED = 4409
+CLOSE_REMOVED = 4410
+CLOSE_LOCKED = 4423
+# join refusals of the room other than full: meeting locked, meeting ended
+ROOM_CLOSE_CODES = {"room-locked": CLOSE_LOCKED, "meeting-ended": CLOSE_REMOVED}
+
+
+def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, **extra}
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS]
+    meeting_id = request.match_info["meeting_id"]
+    where = _printable(meeting_id[:128])  # for the log: the URL is not checked yet
+    ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=settings.max_message_bytes)
+    await ws.prepare(request)
+    send_lock = asyncio.Lock()
+    removed = asyncio.Event()
+    removed_reason = "removed"
+
+    async def send(message: dict[str, Any]) -> None:
+        if ws.closed:
+            return
+        async with send_lock:
+            await ws.send_str(json.dumps(message, ensure_ascii=False))
+
+    async def disconnect(why: str) -> None:
+        """The room dropped this participant (replaced, removed, timeout, shutdown)."""
+        nonlocal removed_reason
+        removed_reason = why
+        removed.set()
+        await hang_up()
+
+    # -- join ----------------------------------------------------------------------
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    try:
+        first = await asyncio.wait_for(ws.receive(), JOIN_TIMEOUT)
+    except TimeoutError:
+        await ws.close(code=CLOSE_BAD_REQUEST, message=b"join expected")
+        return ws
+    if first.type != WSMsgType.TEXT:
+        if first.type == WSMsgType.ERROR:
+            logger.info("ws %s: refused: %s", where, first.data)
+        await ws.close(code=CLOSE_BAD_REQUEST, message=b"join expected")
+        return ws
+    try:
+        join = _parse(first.data)
+        if join.get("type") != "join":
+            raise ProtocolError("join-expected", "the first message must be a join")
+        version = join.get("version", PROTOCOL_VERSION)
+        if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
+            raise ProtocolError("unsupported-version", f"protocol version {PROTOCOL_VERSION} only")
+        if isinstance(join.get("token"), str):
+            token = join["token"]
+    except ProtocolError as exc:
+        logger.info("ws %s: refused: %s", where, exc.message)
+        await send(_error(exc.code, exc.message))
+        await ws.close(code=CLOSE_BAD_REQUEST, message=exc.message.encode()[:120])
+        return ws
+    try:
+        who = await authenticate(app, token, meeting_id)
+        verdict = await lobby_gate(app, ws, token or "", who, meeting_id, send)  # may wait
+    except AccessError as exc:
+        logger.info("ws %s: refused: %s", where, exc.message)
+        await send(_error(exc.code, exc.message))
+        # 4401, 4403, 4404 (a meeting policy may refuse an unknown meeting)... and 4503
+        # when the meetings database is unavailable
+        code = 4000 + exc.status if 400 <= exc.status < 600 else CLOSE_UNAUTHORIZED
+        await ws.close(code=code, message=exc.message.encode()[:120])
+        return ws
+    if verdict is None:  # left the lobby
+        return ws
+
+    try:
+        briefing = app[BRIEFINGS].open(meeting_id)
+        room = briefing.room
+        participant = Participant(
+            room,
+            who,
+            "websocket",
+            signal=send,
+            ice_servers=app[ICE_SERVERS],
+            auto_subscribe=join.get("autoSubscribe", True) is not False,
+            red=join.get("red") is True,
+        )
+        await room.join(participant)
+    except RoomError as exc:
+        logger.info("ws %s: refused: %s", where, exc.message)
+        await send(_error(exc.code, exc.message))
+        code = ROOM_CLOSE_CODES.get(exc.code, CLOSE_FULL)
+        await ws.close(code=code, message=exc.message.encode()[:120])
+        return ws
+
+    await send(
+        {
+            "type": "joined",
+            "version": PROTOCOL_VERSION,
+            "participant": participant.describe()
+            | {
+                "grants": {
+                    "publish": who.publish,
+                    "subscribe": who.subscribe,
+                    "moderate": who.moderate,
+                }
+            },
+            "iceServers": app[ICE_SERVERS_JSON],
+            "room": briefing.state(),
+            "chat": list(briefing.chat),
+        }
+    )
+    await lobby_joined(app, participant, verdict, join)  # the chair starts the meeting
+
+    # -- session -------------------------------------------------------------------
+    async def hang_up() -> None:
+        if ws.closed:
+            return
+        if not removed.is_set():
+            await ws.close()
+            return
+        logger.info("ws %s: %s closed: %s", where, participant.id, _printable(removed_reason))
+        code = {
+            "replaced": CLOSE_REPLACED,
+            "server-shutdown": WSCloseCode.GOING_AWAY,
+        }.get(removed_reason, CLOSE_REMOVED)
+        await ws.close(code=code, message=removed_reason.encode()[:120])
+
+    participant.disconnect = disconnect
+    session = Session(participant, briefing, send)
+    errors = 0
+    reason = "left"
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.ERROR:
+                # aiohttp already closed the socket (1009 when over max_message_bytes)
+                too_big = getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG
+                reason = "message-too-big" if too_big else "websocket-error"
+                logger.info("ws %s: %s: %s", where, participant.id, msg.data)
+                break
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            refusal: tuple[str, str] | None = None
+            kind = None
+            if msg.type == WSMsgType.BINARY:
+                refusal = "bad-message", "binary messages are not accepted"
+            else:
+                kind = _kind(msg.data)
+                try:
+                    message = _parse(msg.data)
+                    done = await dispatch(session, message)
+                    if done:
+                        break
+                except ProtocolError as exc:
+                    refusal = exc.code, exc.message
+                except RoomError as exc:
+                    refusal = exc.code, exc.message
+                except (NegotiationError, ValueError) as exc:
+                    refusal = "bad-request", str(exc)[:300]
+                except PermissionError as exc:
+                    refusal = "forbidden", str(exc)
+            if refusal is not None:
+                errors += 1
+                logger.info(
+                    "ws %s: %s: refused %s: %s: %s",
+                    where,
+                    participant.id,
+                    _printable((kind or "?")[:40]),
+                    refusal[0],
+                    _printable(refusal[1]),
+                )
+                await send(_error(*refusal, request=kind))
+            if errors > MAX_ERRORS:
+                reason = "too-many-errors"
+                await ws.close(code=CLOSE_BAD_REQUEST, message=b"too many errors")
+                break
+            if participant.closed:
+                break
+    finally:
+        if removed.is_set():
+            reason = removed_reason
+        await room.leave(participant.id, reason)
+        if not ws.closed:
+            await hang_up()
+    return ws
+
+
+def _printable(text: str) -> str:
+    """``text`` safe for a one-line log record (no newlines or control characters)."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
+def _parse(data: str) -> dict[str, Any]:
+    try:
+        message = json.loads(data)
+    except ValueError as exc:
+        raise ProtocolError("bad-json", "the message is not valid JSON") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("bad-message", "a message is a JSON object with a string 'type'")
+    return message
+
+
+def _kind(data: str) -> str | None:
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return None
+    kind = message.get("type") if isinstance(message, dict) else None
+    return kind if isinstance(kind, str) else None
