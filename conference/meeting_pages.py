@@ -27,6 +27,9 @@ Pages
 (GET: confirmation, POST: cancel), ``/meetings/{id}/send`` (POST: e-mail the invitations),
 ``/meetings/{id}/join`` (a join link for the viewer: the chair's side gets a meeting token
 with role ``chair``, an operator their point's invitation link).
+
+Size: a little over 600 lines: the list, the form pages and the meeting page with its
+actions share their helpers; the form's parsing is conference/meeting_form.py.
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from .appkeys import SETTINGS
+from .meeting_form import (
+    MAX_AGENDA_ROWS,
+    WEEKDAYS,
+    form_text,
+    form_values,
+    local_form_time,
+    meeting_values,
+    parse_form,
+    rrule_of,
+)
 from .scheduling import attendance, invitations
 from .scheduling import meetings as svc
 from .scheduling.admission import CHAIR_SIDE_ROLES
@@ -48,7 +61,6 @@ from .scheduling.meeting_services import (
     EDIT_ROLES,
     VIEW_ROLES,
     FormErrors,
-    MeetingData,
     MeetingNotFound,
     MeetingView,
     NotAllowed,
@@ -62,7 +74,7 @@ from .scheduling.meeting_services import (
     update_for,
     visible_points,
 )
-from .scheduling.meetings import ZONE, AgendaInput, local_time
+from .scheduling.meetings import ZONE, local_time
 from .scheduling.models import RECORDING_POLICIES, Meeting, Point, Unit, User
 from .scheduling.permissions import can_edit_meeting, point_invited
 from .settings import Settings, load_secret
@@ -76,26 +88,9 @@ from .webauth import (
     render_page,
 )
 
-__all__ = [
-    "EDIT_ROLES",
-    "VIEW_ROLES",
-    "FormErrors",
-    "MeetingData",
-    "MeetingNotFound",
-    "MeetingView",
-    "NotAllowed",
-    "briefings",
-    "chair_join_link",
-    "create_for",
-    "create_series_for",
-    "load_meeting",
-    "setup_meetings",
-    "update_for",
-]
+__all__ = ["setup_meetings"]
 
-WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 BLANK_AGENDA_ROWS = 3
-MAX_AGENDA_ROWS = 100
 
 
 # --- join links -------------------------------------------------------------------------------
@@ -224,136 +219,6 @@ async def list_page(request: web.Request, user: CurrentUser) -> web.StreamRespon
 # --- the form ---------------------------------------------------------------------------------
 
 
-def _text(form: Mapping[str, Any], key: str) -> str:
-    value = form.get(key)
-    return value if isinstance(value, str) else ""
-
-
-def _local(day: str, clock: str, what: str) -> datetime:
-    text = f"{day.strip()} {clock.strip()}".strip()
-    try:
-        naive = datetime.strptime(text, "%Y-%m-%d %H:%M")
-    except ValueError:
-        raise SchedulingError(
-            "invalid-time",
-            f"{what}: {text!r} is not a valid date and time",
-            field=what,
-            params={"value": text or "—"},
-        ) from None
-    return naive.replace(tzinfo=ZONE)
-
-
-def form_values(form: Mapping[str, Any]) -> dict[str, Any]:
-    """The raw values of a posted meeting form (to show again)."""
-    rows = []
-    for index in range(MAX_AGENDA_ROWS):
-        if f"agenda_title_{index}" not in form:
-            break
-        rows.append(
-            (_text(form, f"agenda_title_{index}"), _text(form, f"agenda_presenter_{index}"))
-        )
-    getall = getattr(form, "getall", None)
-    points = [p for p in (getall("points", []) if getall else []) if isinstance(p, str)]
-    values: dict[str, Any] = {
-        key: _text(form, key)
-        for key in (
-            "title",
-            "unit",
-            "chair",
-            "start_date",
-            "start_time",
-            "end_date",
-            "end_time",
-            "recording_policy",
-            "notes",
-            "version",
-            "repeat",
-            "weekday",
-            "rrule",
-        )
-    }
-    values["agenda"] = rows
-    values["points"] = points
-    return values
-
-
-def parse_form(values: Mapping[str, Any]) -> MeetingData:
-    """A `MeetingData` from the form values; `FormErrors` for what fails before the service."""
-    errors: dict[str, SchedulingError] = {}
-    start: datetime | str = ""
-    end: datetime | str = ""
-    try:
-        svc.clean_text(values["title"], "title", svc.MAX_TITLE)
-    except SchedulingError as exc:
-        errors["title"] = exc
-    try:
-        start = _local(values["start_date"], values["start_time"], "start")
-    except SchedulingError as exc:
-        errors["start"] = exc
-    try:
-        end = _local(values["end_date"] or values["start_date"], values["end_time"], "end")
-    except SchedulingError as exc:
-        errors["end"] = exc
-    if not values["unit"]:
-        errors["unit"] = SchedulingError("unit-empty", "choose a unit", field="unit")
-    if not values["chair"]:
-        errors["chair"] = SchedulingError("chair-empty", "choose a chair", field="chair")
-    if errors:
-        raise FormErrors(errors)
-    agenda = [
-        AgendaInput(title=title, presenter=presenter)
-        for title, presenter in values["agenda"]
-        if title.strip() or presenter.strip()
-    ]
-    return MeetingData(
-        title=values["title"],
-        unit=values["unit"],
-        chair=values["chair"],
-        start=start,
-        end=end,
-        points=list(values["points"]),
-        agenda=agenda,
-        recording_policy=values["recording_policy"] or "none",
-        notes=values["notes"],
-    )
-
-
-def meeting_values(meeting: Meeting) -> dict[str, Any]:
-    """The form values of a stored meeting."""
-    start, end = local_time(meeting.start_at), local_time(meeting.end_at)
-    return {
-        "title": meeting.title,
-        "unit": meeting.unit.code,
-        "chair": meeting.chair.username,
-        "start_date": start.strftime("%Y-%m-%d"),
-        "start_time": start.strftime("%H:%M"),
-        "end_date": end.strftime("%Y-%m-%d"),
-        "end_time": end.strftime("%H:%M"),
-        "recording_policy": meeting.recording_policy,
-        "notes": meeting.notes,
-        "version": str(meeting.version),
-        "agenda": [(a.title, a.presenter_name) for a in meeting.agenda],
-        "points": [inv.point.code for inv in meeting.invitations if inv.active],
-        "repeat": "",
-        "weekday": "MO",
-        "rrule": "",
-    }
-
-
-def _rrule(values: Mapping[str, Any]) -> str | None:
-    repeat = values.get("repeat") or ""
-    if repeat == "weekly":
-        day = values.get("weekday") or ""
-        if day not in WEEKDAYS:
-            raise FormErrors(
-                {"rrule": SchedulingError("bad-rrule", "choose a weekday", field="rrule")}
-            )
-        return f"FREQ=WEEKLY;BYDAY={day}"
-    if repeat == "rrule":
-        return str(values.get("rrule") or "")
-    return None
-
-
 async def _form_page(
     request: web.Request,
     user: CurrentUser,
@@ -425,7 +290,7 @@ async def new_post(request: web.Request, user: CurrentUser) -> web.StreamRespons
     values = form_values(await request.post())
     try:
         data = parse_form(values)
-        rule = _rrule(values)
+        rule = rrule_of(values)
         if rule is None:
             made = await database(request).run(lambda s: create_for(s, user, data).meeting.id)
         else:
@@ -675,11 +540,13 @@ async def reschedule_post(request: web.Request, user: CurrentUser) -> web.Stream
         errors: dict[str, SchedulingError] = {}
         start = end = None
         try:
-            start = _local(values["start_date"], values["start_time"], "start")
+            start = local_form_time(values["start_date"], values["start_time"], "start")
         except SchedulingError as exc:
             errors["start"] = exc
         try:
-            end = _local(values["end_date"] or values["start_date"], values["end_time"], "end")
+            end = local_form_time(
+                values["end_date"] or values["start_date"], values["end_time"], "end"
+            )
         except SchedulingError as exc:
             errors["end"] = exc
         meeting = load_meeting(session, user, meeting_id, edit=True)
@@ -731,7 +598,7 @@ async def cancel_post(request: web.Request, user: CurrentUser) -> web.StreamResp
     meeting_id = request.match_info["meeting_id"]
     form = await request.post()
     try:
-        version = int(_text(form, "version"))
+        version = int(form_text(form, "version"))
     except ValueError:
         version = -1
 

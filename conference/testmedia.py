@@ -21,6 +21,9 @@ The module provides four groups of helpers:
   :class:`EncodedPacket` records and :class:`PacketTrack` replays those
   packets in real time: aiortc packetizes :class:`av.Packet` objects without
   re-encoding, so a single process can feed many senders cheaply.
+
+Size: over 600 lines: four kinds of test media that share their framing and clocks; it is a
+test tool (never imported by the server) and leaves the server's package with the tools.
 """
 
 from __future__ import annotations

@@ -60,6 +60,9 @@ Using it from another module (pages)
 the navigation bar; forms put ``<input type="hidden" name="csrf_token" value="{{
 csrf_token }}">``.  :func:`visible_unit_ids` gives the unit scope of a user.  The JSON API
 side is in :mod:`conference.api`.
+
+Size: over 600 lines: the whole sign-in boundary (sessions, CSRF, throttling, API tokens,
+the ``@page`` check) is read and reviewed together; the pages built on it are elsewhere.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Points on weak links (``--weak``, :mod:`.weak`) run one per worker process,
 each inside its own rate-limited network namespace; this coordinator runs
 their relays and TCP forwarders (so the strong participants never share its
 process), and the report gets a section per link (see :mod:`.report`).
+
+Size: over 600 lines: the phases of one run share the run's clock and state; a load-test
+tool, never imported by the server.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ A chair or a point booked in overlapping scheduled or live meetings is a *warnin
 (`Conflict` objects in `MeetingResult.warnings`), not an error: a district may decide that
 a commune attends two things.  Starting a meeting while one of its points is in another
 live meeting is an error (``point-busy-live``): a hall cannot be in two rooms at once.
+
+Size: over 600 lines: every change of a meeting's life (create, edit, reschedule, cancel,
+start, end) with its checks, so that each transition's rules sit beside the others'.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ read-only (edits are ``final``) and sets ``minutes_final: true`` in every record
 manifest of the meeting (outside the manifest's signature, so the recording still
 verifies and ``conference recordings prune`` may delete it after the retention period).
 A meeting still being recorded cannot have final minutes (``recording-active``).
+
+Size: over 600 lines: the draft of the biên bản (its fixed administrative layout) and its
+versioned edits are one document's rules; the HTTP side is minutes_pages/minutes_api.
 """
 
 from __future__ import annotations
