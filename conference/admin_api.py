@@ -1,7 +1,7 @@
 """The JSON API's own operations: API tokens, whoami, units, points and users.
 
 Registered on :data:`conference.api.API` (listed in ``API_MODULES``); the rules are the
-scoped services of conference/scheduling/admin_services.py, shared with the admin pages.
+scoped services of conference/domain/admin_services.py, shared with the admin pages.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from .api import API, ApiCall, ApiError, Query
 from .appkeys import SETTINGS
-from .scheduling.admin_services import (
+from .domain.admin_services import (
     create_point,
     create_unit,
     create_user,
@@ -25,7 +25,7 @@ from .scheduling.admin_services import (
     update_point,
     update_user,
 )
-from .scheduling.models import BANDWIDTH_PROFILES, ROLES, UNIT_KINDS, User
+from .domain.models import BANDWIDTH_PROFILES, ROLES, UNIT_KINDS, User
 from .webauth import check_password, create_api_token
 
 # --- schemas -----------------------------------------------------------------------------------

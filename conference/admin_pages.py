@@ -1,7 +1,7 @@
 """Organisation pages for administrators: units, points, users and the CSV import.
 
 The scoped services (units, points, users in the actor's scope, the CSV import) live in
-:mod:`conference.scheduling.admin_services`, shared with the JSON API.
+:mod:`conference.domain.admin_services`, shared with the JSON API.
 
 Pages (role admin; see :func:`conference.webauth.page` for the session/role/CSRF checks)
 ------------------------------------------------------------------------------------------
@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from .scheduling.admin_services import (
+from .domain.admin_services import (
     Invalid,
     Message,
     NotFound,
@@ -39,7 +39,7 @@ from .scheduling.admin_services import (
     update_point,
     update_user,
 )
-from .scheduling.models import BANDWIDTH_PROFILES, ROLES, UNIT_KINDS
+from .domain.models import BANDWIDTH_PROFILES, ROLES, UNIT_KINDS
 from .webauth import (
     CurrentUser,
     add_nav_link,

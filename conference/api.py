@@ -32,9 +32,11 @@ from the same declarations, so it cannot drift from the code:
   additionalProperties, items, min/maxItems, min/maxLength, pattern, minimum, maximum,
   ``$ref`` to registered schemas).
 * ``query``: declared query parameters (:class:`Query`), converted and checked.
-* errors: raise :class:`ApiError` (status, code, message, fields); the scoped services'
-  ``Invalid`` (:mod:`conference.scheduling.admin_services`) becomes 422/409, ``NotFound``
-  and ``Forbidden`` (:mod:`conference.core.errors`) 404 and 403.
+* errors: raise :class:`ApiError` (status, code, message, fields); the domain's refusals
+  (:class:`conference.core.errors.Refused`: the meeting services' ``SchedulingError``, the
+  minutes' ``MinutesError``, the admin services' ``Invalid``) become their status (bad
+  input 422), with ``field`` or ``fields``; ``NotFound`` and ``Forbidden`` 404 and 403.
+  This is the API's one mapping of domain errors to HTTP.
 
 Every error body is ``{"error": code, "message": text}`` (plus ``fields`` for 409/422);
 messages are English.
@@ -53,10 +55,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from . import __version__
-from .core.errors import Forbidden, NotFound
-from .scheduling.admin_services import (
-    Invalid,
-)
+from .core.errors import Forbidden, NotFound, Refused, http_status
 from .web import translator
 from .webauth import (
     API_AUDIENCE,
@@ -356,14 +355,10 @@ class ApiRegistry:
                 return ApiError(404, "not-found", exc.message).response()
             except Forbidden as exc:
                 return ApiError(403, "forbidden", exc.message).response()
-            except Invalid as exc:
-                english = translator(request.app, "en")
-                fields = {
-                    k: english.get(key, key).format(**p) for k, (key, p) in exc.errors.items()
-                }
-                code = "conflict" if exc.status == 409 else "invalid"
-                message = "; ".join(f"{k}: {v}" for k, v in fields.items())
-                return ApiError(exc.status, code, message, fields).response()
+            except Refused as exc:  # any domain's refusal (meetings, minutes, admin): one mapping
+                fields = exc.fields(translator(request.app, "en"))
+                message = "; ".join(f"{k}: {v}" for k, v in fields.items()) or exc.message
+                return ApiError(http_status(exc), exc.code, message, fields, exc.field).response()
             if isinstance(result, web.StreamResponse):
                 return result
             if isinstance(result, Reply):

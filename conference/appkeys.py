@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 from aiortc import RTCIceServer
 
+from .domain.db import Database
 from .realtime.briefing import Briefings
-from .scheduling.db import Database
 from .settings import Settings
 from .sfu.room import RoomRegistry
 from .tokens import RevocationList
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class MeetingPolicy(Protocol):
     """Who may enter a meeting now: the scheduling plane's hook into access control.
 
-    The server uses `conference.scheduling.lifecycle.MeetingLifecycle`;
+    The server uses `conference.domain.lifecycle.MeetingLifecycle`;
     `conference.realtime.access.OpenMeetings` accepts any meeting ID.
     """
 

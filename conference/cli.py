@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from conference import __version__
+from conference.domain import cli as domain_cli
 from conference.loadtest.command import add_arguments as add_loadtest_arguments
 from conference.loadtest.command import run_command as run_loadtest
 from conference.recording import cli as recording_cli
-from conference.scheduling import cli as scheduling_cli
 from conference.settings import (
     TLS_MODES,
     Settings,
@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_loadtest_arguments(loadtest)
 
-    scheduling_cli.add_commands(commands, settings_flags)
+    domain_cli.add_commands(commands, settings_flags)
     recording_cli.add_commands(commands, settings_flags)
 
     commands.add_parser("version", help="print the version")
@@ -117,7 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     ensure_data_dir(settings)
     # Creates or upgrades the database; on first run creates and prints the admin account.
-    scheduling_cli.print_first_admin(settings)
+    domain_cli.print_first_admin(settings)
     # Imported lazily: the server pulls in the media stack, which other commands do not need.
     try:
         server = importlib.import_module("conference.server")
@@ -183,8 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_loadtest(args)
         if args.command in recording_cli.COMMANDS:
             return recording_cli.run(args, _settings(args, recordings_dir=args.recordings_dir))
-        if args.command in scheduling_cli.COMMANDS:
-            return scheduling_cli.run(args, _settings(args))
+        if args.command in domain_cli.COMMANDS:
+            return domain_cli.run(args, _settings(args))
         if args.command == "version":
             print(f"{PROG} {__version__}")
             return 0

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from .api import API, ApiCall, ApiError, Query
 from .appkeys import SETTINGS
+from .domain.permissions import CurrentUser, visible_unit_ids
 from .recording import audit
 from .recording.library import (
     LIBRARY_ROLES,
@@ -39,7 +40,6 @@ from .recording.library import (
     meeting_number,
     timeline,
 )
-from .scheduling.permissions import CurrentUser, visible_unit_ids
 from .webauth import client_address, database
 
 __all__ = ["audit_path", "log_access", "visible_recording"]

@@ -11,7 +11,7 @@ Asia/Ho_Chi_Minh (``+07:00``).  The list filters ``from`` and ``to`` are local d
 (``YYYY-MM-DD``, both inclusive; default: today and the 6 days after).
 
 Errors: ``{"error": code, "message": English text, "field": input field}`` (``field`` when
-the error is about one).  The service codes of :mod:`conference.scheduling.errors` are kept
+the error is about one).  The service codes of :mod:`conference.domain.errors` are kept
 (``end-before-start``, ``unknown-point``, ``conflict-stale``...); a refused input is 422,
 an edit based on an old ``version`` or of a closed meeting 409, an unknown meeting 404.
 Conflicts (the chair or a point double-booked) are not errors: create and update answer
@@ -20,7 +20,6 @@ with the meeting and its ``warnings``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -28,10 +27,9 @@ from sqlalchemy.orm import Session
 
 from .api import API, ApiCall, ApiError, Query
 from .appkeys import SETTINGS
-from .scheduling import attendance, invitations
-from .scheduling import meetings as svc
-from .scheduling.errors import SchedulingError
-from .scheduling.meeting_services import (
+from .domain import attendance, invitations
+from .domain import meetings as svc
+from .domain.meeting_services import (
     EDIT_ROLES,
     MeetingData,
     MeetingView,
@@ -42,12 +40,10 @@ from .scheduling.meeting_services import (
     stale,
     update_for,
 )
-from .scheduling.meetings import ZONE, AgendaInput, local_time
-from .scheduling.models import MEETING_STATUSES, RECORDING_POLICIES, RSVP_ANSWERS
-from .scheduling.permissions import can_edit_meeting
+from .domain.meetings import ZONE, AgendaInput, local_time
+from .domain.models import MEETING_STATUSES, RECORDING_POLICIES, RSVP_ANSWERS
+from .domain.permissions import can_edit_meeting
 from .webauth import database
-
-__all__ = ["scheduling_error"]
 
 T = TypeVar("T")
 SEE = ("admin", "chair", "secretary", "operator")
@@ -295,19 +291,6 @@ def _iso(value: datetime | None) -> str | None:
     return local_time(value).isoformat() if value is not None else None
 
 
-def scheduling_error(exc: SchedulingError) -> ApiError:
-    """The API error of a service refusal (404/409/401/403 kept, input problems 422)."""
-    status = exc.status if exc.status in (401, 403, 404, 409) else 422
-    return ApiError(status, exc.code, exc.message, field=exc.field)
-
-
-async def _run(call: ApiCall, function: Callable[[Session], T]) -> T:
-    try:
-        return await call.db(function)
-    except SchedulingError as exc:
-        raise scheduling_error(exc) from None
-
-
 def _warning(conflict: svc.Conflict) -> dict[str, Any]:
     return {
         "kind": conflict.kind,
@@ -387,8 +370,8 @@ async def meetings_list(call: ApiCall) -> Any:
     start = datetime(first.year, first.month, first.day, tzinfo=ZONE)
     end = datetime(last.year, last.month, last.day, tzinfo=ZONE) + timedelta(days=1)
     unit, cancelled = call.query.get("unit"), bool(call.query.get("cancelled"))
-    views = await _run(
-        call, lambda s: briefings(s, call.actor, start, end, unit, include_cancelled=cancelled)
+    views = await call.db(
+        lambda s: briefings(s, call.actor, start, end, unit, include_cancelled=cancelled)
     )
     return [_meeting(v) for v in views]
 
@@ -405,7 +388,7 @@ async def meetings_list(call: ApiCall) -> Any:
 )
 async def meeting_create(call: ApiCall) -> Any:
     data = _data(call.body)
-    return await _run(call, lambda s: _result(s, call.actor, create_for(s, call.actor, data)))
+    return await call.db(lambda s: _result(s, call.actor, create_for(s, call.actor, data)))
 
 
 @API.operation(
@@ -422,7 +405,7 @@ async def meeting_get(call: ApiCall) -> Any:
         meeting = load_meeting(session, call.actor, call.params["meeting_id"])
         return _meeting(MeetingView.of(meeting, can_edit_meeting(session, call.actor, meeting)))
 
-    return await _run(call, load)
+    return await call.db(load)
 
 
 @API.operation(
@@ -443,8 +426,7 @@ async def meeting_update(call: ApiCall) -> Any:
     if "agenda" in body:
         body["agenda"] = _agenda(body["agenda"])
     meeting_id = call.params["meeting_id"]
-    return await _run(
-        call,
+    return await call.db(
         lambda s: _result(s, call.actor, update_for(s, call.actor, meeting_id, version, body)),
     )
 
@@ -469,7 +451,7 @@ async def meeting_cancel(call: ApiCall) -> Any:
         svc.cancel_meeting(session, meeting.id, version=version)
         return _meeting(MeetingView.of(meeting, True))
 
-    return await _run(call, cancel)
+    return await call.db(cancel)
 
 
 @API.operation(
@@ -497,7 +479,7 @@ async def meeting_invitations(call: ApiCall) -> Any:
             for v in invitations.list_invitations(session, meeting.id)
         ]
 
-    return await _run(call, load)
+    return await call.db(load)
 
 
 @API.operation(
@@ -512,14 +494,11 @@ async def meeting_invitations(call: ApiCall) -> Any:
     "(200); those e-mails are sent again by the next call.",
 )
 async def meeting_send(call: ApiCall) -> Any:
-    meeting_id = await _run(
-        call, lambda s: load_meeting(s, call.actor, call.params["meeting_id"], edit=True).id
+    meeting_id = await call.db(
+        lambda s: load_meeting(s, call.actor, call.params["meeting_id"], edit=True).id
     )
     settings = call.request.app[SETTINGS]
-    try:
-        report = await invitations.send_pending(database(call.request), settings, meeting_id)
-    except SchedulingError as exc:
-        raise scheduling_error(exc) from None
+    report = await invitations.send_pending(database(call.request), settings, meeting_id)
     return {
         "sent": report.sent,
         "cancelled": report.cancelled,
@@ -566,7 +545,7 @@ async def meeting_attendance(call: ApiCall) -> Any:
             ],
         }
 
-    return await _run(call, load)
+    return await call.db(load)
 
 
 @API.operation(
@@ -594,4 +573,4 @@ async def series_create(call: ApiCall) -> Any:
             "warnings": [_warning(w) for w in result.warnings],
         }
 
-    return await _run(call, create)
+    return await call.db(create)

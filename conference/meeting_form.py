@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from .scheduling import meetings as svc
-from .scheduling.errors import SchedulingError
-from .scheduling.meeting_services import FormErrors, MeetingData
-from .scheduling.meetings import ZONE, AgendaInput, local_time
-from .scheduling.models import Meeting
+from .domain import meetings as svc
+from .domain.errors import SchedulingError
+from .domain.meeting_services import FormErrors, MeetingData
+from .domain.meetings import ZONE, AgendaInput, local_time
+from .domain.models import Meeting
 
 WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 MAX_AGENDA_ROWS = 100

@@ -1,7 +1,7 @@
 """Meeting pages: today's and this week's briefings, the meeting form, the meeting page.
 
 Who sees and who edits, and the scoped services the JSON API shares, are
-:mod:`conference.scheduling.meeting_services`.
+:mod:`conference.domain.meeting_services`.
 
 Errors are typed `SchedulingError` (a code, a field and a catalogue key
 ``sched.error.<code>`` of ``meetings.json``), plus the scope's `MeetingNotFound`,
@@ -43,21 +43,11 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from .appkeys import SETTINGS
-from .meeting_form import (
-    MAX_AGENDA_ROWS,
-    WEEKDAYS,
-    form_text,
-    form_values,
-    local_form_time,
-    meeting_values,
-    parse_form,
-    rrule_of,
-)
-from .scheduling import attendance, invitations
-from .scheduling import meetings as svc
-from .scheduling.admission import CHAIR_SIDE_ROLES
-from .scheduling.errors import SchedulingError
-from .scheduling.meeting_services import (
+from .domain import attendance, invitations
+from .domain import meetings as svc
+from .domain.admission import CHAIR_SIDE_ROLES
+from .domain.errors import SchedulingError
+from .domain.meeting_services import (
     EDIT_ROLES,
     VIEW_ROLES,
     FormErrors,
@@ -74,9 +64,19 @@ from .scheduling.meeting_services import (
     update_for,
     visible_points,
 )
-from .scheduling.meetings import ZONE, local_time
-from .scheduling.models import RECORDING_POLICIES, Meeting, Point, Unit, User
-from .scheduling.permissions import can_edit_meeting, point_invited
+from .domain.meetings import ZONE, local_time
+from .domain.models import RECORDING_POLICIES, Meeting, Point, Unit, User
+from .domain.permissions import can_edit_meeting, point_invited
+from .meeting_form import (
+    MAX_AGENDA_ROWS,
+    WEEKDAYS,
+    form_text,
+    form_values,
+    local_form_time,
+    meeting_values,
+    parse_form,
+    rrule_of,
+)
 from .settings import Settings, load_secret
 from .tokens import create_token
 from .webauth import (
@@ -97,7 +97,7 @@ BLANK_AGENDA_ROWS = 3
 
 
 def join_open(meeting: Meeting, settings: Settings, now: datetime | None = None) -> bool:
-    """Whether the room admits people now (the admission rules of scheduling/admission.py)."""
+    """Whether the room admits people now (the admission rules of domain/admission.py)."""
     if meeting.status in ("cancelled", "ended"):
         return False
     if meeting.status == "live":

@@ -11,24 +11,22 @@ the text fields and ``attendance`` (rows by point ``code``); an older version is
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from .api import API, ApiCall, ApiError
-from .minutes_export import docx_response, recordings_root
-from .scheduling.minutes import (
+from .api import API, ApiCall
+from .domain.minutes import (
     ROW_FIELDS,
     TEXT_FIELDS,
-    MinutesError,
     MinutesResult,
     finalize_and_mark,
     open_minutes,
     refresh_minutes,
     save_minutes,
 )
-from .scheduling.permissions import MINUTES_EDIT_ROLES, MINUTES_FINAL_ROLES
+from .domain.permissions import MINUTES_EDIT_ROLES, MINUTES_FINAL_ROLES
+from .minutes_export import docx_response, recordings_root
 from .webauth import database
 
 __all__: list[str] = []
@@ -92,17 +90,10 @@ MINUTES_VERSION = API.schema(
 )
 
 
-async def _run(function: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await function()
-    except MinutesError as exc:
-        raise ApiError(exc.status, exc.code, exc.message, field=exc.field) from None
-
-
 async def _load(call: ApiCall) -> MinutesResult:
     root = recordings_root(call.request)
     meeting_id = call.params["meeting_id"]
-    return await _run(lambda: open_minutes(database(call.request), call.actor, meeting_id, root))
+    return await open_minutes(database(call.request), call.actor, meeting_id, root)
 
 
 @API.operation(
@@ -134,9 +125,7 @@ async def minutes_put(call: ApiCall) -> Any:
     body = dict(call.body)
     version = body.pop("version")
     meeting_id = call.params["meeting_id"]
-    result = await _run(
-        lambda: call.db(lambda s: save_minutes(s, call.actor, meeting_id, version, body))
-    )
+    result = await call.db(lambda s: save_minutes(s, call.actor, meeting_id, version, body))
     return result.to_dict()
 
 
@@ -154,9 +143,7 @@ async def minutes_refresh(call: ApiCall) -> Any:
     version = call.body["version"]
     meeting_id = call.params["meeting_id"]
     root = recordings_root(call.request)
-    result = await _run(
-        lambda: call.db(lambda s: refresh_minutes(s, call.actor, meeting_id, version, root))
-    )
+    result = await call.db(lambda s: refresh_minutes(s, call.actor, meeting_id, version, root))
     return result.to_dict()
 
 
@@ -176,9 +163,7 @@ async def minutes_final(call: ApiCall) -> Any:
     version = call.body["version"]
     meeting_id = call.params["meeting_id"]
     root = recordings_root(call.request)
-    result = await _run(
-        lambda: finalize_and_mark(database(call.request), call.actor, meeting_id, version, root)
-    )
+    result = await finalize_and_mark(database(call.request), call.actor, meeting_id, version, root)
     return {**result.to_dict(), "recordings_marked": result.recordings_marked}
 
 

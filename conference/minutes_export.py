@@ -26,7 +26,7 @@ from docx.shared import Cm, Pt
 from docx.table import Table
 
 from .appkeys import SETTINGS
-from .scheduling.minutes import MinutesResult, date_line
+from .domain.minutes import MinutesResult, date_line
 from .web import translator
 
 __all__ = ["DOCX_TYPE", "duration_text", "to_docx"]

@@ -23,14 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .minutes_export import (
-    document_text,
-    docx_response,
-    duration_text,
-    recordings_root,
-)
-from .scheduling.meetings import local_time
-from .scheduling.minutes import (
+from .domain.meetings import local_time
+from .domain.minutes import (
     TEXT_FIELDS,
     MeetingNotFound,
     MinutesError,
@@ -42,7 +36,13 @@ from .scheduling.minutes import (
     refresh_minutes,
     save_minutes,
 )
-from .scheduling.permissions import MINUTES_EDIT_ROLES
+from .domain.permissions import MINUTES_EDIT_ROLES
+from .minutes_export import (
+    document_text,
+    docx_response,
+    duration_text,
+    recordings_root,
+)
 from .webauth import CurrentUser, database, gettext, page, render_page
 
 __all__ = ["setup_minutes"]

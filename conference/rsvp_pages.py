@@ -16,10 +16,10 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from conference.appkeys import SETTINGS, app_database
-from conference.scheduling import invitations, meetings
-from conference.scheduling.db import DatabaseError
-from conference.scheduling.errors import SchedulingError
-from conference.scheduling.models import Point
+from conference.domain import invitations, meetings
+from conference.domain.db import DatabaseError
+from conference.domain.errors import SchedulingError
+from conference.domain.models import Point
 from conference.web import language, render, translator
 
 __all__ = ["setup_rsvp"]

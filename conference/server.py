@@ -30,6 +30,8 @@ from .appkeys import (
     SETTINGS,
     WEBSOCKETS,
 )
+from .domain.lifecycle import MeetingLifecycle
+from .domain.reminders import background as reminder_task
 from .library_pages import setup_library
 from .meeting_pages import setup_meetings
 from .minutes_pages import setup_minutes
@@ -40,8 +42,6 @@ from .realtime.whip import session_delete, session_patch, whep_post, whip_post
 from .recording import jobs as compose_jobs
 from .recording import recorder as recording
 from .rsvp_pages import setup_rsvp
-from .scheduling.lifecycle import MeetingLifecycle
-from .scheduling.reminders import background as reminder_task
 from .settings import Settings
 from .sfu.bridge import configure_ice_hosts
 from .sfu.participant import Participant

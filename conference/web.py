@@ -56,10 +56,10 @@ from sqlalchemy.orm import Session
 from .appkeys import DATABASE
 from .core.i18n import load_catalogue, web_dir
 from .core.identity import Identity
+from .domain.db import DatabaseError
+from .domain.lifecycle import scheduled_id
+from .domain.models import Point
 from .realtime.access import AccessError, authenticate
-from .scheduling.db import DatabaseError
-from .scheduling.lifecycle import scheduled_id
-from .scheduling.models import Point
 
 logger = logging.getLogger(__name__)
 

@@ -85,11 +85,11 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from .appkeys import DATABASE, SETTINGS
-from .scheduling import accounts
-from .scheduling.db import Database
-from .scheduling.models import User
-from .scheduling.permissions import CurrentUser, visible_unit_ids
-from .scheduling.usertokens import (
+from .domain import accounts
+from .domain.db import Database
+from .domain.models import User
+from .domain.permissions import CurrentUser, visible_unit_ids
+from .domain.usertokens import (
     API_AUDIENCE,
     SESSION_AUDIENCE,
     create_api_token,

@@ -9,8 +9,8 @@ import re
 import aiohttp
 from sqlalchemy import func, select
 
-from conference.scheduling import accounts, organisation
-from conference.scheduling.models import Point, Unit
+from conference.domain import accounts, organisation
+from conference.domain.models import Point, Unit
 
 from .test_webauth import Browser, Site, any_site, browsers, field_error, site  # noqa: F401
 

@@ -10,7 +10,8 @@ they load nothing at run time.
    children referring to each other's types, e.g. ``Room`` and ``Participant``).
 3. Directions, for every import, type-only ones too:
    ``core`` imports nothing else of conference; ``sfu`` imports only ``sfu`` and
-   ``core``; the domain (``scheduling``) imports neither the web layer, nor the media
+   ``core``; ``notify`` only ``notify``, ``core`` and the settings; the domain
+   (``domain``) imports neither the web layer, nor the media
    plane, nor the real-time glue; the web layer never imports ``sfu``; the JSON API
    imports no page module (both use the services of the domain).
 """
@@ -18,6 +19,9 @@ they load nothing at run time.
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,7 +136,11 @@ def forbidden(source: str, target: str) -> str | None:
         ("conference.sfu", "conference.core")
     ):
         return "the media plane imports only sfu and core"
-    if source.startswith("conference.scheduling") and (
+    if source.startswith("conference.notify") and not target.startswith(
+        ("conference.notify", "conference.core", "conference.settings")
+    ):
+        return "notices take plain values: notify imports only core and the settings"
+    if source.startswith("conference.domain") and (
         is_web(target) or target.startswith(("conference.sfu", REALTIME))
     ):
         return "the domain imports neither the web layer, the media plane nor the real-time glue"
@@ -150,7 +158,8 @@ def test_the_graph_is_read() -> None:
     assert "conference.sfu.subscription" in typed["conference.sfu.publication"]
     # the checks below can fail: a circle and a wrong direction are found
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert forbidden("conference.sfu.room", "conference.scheduling.db") is not None
+    assert forbidden("conference.sfu.room", "conference.domain.db") is not None
+    assert forbidden("conference.notify.mail", "conference.domain.models") is not None
     assert forbidden("conference.meeting_pages", "conference.sfu.room") is not None
     assert forbidden("conference.meeting_api", "conference.meeting_pages") is not None
 
@@ -177,3 +186,20 @@ def test_dependency_directions() -> None:
         if (why := forbidden(source, target))
     )
     assert wrong == []
+
+
+def test_the_server_process_loads_no_tool_and_no_numpy() -> None:
+    """What `conference serve` imports: no test or load-test tool, no composer, no numpy.
+
+    The composer (recording/compose.py, numpy and PyAV codecs) runs in its own process.
+    """
+    probe = (
+        "import json, sys, conference.server;"
+        "print(json.dumps(sorted(m for m in sys.modules if m == 'numpy'"
+        " or m.startswith(('conference.tools', 'conference.recording.compose')))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []

@@ -18,15 +18,15 @@ import aiohttp
 import pytest
 
 from conference.client import Client, ClientError
-from conference.scheduling import db
-from conference.scheduling.attendance import list_events, presence
-from conference.scheduling.meetings import ZONE, cancel_meeting, create_meeting, get_meeting
+from conference.domain import db
+from conference.domain.attendance import list_events, presence
+from conference.domain.meetings import ZONE, cancel_meeting, create_meeting, get_meeting
 from conference.testmedia import ToneAudioTrack
 
 from .conftest import ServerProcess, check_clean_exit, start_server
-from .scheduling.meeting_setup import make_org
-from .scheduling.test_cli import env  # noqa: F401 - fixture
-from .scheduling.test_meetings_e2e import url_of
+from .domain.meeting_setup import make_org
+from .domain.test_cli import env  # noqa: F401 - fixture
+from .domain.test_meetings_e2e import url_of
 from .test_browser import browser  # noqa: F401 - fixture
 
 T = TypeVar("T")

@@ -9,9 +9,9 @@ from typing import Any
 
 from openapi_spec_validator import validate as validate_openapi
 
-from conference.scheduling import attendance
-from conference.scheduling import meetings as svc
-from conference.scheduling.meetings import ZONE
+from conference.domain import attendance
+from conference.domain import meetings as svc
+from conference.domain.meetings import ZONE
 
 from .test_api import Client, client, is_error
 from .test_meeting_pages import district, schedule

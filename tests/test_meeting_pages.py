@@ -18,13 +18,13 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy.engine import URL
 
-from conference.scheduling import attendance, invitations, organisation
-from conference.scheduling import meetings as svc
-from conference.scheduling.meetings import ZONE, AgendaInput
-from conference.scheduling.models import Meeting
+from conference.domain import attendance, invitations, organisation
+from conference.domain import meetings as svc
+from conference.domain.meetings import ZONE, AgendaInput
+from conference.domain.models import Meeting
 
 from .conftest import SECRET
-from .scheduling.smtp_server import Mailbox, free_port
+from .domain.smtp_server import Mailbox, free_port
 from .test_webauth import Browser, Site, _start, any_site, browsers, field_error, site  # noqa: F401
 
 HTMLISH = '<script>alert("x")</script> Họp & "giao ban"'

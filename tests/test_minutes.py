@@ -22,6 +22,10 @@ import docx
 import pytest
 from sqlalchemy import select
 
+from conference.domain import attendance, invitations, organisation
+from conference.domain import meetings as svc
+from conference.domain.meetings import ZONE, AgendaInput
+from conference.domain.models import Minutes
 from conference.recording.manifest import FORMAT, iso, read_manifest
 from conference.recording.signing import load_or_create_key
 from conference.recording.store import (
@@ -31,10 +35,6 @@ from conference.recording.store import (
     seal,
     verify_directory,
 )
-from conference.scheduling import attendance, invitations, organisation
-from conference.scheduling import meetings as svc
-from conference.scheduling.meetings import ZONE, AgendaInput
-from conference.scheduling.models import Minutes
 from conference.webauth import SESSION_COOKIE
 
 from .test_api import Client, client, is_error

@@ -22,13 +22,13 @@ import pytest
 from sqlalchemy import URL
 
 from conference.client import Client
-from conference.scheduling import db
-from conference.scheduling.meetings import ZONE, create_meeting
-from conference.scheduling.models import Point
+from conference.domain import db
+from conference.domain.meetings import ZONE, create_meeting
+from conference.domain.models import Point
 from conference.testmedia import BarcodeVideoTrack
 
 from .conftest import ServerProcess, check_clean_exit, start_server
-from .scheduling.meeting_setup import make_org
+from .domain.meeting_setup import make_org
 from .test_browser import browser, join, save_screenshot, sync_api, wait_until
 
 __all__ = ["browser"]  # the fixture, shared with tests/test_browser.py

@@ -2,7 +2,7 @@
 
 Each test starts ``conference serve`` (tests/conftest.py) on SQLite, and on PostgreSQL where
 storage matters, and talks to it with aiohttp (a cookie jar per browser).  Users are made
-with the services (conference.scheduling) on the server's own database.  The helpers here
+with the services (conference.domain) on the server's own database.  The helpers here
 (`site`, `Site`, `Browser`) are reused by tests/test_admin_pages.py and tests/test_api.py.
 """
 
@@ -23,9 +23,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 from yarl import URL as URL_
 
-from conference.scheduling import accounts, organisation
-from conference.scheduling.db import Database
-from conference.scheduling.models import Unit, User
+from conference.domain import accounts, organisation
+from conference.domain.db import Database
+from conference.domain.models import Unit, User
 from conference.webauth import (
     SESSION_COOKIE,
     LoginThrottle,
@@ -35,7 +35,7 @@ from conference.webauth import (
 )
 
 from .conftest import SECRET, ServerProcess, check_clean_exit, start_server
-from .scheduling.conftest import _postgres_schema_url
+from .domain.conftest import _postgres_schema_url
 
 T = TypeVar("T")
 CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')

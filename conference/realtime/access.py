@@ -1,7 +1,7 @@
 """Turning a bearer token into a participant identity, for every media endpoint.
 
 The scheduling plane plugs in through `conference.appkeys.MeetingPolicy`: the server uses
-`conference.scheduling.lifecycle.MeetingLifecycle` (scheduled meetings get the
+`conference.domain.lifecycle.MeetingLifecycle` (scheduled meetings get the
 meeting policy and the lobby, other meeting IDs are ad-hoc rooms);
 :class:`OpenMeetings` accepts any meeting ID (tests, embedding).
 """

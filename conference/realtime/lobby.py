@@ -1,7 +1,7 @@
 """The lobby of scheduled meetings: waiting points, the chair's start, guests, attendance.
 
 The media plane's side of the meeting lifecycle (the database side is
-conference/scheduling/lifecycle.py).  Ad-hoc rooms (meeting ids that are not meetings of
+conference/domain/lifecycle.py).  Ad-hoc rooms (meeting ids that are not meetings of
 the database) never see any of this.
 
 * **Waiting.**  A WebSocket join (conference/realtime/signaling.py) goes through `gate` after the
@@ -42,9 +42,9 @@ from aiohttp import WSMsgType, web
 
 from ..appkeys import MEETING_POLICY, SETTINGS
 from ..core.identity import Identity
+from ..domain.errors import SchedulingError
+from ..domain.lifecycle import MeetingLifecycle, Verdict
 from ..recording import recorder as recording
-from ..scheduling.errors import SchedulingError
-from ..scheduling.lifecycle import MeetingLifecycle, Verdict
 from ..sfu.participant import Participant
 from ..sfu.room import Room, RoomError
 from ..tokens import TokenError, verify_token

@@ -3,7 +3,7 @@
 A recording is a sealed manifest under the recordings root (conference/recording/store.py),
 named outside by :func:`~conference.recording.store.recording_id`, never by its path.
 :func:`library` lists the recordings a user may see with their meetings (a user sees the
-recordings of meetings in its unit scope, see conference/scheduling/permissions.py), and
+recordings of meetings in its unit scope, see conference/domain/permissions.py), and
 the views (timeline, attendance) are what the pages and the API show.  Used by the
 library pages (conference/library_pages.py) and the JSON API (conference/library_api.py).
 """
@@ -21,13 +21,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from conference.domain.meetings import ZONE
+from conference.domain.models import Meeting, Unit
+from conference.domain.organisation import subtree_ids
+from conference.domain.permissions import CurrentUser, visible_unit_ids
 from conference.recording import jobs
 from conference.recording.manifest import MANIFEST_SUFFIX, parse_iso, read_manifest
 from conference.recording.store import PathError, inside, manifests, recording_id
-from conference.scheduling.meetings import ZONE
-from conference.scheduling.models import Meeting, Unit
-from conference.scheduling.organisation import subtree_ids
-from conference.scheduling.permissions import CurrentUser, visible_unit_ids
 
 logger = logging.getLogger(__name__)
 

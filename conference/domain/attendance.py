@@ -1,0 +1,155 @@
+"""Attendance: who joined and left a meeting's room, when, and from which point.
+
+The media plane reports joins and leaves (`record_event`); the minutes and the meeting page
+read them back (`list_events`, `presence`).  The identity is the token's ``sub``: a point
+code for a point (then `point_id` is that point), a username for the chair's side (then
+`user_id`), anything else for a guest or the recorder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from conference.domain import meetings as svc
+from conference.domain.errors import SchedulingError
+from conference.domain.models import ATTENDANCE_KINDS, AttendanceEvent, Point, User, utcnow
+
+__all__ = ["Presence", "list_events", "presence", "record_event"]
+
+
+def record_event(
+    session: Session,
+    meeting_id: int | str,
+    *,
+    identity: str,
+    participant_id: str,
+    kind: str,
+    at: datetime | None = None,
+    name: str = "",
+    role: str = "",
+) -> AttendanceEvent:
+    """Store one join or leave of a participant."""
+    if kind not in ATTENDANCE_KINDS:
+        raise SchedulingError(
+            "bad-attendance", f"attendance event {kind!r} is not join or leave", field="kind"
+        )
+    identity = (identity or "").strip()
+    participant_id = (participant_id or "").strip()
+    if not identity or len(identity) > 128 or not participant_id or len(participant_id) > 128:
+        raise SchedulingError(
+            "bad-attendance", "an attendance event needs an identity and a participant id"
+        )
+    meeting = svc.get_meeting(session, meeting_id)
+    point = (
+        session.scalar(select(Point).where(Point.code == identity))
+        if role in ("point", "viewer", "")
+        else None
+    )
+    user = (
+        None if point is not None else session.scalar(select(User).where(User.username == identity))
+    )
+    event = AttendanceEvent(
+        meeting_id=meeting.id,
+        identity=identity,
+        name=(name or "")[:200],
+        role=(role or "")[:16],
+        participant_id=participant_id,
+        kind=kind,
+        at=svc.parse_time(at, "at") if at is not None else utcnow(),
+        point_id=point.id if point else None,
+        user_id=user.id if user else None,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def list_events(session: Session, meeting_id: int | str) -> list[AttendanceEvent]:
+    """The meeting's joins and leaves in time order."""
+    meeting = svc.get_meeting(session, meeting_id)
+    return list(
+        session.scalars(
+            select(AttendanceEvent)
+            .where(AttendanceEvent.meeting_id == meeting.id)
+            .order_by(AttendanceEvent.at, AttendanceEvent.id)
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Presence:
+    """One identity's attendance: first join, last leave, time connected (summed)."""
+
+    identity: str
+    name: str
+    point: str | None
+    invited: bool
+    first_join: datetime | None
+    last_leave: datetime | None
+    connected: timedelta
+
+
+def presence(
+    session: Session, meeting_id: int | str, *, until: datetime | None = None
+) -> list[Presence]:
+    """Every invited point (present or not) and every other identity that joined.
+
+    A participant still connected counts until `until` (default: the meeting's end or now).
+    """
+    meeting = svc.get_meeting(session, meeting_id)
+    end = until or meeting.ended_at or min(utcnow(), meeting.end_at)
+    events = list_events(session, meeting.id)
+    open_since: dict[str, datetime] = {}
+    totals: dict[str, timedelta] = {}
+    first: dict[str, datetime] = {}
+    last: dict[str, datetime] = {}
+    names: dict[str, str] = {}
+    order: list[str] = []
+    for event in events:
+        who = event.identity
+        if who not in names:
+            order.append(who)
+        names[who] = event.name or names.get(who, "")
+        if event.kind == "join":
+            first.setdefault(who, event.at)
+            open_since.setdefault(event.participant_id, event.at)
+        else:
+            last[who] = event.at
+            joined = open_since.pop(event.participant_id, None)
+            if joined is not None:
+                totals[who] = totals.get(who, timedelta()) + (event.at - joined)
+    by_participant = {e.participant_id: e.identity for e in events}
+    for participant, joined in open_since.items():
+        who = by_participant[participant]
+        totals[who] = totals.get(who, timedelta()) + max(timedelta(), end - joined)
+    invited = {inv.point.code: inv.point.name for inv in meeting.invitations if inv.active}
+    result = [
+        Presence(
+            code,
+            names.get(code) or name,
+            code,
+            True,
+            first.get(code),
+            last.get(code),
+            totals.get(code, timedelta()),
+        )
+        for code, name in invited.items()
+    ]
+    result += [
+        Presence(
+            who,
+            names[who],
+            None,
+            False,
+            first.get(who),
+            last.get(who),
+            totals.get(who, timedelta()),
+        )
+        for who in order
+        if who not in invited
+    ]
+    return result

@@ -1,0 +1,1 @@
+"""Outbound notices: e-mail (SMTP) and iCalendar; plain values in, no database."""
