@@ -16,13 +16,13 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from conference.loadtest.procstat import (
+from conference.tools.loadtest.procstat import (
     cpu_sample,
     machine_busy_seconds,
     machine_info,
     udp_error_counters,
 )
-from conference.loadtest.report import percentile
+from conference.tools.loadtest.report import percentile
 
 __all__ = [
     "CLIP",

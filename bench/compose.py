@@ -7,7 +7,7 @@ Usage::
 
 What runs (in this process, like the background job does in its own):
 
-* a synthetic meeting is written first (``conference.recording.synthetic``;
+* a synthetic meeting is written first (``conference.tools.synthetic``;
   kept in ``--workdir`` and reused when it exists): ``--tracks`` participants,
   each a 1280x720 30 fps VP8 camera (~1.5 Mbps, barcode picture with a moving
   texture) and an Opus microphone, the first one the chair, the active speaker
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_busy  # noqa: E402
 from conference.recording.compose import PRESET, compose  # noqa: E402
-from conference.recording.synthetic import Participant, write_recording  # noqa: E402
+from conference.tools.synthetic import Participant, write_recording  # noqa: E402
 
 
 def _meeting(workdir: Path, seconds: float, tracks: int) -> Path:

@@ -8,9 +8,9 @@ Usage::
 What runs (all on 127.0.0.1):
 
 * the SFU server: ``python -m conference serve`` as a subprocess;
-* this process: one publisher (``conference.client.Client``) replaying a
+* this process: one publisher (``conference.tools.client.Client``) replaying a
   pre-encoded 1280x720 30 fps ~1.5 Mbps VP8 clip plus a 32 kbps Opus tone
-  (``conference.testmedia.PacketTrack``: packets are packetized, never encoded);
+  (``conference.tools.testmedia.PacketTrack``: packets are packetized, never encoded);
 * ``--workers`` worker processes (multiprocessing, spawn) holding the
   subscribers, round-robin: ``Client(..., decode=False)``; every received packet
   goes through a tap (a ``PacketSink`` in front of the client's
@@ -26,7 +26,7 @@ seconds pass, then measures for ``--seconds``:
 * forwarded packets/s = sum over subscribers of received RTP packets / window;
 * loss per subscriber: the server rewrites sequence numbers, so loss is
   counted in each subscriber's own sequence space, by the load tester's
-  :class:`conference.loadtest.streamstats.StreamStats` (the same accounting
+  :class:`conference.tools.loadtest.streamstats.StreamStats` (the same accounting
   as ``conference loadtest``): "raw" = sequence numbers ever missing,
   "final" = those not repaired by RTX (NACK answered from the subscription's
   history) within a second, per expected packet in the window;
@@ -105,7 +105,7 @@ class Tap:
     """
 
     def __init__(self, kind: str, inner: Any = None) -> None:
-        from conference.loadtest.streamstats import StreamStats
+        from conference.tools.loadtest.streamstats import StreamStats
 
         self.kind = kind
         self.inner = inner
@@ -158,9 +158,9 @@ class SfuSubscriber:
     """A conference Client (decode=False) whose video/audio sinks are tapped."""
 
     def __init__(self, url: str, index: int) -> None:
-        from conference.client import Client
         from conference.sfu.bridge import ForwardingReceiver, light_receiver
         from conference.tokens import create_token
+        from conference.tools.client import Client
 
         token = create_token(
             SECRET,
@@ -408,7 +408,7 @@ class SendProbe:
 
 
 def clip_tracks() -> dict[str, Any]:
-    from conference.testmedia import PacketTrack, cached_clip, load_packets
+    from conference.tools.testmedia import PacketTrack, cached_clip, load_packets
 
     video = cached_clip("vp8", **CLIP)
     audio = cached_clip("opus", seconds=CLIP["seconds"])
@@ -424,8 +424,8 @@ def probe_publisher(pc: Any) -> SendProbe:
 
 
 async def sfu_publisher(url: str) -> tuple[Any, SendProbe]:
-    from conference.client import Client
     from conference.tokens import create_token
+    from conference.tools.client import Client
 
     token = create_token(
         SECRET,
@@ -446,7 +446,7 @@ async def baseline_publisher(url: str) -> tuple[Any, SendProbe]:
     import aiohttp
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    from conference.testmedia import prefer_codec
+    from conference.tools.testmedia import prefer_codec
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     tracks = clip_tracks()

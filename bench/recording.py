@@ -9,7 +9,7 @@ What runs (all on 127.0.0.1):
 
 * the server: ``python -m conference serve`` as a subprocess (log level warning);
 * this process: ``--tracks`` publishers, each replaying the benchmark clip
-  (1280x720, 30 fps, ~1.5 Mbps VP8; ``conference.testmedia.PacketTrack``, never
+  (1280x720, 30 fps, ~1.5 Mbps VP8; ``conference.tools.testmedia.PacketTrack``, never
   re-encoded) as a camera, video only, with ``auto_subscribe=False`` so the
   server forwards nothing to anyone: the only work besides receiving is the
   recorder's.  The first publisher is the chair and sends ``record-start`` /
@@ -71,9 +71,9 @@ def _dir_bytes(root: Path) -> int:
 
 
 async def _publisher(url: str, index: int) -> Any:
-    from conference.client import Client
-    from conference.testmedia import PacketTrack, cached_clip, load_packets
     from conference.tokens import create_token
+    from conference.tools.client import Client
+    from conference.tools.testmedia import PacketTrack, cached_clip, load_packets
 
     token = create_token(
         SECRET,
@@ -203,7 +203,7 @@ def micro(seconds: float = 60.0) -> dict[str, Any]:
 
     from conference.recording.depacketize import VideoAssembler
     from conference.recording.writer import TrackWriter
-    from conference.testmedia import cached_clip, load_packets
+    from conference.tools.testmedia import cached_clip, load_packets
 
     clip = load_packets(cached_clip("vp8", **CLIP))
     frame_ticks = 90000 // CLIP["fps"]

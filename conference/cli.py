@@ -16,8 +16,6 @@ from collections.abc import Sequence
 
 from conference import __version__
 from conference.domain import cli as domain_cli
-from conference.loadtest.command import add_arguments as add_loadtest_arguments
-from conference.loadtest.command import run_command as run_loadtest
 from conference.recording import cli as recording_cli
 from conference.settings import (
     TLS_MODES,
@@ -28,6 +26,8 @@ from conference.settings import (
     load_settings,
 )
 from conference.tokens import ROLES, Grants, TokenError, create_token, parse_ttl, verify_token
+from conference.tools.loadtest.command import add_arguments as add_loadtest_arguments
+from conference.tools.loadtest.command import run_command as run_loadtest
 
 __all__ = ["main"]
 

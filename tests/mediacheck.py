@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from conference.client import Client
-from conference.testmedia import audio_samples, dominant_frequency, read_barcode
+from conference.tools.client import Client
+from conference.tools.testmedia import audio_samples, dominant_frequency, read_barcode
 
 
 def drain(track: Any) -> None:

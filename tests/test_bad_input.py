@@ -30,13 +30,13 @@ from aiortc.rtcicetransport import candidate_to_aioice
 from aiortc.sdp import SessionDescription
 
 from conference.appkeys import MEETING_POLICY, REVOKED, ROOMS
-from conference.client import Client
 from conference.realtime import whip
 from conference.realtime.access import AccessError
 from conference.server import create_app
 from conference.settings import Settings
-from conference.testmedia import BarcodeVideoTrack
 from conference.tokens import Claims, Grants, create_token, verify_token
+from conference.tools.client import Client
+from conference.tools.testmedia import BarcodeVideoTrack
 
 from .conftest import SECRET, ServerProcess
 from .mediacheck import increasing, video_numbers, wait_track, wait_tracks

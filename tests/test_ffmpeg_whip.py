@@ -42,9 +42,9 @@ from typing import Any
 import av
 import pytest
 
-from conference.client import Client
-from conference.testmedia import draw_barcode, tone_frames
 from conference.tls import self_signed_certificate
+from conference.tools.client import Client
+from conference.tools.testmedia import draw_barcode, tone_frames
 
 from .mediacheck import audio_frequency, increasing, video_numbers, wait_track, wait_tracks
 
@@ -198,7 +198,7 @@ async def test_first_picture_without_waiting_for_the_encoder(server, tmp_path):
     joining between two keyframes still decodes its first picture within 1 s (the
     server starts it from the last keyframe it kept), and then follows the live
     picture; the viewer already watching is not disturbed."""
-    from conference.whipclient import whep_watch
+    from conference.tools.whipclient import whep_watch
 
     cert_file, key_file = write_p256_certificate(tmp_path)
     token = server.token(identity="ffmpeg-hall", role="chair", name="FFmpeg hội trường")

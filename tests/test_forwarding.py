@@ -10,8 +10,8 @@ import asyncio
 
 import pytest
 
-from conference.client import Client
-from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack
+from conference.tools.client import Client
+from conference.tools.testmedia import BarcodeVideoTrack, ToneAudioTrack
 
 from .mediacheck import audio_frequency, increasing, video_numbers, wait_track, wait_tracks
 
@@ -86,7 +86,7 @@ async def test_udp_port_range_and_announced_address(tmp_path):
 
 
 async def test_caps_on_participants_and_rooms(tmp_path):
-    from conference.client import ClientError
+    from conference.tools.client import ClientError
 
     from .conftest import check_clean_exit, start_server
 

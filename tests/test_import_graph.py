@@ -10,7 +10,8 @@ they load nothing at run time.
    children referring to each other's types, e.g. ``Room`` and ``Participant``).
 3. Directions, for every import, type-only ones too:
    ``core`` imports nothing else of conference; ``sfu`` imports only ``sfu`` and
-   ``core``; ``notify`` only ``notify``, ``core`` and the settings; the domain
+   ``core``; ``notify`` only ``notify``, ``core`` and the settings; nothing but
+   ``tools`` and the command line imports ``tools``; the domain
    (``domain``) imports neither the web layer, nor the media
    plane, nor the real-time glue; the web layer never imports ``sfu``; the JSON API
    imports no page module (both use the services of the domain).
@@ -136,6 +137,10 @@ def forbidden(source: str, target: str) -> str | None:
         ("conference.sfu", "conference.core")
     ):
         return "the media plane imports only sfu and core"
+    if target.startswith("conference.tools") and not source.startswith(
+        ("conference.tools", "conference.cli")
+    ):
+        return "tools drive the server from outside: only the command line imports them"
     if source.startswith("conference.notify") and not target.startswith(
         ("conference.notify", "conference.core", "conference.settings")
     ):
@@ -160,6 +165,7 @@ def test_the_graph_is_read() -> None:
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert forbidden("conference.sfu.room", "conference.domain.db") is not None
     assert forbidden("conference.notify.mail", "conference.domain.models") is not None
+    assert forbidden("conference.recording.cli", "conference.tools.synthetic") is not None
     assert forbidden("conference.meeting_pages", "conference.sfu.room") is not None
     assert forbidden("conference.meeting_api", "conference.meeting_pages") is not None
 

@@ -24,7 +24,7 @@ from conference.recording.manifest import FORMAT, iso, read_manifest, write_mani
 from conference.recording.signing import load_or_create_key
 from conference.recording.store import meeting_directory, recording_id, seal
 from conference.recording.writer import TrackWriter
-from conference.testmedia import cached_clip, load_packets
+from conference.tools.testmedia import cached_clip, load_packets
 
 from .test_api import client
 from .test_meeting_pages import district, schedule, signed_in
@@ -416,7 +416,7 @@ def _mp4(path: Path) -> None:
     """A real 1 s H.264 MP4 (what the composer would have written)."""
     import av
 
-    from conference.testmedia import draw_barcode
+    from conference.tools.testmedia import draw_barcode
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=15)

@@ -1,7 +1,7 @@
 """The meeting lifecycle on the media plane: lobby, start, guests, end, attendance.
 
 A real server process on a database prepared through the scheduling services (SQLite and
-PostgreSQL), participants over real WebSockets (conference.client).  Ad-hoc rooms (meeting
+PostgreSQL), participants over real WebSockets (conference.tools.client).  Ad-hoc rooms (meeting
 ids that are not meetings of the database) keep working with a signed token alone.
 """
 
@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from conference.client import Client, ClientError
 from conference.domain import db
 from conference.domain.attendance import list_events, presence
 from conference.domain.meetings import ZONE, cancel_meeting, create_meeting, get_meeting
-from conference.testmedia import ToneAudioTrack
+from conference.tools.client import Client, ClientError
+from conference.tools.testmedia import ToneAudioTrack
 
 from .conftest import ServerProcess, check_clean_exit, start_server
 from .domain.meeting_setup import make_org

@@ -13,8 +13,15 @@ from typing import Any
 
 import pytest
 
-from conference import linkemu
-from conference.linkemu import PROFILES, Impairment, LinkProfile, Namespace, UdpRelay, parse_weak
+from conference.tools import linkemu
+from conference.tools.linkemu import (
+    PROFILES,
+    Impairment,
+    LinkProfile,
+    Namespace,
+    UdpRelay,
+    parse_weak,
+)
 
 # --- profiles and --weak flags -------------------------------------------------
 

@@ -22,36 +22,36 @@ from typing import Any
 
 import pytest
 
-from conference import linkemu
-from conference.loadtest import media
-from conference.loadtest.eventloop import LoadTestEventLoop
-from conference.loadtest.media import ClipTrack, MediaSet, SpeechTrack
-from conference.loadtest.plan import (
+from conference.sfu.bridge import RtpPacket
+from conference.sfu.speaker import SpeakerDetector
+from conference.tools import linkemu
+from conference.tools.loadtest import media
+from conference.tools.loadtest.eventloop import LoadTestEventLoop
+from conference.tools.loadtest.media import ClipTrack, MediaSet, SpeechTrack
+from conference.tools.loadtest.plan import (
     Config,
     FloorSchedule,
     make_seats,
     seats_from_tokens,
     token_identity,
 )
-from conference.loadtest.procstat import (
+from conference.tools.loadtest.procstat import (
     cpu_sample,
     find_listening_pid,
     is_local_host,
     memory_kib,
 )
-from conference.loadtest.report import build_report, check_targets, format_report, percentile
-from conference.loadtest.runner import _split, run_loadtest
-from conference.loadtest.streamstats import StreamStats
-from conference.loadtest.weak import (
+from conference.tools.loadtest.report import build_report, check_targets, format_report, percentile
+from conference.tools.loadtest.runner import _split, run_loadtest
+from conference.tools.loadtest.streamstats import StreamStats
+from conference.tools.loadtest.weak import (
     assign_weak,
     relay_candidates,
     strip_candidates,
     weak_camera_kbps,
     weak_counts,
 )
-from conference.sfu.bridge import RtpPacket
-from conference.sfu.speaker import SpeakerDetector
-from conference.testmedia import EncodedPacket
+from conference.tools.testmedia import EncodedPacket
 
 from .conftest import ROOT, SECRET, ServerProcess, check_clean_exit, start_server
 
@@ -426,7 +426,7 @@ def test_percentile_and_targets() -> None:
 
 
 def test_soak_drift_compares_the_first_and_last_five_minutes() -> None:
-    from conference.loadtest.report import _drift
+    from conference.tools.loadtest.report import _drift
 
     # 30 minutes every 10 s: CPU steady at 70 %, RSS 300 MB growing 40 MB over the run
     timeline = [(t, 70.0, 300.0 + 40.0 * t / 1800) for t in range(10, 1801, 10)]

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from conference.client import Client, ClientError
-from conference.testmedia import ToneAudioTrack
+from conference.tools.client import Client, ClientError
+from conference.tools.testmedia import ToneAudioTrack
 
 
 async def _counter_packets(client: Client, publication_id: str) -> int:

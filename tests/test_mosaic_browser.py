@@ -3,7 +3,7 @@ speaker layout, and link profiles (the point's configured bandwidth, the chair's
 
 Thirty Chromium pages are too heavy for a small test machine: the chair (and one point)
 are Chromium pages (tests/test_browser.py's set-up), the other points are light Python
-clients (conference/client.py) that publish a small barcode camera (160x120, 5 fps) from
+clients (conference/tools/client.py) that publish a small barcode camera (160x120, 5 fps) from
 an event loop in a background thread.
 """
 
@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import URL
 
-from conference.client import Client
 from conference.domain import db
 from conference.domain.meetings import ZONE, create_meeting
 from conference.domain.models import Point
-from conference.testmedia import BarcodeVideoTrack
+from conference.tools.client import Client
+from conference.tools.testmedia import BarcodeVideoTrack
 
 from .conftest import ServerProcess, check_clean_exit, start_server
 from .domain.meeting_setup import make_org

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from conference.client import Client
+from conference.tools.client import Client
 
 from .conftest import ServerProcess
 from .test_browser import browser, join, wait_until

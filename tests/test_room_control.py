@@ -1,6 +1,6 @@
 """The chaired briefing, enforced by the server: hands, floor, mute all, lock, end, chat.
 
-Real server process, real aiortc peers over 127.0.0.1 (conference.client).  The
+Real server process, real aiortc peers over 127.0.0.1 (conference.tools.client).  The
 chair receives with ``decode=False`` so that the tests count the packets the
 server forwards: a held microphone must really stop reaching the others.
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from conference.client import Client, ClientError
-from conference.testmedia import ToneAudioTrack
+from conference.tools.client import Client, ClientError
+from conference.tools.testmedia import ToneAudioTrack
 
 
 def packets(client: Client, publication_id: str) -> int:

@@ -1,4 +1,4 @@
-"""Tests for :mod:`conference.testmedia` (real encoders and peer connections)."""
+"""Tests for :mod:`conference.tools.testmedia` (real encoders and peer connections)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import compute_audio_level_dbov
 
-from conference.testmedia import (
+from conference.tools.testmedia import (
     BARCODE_MAX,
     BarcodeVideoTrack,
     EncodedPacket,

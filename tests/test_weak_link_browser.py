@@ -4,7 +4,7 @@ Three pages, as in tests/test_simulcast_browser.py: a point publishes its camera
 three simulcast layers and its microphone; the chair (uncapped, in the root network
 namespace) gives it the floor, so its camera is the large tile everywhere; a second
 viewer runs in a second Chromium *inside* a network namespace whose downlink is limited
-to 400 kbit/s by a kernel tbf qdisc (conference/linkemu.py).  The issue's "done when":
+to 400 kbit/s by a kernel tbf qdisc (conference/tools/linkemu.py).  The issue's "done when":
 
 * the capped viewer keeps receiving the speaker's camera at >= 10 fps from the low
   layer (320x180), with its audio continuous (no gap > 300 ms);
@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from conference import linkemu
+from conference.tools import linkemu
 
 from .conftest import ServerProcess, check_clean_exit, start_server
 from .test_browser import CHROMIUM, browser, open_invitation, wait_until

@@ -8,10 +8,10 @@ import time
 import aiohttp
 import pytest
 
-from conference.client import Client, StreamCounter
 from conference.sfu.bridge import ForwardingReceiver
-from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack
-from conference.whipclient import whep_watch, whip_publish
+from conference.tools.client import Client, StreamCounter
+from conference.tools.testmedia import BarcodeVideoTrack, ToneAudioTrack
+from conference.tools.whipclient import whep_watch, whip_publish
 
 from .mediacheck import audio_frequency, increasing, video_numbers, wait_track, wait_tracks
 

@@ -10,7 +10,7 @@ from typing import Any
 import av
 import numpy as np
 
-from conference.testmedia import audio_samples, dominant_frequency, read_barcode
+from conference.tools.testmedia import audio_samples, dominant_frequency, read_barcode
 
 
 @dataclass

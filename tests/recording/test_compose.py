@@ -1,6 +1,6 @@
 """Composition of a recording into one MP4, and its background jobs.
 
-Recordings are written directly (``conference.recording.synthetic``: VP8/Opus
+Recordings are written directly (``conference.tools.synthetic``: VP8/Opus
 WebM files with barcode numbers and distinct tones, and a sealed manifest),
 except the last test, which records through the real server and waits for the
 server's own background job.  Outputs are decoded here with PyAV.
@@ -27,8 +27,8 @@ from conference.recording.compose import HEIGHT, WIDTH, inset_boxes, output_path
 from conference.recording.manifest import read_manifest, write_manifest
 from conference.recording.signing import load_or_create_key
 from conference.recording.store import seal
-from conference.recording.synthetic import Participant, write_recording
-from conference.testmedia import dominant_frequency, read_barcode
+from conference.tools.synthetic import Participant, write_recording
+from conference.tools.testmedia import dominant_frequency, read_barcode
 
 from ..conftest import ServerProcess
 from .files import decode_audio, onsets

@@ -17,7 +17,7 @@ from conference.recording.depacketize import (
     h264_frame_size,
     vp8_keyframe_size,
 )
-from conference.testmedia import draw_barcode
+from conference.tools.testmedia import draw_barcode
 
 Packet = tuple[int, int, bool, bytes]  # seq, timestamp, marker, payload
 
@@ -57,7 +57,7 @@ def _numbers(codec: str, frames: list) -> list[int | None]:
     """Decode the assembled frames (in the test) and read their barcodes."""
     import av
 
-    from conference.testmedia import read_barcode
+    from conference.tools.testmedia import read_barcode
 
     decoder = av.CodecContext.create("libvpx" if codec == "vp8" else "h264", "r")
     numbers = []
@@ -172,7 +172,7 @@ def test_resolution_change_and_mute_gap_in_one_file(tmp_path) -> None:
     import av
 
     from conference.recording.writer import TrackWriter
-    from conference.testmedia import read_barcode
+    from conference.tools.testmedia import read_barcode
 
     encoder = Vp8Encoder()
     assembler = VideoAssembler("vp8")

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from conference.client import Client
 from conference.recording.store import verify_directory
-from conference.testmedia import BarcodeVideoTrack, ToneAudioTrack
+from conference.tools.client import Client
+from conference.tools.testmedia import BarcodeVideoTrack, ToneAudioTrack
 
 from ..conftest import ServerProcess, check_clean_exit, start_server
 from .files import consecutive, decode_audio, decode_video, frequency, manifests, onsets

@@ -23,7 +23,7 @@ from conference.recording.store import (
     seal,
 )
 from conference.recording.writer import TrackWriter
-from conference.testmedia import cached_clip, load_packets
+from conference.tools.testmedia import cached_clip, load_packets
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -140,7 +140,7 @@ def seats_for(config: Config, args: argparse.Namespace) -> list[Seat]:
         return seats_from_tokens(config, Path(args.tokens))
     secret = args.secret
     if secret is None:
-        from ..settings import load_secret, load_settings
+        from ...settings import load_secret, load_settings
 
         settings = load_settings(overrides={"data_dir": args.data_dir})
         secret = load_secret(settings)

@@ -1,16 +1,16 @@
 """Simulated points on weak links: ``conference loadtest --weak 30%:4g-weak``.
 
 A share of the points is put behind one of the link profiles of
-:mod:`conference.linkemu` (``4g-weak``, ``adsl-busy``, ``very-weak``).  Each
+:mod:`conference.tools.linkemu` (``4g-weak``, ``adsl-busy``, ``very-weak``).  Each
 such point gets a link of its own, as a commune on its own 4G router would:
 
 * **rate**: the point runs in a worker process of its own, inside a network
-  namespace (:class:`conference.linkemu.Namespace`) whose veth pair carries the
+  namespace (:class:`conference.tools.linkemu.Namespace`) whose veth pair carries the
   profile's rates as kernel ``tbf`` qdiscs: ``down_kbps`` towards the point,
   ``up_kbps`` from it, each with a queue of at most 150 ms before drops.  All
   of the point's traffic crosses it: media, and its signaling too;
 * **loss, delay, jitter**: every media path goes through a
-  :class:`conference.linkemu.UdpRelay` in the coordinator (root namespace),
+  :class:`conference.tools.linkemu.UdpRelay` in the coordinator (root namespace),
   listening on the namespace's host-side address and forwarding to one of
   the server's ICE candidates: the profile's loss each way, half its RTT each
   way plus up to ``jitter_ms`` (FIFO).  The signaling WebSocket is not
@@ -48,7 +48,7 @@ over the points, never the chair.  The report gets a per-link section
 (``links``): strong against each profile (see :mod:`.report`).
 
 Needs root (CAP_NET_ADMIN) and iproute2 (``ip``, ``tc``);
-:func:`conference.linkemu.available` says why not otherwise.
+:func:`conference.tools.linkemu.available` says why not otherwise.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from .sfu.bridge import ForwardingPeerConnection, ForwardingReceiver, RtpPacket
-from .sfu.keyframe import is_keyframe
+from ..sfu.bridge import ForwardingPeerConnection, ForwardingReceiver, RtpPacket
+from ..sfu.keyframe import is_keyframe
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from urllib.parse import urlparse
 
 import aiohttp
 
-from .. import __version__
+from ... import __version__
 from ..linkemu import PROFILES, LinkEmuError
 from .plan import Config, FloorSchedule, Seat
 from .procstat import (
@@ -165,7 +165,7 @@ class _NamespacedProcess:
         source = str(Path(__file__).resolve().parents[2])  # the folder holding `conference`
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
-        code = "from conference.loadtest.worker import namespaced_entry; namespaced_entry()"
+        code = "from conference.tools.loadtest.worker import namespaced_entry; namespaced_entry()"
         argv = site.command([sys.executable, "-c", code, str(theirs.fileno())])
         try:
             self.popen = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env=env)
@@ -410,7 +410,7 @@ async def run_loadtest(
     # a weak point's relays run here: then no participant does
     in_process = len(shares) == 1 and not weak
     if in_process and config.ice_hosts:
-        from ..sfu.bridge import configure_ice_hosts
+        from ...sfu.bridge import configure_ice_hosts
 
         configure_ice_hosts(config.ice_hosts)
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")

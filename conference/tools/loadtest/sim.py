@@ -1,10 +1,10 @@
 """Simulated participants: the chair, meeting points and program-feed viewers.
 
 Each simulated participant uses the real interfaces: the WebSocket signaling
-protocol through :class:`conference.client.Client` (``decode=False``), or WHEP
-through :func:`conference.whipclient.whep_watch`.  Publishers send pre-encoded
-media (:mod:`conference.loadtest.media`); everything received goes into
-:class:`conference.loadtest.streamstats.StreamStats`, one per stream episode.
+protocol through :class:`conference.tools.client.Client` (``decode=False``), or WHEP
+through :func:`conference.tools.whipclient.whep_watch`.  Publishers send pre-encoded
+media (:mod:`conference.tools.loadtest.media`); everything received goes into
+:class:`conference.tools.loadtest.streamstats.StreamStats`, one per stream episode.
 
 How each one watches, as the browser page would:
 
@@ -24,14 +24,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from ..client import Client, StreamCounter
-from ..sfu.bridge import (
+from ...sfu.bridge import (
     ForwardingPeerConnection,
     ForwardingReceiver,
     attach_audio_levels,
     honour_keyframe_requests,
     light_receiver,
 )
+from ..client import Client, StreamCounter
 from ..whipclient import WhipSession, exchange, whep_watch
 from .media import ClipTrack, MediaSet, SpeechTrack
 from .plan import Seat
@@ -221,7 +221,7 @@ def feedback(receiver: ForwardingReceiver, weak: bool) -> None:
 
 
 async def _weak_whep_watch(url: str, token: str, relay: RelayFactory) -> WhipSession:
-    """:func:`conference.whipclient.whep_watch` (non-decoding) through relays."""
+    """:func:`conference.tools.whipclient.whep_watch` (non-decoding) through relays."""
     pc = ForwardingPeerConnection([])
     pc.addTransceiver("audio", direction="recvonly")
     pc.addTransceiver("video", direction="recvonly")

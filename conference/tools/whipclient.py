@@ -15,7 +15,7 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from .sfu.bridge import ForwardingPeerConnection
+from ..sfu.bridge import ForwardingPeerConnection
 
 
 class WhipError(Exception):

@@ -1,6 +1,6 @@
 """A load-test worker: runs a share of the simulated participants in one event loop.
 
-The coordinator (:mod:`conference.loadtest.runner`) and its workers exchange
+The coordinator (:mod:`conference.tools.loadtest.runner`) and its workers exchange
 small dicts over a :class:`Channel`: in the same process (``--processes 1``)
 through asyncio queues, otherwise through a ``multiprocessing`` pipe with a
 reader thread on each side.  A worker:
@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..sfu.bridge import configure_ice_hosts
+from ...sfu.bridge import configure_ice_hosts
 from .eventloop import LoadTestEventLoop
 from .media import MediaSet, prepare_media
 from .plan import Config, FloorSchedule, Seat

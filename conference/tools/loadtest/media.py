@@ -2,10 +2,10 @@
 
 A simulated point must not encode: 40 of them in one process would need
 several cores.  Both tracks here replay packets demuxed once from cached clips
-(:mod:`conference.testmedia`), and aiortc only packetizes them:
+(:mod:`conference.tools.testmedia`), and aiortc only packetizes them:
 
 * :class:`ClipTrack` (camera): a VP8 or H.264 clip of barcode frames.  Unlike
-  :class:`conference.testmedia.PacketTrack` it honours keyframe requests: when
+  :class:`conference.tools.testmedia.PacketTrack` it honours keyframe requests: when
   the server asks for a keyframe (PLI/FIR from a new subscriber or a speaker
   switch), the replay jumps to the clip's next keyframe, as a browser's encoder
   would produce one.  Timestamps follow the real-time frame clock, never the

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ..tokens import create_token
+from ...tokens import create_token
 
 __all__ = [
     "SCENARIOS",

@@ -2,7 +2,7 @@
 
 :func:`write_recording` writes what the recorder would: one VP8 WebM per
 camera/screen and one Opus WebM per microphone, plus a sealed, signed
-manifest, with machine-checkable content (``conference.testmedia``): each
+manifest, with machine-checkable content (``conference.tools.testmedia``): each
 participant's pictures carry barcode numbers ``1000 * (k + 1) + frame``
 (``k`` its index; 1000 frames at most per track, screens add 500), its
 microphone a distinct tone, on only while the participant speaks in the given
@@ -20,10 +20,10 @@ from typing import Any
 import av
 import numpy as np
 
-from ..testmedia import draw_barcode
-from .manifest import FORMAT, MANIFEST_SUFFIX, iso
-from .signing import load_or_create_key
-from .store import seal
+from ..recording.manifest import FORMAT, MANIFEST_SUFFIX, iso
+from ..recording.signing import load_or_create_key
+from ..recording.store import seal
+from .testmedia import draw_barcode
 
 __all__ = ["Participant", "write_recording"]
 

@@ -42,8 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..sfu.bridge import RtpPacket
-from ..sfu.keyframe import is_keyframe
+from ...sfu.bridge import RtpPacket
+from ...sfu.keyframe import is_keyframe
 
 __all__ = [
     "ABANDON_AFTER",
