@@ -38,7 +38,7 @@ MEETING_POLICY: web.AppKey[MeetingPolicy] = web.AppKey("meeting_policy")
 ICE_SERVERS = web.AppKey("ice_servers", list[RTCIceServer])
 ICE_SERVERS_JSON = web.AppKey("ice_servers_json", list[dict[str, Any]])
 WEBSOCKETS: web.AppKey[weakref.WeakSet[asyncio.Task[Any]]] = web.AppKey("websockets")
-#: The control-plane database (opened by conference.webauth.setup_auth, closed on cleanup).
+#: The control-plane database (opened by conference.web.auth.setup_auth, closed on cleanup).
 DATABASE: web.AppKey[Database] = web.AppKey("database")
 
 

@@ -16,9 +16,16 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCIceServer
 
+from conference.web.api import setup_api
+from conference.web.auth import setup_auth
+from conference.web.pages.admin import setup_admin
+from conference.web.pages.library import setup_library
+from conference.web.pages.meetings import setup_meetings
+from conference.web.pages.minutes import setup_minutes
+from conference.web.pages.rsvp import setup_rsvp
+from conference.web.site import setup_web
+
 from . import __version__
-from .admin_pages import setup_admin
-from .api import setup_api
 from .appkeys import (
     BRIEFINGS,
     DATABASE,
@@ -32,24 +39,18 @@ from .appkeys import (
 )
 from .domain.lifecycle import MeetingLifecycle
 from .domain.reminders import background as reminder_task
-from .library_pages import setup_library
-from .meeting_pages import setup_meetings
-from .minutes_pages import setup_minutes
 from .realtime.briefing import Briefings
 from .realtime.lobby import setup_lobby
 from .realtime.signaling import websocket_handler
 from .realtime.whip import session_delete, session_patch, whep_post, whip_post
 from .recording import jobs as compose_jobs
 from .recording import recorder as recording
-from .rsvp_pages import setup_rsvp
 from .settings import Settings
 from .sfu.bridge import configure_ice_hosts
 from .sfu.participant import Participant
 from .sfu.room import RoomRegistry
 from .sfu.udp import loop_factory
 from .tokens import RevocationList
-from .web import setup_web
-from .webauth import setup_auth
 
 logger = logging.getLogger("conference")
 
@@ -114,7 +115,7 @@ def ice_servers(settings: Settings) -> tuple[list[RTCIceServer], list[dict[str, 
 
 
 def setup_control_plane(app: web.Application) -> None:
-    """Sign-in (webauth), the organisation and meeting pages, the JSON API, in order."""
+    """Sign-in (web/auth.py), the organisation and meeting pages, the JSON API, in order."""
     setup_auth(app)
     setup_admin(app)
     setup_meetings(app)
@@ -149,7 +150,7 @@ def create_app(settings: Settings) -> web.Application:
     app[ICE_SERVERS], app[ICE_SERVERS_JSON] = ice_servers(settings)
     app[WEBSOCKETS] = weakref.WeakSet()
     setup_web(app)
-    setup_rsvp(app)  # /m/{meeting}/rsvp: invitation answers (conference/rsvp_pages.py)
+    setup_rsvp(app)  # /m/{meeting}/rsvp: invitation answers (conference/web/pages/rsvp.py)
     setup_control_plane(app)  # sign-in, admin pages, JSON API
     # scheduled meetings: admission, lobby, start/end, attendance (ad-hoc rooms as before)
     lifecycle = MeetingLifecycle(app[DATABASE], settings)

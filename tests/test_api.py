@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 from openapi_spec_validator import validate as validate_openapi
 
-from conference.api import API, validate
-from conference.webauth import create_api_token, create_session_token
+from conference.web.api import API, validate
+from conference.web.auth import create_api_token, create_session_token
 
 from .conftest import SECRET
 from .test_admin_pages import two_districts

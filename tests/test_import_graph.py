@@ -30,13 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "conference"
 
 #: the web layer: HTTP pages, the page framework and the JSON API
-WEB = {"conference.web", "conference.webauth", "conference.api"}
+WEB = "conference.web"
 #: the real-time layer: signaling, the briefing rules, the lobby, WHIP/WHEP, access
 REALTIME = "conference.realtime"
 
 
 def is_web(module: str) -> bool:
-    return module in WEB or module.endswith(("_pages", "_api"))
+    return module == WEB or module.startswith(WEB + ".")
 
 
 def modules() -> dict[str, Path]:
@@ -151,7 +151,7 @@ def forbidden(source: str, target: str) -> str | None:
         return "the domain imports neither the web layer, the media plane nor the real-time glue"
     if is_web(source) and target.startswith("conference.sfu"):
         return "the web layer never imports the media plane"
-    if (source == "conference.api" or source.endswith("_api")) and target.endswith("_pages"):
+    if source.startswith("conference.web.api") and target.startswith("conference.web.pages"):
         return "the API shares services with the pages, it does not import them"
     return None
 
@@ -166,8 +166,8 @@ def test_the_graph_is_read() -> None:
     assert forbidden("conference.sfu.room", "conference.domain.db") is not None
     assert forbidden("conference.notify.mail", "conference.domain.models") is not None
     assert forbidden("conference.recording.cli", "conference.tools.synthetic") is not None
-    assert forbidden("conference.meeting_pages", "conference.sfu.room") is not None
-    assert forbidden("conference.meeting_api", "conference.meeting_pages") is not None
+    assert forbidden("conference.web.pages.meetings", "conference.sfu.room") is not None
+    assert forbidden("conference.web.api.meetings", "conference.web.pages.meetings") is not None
 
 
 def test_no_circle_of_run_time_imports() -> None:

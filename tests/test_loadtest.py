@@ -675,6 +675,7 @@ def test_webinar_from_the_command_line(lt_server: ServerProcess, tmp_path: Path)
 
 
 @pytest.mark.slow
+@pytest.mark.quiet  # user-space relays: a starved one adds loss the test does not intend
 async def test_briefing_with_points_on_a_weak_link(lt_server: ServerProcess) -> None:
     """Two of four points on 4g-weak: rate-limited namespaces, relays, a section per link."""
     reason = linkemu.available()

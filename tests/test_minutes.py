@@ -35,7 +35,7 @@ from conference.recording.store import (
     seal,
     verify_directory,
 )
-from conference.webauth import SESSION_COOKIE
+from conference.web.auth import SESSION_COOKIE
 
 from .test_api import Client, client, is_error
 from .test_webauth import Browser, Site, any_site, browsers, site  # noqa: F401

@@ -216,8 +216,14 @@ def test_screen_share_is_large_and_hidden_videos_are_not_received(
     )
     time.sleep(1.0)
     cam_chair = publication(b, ids["huyen"], "camera")
-    grown = growth(b, [cam_a, cam_chair, screen])
-    assert grown[cam_a] == 0 and grown[cam_chair] > 0 and grown[screen] > 0, grown
+    assert growth(b, [cam_a])[cam_a] == 0  # the hidden camera is not received
+    # the chair's inset and the screen keep coming (on a loaded machine the browser's
+    # estimate may pause the inset for a moment: wait for both, not one fixed window)
+    wait_until(
+        lambda: all(n > 0 for n in growth(b, [cam_chair, screen], 1.0).values()),
+        15,
+        "the chair's camera and the screen on xa-b",
+    )
     save_screenshot(b, tmp_path, "screenshot-screen-share.png", docs=False)
 
     # the grid layout (the point's choice) shows and receives every camera again

@@ -1,4 +1,4 @@
-"""The chaired briefing, enforced by the server: hands, floor, mute all, lock, end, chat.
+"""The chair's powers, enforced by the server: mute, remove, hands, floor, mute all, lock, end, chat.
 
 Real server process, real aiortc peers over 127.0.0.1 (conference.tools.client).  The
 chair receives with ``decode=False`` so that the tests count the packets the
@@ -407,3 +407,124 @@ async def test_a_rejoining_point_keeps_its_hand_and_its_hold(server):
     finally:
         for client in (*rejoined, b, a, chair):
             await client.leave()
+
+
+# -- moderation of one participant (was tests/test_moderation.py) ----------------------
+
+
+async def test_point_may_not_moderate(server):
+    chair = Client(server.url, "m1", server.token(identity="chair", role="chair"))
+    point = Client(server.url, "m1", server.token(identity="xa-a"))
+    await chair.connect()
+    await point.connect()
+    await chair.publish({"microphone": ToneAudioTrack()})
+    await point.wait_for(lambda: len(point.publications()) == 1)
+    try:
+        for message in (
+            {"type": "remove", "participant": chair.id},
+            {
+                "type": "mute-participant",
+                "participant": chair.id,
+                "source": "microphone",
+                "muted": True,
+            },
+        ):
+            error = await point.request(message, "error")
+            assert error["code"] == "forbidden"
+            assert error["message"] == "only a moderator (the chair) may do this"
+        # nothing happened to the chair, and the point's session goes on
+        assert (await point.request({"type": "ping", "id": 7}, "pong"))["id"] == 7
+        assert len(point.room["participants"]) == 2
+        assert point.publications()[0]["blocked"] is False
+    finally:
+        await point.leave()
+        await chair.leave()
+
+
+async def test_chair_mutes_a_point_and_the_server_stops_forwarding(server):
+    chair = Client(server.url, "m1", server.token(identity="chair", role="chair"), decode=False)
+    point = Client(server.url, "m1", server.token(identity="xa-a"))
+    await chair.connect()
+    await point.connect()
+    await point.publish({"microphone": ToneAudioTrack(500.0)})
+    try:
+        await chair.wait_for(lambda: len(chair.counters) == 1)
+        publication = next(iter(chair.counters))
+        await asyncio.sleep(1.0)
+        flowing = packets(chair, publication)
+        assert flowing > 20
+
+        await chair.send(
+            {
+                "type": "mute-participant",
+                "participant": point.id,
+                "source": "microphone",
+                "muted": True,
+            }
+        )
+        told = await point.wait_message("muted-by-moderator")
+        assert told == {"type": "muted-by-moderator", "source": "microphone", "muted": True}
+        await chair.wait_for(lambda: chair.publications()[0]["blocked"] is True)
+        await asyncio.sleep(0.3)
+        blocked_at = packets(chair, publication)
+        await asyncio.sleep(1.0)
+        assert packets(chair, publication) == blocked_at  # nothing forwarded
+
+        await chair.send(
+            {
+                "type": "mute-participant",
+                "participant": point.id,
+                "source": "microphone",
+                "muted": False,
+            }
+        )
+        await point.wait_for(
+            lambda: any(
+                m.get("type") == "muted-by-moderator" and m["muted"] is False
+                for m in point.messages
+            )
+        )
+        await asyncio.sleep(1.0)
+        assert packets(chair, publication) > blocked_at + 20
+    finally:
+        await point.leave()
+        await chair.leave()
+
+
+async def test_removed_point_is_told_and_cannot_rejoin_with_its_token(server):
+    chair = Client(server.url, "m1", server.token(identity="chair", role="chair"))
+    token = server.token(identity="xa-b")
+    point = Client(server.url, "m1", token)
+    await chair.connect()
+    await point.connect()
+    try:
+        await chair.wait_for(lambda: len(chair.room["participants"]) == 2)
+        await chair.send({"type": "remove", "participant": point.id})
+        await point.closed.wait()
+        assert point.left_reason == "removed"
+        assert point.ws.close_code == 4410
+        await chair.wait_for(lambda: len(chair.room["participants"]) == 1)
+
+        again = Client(server.url, "m1", token)
+        with pytest.raises(ClientError) as refused:
+            await again.connect()
+        assert refused.value.code == "revoked"
+        # a fresh token (issued by the office) lets the point back in
+        back = Client(server.url, "m1", server.token(identity="xa-b"))
+        await back.connect()
+        await back.leave()
+    finally:
+        await point.close()
+        await chair.leave()
+
+
+async def test_moderation_of_unknown_participants_is_an_error(server):
+    chair = Client(server.url, "m1", server.token(identity="chair", role="chair"))
+    await chair.connect()
+    try:
+        error = await chair.request({"type": "remove", "participant": "PA_nobody"}, "error")
+        assert error["code"] == "unknown-participant"
+        error = await chair.request({"type": "remove", "participant": chair.id}, "error")
+        assert error["code"] == "bad-request"
+    finally:
+        await chair.leave()

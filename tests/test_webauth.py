@@ -26,7 +26,7 @@ from yarl import URL as URL_
 from conference.domain import accounts, organisation
 from conference.domain.db import Database
 from conference.domain.models import Unit, User
-from conference.webauth import (
+from conference.web.auth import (
     SESSION_COOKIE,
     LoginThrottle,
     create_api_token,

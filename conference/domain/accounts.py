@@ -7,7 +7,7 @@ its communes, nothing of another district.
 
 Passwords are hashed with argon2id (argon2-cffi's RFC 9106 low-memory profile); a hash made
 with older parameters is replaced on the next successful login.  Login throttling (per
-username and per client address) lives in the web layer, `conference/webauth.py`.
+username and per client address) lives in the web layer, `conference/web/auth.py`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ its existence does not leak.  Invalid input raises :class:`Invalid` with one mes
 field (catalogue keys of ``web/static/i18n/admin.json``, so pages show them in Vietnamese
 and the API in English); nothing is written then.  Views (:class:`UnitView`, ...) are
 plain snapshots, safe to use after the session is closed.  Used by the admin pages
-(conference/admin_pages.py) and the JSON API (conference/api.py).
+(conference/web/pages/admin.py) and the JSON API (conference/web/api/__init__.py).
 """
 
 from __future__ import annotations

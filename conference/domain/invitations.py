@@ -7,7 +7,7 @@ meeting (``meeting`` = the meeting id) and the point (``sub`` = point code, ``na
 name, role ``point``), valid from 30 minutes before the start (``nbf``; ``iat`` is the same
 moment, so the ``exp - iat`` lifetime stays within the token module's 7-day limit however
 early the e-mail goes out) to `Settings.link_hours_after_end` hours after the end (``exp``).
-The room page /m/{id} (conference/web.py) verifies it with `conference.realtime.access.authenticate`
+The room page /m/{id} (conference/web/site.py) verifies it with `conference.realtime.access.authenticate`
 and keeps it in a cookie.  A meeting moved later gets new links in the update e-mail.
 
 Answer link

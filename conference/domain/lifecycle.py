@@ -17,7 +17,7 @@ Verdicts
 --------
 `evaluate` does not refuse what the lobby handles: an identity that is not invited is a
 *guest* (it waits until the chair admits it), and a point that arrives while the meeting
-is still ``scheduled`` waits until the chair starts it.  The room page (conference/web.py)
+is still ``scheduled`` waits until the chair starts it.  The room page (conference/web/site.py)
 and the WebSocket both authenticate through `MeetingLifecycle.admit`, so the page of a
 waiting point loads and shows the lobby; WHIP/WHEP sessions cannot wait and are refused
 unless `Verdict.enters_now`.

@@ -1,7 +1,7 @@
 """Meetings as a user sees them: who sees and who edits, and the scoped services.
 
-Shared by the meeting pages (conference/meeting_pages.py) and the JSON API
-(conference/meeting_api.py).
+Shared by the meeting pages (conference/web/pages/meetings.py) and the JSON API
+(conference/web/api/meetings.py).
 
 * **See** a meeting: an admin, secretary or chair whose unit scope
   (:func:`conference.domain.permissions.visible_unit_ids`) contains the meeting's unit, and the

@@ -36,7 +36,7 @@ verifies and ``conference recordings prune`` may delete it after the retention p
 A meeting still being recorded cannot have final minutes (``recording-active``).
 
 Size: over 600 lines: the draft of the biên bản (its fixed administrative layout) and its
-versioned edits are one document's rules; the HTTP side is minutes_pages/minutes_api.
+versioned edits are one document's rules; the HTTP side is web/pages/minutes.py and web/api/minutes.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Signed with the server's secret like meeting tokens (conference/tokens.py), told apart
 by their audience; each carries a fingerprint of the user's password hash, so a password
-change ends every session and API token of that user.  Checked by conference/webauth.py
+change ends every session and API token of that user.  Checked by conference/web/auth.py
 (pages and API) and issued there and by ``conference user token`` (domain/cli.py).
 """
 

@@ -5,7 +5,7 @@ named outside by :func:`~conference.recording.store.recording_id`, never by its 
 :func:`library` lists the recordings a user may see with their meetings (a user sees the
 recordings of meetings in its unit scope, see conference/domain/permissions.py), and
 the views (timeline, attendance) are what the pages and the API show.  Used by the
-library pages (conference/library_pages.py) and the JSON API (conference/library_api.py).
+library pages (conference/web/pages/library.py) and the JSON API (conference/web/api/library.py).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 It also holds the two request-level checks the pages share: :func:`visible_recording`
 (the recording if the user may see it) and :func:`log_access` (the audit log).
 
-Registered on :data:`conference.api.API` (listed in ``API_MODULES``), so both operations
+Registered on :data:`conference.web.api.API` (listed in ``API_MODULES``), so both operations
 are in the OpenAPI document.  Access is that of the pages (see
-:mod:`conference.library_pages`): a recording the token's user may not see is 404, like an
+:mod:`conference.web.pages.library`): a recording the token's user may not see is 404, like an
 unknown id.  Reading one recording is written to the audit log (action ``api``).  Media
 files are fetched from the ``url`` of each file with the browser session (the pages);
 times are ISO 8601 UTC as in the manifest, plus ``local_start`` in Asia/Ho_Chi_Minh.
@@ -22,11 +22,10 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from .api import API, ApiCall, ApiError, Query
-from .appkeys import SETTINGS
-from .domain.permissions import CurrentUser, visible_unit_ids
-from .recording import audit
-from .recording.library import (
+from conference.appkeys import SETTINGS
+from conference.domain.permissions import CurrentUser, visible_unit_ids
+from conference.recording import audit
+from conference.recording.library import (
     LIBRARY_ROLES,
     Filters,
     MeetingInfo,
@@ -40,7 +39,8 @@ from .recording.library import (
     meeting_number,
     timeline,
 )
-from .webauth import client_address, database
+from conference.web.api import API, ApiCall, ApiError, Query
+from conference.web.auth import client_address, database
 
 __all__ = ["audit_path", "log_access", "visible_recording"]
 

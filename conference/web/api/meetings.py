@@ -1,8 +1,8 @@
 """The meetings JSON API (``/api/v1/meetings``, ``/api/v1/series``), on the meeting services.
 
-Registered on :data:`conference.api.API` (listed in ``API_MODULES``), so every operation is
+Registered on :data:`conference.web.api.API` (listed in ``API_MODULES``), so every operation is
 in the OpenAPI document.  Who may see and change a meeting is decided by
-:mod:`conference.meeting_pages` (the same rules as the pages: see its docstring):
+:mod:`conference.web.pages.meetings` (the same rules as the pages: see its docstring):
 a meeting outside the user's scope is 404, a meeting the user sees but may not change 403.
 
 Times are ISO 8601 with an offset (``2026-12-07T08:00:00+07:00``); a time without one is
@@ -25,11 +25,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from .api import API, ApiCall, ApiError, Query
-from .appkeys import SETTINGS
-from .domain import attendance, invitations
-from .domain import meetings as svc
-from .domain.meeting_services import (
+from conference.appkeys import SETTINGS
+from conference.domain import attendance, invitations
+from conference.domain import meetings as svc
+from conference.domain.meeting_services import (
     EDIT_ROLES,
     MeetingData,
     MeetingView,
@@ -40,10 +39,11 @@ from .domain.meeting_services import (
     stale,
     update_for,
 )
-from .domain.meetings import ZONE, AgendaInput, local_time
-from .domain.models import MEETING_STATUSES, RECORDING_POLICIES, RSVP_ANSWERS
-from .domain.permissions import can_edit_meeting
-from .webauth import database
+from conference.domain.meetings import ZONE, AgendaInput, local_time
+from conference.domain.models import MEETING_STATUSES, RECORDING_POLICIES, RSVP_ANSWERS
+from conference.domain.permissions import can_edit_meeting
+from conference.web.api import API, ApiCall, ApiError, Query
+from conference.web.auth import database
 
 T = TypeVar("T")
 SEE = ("admin", "chair", "secretary", "operator")

@@ -1,6 +1,6 @@
 """The minutes JSON API: ``/api/v1/meetings/{meeting_id}/minutes`` (and ``/final``, ``.docx``).
 
-Registered on :data:`conference.api.API` (listed in ``API_MODULES``).  Rules in
+Registered on :data:`conference.web.api.API` (listed in ``API_MODULES``).  Rules in
 :mod:`conference.minutes`: a meeting outside the user's scope is 404, an operator 403; the
 first GET generates the draft.  ``PUT`` takes the ``version`` from the last read and any of
 the text fields and ``attendance`` (rows by point ``code``); an older version is 409
@@ -15,8 +15,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from .api import API, ApiCall
-from .domain.minutes import (
+from conference.domain.minutes import (
     ROW_FIELDS,
     TEXT_FIELDS,
     MinutesResult,
@@ -25,9 +24,10 @@ from .domain.minutes import (
     refresh_minutes,
     save_minutes,
 )
-from .domain.permissions import MINUTES_EDIT_ROLES, MINUTES_FINAL_ROLES
-from .minutes_export import docx_response, recordings_root
-from .webauth import database
+from conference.domain.permissions import MINUTES_EDIT_ROLES, MINUTES_FINAL_ROLES
+from conference.web.api import API, ApiCall
+from conference.web.auth import database
+from conference.web.minutes_export import docx_response, recordings_root
 
 __all__: list[str] = []
 

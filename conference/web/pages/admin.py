@@ -3,7 +3,7 @@
 The scoped services (units, points, users in the actor's scope, the CSV import) live in
 :mod:`conference.domain.admin_services`, shared with the JSON API.
 
-Pages (role admin; see :func:`conference.webauth.page` for the session/role/CSRF checks)
+Pages (role admin; see :func:`conference.web.auth.page` for the session/role/CSRF checks)
 ------------------------------------------------------------------------------------------
 ``/admin/units`` (tree + new unit), ``/admin/points`` (list), ``/admin/points/new``,
 ``/admin/points/{code}`` (edit), ``/admin/users`` (list), ``/admin/users/new``,
@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from .domain.admin_services import (
+from conference.domain.admin_services import (
     Invalid,
     Message,
     NotFound,
@@ -39,8 +39,8 @@ from .domain.admin_services import (
     update_point,
     update_user,
 )
-from .domain.models import BANDWIDTH_PROFILES, ROLES, UNIT_KINDS
-from .webauth import (
+from conference.domain.models import BANDWIDTH_PROFILES, ROLES, UNIT_KINDS
+from conference.web.auth import (
     CurrentUser,
     add_nav_link,
     database,

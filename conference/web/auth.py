@@ -44,7 +44,7 @@ Using it from another module (pages)
 ------------------------------------
 ::
 
-    from conference.webauth import CurrentUser, page, render_page
+    from conference.web.auth import CurrentUser, page, render_page
 
     @page(roles=("chair", "secretary"))
     async def meeting_list(request: web.Request, user: CurrentUser) -> web.StreamResponse:
@@ -59,7 +59,7 @@ Using it from another module (pages)
 ``csrf_token`` or header ``X-CSRF-Token``).  Templates extending ``auth_layout.html`` get
 the navigation bar; forms put ``<input type="hidden" name="csrf_token" value="{{
 csrf_token }}">``.  :func:`visible_unit_ids` gives the unit scope of a user.  The JSON API
-side is in :mod:`conference.api`.
+side is in :mod:`conference.web.api`.
 
 Size: over 600 lines: the whole sign-in boundary (sessions, CSRF, throttling, API tokens,
 the ``@page`` check) is read and reviewed together; the pages built on it are elsewhere.
@@ -84,12 +84,12 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from .appkeys import DATABASE, SETTINGS
-from .domain import accounts
-from .domain.db import Database
-from .domain.models import User
-from .domain.permissions import CurrentUser, visible_unit_ids
-from .domain.usertokens import (
+from conference.appkeys import DATABASE, SETTINGS
+from conference.domain import accounts
+from conference.domain.db import Database
+from conference.domain.models import User
+from conference.domain.permissions import CurrentUser, visible_unit_ids
+from conference.domain.usertokens import (
     API_AUDIENCE,
     SESSION_AUDIENCE,
     create_api_token,
@@ -98,8 +98,8 @@ from .domain.usertokens import (
     signing_key,
     verify,
 )
-from .tokens import RevocationList
-from .web import language, render, translator
+from conference.tokens import RevocationList
+from conference.web.site import language, render, translator
 
 __all__ = [
     "API_AUDIENCE",
@@ -230,7 +230,7 @@ def render_page(
     status: int = 200,
     **context: Any,
 ) -> web.Response:
-    """:func:`conference.web.render` with the user, its links and its CSRF token."""
+    """:func:`conference.web.site.render` with the user, its links and its CSRF token."""
     links = [
         link for link in request.app[NAV_LINKS] if user is not None and user.has_role(*link.roles)
     ]

@@ -20,7 +20,7 @@ from conference.domain import invitations, meetings
 from conference.domain.db import DatabaseError
 from conference.domain.errors import SchedulingError
 from conference.domain.models import Point
-from conference.web import language, render, translator
+from conference.web.site import language, render, translator
 
 __all__ = ["setup_rsvp"]
 

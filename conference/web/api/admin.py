@@ -1,6 +1,6 @@
 """The JSON API's own operations: API tokens, whoami, units, points and users.
 
-Registered on :data:`conference.api.API` (listed in ``API_MODULES``); the rules are the
+Registered on :data:`conference.web.api.API` (listed in ``API_MODULES``); the rules are the
 scoped services of conference/domain/admin_services.py, shared with the admin pages.
 """
 
@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from .api import API, ApiCall, ApiError, Query
-from .appkeys import SETTINGS
-from .domain.admin_services import (
+from conference.appkeys import SETTINGS
+from conference.domain.admin_services import (
     create_point,
     create_unit,
     create_user,
@@ -25,8 +24,9 @@ from .domain.admin_services import (
     update_point,
     update_user,
 )
-from .domain.models import BANDWIDTH_PROFILES, ROLES, UNIT_KINDS, User
-from .webauth import check_password, create_api_token
+from conference.domain.models import BANDWIDTH_PROFILES, ROLES, UNIT_KINDS, User
+from conference.web.api import API, ApiCall, ApiError, Query
+from conference.web.auth import check_password, create_api_token
 
 # --- schemas -----------------------------------------------------------------------------------
 

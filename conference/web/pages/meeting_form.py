@@ -1,6 +1,6 @@
 """The meeting form's fields: what the page posts, parsed to the services' `MeetingData`.
 
-Pure (no aiohttp): the edit pages (conference/meeting_pages.py) show these values again
+Pure (no aiohttp): the edit pages (conference/web/pages/meetings.py) show these values again
 with the errors found here (`FormErrors`) or by the services.
 """
 
@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from .domain import meetings as svc
-from .domain.errors import SchedulingError
-from .domain.meeting_services import FormErrors, MeetingData
-from .domain.meetings import ZONE, AgendaInput, local_time
-from .domain.models import Meeting
+from conference.domain import meetings as svc
+from conference.domain.errors import SchedulingError
+from conference.domain.meeting_services import FormErrors, MeetingData
+from conference.domain.meetings import ZONE, AgendaInput, local_time
+from conference.domain.models import Meeting
 
 WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 MAX_AGENDA_ROWS = 100

@@ -14,7 +14,7 @@ Who may see a recording (pages and API alike)
 ---------------------------------------------
 * A recording of a scheduled meeting (manifest ``meeting`` = the integer id of a row of
   ``meetings``): the meeting's chair, and admins and secretaries whose unit scope
-  (:func:`conference.webauth.visible_unit_ids`: their unit and every unit below it)
+  (:func:`conference.web.auth.visible_unit_ids`: their unit and every unit below it)
   contains the meeting's unit.  Other chairs, operators and other districts are refused.
 * An ad-hoc recording (no such meeting): admins with the whole server in scope (no unit).
 
@@ -39,7 +39,7 @@ Admins and secretaries who see a recording may queue its composition (``POST
 
 Pages: ``/recordings`` (filters ``from``, ``to``, ``unit``, ``q``, ``chair``),
 ``/recordings/{id}``, ``/recordings/{id}/files/{name}`` (``?download=1``: attachment),
-``POST /recordings/{id}/compose``.  The JSON API is :mod:`conference.library_api`.
+``POST /recordings/{id}/compose``.  The JSON API is :mod:`conference.web.api.library`.
 """
 
 from __future__ import annotations
@@ -49,10 +49,9 @@ import re
 
 from aiohttp import web
 
-from .appkeys import SETTINGS
-from .library_api import log_access, visible_recording
-from .recording import jobs
-from .recording.library import (
+from conference.appkeys import SETTINGS
+from conference.recording import jobs
+from conference.recording.library import (
     LIBRARY_ROLES,
     MAX_ROWS,
     SAFE_NAME,
@@ -63,7 +62,8 @@ from .recording.library import (
     library,
     timeline,
 )
-from .webauth import (
+from conference.web.api.library import log_access, visible_recording
+from conference.web.auth import (
     CurrentUser,
     add_nav_link,
     database,

@@ -25,9 +25,9 @@ from docx.enum.text import WD_ALIGN_PARAGRAPH
 from docx.shared import Cm, Pt
 from docx.table import Table
 
-from .appkeys import SETTINGS
-from .domain.minutes import MinutesResult, date_line
-from .web import translator
+from conference.appkeys import SETTINGS
+from conference.domain.minutes import MinutesResult, date_line
+from conference.web.site import translator
 
 __all__ = ["DOCX_TYPE", "duration_text", "to_docx"]
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .domain.meetings import local_time
-from .domain.minutes import (
+from conference.domain.meetings import local_time
+from conference.domain.minutes import (
     TEXT_FIELDS,
     MeetingNotFound,
     MinutesError,
@@ -36,14 +36,14 @@ from .domain.minutes import (
     refresh_minutes,
     save_minutes,
 )
-from .domain.permissions import MINUTES_EDIT_ROLES
-from .minutes_export import (
+from conference.domain.permissions import MINUTES_EDIT_ROLES
+from conference.web.auth import CurrentUser, database, gettext, page, render_page
+from conference.web.minutes_export import (
     document_text,
     docx_response,
     duration_text,
     recordings_root,
 )
-from .webauth import CurrentUser, database, gettext, page, render_page
 
 __all__ = ["setup_minutes"]
 

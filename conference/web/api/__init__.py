@@ -4,7 +4,7 @@ Adding an endpoint (e.g. the meeting API, in its own module)
 -------------------------------------------------------------
 ::
 
-    from conference.api import API, ApiCall, ApiError, ref
+    from conference.web.api import API, ApiCall, ApiError, ref
 
     MEETING = API.schema("Meeting", {"type": "object", "properties": {...}, "required": [...]})
 
@@ -21,7 +21,7 @@ decorators run, then adds every registered operation to the app).  The decorator
 care of everything else, and the OpenAPI document (``GET /api/v1/openapi.json``) is built
 from the same declarations, so it cannot drift from the code:
 
-* authentication: ``Authorization: Bearer <API token>`` (:mod:`conference.webauth`:
+* authentication: ``Authorization: Bearer <API token>`` (:mod:`conference.web.auth`:
   audience ``conference-api``; never the session cookie, so no CSRF); missing -> 401
   ``unauthorized``, bad or expired -> 401 ``invalid-token`` (both with
   ``WWW-Authenticate: Bearer``); a role not in ``roles`` -> 403 ``forbidden``.
@@ -54,15 +54,15 @@ from typing import Any, TypeVar
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from . import __version__
-from .core.errors import Forbidden, NotFound, Refused, http_status
-from .web import translator
-from .webauth import (
+from conference import __version__
+from conference.core.errors import Forbidden, NotFound, Refused, http_status
+from conference.web.auth import (
     API_AUDIENCE,
     CurrentUser,
     database,
     user_from_token,
 )
+from conference.web.site import translator
 
 __all__ = [
     "API",
@@ -81,10 +81,10 @@ T = TypeVar("T")
 PREFIX = "/api/v1"
 #: Modules whose import registers operations on `API` (this one first).
 API_MODULES: list[str] = [
-    "conference.admin_api",
-    "conference.meeting_api",
-    "conference.library_api",
-    "conference.minutes_api",
+    "conference.web.api.admin",
+    "conference.web.api.meetings",
+    "conference.web.api.library",
+    "conference.web.api.minutes",
 ]
 _NO_STORE = {"Cache-Control": "no-store"}
 _STATUS_TEXT = {
@@ -535,6 +535,6 @@ def setup_api(app: web.Application, registry: ApiRegistry = API) -> None:
     registry.install(app)
 
 
-# Last: the other modules import this one.  Importing conference.api gives the whole API
+# Last: the other modules import this one.  Importing conference.web.api gives the whole API
 # (what the server serves), not just the framework.
 register_modules()

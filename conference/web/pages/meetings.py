@@ -29,7 +29,7 @@ Pages
 with role ``chair``, an operator their point's invitation link).
 
 Size: a little over 600 lines: the list, the form pages and the meeting page with its
-actions share their helpers; the form's parsing is conference/meeting_form.py.
+actions share their helpers; the form's parsing is conference/web/pages/meeting_form.py.
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from .appkeys import SETTINGS
-from .domain import attendance, invitations
-from .domain import meetings as svc
-from .domain.admission import CHAIR_SIDE_ROLES
-from .domain.errors import SchedulingError
-from .domain.meeting_services import (
+from conference.appkeys import SETTINGS
+from conference.domain import attendance, invitations
+from conference.domain import meetings as svc
+from conference.domain.admission import CHAIR_SIDE_ROLES
+from conference.domain.errors import SchedulingError
+from conference.domain.meeting_services import (
     EDIT_ROLES,
     VIEW_ROLES,
     FormErrors,
@@ -64,10 +64,20 @@ from .domain.meeting_services import (
     update_for,
     visible_points,
 )
-from .domain.meetings import ZONE, local_time
-from .domain.models import RECORDING_POLICIES, Meeting, Point, Unit, User
-from .domain.permissions import can_edit_meeting, point_invited
-from .meeting_form import (
+from conference.domain.meetings import ZONE, local_time
+from conference.domain.models import RECORDING_POLICIES, Meeting, Point, Unit, User
+from conference.domain.permissions import can_edit_meeting, point_invited
+from conference.settings import Settings, load_secret
+from conference.tokens import create_token
+from conference.web.auth import (
+    CurrentUser,
+    add_nav_link,
+    database,
+    gettext,
+    page,
+    render_page,
+)
+from conference.web.pages.meeting_form import (
     MAX_AGENDA_ROWS,
     WEEKDAYS,
     form_text,
@@ -76,16 +86,6 @@ from .meeting_form import (
     meeting_values,
     parse_form,
     rrule_of,
-)
-from .settings import Settings, load_secret
-from .tokens import create_token
-from .webauth import (
-    CurrentUser,
-    add_nav_link,
-    database,
-    gettext,
-    page,
-    render_page,
 )
 
 __all__ = ["setup_meetings"]

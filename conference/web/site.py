@@ -53,13 +53,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .appkeys import DATABASE
-from .core.i18n import load_catalogue, web_dir
-from .core.identity import Identity
-from .domain.db import DatabaseError
-from .domain.lifecycle import scheduled_id
-from .domain.models import Point
-from .realtime.access import AccessError, authenticate
+from conference.appkeys import DATABASE
+from conference.core.i18n import load_catalogue, web_dir
+from conference.core.identity import Identity
+from conference.domain.db import DatabaseError
+from conference.domain.lifecycle import scheduled_id
+from conference.domain.models import Point
+from conference.realtime.access import AccessError, authenticate
 
 logger = logging.getLogger(__name__)
 
