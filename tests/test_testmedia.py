@@ -457,6 +457,7 @@ async def test_packet_track_loops_with_continuing_pts() -> None:
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.media  # real-time encoding and decoding: shares the machine
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("codec", "mime_type"), [("vp8", None), ("h264", "video/H264")])
 async def test_packet_track_video_end_to_end(
@@ -487,6 +488,7 @@ async def test_packet_track_video_end_to_end(
     assert track.packets_sent >= 90
 
 
+@pytest.mark.media  # real-time encoding and decoding: shares the machine
 @pytest.mark.asyncio
 async def test_packet_track_opus_end_to_end(clip_dir: Path, loopback: None) -> None:
     """Pre-encoded Opus packets decode to the right tone."""
@@ -505,6 +507,7 @@ async def test_packet_track_opus_end_to_end(clip_dir: Path, loopback: None) -> N
     assert track.loops >= 1
 
 
+@pytest.mark.media  # real-time encoding and decoding: shares the machine
 @pytest.mark.asyncio
 async def test_live_tracks_end_to_end(loopback: None) -> None:
     """Live barcode and tone tracks survive aiortc encoding."""

@@ -38,13 +38,15 @@ import asyncio
 import logging
 import random
 import time
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any, Protocol, cast
 
 import aioice.ice
 import aioice.turn
 import aiortc.rtcpeerconnection as _rtcpeerconnection
+import pylibsrtp
 from aioice.ice import StunProtocol
 from aiortc import (
     RTCBundlePolicy,
@@ -54,10 +56,12 @@ from aiortc import (
     RTCSessionDescription,
     clock,
 )
+from aiortc import clock as _clock
 from aiortc.codecs import CODECS, HEADER_EXTENSIONS, get_capabilities
 from aiortc.exceptions import InvalidStateError
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
+from aiortc.rtcdtlstransport import State as _DtlsState
 from aiortc.rtcicetransport import RTCIceCandidate
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecCapability,
@@ -84,6 +88,7 @@ from aiortc.rtp import (
     RtcpSourceInfo,
     RtcpSrPacket,
     RtpPacket,
+    is_rtcp,
     pack_remb_fci,
     unpack_remb_fci,
 )
@@ -375,6 +380,81 @@ def ice_candidate_from_json(data: dict[str, Any]) -> RTCIceCandidate | None:
     if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
         candidate.sdpMLineIndex = 0
     return candidate
+
+
+def fast_ingress(dtls: RTCDtlsTransport) -> bool:
+    """Hand each SRTP/SRTCP datagram of ``dtls`` to its receiver as it arrives.
+
+    aiortc receives every datagram through a queue: aioice's ``Connection.data_received``
+    puts it there, and the DTLS transport's receive task takes it out through four
+    coroutines (``__run``, ``_recv_next``, ``RTCIceTransport._recv``, aioice's
+    ``recv``/``recvfrom``) before it unprotects and routes it: a queue hand-off and a
+    task switch per packet.  Once the transport is connected, this hook unprotects an
+    SRTP or SRTCP datagram right in ``data_received`` and runs aiortc's own
+    ``_handle_rtp_data``/``_handle_rtcp_data`` at once (`run_now`: our receivers'
+    handlers do not wait on anything).  Everything else (DTLS records, and any datagram
+    while an earlier one still waits in the queue, so that order is kept) takes aiortc's
+    path.  A handler that fails is logged and the next packet is handled (aiortc's
+    task would stop the transport).  Returns False when aioice's connection is not the
+    pinned shape (the stock path stays).
+    """
+    connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+    queue = getattr(connection, "_queue", None)
+    if connection is None or queue is None or not hasattr(connection, "data_received"):
+        return False
+    if getattr(connection, "_conference_fast_ingress", False):
+        return True
+
+    def data_received(data: bytes, component: int) -> None:
+        srtp = dtls._rx_srtp
+        if (
+            srtp is not None
+            and 127 < data[0] < 192
+            and dtls._state is _DtlsState.CONNECTED
+            and queue.empty()
+        ):
+            dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+            dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+            try:
+                if is_rtcp(data):
+                    work = dtls._handle_rtcp_data(srtp.unprotect_rtcp(data))
+                else:
+                    arrival_time_ms = _clock.current_ms()
+                    work = dtls._handle_rtp_data(srtp.unprotect(data), arrival_time_ms)
+            except pylibsrtp.Error:
+                return  # as aiortc: a packet that does not authenticate is dropped
+            run_now(work)
+        else:
+            queue.put_nowait((data, component))
+
+    connection.data_received = data_received
+    connection._conference_fast_ingress = True
+    return True
+
+
+def run_now(work: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine to its end now if it never waits; else let a task finish it."""
+    try:
+        blocked_on = work.send(None)
+    except StopIteration:
+        return
+    except Exception:
+        logger.exception("a packet handler failed")
+        return
+    asyncio.ensure_future(_finish(work, blocked_on))
+
+
+@types.coroutine
+def _resume(work: Coroutine[Any, Any, None], blocked_on: Any) -> Generator[Any, Any, None]:
+    yield blocked_on  # the task waits for what the coroutine waits for, then resumes it
+    yield from work
+
+
+async def _finish(work: Coroutine[Any, Any, None], blocked_on: Any) -> None:
+    try:
+        await _resume(work, blocked_on)
+    except Exception:
+        logger.exception("a packet handler failed")
 
 
 def fast_protect(session: Any) -> Callable[[bytes], bytes]:
@@ -1038,6 +1118,14 @@ class ForwardingSender:
         self.ready = asyncio.Event()
         self.on_ready: Callable[[], None] | None = None
 
+    @property
+    def ssrc(self) -> int:
+        return self._ssrc
+
+    @property
+    def rtx_ssrc(self) -> int:
+        return self._rtx_ssrc
+
     # -- what RTCPeerConnection and RTCRtpTransceiver use --------------------------
     @property
     def track(self) -> None:
@@ -1276,6 +1364,8 @@ class ForwardingPeerConnection(RTCPeerConnection):
         the connection is closed while it runs (a participant leaving, or the server
         shutting down, during ICE): nobody awaits that task, so asyncio logs the
         error with a traceback.  A closed connection has nothing left to connect."""
+        for transceiver in self.getTransceivers():
+            fast_ingress(transceiver.receiver.transport)
         try:
             await RTCPeerConnection._RTCPeerConnection__connect(self)  # type: ignore[attr-defined]
         except (InvalidStateError, ConnectionError):

@@ -673,3 +673,83 @@ async def test_closing_during_ice_leaves_no_unretrieved_task_error():
         pass
     else:
         raise AssertionError("an open connection's ICE failure was swallowed")
+
+
+async def test_run_now_finishes_what_does_not_wait_and_hands_on_what_waits(caplog):
+    from conference.sfu.bridge import run_now
+
+    done: list[object] = []
+
+    async def at_once() -> None:
+        done.append("now")
+
+    run_now(at_once())
+    assert done == ["now"]  # no task, no loop turn
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    async def waits() -> None:
+        done.append(await future)
+        await asyncio.sleep(0)  # a bare yield after the resume
+        done.append("after")
+
+    run_now(waits())
+    assert done == ["now"]
+    future.set_result("resumed")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert done == ["now", "resumed", "after"]
+
+    async def fails() -> None:
+        raise RuntimeError("bad packet")
+
+    async def fails_later() -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("bad later")
+
+    run_now(fails())
+    run_now(fails_later())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    failures = [r for r in caplog.records if r.getMessage() == "a packet handler failed"]
+    assert [str(r.exc_info[1]) for r in failures] == ["bad packet", "bad later"]
+
+
+async def test_srtp_arrives_without_aiortc_receive_task():
+    """After DTLS, RTP reaches the receiver from aioice's data_received directly; only
+    the handshake goes through aiortc's queue and receive task."""
+    from aiortc.mediastreams import AudioStreamTrack
+
+    sender_pc = RTCPeerConnection()
+    receiver_pc = ForwardingPeerConnection()
+    sender_pc.addTrack(AudioStreamTrack())
+    slow: list[int] = []
+    try:
+        await sender_pc.setLocalDescription(await sender_pc.createOffer())
+        await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+        await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+        transceiver = receiver_pc.getTransceivers()[0]
+        dtls = transceiver.receiver.transport
+        ice = dtls.transport
+        stock_recv = ice._recv
+
+        async def counted_recv() -> bytes:
+            data = await stock_recv()
+            if 127 < data[0] < 192:
+                slow.append(len(data))
+            return data
+
+        ice._recv = counted_recv
+        await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+        assert ice._connection._conference_fast_ingress
+        receiver = transceiver.receiver
+        deadline = asyncio.get_running_loop().time() + 10
+        while receiver.packets_received < 60:
+            assert asyncio.get_running_loop().time() < deadline, receiver.packets_received
+            await asyncio.sleep(0.1)
+        assert len(slow) <= 5, slow  # at most what arrived while the handshake finished
+        assert dtls._RTCDtlsTransport__rx_packets >= receiver.packets_received
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
