@@ -13,7 +13,8 @@ they load nothing at run time.
    ``core``; ``notify`` only ``notify``, ``core`` and the settings; nothing but
    ``tools`` and the command line imports ``tools``; the domain
    (``domain``) imports neither the web layer, nor the media
-   plane, nor the real-time glue; the web layer never imports ``sfu``; the JSON API
+   plane, nor the real-time glue; the real-time layer never imports the web layer;
+   the web layer never imports ``sfu``; the JSON API
    imports no page module (both use the services of the domain).
 """
 
@@ -149,6 +150,8 @@ def forbidden(source: str, target: str) -> str | None:
         is_web(target) or target.startswith(("conference.sfu", REALTIME))
     ):
         return "the domain imports neither the web layer, the media plane nor the real-time glue"
+    if source.startswith(REALTIME) and is_web(target):
+        return "the real-time layer never imports the web layer"
     if is_web(source) and target.startswith("conference.sfu"):
         return "the web layer never imports the media plane"
     if source.startswith("conference.web.api") and target.startswith("conference.web.pages"):
@@ -166,6 +169,7 @@ def test_the_graph_is_read() -> None:
     assert forbidden("conference.sfu.room", "conference.domain.db") is not None
     assert forbidden("conference.notify.mail", "conference.domain.models") is not None
     assert forbidden("conference.recording.cli", "conference.tools.synthetic") is not None
+    assert forbidden("conference.realtime.lobby", "conference.web.site") is not None
     assert forbidden("conference.web.pages.meetings", "conference.sfu.room") is not None
     assert forbidden("conference.web.api.meetings", "conference.web.pages.meetings") is not None
 

@@ -280,6 +280,7 @@ async def client(to: tuple[str, int]) -> tuple[asyncio.DatagramTransport, Collec
     return await loop.create_datagram_endpoint(Collect, remote_addr=to)
 
 
+@pytest.mark.quiet  # measures delays of a few ms: a loaded machine adds its own
 async def test_relay_loss_delay_and_jitter() -> None:
     echo = await echo_server()
     each_way = Impairment(loss=0.10, delay_ms=40, jitter_ms=10)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import os
 import socket
@@ -21,12 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap
 
-from conference.sfu.bridge import RtpPacket
+from conference.sfu.bridge import ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, MID_URI, RtpPacket
 from conference.sfu.speaker import SpeakerDetector
 from conference.tools import linkemu
 from conference.tools.loadtest import media
 from conference.tools.loadtest.eventloop import LoadTestEventLoop
+from conference.tools.loadtest.lean import (
+    LeanPublisher,
+    LeanStream,
+    PacketizedClip,
+    PacketizedFrame,
+)
 from conference.tools.loadtest.media import ClipTrack, MediaSet, SpeechTrack
 from conference.tools.loadtest.plan import (
     Config,
@@ -359,6 +368,108 @@ def test_report_has_a_section_per_link() -> None:
 
 
 # -- plan, report, procstat --------------------------------------------------------------
+class SentPackets:
+    """Where a `LeanStream` sends: the attributes it reads of a negotiated
+    `ForwardingSender`, and what went out, parsed back."""
+
+    def __init__(self, rtx: bool = True) -> None:
+        self.payload_type, self.rtx_payload_type = 96, (97 if rtx else None)
+        self.ssrc, self.rtx_ssrc, self.mid = 1111, 2222, "0"
+        self.extension_ids = {MID_URI: 1, ABS_SEND_TIME_URI: 2, AUDIO_LEVEL_URI: 3}
+        self.feedback: Any = None
+        self.packets: list[RtpPacket] = []
+
+    def send_rtp(self, data: bytes, payload_size: int) -> None:
+        packet = RtpPacket.parse(data, HEADER_EXTENSIONS)
+        # counted as the media it carries (an RTX packet: the original payload)
+        extra = 2 if packet.payload_type == self.rtx_payload_type else 0
+        assert len(packet.payload) == payload_size + extra
+        self.packets.append(packet)
+
+
+HEADER_EXTENSIONS = HeaderExtensionsMap()
+HEADER_EXTENSIONS.configure(
+    RTCRtpParameters(
+        headerExtensions=[
+            RTCRtpHeaderExtensionParameters(id=1, uri=MID_URI),
+            RTCRtpHeaderExtensionParameters(id=2, uri=ABS_SEND_TIME_URI),
+            RTCRtpHeaderExtensionParameters(id=3, uri=AUDIO_LEVEL_URI),
+        ]
+    )
+)
+
+
+def test_lean_stream_sends_what_a_stock_sender_would_and_repairs_with_rtx() -> None:
+    sent = SentPackets()
+    stream = LeanStream(sent, 48000)  # type: ignore[arg-type]
+    assert sent.feedback is stream  # the sender's NACKs, PLIs and reports come here
+    for level in (127, 20):
+        stream.send(b"opus", True, level)
+        stream.advance(960)
+    first, second = sent.packets
+    assert (first.payload_type, first.ssrc, first.marker) == (96, 1111, 1)
+    assert second.sequence_number == (first.sequence_number + 1) & 0xFFFF
+    assert (second.timestamp - first.timestamp) & 0xFFFFFFFF == 960
+    assert first.extensions.mid == "0" and first.extensions.abs_send_time is not None
+    assert first.extensions.audio_level == (False, 127)
+    assert second.extensions.audio_level == (True, 20)
+    stream.on_nack([first.sequence_number, (first.sequence_number - 100) & 0xFFFF])
+    rtx = sent.packets[-1]
+    assert len(sent.packets) == 3 and stream.retransmitted == 1  # the unknown one is skipped
+    assert (rtx.payload_type, rtx.ssrc, rtx.timestamp) == (97, 2222, first.timestamp)
+    assert rtx.payload == first.sequence_number.to_bytes(2, "big") + b"opus"
+    plain = SentPackets(rtx=False)
+    again = LeanStream(plain, 48000)  # type: ignore[arg-type]
+    again.send(b"x", True)
+    again.on_nack([plain.packets[0].sequence_number])
+    assert plain.packets[1].sequence_number == plain.packets[0].sequence_number
+    ntp, rtp = again.sender_report() or (0, 0)
+    assert ntp > 0 and (rtp - plain.packets[0].timestamp) & 0xFFFFFFFF < 48000
+
+
+async def test_lean_publisher_paces_frames_continues_picture_ids_and_jumps_to_keyframes() -> None:
+    video = PacketizedClip(
+        (
+            PacketizedFrame((b"\x90\x80\x80\x00key-a", b"\x80\x80\x80\x00key-b"), True, 3000),
+            PacketizedFrame((b"\x90\x80\x80\x00delta",), False, 3000),
+            PacketizedFrame((b"\x90\x80\x80\x00delta",), False, 3000),
+        ),
+        (0,),
+        True,
+    )
+    audio = PacketizedClip((PacketizedFrame((b"opus",), False, 960),), (), False)
+    camera_out, microphone_out = SentPackets(), SentPackets()
+    publisher = LeanPublisher(
+        LeanStream(camera_out, 90000),  # type: ignore[arg-type]
+        video,
+        30,
+        LeanStream(microphone_out, 48000),  # type: ignore[arg-type]
+        audio,
+        [10],
+        audio,
+        [120],
+        start_index=1,
+    )
+    publisher.start()
+    await asyncio.sleep(0.12)
+    camera_out.feedback.on_picture_loss()  # a PLI: the next frame is the clip's keyframe
+    await asyncio.sleep(0.06)
+    publisher.speaking = True
+    await asyncio.sleep(0.06)
+    await publisher.stop()
+    frames = [p for p in camera_out.packets if p.marker]
+    assert 6 <= len(frames) <= 9  # ~30 fps for ~0.24 s
+    assert camera_out.packets[0].payload.endswith(b"key-a")  # it starts on a keyframe
+    ids = [int.from_bytes(p.payload[2:4], "big") & 0x7FFF for p in frames]
+    assert all((b - a) & 0x7FFF == 1 for a, b in itertools.pairwise(ids))  # across the loop too
+    assert publisher.keyframes_requested == 1 and publisher.keyframes_sent >= 3
+    stamps = [p.timestamp for p in frames]
+    assert all((b - a) & 0xFFFFFFFF == 3000 for a, b in itertools.pairwise(stamps))
+    levels = [p.extensions.audio_level for p in microphone_out.packets]
+    assert levels[0] == (True, 120) and levels[-1] == (True, 10)  # noise, then speech
+    assert 9 <= len(levels) <= 16  # 20 ms frames
+
+
 def test_floor_schedule_moves_from_the_chair_through_the_points() -> None:
     waiting = FloorSchedule(points=3, period=10.0)
     assert waiting.holder(1e9) == 0
@@ -596,10 +707,14 @@ def lt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProces
 
 
 @pytest.mark.slow
-async def test_briefing_with_five_points(lt_server: ServerProcess) -> None:
+@pytest.mark.parametrize("lean", [False, True], ids=["aiortc-sender", "lean"])
+async def test_briefing_with_five_points(lt_server: ServerProcess, lean: bool) -> None:
+    """Five points (aiortc's sender, or lean: pre-packetized RTP through the server's
+    own send path) and a chair: the same checks either way."""
     config = Config(
         url=lt_server.url,
-        meeting="lt-briefing",
+        meeting=f"lt-briefing-{lean}",
+        lean=lean,
         scenario="briefing",
         points=5,
         duration=10,
@@ -609,6 +724,7 @@ async def test_briefing_with_five_points(lt_server: ServerProcess) -> None:
     )
     report = await run_loadtest(config, make_seats(config, SECRET), progress=io.StringIO())
     text = format_report(report)
+    assert report["config"]["lean"] is lean and ("lean publishers" in text) is lean
     assert report["participants"]["joined"] == 6, text
     points = [s for s in report["seats"] if s["role"] == "point"]
     assert len(points) == 5

@@ -232,6 +232,33 @@ def large_ice_receive_buffers() -> None:
 large_ice_receive_buffers()
 
 
+def media_datagrams_skip_stun() -> None:
+    """Hand RTP and RTCP datagrams on without trying them as STUN (applied on import).
+
+    aioice's ``StunProtocol.datagram_received`` parses every datagram as a STUN
+    message and passes it on when the parse raises ``ValueError``: one exception per
+    media packet, on the server and on every simulated point.  STUN messages start
+    with two zero bits (RFC 5389), RTP and RTCP with version 2 (first byte 128-191,
+    RFC 7983), so those go to the connection at once; everything else keeps aioice's
+    path.
+    """
+    stock = StunProtocol.datagram_received
+    if getattr(stock, "_conference_media_first", False):
+        return
+
+    def datagram_received(self: StunProtocol, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        if type(data) is bytes and data and 127 < data[0] < 192 and self.receiver is not None:
+            self.receiver.data_received(data, self.local_candidate.component)
+            return
+        stock(self, data, addr)
+
+    datagram_received._conference_media_first = True  # type: ignore[attr-defined]
+    StunProtocol.datagram_received = datagram_received  # type: ignore[method-assign]
+
+
+media_datagrams_skip_stun()
+
+
 #: header-extension IDs we offer for the RID extensions (a browser's offer brings its own)
 RID_EXTENSION_ID = 10
 REPAIRED_RID_EXTENSION_ID = 11

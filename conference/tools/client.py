@@ -18,13 +18,13 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from ..sfu.bridge import ForwardingPeerConnection, ForwardingReceiver, RtpPacket
+from ..sfu.bridge import ForwardingPeerConnection, ForwardingReceiver, ForwardingSender, RtpPacket
 from ..sfu.keyframe import is_keyframe
 
 logger = logging.getLogger(__name__)
@@ -256,14 +256,32 @@ class Client:
         for source, track in tracks.items():
             transceiver = pc.addTransceiver(track, direction="sendonly")
             if codec and track.kind == "video":
-                from aiortc.rtcrtpsender import RTCRtpSender
-
-                caps = RTCRtpSender.getCapabilities("video").codecs
-                transceiver.setCodecPreferences(
-                    [c for c in caps if c.name.lower() in (codec.lower(), "rtx")]
-                )
+                _prefer_codec(transceiver, codec)
             added.append((transceiver, source))
         await self._publisher_negotiate(added)
+
+    async def publish_forwarding(self, sources: dict[str, str], codec: str | None = None) -> Any:
+        """Publish ``sources`` (source -> "audio" or "video") on a forwarding connection.
+
+        Nothing is sent until the caller feeds the returned transceivers' senders
+        (``ForwardingSender.send_rtp``): the load tester's lean points
+        (conference/tools/loadtest/lean.py).  Returns {source: transceiver} once every
+        sender has its negotiated parameters.
+        """
+        if self.publisher is None:
+            self.publisher = ForwardingPeerConnection()
+        pc = self.publisher
+        added = []
+        for source, kind in sources.items():
+            transceiver = pc.addTransceiver(kind, direction="sendonly")
+            if codec and kind == "video":
+                _prefer_codec(transceiver, codec)
+            added.append((transceiver, source))
+        await self._publisher_negotiate(added)
+        for transceiver, _ in added:
+            sender = cast(ForwardingSender, transceiver.sender)
+            await asyncio.wait_for(sender.ready.wait(), 15)
+        return {source: transceiver for transceiver, source in added}
 
     async def _publisher_negotiate(self, added: list[tuple[Any, str]]) -> None:
         pc = self.publisher
@@ -370,3 +388,11 @@ class Client:
             self._reader.cancel()
         if self.session is not None:
             await self.session.close()
+
+
+def _prefer_codec(transceiver: Any, codec: str) -> None:
+    """Offer only ``codec`` (and its RTX) on a video transceiver."""
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    caps = RTCRtpSender.getCapabilities("video").codecs
+    transceiver.setCodecPreferences([c for c in caps if c.name.lower() in (codec.lower(), "rtx")])

@@ -753,3 +753,47 @@ async def test_srtp_arrives_without_aiortc_receive_task():
     finally:
         await sender_pc.close()
         await receiver_pc.close()
+
+
+async def test_media_datagrams_are_not_parsed_as_stun(monkeypatch):
+    """RTP/RTCP (first byte 128-191) go to the connection without a STUN parse;
+    STUN (first two bits zero) is still parsed."""
+    from aioice import stun
+    from aioice.ice import StunProtocol
+
+    from conference.sfu import bridge
+
+    assert StunProtocol.datagram_received._conference_media_first
+    bridge.media_datagrams_skip_stun()  # idempotent
+
+    class Receiver:
+        def __init__(self) -> None:
+            self.data: list[tuple[bytes, int]] = []
+
+        def data_received(self, data: bytes, component: int) -> None:
+            self.data.append((data, component))
+
+    class Candidate:
+        component = 1
+
+    receiver = Receiver()
+    protocol = StunProtocol(receiver)
+    protocol.local_candidate = Candidate()
+    parsed: list[bytes] = []
+    stock_parse = stun.parse_message
+
+    def counting_parse(data: bytes) -> stun.Message:
+        parsed.append(data)
+        return stock_parse(data)
+
+    monkeypatch.setattr(stun, "parse_message", counting_parse)
+    rtp = b"\x80\x60" + bytes(30)
+    rtcp = b"\x81\xc9" + bytes(30)
+    dtls = b"\x16\xfe\xfd" + bytes(30)
+    for data in (rtp, rtcp, dtls):
+        protocol.datagram_received(data, ("127.0.0.1", 5000))
+    assert receiver.data == [(rtp, 1), (rtcp, 1), (dtls, 1)]
+    assert parsed == [dtls]  # only what could be STUN was tried as STUN
+    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.RESPONSE)
+    protocol.datagram_received(bytes(request), ("127.0.0.1", 5000))
+    assert parsed[-1] == bytes(request) and len(receiver.data) == 3  # STUN is not media

@@ -52,6 +52,9 @@ class Config:
     server_pid: int | None = None
     json_path: str | None = None
     progress: bool = True
+    #: ``--lean``: points publish pre-packetized RTP through the server's own send path
+    #: (:mod:`.lean`) instead of aiortc's sender
+    lean: bool = False
     #: ``--weak``: (share of the points 0..1, link profile name), see :mod:`.weak`
     weak: list[tuple[float, str]] = field(default_factory=list)
 

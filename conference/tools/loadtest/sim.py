@@ -33,6 +33,7 @@ from ...sfu.bridge import (
 )
 from ..client import Client, StreamCounter
 from ..whipclient import WhipSession, exchange, whep_watch
+from .lean import AUDIO_CLOCK, VIDEO_CLOCK, LeanPublisher, LeanStream, packetized
 from .media import ClipTrack, MediaSet, SpeechTrack
 from .plan import Seat
 from .streamstats import StreamStats
@@ -246,8 +247,11 @@ class SimulatedSeat:
     relay: RelayFactory | None = None
     client: LoadClient | None = None
     whep: WhipSession | None = None
-    camera: ClipTrack | None = None
-    microphone: SpeechTrack | None = None
+    #: publish through the server's own send path (:mod:`.lean`), not aiortc's sender
+    lean: bool = False
+    camera: ClipTrack | LeanPublisher | None = None
+    microphone: SpeechTrack | LeanPublisher | None = None
+    lean_publisher: LeanPublisher | None = None
     whep_streams: list[StreamStats] = field(default_factory=list)
     started_at: float | None = None  # monotonic, just before connecting
     signaled_at: float | None = None  # joined message received
@@ -327,6 +331,9 @@ class SimulatedSeat:
         raise TimeoutError(f"no video frame within {timeout:g} s")
 
     async def _publish(self, client: LoadClient, media: MediaSet) -> None:
+        if self.lean:
+            await self._publish_lean(client, media)
+            return
         self.camera = ClipTrack(media.video, media.fps, start_index=self.seat.index * 37)
         self.microphone = SpeechTrack(media, offset=self.seat.index * 13)
         await client.publish(
@@ -339,6 +346,25 @@ class SimulatedSeat:
                 honour_keyframe_requests(sender, self.camera.request_keyframe)
             elif sender.track is self.microphone:
                 attach_audio_levels(sender, self._microphone_level)
+
+    async def _publish_lean(self, client: LoadClient, media: MediaSet) -> None:
+        video, talk, quiet = packetized(media)
+        transceivers = await client.publish_forwarding(
+            {"camera": "video", "microphone": "audio"}, codec=media.video_codec
+        )
+        publisher = LeanPublisher(
+            LeanStream(transceivers["camera"].sender, VIDEO_CLOCK),
+            video,
+            media.fps,
+            LeanStream(transceivers["microphone"].sender, AUDIO_CLOCK),
+            talk,
+            media.talk_levels,
+            quiet,
+            media.quiet_levels,
+            start_index=self.seat.index * 37,
+        )
+        self.camera = self.microphone = self.lean_publisher = publisher
+        publisher.start()
 
     def _microphone_level(self) -> int:
         return self.microphone.level if self.microphone is not None else 127
@@ -456,6 +482,8 @@ class SimulatedSeat:
     async def close(self) -> None:
         if self._follower is not None:
             self._follower.cancel()
+        if self.lean_publisher is not None:
+            await self.lean_publisher.stop()
         try:
             if self.client is not None:
                 await asyncio.wait_for(self.client.leave(), 10)

@@ -197,6 +197,7 @@ async def run_worker(plan: WorkerPlan, channel: Channel, configure_ice: bool = T
             plan.chair_identity,
             process=plan.number,
             relay=requesters.get(seat.index),
+            lean=config.lean,
         )
         for seat in plan.seats
     ]

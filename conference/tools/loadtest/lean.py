@@ -1,0 +1,284 @@
+"""Lean publishing for simulated points: pre-packetized RTP through the negotiated SRTP.
+
+A stock aiortc sender costs a simulated point most of its CPU: per frame a track
+``recv`` and a payloader, per packet a header built by ``RtpPacket.serialize``, an
+SRTP ``protect`` through pylibsrtp's Python wrapper and four coroutines down to
+``sendto``.  With ``--lean`` a point publishes on a `ForwardingPeerConnection`
+instead: the offer and answer, ICE and DTLS are the same, then each outgoing stream
+is a `ForwardingSender` (the server's own send path: one header built from bytes,
+one SRTP call, one ``sendto``) fed by `LeanPublisher` from payloads packetized once
+per process (`packetize`), shared by every point of the process.
+
+What the server sees is what the stock sender sent: the same payloads (VP8 picture
+IDs continue across the clip's loop), the MID, abs-send-time and audio-level header
+extensions, a keyframe after each PLI or FIR (the replay jumps to the clip's next
+keyframe), RTX retransmissions of NACKed packets, sender reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import av
+from aiortc.codecs import get_encoder
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from ...sfu.bridge import ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, MID_URI, ForwardingSender
+from ...sfu.rtpwire import abs_send_time, audio_level, build_rtp_with_block, extension_block
+from ..testmedia import EncodedPacket
+from .media import MediaSet
+
+__all__ = ["LeanPublisher", "LeanStream", "PacketizedClip", "packetize", "packetized"]
+
+VIDEO_CLOCK = 90000
+AUDIO_CLOCK = 48000
+HISTORY = 512  # packets kept for retransmission (~5 s of 360p video)
+
+
+@dataclass(frozen=True)
+class PacketizedFrame:
+    payloads: tuple[bytes, ...]
+    keyframe: bool
+    ticks: int  # RTP clock ticks until the next frame (audio: the frame's samples)
+
+
+@dataclass(frozen=True)
+class PacketizedClip:
+    frames: tuple[PacketizedFrame, ...]
+    keyframes: tuple[int, ...]
+    vp8: bool
+
+
+def packetize(packets: Sequence[EncodedPacket], codec: str, clock_rate: int) -> PacketizedClip:
+    """RTP payloads of every frame of a clip, made once by aiortc's own payloader."""
+    mime = f"{'audio' if codec.lower() == 'opus' else 'video'}/{codec}"
+    encoder = get_encoder(RTCRtpCodecParameters(mimeType=mime, clockRate=clock_rate))
+    frames = []
+    for record in packets:
+        packet = av.Packet(record.data)
+        packet.pts = record.pts
+        packet.time_base = record.time_base
+        payloads, _ = encoder.pack(packet)
+        ticks = round(record.duration * record.time_base * clock_rate) or (
+            960 if clock_rate == AUDIO_CLOCK else 3000
+        )
+        frames.append(PacketizedFrame(tuple(payloads), record.keyframe, ticks))
+    keyframes = tuple(i for i, f in enumerate(frames) if f.keyframe)
+    return PacketizedClip(tuple(frames), keyframes, codec.lower() == "vp8")
+
+
+_PACKETIZED: dict[int, tuple[object, tuple[PacketizedClip, PacketizedClip, PacketizedClip]]] = {}
+
+
+def packetized(media: MediaSet) -> tuple[PacketizedClip, PacketizedClip, PacketizedClip]:
+    """(camera, speech, room noise) of ``media``, packetized once per process."""
+    kept = _PACKETIZED.get(id(media))
+    if kept is None or kept[0] is not media:
+        clips = (
+            packetize(media.video, media.video_codec, VIDEO_CLOCK),
+            packetize(media.talk, "opus", AUDIO_CLOCK),
+            packetize(media.quiet, "opus", AUDIO_CLOCK),
+        )
+        kept = _PACKETIZED[id(media)] = (media, clips)
+    return kept[1]
+
+
+class LeanStream:
+    """One outgoing stream: RTP packets built and sent through a `ForwardingSender`.
+
+    It is the sender's `FeedbackSink`: NACKs are answered with RTX (or the packet
+    again, without RTX), a PLI or FIR calls `on_keyframe_request`, sender reports
+    carry the stream's clock.
+    """
+
+    def __init__(self, sender: ForwardingSender, clock_rate: int) -> None:
+        self.sender = sender
+        self.clock_rate = clock_rate
+        self.seq = random.randrange(0, 1 << 16)
+        self.rtx_seq = random.randrange(0, 1 << 16)
+        self.timestamp = random.randrange(0, 1 << 32)
+        self.sent_at = time.time()  # wall time of `timestamp`
+        self.history: OrderedDict[int, tuple[bytes, bool, int]] = OrderedDict()
+        self.on_keyframe_request: Callable[[], None] | None = None
+        self.retransmitted = 0
+        self.keyframe_requests = 0
+        sender.feedback = self
+
+    def send(self, payload: bytes, marker: bool, level: int | None = None) -> None:
+        sender = self.sender
+        ids = sender.extension_ids
+        extensions = []
+        if MID_URI in ids and sender.mid:
+            extensions.append((ids[MID_URI], sender.mid.encode()))
+        if ABS_SEND_TIME_URI in ids:
+            extensions.append((ids[ABS_SEND_TIME_URI], abs_send_time(time.time())))
+        if level is not None and AUDIO_LEVEL_URI in ids:
+            extensions.append((ids[AUDIO_LEVEL_URI], audio_level(level < 127, level)))
+        block = extension_block(tuple(extensions))
+        seq = self.seq
+        self.seq = (seq + 1) & 0xFFFF
+        data = build_rtp_with_block(
+            sender.payload_type, marker, seq, self.timestamp, sender.ssrc, payload, block
+        )
+        sender.send_rtp(data, len(payload))
+        self.history[seq] = (payload, marker, self.timestamp)
+        if len(self.history) > HISTORY:
+            self.history.popitem(last=False)
+
+    def advance(self, ticks: int) -> None:
+        self.timestamp = (self.timestamp + ticks) & 0xFFFFFFFF
+        self.sent_at = time.time()
+
+    # -- FeedbackSink ------------------------------------------------------------------
+    def on_nack(self, sequence_numbers: list[int]) -> None:
+        sender = self.sender
+        for seq in sequence_numbers:
+            kept = self.history.get(seq)
+            if kept is None:
+                continue
+            payload, marker, timestamp = kept
+            self.retransmitted += 1
+            if sender.rtx_payload_type is not None:
+                rtx_seq = self.rtx_seq
+                self.rtx_seq = (rtx_seq + 1) & 0xFFFF
+                data = build_rtp_with_block(
+                    sender.rtx_payload_type,
+                    marker,
+                    rtx_seq,
+                    timestamp,
+                    sender.rtx_ssrc,
+                    seq.to_bytes(2, "big") + payload,
+                    b"",
+                )
+            else:
+                data = build_rtp_with_block(
+                    sender.payload_type, marker, seq, timestamp, sender.ssrc, payload, b""
+                )
+            sender.send_rtp(data, len(payload))
+
+    def on_picture_loss(self) -> None:
+        self.keyframe_requests += 1
+        if self.on_keyframe_request is not None:
+            self.on_keyframe_request()
+
+    def on_remb(self, bitrate: int) -> None:
+        pass
+
+    def sender_report(self) -> tuple[int, int] | None:
+        now = time.time()
+        ntp = int((now + 2208988800) * (1 << 32))
+        elapsed = round((now - self.sent_at) * self.clock_rate)
+        return ntp, (self.timestamp + elapsed) & 0xFFFFFFFF
+
+
+class LeanPublisher:
+    """Replays a packetized camera clip and speech through two `LeanStream` s.
+
+    ``speech`` and ``quiet`` are the clips of talking and of room noise, chosen by
+    :attr:`speaking` (set by the floor schedule), each with the RFC 6464 level of its
+    frames; :attr:`level` is that of the audio frame sent last.  It stands for both the
+    camera and the microphone of a simulated point (the attributes the load tester
+    reads of a `ClipTrack` and a `SpeechTrack`).
+    """
+
+    def __init__(
+        self,
+        camera: LeanStream,
+        video: PacketizedClip,
+        fps: int,
+        microphone: LeanStream,
+        speech: PacketizedClip,
+        speech_levels: Sequence[int],
+        quiet: PacketizedClip,
+        quiet_levels: Sequence[int],
+        start_index: int = 0,
+    ) -> None:
+        self.camera, self.microphone = camera, microphone
+        self.video, self.fps = video, fps
+        self.speech, self.speech_levels = speech, speech_levels
+        self.quiet, self.quiet_levels = quiet, quiet_levels
+        self.speaking = False
+        first = start_index % len(video.frames)
+        self._index = next((k for k in video.keyframes if k >= first), video.keyframes[0])
+        self._keyframe_wanted = False
+        self._picture_id = random.randrange(0, 1 << 15)
+        self.keyframes_sent = 0
+        self.keyframes_requested = 0
+        self.level = 127  # of the audio frame sent last
+        camera.on_keyframe_request = self.request_keyframe
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def request_keyframe(self) -> None:
+        self.keyframes_requested += 1
+        self._keyframe_wanted = True
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.ensure_future(self._run_video()),
+            asyncio.ensure_future(self._run_audio()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run_video(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = 1 / self.fps
+        ticks = round(VIDEO_CLOCK / self.fps)
+        deadline = loop.time()
+        frames = self.video.frames
+        while True:
+            if self._keyframe_wanted:
+                self._keyframe_wanted = False
+                if not frames[self._index].keyframe:
+                    keys = self.video.keyframes
+                    self._index = next((k for k in keys if k > self._index), keys[0])
+            frame = frames[self._index]
+            self._index = (self._index + 1) % len(frames)
+            if frame.keyframe:
+                self.keyframes_sent += 1
+            pid = (0x8000 | self._picture_id).to_bytes(2, "big")
+            self._picture_id = (self._picture_id + 1) & 0x7FFF
+            last = len(frame.payloads) - 1
+            for i, payload in enumerate(frame.payloads):
+                if self.video.vp8:  # aiortc's descriptor: X, I, M: the picture ID at 2-3
+                    payload = payload[:2] + pid + payload[4:]
+                self.camera.send(payload, i == last)
+            self.camera.advance(ticks)
+            deadline += period
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+
+    async def _run_audio(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        talk_index = quiet_index = 0
+        was_speaking = False
+        while True:
+            speaking = self.speaking
+            if speaking:
+                if not was_speaking:
+                    talk_index = 0  # a new turn starts a sentence
+                frames, levels, index = self.speech.frames, self.speech_levels, talk_index
+                talk_index += 1
+            else:
+                frames, levels, index = self.quiet.frames, self.quiet_levels, quiet_index
+                quiet_index += 1
+            was_speaking = speaking
+            frame = frames[index % len(frames)]
+            self.level = levels[index % len(levels)]
+            for payload in frame.payloads:
+                self.microphone.send(payload, True, self.level)
+            self.microphone.advance(frame.ticks)
+            deadline += frame.ticks / AUDIO_CLOCK
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
