@@ -1249,6 +1249,7 @@ async def _barrage(
     return refused_count
 
 
+@pytest.mark.media  # decodes video and counts frames in real time
 async def test_media_survives_a_barrage_of_bad_input(http, server):
     chair = Client(server.url, "m1", server.token(identity="chair", role="chair"))
     await chair.connect()

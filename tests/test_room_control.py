@@ -16,6 +16,9 @@ import pytest
 from conference.tools.client import Client, ClientError
 from conference.tools.testmedia import ToneAudioTrack
 
+# counts the packets that reach each participant in short windows: shares the machine
+pytestmark = pytest.mark.media
+
 
 def packets(client: Client, publication_id: str) -> int:
     counter = client.counters.get(publication_id)
