@@ -776,10 +776,12 @@ def test_webinar_from_the_command_line(lt_server: ServerProcess, tmp_path: Path)
         "--json",
         str(out),
         "--no-progress",
+        "--lean",  # the chair publishes lean: the flag as an operator types it
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=90, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "join time" in done.stdout and "server CPU" in done.stdout
+    assert "lean publishers" in done.stdout
     report = json.loads(out.read_text())
     assert report["participants"]["joined"] == 4, done.stdout
     viewers = [s for s in report["seats"] if s["role"] == "viewer"]

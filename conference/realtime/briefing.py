@@ -181,11 +181,7 @@ class Briefing(RoomEvents):
     # -- the chair's actions -----------------------------------------------------------
     async def hold(self, identity: str, held: bool) -> None:
         """Hold (or release) the microphones of ``identity``; tell each changed session."""
-        if held:
-            self.held.add(identity)
-        else:
-            self.held.discard(identity)
-            self.invited.discard(identity)
+        self._set_held(identity, held)
         for participant in list(self.room.participants.values()):
             if participant.who.identity != identity:
                 continue
@@ -206,13 +202,17 @@ class Briefing(RoomEvents):
         if not self.room.block(target.id, source, muted):
             raise RoomError("unknown-publication", f"nothing published from {source}")
         if source == "microphone":
-            if muted:
-                self.held.add(target.who.identity)
-            else:
-                self.held.discard(target.who.identity)
-                self.invited.discard(target.who.identity)
+            self._set_held(target.who.identity, muted)
         self.changed()
         await target.send(muted_notice(source, muted))
+
+    def _set_held(self, identity: str, held: bool) -> None:
+        """Remember a hold by identity; a released point is no longer asked to unmute."""
+        if held:
+            self.held.add(identity)
+        else:
+            self.held.discard(identity)
+            self.invited.discard(identity)
 
     def _chair_side(self, identity: str) -> bool:
         """The chair's own sessions (moderate grant) are never muted by the room."""

@@ -96,7 +96,7 @@ class LeanStream:
     carry the stream's clock.
     """
 
-    def __init__(self, sender: ForwardingSender, clock_rate: int) -> None:
+    def __init__(self, sender: ForwardingSender, clock_rate: int, history: int = HISTORY) -> None:
         self.sender = sender
         self.clock_rate = clock_rate
         self.seq = random.randrange(0, 1 << 16)
@@ -104,6 +104,11 @@ class LeanStream:
         self.timestamp = random.randrange(0, 1 << 32)
         self.sent_at = time.time()  # wall time of `timestamp`
         self.history: OrderedDict[int, tuple[bytes, bool, int]] = OrderedDict()
+        self.history_size = history  # 0: nothing kept (audio is not NACKed)
+        ids = sender.extension_ids
+        self._mid = (ids[MID_URI], sender.mid.encode()) if MID_URI in ids and sender.mid else None
+        self._abs_send_time_id = ids.get(ABS_SEND_TIME_URI)
+        self._audio_level_id = ids.get(AUDIO_LEVEL_URI)
         self.on_keyframe_request: Callable[[], None] | None = None
         self.retransmitted = 0
         self.keyframe_requests = 0
@@ -111,14 +116,11 @@ class LeanStream:
 
     def send(self, payload: bytes, marker: bool, level: int | None = None) -> None:
         sender = self.sender
-        ids = sender.extension_ids
-        extensions = []
-        if MID_URI in ids and sender.mid:
-            extensions.append((ids[MID_URI], sender.mid.encode()))
-        if ABS_SEND_TIME_URI in ids:
-            extensions.append((ids[ABS_SEND_TIME_URI], abs_send_time(time.time())))
-        if level is not None and AUDIO_LEVEL_URI in ids:
-            extensions.append((ids[AUDIO_LEVEL_URI], audio_level(level < 127, level)))
+        extensions = [self._mid] if self._mid is not None else []
+        if self._abs_send_time_id is not None:
+            extensions.append((self._abs_send_time_id, abs_send_time(time.time())))
+        if level is not None and self._audio_level_id is not None:
+            extensions.append((self._audio_level_id, audio_level(level < 127, level)))
         block = extension_block(tuple(extensions))
         seq = self.seq
         self.seq = (seq + 1) & 0xFFFF
@@ -126,9 +128,10 @@ class LeanStream:
             sender.payload_type, marker, seq, self.timestamp, sender.ssrc, payload, block
         )
         sender.send_rtp(data, len(payload))
-        self.history[seq] = (payload, marker, self.timestamp)
-        if len(self.history) > HISTORY:
-            self.history.popitem(last=False)
+        if self.history_size:
+            self.history[seq] = (payload, marker, self.timestamp)
+            if len(self.history) > self.history_size:
+                self.history.popitem(last=False)
 
     def advance(self, ticks: int) -> None:
         self.timestamp = (self.timestamp + ticks) & 0xFFFFFFFF

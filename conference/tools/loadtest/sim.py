@@ -356,7 +356,7 @@ class SimulatedSeat:
             LeanStream(transceivers["camera"].sender, VIDEO_CLOCK),
             video,
             media.fps,
-            LeanStream(transceivers["microphone"].sender, AUDIO_CLOCK),
+            LeanStream(transceivers["microphone"].sender, AUDIO_CLOCK, history=0),
             talk,
             media.talk_levels,
             quiet,
