@@ -54,6 +54,9 @@ from .tokens import RevocationList
 
 logger = logging.getLogger("conference")
 
+#: at shutdown, how long the WebSocket handlers have to close their sockets with the reason
+SHUTDOWN_CLOSE_WAIT = 2.0
+
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -186,8 +189,12 @@ async def _shutdown(app: web.Application) -> None:
     registry: RoomRegistry = app[ROOMS]
     await recording.shutdown()  # seal the manifests before the rooms close
     await registry.close("server-shutdown")
-    tasks: weakref.WeakSet[asyncio.Task[Any]] = app[WEBSOCKETS]
-    for task in list(tasks):
+    # the sessions' handlers close their sockets with the reason (1001 server-shutdown);
+    # those the client does not answer, and those still in the lobby, are cancelled
+    tasks = [task for task in app[WEBSOCKETS] if not task.done()]
+    if tasks:
+        await asyncio.wait(tasks, timeout=SHUTDOWN_CLOSE_WAIT)
+    for task in tasks:
         task.cancel()
 
 

@@ -161,6 +161,35 @@ def receiving(page: Any, videos: int, audios: int) -> list[dict[str, Any]] | Non
     return stats if len(decoded) >= videos and len(heard) >= audios else None
 
 
+# what a page's connections are doing: said when media does not come
+CONNECTIONS_JS = """() => {
+  const c = window.conference || {};
+  const pc = (p) => p ? {connection: p.connectionState, ice: p.iceConnectionState,
+    signaling: p.signalingState,
+    receivers: p.getTransceivers().filter((t) => t.currentDirection === "recvonly").length} : null;
+  return {publisher: pc(c.publisher), subscriber: pc(c.subscriber),
+    negotiations: (c.negotiations || []).length, paused: [...(c.pausedVideos || [])],
+    reconnects: c.reconnects, left: c.left};
+}"""
+
+
+def wait_for_media(
+    page: Any, server: ServerProcess, videos: int, audios: int, what: str, timeout: float = 30
+) -> list[dict[str, Any]]:
+    """Wait until ``page`` decodes ``videos`` videos and hears ``audios`` audios; on a
+    timeout, say what the page's connections and streams were doing, and the server's log."""
+    try:
+        found: list[dict[str, Any]] = wait_until(
+            lambda: receiving(page, videos, audios), timeout, what
+        )
+    except AssertionError as error:
+        raise AssertionError(
+            f"{error}\nstreams: {streams(page)}\nconnections: {page.evaluate(CONNECTIONS_JS)}"
+            f"\nserver log:\n{server.log()[-6000:]}"
+        ) from None
+    return found
+
+
 def rising(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> bool:
     old = {s["mid"]: s for s in before}
     grown = [
@@ -189,8 +218,7 @@ def test_three_points_see_and_hear_each_other(
 
     # each page receives the two others' camera and microphone, and they keep flowing
     for identity, page in pages.items():
-        videos = 2
-        first = wait_until(lambda p=page, v=videos: receiving(p, v, 2), 30, f"media on {identity}")
+        first = wait_for_media(page, server, 2, 2, f"media on {identity}")
         wait_until(lambda p=page, f=first: rising(f, streams(p)), 10, f"rising on {identity}")
         tiles = page.locator(".tile")
         assert tiles.count() == 2

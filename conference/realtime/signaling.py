@@ -63,12 +63,24 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         async with send_lock:
             await ws.send_str(json.dumps(message, ensure_ascii=False))
 
+    serving: asyncio.Task[str] | None = None  # the session's message loop
+
     async def disconnect(why: str) -> None:
-        """The room dropped this participant (replaced, removed, timeout, shutdown)."""
+        """The room dropped this participant (replaced, removed, timeout, shutdown).
+
+        The WebSocket is closed by its handler's own task, never from here: aiohttp
+        closing a socket that another task reads from can drop the connection before
+        the client has read the close frame (it sees 1006, not the reason).  This
+        stops the message loop; the handler then says why and closes.  It does not
+        wait for that (the close handshake waits on the client).
+        """
         nonlocal removed_reason
+        if removed.is_set():
+            return
         removed_reason = why
         removed.set()
-        await hang_up()
+        if serving is not None and serving is not asyncio.current_task():
+            serving.cancel()
 
     # -- join ----------------------------------------------------------------------
     header = request.headers.get("Authorization", "")
@@ -166,16 +178,16 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
     participant.disconnect = disconnect
     session = Session(participant, briefing, send)
-    errors = 0
-    reason = "left"
-    try:
+
+    async def serve() -> str:
+        """Handle the participant's messages until it leaves; returns why it left."""
+        errors = 0
         async for msg in ws:
             if msg.type == WSMsgType.ERROR:
                 # aiohttp already closed the socket (1009 when over max_message_bytes)
                 too_big = getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG
-                reason = "message-too-big" if too_big else "websocket-error"
                 logger.info("ws %s: %s: %s", where, participant.id, msg.data)
-                break
+                return "message-too-big" if too_big else "websocket-error"
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
             refusal: tuple[str, str] | None = None
@@ -186,9 +198,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 kind = _kind(msg.data)
                 try:
                     message = _parse(msg.data)
-                    done = await dispatch(session, message)
-                    if done:
-                        break
+                    if await dispatch(session, message):
+                        return "left"
                 except ProtocolError as exc:
                     refusal = exc.code, exc.message
                 except RoomError as exc:
@@ -209,11 +220,20 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 )
                 await send(_error(*refusal, request=kind))
             if errors > MAX_ERRORS:
-                reason = "too-many-errors"
                 await ws.close(code=CLOSE_BAD_REQUEST, message=b"too many errors")
+                return "too-many-errors"
+            if participant.closed or removed.is_set():
                 break
-            if participant.closed:
-                break
+        return "left"
+
+    serving = asyncio.ensure_future(serve())
+    reason = "left"
+    try:
+        reason = await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        if not serving.cancelled():  # the handler itself is cancelled (server shutdown)
+            serving.cancel()
+            raise
     finally:
         if removed.is_set():
             reason = removed_reason
