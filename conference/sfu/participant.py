@@ -32,7 +32,7 @@ from .bridge import (
     announce_address,
     codec_capability,
 )
-from .publication import SOURCES, Publication
+from .publication import SOURCES, MediaSource, Publication
 from .simulcast import SimulcastError, accept_in_answer, parse_offer
 from .subscription import Subscription
 
@@ -95,7 +95,7 @@ class Participant:
         self.publications: dict[str, Publication] = {}
         self.subscriptions: dict[str, Subscription] = {}  # by publication id or slot
         self._mid_source: dict[str, str] = {}
-        self._unpublished: set[ForwardingReceiver] = set()
+        self._unpublished: set[MediaSource] = set()
         # transceivers of the subscriber pc: made inactive by an offer not yet
         # answered (retiring), then ready for reuse (free)
         self._retiring: list[Any] = []

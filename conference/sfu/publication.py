@@ -12,10 +12,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import red
-from .bridge import ForwardingReceiver, RtpPacket, ntp_now
+from .bridge import RtpPacket, ntp_now
 from .keyframe import KeyframeThrottle, is_keyframe
 
 if TYPE_CHECKING:
@@ -32,6 +32,17 @@ GOP_OCTETS = 4_000_000
 SLOW_KEYFRAME = 3.0
 #: :attr:`Layer.peak` is the highest bitrate measured in this many seconds
 PEAK_WINDOW = 5.0
+
+
+class MediaSource(Protocol):
+    """What feeds a publication: a publisher's `ForwardingReceiver`, or another node's
+    relay stream (`conference.sfu.relay.RelayReceiver`)."""
+
+    kind: str
+    rids: list[str]
+    sink: Any
+
+    def request_keyframe(self, layer: int = 0) -> None: ...
 
 
 class Layer:
@@ -167,7 +178,7 @@ class Publication:
         publication_id: str,
         participant_id: str,
         source: str,
-        receiver: ForwardingReceiver,
+        receiver: MediaSource,
         codec_name: str,
         clock_rate: int,
         on_audio_level: Callable[[str, int], None] | None = None,
@@ -188,6 +199,10 @@ class Publication:
         #: Called with every packet of the top layer after the subscriptions (the
         #: recorder); ``tap(publication, packet, keyframe)`` must not raise.
         self.taps: list[Callable[[Publication, RtpPacket, bool], None]] = []
+        #: Other nodes' relay streams (conference/sfu/relay.py): called with every packet
+        #: of every layer, ``relay(layer, packet, repaired)``, and every sender report,
+        #: ``relay(layer, None, False, (ntp, rtp))``; must not raise.
+        self.relays: list[Callable[..., None]] = []
         self._on_audio_level = on_audio_level
         self._on_ended = on_ended
         self.closed = False
@@ -268,6 +283,9 @@ class Publication:
         if stream is self.top:
             for tap in self.taps:
                 tap(self, packet, keyframe)
+        if self.relays:
+            for relay in self.relays:
+                relay(stream.index, packet, repaired)
         if self.kind == "audio" and payload:
             self._red_previous = (packet.timestamp, payload)
 
@@ -288,6 +306,8 @@ class Publication:
     def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, layer: int = 0) -> None:
         if layer < len(self.layers):
             self.layers[layer].sender_report = (ntp_timestamp, rtp_timestamp)
+            for relay in self.relays:
+                relay(layer, None, False, (ntp_timestamp, rtp_timestamp))
 
     def on_bye(self) -> None:
         self.close()

@@ -88,6 +88,8 @@ class Room:
         self.max_participants = max_participants
         self.video_codec = video_codec
         self.participants: dict[str, Participant] = {}
+        #: publications of participants on other nodes, relayed here (conference/cluster)
+        self.remote: dict[str, Publication] = {}
         self.speaker = SpeakerDetector()
         self.program = ProgramFeed(self)
         self.created_at = time.time()
@@ -182,7 +184,21 @@ class Room:
         return participant
 
     def publications(self) -> list[Publication]:
-        return [pub for p in self.participants.values() for pub in p.publications.values()]
+        local = [pub for p in self.participants.values() for pub in p.publications.values()]
+        return [*local, *self.remote.values()] if self.remote else local
+
+    def add_remote(self, publication: Publication) -> None:
+        """A publication of another node's participant (its receiver is a relay stream)."""
+        if publication.id in self.remote or self.closed:
+            return
+        self.remote[publication.id] = publication
+        self.publication_added(publication)
+
+    def remove_remote(self, publication_id: str) -> None:
+        publication = self.remote.pop(publication_id, None)
+        if publication is not None:
+            publication.close()
+            self.publication_removed(publication)
 
     def find_publication(self, publication_id: str) -> Publication | None:
         return next((p for p in self.publications() if p.id == publication_id), None)
@@ -295,6 +311,8 @@ class Room:
             task.cancel()
         for participant_id in list(self.participants):
             await self.leave(participant_id, reason, close_room=False)
+        for publication_id in list(self.remote):
+            self.remove_remote(publication_id)
         self.events.closed()
         self._notify("closed", self)
         if self._on_empty is not None:

@@ -1,0 +1,458 @@
+"""Relay: a publication carried from the node that receives it to other nodes.
+
+A meeting can span several server processes (nodes).  Each node receives its
+own participants' media; a publication reaches another node's subscribers
+through one relay stream per node (never one per subscriber), over UDP between
+the nodes' relay endpoints, as *keyed plain RTP*: the RTP fields a forwarder
+needs and the payload, unencrypted, each datagram authenticated by an
+HMAC-SHA256 tag (8 bytes) under a key every node derives from the shared token
+secret.  Like Jitsi's Octo or mediasoup's pipe transports it is meant for the
+nodes' private network (or loopback): it hides nothing from a listener there,
+but nobody without the key can inject media or steer a stream anywhere.
+
+Datagrams (big-endian), every one ``header | body | tag``::
+
+    header  "CR" version:u8 type:u8 stream:u32 layer:u8
+    MEDIA   seq:u16 timestamp:u32 flags:u8 level:u8 payload...
+            flags: 1 marker, 2 repaired (a retransmission), 4 audio level present, 8 voice
+    PLI     (empty)                      the importer wants a keyframe of `layer`
+    NACK    seq:u16 ...                  the importer lost these of `layer`
+    SR      ntp:u64 rtp:u32              the publisher's sender report of `layer`
+    WANT    time:f64 port:u16 host...    the importer (at host:port) wants the stream
+                                         for `LEASE` seconds more (renewed every second)
+    DROP    time:f64 port:u16 host...    it no longer does
+
+Demand is soft state: an importer whose publication has subscribers sends
+WANT every `KEEPALIVE` seconds; the exporter sends to it until a DROP or until
+`LEASE` seconds pass without a WANT, so a node that dies stops costing its
+peers within seconds.  WANT and DROP carry the importer's address inside the
+authenticated part (a replayed one can only send media where it already goes)
+and their time (older than `MAX_AGE` is ignored).
+
+Losses between nodes are repaired hop by hop: the importer tracks sequence
+numbers per layer (`NackTracker`) and NACKs; the exporter keeps its last
+packets per layer (`PacketHistory`) and sends them again flagged ``repaired``.
+Keyframe requests (PLI) travel back the same way.
+
+An exported :class:`Publication` is unchanged: the endpoint hooks its
+``relays`` (every layer's packets and sender reports).  An imported one is a
+plain `Publication` whose receiver is a :class:`RelayReceiver`: the room,
+subscriptions, speaker detection and recorder treat it like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .bridge import RtpPacket, run_now
+from .history import PacketHistory
+from .nack import NackTracker
+from .publication import Publication
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"CR"
+VERSION = 1
+MEDIA, PLI, NACK, SR, WANT, DROP = 1, 2, 3, 4, 5, 6
+TAG_BYTES = 8
+HEADER = struct.Struct("!2sBBIB")
+MEDIA_FIELDS = struct.Struct("!HIBB")
+SR_FIELDS = struct.Struct("!QI")
+DEMAND_FIELDS = struct.Struct("!dH")
+F_MARKER, F_REPAIRED, F_LEVEL, F_VOICE = 1, 2, 4, 8
+
+#: an exporter sends a stream this long after the last WANT
+LEASE = 3.0
+#: an importer with subscribers renews its demand this often
+KEEPALIVE = 1.0
+#: demand datagrams older than this (clocks of one province's servers agree) are ignored
+MAX_AGE = 10.0
+#: packets per layer an exporter keeps for retransmission
+HISTORY = 512
+#: the period of the endpoint's housekeeping (NACK retries, demand, leases)
+TICK = 0.05
+#: at most this many sequence numbers in one NACK datagram
+NACK_MAX = 64
+
+Address = tuple[str, int]
+
+
+def relay_key(secret: str) -> bytes:
+    """The relay's HMAC key, derived from the nodes' shared token secret."""
+    return hmac.new(secret.encode(), b"conference relay v1", hashlib.sha256).digest()
+
+
+class RelayFormatError(ValueError):
+    """A datagram that is not a well-formed, authentic relay datagram."""
+
+
+def seal(key: bytes, kind: int, stream: int, layer: int, body: bytes) -> bytes:
+    """A relay datagram: header, ``body`` and its tag."""
+    data = HEADER.pack(MAGIC, VERSION, kind, stream, layer) + body
+    return data + hmac.digest(key, data, "sha256")[:TAG_BYTES]
+
+
+def unseal(key: bytes, data: bytes) -> tuple[int, int, int, bytes]:
+    """(type, stream, layer, body) of an authentic datagram; `RelayFormatError` else."""
+    if len(data) < HEADER.size + TAG_BYTES:
+        raise RelayFormatError("too short")
+    signed, tag = data[:-TAG_BYTES], data[-TAG_BYTES:]
+    if not hmac.compare_digest(hmac.digest(key, signed, "sha256")[:TAG_BYTES], tag):
+        raise RelayFormatError("bad tag")
+    magic, version, kind, stream, layer = HEADER.unpack_from(signed)
+    if magic != MAGIC or version != VERSION:
+        raise RelayFormatError("not a relay datagram of this version")
+    return kind, stream, layer, signed[HEADER.size :]
+
+
+def media_body(packet: RtpPacket, repaired: bool) -> bytes:
+    flags = (F_MARKER if packet.marker else 0) | (F_REPAIRED if repaired else 0)
+    level = packet.extensions.audio_level
+    value = 0
+    if level is not None:
+        flags |= F_LEVEL | (F_VOICE if level[0] else 0)
+        value = level[1]
+    fields = MEDIA_FIELDS.pack(packet.sequence_number, packet.timestamp, flags, value)
+    return fields + packet.payload
+
+
+def media_packet(body: bytes, payload_type: int) -> tuple[RtpPacket, bool]:
+    """The RTP packet of a MEDIA body, and whether it was a retransmission."""
+    if len(body) < MEDIA_FIELDS.size:
+        raise RelayFormatError("short media")
+    seq, timestamp, flags, value = MEDIA_FIELDS.unpack_from(body)
+    packet = RtpPacket(
+        payload_type=payload_type,
+        marker=flags & F_MARKER,
+        sequence_number=seq,
+        timestamp=timestamp,
+        payload=body[MEDIA_FIELDS.size :],
+    )
+    if flags & F_LEVEL:
+        packet.extensions.audio_level = (bool(flags & F_VOICE), value)
+    return packet, bool(flags & F_REPAIRED)
+
+
+def demand_body(address: Address, when: float | None = None) -> bytes:
+    host, port = address
+    return DEMAND_FIELDS.pack(time.time() if when is None else when, port) + host.encode()
+
+
+def demand_address(body: bytes, now: float | None = None) -> Address:
+    """The importer's address in a WANT or DROP body (which must be recent)."""
+    if len(body) <= DEMAND_FIELDS.size:
+        raise RelayFormatError("short demand")
+    when, port = DEMAND_FIELDS.unpack_from(body)
+    if abs((time.time() if now is None else now) - when) > MAX_AGE:
+        raise RelayFormatError("stale demand")
+    try:
+        host = body[DEMAND_FIELDS.size :].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise RelayFormatError("bad host") from exc
+    return host, port
+
+
+@dataclass
+class Export:
+    """A local publication offered to other nodes as relay stream ``stream``."""
+
+    stream: int
+    publication: Publication
+    #: importers' addresses -> when their lease ends (monotonic)
+    leases: dict[Address, float] = field(default_factory=dict)
+    history: list[PacketHistory[bytes]] = field(default_factory=list)
+    packets_sent: int = 0
+    retransmitted: int = 0
+
+
+class RelayReceiver:
+    """Stands where a `ForwardingReceiver` stands for an imported publication.
+
+    It is fed by its :class:`RelayEndpoint` and asks the exporting node for
+    keyframes; the :class:`Publication` it serves is its ``sink``.
+    """
+
+    def __init__(
+        self,
+        endpoint: RelayEndpoint,
+        origin: Address,
+        stream: int,
+        kind: str,
+        rids: list[str],
+        payload_type: int,
+    ) -> None:
+        self.endpoint = endpoint
+        self.origin = origin
+        self.stream = stream
+        self.kind = kind
+        self.rids = rids
+        self.payload_type = payload_type
+        self.sink: Any = None
+        self.trackers = [NackTracker() for _ in range(max(1, len(rids)))]
+        self.packets = 0
+        self.nacks_sent = 0
+        self.wanting = False
+
+    def request_keyframe(self, layer: int = 0) -> None:
+        self.endpoint.send_to(self.origin, PLI, self.stream, layer, b"")
+
+    def wanted(self) -> bool:
+        """Whether anyone on this node receives the publication (or records it)."""
+        sink = self.sink
+        return sink is not None and bool(sink.subscriptions or sink.taps)
+
+
+class RelayEndpoint(asyncio.DatagramProtocol):
+    """One node's relay socket: exports its publications, imports other nodes'."""
+
+    def __init__(self, key: bytes, advertised: Address | None = None) -> None:
+        self.key = key
+        self.transport: asyncio.DatagramTransport | None = None
+        #: the address other nodes send to (the bound one unless given)
+        self.address: Address = advertised or ("", 0)
+        self._advertised = advertised is not None
+        self.exports: dict[int, Export] = {}
+        self.imports: dict[tuple[Address, int], RelayReceiver] = {}
+        self._next_stream = 1
+        self._task: asyncio.Task[None] | None = None
+        self._last_keepalive = 0.0
+        self.dropped = 0  # datagrams refused (bad tag, unknown stream, malformed)
+
+    # -- life ------------------------------------------------------------------------
+    async def start(self, host: str, port: int = 0) -> Address:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        self.transport = transport
+        bound = transport.get_extra_info("sockname")
+        if not self._advertised:
+            self.address = (bound[0], bound[1])
+        self._task = asyncio.ensure_future(self._housekeeping())
+        logger.info("relay endpoint on %s:%d", *self.address)
+        return self.address
+
+    def close(self) -> None:
+        for receiver in list(self.imports.values()):
+            if receiver.wanting:
+                self.send_to(receiver.origin, DROP, receiver.stream, 0, demand_body(self.address))
+        if self._task is not None:
+            self._task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        for export in list(self.exports.values()):
+            self.unexport(export.publication)
+
+    # -- exporting -------------------------------------------------------------------
+    def export(self, publication: Publication) -> int:
+        """Offer ``publication`` to other nodes; returns its stream number."""
+        for export in self.exports.values():
+            if export.publication is publication:
+                return export.stream
+        stream = self._next_stream
+        self._next_stream = (stream % 0xFFFFFFFF) + 1
+        export = Export(
+            stream, publication, history=[PacketHistory(HISTORY) for _ in publication.layers]
+        )
+        self.exports[stream] = export
+        return stream
+
+    def unexport(self, publication: Publication) -> None:
+        for stream, export in list(self.exports.items()):
+            if export.publication is publication:
+                del self.exports[stream]
+                self._unhook(export)
+
+    def _hook(self, export: Export) -> None:
+        publication = export.publication
+        if export.stream in _hooked(publication):
+            return
+
+        def relay(layer: int, packet: RtpPacket | None, repaired: bool, sr: Any = None) -> None:
+            if packet is None:
+                body = SR_FIELDS.pack(*sr)
+                for address in export.leases:
+                    self.send_to(address, SR, export.stream, layer, body)
+                return
+            body = media_body(packet, repaired)
+            if layer < len(export.history):
+                export.history[layer].store(packet.sequence_number, body)
+            data = seal(self.key, MEDIA, export.stream, layer, body)
+            transport = self.transport
+            if transport is None:
+                return
+            for address in export.leases:
+                transport.sendto(data, address)
+                export.packets_sent += 1
+
+        relay.stream = export.stream  # type: ignore[attr-defined]
+        publication.relays.append(relay)
+
+    def _unhook(self, export: Export) -> None:
+        publication = export.publication
+        publication.relays[:] = [
+            r for r in publication.relays if getattr(r, "stream", None) != export.stream
+        ]
+
+    # -- importing -------------------------------------------------------------------
+    def import_stream(
+        self, origin: Address, stream: int, kind: str, rids: list[str], payload_type: int
+    ) -> RelayReceiver:
+        """A receiver for another node's stream (its `Publication` is made by the caller)."""
+        key = (origin, stream)
+        receiver = self.imports.get(key)
+        if receiver is None:
+            receiver = RelayReceiver(self, origin, stream, kind, rids, payload_type)
+            self.imports[key] = receiver
+        return receiver
+
+    def forget(self, receiver: RelayReceiver) -> None:
+        """Stop importing (the publication ended, or its node is gone)."""
+        if self.imports.get((receiver.origin, receiver.stream)) is receiver:
+            del self.imports[(receiver.origin, receiver.stream)]
+        if receiver.wanting:
+            receiver.wanting = False
+            self.send_to(receiver.origin, DROP, receiver.stream, 0, demand_body(self.address))
+
+    # -- the wire --------------------------------------------------------------------
+    def send_to(self, address: Address, kind: int, stream: int, layer: int, body: bytes) -> None:
+        if self.transport is not None:
+            self.transport.sendto(seal(self.key, kind, stream, layer, body), address)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            kind, stream, layer, body = unseal(self.key, data)
+            if kind == MEDIA or kind == SR:
+                self._imported(addr, kind, stream, layer, body)
+            else:
+                self._exported(kind, stream, layer, body)
+        except RelayFormatError as exc:
+            self.dropped += 1
+            logger.debug("relay: datagram from %s refused: %s", addr, exc)
+
+    def _imported(self, addr: Any, kind: int, stream: int, layer: int, body: bytes) -> None:
+        receiver = self.imports.get(((addr[0], addr[1]), stream))
+        if receiver is None or receiver.sink is None:
+            self.dropped += 1
+            return
+        if kind == SR:
+            if len(body) != SR_FIELDS.size:
+                raise RelayFormatError("bad sender report")
+            receiver.sink.on_sender_report(*SR_FIELDS.unpack(body), layer=layer)
+            return
+        packet, repaired = media_packet(body, receiver.payload_type)
+        if layer < len(receiver.trackers):
+            tracker = receiver.trackers[layer]
+            if repaired:
+                if not tracker.repairs(packet.sequence_number):
+                    return  # a copy of what is here already
+            else:
+                lost = tracker.received(packet.sequence_number, time.monotonic())
+                if lost:
+                    self._nack(receiver, layer, lost)
+        receiver.packets += 1
+        run_now(receiver.sink.on_rtp(packet, repaired, layer))
+
+    def _exported(self, kind: int, stream: int, layer: int, body: bytes) -> None:
+        export = self.exports.get(stream)
+        if export is None:
+            self.dropped += 1
+            return
+        if kind == WANT:
+            address = demand_address(body)
+            if address not in export.leases:
+                logger.info(
+                    "relay: stream %d (%s) to %s:%d", stream, export.publication.id, *address
+                )
+            export.leases[address] = time.monotonic() + LEASE
+            self._hook(export)
+        elif kind == DROP:
+            address = demand_address(body)
+            if export.leases.pop(address, None) is not None:
+                logger.info("relay: stream %d no longer to %s:%d", stream, *address)
+            if not export.leases:
+                self._unhook(export)
+        elif kind == PLI:
+            if layer < len(export.publication.layers):
+                export.publication.request_keyframe(layer)
+        elif kind == NACK:
+            if layer >= len(export.history) or len(body) % 2:
+                raise RelayFormatError("bad nack")
+            history = export.history[layer]
+            for (seq,) in struct.iter_unpack("!H", body):
+                stored = history.get(seq)
+                if stored is None:
+                    continue
+                flags = stored[6] | F_REPAIRED
+                again = stored[:6] + bytes((flags,)) + stored[7:]
+                for address in export.leases:
+                    self.send_to(address, MEDIA, stream, layer, again)
+                    export.retransmitted += 1
+        else:
+            raise RelayFormatError(f"unknown type {kind}")
+
+    def _nack(self, receiver: RelayReceiver, layer: int, seqs: list[int]) -> None:
+        for start in range(0, len(seqs), NACK_MAX):
+            chunk = seqs[start : start + NACK_MAX]
+            body = struct.pack(f"!{len(chunk)}H", *chunk)
+            self.send_to(receiver.origin, NACK, receiver.stream, layer, body)
+            receiver.nacks_sent += len(chunk)
+
+    # -- housekeeping ----------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(TICK)
+                self.tick(time.monotonic())
+        except asyncio.CancelledError:
+            pass
+
+    def tick(self, now: float) -> None:
+        """NACK retries, demand renewals, lease expiry."""
+        for receiver in list(self.imports.values()):
+            for layer, tracker in enumerate(receiver.trackers):
+                due = tracker.due(now)
+                if due:
+                    self._nack(receiver, layer, due)
+        if now - self._last_keepalive >= KEEPALIVE:
+            self._last_keepalive = now
+            self.renew()
+        for export in self.exports.values():
+            expired = [a for a, until in export.leases.items() if until < now]
+            for address in expired:
+                del export.leases[address]
+                logger.info("relay: stream %d lease of %s:%d ended", export.stream, *address)
+            if expired and not export.leases:
+                self._unhook(export)
+
+    def renew(self) -> None:
+        """Send WANT for every imported stream someone here receives (DROP for the rest)."""
+        for receiver in list(self.imports.values()):
+            wanted = receiver.wanted()
+            if wanted:
+                self.send_to(receiver.origin, WANT, receiver.stream, 0, demand_body(self.address))
+            elif receiver.wanting:
+                self.send_to(receiver.origin, DROP, receiver.stream, 0, demand_body(self.address))
+            receiver.wanting = wanted
+
+    def want_now(self, receiver: RelayReceiver) -> None:
+        """Ask for ``receiver``'s stream at once (a first local subscriber)."""
+        if not receiver.wanting and receiver.wanted():
+            receiver.wanting = True
+            self.send_to(receiver.origin, WANT, receiver.stream, 0, demand_body(self.address))
+
+
+def _hooked(publication: Publication) -> set[int]:
+    return {getattr(r, "stream", -1) for r in publication.relays}
+
+
+#: what `Publication.relays` holds: ``relay(layer, packet, repaired)`` for every packet,
+#: ``relay(layer, None, False, (ntp, rtp))`` for every sender report
+Relay = Callable[..., None]

@@ -1,0 +1,196 @@
+"""The relay between nodes (conference/sfu/relay.py): two real endpoints on 127.0.0.1.
+
+The exporting side is a real `Publication` fed as a publisher's receiver feeds
+it; the importing side a real `Publication` on a `RelayReceiver`, observed
+through a tap (what the recorder uses; it counts as someone receiving).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from conference.sfu import relay
+from conference.sfu.bridge import RtpPacket
+from conference.sfu.publication import Publication
+
+KEY = relay.relay_key("test-secret-" + "x" * 40)
+
+
+class Publisher:
+    """What stands for a publisher's receiver on the exporting node (not under test)."""
+
+    def __init__(self, kind: str, rids: list[str] | None = None) -> None:
+        self.kind = kind
+        self.rids = rids or []
+        self.sink: Any = None
+        self.keyframe_requests: list[int] = []
+
+    def request_keyframe(self, layer: int = 0) -> None:
+        self.keyframe_requests.append(layer)
+
+
+def rtp(
+    seq: int, payload: bytes = b"\x10\x00\x00\x9d\x01\x2a", level: int | None = None
+) -> RtpPacket:
+    packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=seq * 3000, payload=payload)
+    packet.marker = seq % 2
+    if level is not None:
+        packet.extensions.audio_level = (True, level)
+    return packet
+
+
+async def until(check: Any, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
+
+
+class Pair:
+    def __init__(self, origin: relay.RelayEndpoint, node: relay.RelayEndpoint) -> None:
+        self.origin = origin
+        self.node = node
+        self.received: list[tuple[int, int, int, bytes, Any]] = []
+
+    def link(
+        self, kind: str = "video", rids: list[str] | None = None, tap: bool = True
+    ) -> tuple[Any, ...]:
+        """A publication on the origin, imported by the node (tapped there: received)."""
+        source = Publisher(kind, rids)
+        codec = "vp8" if kind == "video" else "opus"
+        rate = 90000 if kind == "video" else 48000
+        published = Publication("TR_a", "PA_a", "camera", source, codec, rate)
+        stream = self.origin.export(published)
+        receiver = self.node.import_stream(self.origin.address, stream, kind, source.rids, 96)
+        imported = Publication("TR_a", "PA_a", "camera", receiver, codec, rate)
+        if tap:
+            self.tap(imported)
+        return source, published, receiver, imported
+
+    def tap(self, imported: Publication) -> None:
+        imported.taps.append(
+            lambda _pub, p, _kf: self.received.append(
+                (p.sequence_number, p.timestamp, p.marker, p.payload, p.extensions.audio_level)
+            )
+        )
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    origin, node = relay.RelayEndpoint(KEY), relay.RelayEndpoint(KEY)
+    await origin.start("127.0.0.1")
+    await node.start("127.0.0.1")
+    try:
+        yield Pair(origin, node)
+    finally:
+        origin.close()
+        node.close()
+
+
+async def test_a_stream_flows_only_while_the_node_wants_it(pair: Pair) -> None:
+    source, published, receiver, imported = pair.link("audio", tap=False)
+    pair.node.renew()
+    await published.on_rtp(rtp(1, b"opus", level=30), False)
+    await asyncio.sleep(0.2)
+    assert not published.relays  # nobody receives it on the node: nothing asked, nothing sent
+
+    pair.tap(imported)
+    pair.node.want_now(receiver)
+    await until(lambda: published.relays)
+    for seq in range(2, 12):
+        await published.on_rtp(rtp(seq, b"opus%d" % seq, level=seq), False)
+    await until(lambda: len(pair.received) == 10)
+    assert pair.received == [
+        (seq, seq * 3000, seq % 2, b"opus%d" % seq, (True, seq)) for seq in range(2, 12)
+    ]
+    assert imported.packets == 10
+
+    # nobody receives it any more: the node drops it, the origin stops sending
+    imported.taps.clear()
+    pair.node.renew()
+    await until(lambda: not published.relays)
+    await published.on_rtp(rtp(12), False)
+    await asyncio.sleep(0.1)
+    assert len(pair.received) == 10
+
+
+async def test_keyframe_requests_and_sender_reports_cross_nodes(pair: Pair) -> None:
+    source, published, receiver, imported = pair.link("video", ["q", "h"])
+    pair.node.want_now(receiver)
+    await until(lambda: published.relays)
+    imported.request_keyframe(1)
+    await until(lambda: source.keyframe_requests == [1])
+    published.on_sender_report(123 << 32, 4567, layer=1)
+    await until(lambda: imported.layers[1].sender_report == (123 << 32, 4567))
+    await published.on_rtp(rtp(5), False, layer=0)
+    await until(lambda: imported.layers[0].packets == 1)
+    assert imported.layers[1].packets == 0  # layers stay layers
+
+
+async def test_a_packet_lost_between_nodes_is_sent_again(pair: Pair) -> None:
+    source, published, receiver, imported = pair.link("video")
+    pair.node.want_now(receiver)
+    await until(lambda: published.relays)
+    transport = pair.origin.transport
+    assert transport is not None
+    send = transport.sendto
+    lost: list[bytes] = []
+
+    def lossy(data: bytes, address: Any = None) -> None:
+        kind, _stream, _layer, body = relay.unseal(KEY, data)
+        if kind == relay.MEDIA and body[:2] == b"\x00\x03" and not lost:
+            lost.append(data)  # the first copy of packet 3 is lost
+            return
+        send(data, address)
+
+    transport.sendto = lossy  # type: ignore[method-assign,assignment]
+    for seq in range(1, 6):
+        await published.on_rtp(rtp(seq), False)
+    await until(lambda: len(pair.received) == 5)
+    assert lost and [r[0] for r in pair.received] == [1, 2, 4, 5, 3]
+    assert receiver.nacks_sent == 1
+    assert pair.origin.exports[receiver.stream].retransmitted == 1
+
+
+async def test_forged_and_stale_datagrams_are_dropped(pair: Pair) -> None:
+    source, published, receiver, imported = pair.link("video")
+    other_key = relay.relay_key("another-secret-" + "y" * 40)
+    assert pair.node.transport is not None
+    body = relay.demand_body(pair.node.address)
+    # a WANT under another key, and a genuine one from a minute ago, steer nothing
+    pair.node.transport.sendto(
+        relay.seal(other_key, relay.WANT, receiver.stream, 0, body), pair.origin.address
+    )
+    stale = relay.demand_body(pair.node.address, when=time.time() - 60)
+    pair.node.send_to(pair.origin.address, relay.WANT, receiver.stream, 0, stale)
+    await until(lambda: pair.origin.dropped == 2)
+    assert not published.relays
+
+    pair.node.want_now(receiver)
+    await until(lambda: published.relays)
+    # media under another key is not forwarded
+    forged = relay.seal(other_key, relay.MEDIA, receiver.stream, 0, relay.media_body(rtp(9), False))
+    assert pair.origin.transport is not None
+    pair.origin.transport.sendto(forged, pair.node.address)
+    await until(lambda: pair.node.dropped == 1)
+    assert pair.received == []
+    with pytest.raises(relay.RelayFormatError):
+        relay.unseal(KEY, forged)
+    with pytest.raises(relay.RelayFormatError):
+        relay.unseal(KEY, b"CR\x01")
+
+
+async def test_a_lease_without_renewal_ends(pair: Pair) -> None:
+    source, published, receiver, imported = pair.link("video")
+    pair.node.want_now(receiver)
+    await until(lambda: published.relays)
+    export = pair.origin.exports[receiver.stream]
+    assert list(export.leases) == [pair.node.address]
+    pair.origin.tick(time.monotonic() + relay.LEASE + 1)  # the node went silent (died)
+    assert not export.leases and not published.relays
