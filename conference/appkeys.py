@@ -16,6 +16,7 @@ from .sfu.room import RoomRegistry
 from .tokens import RevocationList
 
 if TYPE_CHECKING:
+    from .cluster import Cluster
     from .tokens import Claims
 
 
@@ -32,6 +33,8 @@ class MeetingPolicy(Protocol):
 
 SETTINGS = web.AppKey("settings", Settings)
 ROOMS = web.AppKey("rooms", RoomRegistry)
+#: this node's part in a cluster (only with a ``redis_url``)
+CLUSTER: web.AppKey[Cluster] = web.AppKey("cluster")
 BRIEFINGS = web.AppKey("briefings", Briefings)
 REVOKED = web.AppKey("revoked", RevocationList)
 MEETING_POLICY: web.AppKey[MeetingPolicy] = web.AppKey("meeting_policy")

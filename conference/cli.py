@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls", choices=TLS_MODES, help="TLS mode (default: self-signed)")
     serve.add_argument("--tls-cert", metavar="FILE", help="certificate file (PEM)")
     serve.add_argument("--tls-key", metavar="FILE", help="private key file (PEM)")
+    serve.add_argument(
+        "--redis-url", metavar="URL", help="Redis shared with the other nodes (default: none)"
+    )
+    serve.add_argument("--node-name", metavar="NAME", help="this node's name in the cluster")
 
     token = commands.add_parser("token", help="create or verify access tokens")
     token_commands = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
@@ -114,6 +118,8 @@ def _serve(args: argparse.Namespace) -> int:
         tls=args.tls,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        redis_url=args.redis_url,
+        node_name=args.node_name,
     )
     ensure_data_dir(settings)
     # Creates or upgrades the database; on first run creates and prints the admin account.

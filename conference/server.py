@@ -8,8 +8,10 @@ import gc
 import json
 import logging
 import signal
+import socket
 import ssl
 import weakref
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +30,7 @@ from conference.web.site import setup_web
 from . import __version__
 from .appkeys import (
     BRIEFINGS,
+    CLUSTER,
     DATABASE,
     ICE_SERVERS,
     ICE_SERVERS_JSON,
@@ -48,7 +51,7 @@ from .recording import recorder as recording
 from .settings import Settings
 from .sfu.bridge import configure_ice_hosts
 from .sfu.participant import Participant
-from .sfu.room import RoomRegistry
+from .sfu.room import Room, RoomRegistry
 from .sfu.udp import loop_factory
 from .tokens import RevocationList
 
@@ -95,6 +98,7 @@ async def health(request: web.Request) -> web.Response:
             "rooms": len(rooms),
             "participants": sum(len(r.participants) for r in rooms.values()),
         }
+        | ({"node": request.app[CLUSTER].name} if CLUSTER in request.app else {})
     )
 
 
@@ -170,7 +174,37 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_patch("/whep/{meeting_id}/{participant_id}", session_patch)
     app.on_shutdown.append(_shutdown)
     app.cleanup_ctx.append(reminder_task)  # invitation reminders (when SMTP is configured)
+    if settings.redis_url:
+        join_cluster(app, settings)
     return app
+
+
+def join_cluster(app: web.Application, settings: Settings) -> None:
+    """Serve meetings together with the other nodes on ``settings.redis_url``."""
+    from .cluster import Cluster  # only a node of several loads the Redis client
+
+    assert settings.redis_url is not None and settings.token_secret is not None
+    name = settings.node_name or f"{socket.gethostname()}-{settings.port}"
+    cluster = Cluster(
+        settings.redis_url, name, settings.token_secret, settings.relay_host, settings.relay_port
+    )
+    app[CLUSTER] = cluster
+    registry = app[ROOMS]
+    briefing_created = registry.on_created
+
+    def created(room: Room) -> None:
+        if briefing_created is not None:
+            briefing_created(room)
+        cluster.attach(room)
+
+    registry.on_created = created
+
+    async def membership(app: web.Application) -> AsyncIterator[None]:
+        await cluster.start()
+        yield
+        await cluster.stop()
+
+    app.cleanup_ctx.append(membership)
 
 
 def _tracked(handler: Any) -> Any:

@@ -75,6 +75,10 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_REMINDER_INTERVAL": "reminder_interval",
     "CONFERENCE_SESSION_LIFETIME": "session_lifetime",
     "CONFERENCE_ADHOC_MEETINGS": "adhoc_meetings",
+    "CONFERENCE_REDIS_URL": "redis_url",
+    "CONFERENCE_NODE_NAME": "node_name",
+    "CONFERENCE_RELAY_HOST": "relay_host",
+    "CONFERENCE_RELAY_PORT": "relay_port",
 }
 
 
@@ -142,6 +146,16 @@ class Settings:
     #: A meeting id that is not a meeting of the database is an ad-hoc room, admitted by its
     #: signed token alone; false = only scheduled meetings (others: ``unknown-meeting``).
     adhoc_meetings: bool = True
+    #: Redis shared by the nodes serving one meeting together (redis://host:6379/0);
+    #: None = this process is the only node.
+    redis_url: str | None = field(default=None, repr=False)
+    #: This node's name in the cluster (unique per node); None = the host name and port.
+    node_name: str | None = None
+    #: Address of this node's relay socket, which the other nodes send media to: a
+    #: private-network or loopback address (the relay is authenticated, not encrypted).
+    relay_host: str = "127.0.0.1"
+    #: UDP port of the relay socket; 0 = any free port.
+    relay_port: int = 0
 
 
 # --- value converters: (value, label, base directory for relative paths) -> value ----------
@@ -337,6 +351,20 @@ def _to_reminders(value: object, label: str, base: Path | None = None) -> list[s
     return leads
 
 
+def _to_redis_url(value: object, label: str, base: Path | None = None) -> str:
+    text = _to_str(value, label)
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"{label}: expected a redis:// (or rediss://, unix://) URL")
+    return text
+
+
+def _to_node_name(value: object, label: str, base: Path | None = None) -> str:
+    text = _to_str(value, label)
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", text):
+        raise SettingsError(f"{label}: letters, digits, '.', '_' and '-' only (at most 64)")
+    return text
+
+
 _CONVERTERS: dict[str, _Converter] = {
     "host": _to_str,
     "port": _int_converter(0, 65535),
@@ -372,6 +400,10 @@ _CONVERTERS: dict[str, _Converter] = {
     "reminder_interval": _int_converter(1, 3600),
     "session_lifetime": _int_converter(60, 7 * 86400),
     "adhoc_meetings": _to_bool,
+    "redis_url": _to_redis_url,
+    "node_name": _to_node_name,
+    "relay_host": _to_ip,
+    "relay_port": _int_converter(0, 65535),
 }
 assert set(_CONVERTERS) == {f.name for f in fields(Settings)}
 

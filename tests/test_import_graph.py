@@ -150,6 +150,10 @@ def forbidden(source: str, target: str) -> str | None:
         is_web(target) or target.startswith(("conference.sfu", REALTIME))
     ):
         return "the domain imports neither the web layer, the media plane nor the real-time glue"
+    if source.startswith("conference.cluster") and not target.startswith(
+        ("conference.cluster", "conference.sfu", "conference.core")
+    ):
+        return "the cluster relays media and shares a directory: it imports only sfu and core"
     if source.startswith(REALTIME) and is_web(target):
         return "the real-time layer never imports the web layer"
     if is_web(source) and target.startswith("conference.sfu"):

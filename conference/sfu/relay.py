@@ -415,8 +415,10 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             pass
 
     def tick(self, now: float) -> None:
-        """NACK retries, demand renewals, lease expiry."""
+        """First demands, NACK retries, demand renewals, lease expiry."""
         for receiver in list(self.imports.values()):
+            if not receiver.wanting:
+                self.want_now(receiver)  # a first subscriber here: ask within a tick
             for layer, tracker in enumerate(receiver.trackers):
                 due = tracker.due(now)
                 if due:

@@ -1,0 +1,291 @@
+"""One node of several: its Redis registration, the meetings' publication directory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import Coroutine
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..sfu.publication import SOURCES, Publication
+from ..sfu.relay import RelayEndpoint, RelayReceiver, relay_key
+from ..sfu.room import Room
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "conference:"
+#: a node's registration lapses this long after its last heartbeat
+NODE_TTL = 5
+HEARTBEAT = 1.0
+#: how often a node checks that the nodes it imports from are alive
+LIVENESS = 1.0
+
+
+def _meeting_key(meeting_id: str) -> str:
+    return f"{PREFIX}meeting:{meeting_id}:publications"
+
+
+def _channel(meeting_id: str) -> str:
+    return f"{PREFIX}meeting:{meeting_id}"
+
+
+class Cluster:
+    """This node's part in a cluster of nodes sharing one Redis."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        node_name: str,
+        secret: str,
+        relay_host: str = "127.0.0.1",
+        relay_port: int = 0,
+    ) -> None:
+        self.redis = aioredis.from_url(redis_url, decode_responses=True)
+        self.name = node_name
+        self.run = secrets.token_hex(8)
+        self.relay = RelayEndpoint(relay_key(secret))
+        self._relay_bind = (relay_host, relay_port)
+        self.rooms: dict[str, Room] = {}
+        #: this node's publications in the directory: id -> (meeting, publication)
+        self.announced: dict[str, tuple[str, Publication]] = {}
+        #: other nodes' publications shown here: id -> (meeting, receiver, node, run)
+        self.imported: dict[str, tuple[str, RelayReceiver, str, str]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._pubsub: Any = None
+
+    # -- life ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.relay.start(*self._relay_bind)
+        await self._heartbeat()
+        self._pubsub = self.redis.pubsub()
+        await self._pubsub.psubscribe(f"{PREFIX}meeting:*")
+        self._loops = [
+            asyncio.ensure_future(self._every(HEARTBEAT, self._heartbeat)),
+            asyncio.ensure_future(self._every(LIVENESS, self._check_nodes)),
+            asyncio.ensure_future(self._listen()),
+        ]
+        logger.info("node %s (run %s) joined the cluster", self.name, self.run)
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        try:
+            for publication_id, (meeting_id, _) in list(self.announced.items()):
+                await self._retract(meeting_id, publication_id)
+            await self.redis.delete(f"{PREFIX}node:{self.name}")
+            if self._pubsub is not None:
+                await self._pubsub.aclose()
+        except RedisError as exc:
+            logger.warning("node %s: leaving the cluster: %s", self.name, exc)
+        self.relay.close()
+        await self.redis.aclose()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            logger.warning("node %s: cluster update failed: %r", self.name, error)
+
+    async def _every(self, period: float, work: Any) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await work()
+            except RedisError as exc:
+                logger.warning("node %s: redis: %s", self.name, exc)
+
+    async def _heartbeat(self) -> None:
+        record = {"run": self.run, "relay": list(self.relay.address)}
+        await self.redis.set(f"{PREFIX}node:{self.name}", json.dumps(record), ex=NODE_TTL)
+
+    # -- rooms -----------------------------------------------------------------------
+    def attach(self, room: Room) -> None:
+        """Share ``room``'s publications and show it the meeting's other nodes'."""
+        self.rooms[room.meeting_id] = room
+
+        def observe(event: str, subject: Any, detail: str | None) -> None:
+            if event == "publication-added" and subject.id not in room.remote:
+                self._spawn(self._announce(room.meeting_id, subject))
+            elif event == "publication-removed" and subject.id in self.announced:
+                self.relay.unexport(subject)
+                self._spawn(self._retract(room.meeting_id, subject.id))
+            elif event == "closed":
+                self._detach(room)
+
+        room.observers.append(observe)
+        self._spawn(self._load(room))
+
+    def _detach(self, room: Room) -> None:
+        if self.rooms.get(room.meeting_id) is room:
+            del self.rooms[room.meeting_id]
+        for publication_id, (meeting_id, receiver, _, _) in list(self.imported.items()):
+            if meeting_id == room.meeting_id:
+                del self.imported[publication_id]
+                self.relay.forget(receiver)
+
+    async def _announce(self, meeting_id: str, publication: Publication) -> None:
+        stream = self.relay.export(publication)
+        entry = {
+            "id": publication.id,
+            "node": self.name,
+            "run": self.run,
+            "relay": list(self.relay.address),
+            "stream": stream,
+            "participant": publication.participant_id,
+            "source": publication.source,
+            "kind": publication.kind,
+            "codec": publication.codec_name,
+            "clock_rate": publication.clock_rate,
+            "rids": [layer.rid for layer in publication.layers if layer.rid is not None],
+        }
+        self.announced[publication.id] = (meeting_id, publication)
+        text = json.dumps(entry)
+        await self.redis.hset(_meeting_key(meeting_id), publication.id, text)
+        await self.redis.publish(
+            _channel(meeting_id), json.dumps({"op": "added", "publication": entry})
+        )
+
+    async def _retract(self, meeting_id: str, publication_id: str) -> None:
+        self.announced.pop(publication_id, None)
+        await self.redis.hdel(_meeting_key(meeting_id), publication_id)
+        await self.redis.publish(
+            _channel(meeting_id),
+            json.dumps({"op": "removed", "publication": {"id": publication_id}}),
+        )
+
+    async def _load(self, room: Room) -> None:
+        """The meeting's publications on other (live) nodes, when a room opens here."""
+        entries = await self.redis.hgetall(_meeting_key(room.meeting_id))
+        found = [_entry(str(text)) for text in entries.values()]
+        others = [e for e in found if e is not None and e["node"] != self.name]
+        runs = await self._runs({e["node"] for e in others})
+        for entry in others:
+            if runs.get(entry["node"]) == entry["run"]:
+                self._import(room, entry)
+
+    async def _runs(self, nodes: set[str]) -> dict[str, str]:
+        """The current run of each of ``nodes`` that is alive."""
+        if not nodes:
+            return {}
+        names = sorted(nodes)
+        records = await self.redis.mget([f"{PREFIX}node:{name}" for name in names])
+        runs = {}
+        for name, record in zip(names, records, strict=True):
+            if record:
+                try:
+                    runs[name] = json.loads(record)["run"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return runs
+
+    def _import(self, room: Room, entry: dict[str, Any]) -> None:
+        if entry["id"] in self.imported or room.closed:
+            return
+        origin = (entry["relay"][0], entry["relay"][1])
+        receiver = self.relay.import_stream(
+            origin, entry["stream"], entry["kind"], entry["rids"], 0
+        )
+        publication = Publication(
+            entry["id"],
+            entry["participant"],
+            entry["source"],
+            receiver,
+            entry["codec"],
+            entry["clock_rate"],
+            on_audio_level=room.on_audio_level,
+        )
+        self.imported[entry["id"]] = (room.meeting_id, receiver, entry["node"], entry["run"])
+        logger.info(
+            "node %s: meeting %s: %s of %s on node %s",
+            self.name,
+            room.meeting_id,
+            entry["source"],
+            entry["participant"],
+            entry["node"],
+        )
+        room.add_remote(publication)
+
+    def _unimport(self, publication_id: str) -> None:
+        imported = self.imported.pop(publication_id, None)
+        if imported is None:
+            return
+        meeting_id, receiver, _, _ = imported
+        self.relay.forget(receiver)
+        room = self.rooms.get(meeting_id)
+        if room is not None:
+            room.remove_remote(publication_id)
+
+    async def _check_nodes(self) -> None:
+        """Drop the publications of nodes that died (or restarted)."""
+        nodes = {node for _, _, node, _ in self.imported.values()}
+        if not nodes:
+            return
+        runs = await self._runs(nodes)
+        for publication_id, (_, _, node, run) in list(self.imported.items()):
+            if runs.get(node) != run:
+                logger.info("node %s: node %s is gone: %s removed", self.name, node, publication_id)
+                self._unimport(publication_id)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async for message in self._pubsub.listen():
+                    if message.get("type") == "pmessage":
+                        self._on_message(message["channel"], message["data"])
+            except RedisError as exc:
+                logger.warning("node %s: redis subscription: %s; again in 1 s", self.name, exc)
+                await asyncio.sleep(1.0)
+
+    def _on_message(self, channel: str, data: str) -> None:
+        meeting_id = channel[len(f"{PREFIX}meeting:") :]
+        room = self.rooms.get(meeting_id)
+        if room is None:
+            return
+        try:
+            message = json.loads(data)
+            op, described = message["op"], message["publication"]
+        except (ValueError, KeyError, TypeError):
+            logger.warning("node %s: a malformed cluster message on %s", self.name, channel)
+            return
+        if op == "added":
+            entry = _entry(json.dumps(described))
+            if entry is not None and entry["node"] != self.name:
+                self._import(room, entry)
+        elif op == "removed" and isinstance(described, dict):
+            self._unimport(str(described.get("id")))
+
+
+def _entry(text: str) -> dict[str, Any] | None:
+    """A directory entry, checked (None for anything else)."""
+    try:
+        entry = json.loads(text)
+        ok = (
+            isinstance(entry["id"], str)
+            and isinstance(entry["node"], str)
+            and isinstance(entry["run"], str)
+            and isinstance(entry["relay"][0], str)
+            and type(entry["relay"][1]) is int
+            and type(entry["stream"]) is int
+            and isinstance(entry["participant"], str)
+            and entry["source"] in SOURCES
+            and entry["kind"] in ("audio", "video")
+            and isinstance(entry["codec"], str)
+            and type(entry["clock_rate"]) is int
+            and all(isinstance(rid, str) for rid in entry["rids"])
+        )
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+    return entry if ok else None
