@@ -219,7 +219,7 @@ def test_three_points_see_and_hear_each_other(
     # each page receives the two others' camera and microphone, and they keep flowing
     for identity, page in pages.items():
         first = wait_for_media(page, server, 2, 2, f"media on {identity}")
-        wait_until(lambda p=page, f=first: rising(f, streams(p)), 10, f"rising on {identity}")
+        wait_until(lambda: rising(first, streams(page)), 10, f"rising on {identity}")  # noqa: B023
         tiles = page.locator(".tile")
         assert tiles.count() == 2
         shown = sorted(tiles.locator(".name").all_inner_texts())

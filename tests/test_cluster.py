@@ -84,6 +84,10 @@ def own(client: Client) -> dict[str, str]:
     }
 
 
+def identities(client: Client) -> set[str]:
+    return {participant["identity"] for participant in client.room.get("participants", [])}
+
+
 def received(client: Client, kind: str) -> list[Any]:
     return [track for track in client.tracks.values() if track.kind == kind]
 
@@ -113,6 +117,12 @@ async def test_points_on_two_nodes_see_and_hear_each_other(nodes: list[ServerPro
         await b.wait_for(lambda: len(b.tracks) >= 2, 20)
         await c.wait_for(lambda: len(c.tracks) >= 4, 20)
         await a.wait_for(lambda: len(a.tracks) >= 2, 20)
+        # every page lists the meeting's participants, wherever they are
+        everyone = {"huyen", "xa-a", "xa-b"}
+        for client in clients:
+            await client.wait_for(lambda cl=client: identities(cl) == everyone, 10)  # type: ignore[misc]
+        remote = {p["identity"] for p in b.room["participants"] if p.get("remote")}
+        assert remote == {"huyen"}
         await a.wait_for(lambda: len(own(a)) == 2, 10)
         mine = own(a)
         for client in (b, c):
@@ -146,6 +156,7 @@ async def test_a_dead_node_s_publications_leave_the_others(nodes: list[ServerPro
         await b.connect()
         await a.publish({"microphone": ToneAudioTrack(660.0)})
         await b.wait_for(lambda: len(b.tracks) >= 1, 20)
+        await b.wait_for(lambda: identities(b) == {"huyen", "xa-a"}, 10)
         frames = await audio_frequency(next(iter(b.tracks.values())), 1.0)
         assert abs(frames - 660.0) < 15
         one.process.send_signal(signal.SIGKILL)
@@ -158,6 +169,7 @@ async def test_a_dead_node_s_publications_leave_the_others(nodes: list[ServerPro
             return sum(t.currentDirection == "recvonly" for t in transceivers)
 
         await b.wait_for(lambda: receiving() == 0, 15)  # the server renegotiated it away
+        await b.wait_for(lambda: identities(b) == {"xa-a"}, 5)
         assert time.monotonic() - started < 10
         assert "node test-" in two.log() and "is gone" in two.log()
     finally:

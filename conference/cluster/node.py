@@ -24,10 +24,18 @@ NODE_TTL = 5
 HEARTBEAT = 1.0
 #: how often a node checks that the nodes it imports from are alive
 LIVENESS = 1.0
+#: a change of this node's participants reaches the others after this delay (grouped)
+MEMBERS_DELAY = 0.1
+#: ... and the list is sent again this often if it changed (mutes, profiles)
+MEMBERS_REFRESH = 2.0
 
 
 def _meeting_key(meeting_id: str) -> str:
     return f"{PREFIX}meeting:{meeting_id}:publications"
+
+
+def _members_key(meeting_id: str) -> str:
+    return f"{PREFIX}meeting:{meeting_id}:members"
 
 
 def _channel(meeting_id: str) -> str:
@@ -56,6 +64,9 @@ class Cluster:
         #: other nodes' publications shown here: id -> (meeting, receiver, node, run)
         self.imported: dict[str, tuple[str, RelayReceiver, str, str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: what this node last said of its participants, per meeting (JSON)
+        self._members_said: dict[str, str] = {}
+        self._members_due: set[str] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._pubsub: Any = None
 
@@ -68,6 +79,7 @@ class Cluster:
         self._loops = [
             asyncio.ensure_future(self._every(HEARTBEAT, self._heartbeat)),
             asyncio.ensure_future(self._every(LIVENESS, self._check_nodes)),
+            asyncio.ensure_future(self._every(MEMBERS_REFRESH, self._refresh_members)),
             asyncio.ensure_future(self._listen()),
         ]
         logger.info("node %s (run %s) joined the cluster", self.name, self.run)
@@ -80,6 +92,8 @@ class Cluster:
         try:
             for publication_id, (meeting_id, _) in list(self.announced.items()):
                 await self._retract(meeting_id, publication_id)
+            for meeting_id in list(self._members_said):
+                await self._say_members(meeting_id, [])
             await self.redis.delete(f"{PREFIX}node:{self.name}")
             if self._pubsub is not None:
                 await self._pubsub.aclose()
@@ -117,6 +131,8 @@ class Cluster:
         self.rooms[room.meeting_id] = room
 
         def observe(event: str, subject: Any, detail: str | None) -> None:
+            if event in ("joined", "left", "publication-added", "publication-removed"):
+                self._members_changed(room)
             if event == "publication-added" and subject.id not in room.remote:
                 self._spawn(self._announce(room.meeting_id, subject))
             elif event == "publication-removed" and subject.id in self.announced:
@@ -131,10 +147,46 @@ class Cluster:
     def _detach(self, room: Room) -> None:
         if self.rooms.get(room.meeting_id) is room:
             del self.rooms[room.meeting_id]
+            self._spawn(self._say_members(room.meeting_id, []))
         for publication_id, (meeting_id, receiver, _, _) in list(self.imported.items()):
             if meeting_id == room.meeting_id:
                 del self.imported[publication_id]
                 self.relay.forget(receiver)
+
+    # -- who is where ---------------------------------------------------------------
+    def _members_changed(self, room: Room) -> None:
+        if room.meeting_id in self._members_due:
+            return
+        self._members_due.add(room.meeting_id)
+
+        async def later() -> None:
+            await asyncio.sleep(MEMBERS_DELAY)
+            self._members_due.discard(room.meeting_id)
+            if not room.closed:
+                await self._say_members(room.meeting_id, _members(room))
+
+        self._spawn(later())
+
+    async def _refresh_members(self) -> None:
+        for meeting_id, room in list(self.rooms.items()):
+            members = _members(room)
+            if json.dumps(members) != self._members_said.get(meeting_id):
+                await self._say_members(meeting_id, members)
+
+    async def _say_members(self, meeting_id: str, members: list[dict[str, Any]]) -> None:
+        """Tell the other nodes who is in ``meeting_id`` here ([]: nobody any more)."""
+        said = json.dumps(members)
+        if members:
+            self._members_said[meeting_id] = said
+        else:
+            self._members_said.pop(meeting_id, None)
+        record = json.dumps({"node": self.name, "run": self.run, "participants": members})
+        if members:
+            await self.redis.hset(_members_key(meeting_id), self.name, record)
+        else:
+            await self.redis.hdel(_members_key(meeting_id), self.name)
+        message = {"op": "members", "node": self.name, "run": self.run, "participants": members}
+        await self.redis.publish(_channel(meeting_id), json.dumps(message))
 
     async def _announce(self, meeting_id: str, publication: Publication) -> None:
         stream = self.relay.export(publication)
@@ -171,10 +223,16 @@ class Cluster:
         entries = await self.redis.hgetall(_meeting_key(room.meeting_id))
         found = [_entry(str(text)) for text in entries.values()]
         others = [e for e in found if e is not None and e["node"] != self.name]
-        runs = await self._runs({e["node"] for e in others})
+        records = await self.redis.hgetall(_members_key(room.meeting_id))
+        members = [_members_record(str(text)) for text in records.values()]
+        elsewhere = [m for m in members if m is not None and m["node"] != self.name]
+        runs = await self._runs({e["node"] for e in others} | {m["node"] for m in elsewhere})
         for entry in others:
             if runs.get(entry["node"]) == entry["run"]:
                 self._import(room, entry)
+        for record in elsewhere:
+            if runs.get(record["node"]) == record["run"]:
+                room.set_remote_members(record["node"], record["participants"])
 
     async def _runs(self, nodes: set[str]) -> dict[str, str]:
         """The current run of each of ``nodes`` that is alive."""
@@ -229,8 +287,9 @@ class Cluster:
             room.remove_remote(publication_id)
 
     async def _check_nodes(self) -> None:
-        """Drop the publications of nodes that died (or restarted)."""
+        """Drop the publications and participants of nodes that died (or restarted)."""
         nodes = {node for _, _, node, _ in self.imported.values()}
+        nodes |= {node for room in self.rooms.values() for node in room.remote_members}
         if not nodes:
             return
         runs = await self._runs(nodes)
@@ -238,6 +297,11 @@ class Cluster:
             if runs.get(node) != run:
                 logger.info("node %s: node %s is gone: %s removed", self.name, node, publication_id)
                 self._unimport(publication_id)
+        for room in list(self.rooms.values()):
+            for node in list(room.remote_members):
+                if node not in runs:
+                    logger.info("node %s: node %s is gone: its participants left", self.name, node)
+                    room.set_remote_members(node, [])
 
     async def _listen(self) -> None:
         while True:
@@ -256,11 +320,16 @@ class Cluster:
             return
         try:
             message = json.loads(data)
-            op, described = message["op"], message["publication"]
-        except (ValueError, KeyError, TypeError):
+            op = message["op"]
+            described = message.get("publication")
+        except (ValueError, KeyError, TypeError, AttributeError):
             logger.warning("node %s: a malformed cluster message on %s", self.name, channel)
             return
-        if op == "added":
+        if op == "members":
+            record = _members_record(data)
+            if record is not None and record["node"] != self.name:
+                room.set_remote_members(record["node"], record["participants"])
+        elif op == "added":
             entry = _entry(json.dumps(described))
             if entry is not None and entry["node"] != self.name:
                 self._import(room, entry)
@@ -289,3 +358,28 @@ def _entry(text: str) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError, IndexError):
         return None
     return entry if ok else None
+
+
+def _members(room: Room) -> list[dict[str, Any]]:
+    """This node's participants of ``room``, as the pages' participant list shows them."""
+    return [
+        participant.describe() | {"moderator": participant.who.moderate}
+        for participant in room.participants.values()
+    ]
+
+
+def _members_record(text: str) -> dict[str, Any] | None:
+    """A node's participant list (from Redis), checked (None for anything else)."""
+    try:
+        record = json.loads(text)
+        ok = (
+            isinstance(record["node"], str)
+            and isinstance(record["run"], str)
+            and isinstance(record["participants"], list)
+            and all(
+                isinstance(p, dict) and isinstance(p.get("id"), str) for p in record["participants"]
+            )
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+    return record if ok else None

@@ -386,6 +386,11 @@ class Briefing(RoomEvents):
                     "floor": p.who.identity == self.floor,
                 }
                 for p in self.room.participants.values()
+            ]
+            + [  # on other nodes of the meeting (conference/cluster): no chair state yet
+                member | {"remote": True, "hand": False, "floor": False}
+                for members in self.room.remote_members.values()
+                for member in members
             ],
             "speaker": self.room.speaker.current,
             "recording": self.room.recording,

@@ -90,6 +90,8 @@ class Room:
         self.participants: dict[str, Participant] = {}
         #: publications of participants on other nodes, relayed here (conference/cluster)
         self.remote: dict[str, Publication] = {}
+        #: the participants on other nodes, as their nodes describe them: node -> list
+        self.remote_members: dict[str, list[dict[str, Any]]] = {}
         self.speaker = SpeakerDetector()
         self.program = ProgramFeed(self)
         self.created_at = time.time()
@@ -193,6 +195,14 @@ class Room:
             return
         self.remote[publication.id] = publication
         self.publication_added(publication)
+
+    def set_remote_members(self, node: str, members: list[dict[str, Any]]) -> None:
+        """Who is in this meeting on ``node`` now (an empty list: nobody, or node gone)."""
+        if members:
+            self.remote_members[node] = members
+        elif self.remote_members.pop(node, None) is None:
+            return
+        self.changed()
 
     def remove_remote(self, publication_id: str) -> None:
         publication = self.remote.pop(publication_id, None)
