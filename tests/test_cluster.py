@@ -175,3 +175,43 @@ async def test_a_dead_node_s_publications_leave_the_others(nodes: list[ServerPro
     finally:
         for client in (a, b):
             await client.leave()
+
+
+async def test_malformed_directory_entries_and_messages_are_ignored() -> None:
+    """What another node (or anyone with Redis access) writes is checked before use."""
+    from conference.cluster import node
+    from conference.sfu.room import Room
+
+    cluster = node.Cluster(REDIS, "test-checks", "test-secret-" + "x" * 40)
+    room = Room("checks")
+    cluster.rooms["checks"] = room
+    try:
+        good = {
+            "id": "TR_x",
+            "node": "other",
+            "run": "r",
+            "relay": ["127.0.0.1", 9],
+            "stream": 1,
+            "participant": "PA_x",
+            "source": "camera",
+            "kind": "video",
+            "codec": "vp8",
+            "clock_rate": 90000,
+            "rids": [],
+        }
+        assert node._entry(json.dumps(good)) == good
+        for bad in ({**good, "source": "../etc"}, {**good, "stream": "1"}, {**good, "relay": []}):
+            assert node._entry(json.dumps(bad)) is None
+        for text in ("", "[]", "{", '{"op": "added"}', '{"op": "members", "node": 1}'):
+            cluster._on_message("conference:meeting:checks", text)
+        assert not room.remote and not room.remote_members
+        cluster._on_message(
+            "conference:meeting:checks",
+            json.dumps(
+                {"op": "members", "node": "other", "run": "r", "participants": [{"id": "PA_x"}]}
+            ),
+        )
+        assert room.remote_members == {"other": [{"id": "PA_x"}]}
+    finally:
+        await room.close()
+        await cluster.redis.aclose()

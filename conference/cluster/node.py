@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -337,11 +337,21 @@ class Cluster:
             self._unimport(str(described.get("id")))
 
 
+def _checked(text: str, valid: Callable[[Any], bool]) -> dict[str, Any] | None:
+    """``text`` as JSON if ``valid`` says it has the shape expected (else None)."""
+    try:
+        value = json.loads(text)
+        ok = isinstance(value, dict) and valid(value)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+    return value if ok else None
+
+
 def _entry(text: str) -> dict[str, Any] | None:
     """A directory entry, checked (None for anything else)."""
-    try:
-        entry = json.loads(text)
-        ok = (
+    return _checked(
+        text,
+        lambda entry: (
             isinstance(entry["id"], str)
             and isinstance(entry["node"], str)
             and isinstance(entry["run"], str)
@@ -354,10 +364,8 @@ def _entry(text: str) -> dict[str, Any] | None:
             and isinstance(entry["codec"], str)
             and type(entry["clock_rate"]) is int
             and all(isinstance(rid, str) for rid in entry["rids"])
-        )
-    except (ValueError, KeyError, TypeError, IndexError):
-        return None
-    return entry if ok else None
+        ),
+    )
 
 
 def _members(room: Room) -> list[dict[str, Any]]:
@@ -370,16 +378,14 @@ def _members(room: Room) -> list[dict[str, Any]]:
 
 def _members_record(text: str) -> dict[str, Any] | None:
     """A node's participant list (from Redis), checked (None for anything else)."""
-    try:
-        record = json.loads(text)
-        ok = (
+    return _checked(
+        text,
+        lambda record: (
             isinstance(record["node"], str)
             and isinstance(record["run"], str)
             and isinstance(record["participants"], list)
             and all(
                 isinstance(p, dict) and isinstance(p.get("id"), str) for p in record["participants"]
             )
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
-    return record if ok else None
+        ),
+    )
