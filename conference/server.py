@@ -42,7 +42,7 @@ from .appkeys import (
 )
 from .domain.lifecycle import MeetingLifecycle
 from .domain.reminders import background as reminder_task
-from .realtime.briefing import Briefings
+from .realtime.briefing import Briefing, Briefings
 from .realtime.lobby import setup_lobby
 from .realtime.signaling import websocket_handler
 from .realtime.whip import session_delete, session_patch, whep_post, whip_post
@@ -195,9 +195,18 @@ def join_cluster(app: web.Application, settings: Settings) -> None:
     def created(room: Room) -> None:
         if briefing_created is not None:
             briefing_created(room)
+        briefing = room.events
+        if isinstance(briefing, Briefing):  # chat and lock reach the other nodes
+            briefing.share = functools.partial(cluster.send_event, room.meeting_id)
         cluster.attach(room)
 
+    def peer_event(room: Room, event: dict[str, Any]) -> None:
+        briefing = room.events
+        if isinstance(briefing, Briefing):
+            asyncio.ensure_future(briefing.peer_event(event))
+
     registry.on_created = created
+    cluster.on_event = peer_event
 
     async def membership(app: web.Application) -> AsyncIterator[None]:
         await cluster.start()

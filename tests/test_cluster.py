@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conference.tools.client import Client
+from conference.tools.client import Client, ClientError
 from conference.tools.testmedia import BarcodeVideoTrack, ToneAudioTrack
 
 from .conftest import ServerProcess, check_clean_exit, start_server
@@ -174,6 +174,97 @@ async def test_a_dead_node_s_publications_leave_the_others(nodes: list[ServerPro
         assert "node test-" in two.log() and "is gone" in two.log()
     finally:
         for client in (a, b):
+            await client.leave()
+
+
+async def test_chat_and_lock_reach_every_node(nodes: list[ServerProcess]) -> None:
+    one, two = nodes
+    meeting = f"cluster-{uuid.uuid4().hex[:8]}"
+    chair = Client(one.url, meeting, one.token(meeting=meeting, identity="huyen", role="chair"))
+    point = Client(two.url, meeting, two.token(meeting=meeting, identity="xa-a"))
+    try:
+        await chair.connect()
+        await point.connect()
+        await point.wait_for(lambda: identities(point) == {"huyen", "xa-a"}, 10)
+        since = len(point.messages)
+        await chair.send({"type": "chat", "text": "Xin chào các xã"})
+        message = await point.wait_message("chat", since=since)
+        assert (message["identity"], message["text"]) == ("huyen", "Xin chào các xã")
+        since = len(chair.messages)
+        await point.send({"type": "chat", "text": "Xã A đã vào"})
+        message = await chair.wait_message("chat", since=since)
+        assert (message["identity"], message["text"]) == ("xa-a", "Xã A đã vào")
+
+        # the chair locks the meeting on node 1: node 2 refuses a newcomer too
+        await chair.send({"type": "lock", "locked": True})
+        await point.wait_for(lambda: point.room.get("locked") is True, 5)
+        stranger = Client(two.url, meeting, two.token(meeting=meeting, identity="xa-moi"))
+        with pytest.raises(ClientError) as refused:
+            await stranger.connect()
+        assert refused.value.code == "room-locked"
+        await chair.send({"type": "lock", "locked": False})
+        await point.wait_for(lambda: point.room.get("locked") is False, 5)
+        # a late joiner on node 2 gets the history its node saw
+        late = Client(two.url, meeting, two.token(meeting=meeting, identity="xa-b"))
+        joined = await late.connect()
+        assert [m["text"] for m in joined["chat"]] == ["Xin chào các xã", "Xã A đã vào"]
+        await late.leave()
+    finally:
+        for client in (chair, point):
+            await client.leave()
+
+
+async def test_the_chair_s_floor_hands_and_end_reach_points_on_another_node(
+    nodes: list[ServerProcess],
+) -> None:
+    one, two = nodes
+    meeting = f"cluster-{uuid.uuid4().hex[:8]}"
+    chair = Client(one.url, meeting, one.token(meeting=meeting, identity="huyen", role="chair"))
+    a = Client(two.url, meeting, two.token(meeting=meeting, identity="xa-a"))
+    b = Client(two.url, meeting, two.token(meeting=meeting, identity="xa-b"))
+    try:
+        for client in (chair, a, b):
+            await client.connect()
+        await a.publish({"microphone": ToneAudioTrack(440.0)})
+        await b.publish({"microphone": ToneAudioTrack(550.0)})
+        everyone = {"huyen", "xa-a", "xa-b"}
+        await chair.wait_for(lambda: identities(chair) == everyone, 10)
+
+        # a point on node 2 raises its hand: the chair on node 1 sees it queued
+        await a.send({"type": "raise-hand"})
+        await chair.wait_for(lambda: [h["participant"] for h in chair.room["hands"]] == [a.id], 5)
+        assert next(p for p in chair.room["participants"] if p["id"] == a.id)["hand"] is True
+
+        # the chair gives it the floor: node 2 releases a and holds b, its pages are told
+        since_a, since_b = len(a.messages), len(b.messages)
+        await chair.send({"type": "give-floor", "participant": a.id})
+        floor = await a.wait_message("floor", since=since_a)
+        assert floor["participant"] == a.id
+        told = await b.wait_message("muted-by-moderator", since=since_b)
+        assert told == {"type": "muted-by-moderator", "source": "microphone", "muted": True}
+        await chair.wait_for(lambda: chair.room.get("floor") == a.id, 5)
+        assert chair.room["hands"] == []
+        await b.wait_for(lambda: b.room.get("floor") == a.id, 5)
+
+        # b cannot lift the hold itself; the chair mutes everyone, a is held too
+        refused = await b.request({"type": "mute", "source": "microphone", "muted": False}, "error")
+        assert refused["code"] == "muted-by-moderator"
+        since_a = len(a.messages)
+        await chair.send({"type": "mute-all"})
+        told = await a.wait_message("muted-by-moderator", since=since_a)
+        assert told["muted"] is True
+        await a.wait_for(lambda: a.room.get("floor") is None, 5)
+
+        # what needs the target's own session is refused with a reason
+        error = await chair.request({"type": "remove", "participant": a.id}, "error")
+        assert error["code"] == "remote-participant"
+
+        # the chair ends the meeting: the points on node 2 are told and leave
+        await chair.send({"type": "end-meeting"})
+        left = await a.wait_message("leave", since=0)
+        assert left["reason"] == "meeting-ended"
+    finally:
+        for client in (chair, a, b):
             await client.leave()
 
 

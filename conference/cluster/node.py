@@ -24,6 +24,8 @@ NODE_TTL = 5
 HEARTBEAT = 1.0
 #: how often a node checks that the nodes it imports from are alive
 LIVENESS = 1.0
+#: the chair's last state of a meeting is kept this long in Redis for nodes opening it
+CONTROL_TTL = 24 * 3600
 #: a change of this node's participants reaches the others after this delay (grouped)
 MEMBERS_DELAY = 0.1
 #: ... and the list is sent again this often if it changed (mutes, profiles)
@@ -36,6 +38,10 @@ def _meeting_key(meeting_id: str) -> str:
 
 def _members_key(meeting_id: str) -> str:
     return f"{PREFIX}meeting:{meeting_id}:members"
+
+
+def _control_key(meeting_id: str) -> str:
+    return f"{PREFIX}meeting:{meeting_id}:control"
 
 
 def _channel(meeting_id: str) -> str:
@@ -69,6 +75,9 @@ class Cluster:
         self._members_due: set[str] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._pubsub: Any = None
+        #: called with (room, event) for what another node's meeting layer shared
+        #: (`send_event`): the composition root hands it to the briefing
+        self.on_event: Callable[[Room, dict[str, Any]], None] | None = None
 
     # -- life ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -148,6 +157,8 @@ class Cluster:
         if self.rooms.get(room.meeting_id) is room:
             del self.rooms[room.meeting_id]
             self._spawn(self._say_members(room.meeting_id, []))
+            if not room.remote_members:  # the last node of the meeting: its state goes
+                self._spawn(self._forget_control(room.meeting_id))
         for publication_id, (meeting_id, receiver, _, _) in list(self.imported.items()):
             if meeting_id == room.meeting_id:
                 del self.imported[publication_id]
@@ -187,6 +198,21 @@ class Cluster:
             await self.redis.hdel(_members_key(meeting_id), self.name)
         message = {"op": "members", "node": self.name, "run": self.run, "participants": members}
         await self.redis.publish(_channel(meeting_id), json.dumps(message))
+
+    # -- the meeting layer's events ---------------------------------------------------
+    def send_event(self, meeting_id: str, event: dict[str, Any]) -> None:
+        """Share ``event`` (JSON) with the meeting's other nodes (their `on_event`)."""
+        message = {"op": "event", "node": self.name, "event": event}
+        self._spawn(self._publish(meeting_id, message))
+
+    async def _forget_control(self, meeting_id: str) -> None:
+        await self.redis.delete(_control_key(meeting_id))
+
+    async def _publish(self, meeting_id: str, message: dict[str, Any]) -> None:
+        text = json.dumps(message)
+        if message["event"].get("kind") == "control":  # for nodes that open the meeting later
+            await self.redis.set(_control_key(meeting_id), text, ex=CONTROL_TTL)
+        await self.redis.publish(_channel(meeting_id), text)
 
     async def _announce(self, meeting_id: str, publication: Publication) -> None:
         stream = self.relay.export(publication)
@@ -233,6 +259,9 @@ class Cluster:
         for record in elsewhere:
             if runs.get(record["node"]) == record["run"]:
                 room.set_remote_members(record["node"], record["participants"])
+        control = await self.redis.get(_control_key(room.meeting_id))
+        if control:
+            self._on_message(_channel(room.meeting_id), str(control))
 
     async def _runs(self, nodes: set[str]) -> dict[str, str]:
         """The current run of each of ``nodes`` that is alive."""
@@ -325,7 +354,11 @@ class Cluster:
         except (ValueError, KeyError, TypeError, AttributeError):
             logger.warning("node %s: a malformed cluster message on %s", self.name, channel)
             return
-        if op == "members":
+        if op == "event":
+            event = message.get("event")
+            if message.get("node") != self.name and isinstance(event, dict) and self.on_event:
+                self.on_event(room, event)
+        elif op == "members":
             record = _members_record(data)
             if record is not None and record["node"] != self.name:
                 room.set_remote_members(record["node"], record["participants"])
@@ -371,7 +404,8 @@ def _entry(text: str) -> dict[str, Any] | None:
 def _members(room: Room) -> list[dict[str, Any]]:
     """This node's participants of ``room``, as the pages' participant list shows them."""
     return [
-        participant.describe() | {"moderator": participant.who.moderate}
+        participant.describe()
+        | {"moderator": participant.who.moderate, "publish": participant.who.publish}
         for participant in room.participants.values()
     ]
 

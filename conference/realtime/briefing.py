@@ -93,6 +93,13 @@ class Briefing(RoomEvents):
         self._chat_times: dict[str, deque[float]] = {}
         self._chat_seq = 0
         self._broadcast_handle: asyncio.TimerHandle | None = None
+        #: Tells the meeting's other nodes what happened here (a chat message, the lock),
+        #: when the meeting spans nodes (set by the composition root); see `peer_event`.
+        self.share: Callable[[dict[str, Any]], None] | None = None
+        #: the chair's state as last shared with or taken from the other nodes:
+        #: (its time, the snapshot), see `_share_control`; a new room's empty state
+        #: is never shared (it would undo the meeting's)
+        self._control: tuple[float, dict[str, Any]] = (0.0, self._control_state())
 
     @property
     def meeting_id(self) -> str:
@@ -159,13 +166,17 @@ class Briefing(RoomEvents):
         def fire() -> None:
             self._broadcast_handle = None
             asyncio.ensure_future(self.broadcast(self.state()))
+            self._share_control()
 
         self._broadcast_handle = asyncio.get_running_loop().call_later(BROADCAST_DELAY, fire)
 
     def tick(self, now: float) -> None:
         """A point gone longer than `REJOIN_GRACE` loses its hand and the floor."""
+        elsewhere = {member.get("identity") for member in self._remote_members()}
         for identity, since in list(self.absent_since.items()):
-            if now - since > REJOIN_GRACE:
+            if identity in elsewhere:  # it rejoined on another node of the meeting
+                del self.absent_since[identity]
+            elif now - since > REJOIN_GRACE:
                 admitted = identity in self.admitted
                 self._forget(identity)
                 if admitted:  # gone, but it may still rejoin a locked room
@@ -218,20 +229,41 @@ class Briefing(RoomEvents):
         """The chair's own sessions (moderate grant) are never muted by the room."""
         return any(
             p.who.moderate for p in self.room.participants.values() if p.who.identity == identity
+        ) or any(
+            m.get("moderator") is True
+            for m in self._remote_members()
+            if m.get("identity") == identity
         )
 
-    async def give_floor(self, participant: Participant) -> None:
-        """``participant`` speaks: released and shown large; every other point is held."""
-        if not participant.who.publish:
+    def _remote_members(self) -> list[dict[str, Any]]:
+        """The meeting's participants on other nodes (as their nodes describe them)."""
+        return [m for members in self.room.remote_members.values() for m in members]
+
+    def _identities(self) -> set[str]:
+        """Everyone in the meeting, on this node or another."""
+        here = {p.who.identity for p in self.room.participants.values()}
+        return here | {str(m.get("identity")) for m in self._remote_members()}
+
+    async def give_floor(self, participant: Participant | dict[str, Any]) -> None:
+        """``participant`` speaks: released and shown large; every other point is held.
+
+        ``participant`` may be on another node (its description, see `remote_member`).
+        """
+        if isinstance(participant, dict):
+            publish, identity = participant.get("publish") is True, str(participant["identity"])
+            participant_id = str(participant["id"])
+        else:
+            publish, identity = participant.who.publish, participant.who.identity
+            participant_id = participant.id
+        if not publish:
             raise RoomError("bad-request", "this participant cannot speak (no publish grant)")
-        identity = participant.who.identity
         self.floor = identity
         self.hands = [hand for hand in self.hands if hand[0] != identity]
-        for other in {p.who.identity for p in self.room.participants.values()}:
+        for other in self._identities():
             if other != identity and not self._chair_side(other):
                 await self.hold(other, True)
         await self.hold(identity, False)
-        await self.broadcast({"type": "floor", "participant": participant.id})
+        await self.broadcast({"type": "floor", "participant": participant_id})
         self.room.program.refresh()
 
     async def take_floor(self) -> None:
@@ -249,7 +281,7 @@ class Briefing(RoomEvents):
         if self.floor is not None:
             self.floor = None
             await self.broadcast({"type": "floor", "participant": None})
-        for identity in {p.who.identity for p in self.room.participants.values()}:
+        for identity in self._identities():
             if not self._chair_side(identity):
                 await self.hold(identity, True)
 
@@ -287,9 +319,10 @@ class Briefing(RoomEvents):
             raise PermissionError("this token may not speak in the meeting")
         self._set_hand(participant.who.identity, raised)
 
-    def lower_hand(self, target: Participant) -> None:
-        """The chair lowers someone's hand."""
-        if not self._set_hand(target.who.identity, False):
+    def lower_hand(self, target: Participant | dict[str, Any]) -> None:
+        """The chair lowers someone's hand (``target`` may be on another node)."""
+        identity = target.who.identity if isinstance(target, Participant) else target["identity"]
+        if not self._set_hand(str(identity), False):
             raise RoomError("bad-request", "this participant has not raised a hand")
 
     def _set_hand(self, identity: str, raised: bool) -> bool:
@@ -312,6 +345,70 @@ class Briefing(RoomEvents):
 
     def set_lock(self, locked: bool) -> None:
         self.locked = locked
+        self.changed()
+
+    # -- the chair's state across nodes ------------------------------------------------
+    def _control_state(self) -> dict[str, Any]:
+        return {
+            "floor": self.floor,
+            "hands": [[identity, at] for identity, at in self.hands],
+            "held": sorted(self.held),
+            "invited": sorted(self.invited),
+            "locked": self.locked,
+        }
+
+    def _share_control(self) -> None:
+        """Tell the other nodes the chair's state if it changed here (last change wins:
+        each snapshot carries its time; a node takes one only if it is newer)."""
+        if self.share is None:
+            return
+        state = self._control_state()
+        if self._control[1] == state:
+            return
+        at = max(time.time(), self._control[0] + 1e-6)
+        self._control = (at, state)
+        self.share({"kind": "control", "at": at, "state": state})
+
+    async def _apply_control(self, event: dict[str, Any]) -> None:
+        """Take another node's snapshot of the chair's state and enforce it here: hold or
+        release this node's microphones, tell its pages of a new floor."""
+        try:
+            at, state = event["at"], event["state"]
+            floor, locked = state["floor"], state["locked"]
+            if not isinstance(at, float) or not isinstance(locked, bool):
+                raise ValueError("at, locked")
+            if floor is not None and not isinstance(floor, str):
+                raise ValueError("floor")
+            hands = [(str(identity), float(raised)) for identity, raised in state["hands"]]
+            held = {str(identity) for identity in state["held"]}
+            invited = {str(identity) for identity in state["invited"]}
+        except (KeyError, TypeError, ValueError):
+            logger.warning("briefing %s: a malformed state from another node", self.meeting_id)
+            return
+        if at <= self._control[0]:
+            return  # older than what this node has
+        floor_changed = floor != self.floor
+        self.floor, self.hands, self.held, self.invited, self.locked = (
+            floor,
+            hands,
+            held,
+            invited,
+            locked,
+        )
+        for participant in list(self.room.participants.values()):
+            hold = participant.who.identity in held
+            changed = False
+            for publication in participant.publications.values():
+                if publication.source == "microphone" and publication.blocked != hold:
+                    publication.blocked = hold
+                    changed = True
+            if changed:
+                await participant.send(muted_notice("microphone", hold))
+        if floor_changed:
+            holder = self._identity_ids().get(floor) if floor is not None else None
+            await self.broadcast({"type": "floor", "participant": holder})
+            self.room.program.refresh()
+        self._control = (at, self._control_state())
         self.changed()
 
     async def chat_message(self, participant: Participant, text: str) -> None:
@@ -338,6 +435,29 @@ class Briefing(RoomEvents):
         }
         self.chat.append(message)
         await self.broadcast(message)
+        if self.share is not None:
+            self.share({"kind": "chat", "message": message})
+
+    async def peer_event(self, event: dict[str, Any]) -> None:
+        """What another node of the meeting shared (`share`): its chat messages (each
+        node numbers its own), the chair's state (`_share_control`).  Anything else, or
+        malformed, is ignored."""
+        kind = event.get("kind")
+        if kind == "control":
+            await self._apply_control(event)
+        elif kind == "end":
+            await self.end(shared=False)
+        elif kind == "chat" and isinstance(message := event.get("message"), dict):
+            fields = {"participant": str, "identity": str, "name": str, "role": str, "text": str}
+            if all(isinstance(message.get(key), expected) for key, expected in fields.items()):
+                shown = {key: message[key] for key in fields} | {
+                    "type": "chat",
+                    "id": message.get("id") if type(message.get("id")) is int else 0,
+                    "at": message.get("at") if type(message.get("at")) is int else 0,
+                    "text": printable_text(message["text"], MAX_CHAT_CHARS),
+                }
+                self.chat.append(shown)
+                await self.broadcast(shown)
 
     async def remove(self, participant: Participant, reason: str | None = None) -> None:
         """The chair removes a participant; its token cannot rejoin."""
@@ -347,9 +467,12 @@ class Briefing(RoomEvents):
         await self.room.leave(participant.id, "removed", close_room=False, message=message)
         self._forget(participant.who.identity)
 
-    async def end(self) -> None:
-        """The chair ends the meeting for everyone; the meeting refuses joins from now on."""
+    async def end(self, shared: bool = True) -> None:
+        """The chair ends the meeting for everyone (on every node, unless ``shared`` is
+        false: another node's end); the meeting refuses joins from now on."""
         self.ended = True
+        if shared and self.share is not None:
+            self.share({"kind": "end"})
         await self.room.close("meeting-ended")
 
     def _forget(self, identity: str) -> None:
@@ -369,7 +492,15 @@ class Briefing(RoomEvents):
         for participant in self.room.participants.values():
             if participant.transport == "websocket" or participant.who.identity not in ids:
                 ids[participant.who.identity] = participant.id
+        for member in self._remote_members():  # on another node of the meeting
+            identity = member.get("identity")
+            if isinstance(identity, str) and identity not in ids:
+                ids[identity] = str(member.get("id"))
         return ids
+
+    def remote_member(self, participant_id: str) -> dict[str, Any] | None:
+        """The description of a participant on another node of the meeting."""
+        return next((m for m in self._remote_members() if m.get("id") == participant_id), None)
 
     def state(self) -> dict[str, Any]:
         """The ``room`` message: who is here, what they publish, the chair's state."""
@@ -387,10 +518,14 @@ class Briefing(RoomEvents):
                 }
                 for p in self.room.participants.values()
             ]
-            + [  # on other nodes of the meeting (conference/cluster): no chair state yet
-                member | {"remote": True, "hand": False, "floor": False}
-                for members in self.room.remote_members.values()
-                for member in members
+            + [  # on other nodes of the meeting (conference/cluster)
+                member
+                | {
+                    "remote": True,
+                    "hand": member.get("identity") in hands,
+                    "floor": member.get("identity") == self.floor,
+                }
+                for member in self._remote_members()
             ],
             "speaker": self.room.speaker.current,
             "recording": self.room.recording,

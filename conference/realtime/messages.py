@@ -116,13 +116,29 @@ def mute_fields(message: dict[str, Any]) -> tuple[str, bool]:
 
 
 def target(session: Session, message: dict[str, Any]) -> Participant:
-    """The participant a chair's message names (``participant``: its id)."""
-    target_id = message.get("participant")
-    room = session.briefing.room
-    found = room.participants.get(target_id) if isinstance(target_id, str) else None
-    if found is None:
-        raise ProtocolError("unknown-participant", "no such participant in the meeting")
+    """The participant a chair's message names (``participant``: its id), on this node."""
+    found = target_anywhere(session, message)
+    if not isinstance(found, Participant):
+        raise ProtocolError(
+            "remote-participant",
+            "this participant is on another server of the meeting: only the floor, its"
+            " microphone and its hand can be managed from here",
+        )
     return found
+
+
+def target_anywhere(session: Session, message: dict[str, Any]) -> Participant | dict[str, Any]:
+    """The participant a chair's message names: a session of this node, or the
+    description of one on another node of the meeting."""
+    target_id = message.get("participant")
+    if isinstance(target_id, str):
+        found = session.briefing.room.participants.get(target_id)
+        if found is not None:
+            return found
+        remote = session.briefing.remote_member(target_id)
+        if remote is not None:
+            return remote
+    raise ProtocolError("unknown-participant", "no such participant in the meeting")
 
 
 def candidate_field(data: dict[str, Any]) -> RTCIceCandidate | None:
@@ -280,9 +296,12 @@ async def mute(session: Session, message: dict[str, Any]) -> None:
 # -- the chair's actions on one participant -------------------------------------------------
 @handles("mute-participant", chair=True)
 async def mute_participant(session: Session, message: dict[str, Any]) -> None:
-    who = target(session, message)
     source, muted = mute_fields(message)
-    await session.briefing.mute(who, source, muted)
+    who = target_anywhere(session, message) if source == "microphone" else None
+    if isinstance(who, dict):  # on another node: its node enforces the hold
+        await session.briefing.hold(str(who.get("identity")), muted)
+        return
+    await session.briefing.mute(target(session, message), source, muted)
 
 
 @handles("remove", chair=True)
@@ -298,7 +317,7 @@ async def remove(session: Session, message: dict[str, Any]) -> None:
 
 @handles("give-floor", chair=True)
 async def give_floor(session: Session, message: dict[str, Any]) -> None:
-    await session.briefing.give_floor(target(session, message))
+    await session.briefing.give_floor(target_anywhere(session, message))
 
 
 @handles("set-profile", chair=True)
@@ -319,7 +338,7 @@ async def hand(session: Session, message: dict[str, Any]) -> None:
     target_id = message.get("participant", participant.id)
     if message["type"] == "lower-hand" and target_id != participant.id:
         chair_only(participant)  # the chair lowers someone else's hand
-        session.briefing.lower_hand(target(session, message))
+        session.briefing.lower_hand(target_anywhere(session, message))
     else:
         session.briefing.raise_hand(participant, message["type"] == "raise-hand")
 
