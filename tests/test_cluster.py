@@ -10,6 +10,7 @@ publications within seconds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -246,6 +247,11 @@ async def test_the_chair_s_floor_hands_and_end_reach_points_on_another_node(
         assert chair.room["hands"] == []
         await b.wait_for(lambda: b.room.get("floor") == a.id, 5)
 
+        # the chair records on node 1: node 2's pages show it, node 1 records the floor
+        await chair.request({"type": "record-start"}, "recording")
+        await a.wait_for(lambda: a.room.get("recording") is True, 5)
+        await asyncio.sleep(1.5)
+
         # b cannot lift the hold itself; the chair mutes everyone, a is held too
         refused = await b.request({"type": "mute", "source": "microphone", "muted": False}, "error")
         assert refused["code"] == "muted-by-moderator"
@@ -266,6 +272,9 @@ async def test_the_chair_s_floor_hands_and_end_reach_points_on_another_node(
     finally:
         for client in (chair, a, b):
             await client.leave()
+    # the relayed microphone of node 2's floor holder was recorded on node 1
+    files = [path.name for path in (one.data_dir.parent / "recordings").rglob("*.webm")]
+    assert any("-xa-a-microphone-" in name for name in files), files  # named by identity
 
 
 async def test_malformed_directory_entries_and_messages_are_ignored() -> None:
@@ -306,3 +315,35 @@ async def test_malformed_directory_entries_and_messages_are_ignored() -> None:
     finally:
         await room.close()
         await cluster.redis.aclose()
+
+
+def test_serve_without_its_redis_says_so_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conference",
+            "serve",
+            "--tls",
+            "off",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--redis-url",
+            "redis://:secret-password@127.0.0.1:1/0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("conference: error: redis_url: cannot reach Redis"), done.stderr
+    assert "Traceback" not in done.stderr and "secret-password" not in done.stderr

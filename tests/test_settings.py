@@ -117,6 +117,10 @@ def test_environment_values() -> None:
         "CONFERENCE_MAX_MESSAGE_BYTES": "131072",
         "CONFERENCE_LOG_LEVEL": "warning",
         "CONFERENCE_TLS_CERT": "",  # empty variables count as unset
+        "CONFERENCE_REDIS_URL": "redis://:pw@10.0.0.1:6379/0",
+        "CONFERENCE_NODE_NAME": "node-1",
+        "CONFERENCE_RELAY_HOST": "10.0.0.11",
+        "CONFERENCE_RELAY_PORT": "7000",
     }
     settings = load_settings(env=env)
     assert settings.host == "127.0.0.1"
@@ -133,6 +137,13 @@ def test_environment_values() -> None:
     assert settings.max_rooms == 3
     assert settings.max_message_bytes == 131072
     assert settings.log_level == "WARNING"
+    assert settings.redis_url == "redis://:pw@10.0.0.1:6379/0"
+    assert "pw" not in repr(settings)  # the URL may hold Redis's password
+    assert (settings.node_name, settings.relay_host, settings.relay_port) == (
+        "node-1",
+        "10.0.0.11",
+        7000,
+    )
 
 
 def test_overrides_accept_cli_strings() -> None:
@@ -197,6 +208,10 @@ def test_secret_hidden_from_repr() -> None:
         ({"CONFERENCE_TOKEN_SECRET": "short"}, "CONFERENCE_TOKEN_SECRET: secret must be at least"),
         ({"CONFERENCE_MAX_ROOMS": "0"}, "CONFERENCE_MAX_ROOMS: must be at least 1, got 0"),
         ({"CONFERENCE_LOG_LEVEL": "loud"}, "CONFERENCE_LOG_LEVEL: unknown log level 'LOUD'"),
+        ({"CONFERENCE_REDIS_URL": "127.0.0.1:6379"}, "CONFERENCE_REDIS_URL: expected a redis://"),
+        ({"CONFERENCE_NODE_NAME": "node 1/a"}, "CONFERENCE_NODE_NAME: letters, digits"),
+        ({"CONFERENCE_RELAY_HOST": "0.0.0.0"}, "CONFERENCE_RELAY_HOST: 0.0.0.0 is not a specific"),
+        ({"CONFERENCE_RELAY_PORT": "-1"}, "CONFERENCE_RELAY_PORT: must be between 0 and 65535"),
     ],
 )
 def test_environment_errors(env: dict[str, str], message: str) -> None:

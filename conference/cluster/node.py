@@ -81,10 +81,16 @@ class Cluster:
 
     # -- life ------------------------------------------------------------------------
     async def start(self) -> None:
+        """Join the cluster; `ValueError` (one line, no password) when Redis is unreachable."""
         await self.relay.start(*self._relay_bind)
-        await self._heartbeat()
-        self._pubsub = self.redis.pubsub()
-        await self._pubsub.psubscribe(f"{PREFIX}meeting:*")
+        try:
+            await self._heartbeat()
+            self._pubsub = self.redis.pubsub()
+            await self._pubsub.psubscribe(f"{PREFIX}meeting:*")
+        except RedisError as exc:
+            self.relay.close()
+            await self.redis.aclose()
+            raise ValueError(f"redis_url: cannot reach Redis ({exc})") from None
         self._loops = [
             asyncio.ensure_future(self._every(HEARTBEAT, self._heartbeat)),
             asyncio.ensure_future(self._every(LIVENESS, self._check_nodes)),
@@ -174,29 +180,40 @@ class Cluster:
             await asyncio.sleep(MEMBERS_DELAY)
             self._members_due.discard(room.meeting_id)
             if not room.closed:
-                await self._say_members(room.meeting_id, _members(room))
+                await self._say_members(room.meeting_id, _members(room), room.recording)
 
         self._spawn(later())
 
     async def _refresh_members(self) -> None:
         for meeting_id, room in list(self.rooms.items()):
             members = _members(room)
-            if json.dumps(members) != self._members_said.get(meeting_id):
-                await self._say_members(meeting_id, members)
+            if json.dumps([members, room.recording]) != self._members_said.get(meeting_id):
+                await self._say_members(meeting_id, members, room.recording)
 
-    async def _say_members(self, meeting_id: str, members: list[dict[str, Any]]) -> None:
-        """Tell the other nodes who is in ``meeting_id`` here ([]: nobody any more)."""
-        said = json.dumps(members)
+    async def _say_members(
+        self, meeting_id: str, members: list[dict[str, Any]], recording: bool = False
+    ) -> None:
+        """Tell the other nodes who is in ``meeting_id`` here ([]: nobody any more), and
+        whether this node records it (every page shows that the meeting is recorded)."""
+        said = json.dumps([members, recording])
         if members:
             self._members_said[meeting_id] = said
         else:
             self._members_said.pop(meeting_id, None)
-        record = json.dumps({"node": self.name, "run": self.run, "participants": members})
+        record = json.dumps(
+            {"node": self.name, "run": self.run, "participants": members, "recording": recording}
+        )
         if members:
             await self.redis.hset(_members_key(meeting_id), self.name, record)
         else:
             await self.redis.hdel(_members_key(meeting_id), self.name)
-        message = {"op": "members", "node": self.name, "run": self.run, "participants": members}
+        message = {
+            "op": "members",
+            "node": self.name,
+            "run": self.run,
+            "participants": members,
+            "recording": recording,
+        }
         await self.redis.publish(_channel(meeting_id), json.dumps(message))
 
     # -- the meeting layer's events ---------------------------------------------------
@@ -258,7 +275,9 @@ class Cluster:
                 self._import(room, entry)
         for record in elsewhere:
             if runs.get(record["node"]) == record["run"]:
-                room.set_remote_members(record["node"], record["participants"])
+                room.set_remote_members(
+                    record["node"], record["participants"], record.get("recording") is True
+                )
         control = await self.redis.get(_control_key(room.meeting_id))
         if control:
             self._on_message(_channel(room.meeting_id), str(control))
@@ -361,7 +380,9 @@ class Cluster:
         elif op == "members":
             record = _members_record(data)
             if record is not None and record["node"] != self.name:
-                room.set_remote_members(record["node"], record["participants"])
+                room.set_remote_members(
+                    record["node"], record["participants"], record.get("recording") is True
+                )
         elif op == "added":
             entry = _entry(json.dumps(described))
             if entry is not None and entry["node"] != self.name:

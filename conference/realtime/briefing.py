@@ -500,7 +500,7 @@ class Briefing(RoomEvents):
 
     def remote_member(self, participant_id: str) -> dict[str, Any] | None:
         """The description of a participant on another node of the meeting."""
-        return next((m for m in self._remote_members() if m.get("id") == participant_id), None)
+        return self.room.remote_member(participant_id)
 
     def state(self) -> dict[str, Any]:
         """The ``room`` message: who is here, what they publish, the chair's state."""
@@ -528,7 +528,7 @@ class Briefing(RoomEvents):
                 for member in self._remote_members()
             ],
             "speaker": self.room.speaker.current,
-            "recording": self.room.recording,
+            "recording": self.room.recording or bool(self.room.recorded_by),
             "floor": ids.get(self.floor) if self.floor is not None else None,
             "hands": [
                 {"participant": ids[identity], "at": int(at * 1000)}

@@ -373,11 +373,11 @@ class MeetingRecorder:
 
     def _speaker(self, participant_id: str | None) -> dict[str, Any]:
         participant = self.room.participants.get(participant_id) if participant_id else None
-        return {
-            "at": iso(time.time()),
-            "participant": participant_id,
-            "identity": participant.who.identity if participant is not None else None,
-        }
+        identity = participant.who.identity if participant is not None else None
+        if participant_id and participant is None:  # a speaker on another node
+            remote = self.room.remote_member(participant_id)
+            identity = remote.get("identity") if remote is not None else None
+        return {"at": iso(time.time()), "participant": participant_id, "identity": identity}
 
     def _event(self, kind: str, participant: Participant | None = None, **extra: Any) -> None:
         event: dict[str, Any] = {"at": iso(time.time()), "type": kind}
@@ -397,7 +397,16 @@ class MeetingRecorder:
         if publication.id in self.tracks or publication.closed:
             return
         owner = self.room.participants.get(publication.participant_id)
-        identity = owner.who.identity if owner is not None else publication.participant_id
+        remote = self.room.remote_member(publication.participant_id) if owner is None else None
+        name: str | None
+        role: str | None
+        if owner is not None:
+            identity, name, role = owner.who.identity, owner.who.name, owner.who.role
+        elif remote is not None:  # relayed from another node of the meeting
+            identity = str(remote.get("identity") or publication.participant_id)
+            name, role = remote.get("name"), remote.get("role")
+        else:
+            identity, name, role = publication.participant_id, None, None
         counter_key = (identity, publication.source)
         number = self.counters.get(counter_key, 0) + 1
         self.counters[counter_key] = number
@@ -406,8 +415,8 @@ class MeetingRecorder:
             "publication_id": publication.id,
             "participant_id": publication.participant_id,
             "identity": identity,
-            "name": owner.who.name if owner is not None else None,
-            "role": owner.who.role if owner is not None else None,
+            "name": name,
+            "role": role,
             "point": identity,
             "kind": publication.kind,
             "source": publication.source,

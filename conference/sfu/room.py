@@ -92,6 +92,8 @@ class Room:
         self.remote: dict[str, Publication] = {}
         #: the participants on other nodes, as their nodes describe them: node -> list
         self.remote_members: dict[str, list[dict[str, Any]]] = {}
+        #: the other nodes that record this meeting
+        self.recorded_by: set[str] = set()
         self.speaker = SpeakerDetector()
         self.program = ProgramFeed(self)
         self.created_at = time.time()
@@ -196,13 +198,28 @@ class Room:
         self.remote[publication.id] = publication
         self.publication_added(publication)
 
-    def set_remote_members(self, node: str, members: list[dict[str, Any]]) -> None:
-        """Who is in this meeting on ``node`` now (an empty list: nobody, or node gone)."""
+    def set_remote_members(
+        self, node: str, members: list[dict[str, Any]], recording: bool = False
+    ) -> None:
+        """Who is in this meeting on ``node`` now (an empty list: nobody, or node gone),
+        and whether that node records the meeting."""
+        if recording and members:
+            self.recorded_by.add(node)
+        else:
+            self.recorded_by.discard(node)
         if members:
             self.remote_members[node] = members
         elif self.remote_members.pop(node, None) is None:
             return
         self.changed()
+
+    def remote_member(self, participant_id: str) -> dict[str, Any] | None:
+        """The description of a participant on another node (see `set_remote_members`)."""
+        for members in self.remote_members.values():
+            for member in members:
+                if member.get("id") == participant_id:
+                    return member
+        return None
 
     def remove_remote(self, publication_id: str) -> None:
         publication = self.remote.pop(publication_id, None)
