@@ -855,3 +855,25 @@ def test_build_report_survives_an_empty_run() -> None:
         machine={},
     )
     assert report["join"]["count"] == 0 and report["loss_pct"] == 0.0
+
+
+def test_points_spread_over_the_nodes_the_chair_stays_on_the_first() -> None:
+    import argparse
+
+    from conference.tools.loadtest.command import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--url", "http://127.0.0.1:1/", "--node", "http://127.0.0.1:2/", "--meeting", "m"]
+        + ["--secret", SECRET]
+    )
+    config = config_from_args(args)
+    assert config.nodes == ["http://127.0.0.1:2"]
+    assert config.url_of(0, chair=True) == "http://127.0.0.1:1"
+    spread = [config.url_of(index, chair=False) for index in range(1, 5)]
+    assert spread == ["http://127.0.0.1:2", "http://127.0.0.1:1"] * 2
+    single = config_from_args(
+        parser.parse_args(["--url", "http://127.0.0.1:1", "--meeting", "m", "--secret", SECRET])
+    )
+    assert {single.url_of(index, chair=False) for index in range(5)} == {"http://127.0.0.1:1"}

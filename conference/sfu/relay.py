@@ -22,7 +22,8 @@ Datagrams (big-endian), every one ``header | body | tag``::
                                          for `LEASE` seconds more (renewed every second)
     DROP    time:f64 port:u16 host...    it no longer does
 
-Demand is soft state: an importer whose publication has subscribers sends
+Demand is soft state: an importer whose publication has subscribers (any audio:
+its levels drive the node's active speaker) sends
 WANT every `KEEPALIVE` seconds; the exporter sends to it until a DROP or until
 `LEASE` seconds pass without a WANT, so a node that dies stops costing its
 peers within seconds.  WANT and DROP carry the importer's address inside the
@@ -205,9 +206,13 @@ class RelayReceiver:
         self.endpoint.send_to(self.origin, PLI, self.stream, layer, b"")
 
     def wanted(self) -> bool:
-        """Whether anyone on this node receives the publication (or records it)."""
+        """Whether anyone on this node receives the publication (or records it).
+
+        Audio is always wanted: the node's speaker detection hears every microphone of
+        the meeting, as a single node does, even one that nobody here subscribes to.
+        """
         sink = self.sink
-        return sink is not None and bool(sink.subscriptions or sink.taps)
+        return sink is not None and (self.kind == "audio" or bool(sink.subscriptions or sink.taps))
 
 
 class RelayEndpoint(asyncio.DatagramProtocol):

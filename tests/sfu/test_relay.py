@@ -93,10 +93,10 @@ async def pair() -> AsyncIterator[Pair]:
         node.close()
 
 
-async def test_a_stream_flows_only_while_the_node_wants_it(pair: Pair) -> None:
-    source, published, receiver, imported = pair.link("audio", tap=False)
+async def test_a_video_flows_only_while_the_node_wants_it(pair: Pair) -> None:
+    source, published, receiver, imported = pair.link("video", tap=False)
     pair.node.renew()
-    await published.on_rtp(rtp(1, b"opus", level=30), False)
+    await published.on_rtp(rtp(1), False)
     await asyncio.sleep(0.2)
     assert not published.relays  # nobody receives it on the node: nothing asked, nothing sent
 
@@ -104,10 +104,10 @@ async def test_a_stream_flows_only_while_the_node_wants_it(pair: Pair) -> None:
     pair.node.want_now(receiver)
     await until(lambda: published.relays)
     for seq in range(2, 12):
-        await published.on_rtp(rtp(seq, b"opus%d" % seq, level=seq), False)
+        await published.on_rtp(rtp(seq, b"vp8-%d" % seq), False)
     await until(lambda: len(pair.received) == 10)
     assert pair.received == [
-        (seq, seq * 3000, seq % 2, b"opus%d" % seq, (True, seq)) for seq in range(2, 12)
+        (seq, seq * 3000, seq % 2, b"vp8-%d" % seq, None) for seq in range(2, 12)
     ]
     assert imported.packets == 10
 
@@ -118,6 +118,20 @@ async def test_a_stream_flows_only_while_the_node_wants_it(pair: Pair) -> None:
     await published.on_rtp(rtp(12), False)
     await asyncio.sleep(0.1)
     assert len(pair.received) == 10
+
+
+async def test_audio_flows_with_its_levels_even_unsubscribed(pair: Pair) -> None:
+    """Every microphone reaches every node of the meeting: its levels drive that node's
+    active speaker, as on a single node."""
+    levels: list[tuple[str, int]] = []
+    source, published, receiver, _ = pair.link("audio", tap=False)
+    receiver.sink._on_audio_level = lambda who, level: levels.append((who, level))
+    pair.node.renew()
+    await until(lambda: published.relays)
+    for seq in range(1, 6):
+        await published.on_rtp(rtp(seq, b"opus%d" % seq, level=seq), False)
+    await until(lambda: len(levels) == 5)
+    assert levels == [("PA_a", seq) for seq in range(1, 6)]
 
 
 async def test_keyframe_requests_and_sender_reports_cross_nodes(pair: Pair) -> None:

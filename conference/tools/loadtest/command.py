@@ -34,6 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``conference loadtest``."""
     parser.description = DESCRIPTION
     parser.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8443")
+    parser.add_argument(
+        "--node",
+        action="append",
+        metavar="URL",
+        dest="nodes",
+        help="another node of the meeting (the nodes share a Redis): the points are spread"
+        " over --url and the nodes, the chair stays on --url (repeatable)",
+    )
     parser.add_argument("--meeting", required=True, metavar="ID", help="meeting ID to use")
     parser.add_argument("--scenario", choices=SCENARIOS, default="briefing")
     parser.add_argument(
@@ -137,6 +145,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         json_path=args.json,
         progress=not args.no_progress,
         weak=list(args.weak or []),
+        nodes=[url.rstrip("/") for url in args.nodes or []],
         lean=args.lean,
     )
 

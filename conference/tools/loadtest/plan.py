@@ -57,6 +57,16 @@ class Config:
     lean: bool = False
     #: ``--weak``: (share of the points 0..1, link profile name), see :mod:`.weak`
     weak: list[tuple[float, str]] = field(default_factory=list)
+    #: ``--node``: other nodes of the same meeting (one Redis): the points are spread
+    #: over ``url`` and these; the chair stays on ``url``
+    nodes: list[str] = field(default_factory=list)
+
+    def url_of(self, seat_index: int, chair: bool) -> str:
+        """The node a seat joins: the chair ``url``, the points in turn."""
+        if chair or not self.nodes:
+            return self.url
+        everyone = [self.url, *self.nodes]
+        return everyone[seat_index % len(everyone)]
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:

@@ -538,7 +538,11 @@ def format_report(report: dict[str, Any]) -> str:
                 if s.get("cpu_pct") is not None
                 else ""
             )
-            + f", pid {_fmt(s.get('pid'))}",
+            + f", pid {_fmt(s.get('pid'))}"
+            + "".join(
+                f"; node {node['url']}: {_fmt(node.get('cpu_pct'), ' %')}"
+                for node in s.get("nodes", [])
+            ),
         ),
         (
             "server memory",

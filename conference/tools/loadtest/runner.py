@@ -347,7 +347,12 @@ async def _check_server(config: Config) -> dict[str, Any]:
 def _server_pid(config: Config) -> int | None:
     if config.server_pid is not None:
         return config.server_pid
-    parsed = urlparse(config.url)
+    return _local_pid(config.url)
+
+
+def _local_pid(url: str) -> int | None:
+    """The process listening at ``url`` when it is on this machine (and ours to read)."""
+    parsed = urlparse(url)
     if not is_local_host(parsed.hostname):
         return None
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -456,6 +461,8 @@ async def run_loadtest(
         pids = [w.pid for w in workers if w.pid is not None]
         own = sorted(set(pids + [os.getpid()]))
         server_cpu0 = cpu_sample(server_pid) if server_pid else None
+        node_pids = {url: _local_pid(url) for url in config.nodes}
+        node_cpu0 = {url: cpu_sample(pid) if pid else None for url, pid in node_pids.items()}
         gen_cpu0 = {pid: cpu_sample(pid) for pid in own}
         busy0 = machine_busy_seconds()
         udp0 = udp_receive_errors()
@@ -470,6 +477,7 @@ async def run_loadtest(
         await asyncio.sleep(config.duration)
         wall = time.monotonic() - wall0
         server_cpu1 = cpu_sample(server_pid) if server_pid else None
+        node_cpu1 = {url: cpu_sample(pid) if pid else None for url, pid in node_pids.items()}
         gen_cpu1 = {pid: cpu_sample(pid) for pid in own}
         busy1 = machine_busy_seconds()
         udp1 = udp_receive_errors()
@@ -523,6 +531,12 @@ async def run_loadtest(
         "udp_drops": drops.get(server_pid) if server_pid else None,
         "timeline": state.timeline,
     }
+    if config.nodes:  # the other nodes of the meeting (--node): their CPU in the window
+        server["nodes"] = [
+            {"url": url, "pid": node_pids[url]} | _cpu_pct(node_cpu0[url], node_cpu1[url], wall)
+            for url in config.nodes
+        ]
+    nodes_cpu = sum(node.get("cpu_pct") or 0.0 for node in server.get("nodes", []))
     lags = [r["lag"] for r in replies]
     generator = {
         "processes": len(workers),
@@ -535,7 +549,7 @@ async def run_loadtest(
         "udp_receive_buffer_drops_machine": None if udp0 is None or udp1 is None else udp1 - udp0,
         "others_pct": None
         if machine_busy is None or server_cpu["cpu_pct"] is None
-        else round(machine_busy - server_cpu["cpu_pct"] - generator_cpu, 1),
+        else round(machine_busy - server_cpu["cpu_pct"] - nodes_cpu - generator_cpu, 1),
     }
     identities = {seat.index: seat.identity for seat in seats}
     schedule = FloorSchedule(

@@ -209,9 +209,10 @@ async def run_worker(plan: WorkerPlan, channel: Channel, configure_ice: bool = T
     async def join(simulated: SimulatedSeat, at: float) -> None:
         await asyncio.sleep(max(0.0, at - time.time()))
         try:
-            await simulated.join(
-                config.url, config.meeting, media, config.insecure, config.join_timeout
+            url = config.url_of(
+                simulated.seat.index, simulated.seat.identity == plan.chair_identity
             )
+            await simulated.join(url, config.meeting, media, config.insecure, config.join_timeout)
         except Exception as exc:
             simulated.error = f"{type(exc).__name__}: {exc}"[:300]
             channel.send(
