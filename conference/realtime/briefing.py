@@ -93,8 +93,9 @@ class Briefing(RoomEvents):
         self._chat_times: dict[str, deque[float]] = {}
         self._chat_seq = 0
         self._broadcast_handle: asyncio.TimerHandle | None = None
-        #: Tells the meeting's other nodes what happened here (a chat message, the lock),
-        #: when the meeting spans nodes (set by the composition root); see `peer_event`.
+        #: Tells the meeting's other nodes what happened here (a chat message, the chair's
+        #: state, the end), when the meeting spans nodes (set by the composition root);
+        #: see `peer_event`.
         self.share: Callable[[dict[str, Any]], None] | None = None
         #: the chair's state as last shared with or taken from the other nodes:
         #: (its time, the snapshot), see `_share_control`; a new room's empty state
