@@ -195,16 +195,20 @@ class Briefing(RoomEvents):
         """Hold (or release) the microphones of ``identity``; tell each changed session."""
         self._set_held(identity, held)
         for participant in list(self.room.participants.values()):
-            if participant.who.identity != identity:
-                continue
-            changed = False
-            for publication in participant.publications.values():
-                if publication.source == "microphone" and publication.blocked != held:
-                    publication.blocked = held
-                    changed = True
-            if changed:
-                await participant.send(muted_notice("microphone", held))
+            if participant.who.identity == identity:
+                await self._enforce_hold(participant, held)
         self.changed()
+
+    @staticmethod
+    async def _enforce_hold(participant: Participant, held: bool) -> None:
+        """Block (or unblock) a session's microphones; tell it if that changed anything."""
+        changed = False
+        for publication in participant.publications.values():
+            if publication.source == "microphone" and publication.blocked != held:
+                publication.blocked = held
+                changed = True
+        if changed:
+            await participant.send(muted_notice("microphone", held))
 
     async def mute(self, target: Participant, source: str, muted: bool) -> None:
         """The chair mutes (or releases) one source of one session.
@@ -397,14 +401,7 @@ class Briefing(RoomEvents):
             locked,
         )
         for participant in list(self.room.participants.values()):
-            hold = participant.who.identity in held
-            changed = False
-            for publication in participant.publications.values():
-                if publication.source == "microphone" and publication.blocked != hold:
-                    publication.blocked = hold
-                    changed = True
-            if changed:
-                await participant.send(muted_notice("microphone", hold))
+            await self._enforce_hold(participant, participant.who.identity in held)
         if floor_changed:
             holder = self._identity_ids().get(floor) if floor is not None else None
             await self.broadcast({"type": "floor", "participant": holder})
