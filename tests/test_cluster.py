@@ -261,9 +261,20 @@ async def test_the_chair_s_floor_hands_and_end_reach_points_on_another_node(
         assert told["muted"] is True
         await a.wait_for(lambda: a.room.get("floor") is None, 5)
 
-        # what needs the target's own session is refused with a reason
-        error = await chair.request({"type": "remove", "participant": a.id}, "error")
-        assert error["code"] == "remote-participant"
+        # commands that need the point's own session are carried out by its node
+        since_a = len(a.messages)
+        await chair.send({"type": "ask-unmute", "participant": a.id})
+        asked = await a.wait_message("unmute-request", since=since_a)
+        assert asked == {"type": "unmute-request", "by": chair.id, "name": "UBND xã huyen"}
+        await chair.send({"type": "set-profile", "participant": a.id, "profile": "low"})
+        profile = await a.wait_message("profile", since=since_a)
+        assert (profile["profile"], profile["by"]) == ("low", chair.id)
+        error = await chair.request({"type": "ask-unmute", "participant": "PA_nobody"}, "error")
+        assert error["code"] == "unknown-participant"
+        await chair.send({"type": "remove", "participant": b.id, "reason": "Thử nghiệm"})
+        left = await b.wait_message("leave", since=0)
+        assert (left["reason"], left.get("message")) == ("removed", "Thử nghiệm")
+        await chair.wait_for(lambda: identities(chair) == {"huyen", "xa-a"}, 5)
 
         # the chair ends the meeting: the points on node 2 are told and leave
         await chair.send({"type": "end-meeting"})

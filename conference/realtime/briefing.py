@@ -9,9 +9,18 @@ keeps it across a point's rejoin (by identity, for `REJOIN_GRACE`), and builds t
 signaling messages that tell the pages (docs/PROTOCOL.md, "Chairing the meeting").
 `Briefings` opens one per live room and remembers ended meetings.
 
+When the meeting spans nodes (conference/cluster), a briefing shares what happens
+here (`share`: chat, the chair's state as a snapshot, commands on another node's
+point, the end) and takes the other nodes' (`peer_event`): each node enforces the
+chair's state on its own points.
+
 Policy refusals raise `RoomError` (an ``error`` message with its code) or
 `PermissionError` (``forbidden``); checking a message's shape is the caller's work
 (conference/realtime/messages.py).
+
+Size: a little over 600 lines: the chair's rules and their sharing with other nodes are
+one state (a rule that holds a microphone must also reach the snapshot); splitting the
+sharing out would make each rule live in two modules.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import time
 import unicodedata
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..sfu.participant import Participant
@@ -66,6 +76,18 @@ def printable_text(text: str, limit: int, multiline: bool = True) -> str:
 
 def muted_notice(source: str, muted: bool) -> dict[str, Any]:
     return {"type": "muted-by-moderator", "source": source, "muted": muted}
+
+
+@dataclass(frozen=True)
+class Chair:
+    """Who gives a chair's command: its session id and name (on this node or another)."""
+
+    id: str
+    name: str
+
+    @classmethod
+    def of(cls, participant: Participant) -> Chair:
+        return cls(participant.id, participant.who.name)
 
 
 class Briefing(RoomEvents):
@@ -306,11 +328,11 @@ class Briefing(RoomEvents):
             )
         await self.hold(identity, False)
 
-    async def ask_unmute(self, target: Participant, by: Participant) -> None:
+    async def ask_unmute(self, target: Participant, by: Chair) -> None:
         if target.who.moderate or not target.who.publish:
             raise RoomError("bad-request", "only a point can be asked to unmute")
         self.invited.add(target.who.identity)
-        await target.send({"type": "unmute-request", "by": by.id, "name": by.who.name})
+        await target.send({"type": "unmute-request", "by": by.id, "name": by.name})
 
     async def decline_unmute(self, participant: Participant) -> None:
         self.invited.discard(participant.who.identity)
@@ -342,7 +364,7 @@ class Briefing(RoomEvents):
         self.changed()
         return True
 
-    async def set_profile(self, target: Participant, profile: str, by: Participant) -> None:
+    async def set_profile(self, target: Participant, profile: str, by: Chair) -> None:
         """The chair sets a point's link profile (the page applies it)."""
         target.profile = profile
         await target.send({"type": "profile", "profile": profile, "by": by.id})
@@ -443,6 +465,8 @@ class Briefing(RoomEvents):
         kind = event.get("kind")
         if kind == "control":
             await self._apply_control(event)
+        elif kind == "command":
+            await self._carry_out(event)
         elif kind == "end":
             await self.end(shared=False)
         elif kind == "chat" and isinstance(message := event.get("message"), dict):
@@ -456,6 +480,51 @@ class Briefing(RoomEvents):
                 }
                 self.chat.append(shown)
                 await self.broadcast(shown)
+
+    # -- a chair's command on a point of another node ---------------------------------
+    def command_elsewhere(self, participant_id: str, command: dict[str, Any], by: Chair) -> None:
+        """Send a chair's command on a point of another node to that node (`_carry_out`).
+
+        ``command`` is checked by the caller: ``{"action": "remove", "reason"}``,
+        ``{"action": "ask-unmute"}``, ``{"action": "set-profile", "profile"}`` or
+        ``{"action": "mute", "source", "muted"}``.  What that node refuses is logged there.
+        """
+        if self.share is None:  # no other node: the participant cannot be elsewhere
+            raise RoomError("unknown-participant", "no such participant in the meeting")
+        by_fields = {"id": by.id, "name": by.name}
+        self.share(
+            {"kind": "command", "participant": participant_id, "command": command, "by": by_fields}
+        )
+
+    async def _carry_out(self, event: dict[str, Any]) -> None:
+        """Carry out another node's chair command if its target is a session here."""
+        target = self.room.participants.get(str(event.get("participant")))
+        command, by = event.get("command"), event.get("by")
+        if target is None or not isinstance(command, dict) or not isinstance(by, dict):
+            return
+        chair = Chair(str(by.get("id")), str(by.get("name")))
+        action = command.get("action")
+        try:
+            if action == "remove":
+                reason = command.get("reason")
+                await self.remove(target, reason if isinstance(reason, str) else None)
+            elif action == "ask-unmute":
+                await self.ask_unmute(target, by=chair)
+            elif action == "set-profile" and command.get("profile") in ("high", "low", "audio"):
+                await self.set_profile(target, str(command["profile"]), by=chair)
+            elif action == "mute" and isinstance(command.get("muted"), bool):
+                await self.mute(target, str(command.get("source")), command["muted"])
+            else:
+                raise RoomError("bad-message", f"unknown command {action!r}")
+        except RoomError as exc:
+            logger.info(
+                "briefing %s: %s's command %s on %s refused: %s",
+                self.meeting_id,
+                chair.id,
+                action,
+                target.id,
+                exc.message,
+            )
 
     async def remove(self, participant: Participant, reason: str | None = None) -> None:
         """The chair removes a participant; its token cannot rejoin."""

@@ -23,7 +23,7 @@ from ..sfu.bandwidth import VIEW_SIZES
 from ..sfu.bridge import ice_candidate_from_json
 from ..sfu.participant import Participant
 from ..sfu.publication import SOURCES
-from .briefing import Briefing
+from .briefing import Briefing, Chair
 from .lobby import LOBBY_MESSAGES
 from .lobby import handle_message as lobby_message
 
@@ -115,19 +115,7 @@ def mute_fields(message: dict[str, Any]) -> tuple[str, bool]:
     return str(source), muted
 
 
-def target(session: Session, message: dict[str, Any]) -> Participant:
-    """The participant a chair's message names (``participant``: its id), on this node."""
-    found = target_anywhere(session, message)
-    if not isinstance(found, Participant):
-        raise ProtocolError(
-            "remote-participant",
-            "this participant is on another server of the meeting: only the floor, its"
-            " microphone and its hand can be managed from here",
-        )
-    return found
-
-
-def target_anywhere(session: Session, message: dict[str, Any]) -> Participant | dict[str, Any]:
+def target(session: Session, message: dict[str, Any]) -> Participant | dict[str, Any]:
     """The participant a chair's message names: a session of this node, or the
     description of one on another node of the meeting."""
     target_id = message.get("participant")
@@ -297,11 +285,14 @@ async def mute(session: Session, message: dict[str, Any]) -> None:
 @handles("mute-participant", chair=True)
 async def mute_participant(session: Session, message: dict[str, Any]) -> None:
     source, muted = mute_fields(message)
-    who = target_anywhere(session, message) if source == "microphone" else None
-    if isinstance(who, dict):  # on another node: its node enforces the hold
-        await session.briefing.hold(str(who.get("identity")), muted)
+    who = target(session, message)
+    if isinstance(who, dict):  # on another node
+        if source == "microphone":  # a hold, by identity: every node enforces it
+            await session.briefing.hold(str(who.get("identity")), muted)
+        else:
+            elsewhere(session, who, {"action": "mute", "source": source, "muted": muted})
         return
-    await session.briefing.mute(target(session, message), source, muted)
+    await session.briefing.mute(who, source, muted)
 
 
 @handles("remove", chair=True)
@@ -312,23 +303,41 @@ async def remove(session: Session, message: dict[str, Any]) -> None:
     reason = message.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise ProtocolError("bad-message", "'reason' must be a string")
+    if isinstance(who, dict):
+        elsewhere(session, who, {"action": "remove", "reason": reason})
+        return
     await session.briefing.remove(who, reason)
 
 
 @handles("give-floor", chair=True)
 async def give_floor(session: Session, message: dict[str, Any]) -> None:
-    await session.briefing.give_floor(target_anywhere(session, message))
+    await session.briefing.give_floor(target(session, message))
 
 
 @handles("set-profile", chair=True)
 async def set_profile(session: Session, message: dict[str, Any]) -> None:
     who = target(session, message)
-    await session.briefing.set_profile(who, profile_field(message), by=session.participant)
+    profile = profile_field(message)
+    if isinstance(who, dict):
+        elsewhere(session, who, {"action": "set-profile", "profile": profile})
+        return
+    await session.briefing.set_profile(who, profile, by=Chair.of(session.participant))
 
 
 @handles("ask-unmute", chair=True)
 async def ask_unmute(session: Session, message: dict[str, Any]) -> None:
-    await session.briefing.ask_unmute(target(session, message), by=session.participant)
+    who = target(session, message)
+    if isinstance(who, dict):
+        if who.get("moderator") is True or who.get("publish") is not True:
+            raise ProtocolError("bad-request", "only a point can be asked to unmute")
+        elsewhere(session, who, {"action": "ask-unmute"})
+        return
+    await session.briefing.ask_unmute(who, by=Chair.of(session.participant))
+
+
+def elsewhere(session: Session, member: dict[str, Any], command: dict[str, Any]) -> None:
+    """A chair's command on a point of another node: that node carries it out."""
+    session.briefing.command_elsewhere(str(member["id"]), command, Chair.of(session.participant))
 
 
 # -- hands, consent, chat ---------------------------------------------------------------------
@@ -338,7 +347,7 @@ async def hand(session: Session, message: dict[str, Any]) -> None:
     target_id = message.get("participant", participant.id)
     if message["type"] == "lower-hand" and target_id != participant.id:
         chair_only(participant)  # the chair lowers someone else's hand
-        session.briefing.lower_hand(target_anywhere(session, message))
+        session.briefing.lower_hand(target(session, message))
     else:
         session.briefing.raise_hand(participant, message["type"] == "raise-hand")
 

@@ -15,7 +15,7 @@ import pytest
 
 from conference.core.identity import Identity
 from conference.realtime import briefing as briefing_module
-from conference.realtime.briefing import Briefing, Briefings
+from conference.realtime.briefing import Briefing, Briefings, Chair
 from conference.sfu.bridge import ForwardingReceiver
 from conference.sfu.participant import Participant
 from conference.sfu.publication import Publication
@@ -121,17 +121,17 @@ async def test_a_held_point_speaks_again_only_when_asked_or_given_the_floor(
         await briefing.unmute(point.participant, "microphone")
     assert refused.value.code == "muted-by-moderator"
     await briefing.unmute(point.participant, "camera")  # nothing held there: allowed
-    await briefing.ask_unmute(point.participant, by=chair.participant)
+    await briefing.ask_unmute(point.participant, by=Chair.of(chair.participant))
     assert point.received("unmute-request")[-1]["by"] == chair.id
     await briefing.decline_unmute(point.participant)
     assert chair.received("unmute-declined")[-1]["participant"] == point.id
     with pytest.raises(RoomError):
         await briefing.unmute(point.participant, "microphone")  # declined: asked no more
-    await briefing.ask_unmute(point.participant, by=chair.participant)
+    await briefing.ask_unmute(point.participant, by=Chair.of(chair.participant))
     await briefing.unmute(point.participant, "microphone")  # consent lifts the hold
     assert not point.microphone().blocked and "a" not in briefing.held
     with pytest.raises(RoomError, match="only a point"):
-        await briefing.ask_unmute(chair.participant, by=chair.participant)
+        await briefing.ask_unmute(chair.participant, by=Chair.of(chair.participant))
 
 
 async def test_the_chairs_mute_of_one_microphone_is_kept_by_identity(
@@ -262,7 +262,7 @@ async def test_changes_reach_every_page_as_one_room_state(briefings: Briefings) 
     chair.inbox.clear()
     briefing.set_lock(True)
     briefing.raise_hand(point.participant, True)
-    await briefing.set_profile(point.participant, "low", by=chair.participant)
+    await briefing.set_profile(point.participant, "low", by=Chair.of(chair.participant))
     await asyncio.sleep(briefing_module.BROADCAST_DELAY * 3)
     states = chair.received("room")
     assert len(states) == 1, states
