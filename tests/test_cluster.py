@@ -266,6 +266,10 @@ async def test_the_chair_s_floor_hands_and_end_reach_points_on_another_node(
         await chair.send({"type": "ask-unmute", "participant": a.id})
         asked = await a.wait_message("unmute-request", since=since_a)
         assert asked == {"type": "unmute-request", "by": chair.id, "name": "UBND xã huyen"}
+        since_chair = len(chair.messages)
+        await a.send({"type": "unmute-decline"})
+        declined = await chair.wait_message("unmute-declined", since=since_chair)
+        assert declined["participant"] == a.id
         await chair.send({"type": "set-profile", "participant": a.id, "profile": "low"})
         profile = await a.wait_message("profile", since=since_a)
         assert (profile["profile"], profile["by"]) == ("low", chair.id)

@@ -11,7 +11,7 @@ signaling messages that tell the pages (docs/PROTOCOL.md, "Chairing the meeting"
 
 When the meeting spans nodes (conference/cluster), a briefing shares what happens
 here (`share`: chat, the chair's state as a snapshot, commands on another node's
-point, the end) and takes the other nodes' (`peer_event`): each node enforces the
+point, a declined request to unmute, the end) and takes the other nodes' (`peer_event`): each node enforces the
 chair's state on its own points.
 
 Policy refusals raise `RoomError` (an ``error`` message with its code) or
@@ -336,9 +336,15 @@ class Briefing(RoomEvents):
 
     async def decline_unmute(self, participant: Participant) -> None:
         self.invited.discard(participant.who.identity)
+        await self._tell_chairs(participant.id)
+        self.changed()
+        if self.share is not None:  # the chair may be on another node
+            self.share({"kind": "declined", "participant": participant.id})
+
+    async def _tell_chairs(self, participant_id: str) -> None:
         for other in list(self.room.participants.values()):
             if other.who.moderate:
-                await other.send({"type": "unmute-declined", "participant": participant.id})
+                await other.send({"type": "unmute-declined", "participant": participant_id})
 
     def raise_hand(self, participant: Participant, raised: bool) -> None:
         """A point asks to speak (or withdraws)."""
@@ -467,6 +473,8 @@ class Briefing(RoomEvents):
             await self._apply_control(event)
         elif kind == "command":
             await self._carry_out(event)
+        elif kind == "declined" and isinstance(event.get("participant"), str):
+            await self._tell_chairs(event["participant"])
         elif kind == "end":
             await self.end(shared=False)
         elif kind == "chat" and isinstance(message := event.get("message"), dict):
