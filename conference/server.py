@@ -196,7 +196,7 @@ def join_cluster(app: web.Application, settings: Settings) -> None:
         if briefing_created is not None:
             briefing_created(room)
         briefing = room.events
-        if isinstance(briefing, Briefing):  # chat and lock reach the other nodes
+        if isinstance(briefing, Briefing):  # the chair's briefing reaches the other nodes
             briefing.share = functools.partial(cluster.send_event, room.meeting_id)
         cluster.attach(room)
 

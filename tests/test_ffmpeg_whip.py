@@ -237,7 +237,7 @@ async def test_first_picture_without_waiting_for_the_encoder(server, tmp_path):
             publisher.frames_sent,
         )
         assert frame is not None
-        first_viewer = await video_numbers(track, 1.0)
+        first_viewer = await video_numbers(track, 1.5)
         assert len([n for n in first_viewer if n is not None]) >= 20, first_viewer
     finally:
         publisher.stop.set()

@@ -365,7 +365,7 @@ def test_bandwidth_profiles_cap_the_camera(server: ServerProcess, browser: Any) 
 
     # audio only: the camera stops sending and shows as off to the others
     page.select_option("#profile-select", "audio")
-    wait_until(lambda: not any(page.evaluate(encoding).values()), 10, "camera stopped")
+    wait_until(lambda: not any(page.evaluate(encoding).values()), 20, "camera stopped")
     other.wait_for_selector(f'#participants li[data-participant="{me(page)}"] .badge.cam-muted')
     time.sleep(1.0)
     assert growth(other, [cam])[cam] == 0

@@ -102,6 +102,8 @@ class Cluster:
     async def stop(self) -> None:
         for task in self._loops:
             task.cancel()
+        if self._tasks:  # what the closing rooms still tell Redis (members, their state)
+            await asyncio.wait(list(self._tasks), timeout=2.0)
         for task in list(self._tasks):
             task.cancel()
         try:
