@@ -137,6 +137,8 @@ class Cluster:
                 await work()
             except RedisError as exc:
                 logger.warning("node %s: redis: %s", self.name, exc)
+            except Exception:  # a periodic duty never stops for one failure
+                logger.exception("node %s: %s failed", self.name, getattr(work, "__name__", work))
 
     async def _heartbeat(self) -> None:
         record = {"run": self.run, "relay": list(self.relay.address)}
@@ -357,8 +359,12 @@ class Cluster:
         while True:
             try:
                 async for message in self._pubsub.listen():
-                    if message.get("type") == "pmessage":
+                    if message.get("type") != "pmessage":
+                        continue
+                    try:
                         self._on_message(message["channel"], message["data"])
+                    except Exception:  # one bad message never stops the node listening
+                        logger.exception("node %s: a cluster message failed", self.name)
             except RedisError as exc:
                 logger.warning("node %s: redis subscription: %s; again in 1 s", self.name, exc)
                 await asyncio.sleep(1.0)
