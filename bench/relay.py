@@ -58,7 +58,7 @@ async def run_once(count: int) -> dict[str, float]:
     try:
         published = Publication("TR_b", "PA_b", "camera", Source(), "vp8", 90000)
         stream = origin.export(published)
-        receiver = node.import_stream(origin.address, stream, "video", [], 96)
+        receiver = node.import_stream(origin.address, stream, "video", [])
         imported = Publication("TR_b", "PA_b", "camera", receiver, "vp8", 90000)
         seen = [0]
         imported.taps.append(lambda _p, _pk, _kf: seen.__setitem__(0, seen[0] + 1))

@@ -305,9 +305,7 @@ class Cluster:
         if entry["id"] in self.imported or room.closed:
             return
         origin = (entry["relay"][0], entry["relay"][1])
-        receiver = self.relay.import_stream(
-            origin, entry["stream"], entry["kind"], entry["rids"], 0
-        )
+        receiver = self.relay.import_stream(origin, entry["stream"], entry["kind"], entry["rids"])
         publication = Publication(
             entry["id"],
             entry["participant"],

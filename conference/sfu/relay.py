@@ -125,13 +125,13 @@ def media_body(packet: RtpPacket, repaired: bool) -> bytes:
     return fields + packet.payload
 
 
-def media_packet(body: bytes, payload_type: int) -> tuple[RtpPacket, bool]:
-    """The RTP packet of a MEDIA body, and whether it was a retransmission."""
+def media_packet(body: bytes) -> tuple[RtpPacket, bool]:
+    """The RTP packet of a MEDIA body, and whether it was a retransmission (its payload
+    type is left 0: a subscription sends with its own sender's)."""
     if len(body) < MEDIA_FIELDS.size:
         raise RelayFormatError("short media")
     seq, timestamp, flags, value = MEDIA_FIELDS.unpack_from(body)
     packet = RtpPacket(
-        payload_type=payload_type,
         marker=flags & F_MARKER,
         sequence_number=seq,
         timestamp=timestamp,
@@ -147,12 +147,12 @@ def demand_body(address: Address, when: float | None = None) -> bytes:
     return DEMAND_FIELDS.pack(time.time() if when is None else when, port) + host.encode()
 
 
-def demand_address(body: bytes, now: float | None = None) -> Address:
+def demand_address(body: bytes) -> Address:
     """The importer's address in a WANT or DROP body (which must be recent)."""
     if len(body) <= DEMAND_FIELDS.size:
         raise RelayFormatError("short demand")
     when, port = DEMAND_FIELDS.unpack_from(body)
-    if abs((time.time() if now is None else now) - when) > MAX_AGE:
+    if abs(time.time() - when) > MAX_AGE:
         raise RelayFormatError("stale demand")
     try:
         host = body[DEMAND_FIELDS.size :].decode("ascii")
@@ -170,7 +170,8 @@ class Export:
     #: importers' addresses -> when their lease ends (monotonic)
     leases: dict[Address, float] = field(default_factory=dict)
     history: list[PacketHistory[bytes]] = field(default_factory=list)
-    packets_sent: int = 0
+    #: the hook in the publication's ``relays`` while anyone holds a lease
+    hook: Callable[..., None] | None = None
     retransmitted: int = 0
 
 
@@ -188,17 +189,14 @@ class RelayReceiver:
         stream: int,
         kind: str,
         rids: list[str],
-        payload_type: int,
     ) -> None:
         self.endpoint = endpoint
         self.origin = origin
         self.stream = stream
         self.kind = kind
         self.rids = rids
-        self.payload_type = payload_type
         self.sink: Any = None
         self.trackers = [NackTracker() for _ in range(max(1, len(rids)))]
-        self.packets = 0
         self.nacks_sent = 0
         self.wanting = False
 
@@ -218,12 +216,11 @@ class RelayReceiver:
 class RelayEndpoint(asyncio.DatagramProtocol):
     """One node's relay socket: exports its publications, imports other nodes'."""
 
-    def __init__(self, key: bytes, advertised: Address | None = None) -> None:
+    def __init__(self, key: bytes) -> None:
         self.key = key
         self.transport: asyncio.DatagramTransport | None = None
-        #: the address other nodes send to (the bound one unless given)
-        self.address: Address = advertised or ("", 0)
-        self._advertised = advertised is not None
+        #: the address other nodes send to: the bound one (a specific address)
+        self.address: Address = ("", 0)
         self.exports: dict[int, Export] = {}
         self.imports: dict[tuple[Address, int], RelayReceiver] = {}
         self._next_stream = 1
@@ -237,8 +234,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         self.transport = transport
         bound = transport.get_extra_info("sockname")
-        if not self._advertised:
-            self.address = (bound[0], bound[1])
+        self.address = (bound[0], bound[1])
         self._task = asyncio.ensure_future(self._housekeeping())
         logger.info("relay endpoint on %s:%d", *self.address)
         return self.address
@@ -276,8 +272,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 self._unhook(export)
 
     def _hook(self, export: Export) -> None:
-        publication = export.publication
-        if export.stream in _hooked(publication):
+        if export.hook is not None:
             return
 
         def relay(layer: int, packet: RtpPacket | None, repaired: bool, sr: Any = None) -> None:
@@ -295,26 +290,24 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 return
             for address in export.leases:
                 transport.sendto(data, address)
-                export.packets_sent += 1
 
-        relay.stream = export.stream  # type: ignore[attr-defined]
-        publication.relays.append(relay)
+        export.hook = relay
+        export.publication.relays.append(relay)
 
     def _unhook(self, export: Export) -> None:
-        publication = export.publication
-        publication.relays[:] = [
-            r for r in publication.relays if getattr(r, "stream", None) != export.stream
-        ]
+        if export.hook is not None:
+            export.publication.relays.remove(export.hook)
+            export.hook = None
 
     # -- importing -------------------------------------------------------------------
     def import_stream(
-        self, origin: Address, stream: int, kind: str, rids: list[str], payload_type: int
+        self, origin: Address, stream: int, kind: str, rids: list[str]
     ) -> RelayReceiver:
         """A receiver for another node's stream (its `Publication` is made by the caller)."""
         key = (origin, stream)
         receiver = self.imports.get(key)
         if receiver is None:
-            receiver = RelayReceiver(self, origin, stream, kind, rids, payload_type)
+            receiver = RelayReceiver(self, origin, stream, kind, rids)
             self.imports[key] = receiver
         return receiver
 
@@ -352,7 +345,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 raise RelayFormatError("bad sender report")
             receiver.sink.on_sender_report(*SR_FIELDS.unpack(body), layer=layer)
             return
-        packet, repaired = media_packet(body, receiver.payload_type)
+        packet, repaired = media_packet(body)
         if layer < len(receiver.trackers):
             tracker = receiver.trackers[layer]
             if repaired:
@@ -362,7 +355,6 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 lost = tracker.received(packet.sequence_number, time.monotonic())
                 if lost:
                     self._nack(receiver, layer, lost)
-        receiver.packets += 1
         run_now(receiver.sink.on_rtp(packet, repaired, layer))
 
     def _exported(self, kind: int, stream: int, layer: int, body: bytes) -> None:
@@ -454,12 +446,3 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         if not receiver.wanting and receiver.wanted():
             receiver.wanting = True
             self.send_to(receiver.origin, WANT, receiver.stream, 0, demand_body(self.address))
-
-
-def _hooked(publication: Publication) -> set[int]:
-    return {getattr(r, "stream", -1) for r in publication.relays}
-
-
-#: what `Publication.relays` holds: ``relay(layer, packet, repaired)`` for every packet,
-#: ``relay(layer, None, False, (ntp, rtp))`` for every sender report
-Relay = Callable[..., None]

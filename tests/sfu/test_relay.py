@@ -67,7 +67,7 @@ class Pair:
         rate = 90000 if kind == "video" else 48000
         published = Publication("TR_a", "PA_a", "camera", source, codec, rate)
         stream = self.origin.export(published)
-        receiver = self.node.import_stream(self.origin.address, stream, kind, source.rids, 96)
+        receiver = self.node.import_stream(self.origin.address, stream, kind, source.rids)
         imported = Publication("TR_a", "PA_a", "camera", receiver, codec, rate)
         if tap:
             self.tap(imported)
