@@ -264,7 +264,7 @@ class Briefing(RoomEvents):
 
     def _remote_members(self) -> list[dict[str, Any]]:
         """The meeting's participants on other nodes (as their nodes describe them)."""
-        return [m for members in self.room.remote_members.values() for m in members]
+        return self.room.remote_participants()
 
     def _identities(self) -> set[str]:
         """Everyone in the meeting, on this node or another."""

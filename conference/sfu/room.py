@@ -213,13 +213,13 @@ class Room:
             return
         self.changed()
 
+    def remote_participants(self) -> list[dict[str, Any]]:
+        """The descriptions of the participants on other nodes (`set_remote_members`)."""
+        return [member for members in self.remote_members.values() for member in members]
+
     def remote_member(self, participant_id: str) -> dict[str, Any] | None:
-        """The description of a participant on another node (see `set_remote_members`)."""
-        for members in self.remote_members.values():
-            for member in members:
-                if member.get("id") == participant_id:
-                    return member
-        return None
+        """The description of a participant on another node."""
+        return next((m for m in self.remote_participants() if m.get("id") == participant_id), None)
 
     def remove_remote(self, publication_id: str) -> None:
         publication = self.remote.pop(publication_id, None)
