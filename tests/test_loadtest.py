@@ -817,11 +817,13 @@ async def test_briefing_with_points_on_a_weak_link(lt_server: ServerProcess) -> 
     assert [s["identity"] for s in weak] == ["loadtest-xa-002", "loadtest-xa-004"], text
     for seat in weak:
         # the weak points received the chair's audio and video through their link: joining
-        # takes a decodable frame of the chair's video; in the window, packets of both
+        # takes a decodable frame of the chair's video; in the window, the chair's audio
+        # throughout and video of someone: a 1 Mbit/s link does not carry two single-layer
+        # 500 kbit/s cameras, so the chair's inset may pause while a point speaks on the stage
         assert seat["joined"] and seat["join_s"] is not None, text
         streams = {st["kind"]: st for st in seat["streams"] if st["publisher"] == "loadtest-huyen"}
-        assert streams["video"]["packets"] > 0, text
         assert streams["audio"]["packets"] > 100 and streams["audio"]["frames"] > 100, text
+        assert sum(st["packets"] for st in seat["streams"] if st["kind"] == "video") > 0, text
         link = seat["link_stats"]
         assert link["profile"] == "4g-weak" and link["relays"] >= 2
         # media went through the relays both ways, and through the rate limit

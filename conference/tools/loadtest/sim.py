@@ -417,6 +417,16 @@ class SimulatedSeat:
             for publication in new:
                 client.requested[publication] = (at, reason)
             await client.subscribe(sorted(new))
+        if self.relay is not None and (gone or new):
+            await client.send({"type": "view", "videos": self._view(desired)})
+
+    def _view(self, desired: set[str]) -> dict[str, str]:
+        """How a point's page shows what it receives (room.js): the speaker on the
+        stage and the chair in a small inset beside it, or the chair on the stage.
+        A weak link's allocator serves the stage first."""
+        chair = self._chair_publications()
+        speaker_shown = bool(desired - chair)
+        return {key: "small" if speaker_shown and key in chair else "large" for key in desired}
 
     async def _follow_speaker(self) -> None:
         client = self.client
