@@ -65,6 +65,17 @@ def _parser() -> argparse.ArgumentParser:
         "--redis-url", metavar="URL", help="Redis shared with the other nodes (default: none)"
     )
     serve.add_argument("--node-name", metavar="NAME", help="this node's name in the cluster")
+    serve.add_argument(
+        "--cluster-name",
+        metavar="NAME",
+        help="the cluster's namespace in Redis (default: conference)",
+    )
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        help="processes sharing the port, one node each (default: 1; auto: one per core; "
+        "more than one needs --redis-url)",
+    )
 
     token = commands.add_parser("token", help="create or verify access tokens")
     token_commands = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
@@ -120,6 +131,8 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         redis_url=args.redis_url,
         node_name=args.node_name,
+        workers=args.workers,
+        cluster_name=args.cluster_name,
     )
     ensure_data_dir(settings)
     # Creates or upgrades the database; on first run creates and prints the admin account.
@@ -131,6 +144,9 @@ def _serve(args: argparse.Namespace) -> int:
         if exc.name != "conference.server":
             raise
         return _fail("this installation has no server module (conference.server)")
+    if settings.workers > 1:  # a supervisor of N nodes sharing the port
+        code: int = importlib.import_module("conference.workers").supervise(settings)
+        return code
     result = server.run_server(settings)
     if inspect.iscoroutine(result):
         result = asyncio.run(result)

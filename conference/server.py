@@ -11,15 +11,17 @@ import signal
 import socket
 import ssl
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiortc import RTCIceServer
 
 from conference.web.api import setup_api
-from conference.web.auth import setup_auth
+from conference.web.auth import SESSIONS_REVOKED, setup_auth
 from conference.web.pages.admin import setup_admin
 from conference.web.pages.library import setup_library
 from conference.web.pages.meetings import setup_meetings
@@ -43,7 +45,7 @@ from .appkeys import (
 from .domain.lifecycle import MeetingLifecycle
 from .domain.reminders import background as reminder_task
 from .realtime.briefing import Briefing, Briefings
-from .realtime.lobby import setup_lobby
+from .realtime.lobby import LOBBY, setup_lobby
 from .realtime.signaling import websocket_handler
 from .realtime.whip import session_delete, session_patch, whep_post, whip_post
 from .recording import jobs as compose_jobs
@@ -59,6 +61,25 @@ logger = logging.getLogger("conference")
 
 #: at shutdown, how long the WebSocket handlers have to close their sockets with the reason
 SHUTDOWN_CLOSE_WAIT = 2.0
+
+
+@dataclass
+class WorkerRole:
+    """This process is worker ``index`` of ``count`` (``conference serve --workers``,
+    conference/workers.py): it shares the HTTPS port with the others (SO_REUSEPORT),
+    leaves the interrupted recordings to the supervisor, and only the first worker
+    runs the server-wide duties (compositions left queued, invitation reminders)."""
+
+    index: int
+    count: int
+    #: the manifests the supervisor sealed as interrupted at start (for the first worker)
+    interrupted: list[Path] = field(default_factory=list)
+    #: called with the port once this worker listens
+    ready: Callable[[int], None] | None = None
+
+    @property
+    def primary(self) -> bool:
+        return self.index == 0
 
 
 @web.middleware
@@ -131,8 +152,9 @@ def setup_control_plane(app: web.Application) -> None:
     setup_api(app)
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the application; ``settings.token_secret`` must be set."""
+def create_app(settings: Settings, primary: bool = True) -> web.Application:
+    """Build the application; ``settings.token_secret`` must be set.  ``primary``: it runs
+    the server-wide duties (false for the other workers of ``serve --workers``)."""
     if not settings.token_secret:
         raise ValueError("settings.token_secret is not set (call ensure_data_dir first)")
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
@@ -173,7 +195,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_delete("/whep/{meeting_id}/{participant_id}", session_delete)
     app.router.add_patch("/whep/{meeting_id}/{participant_id}", session_patch)
     app.on_shutdown.append(_shutdown)
-    app.cleanup_ctx.append(reminder_task)  # invitation reminders (when SMTP is configured)
+    if primary:  # invitation reminders (when SMTP is configured)
+        app.cleanup_ctx.append(reminder_task)
     if settings.redis_url:
         join_cluster(app, settings)
     return app
@@ -186,7 +209,12 @@ def join_cluster(app: web.Application, settings: Settings) -> None:
     assert settings.redis_url is not None and settings.token_secret is not None
     name = settings.node_name or f"{socket.gethostname()}-{settings.port}"
     cluster = Cluster(
-        settings.redis_url, name, settings.token_secret, settings.relay_host, settings.relay_port
+        settings.redis_url,
+        name,
+        settings.token_secret,
+        settings.relay_host,
+        settings.relay_port,
+        settings.cluster_name,
     )
     app[CLUSTER] = cluster
     registry = app[ROOMS]
@@ -207,6 +235,20 @@ def join_cluster(app: web.Application, settings: Settings) -> None:
 
     registry.on_created = created
     cluster.on_event = peer_event
+    # the lobby's waiting participants and the chair's decisions reach every node
+    lobby = app[LOBBY]
+    lobby.share = cluster
+    cluster.on_lobby = lobby.shared
+    # a token revoked on one node (a removed point, a signed-out browser) is refused on all
+    lists = {"meeting": app[REVOKED], "session": app[SESSIONS_REVOKED]}
+    for kind, revoked in lists.items():
+        revoked.on_revoke = functools.partial(_share_revocation, cluster, kind)
+
+    def learned(kind: str, token_id: str, expires: float) -> None:
+        if kind in lists:
+            lists[kind].learn(token_id, datetime.fromtimestamp(expires, UTC))
+
+    cluster.on_revoked = learned
 
     async def membership(app: web.Application) -> AsyncIterator[None]:
         await cluster.start()
@@ -214,6 +256,10 @@ def join_cluster(app: web.Application, settings: Settings) -> None:
         await cluster.stop()
 
     app.cleanup_ctx.append(membership)
+
+
+def _share_revocation(cluster: Any, kind: str, token_id: str, expires_at: datetime) -> None:
+    cluster.revoke(kind, token_id, expires_at.timestamp())
 
 
 def _tracked(handler: Any) -> Any:
@@ -241,7 +287,7 @@ async def _shutdown(app: web.Application) -> None:
         task.cancel()
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+def ssl_context_for(settings: Settings) -> ssl.SSLContext | None:
     from .tls import self_signed_certificate, ssl_context
 
     if settings.tls == "off":
@@ -267,16 +313,19 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
     """Run until SIGTERM or SIGINT, then close every room cleanly."""
     configure_ice_hosts(settings.ice_hosts)
-    interrupted = recording.configure_from(settings)
-    compose_jobs.resume_jobs(settings.recordings_dir, interrupted)  # compositions to (re)do
-    app = create_app(settings)
-    context = _ssl_context(settings)
+    interrupted = recording.configure_from(settings, seal=role is None)
+    if role is None or role.primary:  # compositions to (re)do
+        compose_jobs.resume_jobs(settings.recordings_dir, role.interrupted if role else interrupted)
+    app = create_app(settings, primary=role is None or role.primary)
+    context = ssl_context_for(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=context)
+    site = web.TCPSite(
+        runner, settings.host, settings.port, ssl_context=context, reuse_port=role is not None
+    )
     await site.start()
     port = settings.port
     server = getattr(site, "_server", None)
@@ -285,8 +334,12 @@ async def serve(settings: Settings) -> None:
     scheme = "https" if context else "http"
     shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
     settle_heap()
-    print(f"conference: listening on {scheme}://{shown}:{port}", flush=True)
-    print(json.dumps({"event": "listening", "port": port, "scheme": scheme}), flush=True)
+    if role is not None:  # the supervisor says when every worker listens
+        if role.ready is not None:
+            role.ready(port)
+    else:
+        print(f"conference: listening on {scheme}://{shown}:{port}", flush=True)
+        print(json.dumps({"event": "listening", "port": port, "scheme": scheme}), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -296,14 +349,22 @@ async def serve(settings: Settings) -> None:
     await runner.cleanup()
 
 
-def run_server(settings: Settings) -> None:
+def configure_logging(settings: Settings, tag: str = "") -> None:
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
+        force=True,
     )
     logging.getLogger("aioice").setLevel(logging.WARNING)
+
+
+def run_server(settings: Settings, role: WorkerRole | None = None) -> None:
+    if role is None:
+        configure_logging(settings)
+    else:  # a worker's lines say which node wrote them
+        configure_logging(settings, f"[{settings.node_name}] ")
     port_range = None
     if settings.udp_port_min is not None and settings.udp_port_max is not None:
         port_range = (settings.udp_port_min, settings.udp_port_max)
     with asyncio.Runner(loop_factory=lambda: loop_factory(port_range)) as runner:
-        runner.run(serve(settings))
+        runner.run(serve(settings, role))

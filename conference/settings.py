@@ -4,6 +4,10 @@
 `SettingsError` with a one-line message that names the offending key (the TOML key, the
 environment variable or the setting name).  `ensure_data_dir` prepares the data and
 recordings directories and the token signing secret on first run.
+
+Size: a little over 600 lines: one field, one converter and one environment name per
+setting (about 45 of them), with the cross-field checks; split by theme, each setting
+would still be read in one place and checked in another.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_NODE_NAME": "node_name",
     "CONFERENCE_RELAY_HOST": "relay_host",
     "CONFERENCE_RELAY_PORT": "relay_port",
+    "CONFERENCE_WORKERS": "workers",
+    "CONFERENCE_CLUSTER_NAME": "cluster_name",
 }
 
 
@@ -151,11 +157,17 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     #: This node's name in the cluster (unique per node); None = the host name and port.
     node_name: str | None = None
+    #: The nodes with the same ``redis_url`` and cluster name serve meetings together; a
+    #: second installation on the same Redis takes another name (its keys' namespace).
+    cluster_name: str = "conference"
     #: Address of this node's relay socket, which the other nodes send media to: a
     #: private-network or loopback address (the relay is authenticated, not encrypted).
     relay_host: str = "127.0.0.1"
     #: UDP port of the relay socket; 0 = any free port.
     relay_port: int = 0
+    #: Nodes (processes) `conference serve` runs on this machine, sharing the HTTPS port
+    #: (conference/workers.py); more than one needs ``redis_url``.  "auto": one per core.
+    workers: int = 1
 
 
 # --- value converters: (value, label, base directory for relative paths) -> value ----------
@@ -365,6 +377,17 @@ def _to_node_name(value: object, label: str, base: Path | None = None) -> str:
     return text
 
 
+def _to_workers(value: object, label: str, base: Path | None = None) -> int:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return max(1, os.cpu_count() or 1)
+    try:
+        workers = _int_converter(1, 256)(value, label, base)
+    except SettingsError:
+        raise SettingsError(f"{label}: expected a number of workers (1-256) or auto") from None
+    assert isinstance(workers, int)
+    return workers
+
+
 _CONVERTERS: dict[str, _Converter] = {
     "host": _to_str,
     "port": _int_converter(0, 65535),
@@ -402,8 +425,10 @@ _CONVERTERS: dict[str, _Converter] = {
     "adhoc_meetings": _to_bool,
     "redis_url": _to_redis_url,
     "node_name": _to_node_name,
+    "cluster_name": _to_node_name,
     "relay_host": _to_ip,
     "relay_port": _int_converter(0, 65535),
+    "workers": _to_workers,
 }
 assert set(_CONVERTERS) == {f.name for f in fields(Settings)}
 
@@ -470,6 +495,21 @@ def _check(settings: Settings, tls_explicit: bool) -> None:
         raise SettingsError(
             f"UDP port range: udp_port_min ({settings.udp_port_min}) is greater than "
             f"udp_port_max ({settings.udp_port_max})"
+        )
+    if settings.workers > 1 and not settings.redis_url:
+        raise SettingsError(
+            f"workers = {settings.workers} needs redis_url: the workers serve a meeting "
+            "together through Redis (docs/OPERATIONS.md, 'Several nodes')"
+        )
+    if (
+        settings.workers > 1
+        and settings.udp_port_min is not None
+        and settings.udp_port_max is not None
+        and settings.udp_port_max - settings.udp_port_min + 1 < 2 * settings.workers
+    ):
+        raise SettingsError(
+            f"UDP port range {settings.udp_port_min}-{settings.udp_port_max} is too small "
+            f"for {settings.workers} workers (each takes its own share of it)"
         )
     has_cert, has_key = settings.tls_cert is not None, settings.tls_key is not None
     if not tls_explicit and (has_cert or has_key):

@@ -330,9 +330,18 @@ class RevocationList:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._expiry: dict[str, datetime] = {}
         self._heap: list[tuple[datetime, str]] = []
+        #: told of every revocation made here (`revoke`, not `learn`): the other nodes of a
+        #: cluster learn it (conference/cluster)
+        self.on_revoke: Callable[[str, datetime], None] | None = None
 
     def revoke(self, token_id: str, expires_at: datetime) -> None:
         """Reject `token_id` until `expires_at` (plus leeway)."""
+        self.learn(token_id, expires_at)
+        if self.on_revoke is not None:
+            self.on_revoke(token_id, expires_at)
+
+    def learn(self, token_id: str, expires_at: datetime) -> None:
+        """`revoke`, told by another node: not told again."""
         _aware(expires_at, "expires_at")
         self._prune()
         current = self._expiry.get(token_id)

@@ -57,6 +57,8 @@ def nodes(tmp_path: Path) -> Any:
                 REDIS,
                 "--node-name",
                 f"test-{run}-{n}",
+                "--cluster-name",
+                f"test-{run}",  # each test's own namespace in the shared Redis
             )
         )
     try:
@@ -196,6 +198,8 @@ async def test_chat_and_lock_reach_every_node(nodes: list[ServerProcess]) -> Non
         message = await chair.wait_message("chat", since=since)
         assert (message["identity"], message["text"]) == ("xa-a", "Xã A đã vào")
 
+        extra = Client(two.url, meeting, two.token(meeting=meeting, identity="xa-c"))
+        await extra.connect()
         # the chair locks the meeting on node 1: node 2 refuses a newcomer too
         await chair.send({"type": "lock", "locked": True})
         await point.wait_for(lambda: point.room.get("locked") is True, 5)
@@ -203,6 +207,13 @@ async def test_chat_and_lock_reach_every_node(nodes: list[ServerProcess]) -> Non
         with pytest.raises(ClientError) as refused:
             await stranger.connect()
         assert refused.value.code == "room-locked"
+        # ... but a point that was in the meeting comes back through any node (its
+        # reconnection may land on another one): node 1 saw it on node 2
+        await asyncio.sleep(2.5)  # the briefing's tick (1 s) learns who is on the other nodes
+        await extra.leave()
+        back = Client(one.url, meeting, one.token(meeting=meeting, identity="xa-c"))
+        await back.connect()
+        await back.leave()
         await chair.send({"type": "lock", "locked": False})
         await point.wait_for(lambda: point.room.get("locked") is False, 5)
         # a late joiner on node 2 gets the history its node saw
@@ -279,6 +290,12 @@ async def test_the_chair_s_floor_hands_and_end_reach_points_on_another_node(
         left = await b.wait_message("leave", since=0)
         assert (left["reason"], left.get("message")) == ("removed", "Thử nghiệm")
         await chair.wait_for(lambda: identities(chair) == {"huyen", "xa-a"}, 5)
+        # its token is refused by every node, not only the one that removed it
+        for node in (two, one):
+            again = Client(node.url, meeting, b.token)
+            with pytest.raises(ClientError) as refused:
+                await again.connect()
+            assert refused.value.code == "revoked", node
 
         # the chair ends the meeting: the points on node 2 are told and leave
         await chair.send({"type": "end-meeting"})

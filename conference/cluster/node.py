@@ -15,10 +15,10 @@ from redis.exceptions import RedisError
 from ..sfu.publication import SOURCES, Publication
 from ..sfu.relay import RelayEndpoint, RelayReceiver, relay_key
 from ..sfu.room import Room
+from .shared import SharedState, checked
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "conference:"
 #: a node's registration lapses this long after its last heartbeat
 NODE_TTL = 5
 HEARTBEAT = 1.0
@@ -32,23 +32,11 @@ MEMBERS_DELAY = 0.1
 MEMBERS_REFRESH = 2.0
 
 
-def _meeting_key(meeting_id: str) -> str:
-    return f"{PREFIX}meeting:{meeting_id}:publications"
+#: the default namespace of the keys and channels in Redis (setting ``cluster_name``)
+DEFAULT_NAME = "conference"
 
 
-def _members_key(meeting_id: str) -> str:
-    return f"{PREFIX}meeting:{meeting_id}:members"
-
-
-def _control_key(meeting_id: str) -> str:
-    return f"{PREFIX}meeting:{meeting_id}:control"
-
-
-def _channel(meeting_id: str) -> str:
-    return f"{PREFIX}meeting:{meeting_id}"
-
-
-class Cluster:
+class Cluster(SharedState):
     """This node's part in a cluster of nodes sharing one Redis."""
 
     def __init__(
@@ -58,8 +46,12 @@ class Cluster:
         secret: str,
         relay_host: str = "127.0.0.1",
         relay_port: int = 0,
+        cluster_name: str = DEFAULT_NAME,
     ) -> None:
         self.redis = aioredis.from_url(redis_url, decode_responses=True)
+        #: every key and channel of this cluster starts so (nodes of another cluster
+        #: name on the same Redis are strangers)
+        self.prefix = f"{cluster_name}:"
         self.name = node_name
         self.run = secrets.token_hex(8)
         self.relay = RelayEndpoint(relay_key(secret))
@@ -78,6 +70,27 @@ class Cluster:
         #: called with (room, event) for what another node's meeting layer shared
         #: (`send_event`): the composition root hands it to the briefing
         self.on_event: Callable[[Room, dict[str, Any]], None] | None = None
+        #: called with (meeting, message) for another node's lobby news (`lobby_waiting`,
+        #: `lobby_decide`), whether or not a room of the meeting is open here
+        self.on_lobby: Callable[[str, dict[str, Any]], None] | None = None
+        #: called with (kind, token id, expiry as a Unix time) for a token revoked on any
+        #: node (`revoke`), and at start for those revoked before
+        self.on_revoked: Callable[[str, str, float], None] | None = None
+        #: nodes with participants waiting in a meeting's lobby (dropped when they die)
+        self._lobby_nodes: dict[str, set[str]] = {}
+
+    # -- names in Redis ------------------------------------------------------------------
+    def _meeting_key(self, meeting_id: str) -> str:
+        return f"{self.prefix}meeting:{meeting_id}:publications"
+
+    def _members_key(self, meeting_id: str) -> str:
+        return f"{self.prefix}meeting:{meeting_id}:members"
+
+    def _control_key(self, meeting_id: str) -> str:
+        return f"{self.prefix}meeting:{meeting_id}:control"
+
+    def _channel(self, meeting_id: str) -> str:
+        return f"{self.prefix}meeting:{meeting_id}"
 
     # -- life ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -86,7 +99,9 @@ class Cluster:
         try:
             await self._heartbeat()
             self._pubsub = self.redis.pubsub()
-            await self._pubsub.psubscribe(f"{PREFIX}meeting:*")
+            await self._pubsub.psubscribe(f"{self.prefix}meeting:*")
+            await self._pubsub.subscribe(self._revoked_channel)
+            await self._load_revoked()
         except RedisError as exc:
             self.relay.close()
             await self.redis.aclose()
@@ -111,7 +126,7 @@ class Cluster:
                 await self._retract(meeting_id, publication_id)
             for meeting_id in list(self._members_said):
                 await self._say_members(meeting_id, [])
-            await self.redis.delete(f"{PREFIX}node:{self.name}")
+            await self.redis.delete(f"{self.prefix}node:{self.name}")
             if self._pubsub is not None:
                 await self._pubsub.aclose()
         except RedisError as exc:
@@ -142,7 +157,7 @@ class Cluster:
 
     async def _heartbeat(self) -> None:
         record = {"run": self.run, "relay": list(self.relay.address)}
-        await self.redis.set(f"{PREFIX}node:{self.name}", json.dumps(record), ex=NODE_TTL)
+        await self.redis.set(f"{self.prefix}node:{self.name}", json.dumps(record), ex=NODE_TTL)
 
     # -- rooms -----------------------------------------------------------------------
     def attach(self, room: Room) -> None:
@@ -208,9 +223,9 @@ class Cluster:
             {"node": self.name, "run": self.run, "participants": members, "recording": recording}
         )
         if members:
-            await self.redis.hset(_members_key(meeting_id), self.name, record)
+            await self.redis.hset(self._members_key(meeting_id), self.name, record)
         else:
-            await self.redis.hdel(_members_key(meeting_id), self.name)
+            await self.redis.hdel(self._members_key(meeting_id), self.name)
         message = {
             "op": "members",
             "node": self.name,
@@ -218,7 +233,7 @@ class Cluster:
             "participants": members,
             "recording": recording,
         }
-        await self.redis.publish(_channel(meeting_id), json.dumps(message))
+        await self.redis.publish(self._channel(meeting_id), json.dumps(message))
 
     # -- the meeting layer's events ---------------------------------------------------
     def send_event(self, meeting_id: str, event: dict[str, Any]) -> None:
@@ -227,13 +242,13 @@ class Cluster:
         self._spawn(self._publish(meeting_id, message))
 
     async def _forget_control(self, meeting_id: str) -> None:
-        await self.redis.delete(_control_key(meeting_id))
+        await self.redis.delete(self._control_key(meeting_id))
 
     async def _publish(self, meeting_id: str, message: dict[str, Any]) -> None:
         text = json.dumps(message)
         if message["event"].get("kind") == "control":  # for nodes that open the meeting later
-            await self.redis.set(_control_key(meeting_id), text, ex=CONTROL_TTL)
-        await self.redis.publish(_channel(meeting_id), text)
+            await self.redis.set(self._control_key(meeting_id), text, ex=CONTROL_TTL)
+        await self.redis.publish(self._channel(meeting_id), text)
 
     async def _announce(self, meeting_id: str, publication: Publication) -> None:
         stream = self.relay.export(publication)
@@ -252,25 +267,25 @@ class Cluster:
         }
         self.announced[publication.id] = (meeting_id, publication)
         text = json.dumps(entry)
-        await self.redis.hset(_meeting_key(meeting_id), publication.id, text)
+        await self.redis.hset(self._meeting_key(meeting_id), publication.id, text)
         await self.redis.publish(
-            _channel(meeting_id), json.dumps({"op": "added", "publication": entry})
+            self._channel(meeting_id), json.dumps({"op": "added", "publication": entry})
         )
 
     async def _retract(self, meeting_id: str, publication_id: str) -> None:
         self.announced.pop(publication_id, None)
-        await self.redis.hdel(_meeting_key(meeting_id), publication_id)
+        await self.redis.hdel(self._meeting_key(meeting_id), publication_id)
         await self.redis.publish(
-            _channel(meeting_id),
+            self._channel(meeting_id),
             json.dumps({"op": "removed", "publication": {"id": publication_id}}),
         )
 
     async def _load(self, room: Room) -> None:
         """The meeting's publications on other (live) nodes, when a room opens here."""
-        entries = await self.redis.hgetall(_meeting_key(room.meeting_id))
+        entries = await self.redis.hgetall(self._meeting_key(room.meeting_id))
         found = [_entry(str(text)) for text in entries.values()]
         others = [e for e in found if e is not None and e["node"] != self.name]
-        records = await self.redis.hgetall(_members_key(room.meeting_id))
+        records = await self.redis.hgetall(self._members_key(room.meeting_id))
         members = [_members_record(str(text)) for text in records.values()]
         elsewhere = [m for m in members if m is not None and m["node"] != self.name]
         runs = await self._runs({e["node"] for e in others} | {m["node"] for m in elsewhere})
@@ -282,16 +297,16 @@ class Cluster:
                 room.set_remote_members(
                     record["node"], record["participants"], record.get("recording") is True
                 )
-        control = await self.redis.get(_control_key(room.meeting_id))
+        control = await self.redis.get(self._control_key(room.meeting_id))
         if control:
-            self._on_message(_channel(room.meeting_id), str(control))
+            self._on_message(self._channel(room.meeting_id), str(control))
 
     async def _runs(self, nodes: set[str]) -> dict[str, str]:
         """The current run of each of ``nodes`` that is alive."""
         if not nodes:
             return {}
         names = sorted(nodes)
-        records = await self.redis.mget([f"{PREFIX}node:{name}" for name in names])
+        records = await self.redis.mget([f"{self.prefix}node:{name}" for name in names])
         runs = {}
         for name, record in zip(names, records, strict=True):
             if record:
@@ -340,6 +355,7 @@ class Cluster:
         """Drop the publications and participants of nodes that died (or restarted)."""
         nodes = {node for _, _, node, _ in self.imported.values()}
         nodes |= {node for room in self.rooms.values() for node in room.remote_members}
+        nodes |= {node for waiting in self._lobby_nodes.values() for node in waiting}
         if not nodes:
             return
         runs = await self._runs(nodes)
@@ -352,11 +368,24 @@ class Cluster:
                 if node not in runs:
                     logger.info("node %s: node %s is gone: its participants left", self.name, node)
                     room.set_remote_members(node, [])
+        for meeting_id, waiting_nodes in list(self._lobby_nodes.items()):
+            for node in list(waiting_nodes):
+                if node not in runs and self.on_lobby is not None:
+                    waiting_nodes.discard(node)  # its waiting participants went with it
+                    self.on_lobby(meeting_id, {"op": "lobby", "node": node, "waiting": []})
+            if not waiting_nodes:
+                del self._lobby_nodes[meeting_id]
 
     async def _listen(self) -> None:
         while True:
             try:
                 async for message in self._pubsub.listen():
+                    if (
+                        message.get("type") == "message"
+                        and message["channel"] == self._revoked_channel
+                    ):
+                        self._on_revoked(message["data"])
+                        continue
                     if message.get("type") != "pmessage":
                         continue
                     try:
@@ -368,9 +397,9 @@ class Cluster:
                 await asyncio.sleep(1.0)
 
     def _on_message(self, channel: str, data: str) -> None:
-        meeting_id = channel[len(f"{PREFIX}meeting:") :]
+        meeting_id = channel[len(f"{self.prefix}meeting:") :]
         room = self.rooms.get(meeting_id)
-        if room is None:
+        if room is None and '"lobby"' not in data:
             return
         try:
             message = json.loads(data)
@@ -378,6 +407,11 @@ class Cluster:
             described = message.get("publication")
         except (ValueError, KeyError, TypeError, AttributeError):
             logger.warning("node %s: a malformed cluster message on %s", self.name, channel)
+            return
+        if op == "lobby":
+            self._on_lobby(meeting_id, message)
+            return
+        if room is None:
             return
         if op == "event":
             event = message.get("event")
@@ -397,19 +431,9 @@ class Cluster:
             self._unimport(str(described.get("id")))
 
 
-def _checked(text: str, valid: Callable[[Any], bool]) -> dict[str, Any] | None:
-    """``text`` as JSON if ``valid`` says it has the shape expected (else None)."""
-    try:
-        value = json.loads(text)
-        ok = isinstance(value, dict) and valid(value)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-        return None
-    return value if ok else None
-
-
 def _entry(text: str) -> dict[str, Any] | None:
     """A directory entry, checked (None for anything else)."""
-    return _checked(
+    return checked(
         text,
         lambda entry: (
             isinstance(entry["id"], str)
@@ -439,7 +463,7 @@ def _members(room: Room) -> list[dict[str, Any]]:
 
 def _members_record(text: str) -> dict[str, Any] | None:
     """A node's participant list (from Redis), checked (None for anything else)."""
-    return _checked(
+    return checked(
         text,
         lambda record: (
             isinstance(record["node"], str)

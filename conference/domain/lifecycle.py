@@ -198,11 +198,19 @@ class MeetingLifecycle:
         return await self.database.run(lambda s: _start(s, meeting_id))
 
     async def end(self, meeting: str) -> str:
-        """Mark the meeting ended (nothing if it already is); its status."""
+        """Mark the meeting ended (nothing if it already is); its status.
+
+        Every node of a meeting ends it at once (conference/cluster): the one that
+        loses the race on the meeting's version finds it ended on its second read."""
         meeting_id = scheduled_id(meeting)
         if meeting_id is None:
             return "adhoc"
-        return await self.database.run(lambda s: _end(s, meeting_id))
+        try:
+            return await self.database.run(lambda s: _end(s, meeting_id))
+        except SchedulingError as exc:
+            if exc.code != "conflict-stale":
+                raise
+            return await self.database.run(lambda s: _end(s, meeting_id))
 
     async def record(
         self,

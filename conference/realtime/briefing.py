@@ -196,6 +196,9 @@ class Briefing(RoomEvents):
     def tick(self, now: float) -> None:
         """A point gone longer than `REJOIN_GRACE` loses its hand and the floor."""
         elsewhere = {member.get("identity") for member in self._remote_members()}
+        # a point present on another node was admitted there: it may come back here (a
+        # reconnection lands on any node) when the chair has locked the meeting since
+        self.admitted |= {identity for identity in elsewhere if isinstance(identity, str)}
         for identity, since in list(self.absent_since.items()):
             if identity in elsewhere:  # it rejoined on another node of the meeting
                 del self.absent_since[identity]

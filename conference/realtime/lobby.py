@@ -21,6 +21,12 @@ the database) never see any of this.
 * **End.**  When the chair ends the room for everyone (``end-meeting``, `Briefing.end`), the
   meeting is marked ended in the database; waiting participants are told and new joins
   are refused.
+* **Several nodes.**  With ``redis_url`` (conference/cluster/, ``serve --workers``) a
+  point may wait on one node while the chair sits on another.  Each node tells the others
+  who waits there (`LobbyShare.lobby_waiting`: the moderators' ``lobby-state`` lists every
+  node's waiting participants, ``remote: true``), and the chair's decisions (start,
+  admit/refuse an identity, end) reach every node (`LobbyShare.lobby_decide`) and are kept
+  in Redis for a node that starts later (`LobbyShare.lobby_load`).
 * **Attendance.**  Every join and leave of a scheduled meeting's room (WebSocket and
   WHIP/WHEP sessions alike) is stored by `record_event` in a background task; a failure
   is logged, never raised into the room.
@@ -36,7 +42,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
@@ -70,6 +76,8 @@ LOBBY_MESSAGES = ("admit", "refuse", "meeting-start")
 MAX_WAIT = 6 * 3600.0
 #: The most sessions waiting in one meeting's lobby.
 MAX_WAITING = 200
+#: Who waits here reaches the other nodes this long after a change (grouped).
+SAY_DELAY = 0.1
 
 
 @dataclass
@@ -95,6 +103,16 @@ class Waiter:
         }
 
 
+class LobbyShare(Protocol):
+    """The lobby's link to the other nodes of a cluster (conference/cluster/node.py)."""
+
+    def lobby_waiting(self, meeting_id: str, waiting: list[dict[str, Any]]) -> None: ...
+
+    def lobby_decide(self, meeting_id: str, decision: dict[str, Any]) -> None: ...
+
+    async def lobby_load(self, meeting_id: str) -> dict[str, Any]: ...
+
+
 @dataclass
 class MeetingLobby:
     """The lobby of one scheduled meeting."""
@@ -107,13 +125,18 @@ class MeetingLobby:
     #: Recording policy ``auto`` was applied (once per server process: a chair who
     #: stops the recording is not overruled by the next join).
     auto_recorded: bool = False
+    #: who waits on the other nodes of a cluster: node -> their descriptions
+    remote: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: the other nodes' decisions were read from Redis (once, at the first waiter here)
+    loaded: bool = False
 
     def state(self) -> dict[str, Any]:
+        elsewhere = [w | {"remote": True} for waiting in self.remote.values() for w in waiting]
         return {
             "type": "lobby-state",
             "meeting": self.meeting,
             "started": self.started,
-            "waiting": [w.describe() for w in self.waiting.values()],
+            "waiting": [w.describe() for w in self.waiting.values()] + elsewhere,
         }
 
 
@@ -125,6 +148,9 @@ class Lobby:
         self.meetings: dict[str, MeetingLobby] = {}
         self.rooms: dict[str, Room] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+        #: the other nodes of a cluster (None: this process is the only node)
+        self.share: LobbyShare | None = None
+        self._saying: set[str] = set()
 
     def of(self, meeting: str) -> MeetingLobby:
         lobby = self.meetings.get(meeting)
@@ -180,13 +206,69 @@ class Lobby:
         )
 
     def _ended(self, meeting: str) -> None:
+        self._release_ended(meeting)
+        logger.info("meeting %s: ended by the chair", meeting)
+        self._background(f"ending meeting {meeting}", self.lifecycle.end(meeting))
+        if self.share is not None:
+            self.share.lobby_decide(meeting, {"kind": "end"})
+
+    def _release_ended(self, meeting: str) -> None:
         lobby = self.meetings.pop(meeting, None)
         if lobby is not None:
             for waiter in lobby.waiting.values():
                 if not waiter.decision.done():
                     waiter.decision.set_result("ended")
-        logger.info("meeting %s: ended by the chair", meeting)
-        self._background(f"ending meeting {meeting}", self.lifecycle.end(meeting))
+
+    # -- the other nodes ----------------------------------------------------------------
+    def say_waiting(self, meeting: str) -> None:
+        """Tell the other nodes who waits here now (soon: the changes of a moment, such
+        as a start releasing every waiting point, go as one message)."""
+        if self.share is None or meeting in self._saying:
+            return
+        self._saying.add(meeting)
+
+        def say() -> None:
+            self._saying.discard(meeting)
+            lobby = self.meetings.get(meeting)
+            waiting = [w.describe() for w in lobby.waiting.values()] if lobby else []
+            if self.share is not None:
+                self.share.lobby_waiting(meeting, waiting)
+
+        asyncio.get_running_loop().call_later(SAY_DELAY, say)
+
+    async def load(self, meeting: str) -> MeetingLobby:
+        """The meeting's lobby, with what the other nodes decided before this node heard
+        of it (once: afterwards their messages keep it current)."""
+        lobby = self.of(meeting)
+        if self.share is None or lobby.loaded:
+            return lobby
+        lobby.loaded = True
+        shared = await self.share.lobby_load(meeting)
+        lobby.started = lobby.started or shared["started"]
+        lobby.allowed |= shared["allowed"] - shared["refused"]
+        lobby.remote.update(shared["waiting"])
+        return lobby
+
+    def shared(self, meeting: str, message: dict[str, Any]) -> None:
+        """Another node's lobby news (cluster's ``on_lobby``)."""
+        node = str(message["node"])
+        lobby = self.of(meeting)
+        if "waiting" in message:
+            if message["waiting"]:
+                lobby.remote[node] = message["waiting"]
+            else:
+                lobby.remote.pop(node, None)
+        else:
+            decision = message["decision"]
+            if decision["kind"] == "end":
+                self._release_ended(meeting)
+                return
+            if decision["kind"] == "start":
+                lobby.started = True
+                self._release(lobby)
+            else:
+                self.admit(meeting, decision["identity"], decision["admitted"], share=False)
+        self._background(f"lobby state of {meeting}", self.tell_moderators(meeting))
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait for the attendance writes in flight (at shutdown)."""
@@ -204,11 +286,17 @@ class Lobby:
         lobby.started = True
         if recording_policy == "auto":
             self.auto_record(meeting)
+        self._release(lobby)
+        if self.share is not None:
+            self.share.lobby_decide(meeting, {"kind": "start"})
+        logger.info("meeting %s: started", meeting)
+        await self.tell_moderators(meeting)
+
+    def _release(self, lobby: MeetingLobby) -> None:
+        """The meeting started: in go the invited points and the admitted guests."""
         for waiter in list(lobby.waiting.values()):
             if not waiter.guest or waiter.identity in lobby.allowed:
                 self._decide(lobby, waiter, "admit")
-        logger.info("meeting %s: started", meeting)
-        await self.tell_moderators(meeting)
 
     def auto_record(self, meeting: str) -> None:
         """The meeting's recording policy is ``auto``: record from its start (or from the
@@ -230,10 +318,14 @@ class Lobby:
         if not waiter.decision.done():
             waiter.decision.set_result(decision)
 
-    def admit(self, meeting: str, identity: str, admitted: bool) -> bool:
-        """A moderator admits (or refuses) a waiting identity; False if nobody waits so."""
+    def admit(self, meeting: str, identity: str, admitted: bool, share: bool = True) -> bool:
+        """A moderator admits (or refuses) a waiting identity; False if nobody waits so
+        (here or, in a cluster, on another node: that node lets it in or out)."""
         lobby = self.of(meeting)
         found = [w for w in lobby.waiting.values() if w.identity == identity]
+        elsewhere = any(
+            w.get("identity") == identity for waiting in lobby.remote.values() for w in waiting
+        )
         if admitted:
             lobby.allowed.add(identity)
         else:
@@ -243,7 +335,11 @@ class Lobby:
                 self._decide(lobby, waiter, "refuse")
             elif lobby.started:
                 self._decide(lobby, waiter, "admit")
-        return bool(found)
+        if share and self.share is not None:
+            self.share.lobby_decide(
+                meeting, {"kind": "admit", "identity": identity, "admitted": admitted}
+            )
+        return bool(found) or elsewhere
 
     async def tell_moderators(self, meeting: str) -> None:
         room = self.rooms.get(meeting)
@@ -304,8 +400,10 @@ async def gate(
     verdict = await lifecycle.verdict(claims)
     if not verdict.scheduled or verdict.chair_side:
         return verdict
-    lobby = app[LOBBY].of(meeting)
-    started = lobby.started or verdict.status == "live"
+    lobby = await app[LOBBY].load(meeting)
+    if verdict.status == "live":
+        lobby.started = True  # e.g. started on another node before this one ran
+    started = lobby.started
     if started and (not verdict.guest or who.identity in lobby.allowed):
         return verdict
     if len(lobby.waiting) >= MAX_WAITING:
@@ -320,6 +418,7 @@ async def gate(
         decision=asyncio.get_running_loop().create_future(),
     )
     lobby.waiting[waiter.id] = waiter
+    app[LOBBY].say_waiting(meeting)
     logger.info("meeting %s: %s waits in the lobby (guest: %s)", meeting, waiter.id, waiter.guest)
     try:
         await send(
@@ -338,6 +437,7 @@ async def gate(
         deadline = time.monotonic() + max(1.0, min(MAX_WAIT, closes - time.time()))
         decision = await _wait(ws, waiter.decision, deadline, send)
     finally:
+        app[LOBBY].say_waiting(meeting)  # (also when decided: popped then)
         if lobby.waiting.pop(waiter.id, None) is not None:
             await app[LOBBY].tell_moderators(meeting)
     if decision == "admit":
@@ -366,7 +466,7 @@ async def direct(app: web.Application, token: str | None, meeting: str) -> None:
     verdict = await lifecycle.verdict(claims)
     if verdict.enters_now:
         return
-    lobby = app[LOBBY].of(meeting)
+    lobby = await app[LOBBY].load(meeting)
     started = lobby.started or verdict.status == "live"
     if not started:
         raise AccessError("not-started", "the chair has not started the meeting yet", 403)

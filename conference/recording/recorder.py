@@ -503,23 +503,24 @@ _recorders: dict[Room, MeetingRecorder] = {}
 _finishing: set[asyncio.Future[Any]] = set()
 
 
-def configure(recordings_dir: Path, key_path: Path) -> list[Path]:
+def configure(recordings_dir: Path, key_path: Path, seal: bool = True) -> list[Path]:
     """Set where recordings go and the signing key (created on first use).
 
     Seals as ``interrupted`` the recordings a previous run left unfinished and
-    returns their manifests.
+    returns their manifests; with ``seal`` false, leaves them (a worker of several
+    starting while the others record: the supervisor sealed them before any started).
     """
     global _config
     recordings_dir.mkdir(parents=True, exist_ok=True)
     key = load_or_create_key(key_path)
     _config = _Config(recordings_dir, key)
-    return mark_interrupted(recordings_dir, key)
+    return mark_interrupted(recordings_dir, key) if seal else []
 
 
-def configure_from(settings: Settings) -> list[Path]:
+def configure_from(settings: Settings, seal: bool = True) -> list[Path]:
     """:func:`configure` with the server's settings (``recording_key`` or the data dir)."""
     key_path = settings.recording_key or settings.data_dir / KEY_FILE
-    return configure(settings.recordings_dir, key_path)
+    return configure(settings.recordings_dir, key_path, seal)
 
 
 def start(room: Room, started_by: dict[str, Any] | None = None) -> MeetingRecorder:
