@@ -311,3 +311,35 @@ async def test_the_lobby_works_across_workers(
         for made in clients:
             await made.leave()
         check_clean_exit(server)
+
+
+async def test_a_signed_out_session_is_refused_by_every_worker(tmp_path: Path) -> None:
+    from .test_webauth import SESSION_COOKIE, Browser, Site
+
+    server = start_workers(tmp_path)
+    database = db.Database(url_of({"CONFERENCE_DATA_DIR": str(server.data_dir)}))
+    site = Site(server, database, admin_password="")
+    browsers: list[Browser] = []
+    try:
+        site.add_user("thuky-a", "secretary", display_name="Lò Thị Mai")
+        first = site.browser()
+        browsers.append(first)
+        await first.signed_in("thuky-a")
+        cookie = first.session_cookie()
+        token = await first.csrf("/home")
+        status, _, _ = await first.post("/logout", {"csrf_token": token})
+        assert status == 303
+        # the cookie replayed on fresh connections: whichever worker takes each, refused
+        for _ in range(8):
+            replay = site.browser()
+            browsers.append(replay)
+            status, _, response = await replay.get(
+                "/home", headers={"Cookie": f"{SESSION_COOKIE}={cookie}"}
+            )
+            assert status == 303 and response.headers["Location"].startswith("/login")
+            await replay.close()
+    finally:
+        for browser in browsers:
+            await browser.close()
+        database.close()
+        check_clean_exit(server)

@@ -20,7 +20,9 @@ __all__ = [
     "CpuSample",
     "UdpDropMeter",
     "cpu_sample",
+    "cpu_sample_all",
     "find_listening_pid",
+    "find_listening_pids",
     "is_local_host",
     "machine_busy_seconds",
     "machine_info",
@@ -228,11 +230,19 @@ def _listening_inodes(port: int) -> set[str]:
 
 def find_listening_pid(port: int) -> int | None:
     """The process listening on TCP ``port`` on this machine, if we may see it."""
+    pids = find_listening_pids(port)
+    return pids[0] if pids else None
+
+
+def find_listening_pids(port: int) -> list[int]:
+    """Every process listening on TCP ``port`` here (the workers of ``serve --workers``
+    share it), lowest pid first."""
     inodes = _listening_inodes(port)
     if not inodes:
-        return None
+        return []
     wanted = {f"socket:[{inode}]" for inode in inodes}
     me = os.getpid()
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
@@ -240,9 +250,21 @@ def find_listening_pid(port: int) -> int | None:
             for fd in (entry / "fd").iterdir():
                 try:
                     if os.readlink(fd) in wanted:
-                        return int(entry.name)
+                        found.append(int(entry.name))
+                        break
                 except OSError:
                     continue
         except OSError:
             continue
-    return None
+    return sorted(found)
+
+
+def cpu_sample_all(pids: list[int]) -> CpuSample | None:
+    """The CPU seconds of ``pids`` together (None if one cannot be read)."""
+    samples = [cpu_sample(pid) for pid in pids]
+    if not samples or any(sample is None for sample in samples):
+        return None
+    return CpuSample(
+        sum(s.user for s in samples if s is not None),
+        sum(s.system for s in samples if s is not None),
+    )

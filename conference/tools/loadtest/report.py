@@ -539,6 +539,12 @@ def format_report(report: dict[str, Any]) -> str:
                 else ""
             )
             + f", pid {_fmt(s.get('pid'))}"
+            + (
+                f"; {len(s['workers'])} workers: "
+                + ", ".join(f"{_fmt(w.get('cpu_pct'), ' %')}" for w in s["workers"])
+                if s.get("workers")
+                else ""
+            )
             + "".join(
                 f"; node {node['url']}: {_fmt(node.get('cpu_pct'), ' %')}"
                 for node in s.get("nodes", [])

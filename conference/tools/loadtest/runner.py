@@ -52,7 +52,9 @@ from .procstat import (
     CpuSample,
     UdpDropMeter,
     cpu_sample,
+    cpu_sample_all,
     find_listening_pid,
+    find_listening_pids,
     is_local_host,
     machine_busy_seconds,
     machine_info,
@@ -344,10 +346,15 @@ async def _check_server(config: Config) -> dict[str, Any]:
         raise LoadTestError(f"cannot reach the server at {url}: {exc}") from exc
 
 
-def _server_pid(config: Config) -> int | None:
+def _server_pids(config: Config) -> list[int]:
+    """The server's processes: ``--server-pid``, or every process listening at the URL's
+    port on this machine (the workers of ``serve --workers``)."""
     if config.server_pid is not None:
-        return config.server_pid
-    return _local_pid(config.url)
+        return [config.server_pid]
+    parsed = urlparse(config.url)
+    if not is_local_host(parsed.hostname):
+        return []
+    return find_listening_pids(parsed.port or (443 if parsed.scheme == "https" else 80))
 
 
 def _local_pid(url: str) -> int | None:
@@ -369,13 +376,14 @@ def _cpu_pct(start: CpuSample | None, end: CpuSample | None, wall: float) -> dic
     }
 
 
-def _mb(pid: int | None) -> dict[str, float] | None:
-    if pid is None:
+def _mb(pids: list[int]) -> dict[str, float] | None:
+    """RSS and peak RSS of ``pids`` together, in MB."""
+    memories = [memory_kib(pid) for pid in pids]
+    if not memories or any(memory is None for memory in memories):
         return None
-    memory = memory_kib(pid)
-    if memory is None:
-        return None
-    return {k: round(v / 1024, 1) for k, v in memory.items()}
+    return {
+        k: round(sum(m[k] for m in memories if m is not None) / 1024, 1) for k in ("rss", "peak")
+    }
 
 
 async def run_loadtest(
@@ -384,9 +392,10 @@ async def run_loadtest(
     """Run one load test; returns the report (see :func:`report.build_report`)."""
     stream = progress if progress is not None else sys.stderr
     health = await _check_server(config)
-    server_pid = _server_pid(config)
-    if server_pid is not None and cpu_sample(server_pid) is None:
-        server_pid = None  # not ours to read (another user's process)
+    server_pids = _server_pids(config)
+    if cpu_sample_all(server_pids) is None:
+        server_pids = []  # not ours to read (another user's process)
+    server_pid = server_pids[0] if server_pids else None
     state = _State(total=len(seats))
     bar = _Progress(state, stream, config.progress)
     bar.start()
@@ -419,7 +428,7 @@ async def run_loadtest(
 
         configure_ice_hosts(config.ice_hosts)
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    rss_before = _mb(server_pid)
+    rss_before = _mb(server_pids)
     participants_before = health.get("participants")
     sampler: asyncio.Task[None] | None = None
     workers: list[_Worker] = []
@@ -449,7 +458,7 @@ async def run_loadtest(
             worker.send({"cmd": "start", "t0": t0})
         last_offset = CHAIR_HEAD_START + max(0, config.points - 1) / config.ramp
         deadline = t0 + last_offset + config.join_timeout + 5
-        sampler = asyncio.ensure_future(_sample_while_running(state, server_pid))
+        sampler = asyncio.ensure_future(_sample_while_running(state, server_pids))
         while state.settled < state.total and time.time() < deadline:
             await asyncio.sleep(0.1)
         window_start = time.time() + SETTLE
@@ -460,29 +469,31 @@ async def run_loadtest(
         state.window_seconds = config.duration
         pids = [w.pid for w in workers if w.pid is not None]
         own = sorted(set(pids + [os.getpid()]))
-        server_cpu0 = cpu_sample(server_pid) if server_pid else None
+        server_cpu0 = cpu_sample_all(server_pids)
+        worker_cpu0 = {pid: cpu_sample(pid) for pid in server_pids}
         node_pids = {url: _local_pid(url) for url in config.nodes}
         node_cpu0 = {url: cpu_sample(pid) if pid else None for url, pid in node_pids.items()}
         gen_cpu0 = {pid: cpu_sample(pid) for pid in own}
         busy0 = machine_busy_seconds()
         udp0 = udp_receive_errors()
-        drop_meter = UdpDropMeter(own + ([server_pid] if server_pid else []))
+        drop_meter = UdpDropMeter(own + server_pids)
         drop_meter.mark()
         state.drop_meter = drop_meter
-        rss_window_start = _mb(server_pid)
+        rss_window_start = _mb(server_pids)
         await asyncio.gather(*(site.mark() for site in sites.values()))
         wall0 = time.monotonic()
         for worker in workers:
             worker.send({"cmd": "mark", "floor_start": window_start})
         await asyncio.sleep(config.duration)
         wall = time.monotonic() - wall0
-        server_cpu1 = cpu_sample(server_pid) if server_pid else None
+        server_cpu1 = cpu_sample_all(server_pids)
+        worker_cpu1 = {pid: cpu_sample(pid) for pid in server_pids}
         node_cpu1 = {url: cpu_sample(pid) if pid else None for url, pid in node_pids.items()}
         gen_cpu1 = {pid: cpu_sample(pid) for pid in own}
         busy1 = machine_busy_seconds()
         udp1 = udp_receive_errors()
         drops = drop_meter.totals()
-        rss_end = _mb(server_pid)
+        rss_end = _mb(server_pids)
         link_stats = dict(
             zip(
                 sites,
@@ -528,9 +539,13 @@ async def run_loadtest(
         "rss_mb_end": rss_end["rss"] if rss_end else None,
         "rss_mb_peak": rss_end.get("peak") if rss_end else None,
         # datagrams the kernel dropped at the server's sockets (full receive buffers)
-        "udp_drops": drops.get(server_pid) if server_pid else None,
+        "udp_drops": (sum(drops.get(pid) or 0 for pid in server_pids) if server_pids else None),
         "timeline": state.timeline,
     }
+    if len(server_pids) > 1:  # serve --workers: each worker's share
+        server["workers"] = [
+            {"pid": pid} | _cpu_pct(worker_cpu0[pid], worker_cpu1[pid], wall) for pid in server_pids
+        ]
     if config.nodes:  # the other nodes of the meeting (--node): their CPU in the window
         server["nodes"] = [
             {"url": url, "pid": node_pids[url]} | _cpu_pct(node_cpu0[url], node_cpu1[url], wall)
@@ -606,10 +621,10 @@ def _weak_config(config: Config, site: WeakSite) -> Config:
     )
 
 
-async def _sample_while_running(state: _State, server_pid: int | None) -> None:
+async def _sample_while_running(state: _State, server_pids: list[int]) -> None:
     """Update the progress bar once a second; keep a server timeline every 10 s of the window."""
     last_packets = 0
-    last_cpu = cpu_sample(server_pid) if server_pid else None
+    last_cpu = cpu_sample_all(server_pids)
     last = time.monotonic()
     mark_cpu, mark_at = last_cpu, last
     try:
@@ -619,7 +634,7 @@ async def _sample_while_running(state: _State, server_pid: int | None) -> None:
             packets = sum(state.packets.values())
             state.pps = (packets - last_packets) / (now - last)
             last_packets = packets
-            cpu = cpu_sample(server_pid) if server_pid else None
+            cpu = cpu_sample_all(server_pids)
             if cpu is not None and last_cpu is not None:
                 state.server_cpu_pct = (cpu.total - last_cpu.total) / (now - last) * 100
             last_cpu = cpu
@@ -632,7 +647,7 @@ async def _sample_while_running(state: _State, server_pid: int | None) -> None:
                 pct = None
                 if cpu is not None and mark_cpu is not None:
                     pct = round((cpu.total - mark_cpu.total) / (now - mark_at) * 100, 1)
-                memory = _mb(server_pid)
+                memory = _mb(server_pids)
                 state.timeline.append(
                     (
                         round(time.time() - state.window_start, 1),
