@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
@@ -41,6 +42,9 @@ MEETING_POLICY: web.AppKey[MeetingPolicy] = web.AppKey("meeting_policy")
 ICE_SERVERS = web.AppKey("ice_servers", list[RTCIceServer])
 ICE_SERVERS_JSON = web.AppKey("ice_servers_json", list[dict[str, Any]])
 WEBSOCKETS: web.AppKey[weakref.WeakSet[asyncio.Task[Any]]] = web.AppKey("websockets")
+#: In a cluster: whether a meeting has participants on another node (a WHEP viewer may
+#: then watch it here, where no room of it is open yet).
+LIVE_ELSEWHERE: web.AppKey[Callable[[str], Awaitable[bool]]] = web.AppKey("live_elsewhere")
 #: The control-plane database (opened by conference.web.auth.setup_auth, closed on cleanup).
 DATABASE: web.AppKey[Database] = web.AppKey("database")
 

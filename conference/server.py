@@ -36,6 +36,7 @@ from .appkeys import (
     DATABASE,
     ICE_SERVERS,
     ICE_SERVERS_JSON,
+    LIVE_ELSEWHERE,
     MEETING_POLICY,
     REVOKED,
     ROOMS,
@@ -217,6 +218,7 @@ def join_cluster(app: web.Application, settings: Settings) -> None:
         settings.cluster_name,
     )
     app[CLUSTER] = cluster
+    app[LIVE_ELSEWHERE] = cluster.live_elsewhere
     registry = app[ROOMS]
     briefing_created = registry.on_created
 

@@ -301,6 +301,14 @@ class Cluster(SharedState):
         if control:
             self._on_message(self._channel(room.meeting_id), str(control))
 
+    async def live_elsewhere(self, meeting_id: str) -> bool:
+        """Whether another live node has participants of ``meeting_id``."""
+        records = await self.redis.hgetall(self._members_key(meeting_id))
+        members = [_members_record(str(text)) for text in records.values()]
+        elsewhere = {m["node"]: m["run"] for m in members if m and m["node"] != self.name}
+        runs = await self._runs(set(elsewhere))
+        return any(runs.get(node) == run for node, run in elsewhere.items())
+
     async def _runs(self, nodes: set[str]) -> dict[str, str]:
         """The current run of each of ``nodes`` that is alive."""
         if not nodes:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..appkeys import BRIEFINGS, ICE_SERVERS, ICE_SERVERS_JSON, ROOMS
+from ..appkeys import BRIEFINGS, ICE_SERVERS, ICE_SERVERS_JSON, LIVE_ELSEWHERE, ROOMS
 from ..core.identity import Identity
 from ..sfu.participant import NegotiationError, Participant
 from ..sfu.room import Room, RoomError
@@ -226,6 +226,12 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
         raise _http(403, "forbidden", "this token may not subscribe")
     sdp = await _read_offer(request)
     room = request.app[ROOMS].get(meeting_id)
+    if room is None and LIVE_ELSEWHERE in request.app:
+        if await request.app[LIVE_ELSEWHERE](meeting_id):  # live on another node: watch here
+            try:
+                room = request.app[ROOMS].get_or_create(meeting_id)
+            except RoomError as exc:
+                raise _http(503, exc.code, exc.message) from exc
     if room is None:
         raise _http(404, "not-found", "the meeting is not live")
     target = room.get(target_id) if target_id else None
