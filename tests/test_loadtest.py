@@ -753,6 +753,47 @@ async def test_briefing_with_five_points(lt_server: ServerProcess, lean: bool) -
 
 
 @pytest.mark.slow
+async def test_province_chair_pages_through_the_points(
+    lt_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--scenario province``: the chair subscribes every microphone and one page of
+    cameras at a time (here pages of 2, a page every 2 s), as its mosaic page does."""
+    from conference.tools.loadtest import sim
+
+    monkeypatch.setattr(sim, "PAGE_SIZE", 2)
+    monkeypatch.setattr(sim, "PAGE_PERIOD", 2.0)
+    config = Config(
+        url=lt_server.url,
+        meeting="lt-province",
+        lean=True,
+        scenario="province",
+        points=5,
+        duration=8,
+        ramp=10,
+        ice_hosts=["127.0.0.1"],
+        progress=False,
+    )
+    report = await run_loadtest(config, make_seats(config, SECRET), progress=io.StringIO())
+    text = format_report(report)
+    assert report["participants"]["joined"] == 6, text
+    chair = next(s for s in report["seats"] if s["role"] == "chair")
+    assert chair["mosaic"]["pages_shown"] == chair["mosaic"]["pages"] == 3, text  # pages of 2
+    points = {s["identity"] for s in report["seats"] if s["role"] == "point"}
+    cameras = [st for st in chair["streams"] if st["kind"] == "video"]
+    # every point's camera was on a page, with frames; never more than a page (+ the
+    # speaker) at a time
+    assert {st["publisher"] for st in cameras if st["frames"]} == points, text
+    assert any(st["reason"] == "page" for st in cameras), text
+    assert sum(st["active"] for st in cameras) <= 3, text
+    microphones = {st["publisher"] for st in chair["streams"] if st["kind"] == "audio"}
+    assert microphones == points, text
+    for seat in report["seats"]:
+        if seat["role"] == "point":  # the points follow the chair as in a briefing
+            assert seat["chair_video_frames"] > 0, (seat["identity"], text)
+    assert "3 of 3 pages of 2 cameras shown (a page every 2 s)" in text
+
+
+@pytest.mark.slow
 def test_webinar_from_the_command_line(lt_server: ServerProcess, tmp_path: Path) -> None:
     out = tmp_path / "webinar.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT))

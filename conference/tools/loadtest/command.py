@@ -43,7 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " over --url and the nodes, the chair stays on --url (repeatable)",
     )
     parser.add_argument("--meeting", required=True, metavar="ID", help="meeting ID to use")
-    parser.add_argument("--scenario", choices=SCENARIOS, default="briefing")
+    parser.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default="briefing",
+        help="briefing: the chair sees every point, points the chair and the speaker;"
+        " province: the same with the chair's paged mosaic (every microphone, the cameras of"
+        " one page of 25, the next page every 10 s); grid: everyone sees everyone;"
+        " webinar: WHEP viewers of the program feed",
+    )
     parser.add_argument(
         "--points", type=int, default=10, metavar="N", help="meeting points (webinar: viewers)"
     )

@@ -25,7 +25,7 @@ __all__ = [
     "token_identity",
 ]
 
-SCENARIOS = ("briefing", "grid", "webinar")
+SCENARIOS = ("briefing", "grid", "webinar", "province")
 DEFAULT_BITRATE_KBPS = {"360p": 500, "720p": 1500}
 TOKEN_TTL = timedelta(hours=3)
 

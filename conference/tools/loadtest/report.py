@@ -491,6 +491,18 @@ def _format_links(links: dict[str, Any], noun: str = "point") -> list[str]:
     return lines
 
 
+def _mosaic(report: dict[str, Any]) -> str:
+    """The pages of its mosaic the chair went through (``--scenario province``)."""
+    chair = next((seat for seat in report["seats"] if seat["index"] == 0), None)
+    mosaic = chair.get("mosaic") if chair else None
+    if not mosaic:
+        return "n/a (the chair did not join)"
+    return (
+        f"{mosaic['pages_shown']} of {mosaic['pages']} pages of {mosaic['page_size']} cameras"
+        f" shown (a page every {mosaic['page_period_s']:g} s)"
+    )
+
+
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text table of the report, for a terminal."""
     c = report["config"]
@@ -592,6 +604,7 @@ def format_report(report: dict[str, Any]) -> str:
             f" new speaker's video after p50 {_fmt(sw['p50_s'], ' s', 2)},"
             f" p95 {_fmt(sw['p95_s'], ' s', 2)} (n={sw['count']})",
         ),
+        *([("chair mosaic", _mosaic(report))] if c.get("scenario") == "province" else []),
         (
             "load generator",
             f"{_fmt(g.get('cpu_pct'), ' %')} CPU in {g.get('processes')} process(es),"

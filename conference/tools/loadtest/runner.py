@@ -315,7 +315,13 @@ def _split(seats: list[Seat], processes: int, scenario: str) -> list[list[Seat]]
     worker.
     """
     points = len(seats) - 1
-    chair_weight = 1.0 + (points / 3 if scenario == "briefing" else 0.0)
+    chair_weight = 1.0 + (
+        points / 3
+        if scenario == "briefing"
+        else min(points, 25) / 3
+        if scenario == "province"
+        else 0.0
+    )
     if scenario == "grid":
         chair_weight = 1.0
     shares: list[list[Seat]] = [[] for _ in range(processes)]

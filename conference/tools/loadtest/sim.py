@@ -43,6 +43,10 @@ __all__ = ["LoadClient", "SimulatedSeat"]
 
 logger = logging.getLogger(__name__)
 
+#: the chair's paged mosaic in a provincial briefing (room.js: 5 x 5, rotation every 10 s)
+PAGE_SIZE = 25
+PAGE_PERIOD = 10.0
+
 #: handling a message slower than this is logged: meanwhile the client reads
 #: nothing, not even the server's heartbeat (5 s), and answers no offer (10 s)
 SLOW_HANDLING = 2.0
@@ -259,6 +263,10 @@ class SimulatedSeat:
     error: str | None = None
     _follower: asyncio.Task[None] | None = None
     _shown_speaker: str | None = None
+    #: the chair of a provincial briefing: how many pages of its mosaic it went through,
+    #: of how many
+    pages_shown: int = 0
+    pages: int = 0
 
     # -- joining --------------------------------------------------------------------
     async def join(
@@ -272,8 +280,9 @@ class SimulatedSeat:
         client = self.client = LoadClient(
             url, meeting, self.seat, insecure=insecure, relay=self.relay
         )
-        briefing_point = self.scenario == "briefing" and not self.seat.is_chair
-        joined = await client.connect(auto_subscribe=not briefing_point)
+        briefing_point = self.scenario in ("briefing", "province") and not self.seat.is_chair
+        paged_chair = self.scenario == "province" and self.seat.is_chair
+        joined = await client.connect(auto_subscribe=not (briefing_point or paged_chair))
         if self.relay is not None:  # a weak point has its downlink allocated, as a page does
             await client.send({"type": "view", "videos": {}})
         self.signaled_at = time.monotonic()
@@ -282,6 +291,8 @@ class SimulatedSeat:
             await client.wait_for(lambda: bool(self._chair_publications()), timeout)
             await self._update_subscriptions(self.started_at, "join")
             self._follower = asyncio.ensure_future(self._follow_speaker())
+        if paged_chair:
+            self._follower = asyncio.ensure_future(self._follow_pages())
         if media is not None and self.seat.role != "viewer":
             await self._publish(client, media)
         if self.seat.is_chair:
@@ -443,6 +454,57 @@ class SimulatedSeat:
             logger.warning("%s: following the speaker failed: %r", self.seat.identity, exc)
             self.error = f"follow-speaker: {exc!r}"
 
+    async def _follow_pages(self) -> None:
+        """The chair of a provincial briefing (``--scenario province``) as its page shows
+        it (room.js): every microphone, the speaker's camera, and the cameras of one page
+        of :data:`PAGE_SIZE` points, the next page every :data:`PAGE_PERIOD` seconds."""
+        client = self.client
+        assert client is not None
+        started = time.monotonic()
+        try:
+            while not client.closed.is_set():
+                page = int((time.monotonic() - started) / PAGE_PERIOD)
+                cameras = sorted((p["participant"], p["id"]) for p in client.publications("camera"))
+                pages = max(1, -(-len(cameras) // PAGE_SIZE))
+                first = (page % pages) * PAGE_SIZE
+                desired = {pid for _, pid in cameras[first : first + PAGE_SIZE]}
+                desired |= {p["id"] for p in client.publications("microphone")}
+                speaker = (
+                    client.speaker if client.speaker is not None else client.room.get("speaker")
+                )
+                desired |= {pid for who, pid in cameras if who == speaker}
+                self.pages_shown = max(self.pages_shown, min(page + 1, pages))
+                self.pages = pages
+                await self._subscribe_exactly(desired, "page" if page else "join")
+                try:
+                    await asyncio.wait_for(client.changed.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                client.changed.clear()
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # keep measuring; the report shows the error
+            logger.warning("%s: following the pages failed: %r", self.seat.identity, exc)
+            self.error = f"follow-pages: {exc!r}"
+
+    async def _subscribe_exactly(self, desired: set[str], reason: str) -> None:
+        client = self.client
+        assert client is not None
+        subscribed = {s.publication for s in client.by_mid.values() if s.ended_at is None}
+        subscribed |= set(client.requested)
+        gone = subscribed - desired
+        new = desired - subscribed
+        now = time.monotonic()
+        if gone:
+            client.end_streams(gone, now)
+            for publication in gone:
+                client.requested.pop(publication, None)
+            await client.unsubscribe(sorted(gone))
+        if new:
+            for publication in new:
+                client.requested[publication] = (now, reason)
+            await client.subscribe(sorted(new))
+
     # -- the floor --------------------------------------------------------------------
     def set_floor(self, holder: int) -> None:
         if self.microphone is not None:
@@ -481,6 +543,14 @@ class SimulatedSeat:
             "keyframes_requested": self.camera.keyframes_requested if self.camera else 0,
             "keyframes_sent": self.camera.keyframes_sent if self.camera else 0,
             "streams": [s.report(now) for s in self.streams],
+            "mosaic": {
+                "pages_shown": self.pages_shown,
+                "pages": self.pages,
+                "page_size": PAGE_SIZE,
+                "page_period_s": PAGE_PERIOD,
+            }
+            if self.pages
+            else None,
         }
 
     def _closed_code(self) -> int | None:
