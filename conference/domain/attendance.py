@@ -104,6 +104,7 @@ def presence(
     end = until or meeting.ended_at or min(utcnow(), meeting.end_at)
     events = list_events(session, meeting.id)
     open_since: dict[str, datetime] = {}
+    session_of: dict[str, str] = {}  # participant id -> identity
     totals: dict[str, timedelta] = {}
     first: dict[str, datetime] = {}
     last: dict[str, datetime] = {}
@@ -116,6 +117,14 @@ def presence(
         names[who] = event.name or names.get(who, "")
         if event.kind == "join":
             first.setdefault(who, event.at)
+            # a point has one session at a time: a join while an earlier session of the
+            # same identity is still open (its node died before recording the leave, or
+            # a crash) ends that one here, so the rejoin counts once, without a gap
+            for participant, since in list(open_since.items()):
+                if participant != event.participant_id and session_of[participant] == who:
+                    del open_since[participant]
+                    totals[who] = totals.get(who, timedelta()) + max(timedelta(), event.at - since)
+            session_of[event.participant_id] = who
             open_since.setdefault(event.participant_id, event.at)
         else:
             last[who] = event.at

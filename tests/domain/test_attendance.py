@@ -114,6 +114,38 @@ def test_attendance_events_and_presence(database: db.Database) -> None:
         assert info.value.code == "unknown-meeting"
 
 
+def test_a_rejoin_through_another_node_counts_once(database: db.Database) -> None:
+    """A point's node died (no leave recorded) and the point came back through another
+    node: one continuous presence, not two sessions counted twice."""
+    meeting_id = schedule(database)
+    at = START.astimezone(UTC)
+    with database.session() as session:
+        for participant, minute in (("p1", 0), ("p2", 20)):
+            record_event(
+                session,
+                meeting_id,
+                identity="ubnd-xa-01",
+                participant_id=participant,
+                kind="join",
+                at=at + timedelta(minutes=minute),
+                role="point",
+            )
+        record_event(
+            session,
+            meeting_id,
+            identity="ubnd-xa-01",
+            participant_id="p2",
+            kind="leave",
+            at=at + timedelta(minutes=50),
+            role="point",
+        )
+    with database.session() as session:
+        rows = {p.identity: p for p in presence(session, meeting_id, until=at + timedelta(hours=2))}
+        assert rows["ubnd-xa-01"].connected == timedelta(minutes=50)
+        kinds = [e.kind for e in list_events(session, meeting_id)]
+        assert kinds == ["join", "join", "leave"]  # the rejoin, no leave in between
+
+
 def claims(meeting: int | str, identity: str, role: str) -> Claims:
     return Claims(
         identity=identity,
