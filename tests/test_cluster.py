@@ -286,6 +286,12 @@ async def test_the_chair_s_floor_hands_and_end_reach_points_on_another_node(
         assert (profile["profile"], profile["by"]) == ("low", chair.id)
         error = await chair.request({"type": "ask-unmute", "participant": "PA_nobody"}, "error")
         assert error["code"] == "unknown-participant"
+        # what the point's node refuses (a camera a does not send) comes back to the chair
+        error = await chair.request(
+            {"type": "mute-participant", "participant": a.id, "source": "camera", "muted": True},
+            "error",
+        )
+        assert (error["code"], error["request"]) == ("unknown-publication", "mute-participant")
         await chair.send({"type": "remove", "participant": b.id, "reason": "Thử nghiệm"})
         left = await b.wait_message("leave", since=0)
         assert (left["reason"], left.get("message")) == ("removed", "Thử nghiệm")

@@ -40,6 +40,14 @@ from ..sfu.room import Room, RoomError, RoomEvents, RoomRegistry
 
 logger = logging.getLogger(__name__)
 
+#: the chair's message each command of `Briefing.command_elsewhere` came from
+COMMAND_REQUESTS = {
+    "remove": "remove",
+    "ask-unmute": "ask-unmute",
+    "set-profile": "set-profile",
+    "mute": "mute-participant",
+}
+
 REJOIN_GRACE = 30.0  # a dropped point keeps its raised hand and the floor this long
 CHAT_HISTORY = 50  # messages sent to a page when it joins
 MAX_CHAT_CHARS = 1000
@@ -476,6 +484,8 @@ class Briefing(RoomEvents):
             await self._apply_control(event)
         elif kind == "command":
             await self._carry_out(event)
+        elif kind == "refused":
+            await self._refused(event)
         elif kind == "declined" and isinstance(event.get("participant"), str):
             await self._tell_chairs(event["participant"])
         elif kind == "end":
@@ -498,7 +508,8 @@ class Briefing(RoomEvents):
 
         ``command`` is checked by the caller: ``{"action": "remove", "reason"}``,
         ``{"action": "ask-unmute"}``, ``{"action": "set-profile", "profile"}`` or
-        ``{"action": "mute", "source", "muted"}``.  What that node refuses is logged there.
+        ``{"action": "mute", "source", "muted"}``.  What that node refuses comes back to
+        the chair as an ``error`` (`_refused`).
         """
         if self.share is None:  # no other node: the participant cannot be elsewhere
             raise RoomError("unknown-participant", "no such participant in the meeting")
@@ -536,6 +547,31 @@ class Briefing(RoomEvents):
                 target.id,
                 exc.message,
             )
+            if self.share is not None:  # the chair hears it as if the point were here
+                self.share(
+                    {
+                        "kind": "refused",
+                        "chair": chair.id,
+                        "request": COMMAND_REQUESTS.get(str(action), "command"),
+                        "code": exc.code,
+                        "message": exc.message,
+                    }
+                )
+
+    async def _refused(self, event: dict[str, Any]) -> None:
+        """Another node refused a command of a chair of this node: its error, to it."""
+        chair = self.room.participants.get(str(event.get("chair")))
+        fields = ("request", "code", "message")
+        if chair is None or not all(isinstance(event.get(key), str) for key in fields):
+            return
+        await chair.send(
+            {
+                "type": "error",
+                "code": event["code"],
+                "message": printable_text(event["message"], 300, multiline=False),
+                "request": event["request"],
+            }
+        )
 
     async def remove(self, participant: Participant, reason: str | None = None) -> None:
         """The chair removes a participant; its token cannot rejoin."""
