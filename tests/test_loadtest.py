@@ -787,9 +787,12 @@ async def test_province_chair_pages_through_the_points(
     assert sum(st["active"] for st in cameras) <= 3, text
     microphones = {st["publisher"] for st in chair["streams"] if st["kind"] == "audio"}
     assert microphones == points, text
+    everyone = points | {chair["identity"]}
     for seat in report["seats"]:
-        if seat["role"] == "point":  # the points follow the chair as in a briefing
+        if seat["role"] == "point":  # the points follow the chair as in a briefing, and
             assert seat["chair_video_frames"] > 0, (seat["identity"], text)
+            heard = {st["publisher"] for st in seat["streams"] if st["kind"] == "audio"}
+            assert heard == everyone - {seat["identity"]}, text  # receive every microphone
     assert "3 of 3 pages of 2 cameras shown (a page every 2 s)" in text
 
 

@@ -409,6 +409,8 @@ class SimulatedSeat:
         desired = self._chair_publications()
         if self._shown_speaker not in (None, self.seat.identity, self.chair_identity):
             desired |= self._publications_of(self._shown_speaker)
+        if self.scenario == "province":  # as the page does: every microphone
+            desired |= {p["id"] for p in client.publications("microphone")}
         present = {
             p["id"] for participant in client.room.get("participants", [])
             for p in participant.get("publications", [])
@@ -457,7 +459,8 @@ class SimulatedSeat:
     async def _follow_pages(self) -> None:
         """The chair of a provincial briefing (``--scenario province``) as its page shows
         it (room.js): every microphone, the speaker's camera, and the cameras of one page
-        of :data:`PAGE_SIZE` points, the next page every :data:`PAGE_PERIOD` seconds."""
+        of :data:`PAGE_SIZE` points, the next page every :data:`PAGE_PERIOD` seconds.
+        (Its points, as their pages do, receive every microphone too.)"""
         client = self.client
         assert client is not None
         started = time.monotonic()
