@@ -923,3 +923,22 @@ def test_points_spread_over_the_nodes_the_chair_stays_on_the_first() -> None:
         parser.parse_args(["--url", "http://127.0.0.1:1", "--meeting", "m", "--secret", SECRET])
     )
     assert {single.url_of(index, chair=False) for index in range(5)} == {"http://127.0.0.1:1"}
+
+
+def test_an_audio_pause_the_sender_s_clock_shows_is_silence_not_a_gap() -> None:
+    """The server's audio gate (or DTX) holds back silence: the next packet continues the
+    numbering and its timestamp moved on with the clock: no gap.  A stalled network
+    delivers the late packets with their old timestamps: a gap."""
+    stats = StreamStats("x/microphone", "audio", "opus", started_at=0.0)
+    at = 0.0
+    for seq in range(10):
+        stats.receive(rtp(seq, seq * 960, b"a", marker=False), False, at)
+        at += 0.02
+    at += 2.0  # two seconds held back: the source's timestamps went on
+    stats.receive(rtp(10, 9 * 960 + int((2.0 + 0.02) * 48000), b"a", marker=True), False, at)
+    report = stats.report(at)
+    assert report["gaps"] == 0 and report["max_frame_gap_s"] < 0.1, report
+    assert report["talkspurts"] == 1 and report["lost"] == 0
+    at += 0.5  # a stall: the next packet's timestamp is 20 ms on
+    stats.receive(rtp(11, 9 * 960 + int(2.02 * 48000) + 960, b"a", marker=False), False, at)
+    assert stats.report(at)["gaps"] == 1

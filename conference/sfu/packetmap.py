@@ -139,6 +139,12 @@ class PacketMap:
         self._offsets = [self._offset]
         return out & 0xFFFF
 
+    def resume(self, seq: int) -> int:
+        """The packets before incoming ``seq`` were held back on purpose (a microphone
+        the audio gate closed): ``seq`` continues the outgoing numbering at
+        ``last_out + 1``, without a gap, and what came before is forgotten."""
+        return self._reanchor(seq)
+
     def drop(self, seq: int) -> None:
         """Declare that incoming ``seq`` will not be forwarded.
 

@@ -205,6 +205,12 @@ class Publication:
         self.relays: list[Callable[..., None]] = []
         self._on_audio_level = on_audio_level
         self._on_ended = on_ended
+        #: the room's audio gate (`.audiogate`, microphones only): called with every
+        #: packet's level (None: no level), false = not forwarded to the subscriptions
+        #: (the taps and relays still get it)
+        self.gate: Callable[[Publication, int | None], bool] | None = None
+        #: the gate held the last packet back
+        self.gated = False
         self.closed = False
         #: RED towards subscribers that asked for it: the frame before the packet
         #: being forwarded (timestamp, payload), and the RED payload built for the
@@ -259,11 +265,20 @@ class Publication:
             stream.octets += len(payload)
         if self.blocked:
             return
+        forward = True
         if self.kind == "audio":
             keyframe = True
             level = packet.extensions.audio_level
             if level is not None and self._on_audio_level is not None and not self.muted:
                 self._on_audio_level(self.participant_id, level[1])
+            if self.gate is not None:
+                forward = self.gate(self, level[1] if level is not None else None)
+                if not forward:
+                    self.gated = True
+                elif self.gated:
+                    self.gated = False
+                    for subscription in stream.subscriptions:
+                        subscription.resync = True
         else:
             keyframe = bool(payload) and is_keyframe(self.codec_name, payload)
             if keyframe:
@@ -277,9 +292,10 @@ class Publication:
                 stream.live_since = now
             stream.last_packet = now
             stream.last_rtp = (packet.timestamp, now)
-        blocks: dict[tuple[object, ...], bytes] = {}
-        for subscription in list(stream.subscriptions):
-            subscription.forward(self, stream.index, packet, keyframe, blocks)
+        if forward:
+            blocks: dict[tuple[object, ...], bytes] = {}
+            for subscription in list(stream.subscriptions):
+                subscription.forward(self, stream.index, packet, keyframe, blocks)
         if stream is self.top:
             for tap in self.taps:
                 tap(self, packet, keyframe)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .audiogate import AudioGate
 from .bandwidth import BandwidthManager
 from .participant import Participant
 from .program import ProgramFeed
@@ -95,6 +96,9 @@ class Room:
         #: the other nodes that record this meeting
         self.recorded_by: set[str] = set()
         self.speaker = SpeakerDetector()
+        #: which microphones reach their subscribers (a few at a time, the chair always)
+        self.audio_gate = AudioGate()
+        self._moderator: dict[str, bool] = {}  # participant id -> moderates (the gate's cache)
         self.program = ProgramFeed(self)
         self.created_at = time.time()
         self.closed = False
@@ -155,6 +159,7 @@ class Room:
         logger.info("room %s: %s left (%s)", self.meeting_id, participant_id, reason)
         self._notify("left", participant, reason)
         self.bandwidth.forget(participant_id)
+        self._moderator.pop(participant_id, None)
         await self.events.departed(participant, reason, message)
         self.speaker.remove(participant_id)
         self.program.participant_left(participant)
@@ -254,7 +259,31 @@ class Room:
         self.video_codec = offered[0]
 
     # -- publications ------------------------------------------------------------
+    def _admit_audio(self, publication: Publication, level: int | None) -> bool:
+        """`Publication.gate` of every microphone: the room's `AudioGate`, except that a
+        moderator's microphone (the chair's hall) always reaches everyone."""
+        if self._moderates(publication.participant_id):
+            return True
+        return self.audio_gate.admit(publication.id, level, time.monotonic())
+
+    def _moderates(self, participant_id: str) -> bool:
+        known = self._moderator.get(participant_id)
+        if known is not None:
+            return known
+        participant = self.participants.get(participant_id)
+        if participant is not None:
+            known = participant.who.moderate
+        else:  # on another node: known once its node's list has arrived
+            member = self.remote_member(participant_id) if self.remote_members else None
+            if member is None:
+                return False
+            known = member.get("moderator") is True
+        self._moderator[participant_id] = known
+        return known
+
     def publication_added(self, publication: Publication) -> None:
+        if publication.source == "microphone":
+            publication.gate = self._admit_audio
         self.events.publication_added(publication)  # may block it before anyone receives it
         for participant in self.participants.values():
             if participant.auto_subscribe and participant.id != publication.participant_id:
@@ -264,6 +293,7 @@ class Room:
         self._notify("publication-added", publication)
 
     def publication_removed(self, publication: Publication) -> None:
+        self.audio_gate.forget(publication.id)
         self.bandwidth.publication_gone(publication.id)
         self._notify("publication-removed", publication)
         self.program.refresh()

@@ -68,6 +68,9 @@ class Subscription:
         self._started = False
         self._history: PacketHistory[tuple[int, bool, bytes, bytes]] = PacketHistory(HISTORY_SIZE)
         self._on_source_ended = on_source_ended
+        #: the audio gate held the source back since the last packet sent: the next one
+        #: continues the numbering and starts a talkspurt (see `.audiogate`)
+        self.resync = False
         self._mid_ext: tuple[int, bytes] | None = None
         self._level_id: int | None = None
         self._abs_id: int | None = None
@@ -314,7 +317,13 @@ class Subscription:
             return
         if sender.red_block_pt is not None:
             payload = publication.red_payload(packet, sender.red_block_pt)
-        seq = packet_map.map(packet.sequence_number)
+        marker = bool(packet.marker)
+        if self.resync:
+            self.resync = False
+            seq: int | None = packet_map.resume(packet.sequence_number)
+            marker = True  # the first packet of a talkspurt (RFC 3551, 4.1)
+        else:
+            seq = packet_map.map(packet.sequence_number)
         if seq is None:
             return
         timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
@@ -324,7 +333,6 @@ class Subscription:
             block = self._extension_block(packet)
             if blocks is not None:
                 blocks[key] = block
-        marker = bool(packet.marker)
         data = build_rtp_with_block(
             sender.payload_type, marker, seq, timestamp, sender._ssrc, payload, block
         )

@@ -27,7 +27,13 @@ bits and the codec's keyframe bit it derives what a viewer would experience:
   (``video-paused``, :meth:`StreamStats.pause` / :meth:`StreamStats.resume`),
   the missing frames are no freeze: the gap that spans a pause is not counted,
   and the paused time is reported on its own (``paused_seconds``) and left out
-  of the frame rate.
+  of the frame rate;
+* **talkspurts** (audio): after a pause, the next packet in sequence whose
+  timestamp moved on as much as the clock did starts a talkspurt: silence the
+  sender did not send (Opus DTX, or the server's audio gate:
+  conference/sfu/audiogate.py), not a gap (a stalled network delivers late
+  packets with their old timestamps).  So an audio stream's trailing pause is
+  not judged: only a gap that the next packet closes.
 
 Counters can be *marked*: a report covers only what happened after
 :meth:`StreamStats.mark` (the measurement window), except the keyframe wait,
@@ -56,6 +62,8 @@ __all__ = [
 
 #: A gap between two decodable frames longer than this is a freeze (seconds).
 FREEZE_THRESHOLD = 0.5
+#: The RTP clock of audio (Opus) in Hz.
+AUDIO_CLOCK = 48000
 #: Gaps longer than this are counted as ``gaps`` (seconds; the weak-link audio bound).
 GAP_THRESHOLD = 0.3
 #: A sequence number missing for longer than this is lost for good (seconds).
@@ -111,6 +119,8 @@ class StreamStats:
         "loss_log",
         "discontinuities",
         "duplicates",
+        "talkspurts",
+        "_last_audio",
         "_c",
         "_base",
         "_marked_at",
@@ -156,6 +166,9 @@ class StreamStats:
         self.loss_log: list[float] = []  # when unrecovered losses went missing, the first 10
         self.discontinuities = 0
         self.duplicates = 0
+        #: audio: pauses the sender's clock shows as silence held back (not gaps)
+        self.talkspurts = 0
+        self._last_audio: tuple[int, int] | None = None  # (ext seq, timestamp)
         self._c = _Counters()
         self._base = _Counters()
         self._marked_at: float | None = None
@@ -230,6 +243,18 @@ class StreamStats:
 
         if self._audio:
             # every audio packet is a whole frame; a lost one is concealed, never waited for
+            previous = self._last_audio
+            self._last_audio = (ext, packet.timestamp)
+            last = self.last_frame_at
+            if previous is not None and last is not None and ext == previous[0] + 1:
+                # the next packet, none missing, after a pause the sender's clock shows:
+                # silence held back (Opus DTX, or the server's audio gate), not a gap
+                # (a stalled network delivers late packets with their old timestamps)
+                held = ((packet.timestamp - previous[1]) & 0xFFFFFFFF) / AUDIO_CLOCK
+                waited = now - last
+                if waited > GAP_THRESHOLD and held >= 0.8 * waited:
+                    self._pause_gap = True
+                    self.talkspurts += 1
             self._decodable = True
             self._frame_done(now)
             if now - self._last_prune >= 0.25:
@@ -399,6 +424,9 @@ class StreamStats:
             and end - self.last_frame_at > GAP_THRESHOLD
             and not self._pause_gap  # paused since the last frame: no freeze
             and self._paused_at is None
+            # audio may end in silence held back (DTX, the server's audio gate): only a
+            # gap the next packet closes is judged (a stopped stream shows in its frames)
+            and not self._audio
         ):
             trailing = end - max(self.last_frame_at, begin)
             if trailing > GAP_THRESHOLD:
@@ -446,5 +474,6 @@ class StreamStats:
             "losses_at_s": [round(t - begin, 2) for t in self.loss_log],
             "keyframe_wait_s": None if self.keyframe_wait is None else round(self.keyframe_wait, 3),
             "discontinuities": self.discontinuities,
+            "talkspurts": self.talkspurts,
             "duplicates": self.duplicates,
         }
