@@ -411,26 +411,8 @@ class SimulatedSeat:
             desired |= self._publications_of(self._shown_speaker)
         if self.scenario == "province":  # as the page does: every microphone
             desired |= {p["id"] for p in client.publications("microphone")}
-        present = {
-            p["id"] for participant in client.room.get("participants", [])
-            for p in participant.get("publications", [])
-        }  # fmt: skip
-        subscribed = {s.publication for s in client.by_mid.values() if s.ended_at is None}
-        subscribed |= set(client.requested)
-        subscribed &= present
-        gone = subscribed - desired
-        new = desired - subscribed
-        now = time.monotonic()
-        if gone:
-            client.end_streams(gone, now)
-            for publication in gone:
-                client.requested.pop(publication, None)
-            await client.unsubscribe(sorted(gone))
-        if new:
-            for publication in new:
-                client.requested[publication] = (at, reason)
-            await client.subscribe(sorted(new))
-        if self.relay is not None and (gone or new):
+        changed = await self._subscribe_exactly(desired, at, reason)
+        if self.relay is not None and changed:
             await client.send({"type": "view", "videos": self._view(desired)})
 
     def _view(self, desired: set[str]) -> dict[str, str]:
@@ -478,7 +460,7 @@ class SimulatedSeat:
                 desired |= {pid for who, pid in cameras if who == speaker}
                 self.pages_shown = max(self.pages_shown, min(page + 1, pages))
                 self.pages = pages
-                await self._subscribe_exactly(desired, "page" if page else "join")
+                await self._subscribe_exactly(desired, time.monotonic(), "page" if page else "join")
                 try:
                     await asyncio.wait_for(client.changed.wait(), 1.0)
                 except TimeoutError:
@@ -490,23 +472,30 @@ class SimulatedSeat:
             logger.warning("%s: following the pages failed: %r", self.seat.identity, exc)
             self.error = f"follow-pages: {exc!r}"
 
-    async def _subscribe_exactly(self, desired: set[str], reason: str) -> None:
+    async def _subscribe_exactly(self, desired: set[str], at: float, reason: str) -> bool:
+        """Subscribe to ``desired`` and to nothing else (of what is still published),
+        the new streams asked for at ``at`` for ``reason``; whether anything changed."""
         client = self.client
         assert client is not None
+        present = {
+            p["id"] for participant in client.room.get("participants", [])
+            for p in participant.get("publications", [])
+        }  # fmt: skip
         subscribed = {s.publication for s in client.by_mid.values() if s.ended_at is None}
         subscribed |= set(client.requested)
+        subscribed &= present
         gone = subscribed - desired
         new = desired - subscribed
-        now = time.monotonic()
         if gone:
-            client.end_streams(gone, now)
+            client.end_streams(gone, time.monotonic())
             for publication in gone:
                 client.requested.pop(publication, None)
             await client.unsubscribe(sorted(gone))
         if new:
             for publication in new:
-                client.requested[publication] = (now, reason)
+                client.requested[publication] = (at, reason)
             await client.subscribe(sorted(new))
+        return bool(gone or new)
 
     # -- the floor --------------------------------------------------------------------
     def set_floor(self, holder: int) -> None:
