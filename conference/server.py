@@ -77,6 +77,8 @@ class WorkerRole:
     interrupted: list[Path] = field(default_factory=list)
     #: called with the port once this worker listens
     ready: Callable[[int], None] | None = None
+    #: started again after it died (the server-wide duties of a start are not redone)
+    restarted: bool = False
 
     @property
     def primary(self) -> bool:
@@ -319,7 +321,7 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
     """Run until SIGTERM or SIGINT, then close every room cleanly."""
     configure_ice_hosts(settings.ice_hosts)
     interrupted = recording.configure_from(settings, seal=role is None)
-    if role is None or role.primary:  # compositions to (re)do
+    if role is None or (role.primary and not role.restarted):  # compositions to (re)do
         compose_jobs.resume_jobs(settings.recordings_dir, role.interrupted if role else interrupted)
     app = create_app(settings, primary=role is None or role.primary)
     context = ssl_context_for(settings)

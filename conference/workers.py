@@ -24,7 +24,9 @@ the same port) and land on a live worker; the others drop its points and
 publications within ~5 s (the node's heartbeat lapses).  A worker that exits by
 itself with status 0 (told to stop) is not started again; when none is left the
 supervisor ends.  SIGTERM or SIGINT to the supervisor stops every worker cleanly
-(rooms closed with ``server-shutdown``, recordings sealed).
+(rooms closed with ``server-shutdown``, recordings sealed); a supervisor killed outright
+takes its workers with it (``PR_SET_PDEATHSIG``), and a port another server already
+listens on is refused (``SO_REUSEPORT`` alone would share it).
 
 The processes are forked from the supervisor (``multiprocessing``'s fork context):
 the supervisor starts no event loop and no thread before, so each worker starts from
@@ -60,6 +62,8 @@ MAX_BACKOFF = 30.0
 READY_TIMEOUT = 60.0
 #: at stop, how long the workers have to close their rooms before they are killed
 STOP_TIMEOUT = 20.0
+#: prctl(2): the signal a process gets when its parent dies
+PR_SET_PDEATHSIG = 1
 
 
 def udp_shares(low: int, high: int, count: int) -> list[tuple[int, int]]:
@@ -88,6 +92,15 @@ def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound (not listening) to ``host``:``port`` with SO_REUSEPORT: it holds
     the port (``port`` 0: a free one) for the workers, which bind it the same way."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:  # SO_REUSEPORT would let a second server share it: refuse a port in use
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:  # (SO_REUSEADDR: a restart finds its old connections in TIME_WAIT)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        finally:
+            probe.close()
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -130,9 +143,24 @@ class _Slot:
     done: bool = False  # exited by itself with status 0: not started again
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when the supervisor dies (even by kill -9), so that
+    no orphaned worker keeps serving the port on its own."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's stop is the only way
+        return
+    if os.getppid() == 1:  # the supervisor died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker_main(settings: Settings, role: WorkerRole, conn: Connection) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _die_with_parent()
 
     def ready(port: int) -> None:
         conn.send(("ready", port))
@@ -162,6 +190,7 @@ class Supervisor:
             slot.index,
             len(self.slots),
             self.interrupted if slot.index == 0 and slot.restarts == 0 else [],
+            restarted=slot.restarts > 0,
         )
         process = self.context.Process(
             target=_worker_main,

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import time
 import urllib.request
 import uuid
@@ -343,3 +344,21 @@ async def test_a_signed_out_session_is_refused_by_every_worker(tmp_path: Path) -
             await browser.close()
         database.close()
         check_clean_exit(server)
+
+
+def test_a_port_another_server_listens_on_is_refused() -> None:
+    from conference.workers import reserve_port
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as a worker binds
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    try:
+        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}"):
+            reserve_port("127.0.0.1", port)
+    finally:
+        listener.close()
+    held = reserve_port("127.0.0.1", port)  # free again
+    held.close()

@@ -77,7 +77,9 @@ class Cluster(SharedState):
         #: node (`revoke`), and at start for those revoked before
         self.on_revoked: Callable[[str, str, float], None] | None = None
         #: nodes with participants waiting in a meeting's lobby (dropped when they die)
-        self._lobby_nodes: dict[str, set[str]] = {}
+        self._lobby_nodes: dict[str, dict[str, str]] = {}  # meeting -> node -> its run
+        #: the run of each node whose participants a room shows: (meeting, node) -> run
+        self._member_runs: dict[tuple[str, str], str] = {}
 
     # -- names in Redis ------------------------------------------------------------------
     def _meeting_key(self, meeting_id: str) -> str:
@@ -184,6 +186,8 @@ class Cluster(SharedState):
             self._spawn(self._say_members(room.meeting_id, []))
             if not room.remote_members:  # the last node of the meeting: its state goes
                 self._spawn(self._forget_control(room.meeting_id))
+            for key in [key for key in self._member_runs if key[0] == room.meeting_id]:
+                del self._member_runs[key]
         for publication_id, (meeting_id, receiver, _, _) in list(self.imported.items()):
             if meeting_id == room.meeting_id:
                 del self.imported[publication_id]
@@ -294,6 +298,7 @@ class Cluster(SharedState):
                 self._import(room, entry)
         for record in elsewhere:
             if runs.get(record["node"]) == record["run"]:
+                self._member_runs[(room.meeting_id, record["node"])] = record["run"]
                 room.set_remote_members(
                     record["node"], record["participants"], record.get("recording") is True
                 )
@@ -364,6 +369,7 @@ class Cluster(SharedState):
         nodes = {node for _, _, node, _ in self.imported.values()}
         nodes |= {node for room in self.rooms.values() for node in room.remote_members}
         nodes |= {node for waiting in self._lobby_nodes.values() for node in waiting}
+        # (by run, not by name: a worker started again keeps its name)
         if not nodes:
             return
         runs = await self._runs(nodes)
@@ -373,13 +379,15 @@ class Cluster(SharedState):
                 self._unimport(publication_id)
         for room in list(self.rooms.values()):
             for node in list(room.remote_members):
-                if node not in runs:
+                key = (room.meeting_id, node)
+                if runs.get(node) is None or runs.get(node) != self._member_runs.get(key):
                     logger.info("node %s: node %s is gone: its participants left", self.name, node)
+                    self._member_runs.pop(key, None)
                     room.set_remote_members(node, [])
         for meeting_id, waiting_nodes in list(self._lobby_nodes.items()):
-            for node in list(waiting_nodes):
-                if node not in runs and self.on_lobby is not None:
-                    waiting_nodes.discard(node)  # its waiting participants went with it
+            for node, run in list(waiting_nodes.items()):
+                if runs.get(node) != run and self.on_lobby is not None:
+                    del waiting_nodes[node]  # its waiting participants went with it
                     self.on_lobby(meeting_id, {"op": "lobby", "node": node, "waiting": []})
             if not waiting_nodes:
                 del self._lobby_nodes[meeting_id]
@@ -388,21 +396,23 @@ class Cluster(SharedState):
         while True:
             try:
                 async for message in self._pubsub.listen():
-                    if (
-                        message.get("type") == "message"
-                        and message["channel"] == self._revoked_channel
-                    ):
-                        self._on_revoked(message["data"])
-                        continue
-                    if message.get("type") != "pmessage":
+                    kind = message.get("type")
+                    if kind not in ("message", "pmessage"):
                         continue
                     try:
-                        self._on_message(message["channel"], message["data"])
+                        if kind == "message" and message["channel"] == self._revoked_channel:
+                            self._on_revoked(message["data"])
+                        elif kind == "pmessage":
+                            self._on_message(message["channel"], message["data"])
                     except Exception:  # one bad message never stops the node listening
                         logger.exception("node %s: a cluster message failed", self.name)
             except RedisError as exc:
                 logger.warning("node %s: redis subscription: %s; again in 1 s", self.name, exc)
                 await asyncio.sleep(1.0)
+                try:  # what was revoked while the subscription was down
+                    await self._load_revoked()
+                except RedisError:
+                    pass
 
     def _on_message(self, channel: str, data: str) -> None:
         meeting_id = channel[len(f"{self.prefix}meeting:") :]
@@ -428,6 +438,7 @@ class Cluster(SharedState):
         elif op == "members":
             record = _members_record(data)
             if record is not None and record["node"] != self.name:
+                self._member_runs[(meeting_id, record["node"])] = record["run"]
                 room.set_remote_members(
                     record["node"], record["participants"], record.get("recording") is True
                 )

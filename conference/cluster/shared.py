@@ -37,7 +37,7 @@ class SharedState:
     name: str
     run: str
     prefix: str
-    _lobby_nodes: dict[str, set[str]]
+    _lobby_nodes: dict[str, dict[str, str]]
     on_lobby: Callable[[str, dict[str, Any]], None] | None
     on_revoked: Callable[[str, str, float], None] | None
 
@@ -75,7 +75,7 @@ class SharedState:
             await self.redis.expire(self._lobby_key(meeting_id), LOBBY_TTL)
         else:
             await self.redis.hdel(self._lobby_key(meeting_id), field)
-        message = {"op": "lobby", "node": self.name, "waiting": waiting}
+        message = {"op": "lobby", "node": self.name, "run": self.run, "waiting": waiting}
         await self.redis.publish(self._channel(meeting_id), json.dumps(message))
 
     def lobby_decide(self, meeting_id: str, decision: dict[str, Any]) -> None:
@@ -112,7 +112,7 @@ class SharedState:
         for node, entry in listed.items():
             if runs.get(node) == entry["run"]:
                 waiting[node] = [w for w in entry["waiting"] if isinstance(w, dict)]
-                self._lobby_nodes.setdefault(meeting_id, set()).add(node)
+                self._lobby_nodes.setdefault(meeting_id, {})[node] = entry["run"]
         allow = {f[6:]: v for f, v in record.items() if f.startswith("allow:")}
         return {
             "started": record.get("start") == "1",
@@ -131,10 +131,11 @@ class SharedState:
         if waiting is not None:
             if not isinstance(waiting, list) or not all(isinstance(w, dict) for w in waiting):
                 return
-            if waiting:
-                self._lobby_nodes.setdefault(meeting_id, set()).add(node)
+            run = message.get("run")
+            if waiting and isinstance(run, str):
+                self._lobby_nodes.setdefault(meeting_id, {})[node] = run
             else:
-                self._lobby_nodes.get(meeting_id, set()).discard(node)
+                self._lobby_nodes.get(meeting_id, {}).pop(node, None)
         elif not (
             isinstance(decision, dict)
             and (
@@ -166,11 +167,7 @@ class SharedState:
         async for key in self.redis.scan_iter(match=f"{self.prefix}revoked:*", count=500):
             _, _, rest = str(key).partition(f"{self.prefix}revoked:")
             kind, _, token_id = rest.partition(":")
-            value = await self.redis.get(key)
-            try:
-                expires = float(value) if value is not None else None
-            except ValueError:
-                expires = None
+            expires = _expiry(await self.redis.get(key))
             if expires is not None and token_id and self.on_revoked is not None:
                 self.on_revoked(kind, token_id, expires)
 
@@ -181,7 +178,7 @@ class SharedState:
                 isinstance(m["node"], str)
                 and isinstance(m["kind"], str)
                 and isinstance(m["token"], str)
-                and isinstance(m["expires"], int | float)
+                and _expiry(m["expires"]) is not None
             ),
         )
         if message is None:
@@ -198,3 +195,15 @@ def checked(text: str, valid: Callable[[Any], bool]) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None
     return value if ok else None
+
+
+def _expiry(value: Any) -> float | None:
+    """A revocation's expiry (a Unix time, from Redis or a message), or None if it is not
+    a plausible one (NaN, infinite, negative or past 2106: dropped, never raised)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        expires = float(value)
+    except (TypeError, ValueError):
+        return None
+    return expires if 0 < expires < 2**32 else None

@@ -117,11 +117,17 @@ def presence(
         names[who] = event.name or names.get(who, "")
         if event.kind == "join":
             first.setdefault(who, event.at)
-            # a point has one session at a time: a join while an earlier session of the
-            # same identity is still open (its node died before recording the leave, or
-            # a crash) ends that one here, so the rejoin counts once, without a gap
+            # a point has one session of a kind at a time: a join while an earlier one of
+            # the same identity and transport is still open (its node died before
+            # recording the leave, or a crash) ends that one here, so the rejoin counts
+            # once, without a gap (participant ids are "TRANSPORT:ID", see lobby.py)
+            kind = _transport(event.participant_id)
             for participant, since in list(open_since.items()):
-                if participant != event.participant_id and session_of[participant] == who:
+                if (
+                    participant != event.participant_id
+                    and session_of[participant] == who
+                    and _transport(participant) == kind
+                ):
                     del open_since[participant]
                     totals[who] = totals.get(who, timedelta()) + max(timedelta(), event.at - since)
             session_of[event.participant_id] = who
@@ -162,3 +168,8 @@ def presence(
         if who not in invited
     ]
     return result
+
+
+def _transport(participant_id: str) -> str:
+    """The transport part of a recorded participant id ("websocket:PA_x"), "" if none."""
+    return participant_id.partition(":")[0] if ":" in participant_id else ""

@@ -118,6 +118,9 @@ class Briefing(RoomEvents):
         self.held: set[str] = set()  # identities whose microphone the chair holds muted
         self.invited: set[str] = set()  # held identities asked to unmute (consent lifts it)
         self.admitted: set[str] = set()  # identities that joined (may rejoin a locked room)
+        #: identities the chair removed (on any node): not learnt as admitted from another
+        #: node's list, which may still show them for a moment
+        self.removed: set[str] = set()
         self.absent_since: dict[str, float] = {}  # identity -> monotonic time it left
         self.chat: deque[dict[str, Any]] = deque(maxlen=CHAT_HISTORY)
         self._chat_times: dict[str, deque[float]] = {}
@@ -144,6 +147,7 @@ class Briefing(RoomEvents):
 
     def joined(self, participant: Participant) -> None:
         self.admitted.add(participant.who.identity)
+        self.removed.discard(participant.who.identity)
         self.absent_since.pop(participant.who.identity, None)
 
     async def departed(self, participant: Participant, reason: str, message: str | None) -> None:
@@ -206,7 +210,11 @@ class Briefing(RoomEvents):
         elsewhere = {member.get("identity") for member in self._remote_members()}
         # a point present on another node was admitted there: it may come back here (a
         # reconnection lands on any node) when the chair has locked the meeting since
-        self.admitted |= {identity for identity in elsewhere if isinstance(identity, str)}
+        self.admitted |= {
+            identity
+            for identity in elsewhere
+            if isinstance(identity, str) and identity not in self.removed
+        }
         for identity, since in list(self.absent_since.items()):
             if identity in elsewhere:  # it rejoined on another node of the meeting
                 del self.absent_since[identity]
@@ -486,6 +494,10 @@ class Briefing(RoomEvents):
             await self._carry_out(event)
         elif kind == "refused":
             await self._refused(event)
+        elif kind == "forget" and isinstance(identity := event.get("identity"), str):
+            if not any(p.who.identity == identity for p in self.room.participants.values()):
+                self._forget(identity)  # removed by the chair on another node
+                self.removed.add(identity)
         elif kind == "declined" and isinstance(event.get("participant"), str):
             await self._tell_chairs(event["participant"])
         elif kind == "end":
@@ -580,6 +592,9 @@ class Briefing(RoomEvents):
             self.on_removed(participant)
         await self.room.leave(participant.id, "removed", close_room=False, message=message)
         self._forget(participant.who.identity)
+        self.removed.add(participant.who.identity)
+        if self.share is not None:  # no node lets it back into a locked meeting
+            self.share({"kind": "forget", "identity": participant.who.identity})
 
     async def end(self, shared: bool = True) -> None:
         """The chair ends the meeting for everyone (on every node, unless ``shared`` is

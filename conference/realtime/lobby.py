@@ -151,6 +151,7 @@ class Lobby:
         #: the other nodes of a cluster (None: this process is the only node)
         self.share: LobbyShare | None = None
         self._saying: set[str] = set()
+        self._loading: dict[str, asyncio.Future[None]] = {}
 
     def of(self, meeting: str) -> MeetingLobby:
         lobby = self.meetings.get(meeting)
@@ -197,7 +198,9 @@ class Lobby:
             self.lifecycle.record(
                 meeting,
                 identity=who.identity,
-                participant_id=participant.id,
+                # the transport too: a hall's browser and its WHIP encoder may be in the
+                # meeting at once under one identity (attendance.presence tells them apart)
+                participant_id=f"{participant.transport}:{participant.id}",
                 kind=kind,
                 at=datetime.now(UTC),
                 name=who.name,
@@ -242,17 +245,33 @@ class Lobby:
         lobby = self.of(meeting)
         if self.share is None or lobby.loaded:
             return lobby
+        task = self._loading.get(meeting)
+        if task is None:  # the joins arriving meanwhile wait for the same read
+            task = self._loading[meeting] = asyncio.ensure_future(self._load(lobby))
+            task.add_done_callback(lambda _: self._loading.pop(meeting, None))
+        await asyncio.shield(task)
+        return lobby
+
+    async def _load(self, lobby: MeetingLobby) -> None:
+        assert self.share is not None
+        try:
+            shared = await self.share.lobby_load(lobby.meeting)
+        except Exception as exc:  # Redis away: this node's own view, read again next time
+            logger.warning("meeting %s: the other nodes' lobby is unknown: %r", lobby.meeting, exc)
+            return
         lobby.loaded = True
-        shared = await self.share.lobby_load(meeting)
         lobby.started = lobby.started or shared["started"]
         lobby.allowed |= shared["allowed"] - shared["refused"]
         lobby.remote.update(shared["waiting"])
-        return lobby
 
     def shared(self, meeting: str, message: dict[str, Any]) -> None:
-        """Another node's lobby news (cluster's ``on_lobby``)."""
+        """Another node's lobby news (cluster's ``on_lobby``).  Only for a meeting whose
+        lobby this node has (someone waits, or a moderator is here); another node reads
+        the decisions from Redis when its first participant waits (`load`)."""
         node = str(message["node"])
-        lobby = self.of(meeting)
+        lobby = self.meetings.get(meeting)
+        if lobby is None:
+            return
         if "waiting" in message:
             if message["waiting"]:
                 lobby.remote[node] = message["waiting"]

@@ -236,6 +236,7 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
         raise _http(404, "not-found", "the meeting is not live")
     target = room.get(target_id) if target_id else None
     if target_id and target is None:
+        await _cleanup(room, None)  # opened here for this viewer: closed again if empty
         raise _http(404, "not-found", "no such participant in the meeting")
     viewer = Participant(
         room, who, "whep", ice_servers=request.app[ICE_SERVERS], auto_subscribe=False
@@ -243,6 +244,7 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
     try:
         await room.join(viewer)
     except RoomError as exc:
+        await _cleanup(room, None)
         raise _http(503, exc.code, exc.message) from exc
     codec = room.video_codec
     if target is not None:

@@ -216,6 +216,7 @@ class Room:
             self.remote_members[node] = members
         elif self.remote_members.pop(node, None) is None:
             return
+        self._moderator.clear()  # (the audio gate's cache: learnt again)
         self.changed()
 
     def remote_participants(self) -> list[dict[str, Any]]:

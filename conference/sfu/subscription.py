@@ -358,6 +358,7 @@ class Subscription:
         return extension_block(tuple(extensions))
 
     def _start_source(self, publication: Publication, layer: int, packet: RtpPacket) -> None:
+        self.resync = False  # the numbering continues here already
         previous, previous_layer = self.source, self.layer
         if previous is not None:
             previous.layers[previous_layer].subscriptions.discard(self)

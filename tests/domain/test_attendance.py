@@ -144,6 +144,26 @@ def test_a_rejoin_through_another_node_counts_once(database: db.Database) -> Non
         assert rows["ubnd-xa-01"].connected == timedelta(minutes=50)
         kinds = [e.kind for e in list_events(session, meeting_id)]
         assert kinds == ["join", "join", "leave"]  # the rejoin, no leave in between
+    # a hall's browser and its WHIP encoder at once (two transports): both count
+    with database.session() as session:
+        for participant, kind, minute in (
+            ("websocket:PA_b", "join", 0),
+            ("whip:PA_w", "join", 1),
+            ("whip:PA_w", "leave", 5),
+            ("websocket:PA_b", "leave", 60),
+        ):
+            record_event(
+                session,
+                meeting_id,
+                identity="ubnd-xa-02",
+                participant_id=participant,
+                kind=kind,
+                at=at + timedelta(minutes=minute),
+                role="point",
+            )
+    with database.session() as session:
+        rows = {p.identity: p for p in presence(session, meeting_id, until=at + timedelta(hours=2))}
+        assert rows["ubnd-xa-02"].connected == timedelta(minutes=64)  # each session its time
 
 
 def claims(meeting: int | str, identity: str, role: str) -> Claims:
