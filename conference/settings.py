@@ -381,11 +381,9 @@ def _to_workers(value: object, label: str, base: Path | None = None) -> int:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return max(1, os.cpu_count() or 1)
     try:
-        workers = _int_converter(1, 256)(value, label, base)
+        return int(str(_int_converter(1, 256)(value, label, base)))
     except SettingsError:
         raise SettingsError(f"{label}: expected a number of workers (1-256) or auto") from None
-    assert isinstance(workers, int)
-    return workers
 
 
 _CONVERTERS: dict[str, _Converter] = {

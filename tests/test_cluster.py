@@ -350,6 +350,19 @@ async def test_malformed_directory_entries_and_messages_are_ignored() -> None:
             ),
         )
         assert room.remote_members == {"other": [{"id": "PA_x"}]}
+        # revocations: implausible expiries (NaN, infinite, huge) are dropped, not raised
+        learnt: list[tuple[str, str, float]] = []
+        cluster.on_revoked = lambda *args: learnt.append(args)
+        for expires in ("NaN", "Infinity", "1e20", '"soon"', "-5", "true"):
+            cluster._on_revoked(
+                f'{{"node": "other", "kind": "meeting", "token": "t", "expires": {expires}}}'
+            )
+        cluster._on_revoked('{"node": "other", "kind": "meeting", "token": "t"}')
+        assert learnt == []
+        cluster._on_revoked(
+            '{"node": "other", "kind": "meeting", "token": "t", "expires": 1900000000}'
+        )
+        assert learnt == [("meeting", "t", 1900000000.0)]
     finally:
         await room.close()
         await cluster.redis.aclose()
