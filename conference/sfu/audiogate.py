@@ -16,8 +16,9 @@ subscribers:
 * at most :data:`MAX_OPEN` microphones are open at once; one that starts carrying
   sound when all places are taken gets the place of the quietest open one (its
   recent level :data:`EVICT_MARGIN` dB above), otherwise it waits;
-* **always open**: the microphones of the chair, and those without a level (an
-  encoder that does not send the extension: nothing to judge by).
+* **always open**: those without a level (an encoder that does not send the
+  extension: nothing to judge by); and the room (`Room._admit_audio`) lets the
+  chair's and the floor holder's microphones through without asking the gate.
 
 A closed microphone's packets are not forwarded (the recorder and the other nodes
 still get them: see `Publication.on_rtp`); when it opens again its subscribers'

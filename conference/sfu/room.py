@@ -40,6 +40,10 @@ class RoomEvents:
     microphones, tell the pages, and keep its state across rejoins.
     """
 
+    #: the identity of the participant holding the floor (its microphone always passes
+    #: the audio gate), if the layer above has such a rule
+    floor: str | None = None
+
     def admit(self, participant: Participant) -> None:
         """Before a join: raise `RoomError` to refuse it."""
 
@@ -98,7 +102,8 @@ class Room:
         self.speaker = SpeakerDetector()
         #: which microphones reach their subscribers (a few at a time, the chair always)
         self.audio_gate = AudioGate()
-        self._moderator: dict[str, bool] = {}  # participant id -> moderates (the gate's cache)
+        #: participant id -> (moderates, identity): the audio gate's cache
+        self._moderator: dict[str, tuple[bool, str]] = {}
         self.program = ProgramFeed(self)
         self.created_at = time.time()
         self.closed = False
@@ -262,23 +267,27 @@ class Room:
     # -- publications ------------------------------------------------------------
     def _admit_audio(self, publication: Publication, level: int | None) -> bool:
         """`Publication.gate` of every microphone: the room's `AudioGate`, except that a
-        moderator's microphone (the chair's hall) always reaches everyone."""
-        if self._moderates(publication.participant_id):
+        moderator's microphone (the chair's hall) and the floor holder's always reach
+        everyone."""
+        known = self._who(publication.participant_id)
+        if known is not None and (known[0] or known[1] == self.events.floor):
             return True
         return self.audio_gate.admit(publication.id, level, time.monotonic())
 
-    def _moderates(self, participant_id: str) -> bool:
+    def _who(self, participant_id: str) -> tuple[bool, str] | None:
+        """(moderates, identity) of a participant here or on another node (None: not
+        known yet), kept for the audio gate."""
         known = self._moderator.get(participant_id)
         if known is not None:
             return known
         participant = self.participants.get(participant_id)
         if participant is not None:
-            known = participant.who.moderate
+            known = (participant.who.moderate, participant.who.identity)
         else:  # on another node: known once its node's list has arrived
             member = self.remote_member(participant_id) if self.remote_members else None
             if member is None:
-                return False
-            known = member.get("moderator") is True
+                return None
+            known = (member.get("moderator") is True, str(member.get("identity")))
         self._moderator[participant_id] = known
         return known
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from conference.sfu.audiogate import HANGOVER, MAX_OPEN, SOUND_LEVEL, AudioGate
 
 VOICE = 20
@@ -55,3 +57,32 @@ def test_a_forgotten_microphone_frees_its_place() -> None:
     assert not gate.admit("b", VOICE + 3, 0.0)  # not 6 dB louder: waits
     gate.forget("a")
     assert gate.admit("b", VOICE + 3, 0.02)
+
+
+async def test_the_room_lets_the_chair_and_the_floor_holder_through_always() -> None:
+    """`Room._admit_audio`: four noisy halls hold the places; the chair's microphone and
+    the floor holder's (here on another node) still pass, a fifth hall does not."""
+    from types import SimpleNamespace
+
+    from conference.sfu.room import Room
+
+    room = Room("gate")
+    try:
+        members = [
+            {"id": f"PA_{n}", "identity": f"xa-{n}", "moderator": False} for n in range(6)
+        ] + [{"id": "PA_chair", "identity": "huyen", "moderator": True}]
+        room.set_remote_members("node-2", members)
+
+        def mic(participant: str) -> Any:
+            return SimpleNamespace(id=f"TR_{participant}", participant_id=participant)
+
+        for n in range(MAX_OPEN):
+            assert room._admit_audio(mic(f"PA_{n}"), NOISE)
+        assert not room._admit_audio(mic("PA_4"), NOISE)
+        assert room._admit_audio(mic("PA_chair"), NOISE)  # a moderator
+        room.events.floor = "xa-5"
+        assert room._admit_audio(mic("PA_5"), NOISE)  # the floor holder
+        room.events.floor = None
+        assert not room._admit_audio(mic("PA_5"), NOISE)
+    finally:
+        await room.close()
