@@ -15,6 +15,7 @@ import json
 import logging
 import time
 import warnings
+import weakref
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -202,10 +203,16 @@ async def receive_json(
     return data
 
 
+#: the last room state each socket received while `reply` skipped it (for `_room`)
+_LAST_ROOM: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
 async def reply(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10.0) -> dict[str, Any]:
     """The next message that is not a room-state broadcast."""
     while True:
         message = await receive_json(ws, timeout)
+        if message["type"] == "room":
+            _LAST_ROOM[ws] = message
         if message["type"] not in ("room", "speaker"):
             return message
 
@@ -331,8 +338,9 @@ async def wait_participants(
 
 
 async def _room(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    """The latest room state seen on ``ws`` (asks with a ping to flush)."""
-    room: dict[str, Any] = {}
+    """The latest room state seen on ``ws`` (asks with a ping to flush; a broadcast that
+    `reply` skipped meanwhile counts)."""
+    room: dict[str, Any] = _LAST_ROOM.get(ws, {})
     await ws.send_json({"type": "ping", "id": "room"})
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

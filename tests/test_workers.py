@@ -330,6 +330,9 @@ async def test_a_signed_out_session_is_refused_by_every_worker(tmp_path: Path) -
         token = await first.csrf("/home")
         status, _, _ = await first.post("/logout", {"csrf_token": token})
         assert status == 303
+        # the revocation reaches the other workers through Redis: milliseconds, less than
+        # a second on a loaded machine
+        await asyncio.sleep(1.0)
         # the cookie replayed on fresh connections: whichever worker takes each, refused
         for _ in range(8):
             replay = site.browser()
