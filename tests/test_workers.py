@@ -250,9 +250,13 @@ async def test_the_lobby_works_across_workers(
         return made
 
     try:
+        # an invited point waits before the chair arrives (on either worker)
+        first = client(points[0])
+        joining[points[0]] = asyncio.ensure_future(first.connect())
+        await first.wait_for(lambda: first.lobby is not None, 10)
         chair = client("chu-tich", "chair")
         await chair.connect(start=False)
-        by_identity: dict[str, Client] = {}
+        by_identity: dict[str, Client] = {points[0]: first}
 
         def waiting() -> list[dict[str, Any]]:
             states = [m for m in chair.messages if m.get("type") == "lobby-state"]
@@ -263,9 +267,9 @@ async def test_the_lobby_works_across_workers(
             joining[identity] = asyncio.ensure_future(waiter.connect())
             await chair.wait_for(lambda: identity in {w["identity"] for w in waiting()}, 10)
 
-        # an invited point waits (wherever it landed), then guests until some wait on
-        # the chair's worker and some on the other: the chair's list has them all
-        await arrive(points[0])
+        # the chair's first list has it, wherever it waits; then guests arrive until
+        # some wait on the chair's worker and some on the other: the list has them all
+        await chair.wait_for(lambda: points[0] in {w["identity"] for w in waiting()}, 10)
         for n in range(16):
             await arrive(f"khach-{n}")
             guests = [w for w in waiting() if w["guest"]]

@@ -545,6 +545,7 @@ async def joined(
         return
     meeting = participant.room.meeting_id
     lobby = app[LOBBY]
+    await lobby.load(meeting)  # in a cluster: who already waits on the other nodes
     if verdict.status == "live":
         lobby.of(meeting).started = True
         if verdict.recording_policy == "auto":
