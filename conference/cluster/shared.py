@@ -16,17 +16,21 @@ token concerns every meeting.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
 #: the lobby's decisions are kept this long (a meeting's join window is shorter)
 LOBBY_TTL = 24 * 3600
+#: a revocation is written this many times, a second apart, before it is given up (logged)
+REVOKE_TRIES = 3
 
 
 class SharedState:
@@ -159,9 +163,16 @@ class SharedState:
 
     async def _revoke(self, kind: str, token_id: str, expires: float) -> None:
         key = f"{self.prefix}revoked:{kind}:{token_id}"
-        await self.redis.set(key, str(expires), exat=int(expires) + 60)
         message = {"node": self.name, "kind": kind, "token": token_id, "expires": expires}
-        await self.redis.publish(self._revoked_channel, json.dumps(message))
+        for attempt in range(REVOKE_TRIES):  # a revocation must not be lost to a blip
+            try:
+                await self.redis.set(key, str(expires), exat=int(expires) + 60)
+                await self.redis.publish(self._revoked_channel, json.dumps(message))
+                return
+            except RedisError:
+                if attempt == REVOKE_TRIES - 1:
+                    raise
+                await asyncio.sleep(1.0)
 
     async def _load_revoked(self) -> None:
         async for key in self.redis.scan_iter(match=f"{self.prefix}revoked:*", count=500):
