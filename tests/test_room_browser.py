@@ -58,6 +58,11 @@ def stats(page: Any) -> dict[str, dict[str, Any]]:
     return result
 
 
+#: audio energy a silent stream may still show: the receiver's concealment fading out
+#: after the last packet (seen once: 3.7e-10; a heard beep adds ~3e-3 in 2 s)
+SILENT = 1e-6
+
+
 def growth(page: Any, ids: list[str], seconds: float = 2.0) -> dict[str, float]:
     """How much each publication's frames (video) or audio energy grew in ``seconds``."""
     before = stats(page)
@@ -128,9 +133,9 @@ def test_chair_runs_the_briefing(server: ServerProcess, browser: Any, tmp_path: 
     sync_api.expect(b.locator("#mute-btn")).to_have_text("Bật micro")
     time.sleep(1.0)  # the held stream's jitter buffer drains
     grown = growth(chair, [mic_a, mic_b])
-    assert grown[mic_a] > 0 and grown[mic_b] == 0, grown
+    assert grown[mic_a] > SILENT and grown[mic_b] < SILENT, grown
     mic_b_on_a = publication(a, ids["xa-b"], "microphone")
-    assert growth(a, [mic_b_on_a])[mic_b_on_a] == 0
+    assert growth(a, [mic_b_on_a])[mic_b_on_a] < SILENT
     # xa-b cannot unmute itself while held (the page says why, the server would refuse)
     b.click("#mute-btn")
     sync_api.expect(b.locator("#notice")).to_contain_text("giơ tay phát biểu")
@@ -144,7 +149,7 @@ def test_chair_runs_the_briefing(server: ServerProcess, browser: Any, tmp_path: 
     )
     time.sleep(1.0)
     grown = growth(chair, [mic_a, mic_b])
-    assert grown == {mic_a: 0, mic_b: 0}, grown
+    assert grown[mic_a] < SILENT and grown[mic_b] < SILENT, grown
 
     # ask to unmute: xa-a's page asks, the point accepts, it is heard again
     chair.click(f'#participants li[data-participant="{ids["xa-a"]}"] button.ask-unmute')
