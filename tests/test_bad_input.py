@@ -337,22 +337,34 @@ async def wait_participants(
         await asyncio.sleep(0.25)
 
 
-async def _room(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    """The latest room state seen on ``ws`` (asks with a ping to flush; a broadcast that
-    `reply` skipped meanwhile counts)."""
+async def _room(
+    ws: aiohttp.ClientWebSocketResponse, until: Any, timeout: float = 10.0
+) -> dict[str, Any]:
+    """The first room state on ``ws`` for which ``until(room)`` holds: the latest one
+    `reply` skipped, or the next broadcasts (asks with pings to flush; returns once its
+    ping is answered, so that no pong is left for the next `reply`)."""
     room: dict[str, Any] = _LAST_ROOM.get(ws, {})
+    if room and until(room):
+        return room
+    found: dict[str, Any] | None = None
     await ws.send_json({"type": "ping", "id": "room"})
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         message = await receive_json(ws)
         if message["type"] == "room":
             room = message
-        if message["type"] == "pong" and room:
-            return room
-        if message["type"] == "pong":
+            if found is None and until(room):
+                found = room
+        if message["type"] == "pong" and message.get("id") == "room":
+            if found is not None:
+                return found
             await asyncio.sleep(0.1)
             await ws.send_json({"type": "ping", "id": "room"})
-    raise AssertionError("no room state")
+    raise AssertionError(f"no room state as expected; the last: {room}")
+
+
+def _mine(room: dict[str, Any], identity: str = "p1") -> list[dict[str, Any]]:
+    return [p for p in room.get("participants", []) if p["identity"] == identity]
 
 
 # --- tokens ------------------------------------------------------------------------------------
@@ -805,8 +817,8 @@ async def test_garbage_and_empty_sdp_offers_keep_the_connection(http, server):
             await ws.send_json({"type": "offer", "pc": "publisher", "sdp": GARBAGE_SDP})
             await expect_error(ws, "bad-request", "cannot apply offer", "offer")
             await ping_pong(ws)
-            room = await _room(ws)
-            mine = [p for p in room["participants"] if p["identity"] == "p1"]
+            room = await _room(ws, lambda r: bool(_mine(r)) and bool(_mine(r)[0]["publications"]))
+            mine = _mine(room)
             assert [pub["source"] for pub in mine[0]["publications"]] == ["camera"], room
         finally:
             await pc.close()
@@ -893,7 +905,9 @@ async def test_point_may_not_moderate_by_deleting_sessions(http, server):
         async with http.delete(server.url + whep_location, headers=other) as response:
             assert response.status == 403
         joined_id = next(
-            p["id"] for p in (await _room(ws))["participants"] if p["identity"] == "p2"
+            p["id"]
+            for p in (await _room(ws, lambda r: bool(_mine(r, "p2"))))["participants"]
+            if p["identity"] == "p2"
         )
         async with http.delete(server.url + f"/whip/m1/{joined_id}", headers=other) as response:
             assert response.status == 403
@@ -1349,8 +1363,8 @@ async def test_malformed_simulcast_offers_keep_the_connection(http, server):
         answer = await reply(ws)
         assert answer["type"] == "answer", answer
         assert "a=simulcast:recv q;h;f" in answer["sdp"] and "a=rid:f recv" in answer["sdp"]
-        room = await _room(ws)
-        mine = [p for p in room["participants"] if p["identity"] == "p1"]
+        room = await _room(ws, lambda r: bool(_mine(r)) and bool(_mine(r)[0]["publications"]))
+        mine = _mine(room)
         assert mine[0]["publications"][0]["layers"] == ["q", "h", "f"], room
         # the layers of a published m-line cannot change in a re-offer
         await ws.send_json({"type": "offer", "sdp": _simulcast(offer, "q;h", "q h")})
@@ -1379,7 +1393,7 @@ async def test_bad_view_and_profile_messages(http, server):
             await ping_pong(ws)
         await ws.send_json({"type": "view", "videos": {"TR_x": "small"}})  # unknown ids: fine
         await ws.send_json({"type": "profile", "profile": "low"})
-        room = await _room(ws)
+        room = await _room(ws, lambda r: [p.get("profile") for p in _mine(r)] == ["low"])
         assert [p["profile"] for p in room["participants"] if p["identity"] == "p1"] == ["low"]
     finally:
         await ws.close()
