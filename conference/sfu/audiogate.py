@@ -18,7 +18,8 @@ subscribers:
   recent level :data:`EVICT_MARGIN` dB above), otherwise it waits;
 * **always open**: those without a level (an encoder that does not send the
   extension: nothing to judge by); and the room (`Room._admit_audio`) lets the
-  chair's and the floor holder's microphones through without asking the gate.
+  chair's and the floor holder's microphones through without asking the gate, and
+  asks it only when it has more than :data:`GATE_FROM` microphones.
 
 A closed microphone's packets are not forwarded (the recorder and the other nodes
 still get them: see `Publication.on_rtp`); when it opens again its subscribers'
@@ -38,6 +39,9 @@ SOUND_LEVEL = 70
 HANGOVER = 1.0
 #: at most this many microphones are open at once (the always-open ones not counted)
 MAX_OPEN = 4
+#: a room with at most this many microphones forwards them all (`Room._admit_audio`):
+#: there the square is small, and nothing risks cutting a word
+GATE_FROM = 8
 #: a microphone takes the place of an open one at least this much quieter (dB)
 EVICT_MARGIN = 6.0
 #: the recent level is an average over about this many packets (20 ms each)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .audiogate import AudioGate
+from .audiogate import GATE_FROM, AudioGate
 from .bandwidth import BandwidthManager
 from .participant import Participant
 from .program import ProgramFeed
@@ -102,6 +102,7 @@ class Room:
         self.speaker = SpeakerDetector()
         #: which microphones reach their subscribers (a few at a time, the chair always)
         self.audio_gate = AudioGate()
+        self._microphones = 0  # published here or relayed from another node
         #: participant id -> (moderates, identity): the audio gate's cache
         self._moderator: dict[str, tuple[bool, str]] = {}
         self.program = ProgramFeed(self)
@@ -269,6 +270,8 @@ class Room:
         """`Publication.gate` of every microphone: the room's `AudioGate`, except that a
         moderator's microphone (the chair's hall) and the floor holder's always reach
         everyone."""
+        if self._microphones <= GATE_FROM:  # a small meeting: everyone is heard as sent
+            return True
         known = self._who(publication.participant_id)
         if known is not None and (known[0] or known[1] == self.events.floor):
             return True
@@ -294,6 +297,7 @@ class Room:
     def publication_added(self, publication: Publication) -> None:
         if publication.source == "microphone":
             publication.gate = self._admit_audio
+            self._microphones += 1
         self.events.publication_added(publication)  # may block it before anyone receives it
         for participant in self.participants.values():
             if participant.auto_subscribe and participant.id != publication.participant_id:
@@ -303,6 +307,8 @@ class Room:
         self._notify("publication-added", publication)
 
     def publication_removed(self, publication: Publication) -> None:
+        if publication.source == "microphone":
+            self._microphones -= 1
         self.audio_gate.forget(publication.id)
         self.bandwidth.publication_gone(publication.id)
         self._notify("publication-removed", publication)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conference.sfu.audiogate import HANGOVER, MAX_OPEN, SOUND_LEVEL, AudioGate
+from conference.sfu.audiogate import GATE_FROM, HANGOVER, MAX_OPEN, SOUND_LEVEL, AudioGate
 
 VOICE = 20
 NOISE = 57  # the load test's room noise: sound, but far quieter than a voice
@@ -72,6 +72,9 @@ async def test_the_room_lets_the_chair_and_the_floor_holder_through_always() -> 
             {"id": f"PA_{n}", "identity": f"xa-{n}", "moderator": False} for n in range(6)
         ] + [{"id": "PA_chair", "identity": "huyen", "moderator": True}]
         room.set_remote_members("node-2", members)
+        assert room._admit_audio(SimpleNamespace(id="TR_x", participant_id="PA_0"), NOISE)
+        room._microphones = GATE_FROM + 1  # a large meeting: the gate decides
+        room.audio_gate.forget("TR_x")
 
         def mic(participant: str) -> Any:
             return SimpleNamespace(id=f"TR_{participant}", participant_id=participant)
