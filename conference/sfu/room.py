@@ -104,7 +104,7 @@ class Room:
         self.audio_gate = AudioGate()
         self._microphones = 0  # published here or relayed from another node
         #: participant id -> (moderates, identity): the audio gate's cache
-        self._moderator: dict[str, tuple[bool, str]] = {}
+        self._who_known: dict[str, tuple[bool, str]] = {}
         self.program = ProgramFeed(self)
         self.created_at = time.time()
         self.closed = False
@@ -165,7 +165,7 @@ class Room:
         logger.info("room %s: %s left (%s)", self.meeting_id, participant_id, reason)
         self._notify("left", participant, reason)
         self.bandwidth.forget(participant_id)
-        self._moderator.pop(participant_id, None)
+        self._who_known.pop(participant_id, None)
         await self.events.departed(participant, reason, message)
         self.speaker.remove(participant_id)
         self.program.participant_left(participant)
@@ -222,7 +222,7 @@ class Room:
             self.remote_members[node] = members
         elif self.remote_members.pop(node, None) is None:
             return
-        self._moderator.clear()  # (the audio gate's cache: learnt again)
+        self._who_known.clear()  # (the audio gate's cache: learnt again)
         self.changed()
 
     def remote_participants(self) -> list[dict[str, Any]]:
@@ -280,7 +280,7 @@ class Room:
     def _who(self, participant_id: str) -> tuple[bool, str] | None:
         """(moderates, identity) of a participant here or on another node (None: not
         known yet), kept for the audio gate."""
-        known = self._moderator.get(participant_id)
+        known = self._who_known.get(participant_id)
         if known is not None:
             return known
         participant = self.participants.get(participant_id)
@@ -291,7 +291,7 @@ class Room:
             if member is None:
                 return None
             known = (member.get("moderator") is True, str(member.get("identity")))
-        self._moderator[participant_id] = known
+        self._who_known[participant_id] = known
         return known
 
     def publication_added(self, publication: Publication) -> None:
