@@ -369,3 +369,22 @@ def test_a_port_another_server_listens_on_is_refused() -> None:
         listener.close()
     held = reserve_port("127.0.0.1", port)  # free again
     held.close()
+
+
+def test_serve_with_workers_and_an_unreachable_redis_says_so(tmp_path: Path) -> None:
+    result = run(
+        "serve",
+        "--workers",
+        "2",
+        "--redis-url",
+        "redis://127.0.0.1:1/0",
+        "--tls",
+        "off",
+        "--port",
+        "0",
+        cwd=tmp_path,
+    )
+    # (stdout holds the first run's admin account, made before the check)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("conference: error: redis_url: cannot reach")
