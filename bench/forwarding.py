@@ -119,7 +119,7 @@ class Tap:
         self.stats.mark()
         self.measuring = True
 
-    async def on_rtp(self, packet: Any, repaired: bool, layer: int = 0) -> None:
+    def on_rtp(self, packet: Any, repaired: bool, layer: int = 0) -> None:
         if self.kind == "video":
             self.total_video += 1
             now = time.monotonic()
@@ -129,7 +129,7 @@ class Tap:
         elif self.measuring:
             self.window.audio_packets += 1
         if self.inner is not None:
-            await self.inner.on_rtp(packet, repaired)
+            self.inner.on_rtp(packet, repaired)
 
     def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, layer: int = 0) -> None:
         if self.inner is not None:

@@ -66,7 +66,7 @@ async def run_once(count: int) -> dict[str, float]:
 
         started = time.process_time()
         for packet in batch:
-            await published.on_rtp(packet, False)
+            published.on_rtp(packet, False)
         fan_out = time.process_time() - started
 
         node.want_now(receiver)
@@ -81,7 +81,7 @@ async def run_once(count: int) -> dict[str, float]:
         transport.sendto = lambda data, address=None: sent.append(data)  # type: ignore[method-assign,assignment,misc]
         started = time.process_time()
         for packet in batch:
-            await published.on_rtp(packet, False)
+            published.on_rtp(packet, False)
         exported = time.process_time() - started
         transport.sendto = real_sendto  # type: ignore[method-assign]
         # (the captured datagrams are also what a real sendto would have sent)

@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -27,6 +28,7 @@ from aiortc.rtp import HeaderExtensionsMap
 
 from conference.sfu.bridge import ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, MID_URI, RtpPacket
 from conference.sfu.speaker import SpeakerDetector
+from conference.sfu.twcc import TWCC_URI
 from conference.tools import linkemu
 from conference.tools.loadtest import media
 from conference.tools.loadtest.eventloop import LoadTestEventLoop
@@ -372,10 +374,11 @@ class SentPackets:
     """Where a `LeanStream` sends: the attributes it reads of a negotiated
     `ForwardingSender`, and what went out, parsed back."""
 
-    def __init__(self, rtx: bool = True) -> None:
+    def __init__(self, rtx: bool = True, transport: Any = None) -> None:
         self.payload_type, self.rtx_payload_type = 96, (97 if rtx else None)
         self.ssrc, self.rtx_ssrc, self.mid = 1111, 2222, "0"
-        self.extension_ids = {MID_URI: 1, ABS_SEND_TIME_URI: 2, AUDIO_LEVEL_URI: 3}
+        self.extension_ids = {MID_URI: 1, ABS_SEND_TIME_URI: 2, AUDIO_LEVEL_URI: 3, TWCC_URI: 4}
+        self.transport = transport if transport is not None else types.SimpleNamespace()
         self.feedback: Any = None
         self.packets: list[RtpPacket] = []
 
@@ -394,6 +397,7 @@ HEADER_EXTENSIONS.configure(
             RTCRtpHeaderExtensionParameters(id=1, uri=MID_URI),
             RTCRtpHeaderExtensionParameters(id=2, uri=ABS_SEND_TIME_URI),
             RTCRtpHeaderExtensionParameters(id=3, uri=AUDIO_LEVEL_URI),
+            RTCRtpHeaderExtensionParameters(id=4, uri=TWCC_URI),
         ]
     )
 )
@@ -413,6 +417,12 @@ def test_lean_stream_sends_what_a_stock_sender_would_and_repairs_with_rtx() -> N
     assert first.extensions.mid == "0" and first.extensions.abs_send_time is not None
     assert first.extensions.audio_level == (False, 127)
     assert second.extensions.audio_level == (True, 20)
+    # transport-wide sequence numbers, as Chromium sends them: one counter per
+    # connection, shared by its streams
+    video = LeanStream(SentPackets(transport=sent.transport), 90000)  # type: ignore[arg-type]
+    video.send(b"\x90\x80\x80\x00frame", True)
+    wide = [p.extensions.transport_sequence_number for p in sent.packets + video.sender.packets]  # type: ignore[attr-defined]
+    assert wide == [wide[0], (wide[0] + 1) & 0xFFFF, (wide[0] + 2) & 0xFFFF]
     stream.on_nack([first.sequence_number, (first.sequence_number - 100) & 0xFFFF])
     rtx = sent.packets[-1]
     assert len(sent.packets) == 3 and stream.retransmitted == 1  # the unknown one is skipped

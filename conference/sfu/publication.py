@@ -257,7 +257,7 @@ class Publication:
         return self.top.last_rtp
 
     # -- PacketSink -------------------------------------------------------------------
-    async def on_rtp(self, packet: RtpPacket, repaired: bool, layer: int = 0) -> None:
+    def on_rtp(self, packet: RtpPacket, repaired: bool, layer: int = 0) -> None:
         stream = self.layers[layer] if layer < len(self.layers) else self.top
         stream.packets += 1
         payload = packet.payload
@@ -286,16 +286,17 @@ class Publication:
                 stream.keyframe_asked = None
             if stream.keep_keyframes:
                 stream.keep(packet, keyframe)
+        now = time.monotonic()
         if not repaired:
-            now = time.monotonic()
             if now - stream.last_packet >= 1.0:  # (re)started: see Layer.settled
                 stream.live_since = now
             stream.last_packet = now
             stream.last_rtp = (packet.timestamp, now)
-        if forward:
+        if forward and stream.subscriptions:
             blocks: dict[tuple[object, ...], bytes] = {}
+            index = stream.index
             for subscription in list(stream.subscriptions):
-                subscription.forward(self, stream.index, packet, keyframe, blocks)
+                subscription.forward(self, index, packet, keyframe, blocks, now)
         if stream is self.top:
             for tap in self.taps:
                 tap(self, packet, keyframe)

@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bridge import RtpPacket, run_now
+from .bridge import RtpPacket
 from .history import PacketHistory
 from .nack import NackTracker
 from .publication import Publication
@@ -355,7 +355,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 lost = tracker.received(packet.sequence_number, time.monotonic())
                 if lost:
                     self._nack(receiver, layer, lost)
-        run_now(receiver.sink.on_rtp(packet, repaired, layer))
+        receiver.sink.on_rtp(packet, repaired, layer)
 
     def _exported(self, kind: int, stream: int, layer: int, body: bytes) -> None:
         export = self.exports.get(stream)

@@ -286,12 +286,14 @@ class Subscription:
         packet: RtpPacket,
         keyframe: bool,
         blocks: dict[tuple[object, ...], bytes] | None = None,
+        now: float | None = None,
     ) -> None:
         """Rewrite ``packet`` of ``publication``'s ``layer`` and send it, if it belongs here.
 
         ``blocks`` is a per-packet cache of header-extension blocks shared by
         the subscriptions of one fan-out: those with the same extension IDs
-        and MID get the same block, built once.
+        and MID get the same block, built once.  ``now`` is the fan-out's
+        ``time.monotonic()`` (read once per packet, not per copy).
         """
         sender = self.sender
         if not sender._started or self.paused:
@@ -333,16 +335,16 @@ class Subscription:
             block = self._extension_block(packet)
             if blocks is not None:
                 blocks[key] = block
-        data = build_rtp_with_block(
-            sender.payload_type, marker, seq, timestamp, sender._ssrc, payload, block
-        )
-        self._history.store(seq, (timestamp, marker, payload, block))
+        history = self._history  # PacketHistory.store, inlined: once per copy
+        slot = seq % HISTORY_SIZE
+        history._seqs[slot] = seq
+        history._items[slot] = (timestamp, marker, payload, block)
         if ((seq - sender.last_seq) & 0xFFFF) < 0x8000:
             sender.last_seq = seq
             sender.last_ts = timestamp
-            sender.last_time = time.monotonic()
+            sender.last_time = time.monotonic() if now is None else now
         self.packets_forwarded += 1
-        sender.send_rtp(data, len(payload))
+        sender.send_media(marker, seq, timestamp, block, payload)
 
     def _extension_block(self, packet: RtpPacket) -> bytes:
         """This subscriber's header extensions for ``packet``, with its IDs."""

@@ -57,7 +57,7 @@ class StreamCounter:
     arrivals: list[float] = field(default_factory=list)
     on_packet: Callable[[RtpPacket, float], None] | None = None
 
-    async def on_rtp(self, packet: RtpPacket, repaired: bool, layer: int = 0) -> None:
+    def on_rtp(self, packet: RtpPacket, repaired: bool, layer: int = 0) -> None:
         now = time.monotonic()
         self.packets += 1
         self.bytes += len(packet.payload)

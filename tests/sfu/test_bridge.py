@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import aioice.ice
 import aiortc
+import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from conference.sfu.bridge import (
     ForwardingPeerConnection,
     ForwardingReceiver,
     ForwardingSender,
+    RtpPacket,
     announce_address,
     configure_ice_hosts,
     ice_candidate_from_json,
@@ -206,6 +209,73 @@ def test_fast_protect_matches_pylibsrtp():
         assert receiver.unprotect(protected) == packet
 
 
+def test_protect_into_and_fast_unprotect_match_pylibsrtp():
+    """The fan-out writes each copy into the SRTP buffer and protects it there; the
+    ingress unprotects without pylibsrtp's wrapper: byte for byte what pylibsrtp
+    gives, and a tampered or replayed packet is refused."""
+    import pylibsrtp
+    from pylibsrtp import Policy, Session
+
+    from conference.sfu.bridge import fast_unprotect, protect_into
+    from conference.sfu.rtpwire import build_rtp_with_block, extension_block
+
+    key = bytes(range(30))
+    write = protect_into(Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)))
+    assert write is not None
+    reference = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    receiver = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    unprotect = fast_unprotect(receiver)
+    block = extension_block(((1, b"0"), (3, b"\x01\x02\x03")))
+    for seq, (marker, ext) in enumerate([(True, block), (False, b""), (False, block)] * 3):
+        payload = bytes([seq]) * (100 + 97 * seq)
+        packet = build_rtp_with_block(96, marker, seq, 3000 * seq, 1234, payload, ext)
+        protected = bytes(write(0x80 | 96 if marker else 96, seq, 3000 * seq, 1234, ext, payload))
+        assert protected == reference.protect(packet)
+        assert unprotect(protected) == packet
+        with pytest.raises(pylibsrtp.Error):
+            unprotect(protected)  # a replay
+    tampered = bytearray(reference.protect(build_rtp_with_block(96, False, 50, 0, 1234, b"x", b"")))
+    tampered[-1] ^= 1
+    with pytest.raises(pylibsrtp.Error):
+        unprotect(bytes(tampered))
+    with pytest.raises(pylibsrtp.Error):
+        write(96, 51, 0, 1234, b"", bytes(70000))  # longer than any datagram
+
+
+def test_reception_statistics_match_aiortc(monkeypatch):
+    """The ingress's statistics (what receiver reports carry) are aiortc's, on a stream
+    with loss, reordering, duplicates and wrap-around."""
+    import random
+
+    from aiortc.rtcrtpreceiver import StreamStatistics
+
+    from conference.sfu.bridge import ReceptionStatistics
+
+    rng = random.Random(3)
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    ours, theirs = ReceptionStatistics(90000), StreamStatistics(90000)
+    seq, timestamp = 65000, 123456
+    for _ in range(3000):
+        step = rng.choice([1, 1, 1, 1, 2, 5, 0, -1, -3])
+        seq = (seq + step) & 0xFFFF
+        timestamp = (timestamp + rng.choice([0, 0, 3000])) & 0xFFFFFFFF
+        clock[0] += rng.random() * 0.02
+        packet = RtpPacket(sequence_number=seq, timestamp=timestamp)
+        ours.add(packet)
+        theirs.add(packet)
+        assert (ours.max_seq, ours.cycles, ours.packets_received, ours.jitter) == (
+            theirs.max_seq,
+            theirs.cycles,
+            theirs.packets_received,
+            theirs.jitter,
+        )
+        if rng.random() < 0.05:
+            assert ours.fraction_lost == theirs.fraction_lost
+            assert ours.packets_lost == theirs.packets_lost
+    assert ours.cycles >= 1 << 16 and ours.jitter > 0
+
+
 # -- client-side hooks (used by the load tester's simulated points) ---------------------
 
 
@@ -231,7 +301,7 @@ def test_client_hook_internals_are_still_there():
     assert "await self._next_encoded_frame(codec)" in run_rtp
     assert "enc_frame.audio_level" in run_rtp
     assert "audio_level" in inspect.signature(RTCEncodedFrame.__init__).parameters
-    assert "self.estimate_bandwidth" in inspect.getsource(ForwardingReceiver._handle_rtp_packet)
+    assert "self.estimate_bandwidth" in inspect.getsource(ForwardingReceiver.handle_rtp)
 
 
 async def test_honour_keyframe_requests_calls_back_on_pli_and_fir():
@@ -558,7 +628,7 @@ async def test_rtx_copies_of_packets_already_here_are_not_forwarded():
     forwarded: list[tuple[int, bool]] = []
 
     class Sink:
-        async def on_rtp(self, packet, repaired, layer=0):
+        def on_rtp(self, packet, repaired, layer=0):
             forwarded.append((packet.sequence_number, repaired))
 
         def on_sender_report(self, *args):
@@ -608,7 +678,7 @@ async def test_red_from_a_publisher_is_unwrapped_and_fills_a_lost_packet():
     forwarded: list[tuple[int, int, int, bytes]] = []
 
     class Sink:
-        async def on_rtp(self, packet, repaired, layer=0):
+        def on_rtp(self, packet, repaired, layer=0):
             forwarded.append(
                 (packet.sequence_number, packet.timestamp, packet.payload_type, packet.payload)
             )
@@ -797,3 +867,137 @@ async def test_media_datagrams_are_not_parsed_as_stun(monkeypatch):
     request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.RESPONSE)
     protocol.datagram_received(bytes(request), ("127.0.0.1", 5000))
     assert parsed[-1] == bytes(request) and len(receiver.data) == 3  # STUN is not media
+
+
+def _extension_map():
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+
+    from conference.sfu.bridge import LeanExtensionsMap
+
+    uris = [
+        "urn:ietf:params:rtp-hdrext:sdes:mid",
+        "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+        "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+        "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+        "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+        "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+        "urn:ietf:params:rtp-hdrext:toffset",
+    ]
+    parameters = RTCRtpParameters(
+        headerExtensions=[
+            RTCRtpHeaderExtensionParameters(id=i + 1, uri=uri) for i, uri in enumerate(uris)
+        ]
+    )
+    extension_map = LeanExtensionsMap()
+    extension_map.configure(parameters)
+    return extension_map
+
+
+def _random_packet(rng) -> bytes:
+    """An RTP packet as publishers send them: CSRCs, one- or two-byte extension blocks
+    with the negotiated extensions (and unknown ones), padding."""
+    from conference.sfu.rtpwire import build_rtp
+
+    values = {
+        1: lambda: rng.choice([b"0", b"1", b"video"]),
+        2: lambda: rng.choice([b"q", b"h", b"f"]),
+        3: lambda: rng.choice([b"q", b"f"]),
+        4: lambda: rng.randbytes(3),
+        5: lambda: rng.randbytes(1),
+        6: lambda: rng.randbytes(2),
+        7: lambda: rng.randbytes(3),
+        9: lambda: rng.randbytes(rng.randint(1, 16)),  # not negotiated: skipped
+    }
+    chosen = rng.sample(sorted(values), rng.randint(0, len(values)))
+    extensions = tuple((x_id, values[x_id]()) for x_id in chosen)
+    if rng.random() < 0.2:
+        extensions += ((200, rng.randbytes(rng.randint(0, 20))),)  # forces two-byte form
+    data = bytearray(
+        build_rtp(
+            rng.randint(0, 127),
+            rng.random() < 0.5,
+            rng.randint(0, 0xFFFF),
+            rng.randint(0, 0xFFFFFFFF),
+            rng.randint(0, 0xFFFFFFFF),
+            rng.randbytes(rng.randint(0, 1200)),
+            extensions,
+        )
+    )
+    count = rng.choice([0, 0, 0, 1, 3])
+    if count:  # insert CSRCs after the fixed header
+        data[0] |= count
+        data[12:12] = rng.randbytes(4 * count)
+    if rng.random() < 0.2:
+        padding = rng.randint(1, 40)
+        data[0] |= 0x20
+        data += bytes(padding - 1) + bytes([padding])
+    return bytes(data)
+
+
+def _fields(packet):
+    return (
+        packet.version,
+        packet.marker,
+        packet.payload_type,
+        packet.sequence_number,
+        packet.timestamp,
+        packet.ssrc,
+        packet.csrc,
+        packet.extensions,
+        packet.payload,
+        packet.padding_size,
+    )
+
+
+def test_parse_rtp_gives_what_aiortc_parses():
+    """The ingress parser returns aiortc's RtpPacket with the same fields and header
+    extensions, on packets of every shape and on every truncation of them."""
+    import random
+
+    from conference.sfu.bridge import parse_rtp
+
+    extension_map = _extension_map()
+    rng = random.Random(7)
+    parsed = refused = 0
+    for _ in range(3000):
+        data = _random_packet(rng)
+        ours = parse_rtp(data, extension_map.table)
+        assert type(ours) is RtpPacket
+        assert _fields(ours) == _fields(RtpPacket.parse(data, extension_map))
+        assert ours.extensions.mid is None or isinstance(ours.extensions.mid, str)
+        parsed += 1
+        for cut in sorted({rng.randint(0, len(data)) for _ in range(3)}):
+            try:
+                theirs = RtpPacket.parse(data[:cut], extension_map)
+            except ValueError:
+                with pytest.raises(ValueError):
+                    parse_rtp(data[:cut], extension_map.table)
+                refused += 1
+            else:
+                assert _fields(parse_rtp(data[:cut], extension_map.table)) == _fields(theirs)
+    assert parsed == 3000 and refused > 1000
+
+
+def test_parse_rtp_refuses_what_is_not_rtp():
+    from conference.sfu.bridge import parse_rtp
+
+    table = _extension_map().table
+    header = bytes([0x80, 96, 0, 1]) + bytes(8)
+    for data, reason in (
+        (header[:11], "less than 12"),
+        (bytes([0x40]) + header[1:], "invalid version"),
+        (bytes([0x82]) + header[1:] + bytes(4), "truncated CSRC"),
+        (bytes([0x90]) + header[1:] + b"\xbe\xde", "truncated extension profile"),
+        (bytes([0x90]) + header[1:] + b"\xbe\xde\x00\x02\x10", "truncated extension value"),
+        (bytes([0x90]) + header[1:] + b"\xbe\xde\x00\x01\x13\x00\x00\x00", "one-byte"),
+        (bytes([0x90]) + header[1:] + b"\x10\x00\x00\x01\x00\x00\x05\x05", "two-byte"),
+        (bytes([0xA0]) + header[1:] + b"\x05", "padding length"),
+        (bytes([0xA0]) + header[1:] + b"\x00", "padding length"),
+        (bytes([0x90]) + header[1:] + b"\xbe\xde\x00\x01\x10\xff\x00\x00", "utf-8"),
+    ):
+        with pytest.raises(ValueError, match=reason):
+            parse_rtp(data, table)
+    # RFC 8285: ID 15 ends the one-byte elements (aiortc reads on)
+    data = bytes([0x90]) + header[1:] + b"\xbe\xde\x00\x01\xf0\x51\x07\x00" + b"payload"
+    packet = parse_rtp(data, table)
+    assert packet.extensions.audio_level is None and packet.payload == b"payload"

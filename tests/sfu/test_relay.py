@@ -96,7 +96,7 @@ async def pair() -> AsyncIterator[Pair]:
 async def test_a_video_flows_only_while_the_node_wants_it(pair: Pair) -> None:
     source, published, receiver, imported = pair.link("video", tap=False)
     pair.node.renew()
-    await published.on_rtp(rtp(1), False)
+    published.on_rtp(rtp(1), False)
     await asyncio.sleep(0.2)
     assert not published.relays  # nobody receives it on the node: nothing asked, nothing sent
 
@@ -104,7 +104,7 @@ async def test_a_video_flows_only_while_the_node_wants_it(pair: Pair) -> None:
     pair.node.want_now(receiver)
     await until(lambda: published.relays)
     for seq in range(2, 12):
-        await published.on_rtp(rtp(seq, b"vp8-%d" % seq), False)
+        published.on_rtp(rtp(seq, b"vp8-%d" % seq), False)
     await until(lambda: len(pair.received) == 10)
     assert pair.received == [
         (seq, seq * 3000, seq % 2, b"vp8-%d" % seq, None) for seq in range(2, 12)
@@ -115,7 +115,7 @@ async def test_a_video_flows_only_while_the_node_wants_it(pair: Pair) -> None:
     imported.taps.clear()
     pair.node.renew()
     await until(lambda: not published.relays)
-    await published.on_rtp(rtp(12), False)
+    published.on_rtp(rtp(12), False)
     await asyncio.sleep(0.1)
     assert len(pair.received) == 10
 
@@ -129,7 +129,7 @@ async def test_audio_flows_with_its_levels_even_unsubscribed(pair: Pair) -> None
     pair.node.renew()
     await until(lambda: published.relays)
     for seq in range(1, 6):
-        await published.on_rtp(rtp(seq, b"opus%d" % seq, level=seq), False)
+        published.on_rtp(rtp(seq, b"opus%d" % seq, level=seq), False)
     await until(lambda: len(levels) == 5)
     assert levels == [("PA_a", seq) for seq in range(1, 6)]
 
@@ -142,7 +142,7 @@ async def test_keyframe_requests_and_sender_reports_cross_nodes(pair: Pair) -> N
     await until(lambda: source.keyframe_requests == [1])
     published.on_sender_report(123 << 32, 4567, layer=1)
     await until(lambda: imported.layers[1].sender_report == (123 << 32, 4567))
-    await published.on_rtp(rtp(5), False, layer=0)
+    published.on_rtp(rtp(5), False, layer=0)
     await until(lambda: imported.layers[0].packets == 1)
     assert imported.layers[1].packets == 0  # layers stay layers
 
@@ -165,7 +165,7 @@ async def test_a_packet_lost_between_nodes_is_sent_again(pair: Pair) -> None:
 
     transport.sendto = lossy  # type: ignore[method-assign,assignment]
     for seq in range(1, 6):
-        await published.on_rtp(rtp(seq), False)
+        published.on_rtp(rtp(seq), False)
     await until(lambda: len(pair.received) == 5)
     assert lost and [r[0] for r in pair.received] == [1, 2, 4, 5, 3]
     assert receiver.nacks_sent == 1

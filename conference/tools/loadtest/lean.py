@@ -10,7 +10,7 @@ one SRTP call, one ``sendto``) fed by `LeanPublisher` from payloads packetized o
 per process (`packetize`), shared by every point of the process.
 
 What the server sees is what the stock sender sent: the same payloads (VP8 picture
-IDs continue across the clip's loop), the MID, abs-send-time and audio-level header
+IDs continue across the clip's loop), the MID, transport-wide sequence number, abs-send-time and audio-level header
 extensions, a keyframe after each PLI or FIR (the replay jumps to the clip's next
 keyframe), RTX retransmissions of NACKed packets, sender reports.
 """
@@ -18,11 +18,13 @@ keyframe), RTX retransmissions of NACKed packets, sender reports.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import av
 from aiortc.codecs import get_encoder
@@ -30,14 +32,27 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from ...sfu.bridge import ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, MID_URI, ForwardingSender
 from ...sfu.rtpwire import abs_send_time, audio_level, build_rtp_with_block, extension_block
+from ...sfu.twcc import TWCC_URI
 from ..testmedia import EncodedPacket
 from .media import MediaSet
 
 __all__ = ["LeanPublisher", "LeanStream", "PacketizedClip", "packetize", "packetized"]
 
+logger = logging.getLogger(__name__)
+
 VIDEO_CLOCK = 90000
 AUDIO_CLOCK = 48000
 HISTORY = 512  # packets kept for retransmission (~5 s of 360p video)
+
+
+def transport_counter(transport: Any) -> list[int]:
+    """The transport-wide sequence counter of a connection's DTLS transport (shared
+    by every stream sent on it)."""
+    counter = getattr(transport, "_conference_twcc", None)
+    if counter is None:
+        counter = [random.randrange(0, 1 << 16)]
+        transport._conference_twcc = counter
+    return counter
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,11 @@ class LeanStream:
         self._mid = (ids[MID_URI], sender.mid.encode()) if MID_URI in ids and sender.mid else None
         self._abs_send_time_id = ids.get(ABS_SEND_TIME_URI)
         self._audio_level_id = ids.get(AUDIO_LEVEL_URI)
+        #: transport-wide sequence numbers, one counter per connection, as Chromium
+        #: sends them (the server then answers with transport-cc feedback instead of
+        #: running its REMB estimator, as for a browser)
+        self._twcc_id = ids.get(TWCC_URI)
+        self._twcc = transport_counter(sender.transport)
         self.on_keyframe_request: Callable[[], None] | None = None
         self.retransmitted = 0
         self.keyframe_requests = 0
@@ -117,6 +137,10 @@ class LeanStream:
     def send(self, payload: bytes, marker: bool, level: int | None = None) -> None:
         sender = self.sender
         extensions = [self._mid] if self._mid is not None else []
+        if self._twcc_id is not None:
+            counter = self._twcc
+            extensions.append((self._twcc_id, (counter[0] & 0xFFFF).to_bytes(2, "big")))
+            counter[0] += 1
         if self._abs_send_time_id is not None:
             extensions.append((self._abs_send_time_id, abs_send_time(time.time())))
         if level is not None and self._audio_level_id is not None:
@@ -214,74 +238,123 @@ class LeanPublisher:
         self.keyframes_requested = 0
         self.level = 127  # of the audio frame sent last
         camera.on_keyframe_request = self.request_keyframe
-        self._tasks: list[asyncio.Task[None]] = []
+        self._video_due = self._audio_due = 0.0  # loop time of the next frame
+        self._talk_index = self._quiet_index = 0
+        self._was_speaking = False
 
     def request_keyframe(self) -> None:
         self.keyframes_requested += 1
         self._keyframe_wanted = True
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.ensure_future(self._run_video()),
-            asyncio.ensure_future(self._run_audio()),
-        ]
+        now = asyncio.get_running_loop().time()
+        self._video_due = self._audio_due = now
+        self._talk_index = self._quiet_index = 0
+        self._was_speaking = False
+        pacer().add(self)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        pacer().remove(self)
 
-    async def _run_video(self) -> None:
-        loop = asyncio.get_running_loop()
+    def send_due(self, now: float) -> None:
+        """Send every frame whose time has come (the `Pacer` calls this each tick)."""
         period = 1 / self.fps
-        ticks = round(VIDEO_CLOCK / self.fps)
-        deadline = loop.time()
-        frames = self.video.frames
-        while True:
-            if self._keyframe_wanted:
-                self._keyframe_wanted = False
-                if not frames[self._index].keyframe:
-                    keys = self.video.keyframes
-                    self._index = next((k for k in keys if k > self._index), keys[0])
-            frame = frames[self._index]
-            self._index = (self._index + 1) % len(frames)
-            if frame.keyframe:
-                self.keyframes_sent += 1
-            pid = (0x8000 | self._picture_id).to_bytes(2, "big")
-            self._picture_id = (self._picture_id + 1) & 0x7FFF
-            last = len(frame.payloads) - 1
-            for i, payload in enumerate(frame.payloads):
-                if self.video.vp8:  # aiortc's descriptor: X, I, M: the picture ID at 2-3
-                    payload = payload[:2] + pid + payload[4:]
-                self.camera.send(payload, i == last)
-            self.camera.advance(ticks)
-            deadline += period
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
+        while self._video_due <= now:
+            self._send_video_frame()
+            self._video_due += period
+        while self._audio_due <= now:
+            self._audio_due += self._send_audio_frame() / AUDIO_CLOCK
 
-    async def _run_audio(self) -> None:
+    def _send_video_frame(self) -> None:
+        frames = self.video.frames
+        if self._keyframe_wanted:
+            self._keyframe_wanted = False
+            if not frames[self._index].keyframe:
+                keys = self.video.keyframes
+                self._index = next((k for k in keys if k > self._index), keys[0])
+        frame = frames[self._index]
+        self._index = (self._index + 1) % len(frames)
+        if frame.keyframe:
+            self.keyframes_sent += 1
+        pid = (0x8000 | self._picture_id).to_bytes(2, "big")
+        self._picture_id = (self._picture_id + 1) & 0x7FFF
+        last = len(frame.payloads) - 1
+        for i, payload in enumerate(frame.payloads):
+            if self.video.vp8:  # aiortc's descriptor: X, I, M: the picture ID at 2-3
+                payload = payload[:2] + pid + payload[4:]
+            self.camera.send(payload, i == last)
+        self.camera.advance(round(VIDEO_CLOCK / self.fps))
+
+    def _send_audio_frame(self) -> int:
+        """Send the next 20 ms of speech or room noise; returns its clock ticks."""
+        speaking = self.speaking
+        if speaking:
+            if not self._was_speaking:
+                self._talk_index = 0  # a new turn starts a sentence
+            frames, levels, index = self.speech.frames, self.speech_levels, self._talk_index
+            self._talk_index += 1
+        else:
+            frames, levels, index = self.quiet.frames, self.quiet_levels, self._quiet_index
+            self._quiet_index += 1
+        self._was_speaking = speaking
+        frame = frames[index % len(frames)]
+        self.level = levels[index % len(levels)]
+        for payload in frame.payloads:
+            self.microphone.send(payload, True, self.level)
+        self.microphone.advance(frame.ticks)
+        return frame.ticks
+
+
+#: how often the `Pacer` wakes (s): a frame leaves at most this late
+PACER_TICK = 0.002
+
+
+class Pacer:
+    """One timer for every lean publisher of a process (of its event loop).
+
+    A timer per point and per stream (30 video and 50 audio wake-ups a second each)
+    cost the generator about as much as the packets themselves; one tick every
+    `PACER_TICK` sends every frame that fell due since, for every point, in the
+    order the points started.  Points keep their own phases (each starts its clock
+    when it starts), so the server still sees them spread over the frame interval, in
+    steps of 2 ms (a coarser tick would hand the server its packets in fewer, larger
+    bursts than independent halls do, and flatter its wake-up costs).
+    """
+
+    def __init__(self) -> None:
+        self.publishers: dict[LeanPublisher, None] = {}  # in start order
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, publisher: LeanPublisher) -> None:
+        self.publishers[publisher] = None
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    def remove(self, publisher: LeanPublisher) -> None:
+        self.publishers.pop(publisher, None)
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time()
-        talk_index = quiet_index = 0
-        was_speaking = False
-        while True:
-            speaking = self.speaking
-            if speaking:
-                if not was_speaking:
-                    talk_index = 0  # a new turn starts a sentence
-                frames, levels, index = self.speech.frames, self.speech_levels, talk_index
-                talk_index += 1
-            else:
-                frames, levels, index = self.quiet.frames, self.quiet_levels, quiet_index
-                quiet_index += 1
-            was_speaking = speaking
-            frame = frames[index % len(frames)]
-            self.level = levels[index % len(levels)]
-            for payload in frame.payloads:
-                self.microphone.send(payload, True, self.level)
-            self.microphone.advance(frame.ticks)
-            deadline += frame.ticks / AUDIO_CLOCK
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
+        while self.publishers:
+            now = loop.time()
+            for publisher in list(self.publishers):
+                try:
+                    publisher.send_due(now)
+                except Exception:  # one point's failure must not stop the others
+                    logger.exception("lean publisher failed")
+                    self.publishers.pop(publisher, None)
+            await asyncio.sleep(PACER_TICK)
+
+
+_PACERS: dict[asyncio.AbstractEventLoop, Pacer] = {}
+
+
+def pacer() -> Pacer:
+    """The running event loop's `Pacer`."""
+    loop = asyncio.get_running_loop()
+    found = _PACERS.get(loop)
+    if found is None:
+        for old in [known for known in _PACERS if known.is_closed()]:
+            del _PACERS[old]
+        found = _PACERS[loop] = Pacer()
+    return found

@@ -187,7 +187,7 @@ class StreamStats:
         self._pause_gap = False  # the next frame gap spans a pause: not a freeze
 
     # -- PacketSink ---------------------------------------------------------------
-    async def on_rtp(self, packet: RtpPacket, repaired: bool, layer: int = 0) -> None:
+    def on_rtp(self, packet: RtpPacket, repaired: bool, layer: int = 0) -> None:
         self.receive(packet, repaired, time.monotonic())
 
     def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, layer: int = 0) -> None:
