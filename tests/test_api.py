@@ -234,6 +234,12 @@ async def test_organisation_api(any_site: Site, browsers: list[Browser]) -> None
         "POST", "/units", raw=b"{code: 1", **{"Content-Type": "application/json"}
     )
     assert status == 400 and is_error(data, "bad-json")
+    for nested in (b"[" * 100_000, b'{"code": ' + b"[" * 65 + b"]" * 65 + b"}"):
+        # json.loads recursed until RecursionError: a 500; now a depth limit
+        status, data, _ = await admin_a.call(
+            "POST", "/units", raw=nested, **{"Content-Type": "application/json"}
+        )
+        assert status == 400 and is_error(data, "bad-json"), nested[:20]
     status, data, _ = await admin_a.call(
         "POST", "/units", {"code": "xa-a2", "kind": "thon", "x": 1}
     )

@@ -571,6 +571,13 @@ def test_json_errors_for_any_refusal_status():
 BAD_FIRST_MESSAGES: list[tuple[str, str, str]] = [
     ("this is not json", "bad-json", "the message is not valid JSON"),
     ('{"type": "join", ', "bad-json", "the message is not valid JSON"),
+    # nested past Python's recursion limit: json.loads raised RecursionError (a traceback)
+    ("[" * 5000 + "]" * 5000, "bad-json", "the message is not valid JSON"),
+    (
+        '{"type": "join", "x": ' + "[" * 65 + "]" * 65 + "}",
+        "bad-json",
+        "the message is not valid JSON",
+    ),
     ("[1, 2, 3]", "bad-message", "a message is a JSON object with a string 'type'"),
     ('{"type": 7}', "bad-message", "a message is a JSON object with a string 'type'"),
     ('{"version": 1}', "bad-message", "a message is a JSON object with a string 'type'"),
@@ -624,6 +631,13 @@ async def test_unknown_and_malformed_messages_keep_the_connection(http, server):
         ),
         ("{not json", "bad-json", "the message is not valid JSON", None),
         ("", "bad-json", "the message is not valid JSON", None),
+        ("[" * 5000 + "]" * 5000, "bad-json", "the message is not valid JSON", None),
+        (
+            '{"type": "chat", "text": "hi", "x": ' + "{" * 5000 + "}" * 5000 + "}",
+            "bad-json",
+            "the message is not valid JSON",
+            None,
+        ),
         ("[]", "bad-message", "a message is a JSON object with a string 'type'", None),
         ('{"type": null}', "bad-message", "a message is a JSON object with a string 'type'", None),
         ('{"type": "join", "version": 1}', "unknown-type", "unknown message type 'join'", "join"),

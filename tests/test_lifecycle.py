@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from conference.domain import db
+from conference.domain.accounts import set_password
 from conference.domain.attendance import list_events, presence
 from conference.domain.meetings import ZONE, cancel_meeting, create_meeting, get_meeting
 from conference.tools.client import Client, ClientError
@@ -444,3 +445,117 @@ async def test_auto_recording_policy_records_from_the_start(tmp_path: Path) -> N
         for client in clients:
             await client.close()
         check_clean_exit(server)
+
+
+async def test_waiting_points_hear_at_once_that_the_meeting_was_cancelled_or_moved(
+    tmp_path: Path,
+) -> None:
+    """Issue 14 item 15: a point waiting in the lobby is told when its meeting is moved out
+    of the join window or cancelled (`meeting-moved` / `meeting-cancelled`, close 4403):
+    at once when the server itself changed the meeting (the API here), within a few
+    seconds when another process did (`conference meeting cancel`); and a join right
+    after a cancellation is refused, not let into the lobby by a remembered verdict."""
+    data = tmp_path / "data"
+    data.mkdir()
+    url = url_of({"CONFERENCE_DATA_DIR": str(data)})
+    db.upgrade(url)
+    database = db.Database(url)
+    meeting_id, _, points = schedule(database, minutes=20)
+    second_id, _, _ = schedule_more(database, minutes=20)
+    with database.session() as session:
+        set_password(session, "chu-tich", "mat-khau-1")
+    meeting, second = str(meeting_id), str(second_id)
+    server = start_server(tmp_path)
+    clients: list[Client] = []
+
+    def client(identity: str, meeting_id: str) -> Client:
+        c = Client(server.url, meeting_id, server.token(meeting_id, identity, "point"))
+        clients.append(c)
+        return c
+
+    async def api(http: aiohttp.ClientSession, method: str, path: str, body: Any) -> Any:
+        async with http.request(method, f"{server.url}/api/v1{path}", json=body) as response:
+            data = await response.json()
+            assert response.status in (200, 201), data
+            return data
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            token = (
+                await api(
+                    http, "POST", "/tokens", {"username": "chu-tich", "password": "mat-khau-1"}
+                )
+            )["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            # moved two days later through the API: told at once
+            a, b = client(points[0], meeting), client(points[1], meeting)
+            joining = [asyncio.ensure_future(c.connect()) for c in (a, b)]
+            await eventually(lambda: a.lobby is not None and b.lobby is not None)
+            current = await api(http, "GET", f"/meetings/{meeting}", None)
+            start = datetime.fromisoformat(current["start"]) + timedelta(days=2)
+            end = datetime.fromisoformat(current["end"]) + timedelta(days=2)
+            moved_at = time.monotonic()
+            await api(
+                http,
+                "PATCH",
+                f"/meetings/{meeting}",
+                {"version": current["version"], "start": start.isoformat(), "end": end.isoformat()},
+            )
+            for joined in joining:
+                with pytest.raises(ClientError) as info:
+                    await asyncio.wait_for(joined, 5)
+                assert info.value.code == "meeting-moved", info.value
+            assert time.monotonic() - moved_at < 2.0  # at once, not at the next check
+
+            # cancelled through the API: told at once, the socket closed with 4403; a
+            # join right after is refused
+            ws_url = server.url.replace("http", "ws", 1) + f"/ws/meetings/{second}"
+            async with aiohttp.ClientSession() as raw, raw.ws_connect(ws_url) as ws:
+                join = {"type": "join", "version": 1, "token": server.token(second, points[0])}
+                await ws.send_json(join)
+                assert (await ws.receive_json(timeout=10))["type"] == "lobby"
+                current = await api(http, "GET", f"/meetings/{second}", None)
+                cancelled_at = time.monotonic()
+                await api(
+                    http, "POST", f"/meetings/{second}/cancel", {"version": current["version"]}
+                )
+                error = await ws.receive_json(timeout=5)
+                assert error["type"] == "error" and error["code"] == "meeting-cancelled", error
+                closing = await ws.receive(timeout=5)
+                assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 4403
+                assert time.monotonic() - cancelled_at < 2.0
+            await refused(client(points[0], second), "meeting-cancelled")
+
+        # cancelled by another process (the CLI does this): within RECHECK seconds
+        third_id, _, _ = schedule_more(database, minutes=20)
+        third = str(third_id)
+        d = client(points[1], third)
+        d_joining = asyncio.ensure_future(d.connect())
+        await eventually(lambda: d.lobby is not None)
+        with database.session() as session:
+            cancel_meeting(session, third_id, version=None)
+        with pytest.raises(ClientError) as info:
+            await asyncio.wait_for(d_joining, 10)
+        assert info.value.code == "meeting-cancelled"
+    finally:
+        for c in clients:
+            await c.close()
+        database.close()
+        check_clean_exit(server)
+
+
+def schedule_more(database: db.Database, minutes: int) -> tuple[int, None, None]:
+    """Another meeting of the organisation `schedule` made, with its first two points."""
+    start = (datetime.now(ZONE) + timedelta(minutes=minutes)).replace(second=0, microsecond=0)
+    with database.session() as session:
+        meeting = create_meeting(
+            session,
+            title="Họp thêm",
+            unit="huyen-a",
+            chair="chu-tich",
+            start=start,
+            end=start + timedelta(hours=1),
+            points=["ubnd-xa-01", "ubnd-xa-02"],
+        ).meeting
+        return meeting.id, None, None

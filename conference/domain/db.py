@@ -23,6 +23,7 @@ Alembic configuration is built here, no alembic.ini is needed at run time.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,8 @@ __all__ = [
 
 DB_FILE = "conference.db"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -102,6 +105,17 @@ def make_engine(url: URL | str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+#: `Session.info` key: ids of the meetings changed in the session's transaction
+CHANGED_MEETINGS = "conference_changed_meetings"
+
+
+def _note_meetings(session: Session, flush_context: Any, instances: Any) -> None:
+    """Remember which existing meetings this flush changes or deletes."""
+    for obj in (*session.dirty, *session.deleted):
+        if getattr(obj, "__tablename__", None) == "meetings" and getattr(obj, "id", None):
+            session.info.setdefault(CHANGED_MEETINGS, set()).add(obj.id)
+
+
 class Database:
     """An engine and its session factory."""
 
@@ -109,6 +123,10 @@ class Database:
         self.url = make_url(url)
         self.engine = make_engine(self.url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        #: called (in the committing thread) with the ids of the meetings a committed
+        #: transaction of this process changed: the lobby re-checks who waits for them
+        self.meeting_listeners: list[Callable[[set[int]], None]] = []
+        event.listen(self.sessions, "before_flush", _note_meetings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -122,6 +140,13 @@ class Database:
                 yield session
         except OperationalError as exc:
             raise DatabaseError(f"database {redacted(self.url)}: {_first_line(exc.orig)}") from exc
+        changed = session.info.pop(CHANGED_MEETINGS, None)
+        if changed:
+            for listener in list(self.meeting_listeners):
+                try:
+                    listener(changed)
+                except Exception:  # a listener's failure never undoes a commit
+                    logger.exception("a meeting listener failed")
 
     def call(self, function: Callable[[Session], T]) -> T:
         with self.session() as session:

@@ -183,6 +183,13 @@ class MeetingLifecycle:
     async def admit(self, claims: Claims) -> None:
         await self.verdict(claims)
 
+    def forget(self, meeting: str) -> None:
+        """Drop the remembered verdicts of ``meeting`` (it was changed: cancelled,
+        moved, its points edited): the next join is judged on the database again."""
+        prefix = f"{meeting}/"
+        for key in [k for k in self._recent if k.startswith(prefix)]:
+            del self._recent[key]
+
     def is_scheduled(self, meeting: str) -> bool:
         return meeting in self.scheduled
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import formataddr, make_msgid, parseaddr
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
 import aiosmtplib
 
@@ -145,6 +145,8 @@ def build_message(
     message["From"] = formataddr((from_name, from_address))
     message["To"] = formataddr((meeting.point_name, meeting.email))
     message["Message-ID"] = make_msgid(domain=from_address.rpartition("@")[2] or None)
+    # RFC 5322 requires the origination date (spam filters count its absence)
+    message["Date"] = format_datetime(local_time(datetime.now().astimezone()))
     message["X-Conference-Meeting"] = str(meeting.meeting_id)
     message.set_content(_body(meeting, kind, lang))
     if kind == "reminder":

@@ -27,15 +27,25 @@ the database) never see any of this.
   node's waiting participants, ``remote: true``), and the chair's decisions (start,
   admit/refuse an identity, end) reach every node (`LobbyShare.lobby_decide`) and are kept
   in Redis for a node that starts later (`LobbyShare.lobby_load`).
+* **The meeting changes while points wait.**  Cancelled (or deleted), moved so that the
+  join window is no longer open, or a point no longer invited: each waiting point is
+  judged again and told (``meeting-cancelled`` / ``meeting-moved`` / ``not-invited``,
+  4403).  A change committed by this process (API, pages, series edits) reaches the
+  lobby at once (`Lobby.watch_database`: the database's listeners of changed meetings);
+  one made by another process or node is found by a check every `RECHECK` seconds while
+  anyone waits.  Remembered verdicts of a changed meeting are dropped, so a join right
+  after a cancellation is refused.
 * **Attendance.**  Every join and leave of a scheduled meeting's room (WebSocket and
   WHIP/WHEP sessions alike) is stored by `record_event` in a background task; a failure
   is logged, never raised into the room.
+
+Size: one lifecycle (waiting, start, guests, end, changes, several nodes, attendance)
+whose parts share the `MeetingLobby` state; split, they would pass it around.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -47,13 +57,15 @@ from typing import Any, Protocol
 from aiohttp import WSMsgType, web
 
 from ..appkeys import MEETING_POLICY, SETTINGS
+from ..core import jsontext
 from ..core.identity import Identity
+from ..domain.db import Database
 from ..domain.errors import SchedulingError
 from ..domain.lifecycle import MeetingLifecycle, Verdict
 from ..recording import recorder as recording
 from ..sfu.participant import Participant
 from ..sfu.room import Room, RoomError
-from ..tokens import TokenError, verify_token
+from ..tokens import Claims, TokenError, verify_token
 from .access import AccessError
 from .briefing import Briefing
 
@@ -80,6 +92,25 @@ MAX_WAITING = 200
 SAY_DELAY = 0.1
 
 
+#: a waiting point's meeting is judged again this often (s), for changes made elsewhere
+RECHECK = 3.0
+
+
+def withdrawn(exc: AccessError | None) -> AccessError:
+    """What a waiting point is told when the meeting it waits for no longer admits it."""
+    code = exc.code if exc is not None else "unknown-meeting"
+    if code in ("meeting-cancelled", "unknown-meeting"):
+        return AccessError("meeting-cancelled", "this meeting was cancelled", 403)
+    if code in ("too-early", "too-late"):
+        return AccessError(
+            "meeting-moved", "the meeting was moved to another time: join again then", 403
+        )
+    if code == "meeting-ended":
+        return AccessError("meeting-ended", "this meeting has ended", 410)
+    assert exc is not None
+    return exc
+
+
 @dataclass
 class Waiter:
     """A participant waiting in the lobby."""
@@ -91,6 +122,10 @@ class Waiter:
     guest: bool
     since: float
     decision: asyncio.Future[str]
+    #: what the waiter joined with (the lobby judges it again when the meeting changes)
+    claims: Claims | None = None
+    #: why the meeting no longer lets it wait (decision "withdrawn")
+    refusal: AccessError | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -129,6 +164,8 @@ class MeetingLobby:
     remote: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: the other nodes' decisions were read from Redis (once, at the first waiter here)
     loaded: bool = False
+    #: re-checks the meeting's schedule while anyone waits here (`Lobby.watch_schedule`)
+    watcher: asyncio.Task[None] | None = None
 
     def state(self) -> dict[str, Any]:
         elsewhere = [w | {"remote": True} for waiting in self.remote.values() for w in waiting]
@@ -221,6 +258,67 @@ class Lobby:
             for waiter in lobby.waiting.values():
                 if not waiter.decision.done():
                     waiter.decision.set_result("ended")
+
+    # -- the meeting changed while points wait --------------------------------------------
+    def watch_database(self, database: Database) -> None:
+        """Re-check the waiting points of every meeting a transaction of this process
+        changes (cancelled, moved, its points edited: from the API, the pages or a
+        series edit), at once.  Call from the event loop."""
+        loop = asyncio.get_running_loop()
+
+        def changed(ids: set[int]) -> None:  # in the committing thread
+            loop.call_soon_threadsafe(self.meetings_changed, {str(i) for i in ids})
+
+        database.meeting_listeners.append(changed)
+
+    def meetings_changed(self, meetings: set[str]) -> None:
+        for meeting in meetings:
+            self.lifecycle.forget(meeting)
+            lobby = self.meetings.get(meeting)
+            if lobby is not None and lobby.waiting:
+                self._background(f"lobby of {meeting}", self.recheck(meeting))
+
+    async def recheck(self, meeting: str) -> None:
+        """Judge every point waiting for ``meeting`` again; tell those the meeting no
+        longer admits (`withdrawn`): cancelled, moved out of its join window, or they
+        are no longer invited."""
+        lobby = self.meetings.get(meeting)
+        if lobby is None:
+            return
+        self.lifecycle.forget(meeting)
+        for waiter in list(lobby.waiting.values()):
+            if waiter.claims is None or waiter.decision.done():
+                continue
+            refusal: AccessError | None = None
+            try:
+                verdict = await self.lifecycle.verdict(waiter.claims)
+            except AccessError as exc:
+                if exc.code == "unavailable":
+                    return  # the database is away: the next check decides
+                refusal = withdrawn(exc)
+            else:
+                if not verdict.scheduled:  # deleted, and ad-hoc rooms allowed
+                    refusal = withdrawn(None)
+            if refusal is not None and not waiter.decision.done():
+                logger.info("meeting %s: %s leaves the lobby: %s", meeting, waiter.id, refusal.code)
+                waiter.refusal = refusal
+                self._decide(lobby, waiter, "withdrawn")
+
+    async def watch_schedule(self, meeting: str) -> None:
+        """While anyone waits for ``meeting`` here: re-check every `RECHECK` seconds (a
+        change made by another process, `conference meeting cancel` or another node, has
+        no listener here)."""
+        try:
+            while True:
+                await asyncio.sleep(RECHECK)
+                lobby = self.meetings.get(meeting)
+                if lobby is None or not lobby.waiting:
+                    return
+                await self.recheck(meeting)
+        finally:
+            lobby = self.meetings.get(meeting)
+            if lobby is not None and lobby.watcher is asyncio.current_task():
+                lobby.watcher = None
 
     # -- the other nodes ----------------------------------------------------------------
     def say_waiting(self, meeting: str) -> None:
@@ -383,6 +481,10 @@ def setup_lobby(app: web.Application, lifecycle: MeetingLifecycle) -> Lobby:
     async def drain(app: web.Application) -> None:
         await app[LOBBY].drain()
 
+    async def watch(app: web.Application) -> None:
+        lobby.watch_database(lifecycle.database)
+
+    app.on_startup.append(watch)
     # after on_shutdown closed the rooms (their leaves), before the database is closed
     app.on_cleanup.insert(0, drain)
     return lobby
@@ -435,8 +537,11 @@ async def gate(
         guest=verdict.guest,
         since=time.time(),
         decision=asyncio.get_running_loop().create_future(),
+        claims=claims,
     )
     lobby.waiting[waiter.id] = waiter
+    if lobby.watcher is None:
+        lobby.watcher = asyncio.ensure_future(app[LOBBY].watch_schedule(meeting))
     app[LOBBY].say_waiting(meeting)
     logger.info("meeting %s: %s waits in the lobby (guest: %s)", meeting, waiter.id, waiter.guest)
     try:
@@ -470,6 +575,8 @@ async def gate(
         raise AccessError("refused", "the chair did not admit you to the meeting", 403)
     if decision == "ended":
         raise AccessError("meeting-ended", "this meeting has ended", 410)
+    if decision == "withdrawn" and waiter.refusal is not None:
+        raise waiter.refusal
     raise AccessError("lobby-timeout", "the meeting did not start in time", 408)
 
 
@@ -517,7 +624,7 @@ async def _wait(
         if msg.type != WSMsgType.TEXT:
             continue
         try:
-            message = json.loads(msg.data)
+            message = jsontext.loads(msg.data)
         except ValueError:
             message = None
         kind = message.get("type") if isinstance(message, dict) else None

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..appkeys import BRIEFINGS, ICE_SERVERS, ICE_SERVERS_JSON, SETTINGS
+from ..core import jsontext
 from ..sfu.participant import NegotiationError, Participant
 from ..sfu.room import RoomError
 from .access import AccessError, authenticate
@@ -250,7 +251,7 @@ def _printable(text: str) -> str:
 
 def _parse(data: str) -> dict[str, Any]:
     try:
-        message = json.loads(data)
+        message = jsontext.loads(data)
     except ValueError as exc:
         raise ProtocolError("bad-json", "the message is not valid JSON") from exc
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -260,7 +261,7 @@ def _parse(data: str) -> dict[str, Any]:
 
 def _kind(data: str) -> str | None:
     try:
-        message = json.loads(data)
+        message = jsontext.loads(data)
     except ValueError:
         return None
     kind = message.get("type") if isinstance(message, dict) else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
 
 import icalendar
 import jwt
@@ -77,7 +78,24 @@ def body_of(message: EmailMessage) -> str:
 
 
 def by_recipient(box: Mailbox) -> dict[str, EmailMessage]:
-    return {str(m["To"].addresses[0].addr_spec): m for m in box.messages()}
+    messages = box.messages()
+    for message in messages:
+        check_headers(message)
+    return {str(m["To"].addresses[0].addr_spec): m for m in messages}
+
+
+def check_headers(message: EmailMessage) -> None:
+    """Every header a mail server and a spam filter look at, once each (RFC 5322)."""
+    for name in ("Date", "From", "To", "Subject", "Message-ID", "MIME-Version", "Content-Type"):
+        assert len(message.get_all(name) or []) == 1, (name, message.keys())
+    sent = parsedate_to_datetime(str(message["Date"]))
+    assert abs((datetime.now(UTC) - sent).total_seconds()) < 300
+    assert sent.utcoffset() == timedelta(hours=7)  # the halls' time zone
+    assert re.fullmatch(r"<[^<>@\s]+@[^<>@\s]+>", str(message["Message-ID"]))
+    assert str(message["From"].addresses[0].addr_spec).endswith("example.vn")
+    assert message["To"].addresses[0].addr_spec
+    assert str(message["Subject"]).strip() and "\n" not in str(message["Subject"])
+    assert message["X-Conference-Meeting"] and str(message["X-Conference-Meeting"]).isdigit()
 
 
 async def test_invitations_sent_and_parsed(database: db.Database, mailbox: Mailbox) -> None:
@@ -201,6 +219,7 @@ async def test_update_removal_and_cancellation(database: db.Database, mailbox: M
     report = await send_pending(database, settings, meeting_id)
     assert sorted(report.cancelled) == ["ubnd-xa-01", "ubnd-xa-03"]  # not xa-02 again
     for message in mailbox.messages():
+        check_headers(message)
         assert message["Subject"].startswith("[Hủy họp]")
         calendar = calendar_of(message)
         event = event_of(calendar)

@@ -15,6 +15,7 @@ from conference.settings import Settings
 
 from .meeting_setup import make_org
 from .smtp_server import Mailbox, mailbox_fixture  # noqa: F401 - fixture
+from .test_invitations import check_headers
 
 START = datetime(2030, 1, 7, 8, 0, tzinfo=ZONE)
 SECRET = "reminder-test-secret-" + "z" * 32
@@ -64,6 +65,7 @@ async def test_each_reminder_once_across_a_restart(database: db.Database, mailbo
     ]
     assert recipients(mailbox) == ["vanphong01@xa01.example.vn", "vanphong02@xa02.example.vn"]
     message = mailbox.messages()[0]
+    check_headers(message)
     assert message["Subject"].startswith("[Nhắc lịch họp] Giao ban thứ Hai - 08:00 ngày 07/01/2030")
     body = message.get_body(("plain",))
     assert (

@@ -55,6 +55,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from conference import __version__
+from conference.core import jsontext
 from conference.core.errors import Forbidden, NotFound, Refused, http_status
 from conference.web.auth import (
     API_AUDIENCE,
@@ -390,7 +391,7 @@ class ApiRegistry:
         if op.request is not None:
             try:
                 raw = await request.read()
-                body = json.loads(raw) if raw else None
+                body = jsontext.loads(raw) if raw else None
             except (ValueError, UnicodeDecodeError):
                 raise ApiError(400, "bad-json", "the body is not valid JSON") from None
             if body is None:
