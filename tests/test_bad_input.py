@@ -33,6 +33,7 @@ from aiortc.sdp import SessionDescription
 from conference.appkeys import MEETING_POLICY, REVOKED, ROOMS
 from conference.realtime import whip
 from conference.realtime.access import AccessError
+from conference.realtime.ratelimit import DEFAULT
 from conference.server import create_app
 from conference.settings import Settings
 from conference.tokens import Claims, Grants, create_token, verify_token
@@ -784,6 +785,42 @@ async def test_too_many_errors_close_the_connection(http, server):
     assert await closed_with(ws) == (4400, "too many errors")
     await wait_participants(http, server, 0, 5)
     assert "left (too-many-errors)" in server.log()
+
+
+async def test_every_message_type_is_rate_limited(http, server):
+    """Issue 14 item 12: 50 unsolicited `unmute-decline` all reached the chair.  Every
+    type now has a rate (conference/realtime/ratelimit.py): the chair gets at most
+    DEFAULT of them, the sender `rate-limited` errors, and the flood closes its
+    session like any stream of bad messages (4400)."""
+    chair = await join(http, server, server.token(identity="huyen", role="chair"))
+    point = await join(http, server, server.token(identity="xa-spam"))
+    try:
+        for _ in range(50):
+            await point.send_json({"type": "unmute-decline"})
+        errors = 0
+        while True:
+            msg = await point.receive(timeout=10)
+            if msg.type in CLOSED_TYPES:
+                break
+            message = json.loads(msg.data)
+            if message.get("type") == "error":
+                assert message["code"] == "rate-limited", message
+                assert message["message"] == f"at most {DEFAULT} 'unmute-decline' messages in 10 s"
+                errors += 1
+        assert point.close_code == 4400 and errors == 21  # MAX_ERRORS (20) + 1
+        # what reached the chair: everything before the answer to this ping
+        await chair.send_json({"type": "ping", "id": "count"})
+        declined = 0
+        while True:
+            message = await receive_json(chair)
+            if message["type"] == "pong" and message.get("id") == "count":
+                break
+            declined += message["type"] == "unmute-declined"
+        assert 1 <= declined <= DEFAULT, declined
+    finally:
+        await chair.close()
+        await point.close()
+    assert "refused unmute-decline: rate-limited" in server.log()
 
 
 async def test_oversize_message_closes_with_1009(http, server):

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCIceCandidate
@@ -26,6 +27,7 @@ from ..sfu.publication import SOURCES
 from .briefing import Briefing, Chair
 from .lobby import LOBBY_MESSAGES
 from .lobby import handle_message as lobby_message
+from .ratelimit import MessageRates
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class Session:
     participant: Participant
     briefing: Briefing
     send: Callable[[dict[str, Any]], Awaitable[None]]
+    rates: MessageRates = field(default_factory=MessageRates)
 
 
 Handler = Callable[[Session, dict[str, Any]], Awaitable[bool | None]]
@@ -76,6 +79,9 @@ async def dispatch(session: Session, message: dict[str, Any]) -> bool:
     handler = HANDLERS.get(kind)
     if handler is None:
         raise ProtocolError("unknown-type", f"unknown message type '{kind[:40]}'")
+    refusal = session.rates.refusal(kind, time.monotonic())
+    if refusal is not None:
+        raise ProtocolError("rate-limited", refusal)
     return bool(await handler(session, message))
 
 
