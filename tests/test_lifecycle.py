@@ -559,3 +559,59 @@ def schedule_more(database: db.Database, minutes: int) -> tuple[int, None, None]
             points=["ubnd-xa-01", "ubnd-xa-02"],
         ).meeting
         return meeting.id, None, None
+
+
+async def test_one_place_in_the_lobby_per_identity(tmp_path: Path) -> None:
+    """Issue 14 item 5: 200 sockets of one invitation link filled the lobby.  A newer
+    session of a waiting identity replaces the older (`replaced`, 4409): one link
+    holds one place, whatever it opens."""
+    data = tmp_path / "data"
+    data.mkdir()
+    url = url_of({"CONFERENCE_DATA_DIR": str(data)})
+    db.upgrade(url)
+    database = db.Database(url)
+    meeting_id, _, points = schedule(database, minutes=20)
+    meeting = str(meeting_id)
+    server = start_server(tmp_path)
+    ws_url = server.url.replace("http", "ws", 1) + f"/ws/meetings/{meeting}"
+    join = {"type": "join", "version": 1, "token": server.token(meeting, points[0])}
+    try:
+        async with aiohttp.ClientSession() as http:
+            sockets = []
+            for _ in range(5):
+                ws = await http.ws_connect(ws_url)
+                await ws.send_json(join)
+                assert (await ws.receive_json(timeout=10))["type"] == "lobby"
+                sockets.append(ws)
+            for older in sockets[:-1]:
+                error = await older.receive_json(timeout=5)
+                assert error["type"] == "error" and error["code"] == "replaced", error
+                closing = await older.receive(timeout=5)
+                assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 4409
+            chair = Client(server.url, meeting, server.token(meeting, "chu-tich", "chair"))
+            await chair.connect(start=False)
+            state = await chair.wait_message("lobby-state", since=0)
+            assert [w["identity"] for w in state["waiting"]] == [points[0]]
+            newest = sockets[-1]
+            await newest.send_json({"type": "ping", "id": 1})
+            assert await newest.receive_json(timeout=5) == {"type": "pong", "id": 1}
+            await chair.close()
+            for ws in sockets:
+                await ws.close()
+    finally:
+        database.close()
+        check_clean_exit(server)
+
+
+def test_lobby_places_per_address() -> None:
+    from conference.realtime.lobby import MAX_WAITING_PER_ADDRESS, Waiter, address_full
+
+    def waiter(address: str) -> Waiter:
+        return Waiter("w", "id", "n", "point", False, 0.0, None, address=address)  # type: ignore[arg-type]
+
+    hall = [waiter("203.0.113.7")] * (MAX_WAITING_PER_ADDRESS - 1)
+    assert not address_full(hall, "203.0.113.7")
+    assert address_full(hall + [waiter("203.0.113.7")], "203.0.113.7")
+    assert not address_full(hall + [waiter("203.0.113.7")], "198.51.100.1")
+    proxy = [waiter("127.0.0.1")] * (3 * MAX_WAITING_PER_ADDRESS)  # a local reverse proxy
+    assert not address_full(proxy, "127.0.0.1") and not address_full(proxy, None)

@@ -46,10 +46,12 @@ whose parts share the `MeetingLobby` state; split, they would pass it around.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -88,6 +90,9 @@ LOBBY_MESSAGES = ("admit", "refuse", "meeting-start")
 MAX_WAIT = 6 * 3600.0
 #: The most sessions waiting in one meeting's lobby.
 MAX_WAITING = 200
+#: participants waiting in one meeting's lobby from one network address (halls behind
+#: one NAT share an address; one identity takes one place anyway)
+MAX_WAITING_PER_ADDRESS = 50
 #: Who waits here reaches the other nodes this long after a change (grouped).
 SAY_DELAY = 0.1
 
@@ -111,6 +116,20 @@ def withdrawn(exc: AccessError | None) -> AccessError:
     return exc
 
 
+def address_full(waiting: Iterable[Waiter], address: str | None) -> bool:
+    """Whether ``address`` has its `MAX_WAITING_PER_ADDRESS` places taken.  A loopback
+    address is a reverse proxy on this machine (every hall then shares it: see
+    OPERATIONS.md): only the per-meeting limit applies to it."""
+    if address is None:
+        return False
+    try:
+        if ipaddress.ip_address(address).is_loopback:
+            return False
+    except ValueError:
+        pass  # a unix socket path or the like: counted as one address
+    return sum(w.address == address for w in waiting) >= MAX_WAITING_PER_ADDRESS
+
+
 @dataclass
 class Waiter:
     """A participant waiting in the lobby."""
@@ -126,6 +145,8 @@ class Waiter:
     claims: Claims | None = None
     #: why the meeting no longer lets it wait (decision "withdrawn")
     refusal: AccessError | None = None
+    #: the network address it waits from
+    address: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -505,8 +526,13 @@ async def gate(
     who: Identity,
     meeting: str,
     send: Any,
+    address: str | None = None,
 ) -> Verdict | None:
     """Let a verified WebSocket participant through, maybe after a wait in the lobby.
+
+    One identity waits in one place: a newer session of it replaces an older one
+    (``replaced``, 4409), so one invitation link cannot fill the lobby; at most
+    `MAX_WAITING` wait per meeting and `MAX_WAITING_PER_ADDRESS` from one ``address``.
 
     Returns the verdict once it may join the room; None if it left the lobby (the socket
     is closed).  Raises `AccessError` for a refusal (sent and closed by the caller).
@@ -527,8 +553,15 @@ async def gate(
     started = lobby.started
     if started and (not verdict.guest or who.identity in lobby.allowed):
         return verdict
+    for older in [w for w in lobby.waiting.values() if w.identity == who.identity]:
+        logger.info("meeting %s: %s replaced in the lobby by a newer session", meeting, older.id)
+        app[LOBBY]._decide(lobby, older, "replaced")
     if len(lobby.waiting) >= MAX_WAITING:
         raise AccessError("lobby-full", "too many participants are waiting in the lobby", 429)
+    if address_full(lobby.waiting.values(), address):
+        raise AccessError(
+            "lobby-full", "too many participants from this address are waiting in the lobby", 429
+        )
     waiter = Waiter(
         id="lobby-" + secrets.token_hex(6),
         identity=who.identity,
@@ -538,6 +571,7 @@ async def gate(
         since=time.time(),
         decision=asyncio.get_running_loop().create_future(),
         claims=claims,
+        address=address,
     )
     lobby.waiting[waiter.id] = waiter
     if lobby.watcher is None:
@@ -577,6 +611,8 @@ async def gate(
         raise AccessError("meeting-ended", "this meeting has ended", 410)
     if decision == "withdrawn" and waiter.refusal is not None:
         raise waiter.refusal
+    if decision == "replaced":
+        raise AccessError("replaced", "a newer session of this participant waits now", 409)
     raise AccessError("lobby-timeout", "the meeting did not start in time", 408)
 
 

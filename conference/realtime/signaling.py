@@ -112,7 +112,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return ws
     try:
         who = await authenticate(app, token, meeting_id)
-        verdict = await lobby_gate(app, ws, token or "", who, meeting_id, send)  # may wait
+        verdict = await lobby_gate(
+            app, ws, token or "", who, meeting_id, send, address=request.remote
+        )  # may wait
     except AccessError as exc:
         logger.info("ws %s: refused: %s", where, exc.message)
         await send(_error(exc.code, exc.message))
