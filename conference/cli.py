@@ -24,6 +24,7 @@ from conference.settings import (
     ensure_data_dir,
     load_secret,
     load_settings,
+    protect_files,
 )
 from conference.tokens import ROLES, Grants, TokenError, create_token, parse_ttl, verify_token
 from conference.tools.loadtest.command import add_arguments as add_loadtest_arguments
@@ -134,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         cluster_name=args.cluster_name,
     )
+    protect_files(settings)
     ensure_data_dir(settings)
     # Creates or upgrades the database; on first run creates and prints the admin account.
     domain_cli.print_first_admin(settings)
@@ -204,9 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "loadtest":
             return run_loadtest(args)
         if args.command in recording_cli.COMMANDS:
-            return recording_cli.run(args, _settings(args, recordings_dir=args.recordings_dir))
+            settings = _settings(args, recordings_dir=args.recordings_dir)
+            protect_files(settings)  # compositions and sealed manifests: private too
+            return recording_cli.run(args, settings)
         if args.command in domain_cli.COMMANDS:
-            return domain_cli.run(args, _settings(args))
+            settings = _settings(args)
+            protect_files(settings)
+            return domain_cli.run(args, settings)
         if args.command == "version":
             print(f"{PROG} {__version__}")
             return 0

@@ -79,6 +79,7 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_REMINDER_INTERVAL": "reminder_interval",
     "CONFERENCE_SESSION_LIFETIME": "session_lifetime",
     "CONFERENCE_ADHOC_MEETINGS": "adhoc_meetings",
+    "CONFERENCE_GROUP_ACCESS": "group_access",
     "CONFERENCE_REDIS_URL": "redis_url",
     "CONFERENCE_NODE_NAME": "node_name",
     "CONFERENCE_RELAY_HOST": "relay_host",
@@ -152,6 +153,10 @@ class Settings:
     #: A meeting id that is not a meeting of the database is an ad-hoc room, admitted by its
     #: signed token alone; false = only scheduled meetings (others: ``unknown-meeting``).
     adhoc_meetings: bool = True
+    #: What the server creates (database, keys, recordings, compositions) is readable by
+    #: the owner only (folders 0700, files 0600); true = also by the owner's group (0750,
+    #: 0640), e.g. for a backup or an archive account in that group.
+    group_access: bool = False
     #: Redis shared by the nodes serving one meeting together (redis://host:6379/0);
     #: None = this process is the only node.
     redis_url: str | None = field(default=None, repr=False)
@@ -421,6 +426,7 @@ _CONVERTERS: dict[str, _Converter] = {
     "reminder_interval": _int_converter(1, 3600),
     "session_lifetime": _int_converter(60, 7 * 86400),
     "adhoc_meetings": _to_bool,
+    "group_access": _to_bool,
     "redis_url": _to_redis_url,
     "node_name": _to_node_name,
     "cluster_name": _to_node_name,
@@ -575,13 +581,37 @@ def _create_secret(path: Path) -> str:
     return secret
 
 
+def protect_files(settings: Settings) -> None:
+    """Make what this process creates private (umask 077, or 027 with ``group_access``),
+    and take back what an older version left open: the recordings folder, the SQLite
+    database and its journals (0700 / 0600; 0750 / 0640 with ``group_access``)."""
+    group = settings.group_access
+    os.umask(0o027 if group else 0o077)
+    folder, file = (0o750, 0o640) if group else (0o700, 0o600)
+    paths = [(settings.recordings_dir, folder), (settings.data_dir, folder)]
+    database = settings.data_dir / "conference.db"
+    paths += [(Path(f"{database}{suffix}"), file) for suffix in ("", "-wal", "-shm", "-journal")]
+    for path, mode in paths:
+        try:
+            current = path.stat().st_mode & 0o777
+            if current & ~mode:
+                path.chmod(current & mode)
+                log.info("%s was readable by others: now %o", path, current & mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot restrict %s: %s", path, exc.strerror)
+
+
 def ensure_data_dir(settings: Settings) -> str:
-    """Create the data (mode 0700) and recordings directories; return the token secret.
+    """Create the data and recordings directories (0700, see `protect_files`); return
+    the token secret.
 
     When `settings.token_secret` is unset, the secret is read from `data_dir/secret.key`,
     which is created (mode 0600) on first run; `settings.token_secret` is updated.
     """
-    for directory, mode in ((settings.data_dir, 0o700), (settings.recordings_dir, 0o755)):
+    mode = 0o750 if settings.group_access else 0o700
+    for directory in (settings.data_dir, settings.recordings_dir):
         try:
             directory.mkdir(mode=mode, parents=True, exist_ok=True)
         except OSError as exc:

@@ -305,3 +305,46 @@ def test_unwritable_data_dir(tmp_path: Path) -> None:
     settings = load_settings(env={}, overrides={"data_dir": blocker / "data"})
     with pytest.raises(SettingsError, match="cannot create directory .*data"):
         ensure_data_dir(settings)
+
+
+def test_protect_files_closes_what_an_older_version_left_open(tmp_path: Path) -> None:
+    """Issue 14 item 9: recordings were 0755/0644 and conference.db 0644.  The server's
+    umask makes everything it creates private, and what exists is taken back at start;
+    `group_access` keeps the group's read access (a backup account)."""
+    import os
+    import stat
+
+    from conference.settings import Settings, ensure_data_dir, protect_files
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    old_umask = os.umask(0o022)
+    try:
+        for group, folder, file in ((False, 0o700, 0o600), (True, 0o750, 0o640)):
+            os.umask(0o022)  # as a shell leaves it
+            base = tmp_path / ("group" if group else "private")
+            data, recordings = base / "data", base / "recordings"
+            data.mkdir(parents=True, mode=0o755)
+            recordings.mkdir(mode=0o755)
+            database = data / "conference.db"
+            database.write_bytes(b"")
+            database.chmod(0o644)
+            (data / "conference.db-wal").write_bytes(b"")
+            settings = Settings(data_dir=data, recordings_dir=recordings, group_access=group)
+            protect_files(settings)
+            assert (mode(data), mode(recordings)) == (folder, folder)
+            assert mode(database) == file and mode(data / "conference.db-wal") == file
+            # what the process creates from now on
+            (recordings / "m1").mkdir()
+            (recordings / "m1" / "track.webm").write_bytes(b"x")
+            assert mode(recordings / "m1") == folder
+            assert mode(recordings / "m1" / "track.webm") == file
+            fresh = Settings(
+                data_dir=base / "new", recordings_dir=base / "new-rec", group_access=group
+            )
+            ensure_data_dir(fresh)
+            assert mode(base / "new") == folder and mode(base / "new-rec") == folder
+            assert mode(base / "new" / "secret.key") == 0o600
+    finally:
+        os.umask(old_umask)

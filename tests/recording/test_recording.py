@@ -11,6 +11,7 @@ import asyncio
 import os
 import random
 import signal
+import stat
 import statistics
 import subprocess
 import sys
@@ -161,6 +162,12 @@ async def test_record_two_vp8_publishers(server: ServerProcess) -> None:
     assert directory.relative_to(root).parts[2] == "m1"
     assert manifest["state"] == "complete"
     assert len(manifest["tracks"]) == 4
+    # issue 14 item 9: nothing the server writes is readable by other users of the host
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for written in directory.iterdir():
+        assert stat.S_IMODE(written.stat().st_mode) == 0o600, written
+    assert stat.S_IMODE((server.data_dir / "conference.db").stat().st_mode) == 0o600
     ok, problems = verify_directory(directory)
     assert not problems, problems
     types = [e["type"] for e in manifest["events"]]
