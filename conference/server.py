@@ -22,6 +22,7 @@ from aiortc import RTCIceServer
 
 from conference.web.api import setup_api
 from conference.web.auth import SESSIONS_REVOKED, setup_auth
+from conference.web.headers import install_security_headers
 from conference.web.pages.admin import setup_admin
 from conference.web.pages.library import setup_library
 from conference.web.pages.meetings import setup_meetings
@@ -162,6 +163,7 @@ def create_app(settings: Settings, primary: bool = True) -> web.Application:
         raise ValueError("settings.token_secret is not set (call ensure_data_dir first)")
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
     app[SETTINGS] = settings
+    install_security_headers(app, settings)
     app[ROOMS] = RoomRegistry(
         settings.max_rooms,
         settings.max_participants_per_room,
