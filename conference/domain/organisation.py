@@ -383,16 +383,15 @@ def import_csv(session: Session, source: bytes | str | Path) -> ImportResult:
         if unit_rows
         else {}
     )
-    for code, unit in sorted(existing_units.items(), key=lambda item: unit_rows[item[0]].line):
-        raise OrganisationError(
-            f"line {unit_rows[code].line}: unit code {code!r} already exists ({unit.name})"
-        )
+    # (the answer names only the importer's own row: the unit or point holding the code
+    # may belong to another district, whose names it must not learn)
+    for code in sorted(existing_units, key=lambda code: unit_rows[code].line):
+        raise OrganisationError(f"line {unit_rows[code].line}: unit code {code!r} already exists")
     if point_rows:
         taken = session.scalars(select(Point).where(Point.code.in_(list(point_rows))))
         for point in sorted(taken, key=lambda p: point_rows[p.code].line):
             raise OrganisationError(
-                f"line {point_rows[point.code].line}: point code {point.code!r} already exists "
-                f"({point.name})"
+                f"line {point_rows[point.code].line}: point code {point.code!r} already exists"
             )
     parents = _referenced_units(session, [r.parent for r in rows if r.parent], unit_rows)
 
