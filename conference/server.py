@@ -49,6 +49,7 @@ from .domain.reminders import background as reminder_task
 from .realtime.briefing import Briefing, Briefings
 from .realtime.lobby import LOBBY, setup_lobby
 from .realtime.signaling import websocket_handler
+from .realtime.upkeep import setup_upkeep
 from .realtime.whip import session_delete, session_patch, whep_post, whip_post
 from .recording import jobs as compose_jobs
 from .recording import recorder as recording
@@ -189,7 +190,11 @@ def create_app(settings: Settings, primary: bool = True) -> web.Application:
     # scheduled meetings: admission, lobby, start/end, attendance (ad-hoc rooms as before)
     lifecycle = MeetingLifecycle(app[DATABASE], settings)
     app[MEETING_POLICY] = lifecycle
-    app[BRIEFINGS].on_created = setup_lobby(app, lifecycle).briefing_created
+    lobby = setup_lobby(app, lifecycle)
+    app[BRIEFINGS].on_created = lobby.briefing_created
+    upkeep = setup_upkeep(app)  # rooms of meetings ended elsewhere; meetings nobody ended
+    if upkeep is not None:
+        lobby.on_meetings_changed = upkeep.soon
     app.router.add_get("/healthz", health)
     app.router.add_get("/ws/meetings/{meeting_id}", _tracked(websocket_handler))
     app.router.add_post("/whip/{meeting_id}", whip_post)

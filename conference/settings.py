@@ -80,6 +80,7 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_SESSION_LIFETIME": "session_lifetime",
     "CONFERENCE_ADHOC_MEETINGS": "adhoc_meetings",
     "CONFERENCE_GROUP_ACCESS": "group_access",
+    "CONFERENCE_AUTO_END_AFTER": "auto_end_after",
     "CONFERENCE_REDIS_URL": "redis_url",
     "CONFERENCE_NODE_NAME": "node_name",
     "CONFERENCE_RELAY_HOST": "relay_host",
@@ -157,6 +158,9 @@ class Settings:
     #: the owner only (folders 0700, files 0600); true = also by the owner's group (0750,
     #: 0640), e.g. for a backup or an archive account in that group.
     group_access: bool = False
+    #: A live meeting whose room stays empty this many minutes after its scheduled end
+    #: ends by itself (0 = never): a meeting nobody ended keeps its points busy.
+    auto_end_after: int = 30
     #: Redis shared by the nodes serving one meeting together (redis://host:6379/0);
     #: None = this process is the only node.
     redis_url: str | None = field(default=None, repr=False)
@@ -427,6 +431,7 @@ _CONVERTERS: dict[str, _Converter] = {
     "session_lifetime": _int_converter(60, 7 * 86400),
     "adhoc_meetings": _to_bool,
     "group_access": _to_bool,
+    "auto_end_after": _int_converter(0, 7 * 24 * 60),
     "redis_url": _to_redis_url,
     "node_name": _to_node_name,
     "cluster_name": _to_node_name,

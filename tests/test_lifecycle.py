@@ -615,3 +615,91 @@ def test_lobby_places_per_address() -> None:
     assert not address_full(hall + [waiter("203.0.113.7")], "198.51.100.1")
     proxy = [waiter("127.0.0.1")] * (3 * MAX_WAITING_PER_ADDRESS)  # a local reverse proxy
     assert not address_full(proxy, "127.0.0.1") and not address_full(proxy, None)
+
+
+async def test_meetings_ended_elsewhere_close_and_meetings_nobody_ended_end(
+    tmp_path: Path,
+) -> None:
+    """Issue 14 item 4: a meeting nobody ends stayed live for ever (its points then
+    refused elsewhere, `point-busy-live`).  `POST /api/v1/meetings/{id}/end` (and
+    `conference meeting end`, another process) close its room for everyone; a live
+    meeting left empty `auto_end_after` minutes past its end ends by itself."""
+    from conference.domain.meetings import end_meeting, start_meeting
+
+    data = tmp_path / "data"
+    data.mkdir()
+    url = url_of({"CONFERENCE_DATA_DIR": str(data)})
+    db.upgrade(url)
+    database = db.Database(url)
+    meeting_id, _, points = schedule(database, minutes=20)
+    second_id, _, _ = schedule_more(database, minutes=20)
+    overdue_id, _, _ = schedule_more(database, minutes=20)
+    with database.session() as session:
+        set_password(session, "chu-tich", "mat-khau-1")
+        overdue = get_meeting(session, overdue_id)
+        start_meeting(session, overdue_id)
+        overdue.start_at = datetime.now(ZONE) - timedelta(hours=3)
+        overdue.end_at = datetime.now(ZONE) - timedelta(hours=2)
+    server = start_server(tmp_path, env={"CONFERENCE_AUTO_END_AFTER": "1"})
+    clients: list[Client] = []
+
+    async def in_room(meeting: str) -> Client:
+        chair = Client(server.url, meeting, server.token(meeting, "chu-tich", "chair"))
+        point = Client(server.url, meeting, server.token(meeting, points[0]))
+        clients.extend([chair, point])
+        await chair.connect()  # starts the meeting
+        await point.connect()
+        return point
+
+    def left(client: Client) -> bool:
+        return any(
+            m.get("type") == "leave" and m.get("reason") == "meeting-ended" for m in client.messages
+        )
+
+    try:
+        # the overdue live meeting, empty: ended by the server within two sweeps
+        def status(meeting_id: int) -> str:
+            with database.session() as session:
+                return get_meeting(session, meeting_id).status
+
+        await eventually(lambda: status(overdue_id) == "ended", timeout=20)
+
+        # ended through the API: the room closes at once
+        point = await in_room(str(meeting_id))
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{server.url}/api/v1/tokens",
+                json={"username": "chu-tich", "password": "mat-khau-1"},
+            ) as response:
+                token = (await response.json())["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            async with http.get(
+                f"{server.url}/api/v1/meetings/{meeting_id}", headers=headers
+            ) as response:
+                version = (await response.json())["version"]
+            ended_at = time.monotonic()
+            async with http.post(
+                f"{server.url}/api/v1/meetings/{meeting_id}/end",
+                json={"version": version},
+                headers=headers,
+            ) as response:
+                assert response.status == 200, await response.text()
+                assert (await response.json())["status"] == "ended"
+        await eventually(lambda: left(point), timeout=5)
+        assert time.monotonic() - ended_at < 3.0
+        await refused(
+            Client(server.url, str(meeting_id), server.token(str(meeting_id), points[1])),
+            "meeting-ended",
+        )
+
+        # ended by another process (`conference meeting end`): at the next sweep
+        point = await in_room(str(second_id))
+        with database.session() as session:
+            end_meeting(session, second_id)
+        await eventually(lambda: left(point), timeout=15)
+        assert status(meeting_id) == "ended" and status(second_id) == "ended"
+    finally:
+        for c in clients:
+            await c.close()
+        database.close()
+        check_clean_exit(server)

@@ -295,6 +295,24 @@ async def test_stale_edit_reschedule_and_cancel(any_site: Site, browsers: list[B
     assert status == 403  # CSRF
     status, html, _ = await chair.get(f"/meetings/{the_id}")
     assert 'data-status="cancelled"' in html and "Đã hủy" in html
+    assert "Kết thúc cuộc họp" not in html  # only a live meeting has the button
+
+    # issue 14 item 4: a live meeting nobody ended is ended from its page
+    live_id = schedule(site, "Họp còn mở", datetime(2030, 3, 6, 8, 0, tzinfo=UTC))
+    site.db(lambda s: svc.start_meeting(s, live_id))
+    status, html, _ = await chair.get(f"/meetings/{live_id}")
+    assert status == 200 and 'action="/meetings/%d/end"' % live_id in html
+    assert "Kết thúc cuộc họp cho tất cả các điểm cầu?" in html  # asked before it posts
+    live_version = str(meeting(site, live_id).version)
+    status, _, _ = await chair.post(
+        f"/meetings/{live_id}/end", {"csrf_token": "wrong", "version": live_version}
+    )
+    assert status == 403 and meeting(site, live_id).status == "live"  # CSRF
+    status, _, response = await chair.post(
+        f"/meetings/{live_id}/end", {"csrf_token": token, "version": live_version}
+    )
+    assert status == 303 and response.headers["Location"].endswith("saved=ended")
+    assert meeting(site, live_id).status == "ended"
 
 
 # --- lists, the meeting page, access ------------------------------------------------------------

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conference.core.errors import AccessError
@@ -134,6 +135,25 @@ def _end(session: Session, meeting_id: int) -> str:
     return end_meeting(session, meeting_id).status
 
 
+def upkeep_view(
+    session: Session, ids: list[int], ended_before: datetime | None
+) -> tuple[dict[int, str], list[int]]:
+    """(status of each meeting of ``ids``, the live meetings whose scheduled end is
+    before ``ended_before``) for the server's upkeep (conference/realtime/upkeep.py)."""
+    statuses: dict[int, str] = {}
+    if ids:
+        rows = session.execute(select(Meeting.id, Meeting.status).where(Meeting.id.in_(ids)))
+        statuses = {meeting_id: status for meeting_id, status in rows}
+    overdue: list[int] = []
+    if ended_before is not None:
+        overdue = list(
+            session.scalars(
+                select(Meeting.id).where(Meeting.status == "live", Meeting.end_at < ended_before)
+            )
+        )
+    return statuses, overdue
+
+
 class MeetingLifecycle:
     """`MeetingPolicy` (conference/appkeys.py) of the server, and the lobby's database calls.
 
@@ -203,6 +223,13 @@ class MeetingLifecycle:
         if meeting_id is None:
             raise SchedulingError("not-found", "no such meeting", status=404)
         return await self.database.run(lambda s: _start(s, meeting_id))
+
+    async def upkeep_view(
+        self, meetings: list[str], ended_before: datetime | None
+    ) -> tuple[dict[str, str], list[str]]:
+        ids = [i for i in (scheduled_id(m) for m in meetings) if i is not None]
+        statuses, overdue = await self.database.run(lambda s: upkeep_view(s, ids, ended_before))
+        return {str(k): v for k, v in statuses.items()}, [str(i) for i in overdue]
 
     async def end(self, meeting: str) -> str:
         """Mark the meeting ended (nothing if it already is); its status.

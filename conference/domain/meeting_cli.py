@@ -1,4 +1,4 @@
-"""`conference meeting add|list|show|cancel|invite|send-invitations`.
+"""`conference meeting add|list|show|cancel|end|invite|send-invitations`.
 
 Times on the command line are Asia/Ho_Chi_Minh wall-clock times ("2026-12-07 08:00") unless
 they carry an offset ("2026-12-07T08:00+07:00", "...Z"); the CLI attaches the zone, the
@@ -72,6 +72,14 @@ def add_meeting_commands(
     cancel.add_argument("meeting_id", metavar="ID", nargs="?")
     cancel.add_argument("--series", type=int, metavar="N", help="cancel the whole series N")
     settings_flags(cancel)
+
+    end = sub.add_parser(
+        "end",
+        help="end a meeting (a live one nobody ended: the running server closes its room "
+        "within 10 s)",
+    )
+    end.add_argument("meeting_id", metavar="ID")
+    settings_flags(end)
 
     invite = sub.add_parser("invite", help="invite more points to a meeting")
     invite.add_argument("meeting_id", metavar="ID")
@@ -214,6 +222,9 @@ def run_meeting(args: argparse.Namespace, settings: Settings, database: Any) -> 
                 print(f"cancelled meeting {m.id}: {m.title} {_when(m)}")
             else:
                 raise ValueError("cancel: give a meeting ID or --series N")
+        elif command == "end":
+            m = meetings.end_meeting(session, args.meeting_id)
+            print(f"ended meeting {m.id}: {m.title} {_when(m)}")
         elif command == "invite":
             added = invitations.invite_points(session, args.meeting_id, args.point, version=None)
             _warn(added.warnings)

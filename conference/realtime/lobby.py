@@ -51,7 +51,7 @@ import logging
 import secrets
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -210,6 +210,8 @@ class Lobby:
         self.share: LobbyShare | None = None
         self._saying: set[str] = set()
         self._loading: dict[str, asyncio.Future[None]] = {}
+        #: called when this process changed meetings (the upkeep sweeps at once)
+        self.on_meetings_changed: Callable[[], None] | None = None
 
     def of(self, meeting: str) -> MeetingLobby:
         lobby = self.meetings.get(meeting)
@@ -293,6 +295,8 @@ class Lobby:
         database.meeting_listeners.append(changed)
 
     def meetings_changed(self, meetings: set[str]) -> None:
+        if self.on_meetings_changed is not None:
+            self.on_meetings_changed()
         for meeting in meetings:
             self.lifecycle.forget(meeting)
             lobby = self.meetings.get(meeting)

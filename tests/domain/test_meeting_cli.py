@@ -115,6 +115,21 @@ def test_weekly_briefing_for_20_points(
 
         assert [e.kind for e in session.query(SeriesException)] == ["cancelled"]
 
+    # `meeting end`: a cancelled meeting cannot be ended; an ended one stays ended
+    result = run("meeting", "end", meeting_id, cwd=tmp_path, env=env)
+    assert_one_line_error(result, "the meeting was cancelled")
+    with database_of(env).session() as session:
+        from conference.domain.models import Meeting
+
+        other = session.query(Meeting).filter(Meeting.status == "scheduled").first()
+        assert other is not None
+        other_id = str(other.id)
+    for _ in range(2):
+        out = ok(run("meeting", "end", other_id, cwd=tmp_path, env=env))
+        assert out.startswith(f"ended meeting {other_id}: ")
+    with database_of(env).session() as session:
+        assert session.get(Meeting, int(other_id)).status == "ended"
+
 
 def test_meeting_cli_errors(tmp_path: Path, env: dict[str, str]) -> None:  # noqa: F811
     ok(

@@ -455,6 +455,29 @@ async def meeting_cancel(call: ApiCall) -> Any:
 
 
 @API.operation(
+    "POST",
+    "/meetings/{meeting_id}/end",
+    summary="End a meeting (a live one nobody ended: its room closes for everyone)",
+    roles=EDIT_ROLES,
+    request=VERSION,
+    response=MEETING,
+    tags=TAGS,
+    errors=(404, 409),
+)
+async def meeting_end(call: ApiCall) -> Any:
+    version = call.body["version"]
+
+    def end(session: Session) -> dict[str, Any]:
+        meeting = load_meeting(session, call.actor, call.params["meeting_id"], edit=True)
+        if meeting.version != version:
+            raise stale(meeting, version)
+        svc.end_meeting(session, meeting.id)
+        return _meeting(MeetingView.of(meeting, True))
+
+    return await call.db(end)
+
+
+@API.operation(
     "GET",
     "/meetings/{meeting_id}/invitations",
     summary="The invited points, their answers and what was e-mailed to them",

@@ -612,6 +612,25 @@ async def cancel_post(request: web.Request, user: CurrentUser) -> web.StreamResp
 
 
 @page(EDIT_ROLES)
+async def end_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    """End a live meeting nobody ended (its room closes for everyone)."""
+    meeting_id = request.match_info["meeting_id"]
+    form = await request.post()
+    try:
+        version = int(form_text(form, "version"))
+    except ValueError:
+        version = -1
+
+    def end(session: Session) -> None:
+        meeting = load_meeting(session, user, meeting_id, edit=True)
+        if meeting.version != version:
+            raise stale(meeting, version)
+        svc.end_meeting(session, meeting.id)
+
+    return await _action(request, user, meeting_id, end, "ended")
+
+
+@page(EDIT_ROLES)
 async def send_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
     meeting_id = request.match_info["meeting_id"]
     settings = request.app[SETTINGS]
@@ -656,6 +675,7 @@ def setup_meetings(app: web.Application) -> None:
     app.router.add_get("/meetings/{meeting_id:\\d+}/edit", edit_get)
     app.router.add_post("/meetings/{meeting_id:\\d+}/edit", edit_post)
     app.router.add_post("/meetings/{meeting_id:\\d+}/reschedule", reschedule_post)
+    app.router.add_post("/meetings/{meeting_id:\\d+}/end", end_post)
     app.router.add_get("/meetings/{meeting_id:\\d+}/cancel", cancel_get)
     app.router.add_post("/meetings/{meeting_id:\\d+}/cancel", cancel_post)
     app.router.add_post("/meetings/{meeting_id:\\d+}/send", send_post)
