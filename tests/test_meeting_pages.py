@@ -301,7 +301,7 @@ async def test_stale_edit_reschedule_and_cancel(any_site: Site, browsers: list[B
     live_id = schedule(site, "Họp còn mở", datetime(2030, 3, 6, 8, 0, tzinfo=UTC))
     site.db(lambda s: svc.start_meeting(s, live_id))
     status, html, _ = await chair.get(f"/meetings/{live_id}")
-    assert status == 200 and 'action="/meetings/%d/end"' % live_id in html
+    assert status == 200 and f'action="/meetings/{live_id}/end"' in html
     assert "Kết thúc cuộc họp cho tất cả các điểm cầu?" in html  # asked before it posts
     live_version = str(meeting(site, live_id).version)
     status, _, _ = await chair.post(
