@@ -7,7 +7,8 @@
   changed meetings calls `Upkeep.soon`); another process's at the next sweep.
 * **Nobody ended it.**  A live meeting whose scheduled end passed more than
   ``auto_end_after`` minutes ago (setting; 0 = never) and whose room has had nobody in
-  it for two sweeps in a row (here, and on no other node) ends by itself: a meeting
+  it for two sweeps in a row (here, and on no other node) ends by itself (searched for
+  every `OVERDUE_EVERY` seconds, then followed at every sweep until it ends): a meeting
   left live for ever would keep its points busy (``point-busy-live``) for every other
   meeting.
 """
@@ -28,8 +29,13 @@ from .lobby import LOBBY
 
 logger = logging.getLogger(__name__)
 
-#: seconds between sweeps
+#: seconds between sweeps (they read the database only when a scheduled meeting's room
+#: is open here)
 SWEEP = 5.0
+#: seconds between the searches for live meetings nobody ended (the first one
+#: `FIRST_OVERDUE` seconds after the start)
+OVERDUE_EVERY = 60.0
+FIRST_OVERDUE = 10.0
 
 
 class Upkeep:
@@ -39,6 +45,7 @@ class Upkeep:
         #: meeting -> monotonic time it was first seen overdue and empty
         self.empty_since: dict[str, float] = {}
         self._wake = asyncio.Event()
+        self._next_overdue = time.monotonic() + FIRST_OVERDUE
 
     def soon(self) -> None:
         """Sweep now (a meeting changed in this process)."""
@@ -61,7 +68,11 @@ class Upkeep:
         rooms = self.app[ROOMS].rooms
         local = [m for m in rooms if self.lifecycle.is_scheduled(m)]
         minutes = self.app[SETTINGS].auto_end_after
-        ended_before = datetime.now(UTC) - timedelta(minutes=minutes) if minutes else None
+        ended_before = None
+        now = time.monotonic()
+        if minutes and (now >= self._next_overdue or self.empty_since):
+            self._next_overdue = now + OVERDUE_EVERY
+            ended_before = datetime.now(UTC) - timedelta(minutes=minutes)
         if not local and ended_before is None:
             return
         statuses, overdue = await self.lifecycle.upkeep_view(local, ended_before)
@@ -71,7 +82,8 @@ class Upkeep:
                     "meeting %s: %s elsewhere: closing its room", meeting, statuses.get(meeting)
                 )
                 await self._close(meeting)
-        now = time.monotonic()
+        if ended_before is None:
+            return  # not this sweep's turn to look for meetings nobody ended
         for meeting in list(self.empty_since):
             if meeting not in overdue:
                 del self.empty_since[meeting]
