@@ -74,6 +74,16 @@ def save_screenshot(page: Any, tmp_path: Path, name: str, docs: bool = True) -> 
     return path
 
 
+def wait_js(page: Any, expression: str, timeout: float = 30.0) -> None:
+    """Wait until ``expression`` is true in ``page``.  Playwright's ``wait_for_function``
+    polls through ``eval`` in the page, which the pages' Content-Security-Policy
+    forbids (conference/web/headers.py); ``page.evaluate`` is not subject to it."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true in {timeout} s: {expression}"
+        page.wait_for_timeout(50)
+
+
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     """Poll ``check`` until it returns something truthy."""
     deadline = time.monotonic() + timeout
@@ -135,7 +145,7 @@ def open_invitation(
     response = page.goto(f"{server.url}/m/giao-ban?token={token}{query}")
     assert response is not None and response.ok
     assert "token=" not in page.url  # the token left the address bar
-    page.wait_for_function("document.getElementById('name').value.length > 0")
+    wait_js(page, "document.getElementById('name').value.length > 0")
     assert page.input_value("#name") == name
     return page
 
@@ -242,7 +252,7 @@ def test_three_points_see_and_hear_each_other(
 
     # leaving removes the tile on the others' pages
     pages["xa-dak-ha"].click("#leave-btn")
-    pages["huyen"].wait_for_function("document.querySelectorAll('.tile').length === 1")
+    wait_js(pages["huyen"], "document.querySelectorAll('.tile').length === 1")
     for page in pages.values():
         page.context.close()
 

@@ -27,6 +27,7 @@ from conference.recording.writer import TrackWriter
 from conference.tools.testmedia import cached_clip, load_packets
 
 from .test_api import client
+from .test_browser import wait_js
 from .test_meeting_pages import district, schedule, signed_in
 from .test_webauth import Browser, Site, any_site, browsers, site  # noqa: F401
 
@@ -569,19 +570,18 @@ def test_player_jumps_on_timeline_click_in_chromium(site: Site, tmp_path: Path) 
             page.fill("input[name=password]", "mat-khau-1")
             page.click("button[type=submit]")
             page.wait_for_url(f"**/recordings/{rec}")
-            page.wait_for_function("document.getElementById('player').readyState >= 1")
+            wait_js(page, "document.getElementById('player').readyState >= 1")
             duration = page.evaluate("document.getElementById('player').duration")
             assert 1.5 < duration < 3, duration
             page.click("#timeline button[data-identity=xa-a1]")
-            page.wait_for_function(
+            wait_js(
+                page,
                 "Math.abs(document.getElementById('player').currentTime - 1.5) < 0.3"
                 " || document.getElementById('player').currentTime > 1.5",
-                timeout=10000,
+                timeout=10,
             )
             page.click("#timeline button[data-identity=chair]")
-            page.wait_for_function(
-                "document.getElementById('player').currentTime < 1.0", timeout=10000
-            )
+            wait_js(page, "document.getElementById('player').currentTime < 1.0", timeout=10)
             page.screenshot(path=str(tmp_path / "library.png"), full_page=True)
             page.goto(f"{site.url}/recordings?lang=vi")
             assert "Thư viện bản ghi hình" in page.content()

@@ -28,7 +28,7 @@ from .conftest import ServerProcess, check_clean_exit, start_server
 from .domain.meeting_setup import make_org
 from .domain.test_cli import env  # noqa: F401 - fixture
 from .domain.test_meetings_e2e import url_of
-from .test_browser import browser  # noqa: F401 - fixture
+from .test_browser import browser, wait_js  # noqa: F401 - fixture
 
 T = TypeVar("T")
 
@@ -354,7 +354,7 @@ def test_lobby_in_the_browser(tmp_path: Path, browser: Any) -> None:  # noqa: F8
             token = server.token(meeting=meeting, identity=identity, name=name, role=role)
             response = page.goto(f"{server.url}/m/{meeting}?token={token}")
             assert response is not None and response.ok
-            page.wait_for_function("document.getElementById('name').value.length > 0")
+            wait_js(page, "document.getElementById('name').value.length > 0")
             page.click("#join:not([disabled])")
             return page
 

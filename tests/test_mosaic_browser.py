@@ -29,7 +29,7 @@ from conference.tools.testmedia import BarcodeVideoTrack
 
 from .conftest import ServerProcess, check_clean_exit, start_server
 from .domain.meeting_setup import make_org
-from .test_browser import browser, join, save_screenshot, sync_api, wait_until
+from .test_browser import browser, join, save_screenshot, sync_api, wait_js, wait_until
 
 __all__ = ["browser"]  # the fixture, shared with tests/test_browser.py
 
@@ -238,7 +238,7 @@ def test_chair_mosaic_pages_rotation_and_profiles(
     chair.select_option(
         f'#participants li[data-participant="{web_id}"] select.profile-one', "audio"
     )
-    web_point.wait_for_function("window.conference.profile === 'audio'")
+    wait_js(web_point, "window.conference.profile === 'audio'")
     assert web_point.input_value("#profile-select") == "audio"
     sync_api.expect(web_point.locator("#notice")).to_contain_text("Chỉ âm thanh")
     wait_until(lambda: not shown(web_point)["subscribed"], 10, "no video on the point")
@@ -293,7 +293,7 @@ def session_profile(page: Any, server: ServerProcess, meeting: str, token: str) 
     """Open the invitation link; the page's session JSON says the profile."""
     response = page.goto(f"{server.url}/m/{meeting}?token={token}")
     assert response is not None and response.ok
-    page.wait_for_function("document.getElementById('name').value.length > 0")
+    wait_js(page, "document.getElementById('name').value.length > 0")
     body = page.evaluate(
         "(m) => fetch(`/m/${m}/session`, {cache: 'no-store'}).then((r) => r.text())", meeting
     )

@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from .conftest import ServerProcess, check_clean_exit, start_server
-from .test_browser import browser, join, open_invitation, save_screenshot, sync_api, wait_until
+from .test_browser import (
+    browser,
+    join,
+    open_invitation,
+    save_screenshot,
+    sync_api,
+    wait_js,
+    wait_until,
+)
 
 __all__ = ["browser"]  # the fixture, shared with tests/test_browser.py
 
@@ -283,11 +291,12 @@ def test_page_reconnects_after_its_websocket_drops(server: ServerProcess, browse
 
 def test_prejoin_devices_speaker_test_and_join_muted(server: ServerProcess, browser: Any) -> None:
     page = open_invitation(browser, server, "xa-a", NAMES["xa-a"])
-    page.wait_for_function(
-        "['camera-select', 'mic-select'].every((id) => document.getElementById(id).options.length)"
+    wait_js(
+        page,
+        "['camera-select', 'mic-select'].every((id) => document.getElementById(id).options.length)",
     )
     wait_until(lambda: page.evaluate("window.conference.prejoinLevel || 0") > 0.02, 10, "level")
-    page.wait_for_function("document.getElementById('preview').videoWidth > 0")
+    wait_js(page, "document.getElementById('preview').videoWidth > 0")
     # Chromium can choose the output (setSinkId): the fake outputs are listed
     sync_api.expect(page.locator("#speaker-label")).to_be_visible()
     page.select_option("#speaker-select", index=1)

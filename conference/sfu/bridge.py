@@ -663,6 +663,28 @@ async def _finish(work: Coroutine[Any, Any, None], blocked_on: Any) -> None:
         logger.exception("a packet handler failed")
 
 
+def _srtp_binding(session: Any, name: str) -> tuple[Any, ...] | None:
+    """What the fast SRTP calls need of a pylibsrtp ``session``: (its error class, the
+    C function ``name``, the session's handle, its buffer as cdata and as a Python
+    buffer, a length cell, the ok status); None when pylibsrtp's layout is not the one
+    pinned."""
+    try:
+        from pylibsrtp import Error
+        from pylibsrtp._binding import ffi, lib  # type: ignore[import-not-found]
+
+        return (
+            Error,
+            getattr(lib, name),
+            session._srtp[0],
+            session._cdata,
+            session._buffer,
+            ffi.new("int *"),
+            lib.srtp_err_status_ok,
+        )
+    except (ImportError, AttributeError, TypeError):
+        return None
+
+
 def fast_protect(session: Any) -> Callable[[bytes], bytes]:
     """``session.protect`` without pylibsrtp's per-call Python overhead.
 
@@ -673,19 +695,11 @@ def fast_protect(session: Any) -> Callable[[bytes], bytes]:
     session's own buffer, exactly as ``protect`` does.  Falls back to
     ``session.protect`` if pylibsrtp's layout is not the one pinned.
     """
-    try:
-        from pylibsrtp import Error
-        from pylibsrtp._binding import ffi, lib  # type: ignore[import-not-found]
-
-        handle = session._srtp[0]
-        cdata = session._cdata
-        buffer = session._buffer
-        limit = len(cdata) - (16 + 128)  # SRTP_MAX_TRAILER_LEN
-    except (ImportError, AttributeError, TypeError):
+    binding = _srtp_binding(session, "srtp_protect")
+    if binding is None:
         return cast(Callable[[bytes], bytes], session.protect)
-    function = lib.srtp_protect
-    length = ffi.new("int *")
-    ok = lib.srtp_err_status_ok
+    Error, function, handle, cdata, buffer, length, ok = binding
+    limit = len(cdata) - (16 + 128)  # SRTP_MAX_TRAILER_LEN
 
     def protect(data: bytes) -> bytes:
         size = len(data)
@@ -710,20 +724,12 @@ def protect_into(session: Any) -> Callable[[int, int, int, int, bytes, bytes], m
     ``block`` is a header-extension block (`extension_block`, may be empty).  None
     when pylibsrtp's layout is not the one pinned (the caller builds bytes instead).
     """
-    try:
-        from pylibsrtp import Error
-        from pylibsrtp._binding import ffi, lib
-
-        handle = session._srtp[0]
-        cdata = session._cdata
-        buffer = session._buffer
-        view = memoryview(buffer)
-        limit = len(cdata) - (16 + 128)  # SRTP_MAX_TRAILER_LEN
-    except (ImportError, AttributeError, TypeError):
+    binding = _srtp_binding(session, "srtp_protect")
+    if binding is None:
         return None
-    function = lib.srtp_protect
-    length = ffi.new("int *")
-    ok = lib.srtp_err_status_ok
+    Error, function, handle, cdata, buffer, length, ok = binding
+    view = memoryview(buffer)
+    limit = len(cdata) - (16 + 128)  # SRTP_MAX_TRAILER_LEN
     pack_into = _RTP_FIXED.pack_into
 
     def write(
@@ -750,19 +756,11 @@ def fast_unprotect(session: Any) -> Callable[[bytes], bytes]:
     """``session.unprotect`` (SRTP, not SRTCP) without pylibsrtp's per-call Python
     overhead, as `fast_protect`; raises ``pylibsrtp.Error`` for a packet that does
     not authenticate (or replays one)."""
-    try:
-        from pylibsrtp import Error
-        from pylibsrtp._binding import ffi, lib
-
-        handle = session._srtp[0]
-        cdata = session._cdata
-        buffer = session._buffer
-        limit = len(cdata)
-    except (ImportError, AttributeError, TypeError):
+    binding = _srtp_binding(session, "srtp_unprotect")
+    if binding is None:
         return cast(Callable[[bytes], bytes], session.unprotect)
-    function = lib.srtp_unprotect
-    length = ffi.new("int *")
-    ok = lib.srtp_err_status_ok
+    Error, function, handle, cdata, buffer, length, ok = binding
+    limit = len(cdata)
 
     def unprotect(data: bytes) -> bytes:
         size = len(data)

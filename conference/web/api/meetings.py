@@ -20,6 +20,7 @@ with the meeting and its ``warnings``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -442,16 +443,7 @@ async def meeting_update(call: ApiCall) -> Any:
     errors=(404, 409),
 )
 async def meeting_cancel(call: ApiCall) -> Any:
-    version = call.body["version"]
-
-    def cancel(session: Session) -> dict[str, Any]:
-        meeting = load_meeting(session, call.actor, call.params["meeting_id"], edit=True)
-        if meeting.version != version:
-            raise stale(meeting, version)
-        svc.cancel_meeting(session, meeting.id, version=version)
-        return _meeting(MeetingView.of(meeting, True))
-
-    return await call.db(cancel)
+    return await _versioned(call, lambda s, m, v: svc.cancel_meeting(s, m, version=v))
 
 
 @API.operation(
@@ -465,16 +457,21 @@ async def meeting_cancel(call: ApiCall) -> Any:
     errors=(404, 409),
 )
 async def meeting_end(call: ApiCall) -> Any:
+    return await _versioned(call, lambda s, m, _v: svc.end_meeting(s, m))
+
+
+async def _versioned(call: ApiCall, change: Callable[[Session, int, int], object]) -> Any:
+    """A change of a meeting at the version the caller read (409 conflict-stale else)."""
     version = call.body["version"]
 
-    def end(session: Session) -> dict[str, Any]:
+    def apply(session: Session) -> dict[str, Any]:
         meeting = load_meeting(session, call.actor, call.params["meeting_id"], edit=True)
         if meeting.version != version:
             raise stale(meeting, version)
-        svc.end_meeting(session, meeting.id)
+        change(session, meeting.id, version)
         return _meeting(MeetingView.of(meeting, True))
 
-    return await call.db(end)
+    return await call.db(apply)
 
 
 @API.operation(

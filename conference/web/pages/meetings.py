@@ -34,7 +34,7 @@ actions share their helpers; the form's parsing is conference/web/pages/meeting_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -595,25 +595,24 @@ async def cancel_get(request: web.Request, user: CurrentUser) -> web.StreamRespo
 
 @page(EDIT_ROLES)
 async def cancel_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
-    meeting_id = request.match_info["meeting_id"]
-    form = await request.post()
-    try:
-        version = int(form_text(form, "version"))
-    except ValueError:
-        version = -1
-
-    def cancel(session: Session) -> None:
-        meeting = load_meeting(session, user, meeting_id, edit=True)
-        if meeting.version != version:
-            raise stale(meeting, version)
-        svc.cancel_meeting(session, meeting.id, version=version)
-
-    return await _action(request, user, meeting_id, cancel, "cancelled")
+    return await _versioned(
+        request, user, "cancelled", lambda s, m, v: svc.cancel_meeting(s, m, version=v)
+    )
 
 
 @page(EDIT_ROLES)
 async def end_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
     """End a live meeting nobody ended (its room closes for everyone)."""
+    return await _versioned(request, user, "ended", lambda s, m, _v: svc.end_meeting(s, m))
+
+
+async def _versioned(
+    request: web.Request,
+    user: CurrentUser,
+    done: str,
+    change: Callable[[Session, int, int], object],
+) -> web.StreamResponse:
+    """A form's change of a meeting at the version it was shown at (`_action`)."""
     meeting_id = request.match_info["meeting_id"]
     form = await request.post()
     try:
@@ -621,13 +620,13 @@ async def end_post(request: web.Request, user: CurrentUser) -> web.StreamRespons
     except ValueError:
         version = -1
 
-    def end(session: Session) -> None:
+    def apply(session: Session) -> None:
         meeting = load_meeting(session, user, meeting_id, edit=True)
         if meeting.version != version:
             raise stale(meeting, version)
-        svc.end_meeting(session, meeting.id)
+        change(session, meeting.id, version)
 
-    return await _action(request, user, meeting_id, end, "ended")
+    return await _action(request, user, meeting_id, apply, done)
 
 
 @page(EDIT_ROLES)
