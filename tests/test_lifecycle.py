@@ -350,7 +350,9 @@ def test_lobby_in_the_browser(tmp_path: Path, browser: Any) -> None:  # noqa: F8
             page = context.new_page()
             page.set_default_timeout(20_000)
             page.errors = []
+            page.console = []
             page.on("pageerror", lambda error: page.errors.append(str(error)))
+            page.on("console", lambda message: page.console.append(message.text))
             token = server.token(meeting=meeting, identity=identity, name=name, role=role)
             response = page.goto(f"{server.url}/m/{meeting}?token={token}")
             assert response is not None and response.ok
@@ -359,7 +361,13 @@ def test_lobby_in_the_browser(tmp_path: Path, browser: Any) -> None:  # noqa: F8
             return page
 
         point = open_page(points[0], "UBND xã số 1")
-        point.wait_for_selector("#lobby:not([hidden])")
+        try:
+            point.wait_for_selector("#lobby:not([hidden])")
+        except Exception as exc:  # failed once under the full suite's load: say what the page saw
+            raise AssertionError(
+                f"no lobby: {exc}\npage errors: {point.errors}\nconsole: {point.console[-20:]}"
+                f"\nserver log: {server.log()[-3000:]}"
+            ) from None
         assert point.inner_text("#lobby-text") == "Đang chờ chủ trì bắt đầu hội nghị…"
         assert "Giờ bắt đầu" in point.inner_text("#lobby-starts")
         assert point.is_hidden("#room") and point.is_hidden("#prejoin")
