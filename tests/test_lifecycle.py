@@ -90,6 +90,15 @@ def prepared(
         check_clean_exit(server)
 
 
+def sqlite_database(tmp_path: Path) -> db.Database:
+    """A fresh SQLite database in ``tmp_path/data``, where `start_server` looks."""
+    data = tmp_path / "data"
+    data.mkdir()
+    url = url_of({"CONFERENCE_DATA_DIR": str(data)})
+    db.upgrade(url)
+    return db.Database(url)
+
+
 async def refused(client: Client, code: str) -> None:
     with pytest.raises(ClientError) as info:
         await client.connect()
@@ -243,11 +252,7 @@ async def test_lobby_start_guest_attendance_end(prepared: Any) -> None:
 async def test_chair_starts_explicitly_and_lobby_messages(tmp_path: Path) -> None:
     """SQLite only: `"start": false`, `meeting-start`, the lobby's ping/leave, and
     `adhoc_meetings = false` refusing unknown meetings."""
-    data = tmp_path / "data"
-    data.mkdir()
-    url = url_of({"CONFERENCE_DATA_DIR": str(data)})
-    db.upgrade(url)
-    database = db.Database(url)
+    database = sqlite_database(tmp_path)
     meeting_id, _, points = schedule(database, minutes=20)
     meeting = str(meeting_id)
     server = start_server(tmp_path, env={"CONFERENCE_ADHOC_MEETINGS": "false"})
@@ -335,11 +340,7 @@ async def a_joining_is_waiting(joining: asyncio.Future[Any]) -> None:
 def test_lobby_in_the_browser(tmp_path: Path, browser: Any) -> None:  # noqa: F811
     """A point's page waits in the lobby until the chair's page starts the meeting; the
     chair's page lists a waiting guest and admits it (Chromium, SQLite)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    url = url_of({"CONFERENCE_DATA_DIR": str(data)})
-    db.upgrade(url)
-    database = db.Database(url)
+    database = sqlite_database(tmp_path)
     meeting_id, _, points = schedule(database, minutes=10)
     meeting = str(meeting_id)
     server = start_server(tmp_path)
@@ -399,11 +400,7 @@ def test_lobby_in_the_browser(tmp_path: Path, browser: Any) -> None:  # noqa: F8
 async def test_auto_recording_policy_records_from_the_start(tmp_path: Path) -> None:
     """A meeting whose recording policy is ``auto`` is recorded as soon as the chair
     starts it: every page sees ``recording: true`` and a manifest appears on disk."""
-    data = tmp_path / "data"
-    data.mkdir()
-    url = url_of({"CONFERENCE_DATA_DIR": str(data)})
-    db.upgrade(url)
-    database = db.Database(url)
+    database = sqlite_database(tmp_path)
     start = (datetime.now(ZONE) + timedelta(minutes=10)).replace(second=0, microsecond=0)
     with database.session() as session:
         org = make_org(session, n_points=2, email=False)
@@ -463,11 +460,7 @@ async def test_waiting_points_hear_at_once_that_the_meeting_was_cancelled_or_mov
     at once when the server itself changed the meeting (the API here), within a few
     seconds when another process did (`conference meeting cancel`); and a join right
     after a cancellation is refused, not let into the lobby by a remembered verdict."""
-    data = tmp_path / "data"
-    data.mkdir()
-    url = url_of({"CONFERENCE_DATA_DIR": str(data)})
-    db.upgrade(url)
-    database = db.Database(url)
+    database = sqlite_database(tmp_path)
     meeting_id, _, points = schedule(database, minutes=20)
     second_id, _, _ = schedule_more(database, minutes=20)
     with database.session() as session:
@@ -573,11 +566,7 @@ async def test_one_place_in_the_lobby_per_identity(tmp_path: Path) -> None:
     """Issue 14 item 5: 200 sockets of one invitation link filled the lobby.  A newer
     session of a waiting identity replaces the older (`replaced`, 4409): one link
     holds one place, whatever it opens."""
-    data = tmp_path / "data"
-    data.mkdir()
-    url = url_of({"CONFERENCE_DATA_DIR": str(data)})
-    db.upgrade(url)
-    database = db.Database(url)
+    database = sqlite_database(tmp_path)
     meeting_id, _, points = schedule(database, minutes=20)
     meeting = str(meeting_id)
     server = start_server(tmp_path)
@@ -634,11 +623,7 @@ async def test_meetings_ended_elsewhere_close_and_meetings_nobody_ended_end(
     meeting left empty `auto_end_after` minutes past its end ends by itself."""
     from conference.domain.meetings import end_meeting, start_meeting
 
-    data = tmp_path / "data"
-    data.mkdir()
-    url = url_of({"CONFERENCE_DATA_DIR": str(data)})
-    db.upgrade(url)
-    database = db.Database(url)
+    database = sqlite_database(tmp_path)
     meeting_id, _, points = schedule(database, minutes=20)
     second_id, _, _ = schedule_more(database, minutes=20)
     overdue_id, _, _ = schedule_more(database, minutes=20)
