@@ -95,8 +95,10 @@ def evaluate(
     meeting_id = scheduled_id(claims.meeting)
     meeting = session.get(Meeting, meeting_id) if meeting_id is not None else None
     if meeting is None:
-        if adhoc:
+        if adhoc and meeting_id is None:
             return Verdict(scheduled=False)
+        # a number names a scheduled meeting only: as an ad-hoc room it would record into
+        # what the library shows as that meeting (of whatever district it is)
         raise AccessError("unknown-meeting", "no such meeting", 404)
     guest = False
     try:
