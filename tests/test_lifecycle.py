@@ -529,7 +529,7 @@ async def test_waiting_points_hear_at_once_that_the_meeting_was_cancelled_or_mov
             # issue 14 item 8: a number that is no meeting is not an ad-hoc room either
             await refused(client(points[0], "987654"), "unknown-meeting")
 
-        # cancelled by another process (the CLI does this): within RECHECK seconds
+        # cancelled by another process (the CLI does this): at the upkeep's next sweep (5 s)
         third_id, _, _ = schedule_more(database, minutes=20)
         third = str(third_id)
         d = client(points[1], third)

@@ -31,9 +31,10 @@ the database) never see any of this.
   join window is no longer open, or a point no longer invited: each waiting point is
   judged again and told (``meeting-cancelled`` / ``meeting-moved`` / ``not-invited``,
   4403).  A change committed by this process (API, pages, series edits) reaches the
-  lobby at once (`Lobby.watch_database`: the database's listeners of changed meetings);
-  one made by another process or node is found by a check every `RECHECK` seconds while
-  anyone waits.  Remembered verdicts of a changed meeting are dropped, so a join right
+  lobby at once (`Lobby.watch_database`: the database's listeners of changed meetings
+  wake the upkeep, conference/realtime/upkeep.py); one made by another process or node
+  is found by the upkeep's next sweep (every 5 s), which judges every waiting point
+  again (`Lobby.recheck`).  Remembered verdicts of a changed meeting are dropped, so a join right
   after a cancellation is refused.
 * **Attendance.**  Every join and leave of a scheduled meeting's room (WebSocket and
   WHIP/WHEP sessions alike) is stored by `record_event` in a background task; a failure
@@ -97,13 +98,10 @@ MAX_WAITING_PER_ADDRESS = 50
 SAY_DELAY = 0.1
 
 
-#: a waiting point's meeting is judged again this often (s), for changes made elsewhere
-RECHECK = 3.0
-
-
-def withdrawn(exc: AccessError | None) -> AccessError:
-    """What a waiting point is told when the meeting it waits for no longer admits it."""
-    code = exc.code if exc is not None else "unknown-meeting"
+def withdrawn(exc: AccessError) -> AccessError:
+    """What a waiting point is told when the meeting it waits for no longer admits it
+    (``unknown-meeting``: deleted)."""
+    code = exc.code
     if code in ("meeting-cancelled", "unknown-meeting"):
         return AccessError("meeting-cancelled", "this meeting was cancelled", 403)
     if code in ("too-early", "too-late"):
@@ -112,7 +110,6 @@ def withdrawn(exc: AccessError | None) -> AccessError:
         )
     if code == "meeting-ended":
         return AccessError("meeting-ended", "this meeting has ended", 410)
-    assert exc is not None
     return exc
 
 
@@ -185,8 +182,6 @@ class MeetingLobby:
     remote: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: the other nodes' decisions were read from Redis (once, at the first waiter here)
     loaded: bool = False
-    #: re-checks the meeting's schedule while anyone waits here (`Lobby.watch_schedule`)
-    watcher: asyncio.Task[None] | None = None
 
     def state(self) -> dict[str, Any]:
         elsewhere = [w | {"remote": True} for waiting in self.remote.values() for w in waiting]
@@ -210,7 +205,8 @@ class Lobby:
         self.share: LobbyShare | None = None
         self._saying: set[str] = set()
         self._loading: dict[str, asyncio.Future[None]] = {}
-        #: called when this process changed meetings (the upkeep sweeps at once)
+        #: called when this process changed meetings (the upkeep sweeps at once: it
+        #: closes rooms of meetings ended or cancelled and judges waiting points again)
         self.on_meetings_changed: Callable[[], None] | None = None
 
     def of(self, meeting: str) -> MeetingLobby:
@@ -269,13 +265,13 @@ class Lobby:
         )
 
     def _ended(self, meeting: str) -> None:
-        self._release_ended(meeting)
+        self.release_ended(meeting)
         logger.info("meeting %s: ended by the chair", meeting)
         self._background(f"ending meeting {meeting}", self.lifecycle.end(meeting))
         if self.share is not None:
             self.share.lobby_decide(meeting, {"kind": "end"})
 
-    def _release_ended(self, meeting: str) -> None:
+    def release_ended(self, meeting: str) -> None:
         lobby = self.meetings.pop(meeting, None)
         if lobby is not None:
             for waiter in lobby.waiting.values():
@@ -295,13 +291,10 @@ class Lobby:
         database.meeting_listeners.append(changed)
 
     def meetings_changed(self, meetings: set[str]) -> None:
-        if self.on_meetings_changed is not None:
-            self.on_meetings_changed()
         for meeting in meetings:
             self.lifecycle.forget(meeting)
-            lobby = self.meetings.get(meeting)
-            if lobby is not None and lobby.waiting:
-                self._background(f"lobby of {meeting}", self.recheck(meeting))
+        if self.on_meetings_changed is not None:
+            self.on_meetings_changed()
 
     async def recheck(self, meeting: str) -> None:
         """Judge every point waiting for ``meeting`` again; tell those the meeting no
@@ -314,36 +307,17 @@ class Lobby:
         for waiter in list(lobby.waiting.values()):
             if waiter.claims is None or waiter.decision.done():
                 continue
-            refusal: AccessError | None = None
             try:
-                verdict = await self.lifecycle.verdict(waiter.claims)
+                await self.lifecycle.verdict(waiter.claims)
+                continue  # still admitted to wait
             except AccessError as exc:
                 if exc.code == "unavailable":
                     return  # the database is away: the next check decides
                 refusal = withdrawn(exc)
-            else:
-                if not verdict.scheduled:  # deleted, and ad-hoc rooms allowed
-                    refusal = withdrawn(None)
-            if refusal is not None and not waiter.decision.done():
+            if not waiter.decision.done():
                 logger.info("meeting %s: %s leaves the lobby: %s", meeting, waiter.id, refusal.code)
                 waiter.refusal = refusal
                 self._decide(lobby, waiter, "withdrawn")
-
-    async def watch_schedule(self, meeting: str) -> None:
-        """While anyone waits for ``meeting`` here: re-check every `RECHECK` seconds (a
-        change made by another process, `conference meeting cancel` or another node, has
-        no listener here)."""
-        try:
-            while True:
-                await asyncio.sleep(RECHECK)
-                lobby = self.meetings.get(meeting)
-                if lobby is None or not lobby.waiting:
-                    return
-                await self.recheck(meeting)
-        finally:
-            lobby = self.meetings.get(meeting)
-            if lobby is not None and lobby.watcher is asyncio.current_task():
-                lobby.watcher = None
 
     # -- the other nodes ----------------------------------------------------------------
     def say_waiting(self, meeting: str) -> None:
@@ -403,7 +377,7 @@ class Lobby:
         else:
             decision = message["decision"]
             if decision["kind"] == "end":
-                self._release_ended(meeting)
+                self.release_ended(meeting)
                 return
             if decision["kind"] == "start":
                 lobby.started = True
@@ -578,8 +552,6 @@ async def gate(
         address=address,
     )
     lobby.waiting[waiter.id] = waiter
-    if lobby.watcher is None:
-        lobby.watcher = asyncio.ensure_future(app[LOBBY].watch_schedule(meeting))
     app[LOBBY].say_waiting(meeting)
     logger.info("meeting %s: %s waits in the lobby (guest: %s)", meeting, waiter.id, waiter.guest)
     try:

@@ -3,8 +3,10 @@
 * **Ended elsewhere.**  A meeting ended or cancelled by something other than its chair's
   page (``conference meeting end``/``cancel``, the API, the meeting page, another node)
   has its room here closed for everyone (``leave`` with ``meeting-ended``) and its lobby
-  emptied.  A change this process commits is seen at once (the lobby's listener of
-  changed meetings calls `Upkeep.soon`); another process's at the next sweep.
+  emptied; points waiting for any meeting are judged again (`Lobby.recheck`: told if
+  their meeting was cancelled or moved).  A change this process commits is seen at once
+  (the lobby's listener of changed meetings calls `Upkeep.soon`); another process's at
+  the next sweep.
 * **Nobody ended it.**  A live meeting whose scheduled end passed more than
   ``auto_end_after`` minutes ago (setting; 0 = never) and whose room has had nobody in
   it for two sweeps in a row (here, and on no other node) ends by itself (searched for
@@ -65,6 +67,10 @@ class Upkeep:
                 logger.exception("meeting upkeep failed")
 
     async def sweep(self) -> None:
+        lobby = self.app[LOBBY]
+        for meeting, waiting in list(lobby.meetings.items()):
+            if waiting.waiting:
+                await lobby.recheck(meeting)
         rooms = self.app[ROOMS].rooms
         local = [m for m in rooms if self.lifecycle.is_scheduled(m)]
         minutes = self.app[SETTINGS].auto_end_after
@@ -112,7 +118,7 @@ class Upkeep:
         if room is not None and not room.closed:
             briefing = briefings.open(meeting)
             await briefing.end(shared=False)
-        self.app[LOBBY]._release_ended(meeting)
+        self.app[LOBBY].release_ended(meeting)
 
 
 def setup_upkeep(app: web.Application) -> Upkeep | None:
