@@ -116,13 +116,20 @@ def _keep_headers(exc: web.HTTPException) -> dict[str, str]:
 
 
 async def health(request: web.Request) -> web.Response:
+    """``ok``, or ``degraded`` with one line per problem (``problems``): the server
+    serves meetings either way (a monitor alerts on ``degraded``, a load balancer
+    keeps sending on HTTP 200)."""
     rooms = request.app[ROOMS].rooms
+    recordings = recording.health()
+    problems: list[str] = list(recordings.pop("problems", []))
     return web.json_response(
         {
-            "status": "ok",
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
             "version": __version__,
             "rooms": len(rooms),
             "participants": sum(len(r.participants) for r in rooms.values()),
+            "recordings": recordings,
         }
         | ({"node": request.app[CLUSTER].name} if CLUSTER in request.app else {})
     )
@@ -182,6 +189,8 @@ def create_app(settings: Settings, primary: bool = True) -> web.Application:
 
     app[BRIEFINGS] = Briefings(app[ROOMS])  # the chair's rules on every room
     app[BRIEFINGS].on_removed = revoke
+    if Briefings.recording_failed not in recording.failure_listeners:  # a full disk
+        recording.failure_listeners.append(Briefings.recording_failed)
     app[ICE_SERVERS], app[ICE_SERVERS_JSON] = ice_servers(settings)
     app[WEBSOCKETS] = weakref.WeakSet()
     setup_web(app)

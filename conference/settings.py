@@ -81,6 +81,7 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_ADHOC_MEETINGS": "adhoc_meetings",
     "CONFERENCE_GROUP_ACCESS": "group_access",
     "CONFERENCE_AUTO_END_AFTER": "auto_end_after",
+    "CONFERENCE_RECORDING_MIN_FREE_MB": "recording_min_free_mb",
     "CONFERENCE_REDIS_URL": "redis_url",
     "CONFERENCE_NODE_NAME": "node_name",
     "CONFERENCE_RELAY_HOST": "relay_host",
@@ -161,6 +162,9 @@ class Settings:
     #: A live meeting whose room stays empty this many minutes after its scheduled end
     #: ends by itself (0 = never): a meeting nobody ended keeps its points busy.
     auto_end_after: int = 30
+    #: Recording refuses to start with less free space than this (MB) where recordings
+    #: go; a running recording stops and seals itself below a quarter of it.
+    recording_min_free_mb: int = 2048
     #: Redis shared by the nodes serving one meeting together (redis://host:6379/0);
     #: None = this process is the only node.
     redis_url: str | None = field(default=None, repr=False)
@@ -432,6 +436,7 @@ _CONVERTERS: dict[str, _Converter] = {
     "adhoc_meetings": _to_bool,
     "group_access": _to_bool,
     "auto_end_after": _int_converter(0, 7 * 24 * 60),
+    "recording_min_free_mb": _int_converter(0, 1024 * 1024),
     "redis_url": _to_redis_url,
     "node_name": _to_node_name,
     "cluster_name": _to_node_name,

@@ -158,6 +158,9 @@ def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Se
             "CONFERENCE_TOKEN_SECRET": SECRET,
             "CONFERENCE_CODEC_TRAP": str(trap_file),
             "CONFERENCE_RECORDINGS_DIR": str(tmp / "recordings"),
+            # recording refuses to start below 2 GB free by default: the tests' recordings
+            # are small, and a shared test machine may have less (full-disk tests set it)
+            "CONFERENCE_RECORDING_MIN_FREE_MB": "64",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -365,6 +365,15 @@ class Briefing(RoomEvents):
             if other.who.moderate:
                 await other.send({"type": "unmute-declined", "participant": participant_id})
 
+    async def recording_failed(self, reason: str, message: str) -> None:
+        """The recording stopped by itself (a full disk): everyone sees it stopped, the
+        chair's side is told why (``recording-failed``); the meeting goes on."""
+        await self.broadcast({"type": "recording", "recording": False, "failed": reason})
+        for other in list(self.room.participants.values()):
+            if other.who.moderate:
+                await other.send({"type": "recording-failed", "reason": reason, "message": message})
+        self.changed()
+
     def raise_hand(self, participant: Participant, raised: bool) -> None:
         """A point asks to speak (or withdraws)."""
         if not participant.who.publish:
@@ -658,6 +667,7 @@ class Briefing(RoomEvents):
             ],
             "speaker": self.room.speaker.current,
             "recording": self.room.recording or bool(self.room.recorded_by),
+            "recording_failed": self.room.recording_failure,
             "floor": ids.get(self.floor) if self.floor is not None else None,
             "hands": [
                 {"participant": ids[identity], "at": int(at * 1000)}
@@ -696,6 +706,12 @@ class Briefings:
         if meeting_id in self.ended and self.rooms.get(meeting_id) is None:
             raise RoomError("meeting-ended", "the chair has ended this meeting")
         return of(self.rooms.get_or_create(meeting_id))
+
+    @staticmethod
+    def recording_failed(room: Room, reason: str, message: str) -> None:
+        """A `recording.failure_listeners` entry: the room's briefing tells its people."""
+        if isinstance(room.events, Briefing) and not room.closed:
+            asyncio.ensure_future(room.events.recording_failed(reason, message))
 
     def _attach(self, room: Room) -> None:
         briefing = Briefing(room, on_removed=self._removed, on_closed=self._closed)

@@ -162,6 +162,14 @@ def resume_jobs(recordings_dir: Path, interrupted: Iterable[Path] = ()) -> list[
     ``interrupted``: the manifests just sealed ``interrupted`` (the recorder's
     ``configure``), queued too: what was recorded before a crash is composed.
     """
+    try:
+        return _resume(recordings_dir, interrupted)
+    except OSError as exc:  # a full disk: the server starts all the same
+        logger.error("recordings: compositions not queued again: %s", exc)
+        return []
+
+
+def _resume(recordings_dir: Path, interrupted: Iterable[Path]) -> list[Path]:
     resumed = []
     for path in interrupted:
         if _read(path) is None:

@@ -19,7 +19,9 @@ show that the meeting is being recorded.
 Decisions:
 
 * Files are named ``<start-utc>-<identity>-<source>-<n>.webm`` (``.mkv`` for
-  H.264); ``source`` is microphone, camera or screen and ``n`` counts that
+  H.264), the identity's kind and subject joined by ``-`` (``pt-xa-a``: a point
+  and an account of the same name never share a file name); ``source`` is
+  microphone, camera or screen and ``n`` counts that
   participant's publications of that source in this recording.
 * A resolution change (a VP8 keyframe with a new size) stays in the same file:
   Matroska and every player handle in-band size changes; the manifest lists
@@ -27,6 +29,22 @@ Decisions:
 * Mute (no packets) leaves a gap in the timestamps: no frames are invented.
 * An exception in a track's recording is logged and ends that track's file
   only (``error`` in the manifest); the room and the other tracks go on.
+* A full disk ends the whole recording, never the meeting: a write that fails
+  with ENOSPC/EDQUOT, or free space falling below a quarter of
+  ``recording_min_free_mb`` (checked every ``SAVE_INTERVAL``, so that the
+  manifest can still be sealed), stops it with the reason (``disk-full`` or
+  ``disk-low``), sets ``Room.recording_failure`` and tells the
+  :data:`failure_listeners` (the briefing tells the chair: ``recording-failed``).
+  Recording refuses to start with less than ``recording_min_free_mb`` free
+  (``recording-no-space``).
+* A manifest that cannot be sealed (the disk is full) is kept in memory and
+  sealed again every ``RESEAL_INTERVAL`` until it works; :func:`health` lists
+  it (``/healthz``).  The same holds at start for the recordings a previous
+  run left unfinished: the server starts whatever the disk says.
+
+Size: over 600 lines: a track's file, the meeting's recording and the module API that
+the room's chair drives share one state (the recorders, their configuration); the
+disk-space rules that needed state of their own live in ``space``.
 
 Module API: :func:`configure` (the server, at start), :func:`start` and
 :func:`stop` (the chair's ``record-start``/``record-stop``, later a meeting's
@@ -36,8 +54,10 @@ recording policy), :func:`shutdown` (the server, before closing rooms).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +70,7 @@ from . import jobs
 from .depacketize import AudioSequencer, Frame, VideoAssembler
 from .manifest import FORMAT, MANIFEST_SUFFIX, iso, write_manifest
 from .signing import KEY_FILE, load_or_create_key
+from .space import MB, SealQueue, disk_full, free_bytes, reason
 from .store import inside, mark_interrupted, meeting_directory, safe_component, seal
 from .writer import TrackWriter
 
@@ -64,6 +85,8 @@ __all__ = [
     "TrackRecorder",
     "configure",
     "configure_from",
+    "failure_listeners",
+    "health",
     "shutdown",
     "start",
     "stop",
@@ -74,6 +97,7 @@ logger = logging.getLogger(__name__)
 TICK = 0.25  # assembler timeouts
 SAVE_INTERVAL = 2.0  # manifest saves while recording
 EXTENSIONS = {"vp8": ".webm", "opus": ".webm", "h264": ".mkv"}
+RESEAL_INTERVAL = 10.0  # a manifest the disk refused is sealed again this often
 
 
 class RecordingError(Exception):
@@ -245,6 +269,8 @@ class TrackRecorder:
         self.error = f"{type(exc).__name__}: {exc}"[:300]
         self.close()
         self.owner.dirty = True
+        if disk_full(exc):  # every other file would fail next: the recording ends
+            self.owner.storage_failed("disk-full", reason(exc))
 
     def close(self) -> None:
         if self.closed:
@@ -260,6 +286,8 @@ class TrackRecorder:
         except Exception as exc:  # a full disk must not take the room down
             logger.error("recording %s: closing failed: %r", self.path.name, exc)
             self.error = self.error or f"{type(exc).__name__}: {exc}"[:300]
+            if disk_full(exc):
+                self.owner.storage_failed("disk-full", reason(exc))
 
 
 class MeetingRecorder:
@@ -271,10 +299,13 @@ class MeetingRecorder:
         root: Path,
         key: Ed25519PrivateKey,
         started_by: dict[str, Any] | None = None,
+        min_free: int = 0,
     ) -> None:
         self.room = room
         self.root = root
         self.key = key
+        #: below this many free bytes the recording stops itself (while it can still seal)
+        self.stop_below = min_free // 4
         self.started_at = time.time()
         self.stamp = _stamp(self.started_at)
         self.directory = meeting_directory(root, room.meeting_id, self.started_at)
@@ -289,22 +320,32 @@ class MeetingRecorder:
         self.started_by = started_by
         self.stopped_at: float | None = None
         self.stop_reason: str | None = None
+        self.error: str | None = None  # why it stopped by itself (a full disk)
         self.dirty = True
         self.stopped = False
+        self.failing = False
         self._task: asyncio.Task[None] | None = None
         self._last_save = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
+        """Begin; OSError (a full disk) leaves nothing attached to the room."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._event("recording-start", by=self.started_by)
         for participant in list(self.room.participants.values()):
             self._event("present", participant=participant)
         for publication in self.room.publications():
             self._add(publication)
+        try:
+            write_manifest(self.manifest_path, self.build("recording"))
+        except OSError:
+            for track in self.tracks.values():
+                track.close()
+            raise
+        self._last_save = time.monotonic()
+        self.dirty = False
         self.room.observers.append(self.on_room_event)
         self.room.recording = True
-        self.save()
         self._task = asyncio.ensure_future(self._run())
         logger.info("room %s: recording to %s", self.room.meeting_id, self.directory)
 
@@ -333,9 +374,19 @@ class MeetingRecorder:
         except OSError as exc:  # sealing below tries again
             logger.error("room %s: cannot write the manifest: %r", self.room.meeting_id, exc)
         logger.info("room %s: recording stopped (%s)", self.room.meeting_id, reason)
-        return asyncio.ensure_future(
+        future = asyncio.ensure_future(
             asyncio.to_thread(seal, self.manifest_path, manifest, self.key, "complete")
         )
+        future.add_done_callback(functools.partial(_keep_unsealed, self.manifest_path, manifest))
+        return future
+
+    def storage_failed(self, reason: str, detail: str) -> None:
+        """The disk is full (``disk-full``) or nearly (``disk-low``): end the recording
+        soon (not inside the packet or file call that found it)."""
+        if self.stopped or self.failing:
+            return
+        self.failing = True
+        asyncio.get_running_loop().call_soon(_fail, self.room, reason, detail)
 
     async def _run(self) -> None:
         try:
@@ -347,6 +398,12 @@ class MeetingRecorder:
                     track.sample_clock()
                 if time.monotonic() - self._last_save >= SAVE_INTERVAL:
                     self.save()
+                    free = free_bytes(self.directory) if self.stop_below else None
+                    if free is not None and free < self.stop_below:
+                        self.storage_failed(
+                            "disk-low",
+                            f"{free // MB} MB free, below {self.stop_below // MB} MB",
+                        )
         except asyncio.CancelledError:
             pass
         except Exception:
@@ -435,7 +492,8 @@ class MeetingRecorder:
             self.skipped.append(info)
             return
         name = (
-            f"{_stamp(time.time())}-{safe_component(identity, 40)}-"
+            # "pt:xa-a" -> "pt-xa-a": one kind's files never take another's name
+            f"{_stamp(time.time())}-{safe_component(identity.replace(':', '-', 1), 40)}-"
             f"{safe_component(publication.source, 16)}-{number}{extension}"
         )
         path = inside(self.root, self.directory / name)
@@ -474,7 +532,7 @@ class MeetingRecorder:
             "speakers": self.speakers,
             "events": self.events,
             "minutes_final": False,
-        }
+        } | ({"error": self.error} if self.error else {})
 
     def save(self) -> None:
         self._last_save = time.monotonic()
@@ -483,6 +541,8 @@ class MeetingRecorder:
             self.dirty = False
         except OSError as exc:
             logger.error("room %s: cannot write the manifest: %r", self.room.meeting_id, exc)
+            if disk_full(exc):
+                self.storage_failed("disk-full", reason(exc))
 
 
 def _done() -> asyncio.Future[Any]:
@@ -496,31 +556,49 @@ def _done() -> asyncio.Future[Any]:
 class _Config:
     root: Path
     key: Ed25519PrivateKey
+    min_free: int = 0  # bytes; recording_min_free_mb
 
 
 _config: _Config | None = None
 _recorders: dict[Room, MeetingRecorder] = {}
 _finishing: set[asyncio.Future[Any]] = set()
+#: manifests the disk refused to seal, sealed again later
+_unsealed = SealQueue(RESEAL_INTERVAL)
+#: told ``(room, reason, message)`` when a recording stops by itself (a full disk)
+failure_listeners: list[Callable[[Room, str, str], None]] = []
 
 
-def configure(recordings_dir: Path, key_path: Path, seal: bool = True) -> list[Path]:
+def configure(
+    recordings_dir: Path, key_path: Path, seal: bool = True, min_free_mb: int = 0
+) -> list[Path]:
     """Set where recordings go and the signing key (created on first use).
 
     Seals as ``interrupted`` the recordings a previous run left unfinished and
     returns their manifests; with ``seal`` false, leaves them (a worker of several
     starting while the others record: the supervisor sealed them before any started).
+    A manifest the disk refuses to seal is left for later (:func:`health`), never
+    an error: the server starts whatever the recordings disk says.
     """
     global _config
     recordings_dir.mkdir(parents=True, exist_ok=True)
     key = load_or_create_key(key_path)
-    _config = _Config(recordings_dir, key)
-    return mark_interrupted(recordings_dir, key) if seal else []
+    _config = _Config(recordings_dir, key, min_free_mb * MB)
+    _unsealed.clear()  # a new start: what an earlier one left is on disk, unfinished
+    _unsealed.key = key
+    _unsealed.on_sealed = _resealed
+    if not seal:
+        return []
+    refused: list[tuple[Path, dict[str, Any]]] = []
+    marked = mark_interrupted(recordings_dir, key, refused)
+    for path, manifest in refused:
+        _unsealed.keep(path, manifest, "interrupted", "the disk is full")
+    return marked
 
 
 def configure_from(settings: Settings, seal: bool = True) -> list[Path]:
     """:func:`configure` with the server's settings (``recording_key`` or the data dir)."""
     key_path = settings.recording_key or settings.data_dir / KEY_FILE
-    return configure(settings.recordings_dir, key_path, seal)
+    return configure(settings.recordings_dir, key_path, seal, settings.recording_min_free_mb)
 
 
 def start(room: Room, started_by: dict[str, Any] | None = None) -> MeetingRecorder:
@@ -531,14 +609,84 @@ def start(room: Room, started_by: dict[str, Any] | None = None) -> MeetingRecord
         raise RecordingError("room-closed", "the meeting room is closed")
     if room in _recorders:
         raise RecordingError("already-recording", "the meeting is already being recorded")
-    recorder = MeetingRecorder(room, _config.root, _config.key, started_by)
+    free = free_bytes(_config.root)
+    if free is not None and free < _config.min_free:
+        raise RecordingError(
+            "recording-no-space",
+            f"only {free // MB} MB free where recordings are kept; recording needs "
+            f"{_config.min_free // MB} MB (recording_min_free_mb)",
+        )
+    recorder = MeetingRecorder(room, _config.root, _config.key, started_by, _config.min_free)
     try:
         recorder.start()
     except OSError as exc:
-        raise RecordingError("recording-failed", f"cannot write the recording: {exc}") from exc
+        code = "recording-no-space" if disk_full(exc) else "recording-failed"
+        raise RecordingError(code, f"cannot write the recording: {exc}") from exc
     _recorders[room] = recorder
+    room.recording_failure = None
     room.changed()
     return recorder
+
+
+def _fail(room: Room, reason: str, detail: str) -> None:
+    """End ``room``'s recording by itself (see the module doc: a full disk)."""
+    recorder = _recorders.get(room)
+    if recorder is None or recorder.stopped:
+        return
+    message = f"the recording stopped: the recordings disk is full ({detail})"
+    logger.error("room %s: %s", room.meeting_id, message)
+    recorder.error = message
+    stop(room, reason)
+    room.recording_failure = {
+        "reason": reason,
+        "message": message,
+        "at": iso(time.time()) or "",
+    }
+    for listener in list(failure_listeners):
+        try:
+            listener(room, reason, message)
+        except Exception:
+            logger.exception("a recording failure listener failed")
+
+
+def _keep_unsealed(path: Path, manifest: dict[str, Any], future: asyncio.Future[Any]) -> None:
+    """A seal the disk refused: kept to be sealed again (`SealQueue`)."""
+    if not future.cancelled() and isinstance(future.exception(), OSError):
+        _unsealed.keep(path, manifest, "complete", reason(future.exception()))  # type: ignore[arg-type]
+
+
+def _resealed(path: Path, manifest: dict[str, Any], state: str) -> None:
+    """A kept manifest is sealed at last: compose it, as any other."""
+    if _config is None:
+        return
+    if state == "complete":
+        jobs.enqueue_sealed(_config.root, manifest)
+    else:
+        jobs.resume_jobs(_config.root, [path])
+
+
+def health() -> dict[str, Any]:
+    """What ``/healthz`` says of recording: manifests left unsealed, free space."""
+    if _config is None:
+        return {}
+    free = free_bytes(_config.root)
+    report: dict[str, Any] = {
+        "recording": len(_recorders),
+        "unsealed": sorted(str(p.relative_to(_config.root.resolve())) for p in _unsealed.waiting),
+        "free_mb": free // MB if free is not None else None,
+        "min_free_mb": _config.min_free // MB,
+    }
+    problems = []
+    if _unsealed.waiting:
+        count = len(_unsealed.waiting)
+        problems.append(f"{count} recording(s) not sealed: the recordings disk is full?")
+    if free is not None and free < _config.min_free:
+        problems.append(
+            f"recordings disk: {free // MB} MB free, below {_config.min_free // MB} MB: "
+            "recording is refused"
+        )
+    report["problems"] = problems
+    return report
 
 
 def stop(room: Room, reason: str = "stopped") -> asyncio.Future[Any] | None:
@@ -569,3 +717,4 @@ async def shutdown() -> None:
         for result in results:
             if isinstance(result, BaseException):
                 logger.error("recording: sealing failed: %r", result)
+    _unsealed.stop()  # the next start seals what is left (still "recording" on disk)

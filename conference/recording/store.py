@@ -103,8 +103,13 @@ def seal(
     return signed
 
 
-def mark_interrupted(root: Path, key: Ed25519PrivateKey) -> list[Path]:
-    """Seal as ``interrupted`` every manifest still ``recording`` (call at server start)."""
+def mark_interrupted(
+    root: Path, key: Ed25519PrivateKey, refused: list[tuple[Path, dict[str, Any]]] | None = None
+) -> list[Path]:
+    """Seal as ``interrupted`` every manifest still ``recording`` (call at server start).
+
+    A manifest the disk refuses to seal (full) is logged and appended to ``refused``
+    with its content, never raised: a full recordings disk must not stop the server."""
     marked = []
     for path in manifests(root):
         try:
@@ -121,7 +126,13 @@ def mark_interrupted(root: Path, key: Ed25519PrivateKey) -> list[Path]:
         for track in manifest.get("tracks", []):
             if track.get("state") == "recording":
                 track["state"] = "interrupted"
-        seal(path, manifest, key, "interrupted")
+        try:
+            seal(path, manifest, key, "interrupted")
+        except OSError as exc:
+            logger.error("recordings: cannot seal %s as interrupted: %s", path, exc)
+            if refused is not None:
+                refused.append((path, manifest))
+            continue
         logger.warning("recordings: %s was interrupted (server stopped without a clean stop)", path)
         marked.append(path)
     return marked

@@ -109,6 +109,8 @@ class Room:
         self.created_at = time.time()
         self.closed = False
         self.recording = False  # set by conference.recording while a recorder runs
+        #: why the last recording stopped by itself (a full disk): reason, message, at
+        self.recording_failure: dict[str, str] | None = None
         #: Observers (the recorder): ``observer(event, subject, detail)``, see `_notify`.
         self.observers: list[Callable[[str, Any, str | None], None]] = []
         self._on_empty = on_empty

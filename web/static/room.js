@@ -359,6 +359,10 @@ const handlers = {
     state.room.recording = Boolean(update.recording);
     render();
   },
+  "recording-failed"(problem) {
+    // to the chair's side: the recording stopped by itself (a full disk); the meeting goes on
+    notice(message("recording.failed", problem.reason, t("recording.failed.disk-full")));
+  },
   floor(update) {
     state.room.floor = update.participant;
     if (update.participant === state.me?.id) {
