@@ -18,17 +18,27 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiortc import RTCIceServer
 
 from conference.web.api import setup_api
 from conference.web.auth import SESSIONS_REVOKED, setup_auth
+from conference.web.connections import (
+    ConnectionLimits,
+    GuardedSite,
+    RateLimitedLog,
+    body_deadline,
+    connection_budget,
+    install_accept_error_log,
+    raise_open_file_limit,
+)
 from conference.web.headers import install_security_headers
 from conference.web.pages.admin import setup_admin
 from conference.web.pages.library import setup_library
 from conference.web.pages.meetings import setup_meetings
 from conference.web.pages.minutes import setup_minutes
 from conference.web.pages.rsvp import setup_rsvp
-from conference.web.site import setup_web
+from conference.web.site import error_page, setup_web
 
 from . import __version__
 from .appkeys import (
@@ -44,6 +54,8 @@ from .appkeys import (
     SETTINGS,
     WEBSOCKETS,
 )
+from .core.errors import AccessError
+from .domain.db import DatabaseUnavailable
 from .domain.lifecycle import MeetingLifecycle
 from .domain.reminders import background as reminder_task
 from .realtime.briefing import Briefing, Briefings
@@ -104,11 +116,33 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         # nothing to answer and nothing wrong with the server.
         logger.info("%s %s: the client went away (%s)", request.method, request.path, exc)
         return web.Response(status=499)
+    except DatabaseUnavailable as exc:  # locked, unreachable, too slow, its file gone
+        _DATABASE_LOG.note("database", f"{request.method} {request.path}: {exc}")
+        return unavailable(request)
     except Exception:
         logger.exception("internal error on %s %s", request.method, request.path)
         return web.json_response(
             {"error": "internal", "message": "internal server error"}, status=500
         )
+
+
+#: one line per failure, at most one every 10 s (a locked database fails every request)
+_DATABASE_LOG = RateLimitedLog(logger, 10.0, level=logging.ERROR)
+#: seconds a client is asked to wait when the database is unavailable
+RETRY_AFTER = 5
+
+
+def unavailable(request: web.Request) -> web.Response:
+    """503 with Retry-After: the error page for a browser's page, JSON for the rest."""
+    headers = {"Retry-After": str(RETRY_AFTER)}
+    wants_page = request.method in ("GET", "POST") and not request.path.startswith("/api/")
+    if wants_page and "text/html" in request.headers.get("Accept", ""):
+        error = AccessError("unavailable", "the database is unavailable", 503)
+        response = error_page(request, error)
+        response.headers.update(headers)
+        return response
+    body = {"error": "unavailable", "message": "the database is busy or unavailable; try again"}
+    return web.json_response(body, status=503, headers=headers)
 
 
 def _keep_headers(exc: web.HTTPException) -> dict[str, str]:
@@ -122,6 +156,9 @@ async def health(request: web.Request) -> web.Response:
     rooms = request.app[ROOMS].rooms
     recordings = recording.health()
     problems: list[str] = list(recordings.pop("problems", []))
+    database = request.app[DATABASE].problem() if DATABASE in request.app else None
+    if database is not None:
+        problems.insert(0, database)
     return web.json_response(
         {
             "status": "degraded" if problems else "ok",
@@ -171,6 +208,8 @@ def create_app(settings: Settings, primary: bool = True) -> web.Application:
         raise ValueError("settings.token_secret is not set (call ensure_data_dir first)")
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
     app[SETTINGS] = settings
+    # first of the middlewares after the errors': every body read is under it
+    app.middlewares.append(body_deadline(settings.body_timeout))
     install_security_headers(app, settings)
     app[ROOMS] = RoomRegistry(
         settings.max_rooms,
@@ -333,18 +372,63 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The caps on client connections, the total one below the open-file limit (raised
+    to the hard limit first); logged."""
+    open_files = raise_open_file_limit()
+    budget = connection_budget(open_files, settings.max_rooms * settings.max_participants_per_room)
+    total = settings.max_connections or budget
+    if total > budget:
+        logger.warning(
+            "max_connections = %d leaves too few of the %d open files for media and files: "
+            "%d instead (raise LimitNOFILE)",
+            total,
+            open_files,
+            budget,
+        )
+        total = budget
+    per_address = settings.max_connections_per_address
+    exempt = ", ".join(settings.max_connections_exempt) or "none"
+    logger.info(
+        "connections: at most %d in all (open-file limit %d), %s per address (exempt: %s); "
+        "request head within %d s, body within %d s",
+        total,
+        open_files,
+        per_address or "any number",
+        exempt,
+        settings.header_timeout,
+        settings.body_timeout,
+    )
+    return ConnectionLimits(total, per_address, settings.max_connections_exempt)
+
+
 async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
     """Run until SIGTERM or SIGINT, then close every room cleanly."""
+    install_accept_error_log(asyncio.get_running_loop(), RateLimitedLog(logger))
     configure_ice_hosts(settings.ice_hosts)
     interrupted = recording.configure_from(settings, seal=role is None)
     if role is None or (role.primary and not role.restarted):  # compositions to (re)do
         compose_jobs.resume_jobs(settings.recordings_dir, role.interrupted if role else interrupted)
     app = create_app(settings, primary=role is None or role.primary)
     context = ssl_context_for(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    # keepalive_timeout: a request head must arrive this long after the connection
+    # opens or after the previous response (conference/web/connections.py)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=5.0,
+        keepalive_timeout=settings.header_timeout,
+    )
     await runner.setup()
-    site = web.TCPSite(
-        runner, settings.host, settings.port, ssl_context=context, reuse_port=role is not None
+    site = GuardedSite(
+        runner,
+        settings.host,
+        settings.port,
+        limits=connection_limits(settings),
+        ssl_context=context,
+        handshake_timeout=settings.header_timeout,
+        reuse_port=role is not None,
     )
     await site.start()
     port = settings.port
@@ -376,6 +460,24 @@ def configure_logging(settings: Settings, tag: str = "") -> None:
         force=True,
     )
     logging.getLogger("aioice").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server_log.filters):
+        server_log.addFilter(MalformedRequests())
+
+
+class MalformedRequests(logging.Filter):
+    """A malformed HTTP request (a scanner, a TLS hello on the plain port) is the
+    client's fault: aiohttp logs it as an error with a traceback; here it becomes one
+    line at DEBUG (the client got its 400 either way)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc.message or exc.code}"
+        record.args, record.exc_info, record.exc_text = (), None, None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 def run_server(settings: Settings, role: WorkerRole | None = None) -> None:

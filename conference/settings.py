@@ -66,7 +66,13 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_LOG_LEVEL": "log_level",
     "CONFERENCE_MEDIA_TIMEOUT": "media_timeout",
     "CONFERENCE_CONNECT_TIMEOUT": "connect_timeout",
+    "CONFERENCE_HEADER_TIMEOUT": "header_timeout",
+    "CONFERENCE_BODY_TIMEOUT": "body_timeout",
+    "CONFERENCE_MAX_CONNECTIONS": "max_connections",
+    "CONFERENCE_MAX_CONNECTIONS_PER_ADDRESS": "max_connections_per_address",
+    "CONFERENCE_MAX_CONNECTIONS_EXEMPT": "max_connections_exempt",
     "CONFERENCE_DATABASE_URL": "database_url",
+    "CONFERENCE_DATABASE_TIMEOUT": "database_timeout",
     "CONFERENCE_PUBLIC_URL": "public_url",
     "CONFERENCE_SMTP_HOST": "smtp_host",
     "CONFERENCE_SMTP_PORT": "smtp_port",
@@ -130,9 +136,26 @@ class Settings:
     media_timeout: int = 15
     #: Seconds for ICE and DTLS to complete before a session is dropped.
     connect_timeout: int = 20
+    #: Seconds a client has to send a request head (line and headers): on a new
+    #: connection (after the TLS handshake, itself limited to as long), or after the
+    #: previous response on a kept-alive one (so also how long one stays idle).
+    header_timeout: int = 15
+    #: Seconds a client has to send a request body once its head has arrived.
+    body_timeout: int = 60
+    #: Open client connections in all; 0 = what the open-file limit leaves room for
+    #: (conference/web/connections.py, ``connection_budget``).
+    max_connections: int = 0
+    #: Open connections from one client address (one IPv6 /64); 0 = no such cap.
+    max_connections_per_address: int = 100
+    #: Addresses or networks free of ``max_connections_per_address`` (a reverse proxy on
+    #: this machine brings every client from 127.0.0.1).
+    max_connections_exempt: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
     log_level: str = "INFO"
     #: SQLAlchemy URL of the database; None = SQLite file data_dir/conference.db.
     database_url: str | None = field(default=None, repr=False)
+    #: Seconds any wait on the database may last (a lock, a connection, the pool): then
+    #: the page or API call answers 503 with Retry-After (conference/domain/db.py).
+    database_timeout: int = 5
     #: Base URL of the server as points reach it, for links in e-mails (https://hop.example.vn).
     public_url: str | None = None
     #: SMTP server for invitations and reminders; None = no e-mail is sent.
@@ -254,6 +277,37 @@ def _to_ip_list(value: object, label: str, base: Path | None = None) -> list[str
 
 
 _ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+
+
+def _to_network_list(value: object, label: str, base: Path | None = None) -> list[str]:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        items: list[object] = [] if text in ("none", "off") else [*value.split(",")]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise SettingsError(f"{label}: expected a list of IP addresses or networks")
+    networks: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise SettingsError(f"{label}: expected IP addresses or networks such as 10.0.0.0/8")
+        try:
+            network = ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"{label}: {item.strip()!r} is not an IP address or network"
+            ) from None
+        networks.append(str(network.network_address if network.num_addresses == 1 else network))
+    return networks
+
+
+def _to_max_connections(value: object, label: str, base: Path | None = None) -> int:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return 0
+    try:
+        return int(str(_int_converter(0)(value, label, base)))
+    except SettingsError:
+        raise SettingsError(f"{label}: expected a number of connections or auto (0)") from None
 
 
 def _to_ice_servers(value: object, label: str, base: Path | None = None) -> list[dict[str, Any]]:
@@ -420,8 +474,14 @@ _CONVERTERS: dict[str, _Converter] = {
     "max_message_bytes": _int_converter(1024, 64 * 1024 * 1024),
     "media_timeout": _int_converter(2, 3600),
     "connect_timeout": _int_converter(2, 3600),
+    "header_timeout": _int_converter(1, 3600),
+    "body_timeout": _int_converter(1, 3600),
+    "max_connections": _to_max_connections,
+    "max_connections_per_address": _int_converter(0),
+    "max_connections_exempt": _to_network_list,
     "log_level": _to_log_level,
     "database_url": _to_database_url,
+    "database_timeout": _int_converter(1, 300),
     "public_url": _to_public_url,
     "smtp_host": _to_str,
     "smtp_port": _int_converter(1, 65535),

@@ -1448,3 +1448,25 @@ async def test_bad_view_and_profile_messages(http, server):
         assert [p["profile"] for p in room["participants"] if p["identity"] == "p1"] == ["low"]
     finally:
         await ws.close()
+
+
+async def test_malformed_http_requests_get_400_and_no_traceback(server):
+    """Issue 14 item 14: a malformed request (a scanner, a TLS hello on the plain port)
+    gets its 400; the log has no traceback and no error line (aiohttp wrote both): one
+    DEBUG line, shown only at log_level DEBUG."""
+    payloads = [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GET /\x01\x02 HTTP/1.1\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64),
+    ]
+    for payload in payloads:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(payload)
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 10)
+        assert status.startswith(b"HTTP/1.") and b" 400 " in status, (payload, status)
+        writer.close()
+    await asyncio.sleep(0.3)
+    log = server.log()
+    assert "Error handling request" not in log, log[-2000:]

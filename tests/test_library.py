@@ -591,3 +591,17 @@ def test_player_jumps_on_timeline_click_in_chromium(site: Site, tmp_path: Path) 
     plays = [r for r in audit(site) if r["action"] == "play"]
     assert plays and plays[0]["first"] is True and plays[0]["username"] == "tk-a"
     assert any(r["range"] for r in plays)  # the browser asked with Range
+
+
+def test_a_manifest_says_whether_it_recorded_a_scheduled_meeting(tmp_path: Path) -> None:
+    """Issue 14 item 8: an ad-hoc room's recording is never shown as the scheduled meeting
+    with the same number; a manifest older than the ``scheduled`` field is judged by its id."""
+    from conference.recording.library import Recording
+
+    def number(**manifest: Any) -> int | None:
+        return Recording("x", "r", tmp_path / "r.manifest.json", manifest).number
+
+    assert number(meeting="4", scheduled=True) == 4
+    assert number(meeting="4", scheduled=False) is None
+    assert number(meeting="4") == 4  # written before the field existed
+    assert number(meeting="giao-ban", scheduled=False) is None

@@ -8,6 +8,8 @@ ids that are not meetings of the database) keep working with a signed token alon
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -443,6 +445,8 @@ async def test_auto_recording_policy_records_from_the_start(tmp_path: Path) -> N
         await eventually(lambda: recording_on(recorded_point) and recording_on(recorded_chair))
         manifests = list((tmp_path / "recordings").rglob("*.manifest.json"))
         assert [m.parent.name for m in manifests] == [recorded_id]
+        # the manifest says the room was a scheduled meeting (issue 14 item 8)
+        assert json.loads(manifests[0].read_text())["scheduled"] is True
         await asyncio.sleep(0.5)
         assert not recording_on(plain_chair) and not recording_on(plain_point)
     finally:
@@ -697,3 +701,32 @@ async def test_meetings_ended_elsewhere_close_and_meetings_nobody_ended_end(
             await c.close()
         database.close()
         check_clean_exit(server)
+
+
+async def test_sockets_not_joined_hear_the_shutdown(tmp_path: Path) -> None:
+    """Issue 14 item 14: at shutdown a socket still in the lobby, and one that has not
+    sent its join yet, are closed with 1001 ``server-shutdown`` like joined ones (they
+    were dropped: 1006)."""
+    database = sqlite_database(tmp_path)
+    meeting_id, _, points = schedule(database, minutes=20)
+    database.close()
+    server = start_server(tmp_path)
+    url = server.url.replace("http", "ws", 1) + f"/ws/meetings/{meeting_id}"
+    async with aiohttp.ClientSession() as http:
+        waiting = await http.ws_connect(url)
+        token = server.token(str(meeting_id), points[0], "point")
+        await waiting.send_json({"type": "join", "version": 1, "token": token})
+        assert (await waiting.receive_json(timeout=10))["type"] == "lobby"
+        silent = await http.ws_connect(url)  # opened, no join yet
+        await asyncio.sleep(0.2)
+        try:
+            server.process.send_signal(signal.SIGTERM)
+            for ws in (waiting, silent):
+                closing = await ws.receive(timeout=15)
+                assert closing.type == aiohttp.WSMsgType.CLOSE, closing
+                assert (closing.data, closing.extra) == (1001, "server-shutdown")
+        finally:
+            await waiting.close()
+            await silent.close()
+    await asyncio.to_thread(server.process.wait, 20)  # stopping by itself: no second signal
+    check_clean_exit(server)

@@ -13,7 +13,21 @@ is itself a thread per connection).
 URLs: `database_url` unset means `sqlite:///{data_dir}/conference.db`.  `postgresql://`
 and `postgres://` URLs are sent through psycopg 3 (`postgresql+psycopg://`); libpq options
 such as `?options=-csearch_path%3Dconference` pass through.  SQLite connections enable
-foreign keys, WAL journaling and a 30 s busy timeout.
+foreign keys and WAL journaling.
+
+**A locked, slow or vanished database answers quickly, and only where it is used.**
+`database_timeout` (5 s) bounds every wait: SQLite's busy timeout, PostgreSQL's connect,
+lock and pool timeouts (statements: three times as long).  The server's database work
+runs on a bounded thread pool of its own (`Database.run`: `THREADS` threads, at most
+`MAX_WAITING` calls waiting), so a stuck database cannot take the threads that seal
+recordings or export minutes, and `run` gives up after `3 x database_timeout`.  An
+operational failure (locked, unreachable, timed out, the pool full) is
+`DatabaseUnavailable`: the server answers 503 with ``Retry-After`` (conference/server.py)
+and says so in ``/healthz``; meetings in progress and ad-hoc rooms never wait for the
+database.  The SQLite file is watched: deleted or replaced while the server runs
+(``rm conference.db``: SQLite would go on writing into the unlinked file, lost at the next
+start), every use is refused (`DatabaseUnavailable`) until the server is restarted with
+the file restored; the file's identity is checked before each transaction (one ``stat``).
 
 Migrations live in `conference/domain/migrations/` (shipped inside the package, so a
 plain `pip install .` can upgrade a database).  `upgrade(settings)` applies them; the
@@ -23,8 +37,14 @@ Alembic configuration is built here, no alembic.ini is needed at run time.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
+import os
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +52,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from conference.settings import Settings
@@ -40,6 +61,7 @@ __all__ = [
     "DB_FILE",
     "Database",
     "DatabaseError",
+    "DatabaseUnavailable",
     "current_revision",
     "database_url",
     "head_revision",
@@ -55,12 +77,24 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: seconds any wait on the database may last (``database_timeout``'s default)
+TIMEOUT = 5.0
+#: the server's database threads, and how many calls may wait for one
+THREADS = 4
+MAX_WAITING = 64
+#: a schema upgrade may rewrite whole tables: its waits are bounded more generously
+MIGRATION_TIMEOUT = 300.0
+
 
 class DatabaseError(ValueError):
     """The database is unreachable, misconfigured or not migrated; the message is one line."""
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
+
+
+class DatabaseUnavailable(DatabaseError):
+    """Locked, unreachable, too slow or its file gone: try again later (HTTP 503)."""
 
 
 def database_url(settings: Settings) -> URL:
@@ -86,23 +120,40 @@ def redacted(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+def _sqlite_pragmas(timeout: float, dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         cursor.execute("PRAGMA journal_mode=WAL")
     finally:
         cursor.close()
 
 
-def make_engine(url: URL | str) -> Engine:
+def _postgres_timeouts(timeout: float, dbapi_connection: Any, connection_record: Any) -> None:
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET lock_timeout = {int(timeout * 1000)}")
+        cursor.execute(f"SET statement_timeout = {int(timeout * 3000)}")
+    dbapi_connection.commit()
+
+
+def make_engine(url: URL | str, timeout: float = TIMEOUT) -> Engine:
+    """An engine whose every wait is bounded by ``timeout`` seconds (see the module doc)."""
     url = make_url(url)
     if url.get_backend_name() == "sqlite":
-        engine = create_engine(url)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        # the driver's own timeout is SQLite's busy timeout too: set it for both
+        engine = create_engine(url, connect_args={"timeout": timeout})
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, timeout))
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=THREADS,
+        pool_timeout=timeout,
+        connect_args={"connect_timeout": max(1, int(timeout))},
+    )
+    event.listen(engine, "connect", functools.partial(_postgres_timeouts, timeout))
+    return engine
 
 
 #: `Session.info` key: ids of the meetings changed in the session's transaction
@@ -117,29 +168,63 @@ def _note_meetings(session: Session, flush_context: Any, instances: Any) -> None
 
 
 class Database:
-    """An engine and its session factory."""
+    """An engine, its session factory and the server's database threads."""
 
-    def __init__(self, url: URL | str) -> None:
+    def __init__(self, url: URL | str, timeout: float = TIMEOUT) -> None:
         self.url = make_url(url)
-        self.engine = make_engine(self.url)
+        self.timeout = timeout
+        self.engine = make_engine(self.url, timeout)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         #: called (in the committing thread) with the ids of the meetings a committed
         #: transaction of this process changed: the lobby re-checks who waits for them
         self.meeting_listeners: list[Callable[[set[int]], None]] = []
         event.listen(self.sessions, "before_flush", _note_meetings)
+        self._executor: ThreadPoolExecutor | None = None
+        self._waiting = 0
+        #: the SQLite file's identity (device, inode) when first seen; None: not a file
+        self._file = Path(self.url.database or "") if _is_sqlite_file(self.url) else None
+        self._identity: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        #: the last failure: (monotonic time, one line), cleared by a success
+        self.failure: tuple[float, str] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        return cls(database_url(settings))
+        return cls(database_url(settings), float(settings.database_timeout))
+
+    def _check_file(self) -> None:
+        """Refuse to go on if the SQLite file was deleted or replaced since first seen."""
+        if self._file is None:
+            return
+        try:
+            stat = os.stat(self._file)
+            identity: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
+        except FileNotFoundError:
+            identity = None
+        with self._lock:
+            if self._identity is None and identity is not None:
+                self._identity = identity
+                return
+        if identity != self._identity and self._identity is not None:
+            what = "deleted" if identity is None else "replaced"
+            raise DatabaseUnavailable(
+                f"database {self._file} was {what} while the server runs: nothing is "
+                "written; restore the file (docs/OPERATIONS.md, Backups) and restart"
+            )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session in a transaction: committed on success, rolled back on error."""
+        self._check_file()
         try:
             with self.sessions.begin() as session:
                 yield session
         except OperationalError as exc:
-            raise DatabaseError(f"database {redacted(self.url)}: {_first_line(exc.orig)}") from exc
+            raise DatabaseUnavailable(
+                f"database {redacted(self.url)}: {_first_line(exc.orig)}"
+            ) from exc
+        except SQLAlchemyTimeout as exc:
+            raise DatabaseUnavailable(f"database {redacted(self.url)}: {exc}") from exc
         changed = session.info.pop(CHANGED_MEETINGS, None)
         if changed:
             for listener in list(self.meeting_listeners):
@@ -153,11 +238,56 @@ class Database:
             return function(session)
 
     async def run(self, function: Callable[[Session], T]) -> T:
-        """Run `function(session)` in a transaction, in a worker thread."""
-        return await asyncio.to_thread(self.call, function)
+        """Run `function(session)` in a transaction, on one of the database's threads.
+
+        `DatabaseUnavailable` when the database fails operationally, when `MAX_WAITING`
+        calls already wait, or after three times its timeout (the thread finishes on its
+        own: the database's own timeouts end it)."""
+        if self._waiting >= MAX_WAITING:
+            raise self._failed(DatabaseUnavailable("database: too many requests waiting"))
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(THREADS, thread_name_prefix="database")
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, self.call, function)
+        self._waiting += 1
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+            result = await asyncio.wait_for(future, 3 * self.timeout)
+        except TimeoutError:
+            raise self._failed(
+                DatabaseUnavailable(f"database: no answer in {3 * self.timeout:g} s")
+            ) from None
+        except DatabaseUnavailable as exc:
+            raise self._failed(exc) from None
+        finally:
+            self._waiting -= 1
+        self.failure = None
+        return result
+
+    def _failed(self, exc: DatabaseUnavailable) -> DatabaseUnavailable:
+        self.failure = (time.monotonic(), str(exc))
+        return exc
+
+    def problem(self) -> str | None:
+        """What ``/healthz`` says of the database: its file gone, or a failure in the
+        last 30 s (no query is made: a health check must not wait on a locked database)."""
+        try:
+            self._check_file()
+        except DatabaseUnavailable as exc:
+            return str(exc)
+        if self.failure is not None and time.monotonic() - self.failure[0] < 30:
+            return self.failure[1]
+        return None
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
         self.engine.dispose()
+
+
+def _is_sqlite_file(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
 
 
 def _first_line(error: object) -> str:
@@ -199,7 +329,7 @@ def upgrade(target: Settings | URL | str, revision: str = "head") -> str:
         parent = Path(url.database).parent
         if not parent.is_dir():
             raise DatabaseError(f"database {redacted(url)}: directory {parent} does not exist")
-    engine = make_engine(url)
+    engine = make_engine(url, MIGRATION_TIMEOUT)
     try:
         with engine.begin() as connection:
             command.upgrade(_alembic_config(connection), revision)

@@ -112,6 +112,8 @@ class Briefing(RoomEvents):
         self.on_removed = on_removed
         self._on_closed = on_closed
         self.ended = False  # the chair ended the meeting for everyone
+        #: a scheduled meeting's room (the lobby says so), not an ad-hoc room
+        self.scheduled = False
         self.locked = False
         self.floor: str | None = None  # identity of the floor holder
         self.hands: list[tuple[str, float]] = []  # (identity, time raised), in order

@@ -221,6 +221,7 @@ class Lobby:
         room = briefing.room
         meeting = room.meeting_id
         self.rooms[meeting] = room
+        briefing.scheduled = self.lifecycle.is_scheduled(meeting)  # judged before the join
 
         def observe(event: str, subject: Any, detail: str | None) -> None:
             if not self.lifecycle.is_scheduled(meeting):
@@ -423,7 +424,7 @@ class Lobby:
             return
         lobby.auto_recorded = True
         try:
-            recording.start(room, started_by={"policy": "auto"})
+            recording.start(room, started_by={"policy": "auto"}, scheduled=True)
         except recording.RecordingError as exc:
             logger.error("meeting %s: automatic recording failed: %s", meeting, exc.message)
             return

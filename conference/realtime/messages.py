@@ -403,7 +403,7 @@ async def record(session: Session, message: dict[str, Any]) -> None:
     try:
         if message["type"] == "record-start":
             by = {"participant": participant.id, "identity": participant.who.identity}
-            recording.start(room, started_by=by)
+            recording.start(room, started_by=by, scheduled=session.briefing.scheduled)
         elif recording.stop(room, f"stopped by {participant.id}") is None:
             raise ProtocolError("not-recording", "the meeting is not being recorded")
     except recording.RecordingError as exc:

@@ -48,12 +48,27 @@ def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    settings = app[SETTINGS]
-    meeting_id = request.match_info["meeting_id"]
-    where = _printable(meeting_id[:128])  # for the log: the URL is not checked yet
+    settings = request.app[SETTINGS]
     ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=settings.max_message_bytes)
     await ws.prepare(request)
+    try:
+        return await _session(request, ws)
+    except asyncio.CancelledError:
+        # the server stops (conference/server.py cancels what has not closed in time):
+        # a socket not joined yet (no join sent, waiting in the lobby) hears why, as a
+        # joined one does, instead of a dropped connection
+        if not ws.closed:
+            try:
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server-shutdown")
+            except Exception:  # the client is gone: nothing to tell
+                pass
+        raise
+
+
+async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.StreamResponse:
+    app = request.app
+    meeting_id = request.match_info["meeting_id"]
+    where = _printable(meeting_id[:128])  # for the log: the URL is not checked yet
     send_lock = asyncio.Lock()
     removed = asyncio.Event()
     removed_reason = "removed"

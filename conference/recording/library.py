@@ -70,6 +70,14 @@ class Recording:
         return str(self.manifest.get("meeting") or "")
 
     @property
+    def number(self) -> int | None:
+        """The scheduled meeting it recorded; None for an ad-hoc room.  The manifest says
+        which (``scheduled``); one written before it did is judged by its meeting id."""
+        if self.manifest.get("scheduled") is False:
+            return None
+        return meeting_number(self.meeting)
+
+    @property
     def stem(self) -> str:
         return self.path.name.removesuffix(MANIFEST_SUFFIX)
 
@@ -364,7 +372,7 @@ def library(session: Session, user: CurrentUser, root: Path, filters: Filters) -
     """The recordings ``user`` may see under ``root``, filtered, newest first."""
     scope = visible_unit_ids(session, user)
     recordings = scan(root)
-    ids = [i for r in recordings if (i := meeting_number(r.meeting)) is not None]
+    ids = [i for r in recordings if (i := r.number) is not None]
     meetings = load_meetings(session, ids)
     unit_query = select(Unit).order_by(Unit.name)
     if scope is not None:
@@ -378,7 +386,7 @@ def library(session: Session, user: CurrentUser, root: Path, filters: Filters) -
     chair = filters.chair.casefold()
     rows: list[Row] = []
     for recording in recordings:
-        number = meeting_number(recording.meeting)
+        number = recording.number
         info = meetings.get(number) if number is not None else None
         if not may_see(user, info, scope):
             continue

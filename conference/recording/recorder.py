@@ -321,6 +321,7 @@ class MeetingRecorder:
         self.stopped_at: float | None = None
         self.stop_reason: str | None = None
         self.error: str | None = None  # why it stopped by itself (a full disk)
+        self.scheduled = False  # a meeting of the database (else an ad-hoc room)
         self.dirty = True
         self.stopped = False
         self.failing = False
@@ -520,6 +521,7 @@ class MeetingRecorder:
         return {
             "format": FORMAT,
             "meeting": self.room.meeting_id,
+            "scheduled": self.scheduled,
             "directory": str(self.directory.relative_to(self.root.resolve())),
             "recording": self.stamp,
             "state": state,
@@ -601,8 +603,11 @@ def configure_from(settings: Settings, seal: bool = True) -> list[Path]:
     return configure(settings.recordings_dir, key_path, seal, settings.recording_min_free_mb)
 
 
-def start(room: Room, started_by: dict[str, Any] | None = None) -> MeetingRecorder:
-    """Start recording ``room``; :class:`RecordingError` if it cannot."""
+def start(
+    room: Room, started_by: dict[str, Any] | None = None, scheduled: bool = False
+) -> MeetingRecorder:
+    """Start recording ``room`` (``scheduled``: a meeting of the database, not an ad-hoc
+    room: the manifest says which); :class:`RecordingError` if it cannot."""
     if _config is None:
         raise RecordingError("recording-unavailable", "recording is not configured")
     if room.closed:
@@ -617,6 +622,7 @@ def start(room: Room, started_by: dict[str, Any] | None = None) -> MeetingRecord
             f"{_config.min_free // MB} MB (recording_min_free_mb)",
         )
     recorder = MeetingRecorder(room, _config.root, _config.key, started_by, _config.min_free)
+    recorder.scheduled = scheduled
     try:
         recorder.start()
     except OSError as exc:

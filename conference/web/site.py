@@ -155,6 +155,7 @@ _ERROR_KEYS = {
     "revoked": "error.revoked",
     "not-yet-valid": "error.notyet",
     "unauthorized": "error.nolink",
+    "unavailable": "error.unavailable",
 }
 
 

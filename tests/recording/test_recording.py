@@ -324,6 +324,7 @@ async def test_path_tricks_stay_inside_the_recordings_dir(server: ServerProcess)
     root = (tmp / "recordings").resolve()
     [(path, manifest)] = manifests(root)
     assert manifest["meeting"] == meeting
+    assert manifest["scheduled"] is False  # an ad-hoc room, never a scheduled meeting
     data = server.data_dir.resolve()
     for file in tmp.rglob("*"):
         if file.is_file() and file.parent != tmp and not file.resolve().is_relative_to(data):

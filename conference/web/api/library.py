@@ -36,7 +36,6 @@ from conference.recording.library import (
     library,
     load_meetings,
     may_see,
-    meeting_number,
     timeline,
 )
 from conference.web.api import API, ApiCall, ApiError, Query
@@ -151,7 +150,7 @@ async def visible_recording(
     recording = await asyncio.get_running_loop().run_in_executor(None, find, root, wanted)
     if recording is None:
         return None
-    number = meeting_number(recording.meeting)
+    number = recording.number
 
     def check(session: Session) -> tuple[bool, MeetingInfo | None]:
         info = load_meetings(session, [number]).get(number) if number is not None else None
