@@ -359,6 +359,26 @@ def ssl_context_for(settings: Settings) -> ssl.SSLContext | None:
     return ssl_context(settings.tls_cert, settings.tls_key)
 
 
+def watch_certificate(
+    settings: Settings, context: ssl.SSLContext | None
+) -> asyncio.Task[None] | None:
+    """``tls = "files"``: reload the certificate when its files change (conference/tls.py)."""
+    from .tls import CertificateReloader
+
+    if context is None or settings.tls != "files":
+        return None
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    reloader = CertificateReloader(context, settings.tls_cert, settings.tls_key)
+    return asyncio.ensure_future(reloader.run())
+
+
+SELF_SIGNED_NOTICE = (
+    "conference: TLS uses a self-signed certificate ({path}): every browser warns, and "
+    "many encoders refuse it. It is for trying the server out; for real meetings give it "
+    'a certificate the communes\' browsers trust (tls = "files", see docs/OPERATIONS.md, TLS)'
+)
+
+
 def settle_heap() -> None:
     """Keep what start-up made out of the garbage collector's full passes.
 
@@ -442,14 +462,20 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
         if role.ready is not None:
             role.ready(port)
     else:
+        if settings.tls == "self-signed":
+            path = settings.data_dir / "tls" / "self-signed.crt"
+            print(SELF_SIGNED_NOTICE.format(path=path), flush=True)
         print(f"conference: listening on {scheme}://{shown}:{port}", flush=True)
         print(json.dumps({"event": "listening", "port": port, "scheme": scheme}), flush=True)
+    reloading = watch_certificate(settings, context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("conference: stopping", flush=True)
+    if reloading is not None:
+        reloading.cancel()
     await runner.cleanup()
 
 

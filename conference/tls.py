@@ -2,11 +2,20 @@
 
 Browsers only give a page camera access over HTTPS (except on localhost), so when no
 certificate is configured the server makes a self-signed one in the data directory.
+
+A configured certificate (``tls = "files"``) is watched: :class:`CertificateReloader`
+loads the files again into the listening context when either changes (a certbot
+renewal), so new connections get the new certificate without a restart; connections
+already open keep theirs.  A pair that does not load (the key written after the
+certificate, a typo) leaves the previous one serving, and is tried again at the next
+change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
 import os
 import ssl
 from datetime import UTC, datetime, timedelta
@@ -17,7 +26,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CERT_VALIDITY", "REUSE_MARGIN", "self_signed_certificate", "ssl_context"]
+__all__ = [
+    "CERT_VALIDITY",
+    "RELOAD_INTERVAL",
+    "REUSE_MARGIN",
+    "CertificateReloader",
+    "self_signed_certificate",
+    "ssl_context",
+]
+
+logger = logging.getLogger(__name__)
+
+#: seconds between two looks at the certificate files (two ``stat`` calls)
+RELOAD_INTERVAL = 5.0
 
 CERT_VALIDITY = timedelta(days=365)
 #: A stored certificate is replaced when it expires within this margin.
@@ -168,3 +189,59 @@ def ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
             f"cannot read TLS certificate {cert} or key {key}: {exc.strerror}"
         ) from None
     return context
+
+
+def _expiry(cert: Path) -> str:
+    try:
+        loaded = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    except (OSError, ValueError):
+        return "?"
+    return f"{loaded.not_valid_after_utc:%Y-%m-%d}"
+
+
+class CertificateReloader:
+    """Load ``cert`` and ``key`` again into ``context`` when either file changes."""
+
+    def __init__(
+        self, context: ssl.SSLContext, cert: Path, key: Path, interval: float = RELOAD_INTERVAL
+    ) -> None:
+        self.context = context
+        self.cert = Path(cert)
+        self.key = Path(key)
+        self.interval = interval
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[tuple[int, int, int], ...] | None:
+        try:
+            found = [os.stat(path) for path in (self.cert, self.key)]
+        except OSError:
+            return None  # being replaced: look again next time
+        return tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in found)
+
+    def check(self) -> bool:
+        """Reload if the files changed since the last look; True if reloaded."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return False
+        self._seen = stamp
+        try:
+            ssl_context(self.cert, self.key)  # a pair that loads: only then the live one
+            self.context.load_cert_chain(self.cert, self.key, password=_no_password)
+        except (ValueError, ssl.SSLError, OSError) as exc:
+            logger.warning(
+                "TLS certificate %s changed but was not loaded (%s): the previous one "
+                "still serves; it is tried again at the next change",
+                self.cert,
+                exc,
+            )
+            return False
+        logger.info(
+            "TLS certificate reloaded from %s (valid until %s)", self.cert, _expiry(self.cert)
+        )
+        return True
+
+    async def run(self) -> None:
+        """Look every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            self.check()

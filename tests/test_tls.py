@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import shutil
 import ssl
 import stat
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conference.tls import self_signed_certificate, ssl_context
+from conference.tls import RELOAD_INTERVAL, self_signed_certificate, ssl_context
+
+from .conftest import check_clean_exit, start_server
 
 
 def load_cert(path: Path) -> x509.Certificate:
@@ -201,3 +205,59 @@ async def test_tls_handshake(tmp_path: Path) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def served_certificate(port: int) -> bytes:
+    """The DER certificate a new TLS connection to 127.0.0.1:``port`` gets."""
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.close()
+    return bytes(der)
+
+
+def der(path: Path) -> bytes:
+    return load_cert(path).public_bytes(serialization.Encoding.DER)
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    """Issue 15 item 2: ``tls = "files"``; certbot renews the files (certificate first,
+    then the key): new connections get the new certificate within a few seconds, and the
+    moment between the two writes (a mismatched pair) leaves the old one serving."""
+    old_cert, old_key = self_signed_certificate(tmp_path / "old", ["hop.example.vn"])
+    new_cert, new_key = self_signed_certificate(tmp_path / "new", ["hop.example.vn"])
+    live = tmp_path / "letsencrypt"
+    live.mkdir()
+    cert, key = live / "fullchain.pem", live / "privkey.pem"
+    shutil.copy(old_cert, cert)
+    shutil.copy(old_key, key)
+    server = start_server(
+        tmp_path, "--tls", "files", "--tls-cert", str(cert), "--tls-key", str(key)
+    )
+    try:
+        assert await served_certificate(server.port) == der(old_cert)
+        assert "self-signed certificate" not in server.log()
+
+        shutil.copy(new_cert, cert)  # the renewal, half done: the new certificate, the old key
+        await asyncio.sleep(RELOAD_INTERVAL + 2)
+        assert await served_certificate(server.port) == der(old_cert)
+        assert "was not loaded" in server.log()
+
+        shutil.copy(new_key, key)
+        deadline = time.monotonic() + RELOAD_INTERVAL + 5
+        while await served_certificate(server.port) != der(new_cert):
+            assert time.monotonic() < deadline, server.log()[-2000:]
+            await asyncio.sleep(0.5)
+        assert "TLS certificate reloaded" in server.log()
+    finally:
+        check_clean_exit(server)
+
+
+def test_the_self_signed_default_says_it_is_for_trying_out(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--tls", "self-signed")
+    try:
+        assert "It is for trying the server out" in server.log()
+    finally:
+        check_clean_exit(server)
