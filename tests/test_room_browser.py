@@ -456,3 +456,37 @@ def test_pages_come_back_after_a_server_restart(
         point.context.close()
     finally:
         check_clean_exit(again)
+
+
+NOTICE_IN_VIEW_JS = """() => {
+  const n = document.getElementById("notice");
+  const r = n.getBoundingClientRect();
+  const inside = r.top >= 0 && r.left >= 0 && r.bottom <= innerHeight && r.right <= innerWidth;
+  const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+  return {inside, onTop: n.contains(top), live: n.getAttribute("aria-live"),
+          text: n.textContent, hidden: n.hidden};
+}"""
+
+
+def test_notices_are_in_view_on_a_meeting_room_pc(
+    server: ServerProcess, browser: Any, tmp_path: Path
+) -> None:
+    """Issue 15 item 3: at 1366x768 a point is told, in view and to screen readers, that
+    the chair muted it (the notice sat below the control bar, at y = 781 px)."""
+    chair = join(browser, server, "huyen", NAMES["huyen"], role="chair")
+    point = open_invitation(browser, server, "xa-a", NAMES["xa-a"])
+    point.set_viewport_size({"width": 1366, "height": 768})
+    point.click("#join:not([disabled])")
+    point.wait_for_selector("#room:not([hidden])")
+    wait_js(point, "window.conference && window.conference.room.participants.length === 2")
+    chair.click("#mute-all-btn")
+    wait_js(point, "!document.getElementById('notice').hidden")
+    seen = point.evaluate(NOTICE_IN_VIEW_JS)
+    assert seen["inside"] and seen["onTop"], seen
+    assert seen["live"] == "polite" and "tắt micro" in seen["text"], seen
+    save_screenshot(point, tmp_path, "room-notice-1366x768.png")
+    point.click("#notice")  # read: put away
+    assert point.is_hidden("#notice")
+    assert not chair.errors and not point.errors, (chair.errors, point.errors)
+    chair.context.close()
+    point.context.close()

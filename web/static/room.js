@@ -532,6 +532,7 @@ function hangUp() {
   $("room").hidden = true;
 }
 
+$("notice").onclick = () => notice(""); // read: put away
 $("mute-btn").onclick = () => setMicMuted(!state.micMuted);
 $("camera-btn").onclick = () => setCameraOff(!state.cameraOff);
 $("hand-btn").onclick = () => setHand(!state.handRaised);
