@@ -317,7 +317,8 @@ class RevocationList:
     """Token ids that must no longer be accepted (e.g. a participant removed by the chair).
 
     Entries are kept until the token would be rejected as expired anyway (expiry plus
-    `leeway`), then pruned.  In-memory: revocations do not survive a restart.
+    `leeway`), then pruned.  In-memory; the server also stores every revocation in its
+    database and loads them at start (conference/domain/authstate.py `RevocationStore`).
     """
 
     def __init__(

@@ -16,6 +16,8 @@ import pytest
 from conference.tools.client import Client, ClientError
 from conference.tools.testmedia import ToneAudioTrack
 
+from .conftest import check_clean_exit, start_server
+
 # counts the packets that reach each participant in short windows: shares the machine
 pytestmark = pytest.mark.media
 
@@ -519,6 +521,33 @@ async def test_removed_point_is_told_and_cannot_rejoin_with_its_token(server):
     finally:
         await point.close()
         await chair.leave()
+
+
+async def test_a_removed_point_s_token_stays_refused_after_a_restart(tmp_path):
+    """The revocation is kept in the database (conference/domain/authstate.py)."""
+    server = start_server(tmp_path)
+    try:
+        chair = Client(server.url, "m1", server.token(identity="chair", role="chair"))
+        token = server.token(identity="xa-b")
+        point = Client(server.url, "m1", token)
+        await chair.connect()
+        await point.connect()
+        try:
+            await chair.wait_for(lambda: len(chair.room["participants"]) == 2)
+            await chair.send({"type": "remove", "participant": point.id})
+            await point.closed.wait()
+            assert point.left_reason == "removed"
+        finally:
+            await point.close()
+            await chair.leave()
+        check_clean_exit(server)
+        server = start_server(tmp_path)  # the same data directory
+        again = Client(server.url, "m1", token)
+        with pytest.raises(ClientError) as refused:
+            await again.connect()
+        assert refused.value.code == "revoked"
+    finally:
+        check_clean_exit(server)
 
 
 async def test_moderation_of_unknown_participants_is_an_error(server):

@@ -8,8 +8,13 @@ with the services (conference.domain) on the server's own database.  The helpers
 
 from __future__ import annotations
 
+import dataclasses
 import html as html_module
+import os
 import re
+import subprocess
+import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import jwt
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import URL
@@ -28,9 +34,9 @@ from conference.domain.db import Database
 from conference.domain.models import Unit, User
 from conference.web.auth import (
     SESSION_COOKIE,
-    LoginThrottle,
     create_api_token,
     create_session_token,
+    fingerprint,
     safe_next,
 )
 
@@ -48,10 +54,19 @@ class Site:
     server: ServerProcess
     database: Database
     admin_password: str
+    #: where the server runs and with which environment (for `restart`)
+    home: Path | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return self.server.url
+
+    def restart(self) -> None:
+        """Stop the server cleanly and start it again on the same data (a new port)."""
+        assert self.home is not None
+        check_clean_exit(self.server)
+        self.server = start_server(self.home, env=self.env)
 
     def db(self, function: Callable[[Session], T]) -> T:
         return self.database.call(function)
@@ -139,11 +154,12 @@ def _start(tmp: Path, env: dict[str, str], url: URL | str) -> Iterator[Site]:
     match = re.search(r"with the password (\S+)", server.log())
     assert match, server.log()
     database = Database(url)
+    site = Site(server, database, match.group(1), tmp, env)
     try:
-        yield Site(server, database, match.group(1))
+        yield site
     finally:
         database.close()
-        check_clean_exit(server)
+        check_clean_exit(site.server)
 
 
 @pytest.fixture
@@ -411,37 +427,6 @@ async def test_expired_disabled_and_foreign_tokens(site: Site, browsers: list[Br
     assert status == 401 and "Tên đăng nhập hoặc mật khẩu không đúng." in html
 
 
-def test_throttle_policy() -> None:
-    """Lockout length doubles with each failure past the limit and is forgotten later."""
-    now = [1000.0]
-    throttle = LoginThrottle(per_user=5, per_address=20, clock=lambda: now[0])
-    for _ in range(4):
-        assert throttle.failed("an", "10.0.0.1") == 0
-    assert throttle.wait("an", "10.0.0.1") == 0
-    assert throttle.failed("an", "10.0.0.1") == 60
-    assert throttle.wait("AN ", "10.0.0.2") == 60  # per username, from any address
-    assert throttle.wait("binh", "10.0.0.1") == 0
-    now[0] += 61
-    assert throttle.wait("an", "10.0.0.1") == 0
-    assert throttle.failed("an", "10.0.0.1") == 120
-    now[0] += 121
-    assert throttle.failed("an", "10.0.0.1") == 240
-    for _ in range(10):
-        now[0] += 901
-        throttle.failed("an", "10.0.0.9")
-    assert throttle.wait("an", "10.0.0.9") == 900  # capped at 15 minutes
-    throttle.succeeded("an")
-    assert throttle.wait("an", "10.0.0.3") == 0
-    # per address: 20 failures over many usernames lock the address
-    for i in range(20):
-        throttle.failed(f"user{i}", "10.0.0.7")
-    assert throttle.wait("someone-else", "10.0.0.7") == 60
-    # counts are forgotten after an hour without failures
-    now[0] += 3700
-    assert throttle.wait("someone-else", "10.0.0.7") == 0
-    assert throttle.failed("user1", "10.0.0.7") == 0
-
-
 async def test_secure_cookie_under_tls(tmp_path: Path) -> None:
     """Secure under TLS; the lifetime comes from the setting."""
     server = start_server(
@@ -474,3 +459,206 @@ async def test_secure_cookie_under_tls(tmp_path: Path) -> None:
                 assert response.status == 200
     finally:
         check_clean_exit(server)
+
+
+# --- ending sessions: disable/enable, sign out everywhere, restarts ----------------------
+
+
+async def api_status(site: Site, token: str) -> int:
+    """What ``GET /api/v1/whoami`` answers to ``token``."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.get(site.url + "/api/v1/whoami", headers=headers) as response:
+            return response.status
+
+
+async def api_token(site: Site, username: str, password: str = "mat-khau-1") -> str:
+    """A token from ``POST /api/v1/tokens`` (username and password)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        body = {"username": username, "password": password}
+        async with http.post(site.url + "/api/v1/tokens", json=body) as response:
+            assert response.status == 201, await response.text()
+            token: str = (await response.json())["token"]
+            return token
+
+
+async def page_token(browser: Browser) -> str:
+    """A token made on the page /account/token by this browser's session."""
+    csrf = await browser.csrf("/account/token")
+    status, html, _ = await browser.post("/account/token", {"csrf_token": csrf, "hours": "24"})
+    assert status == 200 and 'id="api-token"' in html
+    return html.split('id="api-token">', 1)[1].split("<", 1)[0].strip()
+
+
+def legacy_api_token(user: User) -> str:
+    """An API token as made before tokens carried the account's version (no ``ver``)."""
+    now = datetime.now(UTC)
+    claims = {
+        "iss": "conference",
+        "aud": "conference-api",
+        "sub": str(user.id),
+        "usr": user.username,
+        "pwf": fingerprint(SECRET, user.password_hash),
+        "iat": int(now.timestamp()),
+        "exp": int((now + timedelta(hours=1)).timestamp()),
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, SECRET.encode(), algorithm="HS256")
+
+
+async def home_status(browser: Browser, cookie: str) -> int:
+    """What /home answers to a request with this session cookie (303: to the login)."""
+    status, _, _ = await browser.get("/home", headers={"Cookie": f"{SESSION_COOKIE}={cookie}"})
+    return status
+
+
+async def test_enabling_an_account_again_revives_none_of_its_tokens(
+    any_site: Site, browsers: list[Browser]
+) -> None:
+    site = any_site
+    site.add_user("thuky", "secretary", display_name="Thư ký")
+    user_browser = await site.browser().signed_in("thuky")
+    admin = await site.browser().signed_in("admin", site.admin_password)
+    replay = site.browser()
+    browsers.extend([user_browser, admin, replay])
+    cookie = user_browser.session_cookie()
+    tokens = [await api_token(site, "thuky"), await page_token(user_browser)]
+    # a token made before the account had a version (no ``ver`` claim) counts as version 0
+    tokens.append(legacy_api_token(site.user("thuky")))
+    assert await home_status(replay, cookie) == 200
+    assert [await api_status(site, t) for t in tokens] == [200, 200, 200]
+
+    csrf = await admin.csrf("/admin/users/thuky")
+    for form in ({"action": "active"}, {"action": "active", "active": "on"}):  # off, on
+        status, _, _ = await admin.post("/admin/users/thuky", {"csrf_token": csrf, **form})
+        assert status == 303
+    assert site.user("thuky").active is True
+    # the account works again, but nothing made before it was disabled does
+    assert await home_status(replay, cookie) == 303
+    assert [await api_status(site, t) for t in tokens] == [401, 401, 401]
+    status, _, _ = await user_browser.get("/home")
+    assert status == 303
+    await user_browser.signed_in("thuky")
+    fresh = await api_token(site, "thuky")
+    assert await api_status(site, fresh) == 200
+
+    # the same through the JSON API (PATCH active false, then true)
+    admin_token = await api_token(site, "admin", site.admin_password)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        headers = {"Authorization": f"Bearer {admin_token}"}
+        for active in (False, True):
+            async with http.patch(
+                site.url + "/api/v1/users/thuky", json={"active": active}, headers=headers
+            ) as response:
+                assert response.status == 200, await response.text()
+    assert await api_status(site, fresh) == 401
+    status, _, _ = await user_browser.get("/home")
+    assert status == 303
+
+
+async def test_sign_out_and_sign_out_everywhere(site: Site, browsers: list[Browser]) -> None:
+    """Sign-out ends this browser's session and the tokens made on its token page; the
+    tokens a script got with the password go on until "sign out everywhere" (the button,
+    the admin's action, the API, the CLI) ends everything of the account."""
+    site.add_user("thuky", "secretary", display_name="Thư ký")
+    here = await site.browser().signed_in("thuky")
+    there = await site.browser().signed_in("thuky")
+    browsers.extend([here, there])
+    from_page, for_script = await page_token(here), await api_token(site, "thuky")
+
+    csrf = await here.csrf("/home")
+    status, _, _ = await here.post("/logout", {"csrf_token": csrf})
+    assert status == 303
+    assert await api_status(site, from_page) == 401  # made in the session signed out
+    assert await api_status(site, for_script) == 200  # a credential of its own
+    status, _, _ = await there.get("/home")  # another browser's session goes on
+    assert status == 200
+
+    # the button on the home page, in both languages, behind the CSRF check
+    status, html, _ = await there.get("/home")
+    assert "Đăng xuất khỏi mọi nơi" in html and 'action="/account/signout"' in html
+    status, html, _ = await there.get("/home?lang=en")
+    assert "Sign out everywhere" in html
+    status, html, _ = await there.post("/account/signout", {"csrf_token": "wrong"})
+    assert status == 403
+    here = await here.signed_in("thuky")
+    csrf = await there.csrf("/home")
+    status, _, response = await there.post("/account/signout", {"csrf_token": csrf})
+    assert status == 303 and response.headers["Location"] == "/login"
+    for browser in (there, here):
+        status, _, _ = await browser.get("/home")
+        assert status == 303
+    assert await api_status(site, for_script) == 401
+
+    # the administrator's action on the account's page
+    await here.signed_in("thuky")
+    admin = await site.browser().signed_in("admin", site.admin_password)
+    browsers.append(admin)
+    status, html, _ = await admin.get("/admin/users/thuky")
+    assert status == 200 and 'value="signout"' in html
+    csrf = await admin.csrf("/admin/users/thuky")
+    status, _, _ = await admin.post("/admin/users/thuky", {"csrf_token": csrf, "action": "signout"})
+    assert status == 303
+    status, _, _ = await here.get("/home")
+    assert status == 303
+
+    # the JSON API: administrators only
+    await here.signed_in("thuky")
+    own = await api_token(site, "thuky")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        for token, expected in (
+            (own, 403),
+            (await api_token(site, "admin", site.admin_password), 200),
+        ):
+            async with http.post(
+                site.url + "/api/v1/users/thuky/signout",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response:
+                assert response.status == expected, await response.text()
+    assert await api_status(site, own) == 401
+    status, _, _ = await here.get("/home")
+    assert status == 303
+
+    # `conference user signout NAME`, on the server's database
+    await here.signed_in("thuky")
+    env = dict(os.environ, CONFERENCE_TOKEN_SECRET=SECRET)
+    env["CONFERENCE_DATA_DIR"] = str(site.server.data_dir)
+    result = subprocess.run(
+        [sys.executable, "-m", "conference", "user", "signout", "thuky"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "thuky is signed out everywhere" in result.stdout
+    status, _, _ = await here.get("/home")
+    assert status == 303
+    await here.signed_in("thuky")  # signing in again works
+
+
+async def test_sign_out_and_lockout_survive_a_restart(
+    any_site: Site, browsers: list[Browser]
+) -> None:
+    site = any_site
+    site.add_user("thuky", "secretary", display_name="Thư ký")
+    site.add_user("chutri", "chair", display_name="Chủ trì")
+    browser = await site.browser().signed_in("thuky")
+    browsers.append(browser)
+    cookie, from_page = browser.session_cookie(), await page_token(browser)
+    csrf = await browser.csrf("/home")
+    status, _, _ = await browser.post("/logout", {"csrf_token": csrf})
+    assert status == 303
+    for attempt in range(5):  # locks chutri for a minute
+        status, _, _ = await browser.login("chutri", f"doan-sai-{attempt}")
+    assert status == 429
+
+    site.restart()
+    replay = site.browser()
+    browsers.append(replay)
+    assert await home_status(replay, cookie) == 303  # still signed out
+    assert await api_status(site, from_page) == 401
+    status, html, response = await replay.login("chutri", "mat-khau-1")
+    assert status == 429 and "thử lại sau 1 phút" in html  # still locked
+    assert 0 < int(response.headers["Retry-After"]) <= 60
+    await replay.signed_in("thuky")  # the others are not

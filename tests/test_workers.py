@@ -319,6 +319,7 @@ async def test_the_lobby_works_across_workers(
 
 
 async def test_a_signed_out_session_is_refused_by_every_worker(tmp_path: Path) -> None:
+    """Sign-out, sign-in lockouts and "sign out everywhere" hold on every worker."""
     from .test_webauth import SESSION_COOKIE, Browser, Site
 
     server = start_workers(tmp_path)
@@ -345,6 +346,35 @@ async def test_a_signed_out_session_is_refused_by_every_worker(tmp_path: Path) -
                 "/home", headers={"Cookie": f"{SESSION_COOKIE}={cookie}"}
             )
             assert status == 303 and response.headers["Location"].startswith("/login")
+            await replay.close()
+
+        # failed sign-ins are counted in the shared database: a username locked through one
+        # worker is locked on every worker
+        site.add_user("chu-tri", "chair", display_name="Chủ trì")
+        for attempt in range(5):
+            status, _, _ = await first.login("chu-tri", f"doan-sai-{attempt}")
+        assert status == 429
+        for _ in range(8):  # fresh connections: whichever worker takes each, still locked
+            other = site.browser()
+            browsers.append(other)
+            status, _, _ = await other.login("chu-tri", "mat-khau-1")
+            assert status == 429
+            await other.close()
+
+        # signing out everywhere on one worker ends the sessions every worker checks
+        await first.signed_in("thuky-a")
+        cookie = first.session_cookie()
+        status, _, _ = await first.post(
+            "/account/signout", {"csrf_token": await first.csrf("/home")}
+        )
+        assert status == 303
+        for _ in range(8):
+            replay = site.browser()
+            browsers.append(replay)
+            status, _, _ = await replay.get(
+                "/home", headers={"Cookie": f"{SESSION_COOKIE}={cookie}"}
+            )
+            assert status == 303
             await replay.close()
     finally:
         for browser in browsers:

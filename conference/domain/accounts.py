@@ -35,11 +35,13 @@ __all__ = [
     "check_credentials",
     "can_see",
     "create_user",
+    "end_sessions",
     "ensure_first_admin",
     "first_run_admin",
     "get_user",
     "hash_password",
     "list_users",
+    "set_active",
     "set_password",
     "verify_password",
 ]
@@ -160,11 +162,28 @@ def create_user(
 
 
 def set_password(session: Session, username: str, password: str) -> User:
+    """A new password: every session and API token of the user ends (`end_sessions`)."""
     user = get_user(session, username)
     user.password_hash = hash_password(password)
     user.password_changed_at = utcnow()
+    end_sessions(user)
     session.flush()
     return user
+
+
+def end_sessions(user: User) -> User:
+    """Sign `user` out everywhere: every session cookie and API token made until now is
+    refused (they carry the old `User.token_version`).  Caller flushes."""
+    user.token_version = (user.token_version or 0) + 1
+    return user
+
+
+def set_active(user: User, active: bool) -> None:
+    """Disable or enable `user`.  Either way its tokens made until now end, so that enabling
+    an account again does not revive the cookies and API tokens it had before."""
+    if user.active != active:
+        user.active = active
+        end_sessions(user)
 
 
 def check_credentials(

@@ -413,7 +413,15 @@ def update_user(
     if password is not None:
         accounts.set_password(session, user.username, password)
     if active is not None:
-        user.active = active
+        accounts.set_active(user, active)
+    session.flush()
+    return UserView.of(user)
+
+
+def sign_out_everywhere(session: Session, actor: CurrentUser, username: str) -> UserView:
+    """End every session cookie and API token of `username` (in the actor's scope)."""
+    user = _user(session, actor, username)
+    accounts.end_sessions(user)
     session.flush()
     return UserView.of(user)
 

@@ -88,6 +88,11 @@ def add_commands(commands: Any, settings_flags: Callable[[argparse.ArgumentParse
     token.add_argument("username")
     token.add_argument("--ttl", default="1h", help="lifetime, at most 24h (default: 1h)")
     settings_flags(token)
+    signout = user_commands.add_parser(
+        "signout", help="sign a user out everywhere: its sessions and API tokens end"
+    )
+    signout.add_argument("username")
+    settings_flags(signout)
 
     from conference.domain.meeting_cli import add_meeting_commands
 
@@ -209,6 +214,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"added {user.role} {user.username} ({scope})")
             elif command == "user" and args.user_command == "token":
                 print(_api_token(session, settings, args.username, args.ttl))
+            elif command == "user" and args.user_command == "signout":
+                user = accounts.end_sessions(accounts.get_user(session, args.username))
+                print(f"{user.username} is signed out everywhere (sessions and API tokens)")
             elif command == "user" and args.user_command == "passwd":
                 user = accounts.set_password(session, args.username, password)
                 print(f"password of {user.username} changed")

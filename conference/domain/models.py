@@ -35,7 +35,9 @@ __all__ = [
     "ROLES",
     "UNIT_KINDS",
     "Base",
+    "LoginFailure",
     "Point",
+    "RevokedToken",
     "UTCDateTime",
     "Unit",
     "User",
@@ -174,12 +176,41 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     password_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Written into its session cookies and API tokens (claim ``ver``; none: 0): raised
+    #: (`accounts.end_sessions`) when the account is disabled or enabled, its password
+    #: changes or it signs out everywhere, which ends every token made before.
+    token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     unit: Mapped[Unit | None] = relationship()
     point: Mapped[Point | None] = relationship()
 
     def __repr__(self) -> str:
         return f"User({self.username!r}, {self.role})"
+
+
+class RevokedToken(Base):
+    """A token refused before its expiry: a signed-out session cookie (``session``), a
+    point's meeting token after the chair removed it (``meeting``).  Loaded at start into
+    the in-memory lists (conference/domain/authstate.py); deleted once expired."""
+
+    __tablename__ = "revoked_tokens"
+
+    #: the token's ``jti``
+    token_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class LoginFailure(Base):
+    """Failed sign-ins of one username (``user:NAME``) or client address (``addr:IP``),
+    and the lockout they earned (conference/domain/authstate.py `LoginThrottle`)."""
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 # --- meetings, series, invitations, reminders, attendance ---------------------------------------

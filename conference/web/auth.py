@@ -8,22 +8,37 @@ none is accepted where another is expected:
 * **meeting tokens** (:mod:`conference.tokens`): ``meeting``, ``role``, ``grants``; no
   ``aud``.  Taken by the media endpoints only.
 * **session cookies** (this module): ``aud`` = ``conference-session``; ``sub`` (user id),
-  ``usr`` (username), ``pwf`` (password fingerprint), ``iat``, ``exp``, ``jti``.  Cookie
+  ``usr`` (username), ``pwf`` (password fingerprint), ``ver`` (the account's token
+  version), ``iat``, ``exp``, ``jti``.  Cookie
   ``conference_session``: HttpOnly, SameSite=Lax, Secure under TLS, path ``/``, lifetime
   ``settings.session_lifetime`` (8 hours by default).
 * **API tokens**: the same claims with ``aud`` = ``conference-api``, at most 24 hours
   (1 hour by default); sent as ``Authorization: Bearer``.  Made on the page
-  ``/account/token``, by ``POST /api/v1/tokens`` (username + password, throttled like the
-  login form) or by ``conference user token NAME``.
+  ``/account/token`` (then also ``sid``: the jti of that browser session), by ``POST
+  /api/v1/tokens`` (username + password, throttled like the login form) or by
+  ``conference user token NAME``.
 
 A token without the expected ``aud`` (PyJWT requires it) or without the meeting claims is
 refused, so a session cookie is never a meeting token, an API token never a cookie.
 
-Invalidation without server-side session storage: ``pwf`` is an HMAC of the user's password
-hash, so changing (or resetting) a password ends every session and API token of that user;
-every request re-reads the user, so disabling an account ends them too.  Logout revokes the
-cookie's ``jti`` in memory until it expires (and the browser drops the cookie): a copy of a
-logged-out cookie is refused until the server restarts.  No database column is needed.
+Invalidation without a session table: every request re-reads the user (the one query it
+costs), and refuses the token when the account is disabled, when ``pwf`` (an HMAC of the
+password hash) no longer matches, or when ``ver`` differs from the account's
+``token_version`` (a token without ``ver``, made before it existed, counts as 0).  The
+version goes up when the account is disabled or enabled, when its password is changed or
+reset, and on "sign out everywhere" (the button on ``/home``, the admin's action on
+``/admin/users/NAME``, ``POST /api/v1/users/NAME/signout``, ``conference user signout
+NAME``): every cookie and API token made before then is refused, so enabling an account
+again revives nothing.
+
+Sign-out (``POST /logout``) ends this browser's session: its ``jti`` is revoked, and with
+it the API tokens made on ``/account/token`` in that session (their ``sid``).  API tokens
+obtained with the password (``POST /api/v1/tokens``, the CLI) are credentials of their own,
+for scripts: they last until they expire (24 hours at most) or until the account signs out
+everywhere.  Revocations are checked in memory (`RevocationList`, no query) and kept in the
+database (`conference.domain.authstate.RevocationStore`, loaded at start), so a copy of a
+signed-out cookie stays refused after a restart; with ``redis_url`` the other nodes learn
+them at once (conference/cluster/shared.py).
 
 CSRF
 ----
@@ -38,7 +53,9 @@ Login throttling
 limit the key is locked for 1 minute, doubling with each further failure up to 15 minutes;
 counts are forgotten after an hour without failure, and a success clears the username's
 count.  An unknown username costs the same argon2 verification as a known one
-(``accounts.check_credentials`` verifies a dummy hash).  In memory, per process.
+(``accounts.check_credentials`` verifies a dummy hash).  The counts live in the database
+(`conference.domain.authstate.LoginThrottle`): a lockout survives a restart and holds on
+every node or worker sharing the database.
 
 Using it from another module (pages)
 ------------------------------------
@@ -74,23 +91,24 @@ import hmac
 import logging
 import math
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from conference.appkeys import DATABASE, SETTINGS
+from conference.appkeys import DATABASE, REVOKED, SETTINGS
 from conference.domain import accounts
+from conference.domain.authstate import LoginThrottle, RevocationStore
 from conference.domain.db import Database
 from conference.domain.models import User
 from conference.domain.permissions import CurrentUser, visible_unit_ids
 from conference.domain.usertokens import (
     API_AUDIENCE,
+    API_TOKEN_MAX_TTL,
     SESSION_AUDIENCE,
     create_api_token,
     create_session_token,
@@ -134,6 +152,8 @@ logger = logging.getLogger("conference.auth")
 
 THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("login_throttle")
 SESSIONS_REVOKED = web.AppKey("sessions_revoked", RevocationList)
+#: the database behind SESSIONS_REVOKED and the meeting tokens' list (appkeys.REVOKED)
+REVOCATIONS = web.AppKey("revocations", RevocationStore)
 NAV_LINKS: web.AppKey[list[NavLink]] = web.AppKey("nav_links")
 
 
@@ -161,19 +181,23 @@ async def user_from_token(
 ) -> CurrentUser | None:
     """The active user a session or API token belongs to, or None.
 
-    Checks signature, audience, expiry, logout revocation, that the account still exists and
-    is active, and that its password has not changed since the token was made.
+    Checks signature, audience, expiry, sign-out revocation (of the token, or of the
+    session an API token was made in), that the account still exists and is active, and
+    that neither its password nor its token version changed since the token was made.
     """
     secret = _secret(app)
     claims = verify(secret, token or "", audience)
-    if claims is None or app[SESSIONS_REVOKED].is_revoked(claims.token_id):
+    revoked = app[SESSIONS_REVOKED]
+    if claims is None or revoked.is_revoked(claims.token_id):
+        return None
+    if claims.session_id is not None and revoked.is_revoked(claims.session_id):
         return None
     via = "session" if audience == SESSION_AUDIENCE else "api"
     csrf = _csrf_for(secret, claims.token_id) if via == "session" else ""
 
     def load(session: Session) -> CurrentUser | None:
         user = session.get(User, claims.user_id)
-        if user is None or not user.active:
+        if user is None or not user.active or user.token_version != claims.version:
             return None
         if not hmac.compare_digest(fingerprint(secret, user.password_hash), claims.fingerprint):
             return None
@@ -318,87 +342,7 @@ def page(roles: Iterable[str] = ()) -> Callable[[PageHandler], Callable[..., Any
     return decorate
 
 
-# --- throttling ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Failures:
-    count: int = 0
-    locked_until: float = 0.0
-    last: float = 0.0
-
-
-class LoginThrottle:
-    """Failed sign-ins per username and per client address (see the module docstring)."""
-
-    def __init__(
-        self,
-        *,
-        per_user: int = 5,
-        per_address: int = 20,
-        base_delay: float = 60.0,
-        max_delay: float = 900.0,
-        forget_after: float = 3600.0,
-        max_entries: int = 20000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.per_user = per_user
-        self.per_address = per_address
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self.forget_after = forget_after
-        self.max_entries = max_entries
-        self._clock = clock
-        self._entries: dict[tuple[str, str], _Failures] = {}
-
-    @staticmethod
-    def _user_key(username: str) -> tuple[str, str]:
-        return ("user", username.strip().lower()[:128])
-
-    def _get(self, key: tuple[str, str], now: float) -> _Failures | None:
-        entry = self._entries.get(key)
-        if entry is not None and now - entry.last > self.forget_after and now >= entry.locked_until:
-            del self._entries[key]
-            return None
-        return entry
-
-    def wait(self, username: str, address: str) -> float:
-        """Seconds until this username may try again from this address (0: now)."""
-        now = self._clock()
-        waits = [0.0]
-        for key in (self._user_key(username), ("addr", address)):
-            entry = self._get(key, now)
-            if entry is not None:
-                waits.append(entry.locked_until - now)
-        return max(waits)
-
-    def failed(self, username: str, address: str) -> float:
-        """Count a failure; returns the lockout now in force (seconds, 0 for none)."""
-        now = self._clock()
-        if len(self._entries) >= self.max_entries:
-            self._prune(now)
-        for key, limit in (
-            (self._user_key(username), self.per_user),
-            (("addr", address), self.per_address),
-        ):
-            entry = self._get(key, now) or self._entries.setdefault(key, _Failures())
-            entry.count += 1
-            entry.last = now
-            if entry.count >= limit:
-                delay = min(self.max_delay, self.base_delay * 2 ** min(entry.count - limit, 30))
-                entry.locked_until = max(entry.locked_until, now + delay)
-        return self.wait(username, address)
-
-    def succeeded(self, username: str) -> None:
-        self._entries.pop(self._user_key(username), None)
-
-    def _prune(self, now: float) -> None:
-        for key in list(self._entries):
-            self._get(key, now)
-        if len(self._entries) >= self.max_entries:
-            oldest = sorted(self._entries, key=lambda k: self._entries[k].last)
-            for key in oldest[: len(oldest) // 2]:
-                del self._entries[key]
+# --- throttling (conference.domain.authstate.LoginThrottle) --------------------------
 
 
 def client_address(request: web.Request) -> str:
@@ -418,26 +362,24 @@ async def check_password(request: web.Request, username: str, password: str) -> 
     """Throttled ``accounts.check_credentials``: for the login form and ``POST /api/v1/tokens``."""
     throttle = request.app[THROTTLE]
     address = client_address(request)
-    wait = throttle.wait(username, address)
-    if wait > 0:
-        return SignIn(None, wait)
 
-    def attempt(session: Session) -> User | None:
+    def attempt(session: Session) -> SignIn:  # the lock, the password, the count: one call
+        wait = throttle.wait(session, username, address)
+        if wait > 0:
+            return SignIn(None, wait)
         user = accounts.check_credentials(session, username, password)
-        if user is not None:
-            _ = user.unit, user.point  # loaded while the session is open
-        return user
+        if user is None:
+            lock = throttle.failed(session, username, address)
+            if lock > 0:
+                logger.warning(
+                    "sign-in locked for %d s: username %r from %s", lock, username[:64], address
+                )
+            return SignIn(None, lock)
+        throttle.succeeded(session, username)
+        _ = user.unit, user.point  # loaded while the session is open
+        return SignIn(user)
 
-    user = await request.app[DATABASE].run(attempt)
-    if user is None:
-        lock = throttle.failed(username, address)
-        if lock > 0:
-            logger.warning(
-                "sign-in locked for %d s: username %r from %s", lock, username[:64], address
-            )
-        return SignIn(None, lock)
-    throttle.succeeded(username)
-    return SignIn(user)
+    return await request.app[DATABASE].run(attempt)
 
 
 def whole_minutes(seconds: float) -> int:
@@ -543,11 +485,32 @@ async def login_post(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
+    """Sign this browser out: its session and the API tokens made in it end (stored)."""
     user = await session_user(request)
     if user is not None:
         if not await _csrf_ok(request, user):
             return forbidden_page(request, user, "csrf")
-        request.app[SESSIONS_REVOKED].revoke(user.token_id, user.expires_at)
+        # an API token made on /account/token in this session (its ``sid``) may outlive
+        # the cookie: the session's id stays revoked as long as such a token could last
+        until = max(user.expires_at, datetime.now(UTC) + API_TOKEN_MAX_TTL)
+        request.app[SESSIONS_REVOKED].revoke(user.token_id, until)
+        await request.app[REVOCATIONS].settled()
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@page()
+async def sign_out_everywhere(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    """End every session and API token of this account, this browser's included."""
+
+    def end(session: Session) -> None:
+        the_user = session.get(User, user.id)
+        if the_user is not None:
+            accounts.end_sessions(the_user)
+
+    await database(request).run(end)
+    logger.info("user %s signed out everywhere", user.username)
     response = web.HTTPSeeOther("/login")
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
@@ -634,7 +597,8 @@ async def token_post(request: web.Request, user: CurrentUser) -> web.StreamRespo
     def make(session: Session) -> str:
         the_user = session.get(User, user.id)
         assert the_user is not None
-        return create_api_token(_secret(request.app), the_user, timedelta(hours=hours))
+        ttl = timedelta(hours=hours)  # signing this browser out ends the token too
+        return create_api_token(_secret(request.app), the_user, ttl, session_id=user.token_id)
 
     token = await database(request).run(make)
     return render_page(request, "auth_token.html", user, token=token, hours=hours)
@@ -643,8 +607,28 @@ async def token_post(request: web.Request, user: CurrentUser) -> web.StreamRespo
 # --- setup --------------------------------------------------------------------------------
 
 
+async def _load_revocations(app: web.Application) -> None:
+    """At start: the stored revocations into the lists, and each new one into the store.
+
+    Attached here, not in `setup_auth`, so that it comes after whatever `create_app` hooked
+    onto the lists (a cluster node tells the other nodes first).
+    """
+    store = app[REVOCATIONS]
+    store.attach("session", app[SESSIONS_REVOKED])
+    if REVOKED in app:  # meeting tokens of points the chair removed
+        store.attach("meeting", app[REVOKED])
+    count = await store.load()
+    if count:
+        logger.info("%d revoked tokens still in force", count)
+
+
+async def _store_revocations(app: web.Application) -> None:
+    await app[REVOCATIONS].settled()
+
+
 def setup_auth(app: web.Application) -> None:
     """Open the database, add the sign-in routes (call after ``setup_web``)."""
+    app.on_cleanup.append(_store_revocations)  # before the database closes
     if DATABASE not in app:
         app[DATABASE] = Database.from_settings(app[SETTINGS])
 
@@ -654,6 +638,8 @@ def setup_auth(app: web.Application) -> None:
         app.on_cleanup.append(close)
     app[THROTTLE] = LoginThrottle()
     app[SESSIONS_REVOKED] = RevocationList()
+    app[REVOCATIONS] = RevocationStore(app[DATABASE])
+    app.on_startup.append(_load_revocations)
     app[NAV_LINKS] = [
         NavLink("/home", "auth.nav.home"),
         NavLink("/account/password", "auth.nav.password"),
@@ -662,6 +648,7 @@ def setup_auth(app: web.Application) -> None:
     app.router.add_get("/login", login_get)
     app.router.add_post("/login", login_post)
     app.router.add_post("/logout", logout)
+    app.router.add_post("/account/signout", sign_out_everywhere)
     app.router.add_get("/home", home)
     app.router.add_get("/account/password", password_page)
     app.router.add_post("/account/password", password_post)

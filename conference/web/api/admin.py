@@ -21,6 +21,7 @@ from conference.domain.admin_services import (
     list_points,
     list_units,
     list_users,
+    sign_out_everywhere,
     update_point,
     update_user,
 )
@@ -164,7 +165,8 @@ USER_CHANGE = API.schema(
             "password": {"type": "string", "minLength": 8, "maxLength": 1024},
         },
         "additionalProperties": False,
-        "description": "a new password ends the user's sessions and API tokens",
+        "description": "a new password, disabling or enabling the account ends the user's "
+        "sessions and API tokens",
     },
 )
 TOKEN_REQUEST = API.schema(
@@ -396,4 +398,21 @@ async def user_create(call: ApiCall) -> Any:
 async def user_update(call: ApiCall) -> Any:
     username, data = call.params["username"], dict(call.body)
     user = await call.db(lambda s: update_user(s, call.actor, username, data))
+    return user.to_dict()
+
+
+@API.operation(
+    "POST",
+    "/users/{username}/signout",
+    summary="Sign an account out everywhere: its sessions and API tokens end",
+    roles=ADMIN,
+    response=USER,
+    tags=("accounts",),
+    errors=(404,),
+    description="Every session cookie and API token of the account made until now is refused "
+    "(the caller's own too, when it is the same account).",
+)
+async def user_signout(call: ApiCall) -> Any:
+    username = call.params["username"]
+    user = await call.db(lambda s: sign_out_everywhere(s, call.actor, username))
     return user.to_dict()

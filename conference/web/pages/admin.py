@@ -7,7 +7,8 @@ Pages (role admin; see :func:`conference.web.auth.page` for the session/role/CSR
 ------------------------------------------------------------------------------------------
 ``/admin/units`` (tree + new unit), ``/admin/points`` (list), ``/admin/points/new``,
 ``/admin/points/{code}`` (edit), ``/admin/users`` (list), ``/admin/users/new``,
-``/admin/users/{username}`` (reset password, disable/enable), ``/admin/import`` (CSV upload,
+``/admin/users/{username}`` (reset password, disable/enable, sign out everywhere: each ends
+the account's sessions and API tokens), ``/admin/import`` (CSV upload,
 all rows or none, the failing line reported).
 """
 
@@ -36,6 +37,7 @@ from conference.domain.admin_services import (
     list_points,
     list_units,
     list_users,
+    sign_out_everywhere,
     update_point,
     update_user,
 )
@@ -286,10 +288,17 @@ async def user_get(request: web.Request, user: CurrentUser) -> web.StreamRespons
 
 @page(ADMIN)
 async def user_post(request: web.Request, user: CurrentUser) -> web.StreamResponse:
-    """One form per action: ``action`` = ``password`` (reset) or ``active`` (dis/enable)."""
+    """One form per action: ``action`` = ``password`` (reset), ``active`` (dis/enable) or
+    ``signout`` (end every session and API token of the account)."""
     username = request.match_info["username"]
     form = await request.post()
     action = str(form.get("action") or "")
+    if action == "signout":
+        try:
+            await database(request).run(lambda s: sign_out_everywhere(s, user, username))
+        except NotFound:
+            return _not_found(request, user)
+        raise web.HTTPSeeOther(f"/admin/users/{username}?done={action}")
     if action == "password":
         data: dict[str, Any] = _form(form, "password", "repeat")
         data.setdefault("password", "")
