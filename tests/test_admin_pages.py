@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-import re
+import html as html_module
 
 import aiohttp
 from sqlalchemy import func, select
@@ -334,14 +334,33 @@ async def test_csv_import(site: Site, browsers: list[Browser]) -> None:
     )
     status, html = await upload(broken)
     assert status == 400 and "không có dòng nào được ghi" in html
-    assert re.search(r'data-field="file">Dòng 3: ', html), html[-1500:]
+    # said in Vietnamese (issue 15 item 4: the page said "e-mail address ... is invalid")
+    shown = html_module.unescape(html)
+    assert 'data-field="file">Dòng 3: Địa chỉ thư điện tử "khong-hop-le" không hợp lệ' in shown
     assert counts() == before
     # a district admin cannot import outside its district
     status, html = await upload("kind,code,name,parent\ndistrict,huyen-c,Huyện C,\n")
-    assert status == 400 and "Dòng 2: " in html and "outside your unit" in html
+    assert status == 400 and "Dòng 2: " in html and "nằm ngoài đơn vị của bạn" in html
     status, html = await upload("kind,code,name,parent\ncommune,xa-x,Xã X,huyen-b\n")
     assert status == 400 and "Dòng 2: " in html
     assert counts() == before
+    # every problem of a file is said in the page's language, none in English
+    for text, said in (
+        (b"kind,code,name,parent\n\xff\xfe,x,y,\n", "không phải văn bản UTF-8"),
+        (b"kind,code,name\n", 'Thiếu cột "parent"'),
+        (
+            "kind,code,name,parent\ncommune,xa-y,Xã Y,khong-co\n".encode(),
+            "Không có đơn vị cấp trên",
+        ),
+        ("kind,code,name,parent\nthon,xa-y,Xã Y,huyen-a\n".encode(), "không hợp lệ"),
+    ):
+        token = await admin_a.csrf("/admin/import")
+        form = aiohttp.FormData()
+        form.add_field("csrf_token", token)
+        form.add_field("file", text, filename="x.csv", content_type="text/csv")
+        status, html, _ = await admin_a.post("/admin/import", form)
+        shown = html_module.unescape(html)
+        assert status == 400 and said in shown, (text, shown[-1500:])
     # no file
     token = await admin_a.csrf("/admin/import")
     form = aiohttp.FormData()

@@ -281,12 +281,16 @@ def test_bad_and_expired_links_get_a_vietnamese_page(server: ServerProcess, brow
 
 
 def test_landing_page_languages(server: ServerProcess, browser: Any) -> None:
+    """Issue 15 item 4: an office PC with an English browser gets Vietnamese; English
+    only by choice (``?lang=en``), remembered."""
     context = browser.new_context(locale="en-US")
     page = context.new_page()
     page.goto(server.url + "/")
-    assert "Online video briefing system" in page.inner_text("h1")  # Accept-Language: en
-    page.goto(server.url + "/?lang=vi")
     assert "Hệ thống hội nghị truyền hình trực tuyến" in page.inner_text("h1")
+    page.goto(server.url + "/?lang=en")
+    assert "Online video briefing system" in page.inner_text("h1")
     page.goto(server.url + "/")  # the choice is remembered
+    assert page.locator("html").get_attribute("lang") == "en"
+    page.goto(server.url + "/?lang=vi")
     assert page.locator("html").get_attribute("lang") == "vi"
     context.close()

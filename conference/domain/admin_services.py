@@ -49,7 +49,17 @@ class Invalid(errors.Refused):
         self.errors = errors
 
     def fields(self, translate: Mapping[str, str]) -> dict[str, str]:
-        return {k: translate.get(key, key).format(**p) for k, (key, p) in self.errors.items()}
+        return {k: message_text(translate, key, p) for k, (key, p) in self.errors.items()}
+
+
+def message_text(strings: Mapping[str, str], key: str, params: Mapping[str, Any]) -> str:
+    """``key`` formatted with ``params``; a ``detail_key`` among them is said first, in the
+    same language, as ``detail`` (else the ``detail`` given, English, stays)."""
+    values = dict(params)
+    inner = values.pop("detail_key", None)
+    if isinstance(inner, str) and inner in strings:
+        values["detail"] = strings[inner].format(**values)
+    return strings.get(key, key).format(**values)
 
 
 class NotFound(errors.NotFound):
@@ -452,14 +462,23 @@ def import_units(session: Session, actor: CurrentUser, data: bytes) -> ImportRep
                 raise OrganisationError(
                     f"line {line}: {outside[0]!r} would be outside your unit"
                     if line
-                    else f"{outside[0]!r} would be outside your unit"
+                    else f"{outside[0]!r} would be outside your unit",
+                    "org.err.outside",
+                    line,
+                    code=outside[0],
                 )
     except OrganisationError as exc:
+        # the detail in the reader's language (``detail_key``, see `message_text`), the
+        # English one as a fallback
+        params: dict[str, Any] = dict(exc.params)
+        if exc.key is not None:
+            params["detail_key"] = exc.key
         match = _LINE.fullmatch(str(exc))
         if match:
-            params = {"line": int(match.group(1)), "detail": match.group(2)}
+            params |= {"line": exc.line or int(match.group(1)), "detail": match.group(2)}
             raise Invalid({"file": ("admin.err.import_line", params)}) from None
-        raise Invalid({"file": ("admin.err.import", {"detail": str(exc)})}) from None
+        params["detail"] = str(exc)
+        raise Invalid({"file": ("admin.err.import", params)}) from None
     return ImportReport(len(result.units), len(result.points))
 
 

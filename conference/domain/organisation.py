@@ -26,6 +26,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -64,10 +65,23 @@ _PHONE = re.compile(r"\+?[0-9][0-9 ().-]{4,30}")
 
 
 class OrganisationError(ValueError):
-    """A unit or point is invalid, unknown or duplicated; the message is one line."""
+    """A unit or point is invalid, unknown or duplicated; the message is one line.
 
-    def __init__(self, message: str) -> None:
+    ``key`` and ``params`` say the same for the pages, in the reader's language (the
+    catalogue's ``org.err.*`` entries: web/static/i18n/admin.json); ``line``: the CSV
+    line it is about.  The message stays English for the command line and the log."""
+
+    def __init__(
+        self, message: str, key: str | None = None, line: int | None = None, **params: Any
+    ) -> None:
         super().__init__(" ".join(message.split()))
+        self.key = key
+        self.line = line
+        self.params = params
+
+    def at(self, line: int) -> OrganisationError:
+        """The same problem, said of CSV line ``line``."""
+        return OrganisationError(f"line {line}: {self}", self.key, line, **self.params)
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -77,11 +91,13 @@ def clean_name(value: str, what: str = "name") -> str:
     """Trim and NFC-normalise a name (Vietnamese text typed on macOS arrives decomposed)."""
     name = " ".join(unicodedata.normalize("NFC", value).split())
     if not name:
-        raise OrganisationError(f"{what} is empty")
+        raise OrganisationError(f"{what} is empty", "org.err.name_empty")
     if len(name) > MAX_NAME:
-        raise OrganisationError(f"{what} is longer than {MAX_NAME} characters")
+        raise OrganisationError(
+            f"{what} is longer than {MAX_NAME} characters", "org.err.name_long", max=MAX_NAME
+        )
     if any(unicodedata.category(ch) == "Cc" for ch in name):
-        raise OrganisationError(f"{what} contains control characters")
+        raise OrganisationError(f"{what} contains control characters", "org.err.name_control")
     return name
 
 
@@ -90,7 +106,9 @@ def clean_code(value: str, what: str = "code") -> str:
     if not _CODE.fullmatch(code):
         raise OrganisationError(
             f"{what} {code!r} is invalid (letters, digits, '.', '_', '-'; at most 64; "
-            "starting with a letter or digit)"
+            "starting with a letter or digit)",
+            "org.err.bad_code",
+            code=code,
         )
     return code
 
@@ -98,7 +116,11 @@ def clean_code(value: str, what: str = "code") -> str:
 def _clean_kind(value: str) -> str:
     kind = value.strip().lower()
     if kind not in UNIT_KINDS:
-        raise OrganisationError(f"unknown unit kind {kind!r} (expected {', '.join(UNIT_KINDS)})")
+        raise OrganisationError(
+            f"unknown unit kind {kind!r} (expected {', '.join(UNIT_KINDS)})",
+            "org.err.unknown_kind",
+            kind=kind,
+        )
     return kind
 
 
@@ -107,7 +129,9 @@ def _clean_email(value: str | None) -> str | None:
         return None
     email = value.strip()
     if len(email) > 254 or not _EMAIL.fullmatch(email):
-        raise OrganisationError(f"e-mail address {email!r} is invalid")
+        raise OrganisationError(
+            f"e-mail address {email!r} is invalid", "org.err.email", email=email
+        )
     return email
 
 
@@ -116,7 +140,7 @@ def _clean_phone(value: str | None) -> str | None:
         return None
     phone = " ".join(value.split())
     if len(phone) > 32 or not _PHONE.fullmatch(phone):
-        raise OrganisationError(f"phone number {phone!r} is invalid")
+        raise OrganisationError(f"phone number {phone!r} is invalid", "org.err.phone", phone=phone)
     return phone
 
 
@@ -126,7 +150,9 @@ def _clean_bandwidth(value: str | None) -> str:
     profile = value.strip().lower()
     if profile not in BANDWIDTH_PROFILES:
         raise OrganisationError(
-            f"unknown bandwidth profile {profile!r} (expected {', '.join(BANDWIDTH_PROFILES)})"
+            f"unknown bandwidth profile {profile!r} (expected {', '.join(BANDWIDTH_PROFILES)})",
+            "org.err.bandwidth",
+            profile=profile,
         )
     return profile
 
@@ -134,12 +160,17 @@ def _clean_bandwidth(value: str | None) -> str:
 def _check_parent(kind: str, parent_kind: str | None, parent_code: str | None) -> None:
     if parent_kind is None:
         if kind == "commune":
-            raise OrganisationError("a commune needs a parent unit (a district or province)")
+            raise OrganisationError(
+                "a commune needs a parent unit (a district or province)",
+                "org.err.commune_parent",
+            )
         return
     if UNIT_LEVEL[parent_kind] >= UNIT_LEVEL[kind]:
         raise OrganisationError(
             f"a {kind} cannot belong to the {parent_kind} {parent_code!r} "
-            "(the parent must be a higher level: province > district > commune)"
+            "(the parent must be a higher level: province > district > commune)",
+            "org.err.parent_level",
+            parent=parent_code or "",
         )
 
 
@@ -276,7 +307,9 @@ def _decode(data: bytes) -> str:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise OrganisationError(
-            f"line {line}: the file is not UTF-8 text (in Excel, save as 'CSV UTF-8')"
+            f"line {line}: the file is not UTF-8 text (in Excel, save as 'CSV UTF-8')",
+            "org.err.not_utf8",
+            line,
         ) from None
 
 
@@ -284,7 +317,7 @@ def _parse(text: str) -> list[_Row]:
     lines = text.splitlines()
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None:
-        raise OrganisationError("the file is empty")
+        raise OrganisationError("the file is empty", "org.err.empty")
     delimiter = ";" if lines[first].count(";") > lines[first].count(",") else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     header: list[str] | None = None
@@ -306,24 +339,36 @@ def _parse(text: str) -> list[_Row]:
                     )
                     raise OrganisationError(
                         f"line {line}: {problem} (the header must name the columns "
-                        f"{', '.join(CSV_COLUMNS)})"
+                        f"{', '.join(CSV_COLUMNS)})",
+                        "org.err.missing_column" if missing else "org.err.unknown_column",
+                        line,
+                        column=(missing or unknown)[0],
+                        columns=", ".join(CSV_COLUMNS),
                     )
                 if len(set(header)) != len(header):
-                    raise OrganisationError(f"line {line}: a column is named twice")
+                    raise OrganisationError(
+                        f"line {line}: a column is named twice", "org.err.column_twice", line
+                    )
                 continue
             if len(record) > len(header) and any(c.strip() for c in record[len(header) :]):
                 raise OrganisationError(
-                    f"line {line}: {len(record)} fields, the header has {len(header)}"
+                    f"line {line}: {len(record)} fields, the header has {len(header)}",
+                    "org.err.fields",
+                    line,
+                    fields=len(record),
+                    header=len(header),
                 )
             values = dict(zip(header, record, strict=False))
             try:
                 rows.append(_row(line, values))
             except OrganisationError as exc:
-                raise OrganisationError(f"line {line}: {exc}") from None
+                raise exc.at(line) from None
     except csv.Error as exc:
-        raise OrganisationError(f"line {reader.line_num}: {exc}") from None
+        raise OrganisationError(
+            f"line {reader.line_num}: {exc}", "org.err.csv", reader.line_num, detail=str(exc)
+        ) from None
     if header is None:
-        raise OrganisationError("the file is empty")
+        raise OrganisationError("the file is empty", "org.err.empty")
     return rows
 
 
@@ -332,7 +377,9 @@ def _row(line: int, values: dict[str, str]) -> _Row:
     if kind != "point":
         kind = _clean_kind(kind) if kind else ""
     if not kind:
-        raise OrganisationError("kind is empty (province, district, commune or point)")
+        raise OrganisationError(
+            "kind is empty (province, district, commune or point)", "org.err.kind_empty"
+        )
     what = "point" if kind == "point" else "unit"
     row = _Row(
         line=line,
@@ -346,9 +393,13 @@ def _row(line: int, values: dict[str, str]) -> _Row:
     )
     if kind == "point":
         if not row.parent:
-            raise OrganisationError("a point needs its unit's code in the 'parent' column")
+            raise OrganisationError(
+                "a point needs its unit's code in the 'parent' column", "org.err.point_parent"
+            )
     elif row.email or row.phone or values.get("bandwidth", "").strip():
-        raise OrganisationError("email, phone and bandwidth are for points, not units")
+        raise OrganisationError(
+            "email, phone and bandwidth are for points, not units", "org.err.unit_contact"
+        )
     return row
 
 
@@ -374,7 +425,11 @@ def import_csv(session: Session, source: bytes | str | Path) -> ImportResult:
         if row.code in seen:
             raise OrganisationError(
                 f"line {row.line}: {'point' if row.kind == 'point' else 'unit'} code "
-                f"{row.code!r} is already used on line {seen[row.code].line}"
+                f"{row.code!r} is already used on line {seen[row.code].line}",
+                "org.err.code_repeated",
+                row.line,
+                code=row.code,
+                other=seen[row.code].line,
             )
         seen[row.code] = row
 
@@ -386,12 +441,20 @@ def import_csv(session: Session, source: bytes | str | Path) -> ImportResult:
     # (the answer names only the importer's own row: the unit or point holding the code
     # may belong to another district, whose names it must not learn)
     for code in sorted(existing_units, key=lambda code: unit_rows[code].line):
-        raise OrganisationError(f"line {unit_rows[code].line}: unit code {code!r} already exists")
+        raise OrganisationError(
+            f"line {unit_rows[code].line}: unit code {code!r} already exists",
+            "org.err.unit_exists",
+            unit_rows[code].line,
+            code=code,
+        )
     if point_rows:
         taken = session.scalars(select(Point).where(Point.code.in_(list(point_rows))))
         for point in sorted(taken, key=lambda p: point_rows[p.code].line):
             raise OrganisationError(
-                f"line {point_rows[point.code].line}: point code {point.code!r} already exists"
+                f"line {point_rows[point.code].line}: point code {point.code!r} already exists",
+                "org.err.point_exists",
+                point_rows[point.code].line,
+                code=point.code,
             )
     parents = _referenced_units(session, [r.parent for r in rows if r.parent], unit_rows)
 
@@ -402,14 +465,23 @@ def import_csv(session: Session, source: bytes | str | Path) -> ImportResult:
 
     for row in rows:
         if row.parent and kind_of(row.parent) is None:
-            raise OrganisationError(f"line {row.line}: unknown parent unit {row.parent!r}")
+            raise OrganisationError(
+                f"line {row.line}: unknown parent unit {row.parent!r}",
+                "org.err.unknown_parent",
+                row.line,
+                code=row.parent,
+            )
         if row.kind != "point":
             if row.parent == row.code:
-                raise OrganisationError(f"line {row.line}: a unit cannot be its own parent")
+                raise OrganisationError(
+                    f"line {row.line}: a unit cannot be its own parent",
+                    "org.err.own_parent",
+                    row.line,
+                )
             try:
                 _check_parent(row.kind, kind_of(row.parent) if row.parent else None, row.parent)
             except OrganisationError as exc:
-                raise OrganisationError(f"line {row.line}: {exc}") from None
+                raise exc.at(row.line) from None
 
     result = ImportResult()
     created: dict[str, Unit] = {}

@@ -37,7 +37,7 @@ Language
 ``web/static/i18n/*.json`` (one file per area, merged) is the one catalogue (key -> {vi, en}).  Templates call
 ``t(key)``; the page embeds the table of its language for ``web/static/i18n.js``.
 The language is ``?lang=`` (remembered in a cookie), else the ``lang`` cookie, else
-the first of vi/en in Accept-Language, else Vietnamese.
+Vietnamese, whatever the browser's language (Accept-Language is not asked).
 """
 
 from __future__ import annotations
@@ -94,23 +94,11 @@ def setup_web(app: web.Application) -> None:
 
 
 def language(request: web.Request) -> str:
+    """``?lang=``, else the remembered choice, else Vietnamese: never the browser's own
+    language (an office PC with an English Windows would get the whole interface in
+    English: Vietnamese is the default, English only by choice)."""
     asked = request.query.get("lang") or request.cookies.get(LANG_COOKIE)
-    if asked in LANGUAGES:
-        return asked
-    ranked: list[tuple[float, str]] = []
-    for part in request.headers.get("Accept-Language", "").split(","):
-        tag, _, params = part.strip().partition(";")
-        code = tag.strip().lower().split("-")[0]
-        if code not in LANGUAGES:
-            continue
-        quality = 1.0
-        if params.strip().startswith("q="):
-            try:
-                quality = float(params.strip()[2:])
-            except ValueError:
-                quality = 0.0
-        ranked.append((-quality, code))
-    return sorted(ranked)[0][1] if ranked else DEFAULT_LANGUAGE
+    return asked if asked in LANGUAGES else DEFAULT_LANGUAGE
 
 
 def translator(app: web.Application, lang: str) -> dict[str, str]:

@@ -37,6 +37,7 @@ from conference.domain.admin_services import (
     list_points,
     list_units,
     list_users,
+    message_text,
     sign_out_everywhere,
     update_point,
     update_user,
@@ -46,10 +47,10 @@ from conference.web.auth import (
     CurrentUser,
     add_nav_link,
     database,
-    gettext,
     page,
     render_page,
 )
+from conference.web.site import language, translator
 
 __all__ = [
     "Invalid",
@@ -77,8 +78,8 @@ ADMIN = ("admin",)
 
 
 def _messages(request: web.Request, errors: Mapping[str, Message]) -> dict[str, str]:
-    _ = gettext(request)
-    return {field: _(key, **params) for field, (key, params) in errors.items()}
+    strings = translator(request.app, language(request))
+    return {field: message_text(strings, key, params) for field, (key, params) in errors.items()}
 
 
 def _form(form: Mapping[str, Any], *keys: str) -> dict[str, Any]:
