@@ -136,7 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
         cluster_name=args.cluster_name,
     )
     protect_files(settings)
-    ensure_data_dir(settings)
+    ensure_data_dir(settings, recordings=True)
     # Creates or upgrades the database; on first run creates and prints the admin account.
     domain_cli.print_first_admin(settings)
     # Imported lazily: the server pulls in the media stack, which other commands do not need.

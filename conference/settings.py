@@ -673,15 +673,16 @@ def protect_files(settings: Settings) -> None:
             log.warning("cannot restrict %s: %s", path, exc.strerror)
 
 
-def ensure_data_dir(settings: Settings) -> str:
-    """Create the data and recordings directories (0700, see `protect_files`); return
-    the token secret.
+def ensure_data_dir(settings: Settings, recordings: bool = False) -> str:
+    """Create the data directory (and with ``recordings`` the recordings directory: only
+    ``serve`` records; 0700, see `protect_files`); return the token secret.
 
     When `settings.token_secret` is unset, the secret is read from `data_dir/secret.key`,
     which is created (mode 0600) on first run; `settings.token_secret` is updated.
     """
     mode = 0o750 if settings.group_access else 0o700
-    for directory in (settings.data_dir, settings.recordings_dir):
+    folders = (settings.data_dir, settings.recordings_dir) if recordings else (settings.data_dir,)
+    for directory in folders:
         try:
             directory.mkdir(mode=mode, parents=True, exist_ok=True)
         except OSError as exc:

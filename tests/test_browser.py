@@ -287,6 +287,8 @@ def test_landing_page_languages(server: ServerProcess, browser: Any) -> None:
     page = context.new_page()
     page.goto(server.url + "/")
     assert "Hệ thống hội nghị truyền hình trực tuyến" in page.inner_text("h1")
+    page.click("#signin-link")  # the office's way in (issue 15 item 7)
+    page.wait_for_url("**/login")
     page.goto(server.url + "/?lang=en")
     assert "Online video briefing system" in page.inner_text("h1")
     page.goto(server.url + "/")  # the choice is remembered

@@ -611,3 +611,20 @@ async def test_form_in_chromium(site: Site) -> None:
             assert meeting(site, the_id).status == "cancelled"
         finally:
             await chromium.close()
+
+
+def test_a_meeting_across_midnight_names_both_days() -> None:
+    """Issue 15 item 7: "23:55–00:55 04/12/2026" read as a meeting ending before it began."""
+    from types import SimpleNamespace
+
+    import jinja2
+
+    from .conftest import ROOT
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROOT / "web" / "templates"))
+    when = env.from_string('{% import "meeting_macros.html" as mm %}{{ mm.when(m) }}')
+    late = datetime(2026, 12, 4, 23, 55)
+    night = SimpleNamespace(local_start=late, local_end=late + timedelta(hours=1))
+    assert when.render(m=night) == "23:55 04/12/2026 – 00:55 05/12/2026"
+    day = SimpleNamespace(local_start=late - timedelta(hours=2), local_end=late)
+    assert when.render(m=day) == "21:55–23:55 04/12/2026"

@@ -490,3 +490,30 @@ def test_notices_are_in_view_on_a_meeting_room_pc(
     assert not chair.errors and not point.errors, (chair.errors, point.errors)
     chair.context.close()
     point.context.close()
+
+
+def test_leaving_asks_first_is_recorded_as_left_and_offers_the_way_back(
+    server: ServerProcess, browser: Any
+) -> None:
+    """Issue 15 item 5: leaving asks for confirmation, the server hears a deliberate leave
+    ("left", it recorded connection-failed: the page closed its media first), and the page
+    offers "join again" instead of a dead end."""
+    point = join(browser, server, "xa-a", NAMES["xa-a"])
+    wait_js(point, "window.conference && window.conference.me && window.conference.me.id")
+    me = point.evaluate("window.conference.me.id")
+    point.click("#leave-btn")
+    sync_api.expect(point.locator("#leave-dialog")).to_be_visible()
+    point.click("#leave-cancel")  # a misclick: still in the meeting
+    assert point.is_visible("#room") and point.is_hidden("#leave-dialog")
+    point.click("#leave-btn")
+    point.click("#leave-confirm")
+    sync_api.expect(point.locator("#left")).to_be_visible()
+    assert point.inner_text("#left-text") == "Bạn đã rời phòng họp."
+    assert point.is_hidden("#room")
+    wait_until(lambda: f"{me} left (" in server.log(), 10, "the server saw the leave")
+    assert f"{me} left (left)" in server.log(), server.log()[-2000:]
+    point.click("#rejoin-btn")  # the way back in: the pre-join screen, then the room
+    point.click("#join:not([disabled])")
+    point.wait_for_selector("#room:not([hidden])")
+    assert not point.errors, point.errors
+    point.context.close()

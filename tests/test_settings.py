@@ -263,7 +263,11 @@ def test_ensure_data_dir_creates_secret_once(tmp_path: Path) -> None:
     assert settings.token_secret == secret
     assert len(secret) == 64  # secrets.token_urlsafe(48)
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
-    assert (tmp_path / "rec").is_dir()
+    # only serve records: a command such as `token create` leaves no empty recordings/
+    # wherever it is run (issue 15 item 7)
+    assert not (tmp_path / "rec").exists()
+    ensure_data_dir(settings, recordings=True)
+    assert stat.S_IMODE((tmp_path / "rec").stat().st_mode) == 0o700
     secret_file = data_dir / SECRET_FILE
     assert secret_file.read_text().strip() == secret
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
@@ -343,7 +347,7 @@ def test_protect_files_closes_what_an_older_version_left_open(tmp_path: Path) ->
             fresh = Settings(
                 data_dir=base / "new", recordings_dir=base / "new-rec", group_access=group
             )
-            ensure_data_dir(fresh)
+            ensure_data_dir(fresh, recordings=True)  # as serve does
             assert mode(base / "new") == folder and mode(base / "new-rec") == folder
             assert mode(base / "new" / "secret.key") == 0o600
     finally:

@@ -327,7 +327,15 @@ async function reconnect() {
 /** The session is over for good: leave the room view and say why. */
 function end(text) {
   hangUp();
-  notice(text);
+  showLeft(text, false);
+}
+
+/** The page after the room: why, and "join again" when that makes sense. */
+function showLeft(text, rejoin) {
+  notice("");
+  $("left-text").textContent = text;
+  $("rejoin-btn").hidden = !rejoin;
+  $("left").hidden = false;
 }
 
 // -- server messages -----------------------------------------------------------
@@ -551,11 +559,19 @@ $("unmute-decline").onclick = () => {
   state.invited = false;
   send({ type: "unmute-decline" });
 };
-$("leave-btn").onclick = () => {
+// leaving asks first (a misclick would drop a commune out of the briefing), then tells the
+// server before the media stops: the server records "left", not a failed connection
+$("leave-btn").onclick = () => $("leave-dialog").showModal();
+$("leave-cancel").onclick = () => $("leave-dialog").close();
+$("leave-confirm").onclick = async () => {
+  $("leave-dialog").close();
+  state.left = true;
+  await state.signaling?.leave();
   hangUp();
-  state.signaling?.leave();
-  notice(t("room.left"));
+  showLeft(t("room.left"), true);
 };
+// the way back in: the page again, from its pre-join screen (the link is remembered)
+$("rejoin-btn").onclick = () => location.reload();
 setupChat(send); // before joining too: the form must never submit as a page navigation
 // leaving the page is not a network drop: no rejoin while it unloads
 window.addEventListener("pagehide", () => {

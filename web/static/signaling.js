@@ -73,8 +73,20 @@ export class Signaling extends EventTarget {
     });
   }
 
+  /** Say goodbye and wait (at most 2 s) until the server has closed the socket. */
   leave() {
+    const ws = this.ws;
     this.send({ type: "leave" });
-    this.ws?.close();
+    if (!ws || ws.readyState !== WebSocket.OPEN) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        ws.close();
+        resolve();
+      }, 2000);
+      ws.addEventListener("close", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
   }
 }
