@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from conference import __version__
+from conference.core.identity import split_identity
 from conference.domain import cli as domain_cli
 from conference.recording import cli as recording_cli
 from conference.settings import (
@@ -83,7 +84,13 @@ def _parser() -> argparse.ArgumentParser:
 
     create = token_commands.add_parser("create", help="print a new access token")
     create.add_argument("--meeting", required=True, metavar="ID")
-    create.add_argument("--identity", required=True, metavar="ID")
+    create.add_argument(
+        "--identity",
+        required=True,
+        metavar="ID",
+        help="who: pt:CODE (a meeting point), u:USERNAME (an account), g:ID (a guest); "
+        "a bare ID is a hand-made token's own identity (t:ID), never a point's or an account's",
+    )
     create.add_argument("--name", required=True, help="display name, e.g. 'UBND xã Tân Lập'")
     create.add_argument("--role", required=True, help=f"one of: {', '.join(ROLES)}")
     create.add_argument("--ttl", default="3h", help="lifetime, e.g. 3h, 90m, 1h30m (default: 3h)")
@@ -171,10 +178,12 @@ def _token_create(args: argparse.Namespace) -> int:
     ttl = parse_ttl(args.ttl)
     grants = _grants(args)
     secret = ensure_data_dir(_settings(args))
+    bare = split_identity(args.identity)[0] is None
     token = create_token(
         secret,
         meeting=args.meeting,
         identity=args.identity,
+        kind="token" if bare else None,
         name=args.name,
         role=args.role,
         ttl=ttl,

@@ -1,6 +1,8 @@
 """Access tokens: HS256 JWTs that admit one participant to one meeting.
 
-Claims (see docs/PROTOCOL.md): ``iss`` = "conference", ``sub`` (participant identity),
+Claims (see docs/PROTOCOL.md): ``iss`` = "conference", ``sub`` (participant identity:
+``pt:CODE``, ``u:USERNAME``, ``g:ID`` or ``t:ID``, see conference/core/identity.py; a bare
+id, as in tokens made before identity kinds, is read by the role),
 ``name`` (display name, any Unicode), ``meeting``, ``role`` (one of `ROLES`), ``grants``
 (``publish``, ``subscribe``, ``moderate``, ``record`` booleans), ``iat``, ``nbf``, ``exp``
 and ``jti`` (token id, used by `RevocationList`).  Only HS256 is accepted when verifying;
@@ -20,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
+
+from .core.identity import KINDS, identity_key, legacy_kind, normal_key, split_identity
 
 __all__ = [
     "ALGORITHM",
@@ -42,6 +46,8 @@ MAX_TTL = timedelta(days=7)
 MAX_NAME_LENGTH = 200
 MIN_SECRET_BYTES = 32
 _ID_PATTERN = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+#: a token's ``sub``: an identity key (``pt:xa-a``) or a bare id (tokens made before kinds)
+_SUB_PATTERN = re.compile(r"(?:(?:" + "|".join(KINDS.values()) + r"):)?[A-Za-z0-9._~-]{1,128}")
 _REQUIRED = ["iss", "sub", "iat", "nbf", "exp", "jti"]
 _JWS = jwt.PyJWS()
 
@@ -103,7 +109,9 @@ class Grants:
 
 @dataclass(frozen=True)
 class Claims:
-    """The verified content of a token."""
+    """The verified content of a token.  ``identity`` is its ``sub`` as signed; `key` is
+    the participant's identity key (``pt:xa-a``): a bare ``sub`` (a token of before
+    identity kinds) gets the kind of its role (conference/core/identity.py)."""
 
     identity: str
     name: str
@@ -114,10 +122,33 @@ class Claims:
     not_before: datetime
     token_id: str
 
+    @property
+    def kind(self) -> str:
+        """point, account, guest or token."""
+        return split_identity(self.identity)[0] or legacy_kind(self.role)
+
+    @property
+    def subject(self) -> str:
+        """The identity without its kind: a point's code, an account's username."""
+        return split_identity(self.identity)[1]
+
+    @property
+    def key(self) -> str:
+        """The participant's identity key: what the room, the lobby and attendance use."""
+        return normal_key(self.identity, self.role)
+
+    @property
+    def bare(self) -> bool:
+        """The ``sub`` has no kind: a token made before identity kinds."""
+        return split_identity(self.identity)[0] is None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (ISO 8601 UTC times)."""
         return {
             "identity": self.identity,
+            "key": self.key,
+            "kind": self.kind,
+            "subject": self.subject,
             "name": self.name,
             "meeting": self.meeting,
             "role": self.role,
@@ -172,6 +203,7 @@ def create_token(
     identity: str,
     name: str,
     role: str,
+    kind: str | None = None,
     ttl: timedelta = timedelta(hours=3),
     grants: Grants | None = None,
     not_before: datetime | None = None,
@@ -179,12 +211,19 @@ def create_token(
 ) -> str:
     """Sign an access token; invalid arguments raise ValueError.
 
+    `kind` (``point``, ``account``, ``guest``, ``token``) says whose identity `identity`
+    is: the ``sub`` is then its key (``pt:xa-a``).  Without `kind`, `identity` may be a key
+    itself; a bare one makes the token of before identity kinds, read by its role.
     The token is valid from `not_before` (default: `now`) until `now + ttl`; `grants`
     defaults to `Grants.for_role(role)`.  The display name is NFC-normalized.
     """
     key = _check_secret(secret)
     _check_id("meeting", meeting)
-    _check_id("identity", identity)
+    if kind is not None:
+        identity = identity_key(kind, _check_id("identity", identity))
+    else:
+        given, subject = split_identity(identity if isinstance(identity, str) else "")
+        _check_id("identity", subject if given is not None else identity)
     name = _check_name(name)
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
@@ -254,9 +293,9 @@ def _claims(payload: Mapping[str, Any]) -> Claims:
     def bad(what: str) -> TokenError:
         return TokenError("invalid-claims", f"token claim {what} is missing or invalid")
 
-    for key in ("sub", "meeting"):
+    for key, pattern in (("sub", _SUB_PATTERN), ("meeting", _ID_PATTERN)):
         value = payload.get(key)
-        if not isinstance(value, str) or not _ID_PATTERN.fullmatch(value):
+        if not isinstance(value, str) or not pattern.fullmatch(value):
             raise bad(repr(key))
     name = payload.get("name")
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:

@@ -364,7 +364,7 @@ async def _room(
     raise AssertionError(f"no room state as expected; the last: {room}")
 
 
-def _mine(room: dict[str, Any], identity: str = "p1") -> list[dict[str, Any]]:
+def _mine(room: dict[str, Any], identity: str = "pt:p1") -> list[dict[str, Any]]:
     return [p for p in room.get("participants", []) if p["identity"] == identity]
 
 
@@ -957,8 +957,8 @@ async def test_point_may_not_moderate_by_deleting_sessions(http, server):
             assert response.status == 403
         joined_id = next(
             p["id"]
-            for p in (await _room(ws, lambda r: bool(_mine(r, "p2"))))["participants"]
-            if p["identity"] == "p2"
+            for p in (await _room(ws, lambda r: bool(_mine(r, "pt:p2"))))["participants"]
+            if p["identity"] == "pt:p2"
         )
         async with http.delete(server.url + f"/whip/m1/{joined_id}", headers=other) as response:
             assert response.status == 403
@@ -1366,7 +1366,7 @@ async def test_media_survives_a_barrage_of_bad_input(http, server):
         assert chair.errors == [] and viewer.errors == [], (chair.errors, viewer.errors)
         assert chair.left_reason is None and viewer.left_reason is None
         identities = {p["identity"] for p in viewer.room["participants"]}
-        assert identities == {"chair", "xa1"}, identities
+        assert identities == {"u:chair", "pt:xa1"}, identities
     finally:
         await viewer.leave()
         await chair.leave()
@@ -1445,7 +1445,7 @@ async def test_bad_view_and_profile_messages(http, server):
         await ws.send_json({"type": "view", "videos": {"TR_x": "small"}})  # unknown ids: fine
         await ws.send_json({"type": "profile", "profile": "low"})
         room = await _room(ws, lambda r: [p.get("profile") for p in _mine(r)] == ["low"])
-        assert [p["profile"] for p in room["participants"] if p["identity"] == "p1"] == ["low"]
+        assert [p["profile"] for p in room["participants"] if p["identity"] == "pt:p1"] == ["low"]
     finally:
         await ws.close()
 

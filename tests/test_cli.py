@@ -89,7 +89,7 @@ def test_token_create_prints_verifiable_token(tmp_path: Path) -> None:
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
     secret = secret_file.read_text().strip()
     claims = verify_token(secret, token, meeting="giao-ban-06")
-    assert claims.identity == "xa-tan-lap"
+    assert claims.identity == "t:xa-tan-lap"  # made by hand: never a point's or an account's
     assert claims.name == NAME
     assert claims.role == "point"
     assert claims.grants == Grants.for_role("point")
@@ -154,6 +154,22 @@ def test_token_create_bad_identity(tmp_path: Path) -> None:
     assert_one_line_error(run(*args, cwd=tmp_path), "identity must be 1-128 characters")
 
 
+def test_token_create_for_a_point_or_an_account(tmp_path: Path) -> None:
+    """A hand-made token names a point or an account only when told (pt:, u:, g:)."""
+    data_dir = tmp_path / "data"
+    for identity, kind in (("pt:xa-tan-lap", "point"), ("u:chu-tich", "account")):
+        args = create_args(data_dir)
+        args[args.index("--identity") + 1] = identity
+        result = run(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        secret = (data_dir / "secret.key").read_text().strip()
+        claims = verify_token(secret, result.stdout.strip())
+        assert (claims.key, claims.kind) == (identity, kind)
+    args = create_args(data_dir)
+    args[args.index("--identity") + 1] = "xx:xa-tan-lap"
+    assert_one_line_error(run(*args, cwd=tmp_path), "identity must be 1-128 characters")
+
+
 def test_token_verify_prints_claims(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     token = run(*create_args(data_dir, role="chair"), cwd=tmp_path).stdout.strip()
@@ -170,7 +186,8 @@ def test_token_verify_prints_claims(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert NAME in result.stdout  # ensure_ascii=False
     claims = json.loads(result.stdout)
-    assert claims["identity"] == "xa-tan-lap"
+    assert claims["identity"] == claims["key"] == "t:xa-tan-lap"
+    assert (claims["kind"], claims["subject"]) == ("token", "xa-tan-lap")
     assert claims["name"] == NAME
     assert claims["meeting"] == "giao-ban-06"
     assert claims["role"] == "chair"
@@ -182,6 +199,9 @@ def test_token_verify_prints_claims(tmp_path: Path) -> None:
     }
     assert set(claims) == {
         "identity",
+        "key",
+        "kind",
+        "subject",
         "name",
         "meeting",
         "role",

@@ -121,11 +121,11 @@ async def test_points_on_two_nodes_see_and_hear_each_other(nodes: list[ServerPro
         await c.wait_for(lambda: len(c.tracks) >= 4, 20)
         await a.wait_for(lambda: len(a.tracks) >= 2, 20)
         # every page lists the meeting's participants, wherever they are
-        everyone = {"huyen", "xa-a", "xa-b"}
+        everyone = {"u:huyen", "pt:xa-a", "pt:xa-b"}
         for client in clients:
             await client.wait_for(lambda cl=client: identities(cl) == everyone, 10)  # type: ignore[misc]
         remote = {p["identity"] for p in b.room["participants"] if p.get("remote")}
-        assert remote == {"huyen"}
+        assert remote == {"u:huyen"}
         await a.wait_for(lambda: len(own(a)) == 2, 10)
         mine = own(a)
         for client in (b, c):
@@ -159,7 +159,7 @@ async def test_a_dead_node_s_publications_leave_the_others(nodes: list[ServerPro
         await b.connect()
         await a.publish({"microphone": ToneAudioTrack(660.0)})
         await b.wait_for(lambda: len(b.tracks) >= 1, 20)
-        await b.wait_for(lambda: identities(b) == {"huyen", "xa-a"}, 10)
+        await b.wait_for(lambda: identities(b) == {"u:huyen", "pt:xa-a"}, 10)
         frames = await audio_frequency(next(iter(b.tracks.values())), 1.0)
         assert abs(frames - 660.0) < 15
         one.process.send_signal(signal.SIGKILL)
@@ -172,7 +172,7 @@ async def test_a_dead_node_s_publications_leave_the_others(nodes: list[ServerPro
             return sum(t.currentDirection == "recvonly" for t in transceivers)
 
         await b.wait_for(lambda: receiving() == 0, 15)  # the server renegotiated it away
-        await b.wait_for(lambda: identities(b) == {"xa-a"}, 5)
+        await b.wait_for(lambda: identities(b) == {"pt:xa-a"}, 5)
         assert time.monotonic() - started < 10
         assert "node test-" in two.log() and "is gone" in two.log()
     finally:
@@ -188,15 +188,15 @@ async def test_chat_and_lock_reach_every_node(nodes: list[ServerProcess]) -> Non
     try:
         await chair.connect()
         await point.connect()
-        await point.wait_for(lambda: identities(point) == {"huyen", "xa-a"}, 10)
+        await point.wait_for(lambda: identities(point) == {"u:huyen", "pt:xa-a"}, 10)
         since = len(point.messages)
         await chair.send({"type": "chat", "text": "Xin chào các xã"})
         message = await point.wait_message("chat", since=since)
-        assert (message["identity"], message["text"]) == ("huyen", "Xin chào các xã")
+        assert (message["identity"], message["text"]) == ("u:huyen", "Xin chào các xã")
         since = len(chair.messages)
         await point.send({"type": "chat", "text": "Xã A đã vào"})
         message = await chair.wait_message("chat", since=since)
-        assert (message["identity"], message["text"]) == ("xa-a", "Xã A đã vào")
+        assert (message["identity"], message["text"]) == ("pt:xa-a", "Xã A đã vào")
 
         extra = Client(two.url, meeting, two.token(meeting=meeting, identity="xa-c"))
         await extra.connect()
@@ -239,7 +239,7 @@ async def test_the_chair_s_floor_hands_and_end_reach_points_on_another_node(
             await client.connect()
         await a.publish({"microphone": ToneAudioTrack(440.0)})
         await b.publish({"microphone": ToneAudioTrack(550.0)})
-        everyone = {"huyen", "xa-a", "xa-b"}
+        everyone = {"u:huyen", "pt:xa-a", "pt:xa-b"}
         await chair.wait_for(lambda: identities(chair) == everyone, 10)
 
         # a point on node 2 raises its hand: the chair on node 1 sees it queued
@@ -295,7 +295,7 @@ async def test_the_chair_s_floor_hands_and_end_reach_points_on_another_node(
         await chair.send({"type": "remove", "participant": b.id, "reason": "Thử nghiệm"})
         left = await b.wait_message("leave", since=0)
         assert (left["reason"], left.get("message")) == ("removed", "Thử nghiệm")
-        await chair.wait_for(lambda: identities(chair) == {"huyen", "xa-a"}, 5)
+        await chair.wait_for(lambda: identities(chair) == {"u:huyen", "pt:xa-a"}, 5)
         # its token is refused by every node, not only the one that removed it
         for node in (two, one):
             again = Client(node.url, meeting, b.token)
@@ -312,7 +312,7 @@ async def test_the_chair_s_floor_hands_and_end_reach_points_on_another_node(
             await client.leave()
     # the relayed microphone of node 2's floor holder was recorded on node 1
     files = [path.name for path in (one.data_dir.parent / "recordings").rglob("*.webm")]
-    assert any("-xa-a-microphone-" in name for name in files), files  # named by identity
+    assert any("-pt-xa-a-microphone-" in name for name in files), files  # named by identity
 
 
 async def test_malformed_directory_entries_and_messages_are_ignored() -> None:

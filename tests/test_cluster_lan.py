@@ -201,7 +201,7 @@ async def test_one_meeting_on_three_hosts(lan: Lan, tmp_path: Path) -> None:
         await chair.publish(
             {"camera": BarcodeVideoTrack(320, 240, fps=15), "microphone": ToneAudioTrack(660.0)}
         )
-        everyone = {"huyen", "xa-a", "xa-b"}
+        everyone = {"u:huyen", "pt:xa-a", "pt:xa-b"}
         for c in (chair, a, b):
             await c.wait_for(lambda c=c: everyone <= names(c), 15)  # type: ignore[misc]
         # the chair (node 1) hears both points and sees a's camera; each point hears the chair
@@ -226,7 +226,7 @@ async def test_one_meeting_on_three_hosts(lan: Lan, tmp_path: Path) -> None:
         # the floor (given on node 1 to a point of node 2) and the lock reach node 3
         await chair.send({"type": "give-floor", "participant": a.id})
         await b.wait_for(lambda: b.room.get("floor") == a.id or any(
-            p.get("floor") for p in b.room.get("participants", []) if p["identity"] == "xa-a"), 10)  # fmt: skip
+            p.get("floor") for p in b.room.get("participants", []) if p["identity"] == "pt:xa-a"), 10)  # fmt: skip
         await chair.send({"type": "lock", "locked": True})
         await b.wait_for(lambda: b.room.get("locked") is True, 10)
 
@@ -242,7 +242,7 @@ async def test_one_meeting_on_three_hosts(lan: Lan, tmp_path: Path) -> None:
         await back.connect()
         assert time.monotonic() - killed < 10
         await chair.wait_for(lambda: everyone <= names(chair), 15)
-        holder = next(p for p in back.room["participants"] if p["identity"] == "xa-a")
+        holder = next(p for p in back.room["participants"] if p["identity"] == "pt:xa-a")
         assert holder.get("floor") is True, back.room
         frames, gap = await watching
         assert frames >= 45 and gap < 1.0, (frames, gap)  # 15 fps; no freeze over 1 s

@@ -150,7 +150,7 @@ async def test_lobby_start_guest_attendance_end(prepared: Any) -> None:
         clients.append(chair)
         await chair.connect()
         await asyncio.wait_for(a_joining, 10)
-        assert a.id and a.participant["identity"] == point_a
+        assert a.id and a.participant["identity"] == f"pt:{point_a}"  # a point's identity
         with database.session() as session:
             assert get_meeting(session, meeting).status == "live"
         # The guest still waits; the chair sees it in lobby-state and admits it.
@@ -158,7 +158,7 @@ async def test_lobby_start_guest_attendance_end(prepared: Any) -> None:
         await chair.wait_for(
             lambda: any(
                 m.get("type") == "lobby-state"
-                and [w["identity"] for w in m["waiting"]] == [outsider]
+                and [w["identity"] for w in m["waiting"]] == [f"pt:{outsider}"]
                 and m["started"]
                 for m in chair.messages
             )
@@ -171,9 +171,9 @@ async def test_lobby_start_guest_attendance_end(prepared: Any) -> None:
         assert error["code"] == "forbidden"
         await chair.send({"type": "admit", "identity": "nobody-waits"})
         assert (await chair.wait_message("error"))["code"] == "not-waiting"
-        await chair.send({"type": "admit", "identity": outsider})
+        await chair.send({"type": "admit", "identity": outsider})  # bare: the one waiting
         await asyncio.wait_for(guest_joining, 10)
-        assert guest.participant["identity"] == outsider
+        assert guest.participant["identity"] == f"pt:{outsider}"
 
         # A point arriving now that the meeting is live enters at once, and publishes.
         b = client(point_b)
@@ -195,14 +195,16 @@ async def test_lobby_start_guest_attendance_end(prepared: Any) -> None:
         await eventually(lambda: len(stored()) == 6)
         events = stored()
         assert set(events) == {
-            (point_a, "join", point_a),
-            (outsider, "join", outsider),
-            ("chu-tich", "join", None),
-            (point_b, "join", point_b),
-            (outsider, "leave", outsider),
-            (point_a, "leave", point_a),
+            (f"pt:{point_a}", "join", point_a),
+            (f"pt:{outsider}", "join", outsider),
+            ("u:chu-tich", "join", None),
+            (f"pt:{point_b}", "join", point_b),
+            (f"pt:{outsider}", "leave", outsider),
+            (f"pt:{point_a}", "leave", point_a),
         }
-        assert events.index((point_a, "join", point_a)) < events.index((point_a, "leave", point_a))
+        assert events.index((f"pt:{point_a}", "join", point_a)) < events.index(
+            (f"pt:{point_a}", "leave", point_a)
+        )
         with database.session() as session:
             rows = {p.identity: p for p in presence(session, meeting)}
             assert rows[point_a].invited and rows[point_a].first_join is not None
@@ -235,7 +237,7 @@ async def test_lobby_start_guest_attendance_end(prepared: Any) -> None:
         await eventually(lambda: status() == "ended")
         await refused(client(point_a), "meeting-ended")
         await refused(client("chu-tich", "chair"), "meeting-ended")
-        await eventually(lambda: ("chu-tich", "leave", None) in stored())
+        await eventually(lambda: ("u:chu-tich", "leave", None) in stored())
 
         # Ad-hoc rooms (not meetings of the database) need no lobby, record nothing.
         adhoc = client("xa-bat-ky", meeting_id="m-adhoc")
@@ -304,7 +306,7 @@ async def test_chair_starts_explicitly_and_lobby_messages(tmp_path: Path) -> Non
         await chair.connect(start=False)
         state = await chair.wait_message("lobby-state", since=0)
         assert state["started"] is False
-        assert [w["identity"] for w in state["waiting"]] == [points[0]]
+        assert [w["identity"] for w in state["waiting"]] == [f"pt:{points[0]}"]
         with database.session() as session:
             assert get_meeting(session, meeting).status == "scheduled"
         assert not a_joining.done()
@@ -323,8 +325,8 @@ async def test_chair_starts_explicitly_and_lobby_messages(tmp_path: Path) -> Non
         assert server.stop() == 0
         with database.session() as session:
             kinds = [(e.identity, e.kind) for e in list_events(session, meeting)]
-        assert kinds.count(("chu-tich", "join")) == 1
-        assert ("chu-tich", "leave") in kinds and (points[0], "leave") in kinds
+        assert kinds.count(("u:chu-tich", "join")) == 1
+        assert ("u:chu-tich", "leave") in kinds and (f"pt:{points[0]}", "leave") in kinds
     finally:
         for c in clients:
             await c.close()
@@ -382,7 +384,7 @@ def test_lobby_in_the_browser(tmp_path: Path, browser: Any) -> None:  # noqa: F8
         guest = open_page(points[2], "UBND xã số 3")
         guest.wait_for_selector("#lobby:not([hidden])")
         assert guest.inner_text("#lobby-text") == "Đang chờ chủ trì cho phép vào hội nghị…"
-        admit = f'#lobby-waiting button[data-action="admit"][data-identity="{points[2]}"]'
+        admit = f'#lobby-waiting button[data-action="admit"][data-identity="pt:{points[2]}"]'
         chair.wait_for_selector(admit)
         assert "UBND xã số 3 (khách)" in chair.inner_text("#lobby-waiting")
         assert chair.is_hidden("#lobby-start")  # the meeting has started
@@ -593,7 +595,7 @@ async def test_one_place_in_the_lobby_per_identity(tmp_path: Path) -> None:
             chair = Client(server.url, meeting, server.token(meeting, "chu-tich", "chair"))
             await chair.connect(start=False)
             state = await chair.wait_message("lobby-state", since=0)
-            assert [w["identity"] for w in state["waiting"]] == [points[0]]
+            assert [w["identity"] for w in state["waiting"]] == [f"pt:{points[0]}"]
             newest = sockets[-1]
             await newest.send_json({"type": "ping", "id": 1})
             assert await newest.receive_json(timeout=5) == {"type": "pong", "id": 1}

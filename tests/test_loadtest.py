@@ -505,7 +505,8 @@ def test_seats_from_secret_and_from_a_token_file(tmp_path: Path) -> None:
     config = Config(url="u", meeting="giao-ban", points=3)
     seats = make_seats(config, SECRET)
     assert [s.role for s in seats] == ["chair", "point", "point", "point"]
-    assert token_identity(seats[2].token)[0] == "loadtest-xa-002"
+    assert token_identity(seats[2].token)[0] == "t:loadtest-xa-002"  # as the room shows it
+    assert seats[2].identity == "t:loadtest-xa-002"
     path = tmp_path / "tokens.txt"
     path.write_text("# chair first\n" + "\n".join(s.token for s in seats) + "\n\n")
     again = seats_from_tokens(config, path)
@@ -868,14 +869,16 @@ async def test_briefing_with_points_on_a_weak_link(lt_server: ServerProcess) -> 
     text = format_report(report)
     assert report["participants"]["joined"] == 5, text
     weak = [s for s in report["seats"] if s["link"] == "4g-weak"]
-    assert [s["identity"] for s in weak] == ["loadtest-xa-002", "loadtest-xa-004"], text
+    assert [s["identity"] for s in weak] == ["t:loadtest-xa-002", "t:loadtest-xa-004"], text
     for seat in weak:
         # the weak points received the chair's audio and video through their link: joining
         # takes a decodable frame of the chair's video; in the window, the chair's audio
         # throughout and video of someone: a 1 Mbit/s link does not carry two single-layer
         # 500 kbit/s cameras, so the chair's inset may pause while a point speaks on the stage
         assert seat["joined"] and seat["join_s"] is not None, text
-        streams = {st["kind"]: st for st in seat["streams"] if st["publisher"] == "loadtest-huyen"}
+        streams = {
+            st["kind"]: st for st in seat["streams"] if st["publisher"] == "t:loadtest-huyen"
+        }
         assert streams["audio"]["packets"] > 100 and streams["audio"]["frames"] > 100, text
         assert sum(st["packets"] for st in seat["streams"] if st["kind"] == "video") > 0, text
         link = seat["link_stats"]

@@ -365,7 +365,9 @@ async def test_lists_join_and_access(site: Site, browsers: list[Browser]) -> Non
         location.split("token=")[1], SECRET, algorithms=["HS256"], options={"verify_aud": False}
     )
     assert (
-        claims["sub"] == "p-a1" and claims["role"] == "point" and claims["meeting"] == str(current)
+        claims["sub"] == "pt:p-a1"  # a point's identity
+        and claims["role"] == "point"
+        and claims["meeting"] == str(current)
     )
     chair = await signed_in(site, browsers, "ct-a")
     status, _, response = await chair.get(f"/meetings/{current}/join")
@@ -375,7 +377,7 @@ async def test_lists_join_and_access(site: Site, browsers: list[Browser]) -> Non
         algorithms=["HS256"],
         options={"verify_aud": False},
     )
-    assert status == 303 and claims["sub"] == "ct-a" and claims["role"] == "chair"
+    assert status == 303 and claims["sub"] == "u:ct-a" and claims["role"] == "chair"
     # the secretary of the unit watches from the chair's side: no moderation
     secretary = await signed_in(site, browsers, "tk-a")
     status, _, response = await secretary.get(f"/meetings/{current}/join")
@@ -385,7 +387,7 @@ async def test_lists_join_and_access(site: Site, browsers: list[Browser]) -> Non
         algorithms=["HS256"],
         options={"verify_aud": False},
     )
-    assert status == 303 and claims["sub"] == "tk-a" and claims["role"] == "viewer"
+    assert status == 303 and claims["sub"] == "u:tk-a" and claims["role"] == "viewer"
     assert claims["grants"]["moderate"] is False
     status, html, _ = await chair.get(f"/meetings/{future}/join")
     assert status == 409 and "Phòng họp chưa mở" in html

@@ -13,6 +13,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from conference.core.identity import (
+    Identity,
+    identity_key,
+    legacy_kind,
+    normal_key,
+    shown_identity,
+    split_identity,
+)
 from conference.tokens import (
     ROLES,
     Claims,
@@ -115,7 +123,9 @@ def test_verify_returns_claims() -> None:
     token = make(role="chair")
     claims = verify_token(SECRET, token, meeting="giao-ban-2025-06")
     assert isinstance(claims, Claims)
-    assert claims.identity == "xa-tan-lap"
+    assert claims.identity == "xa-tan-lap"  # the sub as signed
+    assert claims.key == "u:xa-tan-lap"  # a bare sub: the kind of its role
+    assert (claims.kind, claims.subject, claims.bare) == ("account", "xa-tan-lap", True)
     assert claims.name == VIETNAMESE
     assert claims.meeting == "giao-ban-2025-06"
     assert claims.role == "chair"
@@ -264,7 +274,7 @@ def test_expired_token() -> None:
 
 def test_leeway_absorbs_clock_skew() -> None:
     token = make(now=datetime.now(UTC) - timedelta(seconds=65), ttl=timedelta(seconds=60))
-    assert verify_token(SECRET, token).identity == "xa-tan-lap"  # default leeway 10 s
+    assert verify_token(SECRET, token).subject == "xa-tan-lap"  # default leeway 10 s
     with pytest.raises(TokenError) as caught:
         verify_token(SECRET, token, leeway=0)
     assert caught.value.code == "expired"
@@ -408,3 +418,111 @@ def test_parse_ttl_errors(text: str) -> None:
 def test_parse_ttl_too_large() -> None:
     with pytest.raises(ValueError, match="too large"):
         parse_ttl("999999999999d")
+
+
+# --- identity kinds (issue 14, item 3) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "sub"),
+    [("point", "pt:xa-a"), ("account", "u:xa-a"), ("guest", "g:xa-a"), ("token", "t:xa-a")],
+)
+def test_the_kind_is_in_the_sub(kind: str, sub: str) -> None:
+    for role in ROLES:  # whatever the role: the kind is who it is, the role what it may do
+        token = make(identity="xa-a", kind=kind, role=role)
+        assert segments(token)[1]["sub"] == sub
+        claims = verify_token(SECRET, token)
+        assert (claims.identity, claims.key, claims.kind, claims.subject) == (
+            sub,
+            sub,
+            kind,
+            "xa-a",
+        )
+        assert not claims.bare
+        data = claims.to_dict()
+        assert (data["identity"], data["key"], data["kind"], data["subject"]) == (
+            sub,
+            sub,
+            kind,
+            "xa-a",
+        )
+
+
+def test_a_key_as_identity_keeps_its_kind() -> None:
+    token = make(identity="pt:xa-a", role="viewer")
+    assert segments(token)[1]["sub"] == "pt:xa-a"
+    assert verify_token(SECRET, token).kind == "point"
+
+
+@pytest.mark.parametrize(
+    ("role", "identity", "kind"),
+    [
+        ("point", "pt:chair-a", "point"),
+        ("chair", "u:chair-a", "account"),
+        ("viewer", "u:chair-a", "account"),
+        ("recorder", "t:chair-a", "token"),
+    ],
+)
+def test_tokens_issued_before_kinds_are_read_by_their_role(
+    role: str, identity: str, kind: str
+) -> None:
+    """An invitation link e-mailed before identity kinds has a bare sub: still valid, its
+    kind is what its role meant (a point's link names a point, the chair's an account)."""
+    token = jwt.encode(valid_payload(sub="chair-a", role=role), SECRET, algorithm="HS256")
+    claims = verify_token(SECRET, token)
+    assert (claims.key, claims.kind, claims.subject) == (identity, kind, "chair-a")
+    assert claims.identity == "chair-a" and claims.bare
+
+
+def test_a_point_and_an_account_of_one_name_are_two_identities() -> None:
+    point = verify_token(SECRET, make(identity="chair-a", role="point"))
+    account = verify_token(SECRET, make(identity="chair-a", role="chair"))
+    new_point = verify_token(SECRET, make(identity="chair-a", kind="point", role="point"))
+    new_account = verify_token(SECRET, make(identity="chair-a", kind="account", role="chair"))
+    assert point.key == new_point.key != account.key == new_account.key
+    # a point's token with the chair's role is still the point, not the account
+    forged = verify_token(SECRET, make(identity="chair-a", kind="point", role="chair"))
+    assert forged.key == "pt:chair-a" and forged.kind == "point"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"kind": "admin"}, "unknown identity kind 'admin'"),
+        ({"kind": "point", "identity": "pt:xa-a"}, "identity must be 1-128 characters"),
+        ({"identity": "pt:"}, "identity must not be empty"),
+        ({"identity": "x:xa-a"}, "identity must be 1-128 characters"),
+        ({"identity": "pt:pt:xa-a"}, "identity must be 1-128 characters"),
+    ],
+)
+def test_kind_validation(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make(**changes)
+
+
+@pytest.mark.parametrize(
+    "sub", ["x:xa-a", "pt:", ":xa-a", "pt:xa:a", "PT:xa-a", "pt:" + "a" * 129, "u:xã"]
+)
+def test_a_sub_with_a_bad_kind_is_refused(sub: str) -> None:
+    token = jwt.encode(valid_payload(sub=sub), SECRET, algorithm="HS256")
+    assert rejected(token, "invalid-claims").message == "token claim 'sub' is missing or invalid"
+
+
+def test_identity_keys() -> None:
+    assert identity_key("point", "xa-a") == "pt:xa-a"
+    assert identity_key("account", "chair-a") == "u:chair-a"
+    with pytest.raises(ValueError):
+        identity_key("admin", "x")
+    assert split_identity("pt:xa-a") == ("point", "xa-a")
+    assert split_identity("g:khach") == ("guest", "khach")
+    assert split_identity("t:loadtest") == ("token", "loadtest")
+    assert split_identity("xa-a") == (None, "xa-a")  # bare: a manifest of before kinds
+    assert split_identity("zz:xa-a") == (None, "zz:xa-a")
+    assert [legacy_kind(role) for role in ROLES] == ["account", "point", "account", "token"]
+    assert normal_key("xa-a", "point") == "pt:xa-a"
+    assert normal_key("u:xa-a", "point") == "u:xa-a"  # a key keeps its kind
+    assert shown_identity("pt:xa-a") == shown_identity("xa-a") == "xa-a"
+    who = Identity(identity="pt:chair-a", name="UBND", role="chair")
+    assert (who.kind, who.subject) == ("point", "chair-a")
+    bare = Identity(identity="chair-a", name="Chủ tịch", role="chair")
+    assert (bare.kind, bare.subject) == ("account", "chair-a")

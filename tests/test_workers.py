@@ -169,9 +169,9 @@ async def test_two_workers_share_the_port_and_serve_one_meeting(tmp_path: Path) 
                 point = Client(server.url, meeting, server.token(meeting, f"xa-{n}"))
                 clients.append(point)
                 await point.connect()
-                await point.wait_for(lambda p=point: "huyen" in {  # type: ignore[misc]
+                await point.wait_for(lambda p=point: "u:huyen" in {  # type: ignore[misc]
                     q["identity"] for q in p.room.get("participants", [])}, 10)  # fmt: skip
-                if "huyen" in remote_identities(point):
+                if "u:huyen" in remote_identities(point):
                     far = point
                     break
             assert far is not None, "12 points all landed on the chair's worker"
@@ -252,24 +252,25 @@ async def test_the_lobby_works_across_workers(
     try:
         # an invited point waits before the chair arrives (on either worker)
         first = client(points[0])
-        joining[points[0]] = asyncio.ensure_future(first.connect())
+        joining[f"pt:{points[0]}"] = asyncio.ensure_future(first.connect())
         await first.wait_for(lambda: first.lobby is not None, 10)
         chair = client("chu-tich", "chair")
         await chair.connect(start=False)
-        by_identity: dict[str, Client] = {points[0]: first}
+        by_identity: dict[str, Client] = {f"pt:{points[0]}": first}  # by identity key
 
         def waiting() -> list[dict[str, Any]]:
             states = [m for m in chair.messages if m.get("type") == "lobby-state"]
             return states[-1]["waiting"] if states else []
 
         async def arrive(identity: str) -> None:
-            by_identity[identity] = waiter = client(identity)
-            joining[identity] = asyncio.ensure_future(waiter.connect())
-            await chair.wait_for(lambda: identity in {w["identity"] for w in waiting()}, 10)
+            key = f"pt:{identity}"  # a point's token: a point's identity, invited or not
+            by_identity[key] = waiter = client(identity)
+            joining[key] = asyncio.ensure_future(waiter.connect())
+            await chair.wait_for(lambda: key in {w["identity"] for w in waiting()}, 10)
 
         # the chair's first list has it, wherever it waits; then guests arrive until
         # some wait on the chair's worker and some on the other: the list has them all
-        await chair.wait_for(lambda: points[0] in {w["identity"] for w in waiting()}, 10)
+        await chair.wait_for(lambda: f"pt:{points[0]}" in {w["identity"] for w in waiting()}, 10)
         for n in range(16):
             await arrive(f"khach-{n}")
             guests = [w for w in waiting() if w["guest"]]
@@ -293,15 +294,15 @@ async def test_the_lobby_works_across_workers(
         for identity in admitted:
             await chair.send({"type": "admit", "identity": identity})
         await chair.send({"type": "meeting-start"})
-        for identity in [points[0], *admitted]:
+        for identity in [f"pt:{points[0]}", *admitted]:
             joined = await asyncio.wait_for(joining[identity], 15)
             assert joined["type"] == "joined"
             entered = by_identity[identity]
             await entered.wait_for(
-                lambda e=entered: "chu-tich" in {  # type: ignore[misc]
+                lambda e=entered: "u:chu-tich" in {  # type: ignore[misc]
                     p["identity"] for p in e.room.get("participants", [])}, 10)  # fmt: skip
         still = {w["identity"] for w in waiting()}
-        others = set(joining) - {far[0], points[0], *admitted}
+        others = set(joining) - {far[0], f"pt:{points[0]}", *admitted}
         await chair.wait_for(lambda: {w["identity"] for w in waiting()} == others, 10)
         assert still >= others
         # the chair ends the meeting: the guests still waiting, on both workers, are told

@@ -11,7 +11,12 @@ message, HTTP status), unless:
 * the identity belongs there: role ``point`` -> an invited point (its code);
   role ``chair`` -> the meeting's chair or a chair, secretary or admin whose unit covers
   the meeting's unit (``not-invited``); role ``viewer`` -> either; role ``recorder`` is the
-  server's own recorder.
+  server's own recorder.  A point is looked up only for a point's identity (``pt:CODE``)
+  and an account only for an account's (``u:USERNAME``): a point whose code is a
+  username never passes as that account, nor the reverse; guests' and hand-made
+  tokens' identities (``g:``, ``t:``) are never invited (conference/core/identity.py).
+  A token made before identity kinds (a bare ``sub``) is read by its role, as then:
+  ``point`` -> a point, ``chair`` -> an account, ``viewer`` -> either.
 
 The server uses it through `conference.domain.lifecycle.MeetingLifecycle`, which turns
 ``not-invited`` into a guest waiting in the lobby and unknown meetings into ad-hoc rooms.
@@ -31,7 +36,7 @@ from conference.domain.organisation import subtree_ids
 from conference.settings import Settings
 from conference.tokens import Claims
 
-__all__ = ["CHAIR_SIDE_ROLES", "check_admission"]
+__all__ = ["CHAIR_SIDE_ROLES", "chair_side", "check_admission"]
 
 #: Account roles that count as "the chair's side" of a meeting of their unit.
 CHAIR_SIDE_ROLES = ("chair", "secretary", "admin")
@@ -61,6 +66,11 @@ def _chair_side(session: Session, meeting: Meeting, username: str) -> bool:
     return meeting.unit_id in subtree_ids(session, user.unit_id)
 
 
+def chair_side(session: Session, meeting: Meeting, claims: Claims) -> bool:
+    """Whether ``claims`` is an account of the meeting's chair side (its role aside)."""
+    return claims.kind == "account" and _chair_side(session, meeting, claims.subject)
+
+
 def check_admission(session: Session, claims: Claims, settings: Settings, now: datetime) -> None:
     """Raise `AccessError` unless `claims` may enter its meeting at `now`."""
     try:
@@ -79,11 +89,13 @@ def check_admission(session: Session, claims: Claims, settings: Settings, now: d
         raise AccessError("too-early", "the meeting room opens 30 minutes before the start", 403)
     if now > closes and meeting.status != "live":
         raise AccessError("too-late", "the meeting is over", 403)
-    role, who = claims.role, claims.identity
+    role = claims.role
     if role == "recorder":
         return
-    allowed = (role in ("point", "viewer") and _invited_point(session, meeting, who)) or (
-        role in ("chair", "viewer") and _chair_side(session, meeting, who)
-    )
+    # a viewer's token of before kinds named a point or an account: either, as then
+    point = claims.kind == "point" or (claims.bare and role == "viewer")
+    allowed = (
+        role in ("point", "viewer") and point and _invited_point(session, meeting, claims.subject)
+    ) or (role in ("chair", "viewer") and chair_side(session, meeting, claims))
     if not allowed:
         raise AccessError("not-invited", "this participant is not invited to the meeting", 403)

@@ -1,9 +1,11 @@
 """Attendance: who joined and left a meeting's room, when, and from which point.
 
 The media plane reports joins and leaves (`record_event`); the minutes and the meeting page
-read them back (`list_events`, `presence`).  The identity is the token's ``sub``: a point
-code for a point (then `point_id` is that point), a username for the chair's side (then
-`user_id`), anything else for a guest or the recorder.
+read them back (`list_events`, `presence`).  The identity is the participant's key
+(conference/core/identity.py): ``pt:CODE`` for a point (then `point_id` is that point),
+``u:USERNAME`` for an account (then `user_id`), ``g:``/``t:`` for a guest or a hand-made
+token.  Events stored before identity kinds hold a bare identity: `event_key` gives it the
+kind its point, account or role implies, so old and new events of one point add up.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conference.core.identity import identity_key, legacy_kind, split_identity
 from conference.domain import meetings as svc
 from conference.domain.errors import SchedulingError
 from conference.domain.models import ATTENDANCE_KINDS, AttendanceEvent, Point, User, utcnow
 
-__all__ = ["Presence", "list_events", "presence", "record_event"]
+__all__ = ["Presence", "event_key", "list_events", "presence", "record_event"]
 
 
 def record_event(
@@ -44,13 +47,14 @@ def record_event(
             "bad-attendance", "an attendance event needs an identity and a participant id"
         )
     meeting = svc.get_meeting(session, meeting_id)
-    point = (
-        session.scalar(select(Point).where(Point.code == identity))
-        if role in ("point", "viewer", "")
-        else None
-    )
+    whose, subject = split_identity(identity)
+    point = None
+    if whose == "point" or (whose is None and role in ("point", "viewer", "")):
+        point = session.scalar(select(Point).where(Point.code == subject))
+    if whose is None:  # a bare identity (before kinds): a point, else an account
+        whose = "point" if point is not None else "account"
     user = (
-        None if point is not None else session.scalar(select(User).where(User.username == identity))
+        session.scalar(select(User).where(User.username == subject)) if whose == "account" else None
     )
     event = AttendanceEvent(
         meeting_id=meeting.id,
@@ -82,7 +86,8 @@ def list_events(session: Session, meeting_id: int | str) -> list[AttendanceEvent
 
 @dataclass(frozen=True)
 class Presence:
-    """One identity's attendance: first join, last leave, time connected (summed)."""
+    """One identity's attendance: first join, last leave, time connected (summed).
+    ``identity`` is what people see (a point's code, a username: no kind prefix)."""
 
     identity: str
     name: str
@@ -91,6 +96,21 @@ class Presence:
     first_join: datetime | None
     last_leave: datetime | None
     connected: timedelta
+    #: point, account, guest or token (conference/core/identity.py)
+    kind: str = "point"
+
+
+def event_key(event: AttendanceEvent) -> str:
+    """The participant key of an event (a bare identity of before kinds gets the kind of
+    its point, its account, else its role)."""
+    kind, subject = split_identity(event.identity)
+    if kind is not None:
+        return event.identity
+    if event.point_id is not None:
+        return identity_key("point", subject)
+    if event.user_id is not None:
+        return identity_key("account", subject)
+    return identity_key(legacy_kind(event.role), subject)
 
 
 def presence(
@@ -111,7 +131,7 @@ def presence(
     names: dict[str, str] = {}
     order: list[str] = []
     for event in events:
-        who = event.identity
+        who = event_key(event)
         if who not in names:
             order.append(who)
         names[who] = event.name or names.get(who, "")
@@ -137,36 +157,42 @@ def presence(
             joined = open_since.pop(event.participant_id, None)
             if joined is not None:
                 totals[who] = totals.get(who, timedelta()) + (event.at - joined)
-    by_participant = {e.participant_id: e.identity for e in events}
     for participant, joined in open_since.items():
-        who = by_participant[participant]
+        who = session_of[participant]
         totals[who] = totals.get(who, timedelta()) + max(timedelta(), end - joined)
-    invited = {inv.point.code: inv.point.name for inv in meeting.invitations if inv.active}
+    invited = {
+        identity_key("point", inv.point.code): inv.point
+        for inv in meeting.invitations
+        if inv.active
+    }
     result = [
         Presence(
-            code,
-            names.get(code) or name,
-            code,
+            point.code,
+            names.get(key) or point.name,
+            point.code,
             True,
-            first.get(code),
-            last.get(code),
-            totals.get(code, timedelta()),
+            first.get(key),
+            last.get(key),
+            totals.get(key, timedelta()),
         )
-        for code, name in invited.items()
+        for key, point in invited.items()
     ]
-    result += [
-        Presence(
-            who,
-            names[who],
-            None,
-            False,
-            first.get(who),
-            last.get(who),
-            totals.get(who, timedelta()),
+    for who in order:
+        if who in invited:
+            continue
+        whose, subject = split_identity(who)
+        result.append(
+            Presence(
+                subject,
+                names[who],
+                None,
+                False,
+                first.get(who),
+                last.get(who),
+                totals.get(who, timedelta()),
+                whose or "token",
+            )
         )
-        for who in order
-        if who not in invited
-    ]
     return result
 
 

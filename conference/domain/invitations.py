@@ -92,6 +92,7 @@ def join_token(settings: Settings, meeting: Meeting, point: Point) -> str:
         load_secret(settings),
         meeting=str(meeting.id),
         identity=point.code,
+        kind="point",
         name=point.name,
         role="point",
         now=not_before,

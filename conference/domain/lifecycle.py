@@ -35,7 +35,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conference.core.errors import AccessError
-from conference.domain.admission import _chair_side, check_admission
+from conference.domain.admission import chair_side as account_of_chair_side
+from conference.domain.admission import check_admission
 from conference.domain.attendance import record_event
 from conference.domain.db import Database, DatabaseError
 from conference.domain.errors import SchedulingError
@@ -107,8 +108,8 @@ def evaluate(
         if exc.code != "not-invited" or claims.role not in ("point", "viewer"):
             raise
         guest = True
-    chair_side = claims.role in ("chair", "viewer") and _chair_side(
-        session, meeting, claims.identity
+    chair_side = claims.role in ("chair", "viewer") and account_of_chair_side(
+        session, meeting, claims
     )
     if claims.role == "recorder":
         chair_side = True  # the server's own recorder, started by the chair

@@ -55,6 +55,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from conference.core.errors import Forbidden, Refused
+from conference.core.identity import identity_key, shown_identity, split_identity
 from conference.domain import attendance
 from conference.domain import meetings as svc
 from conference.domain.db import Database
@@ -257,14 +258,28 @@ def _turns(manifests: list[tuple[str, dict[str, Any]]]) -> list[_Turn]:
     return turns
 
 
+def _of_kind(identities: list[str], kind: str) -> dict[str, list[str]]:
+    """subject -> the identities among ``identities`` that may be a ``kind``'s: its keys,
+    and bare ones (manifests recorded before identity kinds)."""
+    found: dict[str, list[str]] = {}
+    for identity in identities:
+        whose, subject = split_identity(identity)
+        if whose in (None, kind):
+            found.setdefault(subject, []).append(identity)
+    return found
+
+
 def _names(session: Session, manifests: list[dict[str, Any]]) -> dict[str, str]:
+    """identity (as the manifests have it) -> name: a point's own name for a point."""
     names: dict[str, str] = {}
     for manifest in manifests:
         for item in [*(manifest.get("events") or []), *(manifest.get("tracks") or [])]:
             if isinstance(item, dict) and item.get("identity") and item.get("name"):
                 names.setdefault(str(item["identity"]), str(item["name"]))
-    for point in session.scalars(select(Point).where(Point.code.in_(list(names) or [""]))):
-        names[point.code] = point.name
+    points = _of_kind(list(names), "point")
+    for point in session.scalars(select(Point).where(Point.code.in_(list(points) or [""]))):
+        for identity in points[point.code]:
+            names[identity] = point.name
     return names
 
 
@@ -302,12 +317,13 @@ def _hm(value: datetime | None, seconds: bool = False) -> str:
 
 
 def _matches(presenter: str, username: str | None, identity: str, name: str) -> bool:
-    if username is not None:
-        return identity == username
+    whose, subject = split_identity(identity)
+    if username is not None:  # an account: never a point or a guest of that name
+        return whose in (None, "account") and subject == username
     wanted = presenter.strip().casefold()
     if not wanted:
         return False
-    return wanted in (identity.casefold(), name.strip().casefold()) or (
+    return wanted in (subject.casefold(), name.strip().casefold()) or (
         len(wanted) >= 4 and wanted in name.casefold()
     )
 
@@ -322,9 +338,11 @@ def build_content(
     answers = {inv.point.code: inv.answer for inv in meeting.invitations if inv.active}
     rows: list[dict[str, Any]] = []
     absent: list[dict[str, Any]] = []
+    known: dict[str, str] = {}  # identity key -> name, from the attendance
     for who in attendance.presence(session, meeting.id):
-        if who.identity == "recorder":
+        if who.identity == "recorder" and who.kind == "token":
             continue
+        known.setdefault(identity_key(who.kind, who.identity), who.name or who.identity)
         row: dict[str, Any] = {
             "code": who.identity,
             "name": who.name or who.identity,
@@ -341,7 +359,8 @@ def build_content(
             absent.append(row)
         else:
             if not who.invited:
-                row["note"] = "Chủ trì" if who.identity == meeting.chair.username else ""
+                chair = who.kind == "account" and who.identity == meeting.chair.username
+                row["note"] = "Chủ trì" if chair else ""
             rows.append(row)
     manifests: list[tuple[str, dict[str, Any]]] = []
     if recordings_root is not None:
@@ -351,19 +370,21 @@ def build_content(
         ]
     turns = _turns(manifests)
     names = _names(session, [m for _, m in manifests])
-    for row in rows:
+    for key, name in known.items():
+        names.setdefault(key, name)
+    for row in rows:  # manifests recorded before identity kinds name people bare
         names.setdefault(row["code"], row["name"])
+    accounts = _of_kind([t.identity for t in turns], "account")
     user_names = {
-        u.username: u.display_name
-        for u in session.scalars(
-            select(User).where(User.username.in_([t.identity for t in turns] or [""]))
-        )
+        identity: u.display_name
+        for u in session.scalars(select(User).where(User.username.in_(list(accounts) or [""])))
+        for identity in accounts[u.username]
     }
     names = {**user_names, **names}
     speaking = [
         {
             "identity": t.identity,
-            "name": names.get(t.identity, t.identity),
+            "name": names.get(t.identity, shown_identity(t.identity)),
             "start": _hm(t.start, seconds=True),
             "seconds": round((t.end - t.start).total_seconds()),
             "link": recording_link(meeting.id, t.relative, t.offset),

@@ -36,7 +36,7 @@ async def authenticate(app: web.Application, token: str | None, meeting_id: str)
     await app[MEETING_POLICY].admit(claims)
     grants = claims.grants
     return Identity(
-        identity=claims.identity,
+        identity=claims.key,  # pt:CODE, u:USERNAME... (conference/core/identity.py)
         name=claims.name,
         role=claims.role,
         publish=grants.publish,

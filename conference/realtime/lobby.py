@@ -18,6 +18,9 @@ the database) never see any of this.
   also in a live meeting, until a moderator sends ``admit`` (the identity is added to the
   room's in-memory allow list; it enters at once if the meeting is live, at the start
   otherwise) or ``refuse``.  Moderators get ``lobby-state`` (who waits) on every change.
+  Identities are keys (``pt:CODE``, ``u:USERNAME``, ``g:``, ``t:``: conference/core/identity.py):
+  one waiting place per key, so a point never takes an account's place; an ``admit`` with
+  a bare identity (as clients sent it before kinds) names the one key of it waiting.
 * **End.**  When the chair ends the room for everyone (``end-meeting``, `Briefing.end`), the
   meeting is marked ended in the database; waiting participants are told and new joins
   are refused.
@@ -61,7 +64,7 @@ from aiohttp import WSMsgType, web
 
 from ..appkeys import MEETING_POLICY, SETTINGS
 from ..core import jsontext
-from ..core.identity import Identity
+from ..core.identity import Identity, shown_identity, split_identity
 from ..domain.db import Database
 from ..domain.errors import SchedulingError
 from ..domain.lifecycle import MeetingLifecycle, Verdict
@@ -435,6 +438,18 @@ class Lobby:
         if not waiter.decision.done():
             waiter.decision.set_result(decision)
 
+    def waiting_identity(self, meeting: str, identity: str) -> str:
+        """``identity`` as a key: a bare one (``xa-a``, as clients sent it before identity
+        kinds) names the one kind of that subject waiting here or elsewhere, if one."""
+        if split_identity(identity)[0] is not None:
+            return identity
+        lobby = self.of(meeting)
+        keys = {w.identity for w in lobby.waiting.values()} | {
+            str(w.get("identity")) for node in lobby.remote.values() for w in node
+        }
+        found = [key for key in keys if key != identity and shown_identity(key) == identity]
+        return found[0] if len(found) == 1 else identity
+
     def admit(self, meeting: str, identity: str, admitted: bool, share: bool = True) -> bool:
         """A moderator admits (or refuses) a waiting identity; False if nobody waits so
         (here or, in a cluster, on another node: that node lets it in or out)."""
@@ -609,7 +624,7 @@ async def direct(app: web.Application, token: str | None, meeting: str) -> None:
     started = lobby.started or verdict.status == "live"
     if not started:
         raise AccessError("not-started", "the chair has not started the meeting yet", 403)
-    if claims.identity not in lobby.allowed:
+    if claims.key not in lobby.allowed:
         raise AccessError("not-admitted", "the chair has not admitted this participant", 403)
 
 
@@ -707,8 +722,9 @@ async def handle_message(participant: Participant, message: dict[str, Any]) -> N
             raise RoomError(exc.code, str(exc)) from None
         return
     identity = message.get("identity")
-    if not isinstance(identity, str) or not identity or len(identity) > 128:
+    if not isinstance(identity, str) or not identity or len(identity) > 131:  # "pt:" + 128
         raise RoomError("bad-message", f"{kind} needs the 'identity' of a waiting participant")
+    identity = lobby.waiting_identity(meeting, identity)
     if not lobby.admit(meeting, identity, kind == "admit"):
         raise RoomError("not-waiting", "nobody with this identity waits in the lobby")
     await lobby.tell_moderators(meeting)

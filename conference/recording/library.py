@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from conference.core.identity import shown_identity
 from conference.domain.meetings import ZONE
 from conference.domain.models import Meeting, Unit
 from conference.domain.organisation import subtree_ids
@@ -445,7 +446,7 @@ def timeline(recording: Recording) -> list[dict[str, Any]]:
         segments.append(
             {
                 "identity": str(identity),
-                "name": names.get(str(identity), str(identity)),
+                "name": names.get(str(identity), shown_identity(str(identity))),
                 "offset": round(max(0.0, start), 3),
                 "clock": _clock(start),
                 "local": _local(entry.get("at")),
@@ -465,7 +466,7 @@ def attendance(recording: Recording) -> list[dict[str, Any]]:
         found.append(
             {
                 "type": str(event["type"]),
-                "name": str(event.get("name") or identity),
+                "name": str(event.get("name") or shown_identity(identity)),
                 "identity": identity,
                 "local": _local(event.get("at")),
                 "offset": round(max(0.0, recording.offset(event.get("at")) or 0.0), 3),

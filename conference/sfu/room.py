@@ -193,11 +193,17 @@ class Room:
         self.events.changed()
 
     def get(self, participant_id: str) -> Participant | None:
+        """A participant by its id, else by its identity (``pt:xa-a``), else by a bare
+        identity (``xa-a``, as WHEP URLs had it before identity kinds) naming one kind."""
         participant = self.participants.get(participant_id)
         if participant is None:
             participant = next(
                 (p for p in self.participants.values() if p.who.identity == participant_id), None
             )
+        if participant is None and ":" not in participant_id:
+            found = [p for p in self.participants.values() if p.who.subject == participant_id]
+            if len({p.who.kind for p in found}) == 1:
+                participant = found[0]
         return participant
 
     def publications(self) -> list[Publication]:

@@ -28,7 +28,7 @@ A bad, expired or revoked link gets an HTML error page (401/403), in Vietnamese 
 default.
 
 The session also carries ``profile``, the link profile the page starts with: for a point
-of a scheduled meeting (the token's identity is the point's code), its configured
+of a scheduled meeting (a point's identity, ``pt:CODE``), its configured
 bandwidth (``points.bandwidth_profile``: ``low`` -> ``low``, ``standard`` and ``high`` ->
 ``high``); ``high`` otherwise (ad-hoc rooms, chairs, unknown codes, no database).
 
@@ -210,13 +210,13 @@ async def meeting_session(request: web.Request) -> web.Response:
 
 async def page_profile(app: web.Application, meeting_id: str, who: Identity) -> str:
     """The link profile the room page starts with (see the module docstring)."""
-    if who.role not in ("point", "viewer") or scheduled_id(meeting_id) is None:
+    if who.kind != "point" or who.role not in ("point", "viewer") or not scheduled_id(meeting_id):
         return DEFAULT_PROFILE
     if DATABASE not in app:
         return DEFAULT_PROFILE
 
     def load(session: Session) -> str | None:
-        return session.scalar(select(Point.bandwidth_profile).where(Point.code == who.identity))
+        return session.scalar(select(Point.bandwidth_profile).where(Point.code == who.subject))
 
     try:
         bandwidth = await app[DATABASE].run(load)

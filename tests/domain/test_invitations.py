@@ -138,7 +138,7 @@ async def test_invitations_sent_and_parsed(database: db.Database, mailbox: Mailb
     match = LINK.search(body)
     assert match is not None and match[1] == str(meeting_id)
     claims = verify_token(SECRET, match[2], meeting=str(meeting_id))
-    assert (claims.identity, claims.role, claims.name) == ("ubnd-xa-02", "point", "UBND xã số 2")
+    assert (claims.identity, claims.role, claims.name) == ("pt:ubnd-xa-02", "point", "UBND xã số 2")
     assert claims.not_before == start - timedelta(minutes=30)
     assert claims.expires_at == start + timedelta(hours=2 + 3)
     assert claims.grants.publish and not claims.grants.moderate

@@ -112,7 +112,7 @@ async def test_weekly_briefing_end_to_end(
             async with http.get(f"{server.url}/m/{meeting_id}/session") as response:
                 assert response.status == 200
                 session_info = await response.json()
-                assert session_info["identity"] == "ubnd-xa-07"
+                assert session_info["identity"] == "pt:ubnd-xa-07"  # a point's identity
                 assert session_info["role"] == "point"
                 assert session_info["meeting"] == str(meeting_id)
 

@@ -173,16 +173,16 @@ async def test_record_two_vp8_publishers(server: ServerProcess) -> None:
     types = [e["type"] for e in manifest["events"]]
     assert types[0] == "recording-start" and types[-1] == "recording-stop"
     assert {e.get("identity") for e in manifest["events"] if e["type"] == "present"} == {
-        "chair",
-        "xa1",
+        "u:chair",  # identity keys: the chair's token names an account, the point's a point
+        "pt:xa1",
     }
     assert manifest["speakers"], "the active-speaker timeline is empty"
-    assert {s["identity"] for s in manifest["speakers"]} <= {"chair", "xa1", None}
+    assert {s["identity"] for s in manifest["speakers"]} <= {"u:chair", "pt:xa1", None}
 
-    for identity, tone in (("chair", 440.0), ("xa1", 660.0)):
-        video_track = _track(manifest, identity, "video")
-        audio_track = _track(manifest, identity, "audio")
-        assert video_track["file"].endswith(f"-{identity}-camera-1.webm")
+    for identity, key, tone in (("chair", "u:chair", 440.0), ("xa1", "pt:xa1", 660.0)):
+        video_track = _track(manifest, key, "video")
+        audio_track = _track(manifest, key, "audio")
+        assert video_track["file"].endswith(f"-{key.replace(':', '-')}-camera-1.webm")
         assert video_track["codec"] == "vp8" and audio_track["codec"] == "opus"
         assert video_track["clock"] == "rtcp-sr" and audio_track["clock"] == "rtcp-sr"
         assert video_track["sizes"] == [[320, 240, 0.0]]
@@ -216,11 +216,11 @@ async def test_record_h264(server: ServerProcess) -> None:
     finally:
         await chair.leave()
     [(path, manifest)] = manifests(server.data_dir.parent / "recordings")
-    video_track = _track(manifest, "chair", "video")
+    video_track = _track(manifest, "u:chair", "video")
     assert video_track["codec"] == "h264"
     assert video_track["file"].endswith(".mkv")
     _check_video(path.parent, video_track)
-    audio = decode_audio(path.parent / _track(manifest, "chair", "audio")["file"])
+    audio = decode_audio(path.parent / _track(manifest, "u:chair", "audio")["file"])
     assert abs(frequency(audio) - 520.0) < 5
 
 
@@ -263,7 +263,7 @@ async def test_loss_never_writes_a_corrupt_frame(server: ServerProcess) -> None:
         await chair.leave()
     assert len(dropped) >= 3
     [(path, manifest)] = manifests(server.data_dir.parent / "recordings")
-    track = _track(manifest, "chair", "video")
+    track = _track(manifest, "u:chair", "video")
     assert track["losses"] >= 1, track
     result = decode_video(path.parent / track["file"])
     assert not result.errors, result.errors
@@ -301,7 +301,7 @@ async def test_record_start_needs_the_moderate_grant(server: ServerProcess) -> N
     assert manifest["state"] == "complete"
     assert manifest["stop_reason"] == "room-closed"
     leaves = [e for e in manifest["events"] if e["type"] in ("join", "leave")]
-    assert [(e["type"], e["identity"]) for e in leaves] == [("leave", "c"), ("leave", "xa1")]
+    assert [(e["type"], e["identity"]) for e in leaves] == [("leave", "u:c"), ("leave", "pt:xa1")]
 
 
 async def test_path_tricks_stay_inside_the_recordings_dir(server: ServerProcess) -> None:
@@ -362,7 +362,7 @@ def test_kill_9_leaves_playable_files_and_an_interrupted_manifest(tmp_path: Path
     root = tmp_path / "recordings"
     [(path, manifest)] = manifests(root)
     assert manifest["state"] == "recording"  # as the crash left it: valid JSON
-    track = _track(manifest, "chair", "video")
+    track = _track(manifest, "u:chair", "video")
     result = decode_video(path.parent / track["file"])
     numbers = [n for n in result.numbers]
     assert numbers and all(n is not None for n in numbers), numbers
@@ -370,7 +370,7 @@ def test_kill_9_leaves_playable_files_and_an_interrupted_manifest(tmp_path: Path
     # playable up to within a few seconds of the kill
     assert numbers[-1] >= killed_at_frame - 3 * FPS, (numbers[-1], killed_at_frame)
     assert len(numbers) >= 3 * FPS
-    audio = decode_audio(path.parent / _track(manifest, "chair", "audio")["file"])
+    audio = decode_audio(path.parent / _track(manifest, "u:chair", "audio")["file"])
     assert audio.frames * 0.02 >= 4.0
     assert abs(frequency(audio) - 440.0) < 5
 
@@ -424,10 +424,10 @@ async def test_tracks_that_come_and_go_get_their_own_files(server: ServerProcess
     await asyncio.sleep(0.5)
 
     [(path, manifest)] = manifests(server.data_dir.parent / "recordings")
-    cameras = [t for t in manifest["tracks"] if t["identity"] == "xa1"]
+    cameras = [t for t in manifest["tracks"] if t["identity"] == "pt:xa1"]
     assert [t["file"].split("-", 1)[1] for t in cameras] == [
-        "xa1-camera-1.webm",
-        "xa1-camera-2.webm",
+        "pt-xa1-camera-1.webm",
+        "pt-xa1-camera-2.webm",
     ]
     assert all(t["state"] == "ended" for t in cameras)
     one = decode_video(path.parent / cameras[0]["file"]).numbers
@@ -436,5 +436,5 @@ async def test_tracks_that_come_and_go_get_their_own_files(server: ServerProcess
     assert one[-1] < 5000 <= two[0]  # type: ignore[operator]
     assert len(one) >= 2 * FPS and len(two) >= 2 * FPS
     events = [(e["type"], e.get("identity")) for e in manifest["events"]]
-    assert ("join", "xa1") in events and ("leave", "xa1") in events
-    assert events.index(("join", "xa1")) < events.index(("leave", "xa1"))
+    assert ("join", "pt:xa1") in events and ("leave", "pt:xa1") in events
+    assert events.index(("join", "pt:xa1")) < events.index(("leave", "pt:xa1"))

@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ...core.identity import identity_key, normal_key
 from ...tokens import create_token
 
 __all__ = [
@@ -116,7 +117,7 @@ class Seat:
     """One simulated participant: the chair (index 0), a point, or a WHEP viewer."""
 
     index: int
-    identity: str
+    identity: str  # the participant's key, as the room shows it ("t:loadtest-xa-001")
     name: str
     role: str  # "chair", "point" or "viewer"
     token: str
@@ -132,13 +133,14 @@ def make_seats(config: Config, secret: str) -> list[Seat]:
     seats = [
         Seat(
             0,
-            "loadtest-huyen",
+            identity_key("token", "loadtest-huyen"),
             "UBND huyện (load test)",
             "chair",
             create_token(
                 secret,
                 meeting=config.meeting,
                 identity="loadtest-huyen",
+                kind="token",  # made by hand: never a point's or an account's identity
                 name="UBND huyện (load test)",
                 role="chair",
                 ttl=TOKEN_TTL,
@@ -146,29 +148,32 @@ def make_seats(config: Config, secret: str) -> list[Seat]:
         )
     ]
     for index in range(1, config.points + 1):
-        identity = f"loadtest-xa-{index:03d}"
+        subject = f"loadtest-xa-{index:03d}"
         name = f"UBND xã {index:03d} (load test)"
         token = create_token(
             secret,
             meeting=config.meeting,
-            identity=identity,
+            identity=subject,
+            kind="token",
             name=name,
             role=point_role,
             ttl=TOKEN_TTL,
         )
-        seats.append(Seat(index, identity, name, point_role, token))
+        seats.append(Seat(index, identity_key("token", subject), name, point_role, token))
     return seats
 
 
 def token_identity(token: str) -> tuple[str, str, str]:
-    """(identity, name, role) from a token's payload, *without* verifying it.
+    """(identity, name, role) from a token's payload, *without* verifying it; the identity
+    is the key the room shows (a bare ``sub`` gets the kind of its role, as the server reads it).
 
     The server verifies tokens; the load tester only needs to know who is who.
     """
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return str(claims["sub"]), str(claims.get("name", claims["sub"])), str(claims["role"])
+        sub, role = str(claims["sub"]), str(claims["role"])
+        return normal_key(sub, role), str(claims.get("name", sub)), role
     except (IndexError, KeyError, ValueError) as exc:
         raise ValueError("not a conference access token (JWT)") from exc
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session
 
 from conference.appkeys import SETTINGS
+from conference.core.identity import shown_identity
 from conference.domain import attendance, invitations
 from conference.domain import meetings as svc
 from conference.domain.meeting_services import (
@@ -556,7 +557,7 @@ async def meeting_attendance(call: ApiCall) -> Any:
                 {
                     "at": _iso(e.at),
                     "kind": e.kind,
-                    "identity": e.identity,
+                    "identity": shown_identity(e.identity),
                     "name": e.name,
                     "role": e.role,
                     "point": e.point.code if e.point else None,

@@ -43,6 +43,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from conference.appkeys import SETTINGS
+from conference.core.identity import shown_identity
 from conference.domain import attendance, invitations
 from conference.domain import meetings as svc
 from conference.domain.admission import CHAIR_SIDE_ROLES
@@ -108,9 +109,10 @@ def join_open(meeting: Meeting, settings: Settings, now: datetime | None = None)
 
 def chair_join_link(settings: Settings, meeting: Meeting, user: CurrentUser) -> str:
     """A link to the room for the chair's side, valid during the meeting's join window,
-    identity the username: role ``chair`` (publish + moderate) for the meeting's chair and
-    admins; role ``viewer`` (watch and listen, never waits in the lobby) for the other
-    users of the chair's side, e.g. the secretary taking the minutes."""
+    identity the account's username (``u:USERNAME``): role ``chair`` (publish + moderate)
+    for the meeting's chair and admins; role ``viewer`` (watch and listen, never waits in
+    the lobby) for the other users of the chair's side, e.g. the secretary taking the
+    minutes."""
     moderates = user.role == "admin" or user.username == meeting.chair.username
     not_before, expires = invitations.join_window(meeting, settings)
     now = datetime.now(UTC)
@@ -120,6 +122,7 @@ def chair_join_link(settings: Settings, meeting: Meeting, user: CurrentUser) -> 
         load_secret(settings),
         meeting=str(meeting.id),
         identity=user.username,
+        kind="account",
         name=user.display_name or user.username,
         role="chair" if moderates else "viewer",
         now=not_before,
@@ -448,7 +451,13 @@ def _page_data(
             )
         if user.role != "operator":
             events = [
-                Event(e.at, e.kind, e.identity, e.name, e.point.code if e.point else None)
+                Event(
+                    e.at,
+                    e.kind,
+                    shown_identity(e.identity),
+                    e.name,
+                    e.point.code if e.point else None,
+                )
                 for e in attendance.list_events(session, meeting.id)
             ]
     return MeetingPage(view, warnings, attendees, events, join_open(meeting, settings))
