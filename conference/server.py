@@ -58,6 +58,7 @@ from .core.errors import AccessError
 from .domain.db import DatabaseUnavailable
 from .domain.lifecycle import MeetingLifecycle
 from .domain.reminders import background as reminder_task
+from .ops import serve_metrics_port, setup_ops
 from .realtime.briefing import Briefing, Briefings
 from .realtime.lobby import LOBBY, setup_lobby
 from .realtime.signaling import websocket_handler
@@ -253,6 +254,7 @@ def create_app(settings: Settings, primary: bool = True) -> web.Application:
     app.router.add_delete("/whep/{meeting_id}/{participant_id}", session_delete)
     app.router.add_patch("/whep/{meeting_id}/{participant_id}", session_patch)
     app.on_shutdown.append(_shutdown)
+    setup_ops(app)  # /metrics, webhooks (conference/ops)
     if primary:  # invitation reminders (when SMTP is configured)
         app.cleanup_ctx.append(reminder_task)
     if settings.redis_url:
@@ -451,6 +453,7 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
         reuse_port=role is not None,
     )
     await site.start()
+    metrics_site = await serve_metrics_port(app, settings.host)  # metrics_port, if set
     port = settings.port
     server = getattr(site, "_server", None)
     if server is not None and server.sockets:
@@ -476,6 +479,8 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
     print("conference: stopping", flush=True)
     if reloading is not None:
         reloading.cancel()
+    if metrics_site is not None:
+        await metrics_site.cleanup()
     await runner.cleanup()
 
 

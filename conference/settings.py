@@ -94,6 +94,12 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_RELAY_PORT": "relay_port",
     "CONFERENCE_WORKERS": "workers",
     "CONFERENCE_CLUSTER_NAME": "cluster_name",
+    "CONFERENCE_METRICS_TOKEN": "metrics_token",
+    "CONFERENCE_METRICS_ALLOW": "metrics_allow",
+    "CONFERENCE_METRICS_PORT": "metrics_port",
+    "CONFERENCE_WEBHOOK_URLS": "webhook_urls",
+    "CONFERENCE_WEBHOOK_SECRET": "webhook_secret",
+    "CONFERENCE_WEBHOOK_RETRIES": "webhook_retries",
 }
 
 
@@ -204,6 +210,21 @@ class Settings:
     #: Nodes (processes) `conference serve` runs on this machine, sharing the HTTPS port
     #: (conference/workers.py); more than one needs ``redis_url``.  "auto": one per core.
     workers: int = 1
+    #: ``/metrics`` (Prometheus) answers a request with ``Authorization: Bearer`` this
+    #: token, or from an address of ``metrics_allow``; None = the addresses only.
+    metrics_token: str | None = field(default=None, repr=False)
+    #: Addresses or networks ``/metrics`` answers without the token ("none": no address).
+    metrics_allow: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
+    #: A port of its own (plain HTTP) for ``/metrics``; worker N of ``workers`` listens on
+    #: this port + N - 1, so that Prometheus scrapes each one; None = the HTTPS port only.
+    metrics_port: int | None = None
+    #: URLs (http:// or https://) that get every webhook event (conference/ops/webhooks.py);
+    #: kept out of logs (a receiver's URL may carry its own token).
+    webhook_urls: list[str] = field(default_factory=list, repr=False)
+    #: Key of the HMAC-SHA256 signature of every webhook delivery (needed with webhook_urls).
+    webhook_secret: str | None = field(default=None, repr=False)
+    #: Pauses before each new try of a delivery that failed; after the last, it is dropped.
+    webhook_retries: list[str] = field(default_factory=lambda: ["1s", "5s", "30s", "2m", "10m"])
 
 
 # --- value converters: (value, label, base directory for relative paths) -> value ----------
@@ -453,6 +474,42 @@ def _to_workers(value: object, label: str, base: Path | None = None) -> int:
         raise SettingsError(f"{label}: expected a number of workers (1-256) or auto") from None
 
 
+MIN_OPS_SECRET_BYTES = 16
+
+
+def _to_ops_secret(value: object, label: str, base: Path | None = None) -> str:
+    if not isinstance(value, str):
+        raise SettingsError(f"{label}: expected a string")
+    value = value.strip()
+    if len(value.encode()) < MIN_OPS_SECRET_BYTES or any(c.isspace() for c in value):
+        raise SettingsError(
+            f"{label}: must be at least {MIN_OPS_SECRET_BYTES} bytes long, without spaces"
+        )
+    return value
+
+
+def _to_webhook_urls(value: object, label: str, base: Path | None = None) -> list[str]:
+    if isinstance(value, str):
+        items: list[object] = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise SettingsError(f"{label}: expected a list of http:// or https:// URLs")
+    for item in items:
+        if not isinstance(item, str) or not re.fullmatch(r"https?://[^\s/?#,]+[^\s#,]*", item):
+            raise SettingsError(f"{label}: {item!r} is not an http:// or https:// URL")
+    return [str(item) for item in items]
+
+
+def _to_retries(value: object, label: str, base: Path | None = None) -> list[str]:
+    if isinstance(value, str) and value.strip().lower() in ("none", "off"):
+        return []
+    try:
+        return _to_reminders(value, label, base)
+    except SettingsError:
+        raise SettingsError(f"{label}: expected a list of pauses such as 1s, 30s, 2m") from None
+
+
 _CONVERTERS: dict[str, _Converter] = {
     "host": _to_str,
     "port": _int_converter(0, 65535),
@@ -503,6 +560,12 @@ _CONVERTERS: dict[str, _Converter] = {
     "relay_host": _to_ip,
     "relay_port": _int_converter(0, 65535),
     "workers": _to_workers,
+    "metrics_token": _to_ops_secret,
+    "metrics_allow": _to_network_list,
+    "metrics_port": _int_converter(1, 65535),
+    "webhook_urls": _to_webhook_urls,
+    "webhook_secret": _to_ops_secret,
+    "webhook_retries": _to_retries,
 }
 assert set(_CONVERTERS) == {f.name for f in fields(Settings)}
 
@@ -591,6 +654,17 @@ def _check(settings: Settings, tls_explicit: bool) -> None:
     if settings.tls == "files" and not (has_cert and has_key):
         missing = "tls_cert" if not has_cert else "tls_key"
         raise SettingsError(f"tls = files needs both tls_cert and tls_key ({missing} is not set)")
+    if settings.webhook_urls and not settings.webhook_secret:
+        raise SettingsError("webhook_urls needs webhook_secret: every delivery is signed")
+    if settings.metrics_port is not None and (
+        settings.metrics_port <= settings.port < settings.metrics_port + settings.workers
+        or settings.metrics_port + settings.workers - 1 > 65535
+    ):
+        raise SettingsError(
+            f"metrics_port {settings.metrics_port}: the ports {settings.metrics_port}-"
+            f"{settings.metrics_port + settings.workers - 1} (one per worker) must be free "
+            f"of the HTTPS port {settings.port} and at most 65535"
+        )
 
 
 def load_settings(

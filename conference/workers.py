@@ -80,6 +80,8 @@ def worker_settings(settings: Settings, index: int, port: int) -> Settings:
     changes: dict[str, Any] = {"port": port, "node_name": f"{base}-{index + 1}", "workers": 1}
     if settings.relay_port:
         changes["relay_port"] = settings.relay_port + index
+    if settings.metrics_port is not None:  # Prometheus scrapes each worker on its own port
+        changes["metrics_port"] = settings.metrics_port + index
     if settings.udp_port_min is not None and settings.udp_port_max is not None:
         low, high = udp_shares(settings.udp_port_min, settings.udp_port_max, settings.workers)[
             index

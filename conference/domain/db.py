@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +56,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
+from conference.core import events
 from conference.settings import Settings
 
 __all__ = [
@@ -160,11 +162,43 @@ def make_engine(url: URL | str, timeout: float = TIMEOUT) -> Engine:
 CHANGED_MEETINGS = "conference_changed_meetings"
 
 
+#: `Session.info` key: (meeting id, status) -> the event data of each meeting the
+#: transaction started (``live``) or ended, announced once it is committed (webhooks)
+MEETING_TRANSITIONS = "conference_meeting_transitions"
+
+
 def _note_meetings(session: Session, flush_context: Any, instances: Any) -> None:
     """Remember which existing meetings this flush changes or deletes."""
     for obj in (*session.dirty, *session.deleted):
         if getattr(obj, "__tablename__", None) == "meetings" and getattr(obj, "id", None):
             session.info.setdefault(CHANGED_MEETINGS, set()).add(obj.id)
+            _note_transition(session, obj)
+
+
+def _note_transition(session: Session, meeting: Any) -> None:
+    """A meeting going live or ended in this flush: its event (`events.emit` after the
+    commit, ``meeting.started`` / ``meeting.ended``), from its columns alone."""
+    history = inspect(meeting).attrs.status.history
+    if not history.added or history.added[0] not in ("live", "ended"):
+        return
+    status = history.added[0]
+
+    def iso(value: Any) -> str | None:
+        if value is None:
+            return None
+        utc = value.astimezone(UTC) if value.tzinfo is not None else value
+        return str(utc.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    session.info.setdefault(MEETING_TRANSITIONS, {})[(meeting.id, status)] = {
+        "meeting": str(meeting.id),
+        "title": meeting.title,
+        "status": status,
+        "previous": history.deleted[0] if history.deleted else None,
+        "start_at": iso(meeting.start_at),
+        "end_at": iso(meeting.end_at),
+        "started_at": iso(meeting.started_at),
+        "ended_at": iso(meeting.ended_at),
+    }
 
 
 class Database:
@@ -225,6 +259,8 @@ class Database:
             ) from exc
         except SQLAlchemyTimeout as exc:
             raise DatabaseUnavailable(f"database {redacted(self.url)}: {exc}") from exc
+        for (_, status), data in session.info.pop(MEETING_TRANSITIONS, {}).items():
+            events.emit("meeting.started" if status == "live" else "meeting.ended", data)
         changed = session.info.pop(CHANGED_MEETINGS, None)
         if changed:
             for listener in list(self.meeting_listeners):
@@ -266,6 +302,7 @@ class Database:
 
     def _failed(self, exc: DatabaseUnavailable) -> DatabaseUnavailable:
         self.failure = (time.monotonic(), str(exc))
+        events.count("database_errors")
         return exc
 
     def problem(self) -> str | None:

@@ -23,6 +23,7 @@ from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
 import aiosmtplib
 
+from conference.core import events
 from conference.core.clock import local_time
 from conference.core.i18n import load_catalogue, web_dir
 from conference.notify.ics import EventView, build_ics
@@ -183,11 +184,22 @@ def build_message(
 async def send_messages(
     settings: Settings, messages: Sequence[EmailMessage], timeout: float = 30
 ) -> list[str | None]:
-    """Send `messages` over one SMTP connection; returns an error text (or None) per message."""
+    """Send `messages` over one SMTP connection; returns an error text (or None) per message
+    (counted for ``/metrics``: ``mail_sent``, ``mail_errors``)."""
     if not messages:
         return []
     if not mail_configured(settings):
         return ["e-mail is not configured (smtp_host)"] * len(messages)
+    results = await _send(settings, messages, timeout)
+    sent = results.count(None)
+    events.count("mail_sent", sent)
+    events.count("mail_errors", len(results) - sent)
+    return results
+
+
+async def _send(
+    settings: Settings, messages: Sequence[EmailMessage], timeout: float
+) -> list[str | None]:
     client = aiosmtplib.SMTP(
         hostname=settings.smtp_host,
         port=settings.smtp_port,

@@ -34,7 +34,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .manifest import MANIFEST_SUFFIX, iso, write_manifest
+from ..core import events
+from .manifest import MANIFEST_SUFFIX, iso, read_manifest, write_manifest
 from .store import manifests
 
 __all__ = [
@@ -224,8 +225,40 @@ def _run_process(path: Path) -> None:
     code = process.wait()
     state = _read(path)
     if code != 0 and state is not None and state["state"] in ("queued", "running"):
-        _write(path, state="failed", error=f"composition process exited with {code}", pid=None)
+        state = _write(
+            path, state="failed", error=f"composition process exited with {code}", pid=None
+        )
     logger.info("recordings: composition of %s ended (%s)", path.name, (state or {}).get("state"))
+    _announce(path, state)
+
+
+def pending() -> int:
+    """Compositions queued or running in this process (``/metrics``)."""
+    return len(_pending)
+
+
+def _announce(path: Path, state: dict[str, Any] | None) -> None:
+    """Count a composition's end (``/metrics``); a done one is ``recording.composed``
+    (webhooks, conference/ops)."""
+    result = (state or {}).get("state")
+    events.count(f"compositions:{'done' if result == 'done' else 'failed'}")
+    if result != "done" or state is None:
+        return
+    try:
+        manifest = read_manifest(path)
+    except (OSError, ValueError):
+        manifest = {}
+    output = Path(str(state.get("output") or ""))
+    events.emit(
+        "recording.composed",
+        {
+            "meeting": manifest.get("meeting"),
+            "recording": manifest.get("recording"),
+            "directory": manifest.get("directory"),
+            "file": output.name or None,
+            "size": output.stat().st_size if output.is_file() else None,
+        },
+    )
 
 
 # -- one job (in its own process) ---------------------------------------------------------

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..core import events
 from ..sfu.bridge import NTP_EPOCH_OFFSET, RtpPacket
 from ..sfu.publication import Publication
 from . import jobs
@@ -641,6 +642,7 @@ def _fail(room: Room, reason: str, detail: str) -> None:
         return
     message = f"the recording stopped: the recordings disk is full ({detail})"
     logger.error("room %s: %s", room.meeting_id, message)
+    events.count("recording_failures")
     recorder.error = message
     stop(room, reason)
     room.recording_failure = {
@@ -665,6 +667,7 @@ def _resealed(path: Path, manifest: dict[str, Any], state: str) -> None:
     """A kept manifest is sealed at last: compose it, as any other."""
     if _config is None:
         return
+    announce_sealed(manifest)
     if state == "complete":
         jobs.enqueue_sealed(_config.root, manifest)
     else:
@@ -711,7 +714,32 @@ def _sealed(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         logger.error("recording: sealing the manifest failed: %r", future.exception())
     elif not future.cancelled() and _config is not None:  # compose the MP4 in the background
+        announce_sealed(future.result())
         jobs.enqueue_sealed(_config.root, future.result())
+
+
+def announce_sealed(manifest: dict[str, Any]) -> None:
+    """``recording.sealed`` (webhooks, conference/ops) and its count (``/metrics``)."""
+    state = str(manifest.get("state"))
+    events.count(f"recordings_sealed:{state}")
+    events.emit(
+        "recording.sealed",
+        {
+            key: manifest.get(key)
+            for key in (
+                "meeting",
+                "scheduled",
+                "recording",
+                "directory",
+                "state",
+                "started_at",
+                "stopped_at",
+                "stop_reason",
+                "sealed_at",
+            )
+        }
+        | {"tracks": len(manifest.get("tracks") or [])},
+    )
 
 
 async def shutdown() -> None:

@@ -1025,6 +1025,8 @@ class ForwardingReceiver:
         self.bytes_received = 0
         self.last_packet_time = 0.0
         self.estimated_bitrate: int | None = None
+        #: NACK messages sent to the publisher (per loss found and per retry, not per packet)
+        self.nacks_sent = 0
 
     # -- what RTCPeerConnection and RTCRtpTransceiver use --------------------------
     @property
@@ -1312,6 +1314,7 @@ class ForwardingReceiver:
             return
         nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=self._rtcp_ssrc, media_ssrc=media_ssrc)
         nack.lost = sorted(lost)
+        self.nacks_sent += 1
         await self._send_rtcp(bytes(nack))
 
     async def _send_rtcp(self, data: bytes) -> None:
@@ -1376,6 +1379,17 @@ class ForwardingReceiver:
             )
         await self._send_rtcp(bytes(RtcpRrPacket(ssrc=self._rtcp_ssrc, reports=reports)))
 
+    def media_loss(self) -> tuple[int, int]:
+        """(packets expected, packets lost) so far over every media layer (RTX and
+        duplicates left out; lost may shrink a little as late packets arrive)."""
+        expected = lost = 0
+        for ssrc in self._layer_ssrc:
+            stream = self._streams.get(ssrc) if ssrc is not None else None
+            if stream is not None and stream.max_seq is not None:
+                expected += stream.packets_expected
+                lost += stream.packets_lost
+        return expected, lost
+
     def loss_stats(self) -> tuple[int, int]:
         """(packets expected, packets lost) of the media stream so far."""
         if self._media_ssrc is None or self._media_ssrc not in self._streams:
@@ -1415,6 +1429,10 @@ class ForwardingSender:
         #: reports (deltas of the cumulative counts; the allocator reads and resets)
         self.report_lost = 0
         self.report_expected = 0
+        #: the same, never reset (/metrics), and the subscriber's NACK messages
+        self.lost_total = 0
+        self.expected_total = 0
+        self.nacks_received = 0
         self._report_mark: tuple[int, int] | None = None  # (cumulative lost, highest seq)
         self.remote_bitrate: int | None = None  # the subscriber's latest REMB
         self.remote_bitrate_time = 0.0  # monotonic time it arrived
@@ -1629,8 +1647,11 @@ class ForwardingSender:
                 if self._report_mark is not None:
                     expected = (mark[1] - self._report_mark[1]) & 0xFFFFFFFF
                     if 0 < expected < 0x8000:  # not a reset (a new stream on this sender)
+                        lost = min(max(mark[0] - self._report_mark[0], 0), expected)
                         self.report_expected += expected
-                        self.report_lost += min(max(mark[0] - self._report_mark[0], 0), expected)
+                        self.report_lost += lost
+                        self.expected_total += expected
+                        self.lost_total += lost
                 self._report_mark = mark
                 if self._last_sr is not None and report.lsr == self._last_sr[0] and report.dlsr:
                     rtt = time.time() - self._last_sr[1] - report.dlsr / 65536
@@ -1638,6 +1659,7 @@ class ForwardingSender:
                         self.rtt = rtt if self.rtt is None else 0.85 * self.rtt + 0.15 * rtt
         elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             if feedback is not None and packet.media_ssrc == self._ssrc:
+                self.nacks_received += 1
                 feedback.on_nack(list(packet.lost))
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             if feedback is not None:
