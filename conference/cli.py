@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from conference import __version__
+from conference.backup import cli as backup_cli
 from conference.core.identity import split_identity
 from conference.domain import cli as domain_cli
 from conference.recording import cli as recording_cli
@@ -116,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
 
     domain_cli.add_commands(commands, settings_flags)
     recording_cli.add_commands(commands, settings_flags)
+    backup_cli.add_commands(commands, settings_flags)
 
     commands.add_parser("version", help="print the version")
     return parser
@@ -218,6 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = _settings(args, recordings_dir=args.recordings_dir)
             protect_files(settings)  # compositions and sealed manifests: private too
             return recording_cli.run(args, settings)
+        if args.command in backup_cli.COMMANDS:
+            settings = _settings(args, recordings_dir=args.recordings_dir)
+            protect_files(settings)  # the archive and what a restore writes: private
+            return backup_cli.run(args, settings)
         if args.command in domain_cli.COMMANDS:
             settings = _settings(args)
             protect_files(settings)

@@ -42,6 +42,7 @@ TLS_MODES = ("off", "self-signed", "files")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 SECRET_FILE = "secret.key"
 MIN_SECRET_BYTES = 32  # HS256 key length recommended by RFC 7518, section 3.2
+MIN_TURN_SECRET_BYTES = 16
 CONFIG_ENV = "CONFERENCE_CONFIG"
 UDP_PORTS_ENV = "CONFERENCE_UDP_PORTS"
 
@@ -56,6 +57,9 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_ICE_HOSTS": "ice_hosts",
     "CONFERENCE_PUBLIC_IP": "public_ip",
     "CONFERENCE_ICE_SERVERS": "ice_servers",
+    "CONFERENCE_TURN_SECRET": "turn_secret",
+    "CONFERENCE_TURN_URLS": "turn_urls",
+    "CONFERENCE_TURN_TTL": "turn_ttl",
     "CONFERENCE_TOKEN_SECRET": "token_secret",
     "CONFERENCE_TLS": "tls",
     "CONFERENCE_TLS_CERT": "tls_cert",
@@ -130,6 +134,14 @@ class Settings:
     public_ip: str | None = None
     #: STUN/TURN servers handed to clients: {"urls": [...], "username"?, "credential"?}.
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    #: The TURN server's shared secret (coturn's ``static-auth-secret``): each client gets
+    #: its own expiring TURN credential from it (conference/turn.py); None = none.
+    turn_secret: str | None = field(default=None, repr=False)
+    #: That TURN server's turn:/turns: URLs, handed to clients with those credentials.
+    turn_urls: list[str] = field(default_factory=list)
+    #: Seconds a TURN credential allows new allocations: longer than the longest meeting
+    #: (a page may open a connection hours after joining), but a leaked one works as long.
+    turn_ttl: int = 12 * 3600
     token_secret: str | None = field(default=None, repr=False)
     tls: str = "self-signed"
     tls_cert: Path | None = None
@@ -371,6 +383,37 @@ def _to_ice_servers(value: object, label: str, base: Path | None = None) -> list
     return servers
 
 
+def _to_turn_secret(value: object, label: str, base: Path | None = None) -> str:
+    if not isinstance(value, str):
+        raise SettingsError(f"{label}: expected a string")
+    value = value.strip()
+    if len(value.encode()) < MIN_TURN_SECRET_BYTES or any(c.isspace() for c in value):
+        raise SettingsError(
+            f"{label}: the TURN secret must be at least {MIN_TURN_SECRET_BYTES} bytes "
+            "long, without spaces"
+        )
+    return value
+
+
+_TURN_URL = re.compile(r"turns?:[^\s,/?@]+(\?[^\s,]*)?")
+
+
+def _to_turn_urls(value: object, label: str, base: Path | None = None) -> list[str]:
+    if isinstance(value, str):
+        items: list[object] = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise SettingsError(f"{label}: expected a list of turn: or turns: URLs")
+    for item in items:
+        if not isinstance(item, str) or not _TURN_URL.fullmatch(item):
+            raise SettingsError(
+                f"{label}: {item!r} is not a turn: or turns: URL "
+                "(e.g. turns:turn.example.vn:443?transport=tcp)"
+            )
+    return [str(item) for item in items]
+
+
 def _to_secret(value: object, label: str, base: Path | None = None) -> str:
     if not isinstance(value, str):
         raise SettingsError(f"{label}: expected a string")
@@ -522,6 +565,9 @@ _CONVERTERS: dict[str, _Converter] = {
     "udp_port_max": _int_converter(1, 65535),
     "public_ip": _to_ip,
     "ice_servers": _to_ice_servers,
+    "turn_secret": _to_turn_secret,
+    "turn_urls": _to_turn_urls,
+    "turn_ttl": _int_converter(60, 7 * 86400),
     "token_secret": _to_secret,
     "tls": _to_tls,
     "tls_cert": _to_path,
@@ -648,6 +694,9 @@ def _check(settings: Settings, tls_explicit: bool) -> None:
             f"UDP port range {settings.udp_port_min}-{settings.udp_port_max} is too small "
             f"for {settings.workers} workers (each takes its own share of it)"
         )
+    if bool(settings.turn_secret) != bool(settings.turn_urls):
+        missing = "turn_urls" if settings.turn_secret else "turn_secret"
+        raise SettingsError(f"turn_secret and turn_urls go together ({missing} is not set)")
     has_cert, has_key = settings.tls_cert is not None, settings.tls_key is not None
     if not tls_explicit and (has_cert or has_key):
         settings.tls = "files"

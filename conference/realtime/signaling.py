@@ -20,6 +20,7 @@ from ..appkeys import BRIEFINGS, ICE_SERVERS, ICE_SERVERS_JSON, SETTINGS
 from ..core import jsontext
 from ..sfu.participant import NegotiationError, Participant
 from ..sfu.room import RoomError
+from ..turn import client_ice_servers
 from .access import AccessError, authenticate
 from .lobby import gate as lobby_gate
 from .lobby import joined as lobby_joined
@@ -173,7 +174,8 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
                     "moderate": who.moderate,
                 }
             },
-            "iceServers": app[ICE_SERVERS_JSON],
+            # STUN as configured, and this session's own expiring TURN credential
+            "iceServers": client_ice_servers(app[SETTINGS], app[ICE_SERVERS_JSON], participant.id),
             "room": briefing.state(),
             "chat": list(briefing.chat),
         }

@@ -20,10 +20,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..appkeys import BRIEFINGS, ICE_SERVERS, ICE_SERVERS_JSON, LIVE_ELSEWHERE, ROOMS
+from ..appkeys import BRIEFINGS, ICE_SERVERS, ICE_SERVERS_JSON, LIVE_ELSEWHERE, ROOMS, SETTINGS
 from ..core.identity import Identity
 from ..sfu.participant import NegotiationError, Participant
 from ..sfu.room import Room, RoomError
+from ..turn import client_ice_servers, ice_server_links
 from .access import AccessError, authenticate
 from .lobby import direct as lobby_direct
 
@@ -147,11 +148,11 @@ def _answer(
     request: web.Request, kind: str, room: Room, participant: Participant, sdp: str
 ) -> web.Response:
     location = f"/{kind}/{room.meeting_id}/{participant.id}"
-    links = [
-        f'<{url}>; rel="ice-server"'
-        for server in request.app[ICE_SERVERS_JSON]
-        for url in server["urls"]
-    ]
+    # RFC 9725, section 4.6: STUN as configured, and this session's own TURN credential
+    servers = client_ice_servers(
+        request.app[SETTINGS], request.app[ICE_SERVERS_JSON], participant.id
+    )
+    links = ice_server_links(servers)
     headers = {"Location": location, "ETag": f'"{participant.id}"'}
     if links:
         headers["Link"] = ", ".join(links)
