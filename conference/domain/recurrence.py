@@ -23,10 +23,15 @@ rule does not produce is ``not-an-occurrence``.
 
 from __future__ import annotations
 
+import datetime as _datetime_module
+import importlib.util
 import re
+import threading
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from dateutil.rrule import rrule, rrulestr
 from sqlalchemy import select
@@ -92,12 +97,15 @@ def _rule(text: str, first_local: datetime) -> rrule:
             field="rrule",
             params={"rule": text},
         )
+    _check_parts(value, text)
     # UNTIL in UTC ("...Z", as RFC 5545 asks when DTSTART has a TZID) becomes local wall time,
     # like the naive local DTSTART the rule is expanded from.
     try:
         value = _UNTIL_UTC.sub(_local_until, value)
         rule = rrulestr(value, dtstart=first_local)
-    except (ValueError, TypeError) as exc:
+    # dateutil's date parser overflows (OverflowError, decimal.InvalidOperation) on a
+    # huge UNTIL, and so does an UNTIL moved past the year 9999
+    except (ValueError, TypeError, ArithmeticError) as exc:
         raise SchedulingError(
             "bad-rrule",
             f"invalid recurrence rule {text!r}: {exc}",
@@ -108,7 +116,98 @@ def _rule(text: str, first_local: datetime) -> rrule:
         raise SchedulingError(
             "bad-rrule", f"invalid recurrence rule {text!r}", field="rrule", params={"rule": text}
         )
+    if not _meets(value, first_local):
+        raise SchedulingError(
+            "bad-rrule",
+            f"recurrence rule {text!r}: no meeting within {SEARCH_YEARS} years",
+            field="rrule",
+            params={"rule": text},
+        )
     return rule
+
+
+#: a series recurs at its first start's time of day, on days: these parts would make many
+#: meetings a day (BYHOUR=0..23;BYMINUTE=0..59: 1,440) or pick days too rarely to look for
+_REFUSED_PARTS = ("BYHOUR", "BYMINUTE", "BYSECOND", "BYYEARDAY", "BYWEEKNO", "BYEASTER")
+#: the longest each month can be (February: a leap year's)
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _check_parts(value: str, text: str) -> None:
+    """Refuse what dateutil would accept and then search for until the year 9999 (found by
+    fuzz/fuzz_rrule.py: ``FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30`` took 19-35 s of CPU to
+    find no day at all, at every expansion) or expand into many meetings a day."""
+
+    def bad(why: str) -> SchedulingError:
+        return SchedulingError(
+            "bad-rrule",
+            f"recurrence rule {text!r}: {why}",
+            field="rrule",
+            params={"rule": text},
+        )
+
+    parts: dict[str, str] = {}
+    for part in value.upper().split(";"):
+        key, _, found = part.partition("=")
+        parts[key.strip()] = found.strip()
+    for key in _REFUSED_PARTS:
+        if key in parts:
+            raise bad(f"{key} is not accepted (a series meets at its first start's time)")
+
+    def numbers(key: str) -> list[int]:
+        try:
+            return [int(n) for n in parts[key].split(",") if n.strip()]
+        except ValueError:
+            raise bad(f"{key} must be numbers") from None
+
+    if "BYMONTHDAY" in parts:
+        months = numbers("BYMONTH") if "BYMONTH" in parts else list(range(1, 13))
+        if any(not 1 <= m <= 12 for m in months):
+            raise bad("BYMONTH must be 1-12")
+        longest = max(_MONTH_DAYS[m - 1] for m in months)
+        days = numbers("BYMONTHDAY")
+        if days and all(d == 0 or abs(d) > longest for d in days):
+            raise bad("no month of the rule has such a day")
+
+
+#: a series must meet within this many years of its first start (a rule that would not,
+#: e.g. ``FREQ=DAILY;INTERVAL=7;BYDAY=TU`` from a Monday, is refused: looking further
+#: costs dateutil a walk to the year 9999, seconds of CPU at each expansion)
+SEARCH_YEARS = 30
+
+
+class _Years(types.ModuleType):
+    """The `datetime` module as a private copy of dateutil's rrule sees it: its MAXYEAR is
+    the end of the search (`_meets`), everything else is the real module's."""
+
+    limit = datetime.max.year
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_datetime_module, name)
+
+    @property
+    def MAXYEAR(self) -> int:  # noqa: N802 - the name dateutil reads
+        return self.limit
+
+
+_bounded_lock = threading.Lock()
+_bounded_years = _Years("datetime")
+_spec = importlib.util.find_spec("dateutil.rrule")
+assert _spec is not None and _spec.loader is not None
+_bounded_rrule = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bounded_rrule)
+_bounded_rrule.datetime = _bounded_years  # type: ignore[attr-defined]
+
+
+def _meets(value: str, first_local: datetime) -> bool:
+    """Whether the rule has an occurrence within `SEARCH_YEARS` of its first start."""
+    with _bounded_lock:  # the search's end is the private module's, one search at a time
+        _bounded_years.limit = min(first_local.year + SEARCH_YEARS, datetime.max.year)
+        try:
+            rule = _bounded_rrule.rrulestr(value, dtstart=first_local)
+            return next(iter(rule), None) is not None
+        finally:
+            _bounded_years.limit = datetime.max.year
 
 
 def _local_until(match: re.Match[str]) -> str:

@@ -298,6 +298,7 @@ class VideoAssembler:
         self._buffer: dict[int, _Packet] = {}
         self._next_seq = 0
         self._previous_ts: dict[int, int] = {}  # recent seq -> timestamp (frame starts)
+        self._resynced = False  # synced on a keyframe, no frame released since
 
     # -- input --------------------------------------------------------------------
     def push(
@@ -335,7 +336,9 @@ class VideoAssembler:
                 self._next_seq = start
                 self.synced = True
                 self.needs_keyframe = False
-            result = self._take(self._next_seq)
+                self._resynced = True
+            first = self._next_seq
+            result = self._take(first)
             if result is None:
                 if self._expired(now):
                     self._declare_loss()
@@ -348,6 +351,14 @@ class VideoAssembler:
             if not frame.data:
                 self._declare_loss()
                 continue
+            if self._resynced and not frame.keyframe:
+                # an H.264 access unit of parameter sets without an IDR slice: what
+                # follows it would depend on a picture the assembler never had
+                self.synced = False
+                self.needs_keyframe = True
+                self.dropped_packets += end - first + 1
+                continue
+            self._resynced = False
             self.frames += 1
             out.append(frame)
         return out

@@ -26,6 +26,7 @@ from conference.domain.recurrence import (
     create_series,
     expand,
     extend_all,
+    parse_rrule,
 )
 
 from .meeting_setup import MONDAY_8, hours, make_org
@@ -118,6 +119,55 @@ def test_bad_rrule(database: db.Database, rule: str) -> None:
     with database.session() as session:
         assert session.scalars(select(Series)).all() == []
         assert session.scalars(select(Meeting)).all() == []
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "FREQ=DAILY;UNTIL=99999999999999999999",
+        "FREQ=DAILY;UNTIL=99991231T235959Z",  # past the year 9999 in Asia/Ho_Chi_Minh
+        "FREQ=DAILY;UNTIL=2027010\x00\x00000\x00\x00\x00\x00\x000\x00\x0c00Z",
+        "FREQ=DAILY;UNTIL=2027h" + "7" * 40,  # decimal.InvalidOperation in dateutil
+    ],
+)
+def test_an_until_out_of_range_is_a_bad_rrule(rule: str) -> None:
+    """Found by fuzz/fuzz_rrule.py: dateutil raised OverflowError or
+    decimal.InvalidOperation, not ValueError (a 500 from POST /series)."""
+    with pytest.raises(SchedulingError) as info:
+        parse_rrule(rule, "2026-12-07T08:00+07:00")
+    assert info.value.code == "bad-rrule" and info.value.field == "rrule"
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30",  # no such day: dateutil searched to 9999
+        "FREQ=YEARLY;BYMONTH=4,6;BYMONTHDAY=31,-32",
+        "FREQ=DAILY;BYHOUR=0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23",
+        "FREQ=WEEKLY;BYMINUTE=0,30",
+        "FREQ=YEARLY;BYWEEKNO=53;BYDAY=MO",
+        "FREQ=YEARLY;BYYEARDAY=366",
+        "FREQ=DAILY;INTERVAL=7;BYDAY=TU",  # from a Monday: always a Monday
+        "FREQ=YEARLY;INTERVAL=4;BYMONTH=2;BYMONTHDAY=29",  # 2026, 2030...: never a leap year
+        "FREQ=MONTHLY;BYDAY=MO;BYSETPOS=5;BYMONTHDAY=1",
+    ],
+)
+def test_rules_without_a_day_or_with_many_a_day_are_refused(rule: str) -> None:
+    """Found by fuzz/fuzz_rrule.py: a rule with no occurrence cost 19-35 s of CPU at each
+    expansion, and one with BYHOUR x BYMINUTE would make 1,440 meetings a day."""
+    with pytest.raises(SchedulingError) as info:
+        parse_rrule(rule, "2026-12-07T08:00+07:00")
+    assert info.value.code == "bad-rrule" and info.value.field == "rrule"
+
+
+def test_possible_rules_stay_accepted() -> None:
+    for rule in (
+        "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29",  # leap years
+        "FREQ=MONTHLY;BYMONTHDAY=-1",  # the last day of each month
+        "FREQ=MONTHLY;BYDAY=MO;BYSETPOS=1",
+        "FREQ=WEEKLY;BYDAY=MO,WE,FR;COUNT=10",
+    ):
+        assert parse_rrule(rule, "2026-12-07T08:00+07:00") == rule
 
 
 def test_series_template_is_checked(database: db.Database) -> None:

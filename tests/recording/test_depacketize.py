@@ -148,6 +148,24 @@ def test_h264_depacketization_refuses_broken_fragments() -> None:
     assert h264_frame_size(b"\x00\x00\x00\x01\x65\x00") is None
 
 
+def test_h264_parameter_sets_without_an_idr_slice_are_not_a_start() -> None:
+    """Found by fuzz/fuzz_depacketize.py: an access unit of an SPS alone (marker set)
+    looked like a keyframe start, so the assembler synced on it and released it and
+    the predicted frames after it, which depend on an IDR picture it never had."""
+    sps = bytes([0x67, 0x42, 0xC0, 0x1E, 0xDA, 0x02, 0x80, 0xF6, 0x84, 0, 0, 0, 4])
+    idr = bytes([0x65, 0x88, 0x84, 0x00])
+    assembler = VideoAssembler("h264")
+    frames = assembler.push(1000, 3000, True, sps, 0.0)  # an SPS alone in its access unit
+    frames += assembler.push(1001, 6000, True, bytes([0x41, 0x9A, 0x02]), 0.0)  # P slice
+    frames += assembler.push(1002, 9000, True, bytes([0x41, 0x9A, 0x04]), 0.0)
+    assert frames == [] and assembler.needs_keyframe and assembler.dropped_packets >= 1
+    # the next IDR access unit (SPS first) starts the stream
+    frames = assembler.push(1003, 12000, False, sps, 0.0)
+    frames += assembler.push(1004, 12000, True, idr, 0.0)
+    assert [f.keyframe for f in frames] == [True] and not assembler.needs_keyframe
+    assert frames[0].data == b"\x00\x00\x00\x01" + sps + b"\x00\x00\x00\x01" + idr
+
+
 def test_vp8_size_only_from_keyframes() -> None:
     assert vp8_keyframe_size(b"\x10\x02\x00\x9d\x01\x2a\x40\x01\xf0\x00") == (320, 240)
     assert vp8_keyframe_size(b"\x11\x02\x00\x9d\x01\x2a\x40\x01\xf0\x00") is None
