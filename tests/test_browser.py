@@ -252,6 +252,7 @@ def test_three_points_see_and_hear_each_other(
 
     # leaving removes the tile on the others' pages
     pages["xa-dak-ha"].click("#leave-btn")
+    pages["xa-dak-ha"].click("#leave-confirm")  # leaving asks first
     wait_js(pages["huyen"], "document.querySelectorAll('.tile').length === 1")
     for page in pages.values():
         page.context.close()

@@ -170,10 +170,10 @@ def test_chair_runs_the_briefing(server: ServerProcess, browser: Any, tmp_path: 
     chair.click(f'#participants li[data-participant="{ids["xa-b"]}"] button.remove')
     chair.fill("#remove-reason", "Kiểm tra lại đường truyền")
     chair.click("#remove-confirm")
-    b.wait_for_selector("#notice:not([hidden])")
-    sync_api.expect(b.locator("#notice")).to_contain_text("Chủ trì đã mời bạn rời phòng họp.")
-    sync_api.expect(b.locator("#notice")).to_contain_text("Kiểm tra lại đường truyền")
-    assert b.is_hidden("#room")
+    b.wait_for_selector("#left:not([hidden])")  # the page after the room says why
+    sync_api.expect(b.locator("#left-text")).to_contain_text("Chủ trì đã mời bạn rời phòng họp.")
+    sync_api.expect(b.locator("#left-text")).to_contain_text("Kiểm tra lại đường truyền")
+    assert b.is_hidden("#room") and b.is_hidden("#rejoin-btn")  # removed: no way back
     sync_api.expect(chair.locator("#participants li")).to_have_count(2)
 
     # lock, then end the meeting for everyone (with a confirmation)
@@ -189,8 +189,8 @@ def test_chair_runs_the_briefing(server: ServerProcess, browser: Any, tmp_path: 
     chair.click("#end-btn")
     chair.click("#end-confirm")
     for page in (a, chair):
-        sync_api.expect(page.locator("#notice")).to_have_text("Cuộc họp đã kết thúc.")
-        assert page.is_hidden("#room")
+        sync_api.expect(page.locator("#left-text")).to_have_text("Cuộc họp đã kết thúc.")
+        assert page.is_hidden("#room") and page.is_hidden("#rejoin-btn")
     # the meeting no longer admits anyone, with the links it was opened with
     late.click("#join:not([disabled])")
     sync_api.expect(late.locator("#notice")).to_have_text("Cuộc họp đã kết thúc.")
