@@ -23,7 +23,7 @@ from typing import Any
 
 import jwt
 
-from .core.identity import KINDS, identity_key, legacy_kind, normal_key, split_identity
+from .core.identity import KINDS, KindOf, identity_key, normal_key, split_identity
 
 __all__ = [
     "ALGORITHM",
@@ -108,7 +108,7 @@ class Grants:
 
 
 @dataclass(frozen=True)
-class Claims:
+class Claims(KindOf):
     """The verified content of a token.  ``identity`` is its ``sub`` as signed; `key` is
     the participant's identity key (``pt:xa-a``): a bare ``sub`` (a token of before
     identity kinds) gets the kind of its role (conference/core/identity.py)."""
@@ -121,16 +121,6 @@ class Claims:
     expires_at: datetime
     not_before: datetime
     token_id: str
-
-    @property
-    def kind(self) -> str:
-        """point, account, guest or token."""
-        return split_identity(self.identity)[0] or legacy_kind(self.role)
-
-    @property
-    def subject(self) -> str:
-        """The identity without its kind: a point's code, an account's username."""
-        return split_identity(self.identity)[1]
 
     @property
     def key(self) -> str:

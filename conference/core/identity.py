@@ -77,8 +77,26 @@ def shown_identity(identity: str) -> str:
     return split_identity(identity)[1]
 
 
+class KindOf:
+    """The kind and the subject of an ``identity`` (a bare one, from before identity kinds,
+    by its ``role``): shared by tokens' claims and the room's identities."""
+
+    identity: str
+    role: str
+
+    @property
+    def kind(self) -> str:
+        """point, account, guest or token (a bare identity: by its role)."""
+        return split_identity(self.identity)[0] or legacy_kind(self.role)
+
+    @property
+    def subject(self) -> str:
+        """The point's code, the account's username...: the identity without its kind."""
+        return split_identity(self.identity)[1]
+
+
 @dataclass
-class Identity:
+class Identity(KindOf):
     """Who a participant is, from its token.  ``identity`` is its key (see above)."""
 
     identity: str
@@ -91,13 +109,3 @@ class Identity:
     token_id: str = ""
     expires_at: float = 0.0  # POSIX time the token expires
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> str:
-        """point, account, guest or token (a bare identity: by its role)."""
-        return split_identity(self.identity)[0] or legacy_kind(self.role)
-
-    @property
-    def subject(self) -> str:
-        """The point's code, the account's username...: the identity without its kind."""
-        return split_identity(self.identity)[1]
