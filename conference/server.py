@@ -35,6 +35,7 @@ from conference.web.connections import (
 from conference.web.headers import install_security_headers
 from conference.web.pages.admin import setup_admin
 from conference.web.pages.library import setup_library
+from conference.web.pages.links import setup_links
 from conference.web.pages.meetings import setup_meetings
 from conference.web.pages.minutes import setup_minutes
 from conference.web.pages.rsvp import setup_rsvp
@@ -197,6 +198,7 @@ def setup_control_plane(app: web.Application) -> None:
     setup_auth(app)
     setup_admin(app)
     setup_meetings(app)
+    setup_links(app)  # /meetings/{id}/links: the points' links without e-mail
     setup_minutes(app)
     setup_library(app)
     setup_api(app)

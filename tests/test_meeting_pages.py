@@ -630,3 +630,81 @@ def test_a_meeting_across_midnight_names_both_days() -> None:
     assert when.render(m=night) == "23:55 04/12/2026 – 00:55 05/12/2026"
     day = SimpleNamespace(local_start=late - timedelta(hours=2), local_end=late)
     assert when.render(m=day) == "21:55–23:55 04/12/2026"
+
+
+async def test_the_points_links_without_e_mail(site: Site, browsers: list[Browser]) -> None:
+    """Issue 15 item 1: the chair's side sees each invited point's own link (copy buttons,
+    a message for a chat group), the same from the API and `conference meeting links`;
+    other districts and operators do not; every showing is audited."""
+    import html as html_module
+    import json
+    import subprocess
+    import sys
+
+    from .test_api import Client
+
+    district(site)
+    start = datetime.now(UTC) + timedelta(days=2)
+    meeting_id = schedule(site, "Giao ban tuần", start, 60, "ct-a", ("p-a1", "p-a2"))
+    chair = await signed_in(site, browsers, "ct-a")
+    status, page, response = await chair.get(f"/meetings/{meeting_id}")
+    assert f'href="/meetings/{meeting_id}/links"' in page
+    status, page, response = await chair.get(f"/meetings/{meeting_id}/links")
+    assert status == 200 and response.headers["Cache-Control"] == "no-store"
+    page = html_module.unescape(page)
+    links = dict(re.findall(r'<tr data-point="([^"]+)">.*?value="([^"]+)"', page, re.S))
+    assert set(links) == {"p-a1", "p-a2"}
+    for code, link in links.items():  # each is that point's own invitation link
+        assert f"/m/{meeting_id}?token=" in link
+        token = link.split("token=", 1)[1]
+        claims = jwt.decode(
+            token, SECRET, algorithms=["HS256"], options={"verify_nbf": False, "verify_iat": False}
+        )
+        assert claims["sub"] == f"pt:{code}" and claims["meeting"] == str(meeting_id)
+    text = page.split('<textarea id="share-text"', 1)[1].split(">", 1)[1].split("</textarea>")[0]
+    assert text.startswith("Giao ban tuần\nThời gian: ") and "1. Báo cáo tình hình" in text
+    assert f"- UBND xã A Một: {links['p-a1']}" in text
+    assert "/static/links.js" in page and "<script>" not in page  # no inline script
+
+    # not for another district's secretary, nor for a point's operator
+    for username in ("tk-b", "vh-a1"):
+        other = await signed_in(site, browsers, username)
+        status, page, _ = await other.get(f"/meetings/{meeting_id}/links")
+        assert status in (403, 404) and links["p-a1"] not in page
+
+    # the API, in English on request
+    api = await Client(site).sign_in("tk-a")
+    try:
+        status, data, _ = await api.call("GET", f"/meetings/{meeting_id}/links?lang=en")
+        assert status == 200, data
+        assert {x["point"]: x["link"].split("token=")[0] for x in data["links"]} == {
+            code: link.split("token=")[0] for code, link in links.items()
+        }
+        assert data["text"].startswith("Giao ban tuần\nTime: ")
+    finally:
+        await api.close()
+
+    # the command line (the same links, signed with the same secret)
+    done = subprocess.run(
+        [sys.executable, "-m", "conference", "meeting", "links", str(meeting_id)],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "CONFERENCE_DATA_DIR": str(site.server.data_dir)},
+        cwd=site.server.data_dir.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("\t") for line in done.stdout.splitlines() if line.count("\t") == 2]
+    assert sorted(row[0] for row in rows) == ["p-a1", "p-a2"]
+    assert "Đường liên kết vào họp của từng điểm cầu" in done.stdout
+
+    # every showing is in the audit log: page, API, command line
+    log = site.server.data_dir / "audit.log"
+    shown = [json.loads(line) for line in log.read_text().splitlines()]
+    shown = [r for r in shown if r["action"] == "links"]
+    assert [(r["via"], r.get("username")) for r in shown][:2] == [("page", "ct-a"), ("api", "tk-a")]
+    assert shown[-1]["via"] == "cli" and all(r["meeting"] == str(meeting_id) for r in shown)
+
+    # a cancelled meeting's links are not handed out
+    site.db(lambda s: svc.cancel_meeting(s, meeting_id, version=None))
+    status, _, _ = await chair.get(f"/meetings/{meeting_id}/links")
+    assert status == 409

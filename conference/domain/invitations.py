@@ -27,7 +27,7 @@ reported and skipped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -36,6 +36,7 @@ import jwt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conference.core.clock import local_time
 from conference.domain import meetings as svc
 from conference.domain.db import Database
 from conference.domain.errors import SchedulingError
@@ -45,6 +46,9 @@ from conference.settings import Settings, load_secret
 from conference.tokens import ISSUER, create_token
 
 __all__ = [
+    "PointLink",
+    "point_links",
+    "share_text",
     "ANSWERS",
     "EARLY_JOIN",
     "InvitationView",
@@ -262,6 +266,54 @@ def meeting_text(settings: Settings, meeting: Meeting, point: Point) -> MeetingT
         decline_link=rsvp_link(settings, meeting, point, "decline"),
         link_hours_after_end=settings.link_hours_after_end,
     )
+
+
+@dataclass(frozen=True)
+class PointLink:
+    """An invited point's personal join link (a secret: whoever holds it joins as the point)."""
+
+    point: str
+    name: str
+    email: str | None
+    link: str
+
+
+def point_links(settings: Settings, meeting: Meeting) -> list[PointLink]:
+    """Every invited point's join link, for offices that hand them out without e-mail (a
+    chat group, paper); refused for a cancelled or ended meeting (``meeting-closed``)."""
+    if meeting.status in ("cancelled", "ended"):
+        raise SchedulingError("meeting-closed", f"the meeting is {meeting.status}", status=409)
+    return [
+        PointLink(
+            inv.point.code,
+            inv.point.name,
+            inv.point.contact_email,
+            join_link(settings, meeting, inv.point),
+        )
+        for inv in sorted(meeting.invitations, key=lambda i: i.point.name)
+        if inv.active
+    ]
+
+
+def share_text(meeting: Meeting, links: Sequence[PointLink], strings: Mapping[str, str]) -> str:
+    """The message to paste into a chat group: title, time, agenda, each point's link
+    (``strings``: the catalogue of one language, keys ``mp.links.text.*``)."""
+    start, end = local_time(meeting.start_at), local_time(meeting.end_at)
+    when = (
+        f"{start:%H:%M}–{end:%H:%M} {start:%d/%m/%Y}"
+        if start.date() == end.date()
+        else f"{start:%H:%M %d/%m/%Y} – {end:%H:%M %d/%m/%Y}"
+    )
+    lines = [meeting.title, strings["mp.links.text.when"].format(when=when)]
+    agenda = sorted(meeting.agenda, key=lambda a: a.position)
+    if agenda:
+        lines.append(strings["mp.links.text.agenda"])
+        for number, item in enumerate(agenda, 1):
+            who = f" ({item.presenter_name})" if item.presenter_name else ""
+            lines.append(f"{number}. {item.title}{who}")
+    lines.append(strings["mp.links.text.links"])
+    lines += [f"- {link.name}: {link.link}" for link in links]
+    return "\n".join(lines)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`conference meeting add|list|show|cancel|end|invite|send-invitations`.
+"""`conference meeting add|list|show|links|cancel|end|invite|send-invitations`.
 
 Times on the command line are Asia/Ho_Chi_Minh wall-clock times ("2026-12-07 08:00") unless
 they carry an offset ("2026-12-07T08:00+07:00", "...Z"); the CLI attaches the zone, the
@@ -67,6 +67,15 @@ def add_meeting_commands(
     show = sub.add_parser("show", help="a meeting: agenda, invited points and their answers")
     show.add_argument("meeting_id", metavar="ID")
     settings_flags(show)
+
+    links = sub.add_parser(
+        "links",
+        help="each invited point's join link and a message to paste into a chat group "
+        "(no e-mail needed; the links are secrets: printing them is written to the audit log)",
+    )
+    links.add_argument("meeting_id", metavar="ID")
+    links.add_argument("--lang", choices=("vi", "en"), default="vi", help="the message's language")
+    settings_flags(links)
 
     cancel = sub.add_parser("cancel", help="cancel a meeting, one occurrence or a series")
     cancel.add_argument("meeting_id", metavar="ID", nargs="?")
@@ -145,6 +154,8 @@ def run_meeting(args: argparse.Namespace, settings: Settings, database: Any) -> 
     command = args.meeting_command
     if command == "send-invitations":
         return _send(args, settings, database)
+    if command == "links":
+        return _links(args, settings, database)
     with database.session() as session:
         if command == "add":
             points = list(args.point)
@@ -232,6 +243,42 @@ def run_meeting(args: argparse.Namespace, settings: Settings, database: Any) -> 
             print(f"meeting {added.meeting.id}: {count} points invited")
         else:  # pragma: no cover - argparse requires a known subcommand
             raise ValueError(f"unknown command meeting {command}")
+    return 0
+
+
+def _links(args: argparse.Namespace, settings: Settings, database: Any) -> int:
+    """``conference meeting links ID``: the points' links, then the chat message."""
+    import getpass
+    import os
+
+    from conference.core.i18n import load_catalogue, web_dir
+    from conference.domain.invitations import point_links, share_text
+    from conference.domain.meetings import get_meeting
+    from conference.recording import audit
+    from conference.settings import ensure_data_dir
+
+    ensure_data_dir(settings)  # the links are signed with the server's secret
+    catalogue = load_catalogue(web_dir())
+    strings = {k: v.get(args.lang) or v["vi"] for k, v in catalogue.items()}
+    with database.session() as session:
+        meeting = get_meeting(session, args.meeting_id)
+        links = point_links(settings, meeting)
+        text = share_text(meeting, links, strings)
+        meeting_id = meeting.id
+    audit.append(
+        settings.data_dir / audit.AUDIT_FILE,
+        {
+            "action": "links",
+            "via": "cli",
+            "username": os.environ.get("SUDO_USER") or getpass.getuser(),
+            "meeting": str(meeting_id),
+            "points": len(links),
+        },
+    )
+    for link in links:
+        print(f"{link.point}\t{link.name}\t{link.link}")
+    print()
+    print(text)
     return 0
 
 

@@ -84,6 +84,7 @@ PREFIX = "/api/v1"
 API_MODULES: list[str] = [
     "conference.web.api.admin",
     "conference.web.api.meetings",
+    "conference.web.api.links",
     "conference.web.api.library",
     "conference.web.api.minutes",
 ]

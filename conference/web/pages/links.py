@@ -1,0 +1,67 @@
+"""``/meetings/{id}/links``: every invited point's join link, for offices without e-mail.
+
+District offices hand links out through chat groups (Zalo) or on paper: the page lists each
+invited point's personal link with a copy button, and the message to paste into a chat
+group (title, time, agenda, each point's link; ``share_text``); it prints as a list.  The
+links are secrets (whoever holds one joins as that point), so only the chair's side of
+the meeting (a chair, secretary or admin who may see it: its unit's or above) sees them, and every view is written
+to the audit log (``data/audit.log``, action ``links``).  The same comes from
+``conference meeting links ID`` and ``GET /api/v1/meetings/{id}/links``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from conference.appkeys import SETTINGS
+from conference.domain.errors import SchedulingError
+from conference.domain.invitations import PointLink, point_links, share_text
+from conference.domain.meeting_services import (
+    MeetingNotFound,
+    MeetingView,
+    NotAllowed,
+    load_meeting,
+)
+from conference.web.auth import CurrentUser, database, page, render_page
+from conference.web.secrets import log_links
+from conference.web.site import language, translator
+
+__all__ = ["setup_links"]
+
+
+#: who may see the links: the chair's side, never a point's operator
+LINK_ROLES = ("admin", "chair", "secretary")
+
+
+@page(LINK_ROLES)
+async def links_page(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    meeting_id = request.match_info["meeting_id"]
+    settings = request.app[SETTINGS]
+    strings = translator(request.app, language(request))
+
+    def load(session: Session) -> tuple[MeetingView, list[PointLink], str] | None:
+        meeting = load_meeting(session, user, meeting_id)
+        try:
+            links = point_links(settings, meeting)
+        except SchedulingError:
+            return None
+        return MeetingView.of(meeting, True), links, share_text(meeting, links, strings)
+
+    try:
+        found = await database(request).run(load)
+    except MeetingNotFound:
+        return render_page(request, "meeting_missing.html", user, status=404, reason="missing")
+    except NotAllowed:
+        return render_page(request, "meeting_missing.html", user, status=403, reason="forbidden")
+    if found is None:
+        return render_page(request, "auth_forbidden.html", user, 409, message_key="mp.links.closed")
+    view, links, text = found
+    log_links(request, user, meeting_id, len(links), "page")
+    response = render_page(request, "meeting_links.html", user, m=view, links=links, text=text)
+    response.headers["Cache-Control"] = "no-store"  # secrets: never kept by a proxy or cache
+    return response
+
+
+def setup_links(app: web.Application) -> None:
+    app.router.add_get("/meetings/{meeting_id:\\d+}/links", links_page)
