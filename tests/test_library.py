@@ -181,6 +181,8 @@ async def test_list_filters_page_and_access(site: Site, browsers: list[Browser])
     assert 'data-offset="5.0"' in html and 'data-offset="40.0"' in html  # timeline
     assert "0:35" in html and "0:30" in html  # chair spoke 35 s, xa-a1 30 s
     assert "UBND xã A Một" in html and 'data-type="join"' in html and 'data-type="leave"' in html
+    # the leave's reason in words, not the code (issue 15 item 4: "(left)" on a Vietnamese page)
+    assert '<span class="muted" data-reason="left">(tự rời phòng)</span>' in html
     assert f'href="/meetings/{meeting_a}/minutes"' in html and "Biên bản" in html
     assert html.count("?download=1") == 2 and "Video tổng hợp chưa sẵn sàng" in html
     assert '<script src="/static/library.js">' in html

@@ -348,6 +348,9 @@ async def test_lists_join_and_access(site: Site, browsers: list[Browser]) -> Non
     assert today == {current, deputy}
     today, _, html = await listed("vh-a1")
     assert today == {current} and f'href="/meetings/{current}/join"' in html
+    # a commune's operator has no API token in its menu (issue 15 item 4); staff do
+    assert 'href="/account/token"' not in html
+    assert 'href="/account/token"' in (await listed("tk-a"))[2]
     today, _, _ = await listed("tk-b")
     assert today == {district_b}
     _, week, html = await listed("tk-a", "/meetings?day=2030-05-06")

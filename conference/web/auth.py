@@ -643,7 +643,9 @@ def setup_auth(app: web.Application) -> None:
     app[NAV_LINKS] = [
         NavLink("/home", "auth.nav.home"),
         NavLink("/account/password", "auth.nav.password"),
-        NavLink("/account/token", "auth.nav.token"),
+        # scripts' tokens are for the district's staff; a commune's operator has no use for
+        # them in its menu (the page itself stays open to it)
+        NavLink("/account/token", "auth.nav.token", ("admin", "chair", "secretary")),
     ]
     app.router.add_get("/login", login_get)
     app.router.add_post("/login", login_post)
