@@ -711,3 +711,45 @@ async def test_the_points_links_without_e_mail(site: Site, browsers: list[Browse
     site.db(lambda s: svc.cancel_meeting(s, meeting_id, version=None))
     status, _, _ = await chair.get(f"/meetings/{meeting_id}/links")
     assert status == 409
+
+
+async def test_copying_the_points_links_in_chromium(site: Site) -> None:
+    """Issue 15 item 1 as a secretary drives it: the meeting page leads to the links, the
+    copy buttons put a point's link and the whole chat message on the clipboard."""
+    playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright")
+    district(site)
+    meeting_id = schedule(site, "Giao ban tuần", datetime.now(UTC) + timedelta(days=1), 60)
+    async with playwright_api.async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+                "--no-sandbox",
+                "--disable-gpu",
+            ],
+        )
+        try:
+            context = await chromium.new_context(
+                locale="vi-VN", permissions=["clipboard-read", "clipboard-write"]
+            )
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            await page.goto(site.url + f"/login?next=/meetings/{meeting_id}")
+            await page.fill("input[name=username]", "tk-a")
+            await page.fill("input[name=password]", "mat-khau-1")
+            await page.click("button[type=submit]")
+            await page.wait_for_url(f"**/meetings/{meeting_id}")
+            await page.click("a.links-link")
+            await page.wait_for_url(f"**/meetings/{meeting_id}/links")
+            link = await page.input_value('tr[data-point="p-a1"] input.link')
+            await page.click('tr[data-point="p-a1"] button.copy')
+            assert await page.evaluate("navigator.clipboard.readText()") == link
+            assert await page.inner_text('tr[data-point="p-a1"] button.copy') == "Đã sao chép"
+            await page.click("#copy-all")
+            copied = await page.evaluate("navigator.clipboard.readText()")
+            assert copied.startswith("Giao ban tuần\n") and f"UBND xã A Một: {link}" in copied
+            assert not errors, errors
+        finally:
+            await chromium.close()

@@ -640,7 +640,8 @@ def _fail(room: Room, reason: str, detail: str) -> None:
     recorder = _recorders.get(room)
     if recorder is None or recorder.stopped:
         return
-    message = f"the recording stopped: the recordings disk is full ({detail})"
+    state = "full" if reason == "disk-full" else "nearly full"
+    message = f"the recording stopped: the recordings disk is {state} ({detail})"
     logger.error("room %s: %s", room.meeting_id, message)
     events.count("recording_failures")
     recorder.error = message
@@ -712,7 +713,8 @@ def stop(room: Room, reason: str = "stopped") -> asyncio.Future[Any] | None:
 def _sealed(future: asyncio.Future[Any]) -> None:
     _finishing.discard(future)
     if not future.cancelled() and future.exception() is not None:
-        logger.error("recording: sealing the manifest failed: %r", future.exception())
+        if not isinstance(future.exception(), OSError):  # an OSError is kept: _keep_unsealed
+            logger.error("recording: sealing the manifest failed: %r", future.exception())
     elif not future.cancelled() and _config is not None:  # compose the MP4 in the background
         announce_sealed(future.result())
         jobs.enqueue_sealed(_config.root, future.result())

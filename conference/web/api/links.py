@@ -12,15 +12,15 @@ from sqlalchemy.orm import Session
 
 from conference.appkeys import SETTINGS
 from conference.domain import invitations
+from conference.domain.admission import CHAIR_SIDE_ROLES
 from conference.domain.meeting_services import load_meeting
 from conference.web.api import API, ApiCall
+from conference.web.api.meetings import TAGS
 from conference.web.secrets import log_links
 from conference.web.site import translator
 
 __all__ = ["LINKS", "meeting_links"]
 
-STAFF = ("admin", "chair", "secretary")
-TAGS = ("meetings",)
 
 LINKS = API.schema(
     "PointLinks",
@@ -51,7 +51,7 @@ LINKS = API.schema(
     "GET",
     "/meetings/{meeting_id}/links",
     summary="Each invited point's join link, and a message to paste into a chat group",
-    roles=STAFF,
+    roles=CHAIR_SIDE_ROLES,
     response=LINKS,
     tags=TAGS,
     errors=(403, 404, 409),

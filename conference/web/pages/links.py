@@ -15,6 +15,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from conference.appkeys import SETTINGS
+from conference.domain.admission import CHAIR_SIDE_ROLES
 from conference.domain.errors import SchedulingError
 from conference.domain.invitations import PointLink, point_links, share_text
 from conference.domain.meeting_services import (
@@ -30,11 +31,7 @@ from conference.web.site import language, translator
 __all__ = ["setup_links"]
 
 
-#: who may see the links: the chair's side, never a point's operator
-LINK_ROLES = ("admin", "chair", "secretary")
-
-
-@page(LINK_ROLES)
+@page(CHAIR_SIDE_ROLES)  # the chair's side, never a point's operator
 async def links_page(request: web.Request, user: CurrentUser) -> web.StreamResponse:
     meeting_id = request.match_info["meeting_id"]
     settings = request.app[SETTINGS]
