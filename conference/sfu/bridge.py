@@ -46,6 +46,7 @@ from typing import Any, Protocol, cast
 
 import aioice.ice
 import aioice.turn
+import aiortc.rtcdtlstransport as _rtcdtlstransport
 import aiortc.rtcpeerconnection as _rtcpeerconnection
 import pylibsrtp
 from aioice.ice import StunProtocol
@@ -61,7 +62,12 @@ from aiortc import clock as _clock
 from aiortc.codecs import CODECS, HEADER_EXTENSIONS, get_capabilities
 from aiortc.exceptions import InvalidStateError
 from aiortc.rate import RemoteBitrateEstimator
-from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
+from aiortc.rtcdtlstransport import (
+    RTCCertificate,
+    RTCDtlsTransport,
+    RtpRouter,
+    SRTPProtectionProfile,
+)
 from aiortc.rtcdtlstransport import State as _DtlsState
 from aiortc.rtcicetransport import RTCIceCandidate
 from aiortc.rtcrtpparameters import (
@@ -96,8 +102,9 @@ from aiortc.rtp import (
 )
 from aiortc.sdp import candidate_from_sdp
 from aiortc.stats import RTCOutboundRtpStreamStats, RTCStatsReport
+from OpenSSL import SSL as _pyopenssl
 
-from . import red
+from . import red, sysdtls
 from .nack import NackTracker
 from .rtpwire import build_rtp_with_block
 from .simulcast import REPAIRED_RID_URI, RID_URI
@@ -113,6 +120,7 @@ __all__ = [
     "ForwardingReceiver",
     "ForwardingSender",
     "PacketSink",
+    "SystemDtlsCertificate",
     "accept_transport_cc",
     "RtpPacket",
     "RTCSessionDescription",
@@ -124,6 +132,7 @@ __all__ = [
     "ice_candidate_from_json",
     "light_receiver",
     "ntp_now",
+    "system_dtls",
 ]
 
 logger = logging.getLogger(__name__)
@@ -349,6 +358,95 @@ def accept_red() -> None:
 
 
 accept_red()
+
+
+# -- DTLS on the system's OpenSSL: FFmpeg's default certificate ---------------------
+
+#: aiortc's DTLS cipher suites (``RTCCertificate._create_ssl_context``; test_bridge pins it)
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA"
+)
+
+
+class SystemDtlsCertificate(RTCCertificate):
+    """aiortc's certificate (same key, same fingerprint) whose DTLS runs on the
+    system's OpenSSL 3 (:mod:`conference.sfu.sysdtls`) instead of the one bundled in
+    ``cryptography``.
+
+    FFmpeg's WHIP muxer signs its DTLS with an ECDSA P-224 key unless told
+    otherwise; the bundled OpenSSL accepts a peer's key only on one of its groups and
+    offers no P-224 any more.  The context has aiortc's settings (test_bridge checks
+    them against aiortc's own method) plus the groups :data:`sysdtls.GROUPS`.
+    """
+
+    def _create_ssl_context(self, srtp_profiles: list[SRTPProtectionProfile]) -> Any:
+        ctx = sysdtls.Context(sysdtls.DTLS_METHOD)
+        ctx.set_options(sysdtls.OP_NO_TICKET)
+        ctx.set_verify(sysdtls.VERIFY_PEER | sysdtls.VERIFY_FAIL_IF_NO_PEER_CERT)
+        ctx.use_certificate(self._cert)
+        ctx.use_privatekey(self._key)
+        ctx.set_cipher_list(DTLS_CIPHERS)
+        ctx.set_tlsext_use_srtp(b":".join(p.openssl_profile for p in srtp_profiles))
+        ctx.set_groups(sysdtls.GROUPS)
+        return ctx
+
+
+class _EitherOpenSsl:
+    """What aiortc's ``rtcdtlstransport`` module knows as ``SSL``: pyOpenSSL, except
+    that a connection on a :class:`sysdtls.Context` is a :class:`sysdtls.Connection`.
+    The exceptions aiortc catches (``SSL.WantReadError``, ``SSL.Error``...) are the
+    same classes either way: sysdtls raises pyOpenSSL's."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_pyopenssl, name)
+
+    @staticmethod
+    def Connection(context: Any, socket: Any = None) -> Any:  # noqa: N802 (pyOpenSSL's name)
+        if isinstance(context, sysdtls.Context):
+            return sysdtls.Connection(context)
+        return _pyopenssl.Connection(context, socket)
+
+
+def dtls_on_either_openssl() -> None:
+    """Let aiortc's DTLS transport run on a :class:`SystemDtlsCertificate` (on import).
+
+    ``RTCDtlsTransport.start`` makes its connection with ``SSL.Connection(context)``
+    from the certificate's context; a stock certificate keeps pyOpenSSL's.
+    """
+    if not isinstance(_rtcdtlstransport.SSL, _EitherOpenSsl):
+        _rtcdtlstransport.SSL = _EitherOpenSsl()  # type: ignore[assignment]
+
+
+dtls_on_either_openssl()
+
+_system_dtls_refused = False
+
+
+def system_dtls() -> str | None:
+    """The system's OpenSSL (``"OpenSSL 3.0.19 27 Jan 2026"``) when DTLS can run on it,
+    else None; the first call that finds it unusable logs why, once."""
+    global _system_dtls_refused
+    library = sysdtls.load()
+    if library is not None:
+        return library.version_text
+    if not _system_dtls_refused:
+        _system_dtls_refused = True
+        logger.warning(
+            "DTLS: the system's OpenSSL 3 (libssl.so.3) cannot be used (%s): WHIP encoders "
+            "get the bundled OpenSSL, which refuses FFmpeg's default P-224 certificate "
+            "(FFmpeg then needs -cert_file/-key_file with a P-256 one)",
+            sysdtls.unavailable_reason(),
+        )
+    return None
+
+
+def with_system_dtls(certificate: RTCCertificate) -> RTCCertificate:
+    """``certificate`` with its DTLS on the system's OpenSSL, or itself unchanged
+    where that cannot be (:func:`system_dtls`)."""
+    if system_dtls() is None:
+        return certificate
+    return SystemDtlsCertificate(key=certificate._key, cert=certificate._cert)
 
 
 def announce_address(sdp: str, address: str | None) -> str:
@@ -1722,9 +1820,15 @@ class ForwardingPeerConnection(RTCPeerConnection):
     ``_RTCPeerConnection__createTransceiver``) both from ``addTransceiver`` and
     when a remote offer brings a new m-line; overriding it here swaps the
     sender and receiver of every transceiver for the forwarding ones.
+
+    ``system_dtls``: the DTLS handshake runs on the system's OpenSSL
+    (:class:`SystemDtlsCertificate`), which accepts FFmpeg's default P-224
+    certificate; where that library cannot be used, the stock one (logged once).
     """
 
-    def __init__(self, ice_servers: list[RTCIceServer] | None = None) -> None:
+    def __init__(
+        self, ice_servers: list[RTCIceServer] | None = None, system_dtls: bool = False
+    ) -> None:
         # max-bundle: every m-line on one transport from the start.  With
         # aiortc's default (balanced), a second m-line of a kind reuses the
         # first one's transport and is marked bundled; when the answer's BUNDLE
@@ -1736,6 +1840,9 @@ class ForwardingPeerConnection(RTCPeerConnection):
         super().__init__(
             RTCConfiguration(iceServers=ice_servers or [], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
+        if system_dtls:  # before any transport exists: each takes the list at creation
+            certificates = self._RTCPeerConnection__certificates  # type: ignore[attr-defined]
+            certificates[:] = [with_system_dtls(c) for c in certificates]
 
     async def _RTCPeerConnection__connect(self) -> None:  # noqa: N802 (aiortc private hook)
         """aiortc's connection task (started by each description), which raises when

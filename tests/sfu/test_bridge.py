@@ -15,6 +15,7 @@ import aiortc
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from conference.sfu import sysdtls
 from conference.sfu.bridge import (
     ForwardingPeerConnection,
     ForwardingReceiver,
@@ -1001,3 +1002,143 @@ def test_parse_rtp_refuses_what_is_not_rtp():
     data = bytes([0x90]) + header[1:] + b"\xbe\xde\x00\x01\xf0\x51\x07\x00" + b"payload"
     packet = parse_rtp(data, table)
     assert packet.extensions.audio_level is None and packet.payload == b"payload"
+
+
+# -- DTLS on the system's OpenSSL (FFmpeg's default P-224 certificate) --------------------
+
+needs_system_openssl = pytest.mark.skipif(
+    sysdtls.load() is None, reason=f"no usable libssl.so.3: {sysdtls.unavailable_reason()}"
+)
+
+
+def test_system_dtls_context_is_aiortcs_plus_the_groups():
+    """SystemDtlsCertificate sets up its context as aiortc's RTCCertificate does (same
+    calls, same cipher list), plus the groups; RTCDtlsTransport makes its connection
+    with ``SSL.Connection(context)``, which bridge routes by the context's type."""
+    import ast
+    import inspect
+    import textwrap
+
+    import aiortc.rtcdtlstransport as rtcdtlstransport
+    from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
+    from OpenSSL import SSL
+
+    from conference.sfu import bridge
+
+    def calls(function) -> list[str]:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+        return [
+            node.func.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "ctx"
+        ]
+
+    theirs = calls(RTCCertificate._create_ssl_context)
+    assert theirs == [
+        "set_options",
+        "set_verify",
+        "use_certificate",
+        "use_privatekey",
+        "set_cipher_list",
+        "set_tlsext_use_srtp",
+    ]
+    assert calls(bridge.SystemDtlsCertificate._create_ssl_context) == [*theirs, "set_groups"]
+    source = inspect.getsource(RTCCertificate._create_ssl_context)
+    assert repr(bridge.DTLS_CIPHERS)[2:-1] in source.replace('"\n            b"', "")
+    assert "SSL.Connection(" in inspect.getsource(RTCDtlsTransport.start)
+    assert isinstance(rtcdtlstransport.SSL, bridge._EitherOpenSsl)
+    bridge.dtls_on_either_openssl()  # idempotent
+    assert rtcdtlstransport.SSL.WantReadError is SSL.WantReadError
+    assert rtcdtlstransport.SSL.Error is SSL.Error
+    stock = RTCCertificate.generateCertificate()._create_ssl_context(rtcdtlstransport.SRTP_PROFILES)
+    assert type(rtcdtlstransport.SSL.Connection(stock)) is SSL.Connection
+
+
+async def _connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> str:
+    """Offer/answer between two local peers; the answerer's connection state at the end."""
+    await offerer.setLocalDescription(await offerer.createOffer())
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(answerer.localDescription)
+    deadline = asyncio.get_running_loop().time() + 10
+    while answerer.connectionState not in ("connected", "failed", "closed"):
+        assert asyncio.get_running_loop().time() < deadline, answerer.connectionState
+        await asyncio.sleep(0.05)
+    return answerer.connectionState
+
+
+async def _packets(receiver: ForwardingReceiver, count: int) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while receiver.packets_received < count:
+        assert asyncio.get_running_loop().time() < deadline, receiver.packets_received
+        await asyncio.sleep(0.05)
+
+
+@needs_system_openssl
+@pytest.mark.parametrize("server_offers", [False, True])
+async def test_system_dtls_carries_media_in_both_dtls_roles(server_offers):
+    """A ForwardingPeerConnection with system_dtls does its handshake on the system's
+    OpenSSL with a stock aiortc peer, as DTLS client (it answers: a=setup:active) and
+    as DTLS server (it offers), and SRTP flows on the keys it exported."""
+    from aiortc.mediastreams import AudioStreamTrack
+
+    peer = RTCPeerConnection()
+    server = ForwardingPeerConnection(system_dtls=True)
+    try:
+        if server_offers:
+            server.addTransceiver("audio", direction="recvonly")
+            await server.setLocalDescription(await server.createOffer())
+            await peer.setRemoteDescription(server.localDescription)
+            peer.addTrack(AudioStreamTrack())
+            await peer.setLocalDescription(await peer.createAnswer())
+            await server.setRemoteDescription(peer.localDescription)
+        else:
+            peer.addTrack(AudioStreamTrack())
+            await peer.setLocalDescription(await peer.createOffer())
+            await server.setRemoteDescription(peer.localDescription)
+            await server.setLocalDescription(await server.createAnswer())
+            await peer.setRemoteDescription(server.localDescription)
+        transceiver = server.getTransceivers()[0]
+        dtls = transceiver.receiver.transport
+        await _packets(transceiver.receiver, 25)
+        assert isinstance(dtls._ssl, sysdtls.Connection)
+        assert dtls._role == ("server" if server_offers else "client")
+        assert type(peer.getTransceivers()[0].sender.transport._ssl).__module__ == "OpenSSL.SSL"
+    finally:
+        await peer.close()
+        await server.close()
+
+
+@needs_system_openssl
+async def test_a_p224_peer_connects_only_with_system_dtls():
+    """An encoder whose DTLS certificate is ECDSA P-224 (FFmpeg's default; here a stock
+    aiortc sender given such a certificate): the server connects to it and receives
+    its media with system_dtls, and fails the handshake without it."""
+    from aiortc.mediastreams import AudioStreamTrack
+    from aiortc.rtcdtlstransport import generate_certificate
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from conference.sfu.bridge import SystemDtlsCertificate
+
+    key = ec.generate_private_key(ec.SECP224R1())
+    p224 = SystemDtlsCertificate(key=key, cert=generate_certificate(key))
+    for system_dtls in (True, False):
+        encoder = RTCPeerConnection()
+        encoder._RTCPeerConnection__certificates = [p224]
+        encoder.addTrack(AudioStreamTrack())
+        server = ForwardingPeerConnection(system_dtls=system_dtls)
+        try:
+            # the encoder offers, the server answers a=setup:active: it is the DTLS
+            # client and checks the encoder's signature by its P-224 key (FFmpeg's case)
+            state = await _connect(encoder, server)
+            if system_dtls:
+                assert state == "connected"
+                await _packets(server.getTransceivers()[0].receiver, 25)
+            else:
+                assert state == "failed"
+        finally:
+            await encoder.close()
+            await server.close()
