@@ -68,7 +68,7 @@ from .realtime.whip import session_delete, session_patch, whep_post, whip_post
 from .recording import jobs as compose_jobs
 from .recording import recorder as recording
 from .settings import Settings
-from .sfu.bridge import configure_ice_hosts
+from .sfu.bridge import configure_ice_hosts, system_dtls
 from .sfu.participant import Participant
 from .sfu.room import Room, RoomRegistry
 from .sfu.udp import loop_factory
@@ -430,6 +430,8 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
     """Run until SIGTERM or SIGINT, then close every room cleanly."""
     install_accept_error_log(asyncio.get_running_loop(), RateLimitedLog(logger))
     configure_ice_hosts(settings.ice_hosts)
+    if settings.whip_system_dtls and (openssl := system_dtls()) is not None:
+        logger.info("DTLS of WHIP encoders on the system's %s (FFmpeg's P-224 accepted)", openssl)
     interrupted = recording.configure_from(settings, seal=role is None)
     if role is None or (role.primary and not role.restarted):  # compositions to (re)do
         compose_jobs.resume_jobs(settings.recordings_dir, role.interrupted if role else interrupted)

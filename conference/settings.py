@@ -70,6 +70,7 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_LOG_LEVEL": "log_level",
     "CONFERENCE_MEDIA_TIMEOUT": "media_timeout",
     "CONFERENCE_CONNECT_TIMEOUT": "connect_timeout",
+    "CONFERENCE_WHIP_SYSTEM_DTLS": "whip_system_dtls",
     "CONFERENCE_HEADER_TIMEOUT": "header_timeout",
     "CONFERENCE_BODY_TIMEOUT": "body_timeout",
     "CONFERENCE_MAX_CONNECTIONS": "max_connections",
@@ -154,6 +155,11 @@ class Settings:
     media_timeout: int = 15
     #: Seconds for ICE and DTLS to complete before a session is dropped.
     connect_timeout: int = 20
+    #: WHIP encoders (FFmpeg, OBS, hardware) do their DTLS handshake on the system's
+    #: OpenSSL 3 (libssl.so.3), which accepts the P-224 certificate FFmpeg makes by
+    #: default; false = the OpenSSL bundled in ``cryptography``, as browsers (FFmpeg then
+    #: needs ``-cert_file``/``-key_file`` with a P-256 certificate).
+    whip_system_dtls: bool = True
     #: Seconds a client has to send a request head (line and headers): on a new
     #: connection (after the TLS handshake, itself limited to as long), or after the
     #: previous response on a kept-alive one (so also how long one stays idle).
@@ -597,6 +603,7 @@ _CONVERTERS: dict[str, _Converter] = {
     "reminder_interval": _int_converter(1, 3600),
     "session_lifetime": _int_converter(60, 7 * 86400),
     "adhoc_meetings": _to_bool,
+    "whip_system_dtls": _to_bool,
     "group_access": _to_bool,
     "auto_end_after": _int_converter(0, 7 * 24 * 60),
     "recording_min_free_mb": _int_converter(0, 1024 * 1024),

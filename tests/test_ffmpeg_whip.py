@@ -1,28 +1,27 @@
 """FFmpeg's WHIP muxer (through PyAV) publishes H.264 + Opus into the server.
 
-Why the test gives FFmpeg a certificate
----------------------------------------
-With default options the muxer cannot connect to this server.  PyAV's wheels
-build FFmpeg with GnuTLS, and the GnuTLS backend makes its self-signed DTLS
-certificate with ``gnutls_sec_param_to_pk_bits(GNUTLS_PK_ECDSA,
-GNUTLS_SEC_PARAM_MEDIUM)``, i.e. an ECDSA **P-224** key.  aiortc's DTLS is
-OpenSSL (the one bundled in ``cryptography``, OpenSSL 4.0 here).  In
-(D)TLS 1.2 OpenSSL accepts the peer's ECDSA key only if its curve is one of its
-own supported groups (``tls12_check_peer_sigalg`` -> ``tls1_check_group_id``),
-and that OpenSSL no longer offers P-224 as a TLS group at all:
-``SSL_CTX_set1_curves_list(ctx, "P-224")`` fails.  So the handshake ends with
-OpenSSL's "wrong curve" error and an ``illegal_parameter`` alert, whichever
-side is the DTLS client (default ``a=setup:passive`` from FFmpeg, so the server
-is the client and rejects the ServerKeyExchange; with
-``whip_flags=dtls_active`` the server rejects the CertificateVerify).
-FFmpeg reports "A TLS fatal alert has been received" / "DTLS session failed"
-and the server logs "connection failed".  No setting of the SSL context
-(groups, signature algorithms, ``@SECLEVEL``) can accept the key.
+FFmpeg's default certificate
+----------------------------
+With default options the muxer signs its DTLS with a self-signed ECDSA **P-224**
+certificate: PyAV's wheels (and most distributions) build FFmpeg with GnuTLS,
+whose backend makes the key with ``gnutls_sec_param_to_pk_bits(GNUTLS_PK_ECDSA,
+GNUTLS_SEC_PARAM_MEDIUM)``.  In (D)TLS 1.2 OpenSSL accepts the peer's ECDSA key
+only if its curve is one of its own groups (``tls12_check_peer_sigalg`` ->
+``tls1_check_group_id``), and the OpenSSL bundled in ``cryptography`` (4.0
+here), which aiortc's DTLS uses through pyOpenSSL, no longer offers P-224 at all
+(``SSL_CTX_set1_curves_list(ctx, "P-224")`` fails): it ends the handshake with
+"wrong curve" and an ``illegal_parameter`` alert, whichever side is the DTLS
+client (FFmpeg's default ``a=setup:passive`` makes the server the client, which
+rejects the ServerKeyExchange; with ``whip_flags=dtls_active`` it rejects the
+CertificateVerify).  No setting of that SSL context can accept the key.
 
-An operator gives FFmpeg a P-256 certificate instead, with the muxer's
-``cert_file``/``key_file`` options, and that is what this test does (the
-certificate is made with ``cryptography``; any self-signed P-256 certificate
-works since WebRTC checks only the fingerprint in the SDP)::
+So WHIP sessions do their DTLS on the system's OpenSSL 3 instead
+(``conference/sfu/sysdtls.py``, ctypes on ``libssl.so.3``, with P-224 in the
+groups list; wired into aiortc by ``bridge.SystemDtlsCertificate``; setting
+``whip_system_dtls``, on by default).  These tests publish with FFmpeg's
+defaults; with the setting off, the default certificate is refused and a P-256
+one given with the muxer's ``cert_file``/``key_file`` options still works (what
+an operator does where the system has no OpenSSL 3: docs/OPERATIONS.md)::
 
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \\
         -keyout whip.key -out whip.crt -days 365 -subj /CN=ffmpeg
@@ -35,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -46,11 +46,13 @@ from conference.tls import self_signed_certificate
 from conference.tools.client import Client
 from conference.tools.testmedia import draw_barcode, tone_frames
 
+from .conftest import ServerProcess, check_clean_exit, start_server
 from .mediacheck import audio_frequency, increasing, video_numbers, wait_track, wait_tracks
 
 pytestmark = pytest.mark.media  # real-time media: shares the machine (tests/conftest.py)
 
 WIDTH, HEIGHT, FPS = 320, 240, 30
+SYSTEM_DTLS_LOG = "DTLS of WHIP encoders on the system's OpenSSL"
 FIRST_FRAME = 1000
 TONE_HZ = 660.0
 
@@ -62,6 +64,16 @@ def write_p256_certificate(directory: Path) -> tuple[Path, Path]:
     ``openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256`` does.
     """
     return self_signed_certificate(directory, ["ffmpeg-whip.local"])
+
+
+@pytest.fixture
+def stock_dtls_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server whose WHIP sessions keep aiortc's own DTLS (``whip_system_dtls = false``)."""
+    proc = start_server(tmp_path, env={"CONFERENCE_WHIP_SYSTEM_DTLS": "false"})
+    try:
+        yield proc
+    finally:
+        check_clean_exit(proc)
 
 
 class FfmpegWhipPublisher:
@@ -121,13 +133,12 @@ class FfmpegWhipPublisher:
             container.close()  # sends the WHIP DELETE
 
 
-async def test_ffmpeg_whip_publishes_h264_and_opus(server, tmp_path):
-    cert_file, key_file = write_p256_certificate(tmp_path)
+async def publish_and_check(server: ServerProcess, options: dict[str, str]) -> None:
+    """FFmpeg publishes 5 s into meeting m1 with ``options``; a viewer decodes the
+    barcodes and hears the tone; FFmpeg ends its session with a DELETE."""
     token = server.token(identity="ffmpeg-hall", role="chair", name="FFmpeg hội trường")
     publisher = FfmpegWhipPublisher(
-        f"{server.url}/whip/m1",
-        {"authorization": token, "cert_file": str(cert_file), "key_file": str(key_file)},
-        seconds=5.0,
+        f"{server.url}/whip/m1", {"authorization": token, **options}, seconds=5.0
     )
     viewer = Client(server.url, "m1", server.token(identity="xa-tan-thinh"))
     await viewer.connect()
@@ -166,12 +177,21 @@ async def test_ffmpeg_whip_publishes_h264_and_opus(server, tmp_path):
         await viewer.leave()
 
 
-async def test_ffmpeg_default_certificate_is_refused(server):
-    """Pins the limitation explained in the module docstring.
+async def test_ffmpeg_whip_publishes_h264_and_opus_with_default_options(server):
+    """No ``cert_file``: FFmpeg's own P-224 certificate, accepted by the system's
+    OpenSSL (the default ``whip_system_dtls = true``)."""
+    assert SYSTEM_DTLS_LOG in server.log()
+    await publish_and_check(server, {})
 
-    If this starts failing, FFmpeg's default P-224 certificate is accepted now
-    (a new FFmpeg or OpenSSL): update the docstring and the operator docs.
-    """
+
+async def test_with_the_bundled_openssl_only_a_p256_certificate_works(stock_dtls_server, tmp_path):
+    """``whip_system_dtls = false`` (aiortc's own DTLS, on the OpenSSL bundled in
+    ``cryptography``): FFmpeg's default P-224 certificate is refused, as the module
+    docstring explains, and a P-256 one given with ``cert_file``/``key_file`` works.
+    If the refusal stops, the bundled OpenSSL accepts P-224 again (a new
+    ``cryptography``): the system's OpenSSL may then be unneeded."""
+    server = stock_dtls_server
+    assert SYSTEM_DTLS_LOG not in server.log()
     publisher = FfmpegWhipPublisher(
         f"{server.url}/whip/m1", {"authorization": server.token(identity="ffmpeg")}, seconds=1.0
     )
@@ -198,19 +218,21 @@ async def test_ffmpeg_default_certificate_is_refused(server):
         await asyncio.sleep(0.1)
     assert "connection failed" in server.log()
 
+    cert_file, key_file = write_p256_certificate(tmp_path)
+    await publish_and_check(server, {"cert_file": str(cert_file), "key_file": str(key_file)})
 
-async def test_first_picture_without_waiting_for_the_encoder(server, tmp_path):
+
+async def test_first_picture_without_waiting_for_the_encoder(server):
     """FFmpeg ignores keyframe requests and sends a keyframe every 10 s: a WHEP viewer
     joining between two keyframes still decodes its first picture within 1 s (the
     server starts it from the last keyframe it kept), and then follows the live
     picture; the viewer already watching is not disturbed."""
     from conference.tools.whipclient import whep_watch
 
-    cert_file, key_file = write_p256_certificate(tmp_path)
     token = server.token(identity="ffmpeg-hall", role="chair", name="FFmpeg hội trường")
     publisher = FfmpegWhipPublisher(
         f"{server.url}/whip/m1",
-        {"authorization": token, "cert_file": str(cert_file), "key_file": str(key_file)},
+        {"authorization": token},  # FFmpeg's own (P-224) certificate
         seconds=14.0,
         gop=10 * FPS,
     )

@@ -180,7 +180,12 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
     except RoomError as exc:
         raise _http(503, exc.code, exc.message) from exc
     participant = Participant(
-        room, who, "whip", ice_servers=request.app[ICE_SERVERS], auto_subscribe=False
+        room,
+        who,
+        "whip",
+        ice_servers=request.app[ICE_SERVERS],
+        auto_subscribe=False,
+        system_dtls=request.app[SETTINGS].whip_system_dtls,
     )
     try:
         await room.join(participant)

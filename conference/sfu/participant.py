@@ -71,6 +71,7 @@ class Participant:
         ice_servers: list[RTCIceServer] | None = None,
         auto_subscribe: bool = True,
         red: bool = False,
+        system_dtls: bool = False,
     ) -> None:
         self.id = new_id("PA")
         self.room = room
@@ -90,6 +91,9 @@ class Participant:
         #: the client receives RED audio (it said so when joining): the server's
         #: offers put ``red/48000/2`` first on its audio m-lines
         self.red = red
+        #: DTLS on the system's OpenSSL (bridge.SystemDtlsCertificate): accepts the P-224
+        #: certificate FFmpeg's WHIP muxer makes by default
+        self.system_dtls = system_dtls
         self.publisher_pc: ForwardingPeerConnection | None = None
         self.subscriber_pc: ForwardingPeerConnection | None = None
         self.publications: dict[str, Publication] = {}
@@ -134,7 +138,7 @@ class Participant:
                 logger.debug("participant %s: signal failed: %s", self.id, exc)
 
     def _new_pc(self) -> ForwardingPeerConnection:
-        pc = ForwardingPeerConnection(self.ice_servers)
+        pc = ForwardingPeerConnection(self.ice_servers, system_dtls=self.system_dtls)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:

@@ -1142,3 +1142,27 @@ async def test_a_p224_peer_connects_only_with_system_dtls():
         finally:
             await encoder.close()
             await server.close()
+
+
+async def test_without_the_system_openssl_whip_keeps_the_stock_dtls(monkeypatch, caplog):
+    """Where libssl.so.3 cannot be used, system_dtls falls back to aiortc's own
+    certificate (pyOpenSSL) and says so once, not per connection."""
+    from aiortc.rtcdtlstransport import RTCCertificate
+
+    from conference.sfu import bridge
+
+    monkeypatch.setattr(sysdtls, "_tried", True)
+    monkeypatch.setattr(sysdtls, "_loaded", None)
+    monkeypatch.setattr(sysdtls, "_reason", "OSError: no libssl.so.3")
+    monkeypatch.setattr(bridge, "_system_dtls_refused", False)
+    assert bridge.system_dtls() is None
+    connections = [ForwardingPeerConnection(system_dtls=True) for _ in range(2)]
+    try:
+        for pc in connections:
+            (certificate,) = pc._RTCPeerConnection__certificates
+            assert type(certificate) is RTCCertificate
+        warnings = [r.getMessage() for r in caplog.records if r.name == bridge.logger.name]
+        assert len(warnings) == 1 and "no libssl.so.3" in warnings[0], warnings
+    finally:
+        for pc in connections:
+            await pc.close()
