@@ -19,9 +19,12 @@ So WHIP sessions do their DTLS on the system's OpenSSL 3 instead
 (``conference/sfu/sysdtls.py``, ctypes on ``libssl.so.3``, with P-224 in the
 groups list; wired into aiortc by ``bridge.SystemDtlsCertificate``; setting
 ``whip_system_dtls``, on by default).  These tests publish with FFmpeg's
-defaults; with the setting off, the default certificate is refused and a P-256
-one given with the muxer's ``cert_file``/``key_file`` options still works (what
-an operator does where the system has no OpenSSL 3: docs/OPERATIONS.md)::
+defaults.  Two cases still need a P-256 certificate, given with the muxer's
+``cert_file``/``key_file`` options (docs/OPERATIONS.md): the setting off (or no
+OpenSSL 3 on the system), where the default certificate is refused as above; and
+``whip_flags=dtls_active``, where FFmpeg is the DTLS client and the server's
+OpenSSL, as DTLS server, also wants the client's curve among the groups the client
+itself offered, which FFmpeg's GnuTLS does not (no P-224 there)::
 
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \\
         -keyout whip.key -out whip.crt -days 365 -subj /CN=ffmpeg
@@ -177,23 +180,11 @@ async def publish_and_check(server: ServerProcess, options: dict[str, str]) -> N
         await viewer.leave()
 
 
-async def test_ffmpeg_whip_publishes_h264_and_opus_with_default_options(server):
-    """No ``cert_file``: FFmpeg's own P-224 certificate, accepted by the system's
-    OpenSSL (the default ``whip_system_dtls = true``)."""
-    assert SYSTEM_DTLS_LOG in server.log()
-    await publish_and_check(server, {})
-
-
-async def test_with_the_bundled_openssl_only_a_p256_certificate_works(stock_dtls_server, tmp_path):
-    """``whip_system_dtls = false`` (aiortc's own DTLS, on the OpenSSL bundled in
-    ``cryptography``): FFmpeg's default P-224 certificate is refused, as the module
-    docstring explains, and a P-256 one given with ``cert_file``/``key_file`` works.
-    If the refusal stops, the bundled OpenSSL accepts P-224 again (a new
-    ``cryptography``): the system's OpenSSL may then be unneeded."""
-    server = stock_dtls_server
-    assert SYSTEM_DTLS_LOG not in server.log()
+async def expect_refusal(server: ServerProcess, options: dict[str, str]) -> None:
+    """FFmpeg's DTLS handshake with ``options`` fails: FFmpeg gets the server's alert,
+    the server logs the failed connection."""
     publisher = FfmpegWhipPublisher(
-        f"{server.url}/whip/m1", {"authorization": server.token(identity="ffmpeg")}, seconds=1.0
+        f"{server.url}/whip/m1", {"authorization": server.token(identity="ffmpeg"), **options}, 1.0
     )
     level = av.logging.get_level()
     av.logging.set_level(av.logging.WARNING)  # PyAV drops FFmpeg's log by default
@@ -218,6 +209,31 @@ async def test_with_the_bundled_openssl_only_a_p256_certificate_works(stock_dtls
         await asyncio.sleep(0.1)
     assert "connection failed" in server.log()
 
+
+async def test_ffmpeg_whip_publishes_h264_and_opus_with_default_options(server):
+    """No ``cert_file``: FFmpeg's own P-224 certificate, accepted by the system's
+    OpenSSL (the default ``whip_system_dtls = true``).  FFmpeg offers
+    ``a=setup:passive``, the server answers ``active``: it is the DTLS client.
+
+    What is still refused: FFmpeg as the DTLS *client* (``whip_flags=dtls_active``)
+    with that key.  A DTLS server's OpenSSL also wants the client's curve among the
+    groups the client itself offered, and FFmpeg's GnuTLS offers no P-224
+    (``tls1_check_group_id``; docs/OPERATIONS.md says to give it a P-256 certificate).
+    If that starts working, update the docs."""
+    assert SYSTEM_DTLS_LOG in server.log()
+    await publish_and_check(server, {})
+    await expect_refusal(server, {"whip_flags": "dtls_active"})
+
+
+async def test_with_the_bundled_openssl_only_a_p256_certificate_works(stock_dtls_server, tmp_path):
+    """``whip_system_dtls = false`` (aiortc's own DTLS, on the OpenSSL bundled in
+    ``cryptography``): FFmpeg's default P-224 certificate is refused, as the module
+    docstring explains, and a P-256 one given with ``cert_file``/``key_file`` works.
+    If the refusal stops, the bundled OpenSSL accepts P-224 again (a new
+    ``cryptography``): the system's OpenSSL may then be unneeded."""
+    server = stock_dtls_server
+    assert SYSTEM_DTLS_LOG not in server.log()
+    await expect_refusal(server, {})
     cert_file, key_file = write_p256_certificate(tmp_path)
     await publish_and_check(server, {"cert_file": str(cert_file), "key_file": str(key_file)})
 

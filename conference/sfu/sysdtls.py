@@ -6,7 +6,10 @@ distributions' FFmpeg).  In (D)TLS 1.2 OpenSSL accepts a peer's ECDSA key only
 on a curve of its own groups list, and the OpenSSL bundled in ``cryptography``
 (which aiortc's DTLS uses, through pyOpenSSL) no longer offers P-224 as a group
 at all.  The system's OpenSSL 3.0 still does: with P-224 in the groups list the
-handshake completes.
+handshake completes when this side is the DTLS client (FFmpeg's default).  As DTLS
+server, OpenSSL also wants the client's curve among the groups the *client*
+offered, and FFmpeg's GnuTLS offers no P-224: ``whip_flags=dtls_active`` still
+needs a P-256 certificate (tests/test_ffmpeg_whip.py pins it).
 
 This module is the part of pyOpenSSL's ``SSL.Context`` / ``SSL.Connection`` API
 that aiortc's ``RTCDtlsTransport`` uses, over memory BIOs, on that library:

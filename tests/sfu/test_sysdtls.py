@@ -159,8 +159,10 @@ def test_handshake_with_pyopenssl_both_ways_gives_equal_srtp_keys(shim_role):
 @pytest.mark.parametrize("p224_role", ["client", "server"])
 def test_a_p224_peer_is_accepted(p224_role):
     """FFmpeg's default certificate: P-224.  As the DTLS server (FFmpeg's default,
-    ``a=setup:passive``) its ServerKeyExchange is checked; as the client
-    (``whip_flags=dtls_active``) its CertificateVerify."""
+    ``a=setup:passive``) its ServerKeyExchange is checked against our groups.  As the
+    client, its CertificateVerify is checked against our groups *and* the groups the
+    client offered: this peer (OpenSSL) offers P-224, FFmpeg's GnuTLS does not, so
+    FFmpeg with ``whip_flags=dtls_active`` is still refused (tests/test_ffmpeg_whip.py)."""
     ours, p224_peer = shim(P256), shim(P224)
     client, server = (p224_peer, ours) if p224_role == "client" else (ours, p224_peer)
     handshake(client, server)
