@@ -700,25 +700,121 @@ async def test_the_points_links_without_e_mail(site: Site, browsers: list[Browse
     assert sorted(row[0] for row in rows) == ["p-a1", "p-a2"]
     assert "Đường liên kết vào họp của từng điểm cầu" in done.stdout
 
-    # every showing is in the audit log: page, API, command line
+    # the printable QR sheet: one card per point, its QR code reads back as its link
+    status, page, response = await chair.get(f"/meetings/{meeting_id}/links")
+    assert f'href="/meetings/{meeting_id}/links/qr"' in page and "In mã QR" in page
+    status, page, response = await chair.get(f"/meetings/{meeting_id}/links/qr")
+    assert status == 200 and response.headers["Cache-Control"] == "no-store"
+    cards = qr_cards(page)
+    assert set(cards) == {"p-a1", "p-a2"}
+    for code, (svg, shown_link, card) in cards.items():
+        assert read_qr(svg) == shown_link  # the code is the link printed under it
+        # that point's own link (a new token each showing: another jti, the same claims)
+        assert shown_link.split("token=")[0] == links[code].split("token=")[0]
+        claims = jwt.decode(
+            shown_link.split("token=", 1)[1],
+            SECRET,
+            algorithms=["HS256"],
+            options={"verify_nbf": False, "verify_iat": False},
+        )
+        assert claims["sub"] == f"pt:{code}" and claims["meeting"] == str(meeting_id)
+        assert "Giao ban tuần" in card
+        assert ("Xã A Một" if code == "p-a1" else "Xã A Hai") in card  # the point's unit
+    assert "<script>" not in page and "https://" not in page.split("<main", 1)[0]  # no CDN
+    for username in ("tk-b", "vh-a1"):
+        other = await signed_in(site, browsers, username)
+        status, page, _ = await other.get(f"/meetings/{meeting_id}/links/qr")
+        assert status in (403, 404) and links["p-a1"] not in page and "<svg" not in page
+    anonymous = site.browser()
+    browsers.append(anonymous)
+    status, _, response = await anonymous.get(f"/meetings/{meeting_id}/links/qr")
+    assert status in (302, 303) and "/login" in response.headers["Location"]
+
+    # every showing is in the audit log: page, API, command line, QR sheet
     log = site.server.data_dir / "audit.log"
     shown = [json.loads(line) for line in log.read_text().splitlines()]
     shown = [r for r in shown if r["action"] == "links"]
-    assert [(r["via"], r.get("username")) for r in shown][:2] == [("page", "ct-a"), ("api", "tk-a")]
-    assert shown[-1]["via"] == "cli" and all(r["meeting"] == str(meeting_id) for r in shown)
+    assert [(r["via"], r.get("username")) for r in shown if r["via"] != "cli"] == [
+        ("page", "ct-a"),
+        ("api", "tk-a"),
+        ("page", "ct-a"),
+        ("qr", "ct-a"),
+    ]
+    assert [r["via"] for r in shown].index("cli") == 2
+    assert all(r["meeting"] == str(meeting_id) for r in shown)
 
-    # a cancelled meeting's links are not handed out
+    # a cancelled meeting's links are not handed out, on paper neither
     site.db(lambda s: svc.cancel_meeting(s, meeting_id, version=None))
     status, _, _ = await chair.get(f"/meetings/{meeting_id}/links")
     assert status == 409
+    status, page, _ = await chair.get(f"/meetings/{meeting_id}/links/qr")
+    assert status == 409 and "<svg" not in page
 
 
-async def test_copying_the_points_links_in_chromium(site: Site) -> None:
+def qr_cards(page: str) -> dict[str, tuple[str, str, str]]:
+    """The QR sheet's cards: point -> (its <svg>, the link printed under it, the card)."""
+    import html as html_module
+
+    found = {}
+    for code, card in re.findall(
+        r'<article class="qr-card" data-point="([^"]+)">(.*?)</article>', page, re.S
+    ):
+        svg = re.search(r"<svg.*?</svg>", card, re.S)
+        link = re.search(r'<p class="qr-link">([^<]+)</p>', card)
+        assert svg and link, card
+        found[code] = (
+            svg.group(0),
+            html_module.unescape(link.group(1)),
+            html_module.unescape(card),
+        )
+    return found
+
+
+def read_qr(svg: str) -> str:
+    """Decode a QR code drawn as segno's SVG (horizontal strokes of one module, on a grid of
+    one unit per module) with ZXing, as a phone would read the printed code."""
+    import numpy
+    import zxingcpp
+
+    size = int(re.search(r'viewBox="0 0 (\d+) \1"', svg).group(1))  # type: ignore[union-attr]
+    path = re.search(r'<path stroke="#000" d="([^"]+)"', svg)
+    assert path, svg[:300]
+    image = numpy.full((size, size), 255, numpy.uint8)
+    x = y = 0.0
+    for command, a, b in re.findall(r"([Mmh])(-?[\d.]+)(?: (-?[\d.]+))?", path.group(1)):
+        if command == "M":
+            x, y = float(a), float(b)
+        elif command == "m":
+            x, y = x + float(a), y + float(b)
+        else:
+            image[int(y), int(x) : int(x + float(a))] = 0
+            x += float(a)
+    image = numpy.kron(image, numpy.ones((6, 6), numpy.uint8))  # 6 pixels a module
+    results = zxingcpp.read_barcodes(image)
+    assert len(results) == 1 and results[0].format == zxingcpp.BarcodeFormat.QRCode, results
+    return str(results[0].text)
+
+
+async def test_copying_the_points_links_in_chromium(site: Site, tmp_path: Path) -> None:
     """Issue 15 item 1 as a secretary drives it: the meeting page leads to the links, the
-    copy buttons put a point's link and the whole chat message on the clipboard."""
+    copy buttons put a point's link and the whole chat message on the clipboard; "In mã QR"
+    opens the printable sheet, whose codes Chromium draws so that they read back as each
+    point's link, four cards to an A4 page, none split across two pages."""
     playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright")
     district(site)
-    meeting_id = schedule(site, "Giao ban tuần", datetime.now(UTC) + timedelta(days=1), 60)
+    for code, name, unit in (
+        ("p-a3", "UBND thị trấn A Ba", "xa-a1"),
+        ("p-a4", "Trạm Y tế xã A Bốn", "xa-a2"),
+        ("p-a5", "Trường Tiểu học xã A Năm", "xa-a2"),
+    ):
+        site.db(
+            lambda s, c=code, n=name, u=unit: organisation.create_point(s, code=c, name=n, unit=u)
+        )
+    points = ("p-a1", "p-a2", "p-a3", "p-a4", "p-a5")
+    start = datetime.now(ZONE).replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(
+        days=1
+    )
+    meeting_id = schedule(site, "Giao ban tuần", start, 90, points=points)
     async with playwright_api.async_playwright() as playwright:
         chromium = await playwright.chromium.launch(
             executable_path=str(CHROMIUM),
@@ -731,7 +827,9 @@ async def test_copying_the_points_links_in_chromium(site: Site) -> None:
         )
         try:
             context = await chromium.new_context(
-                locale="vi-VN", permissions=["clipboard-read", "clipboard-write"]
+                locale="vi-VN",
+                permissions=["clipboard-read", "clipboard-write"],
+                viewport={"width": 1000, "height": 760},
             )
             page = await context.new_page()
             errors: list[str] = []
@@ -743,6 +841,7 @@ async def test_copying_the_points_links_in_chromium(site: Site) -> None:
             await page.wait_for_url(f"**/meetings/{meeting_id}")
             await page.click("a.links-link")
             await page.wait_for_url(f"**/meetings/{meeting_id}/links")
+            await doc_screenshot(page, tmp_path, "screenshot-links.png", full_page=True)
             link = await page.input_value('tr[data-point="p-a1"] input.link')
             await page.click('tr[data-point="p-a1"] button.copy')
             assert await page.evaluate("navigator.clipboard.readText()") == link
@@ -750,6 +849,82 @@ async def test_copying_the_points_links_in_chromium(site: Site) -> None:
             await page.click("#copy-all")
             copied = await page.evaluate("navigator.clipboard.readText()")
             assert copied.startswith("Giao ban tuần\n") and f"UBND xã A Một: {link}" in copied
+
+            # the QR sheet, as printed on A4
+            await page.click("a.qr-link")
+            await page.wait_for_url(f"**/meetings/{meeting_id}/links/qr")
+            await page.set_viewport_size({"width": 794, "height": 1123})  # A4 at 96 dpi
+            await page.emulate_media(media="print")
+            cards = page.locator("article.qr-card")
+            assert await cards.count() == len(points)
+            for index in range(len(points)):
+                card = cards.nth(index)
+                code = await card.get_attribute("data-point")
+                printed = (await card.locator(".qr-link").inner_text()).strip()
+                assert f"/m/{meeting_id}?token=" in printed, printed
+                claims = jwt.decode(
+                    printed.split("token=", 1)[1],
+                    SECRET,
+                    algorithms=["HS256"],
+                    options={"verify_nbf": False, "verify_iat": False},
+                )
+                assert claims["sub"] == f"pt:{code}"
+                drawn = await card.locator(".qr svg").screenshot()
+                assert read_png_qr(drawn) == printed, code
+                style = await card.evaluate("e => getComputedStyle(e).breakInside")
+                assert style == "avoid"
+            # two rows of cards fit the A4 page's 277 mm (297 less the 10 mm margins)
+            boxes = [await cards.nth(i).bounding_box() for i in range(len(points))]
+            assert all(b is not None for b in boxes)
+            assert {round(b["x"]) for b in boxes if b}.__len__() == 2  # two columns
+            row_pitch = boxes[2]["y"] - boxes[0]["y"]  # type: ignore[index]
+            assert 2 * row_pitch <= 277 / 25.4 * 96, row_pitch
+            await page.evaluate("window.scrollTo(0, 0)")
+            await doc_screenshot(  # the first row of cards
+                page, tmp_path, "screenshot-qr-sheet.png", clip=(0, 0, 794, 470)
+            )
+            pdf = await page.pdf(format="A4", prefer_css_page_size=True, print_background=True)
+            (tmp_path / "qr-sheet.pdf").write_bytes(pdf)
+            pages = len(re.findall(rb"/Type\s*/Page\b", pdf))
+            assert pages == 2, pages  # 5 cards: 4 on the first page, 1 on the second
             assert not errors, errors
         finally:
             await chromium.close()
+
+
+async def doc_screenshot(
+    page: object,
+    tmp_path: Path,
+    name: str,
+    clip: tuple[int, int, int, int] | None = None,
+    full_page: bool = False,
+) -> Path:
+    """A screenshot to the tmp dir and test-artifacts/, and to docs/ with
+    ``UPDATE_SCREENSHOTS=1`` (as tests/test_browser.py `save_screenshot` does)."""
+    import os
+    import shutil
+
+    from .conftest import ROOT
+
+    path = tmp_path / name
+    area = dict(zip(("x", "y", "width", "height"), clip, strict=True)) if clip else None
+    await page.screenshot(path=str(path), clip=area, full_page=full_page)  # type: ignore[attr-defined]
+    (ROOT / "test-artifacts").mkdir(exist_ok=True)
+    shutil.copyfile(path, ROOT / "test-artifacts" / name)
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(path, ROOT / "docs" / name)
+    return path
+
+
+def read_png_qr(png: bytes) -> str:
+    """The text of the one QR code in a screenshot (ZXing, as a phone camera would)."""
+    import io
+
+    import numpy
+    import zxingcpp
+    from PIL import Image
+
+    image = numpy.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    results = zxingcpp.read_barcodes(image)
+    assert len(results) == 1 and results[0].format == zxingcpp.BarcodeFormat.QRCode, results
+    return str(results[0].text)

@@ -276,6 +276,7 @@ class PointLink:
     name: str
     email: str | None
     link: str
+    unit: str = ""  # the point's unit's name (the printed QR sheet names it)
 
 
 def point_links(settings: Settings, meeting: Meeting) -> list[PointLink]:
@@ -289,6 +290,7 @@ def point_links(settings: Settings, meeting: Meeting) -> list[PointLink]:
             inv.point.name,
             inv.point.contact_email,
             join_link(settings, meeting, inv.point),
+            inv.point.unit.name,
         )
         for inv in sorted(meeting.invitations, key=lambda i: i.point.name)
         if inv.active

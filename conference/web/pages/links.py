@@ -7,6 +7,11 @@ links are secrets (whoever holds one joins as that point), so only the chair's s
 the meeting (a chair, secretary or admin who may see it: its unit's or above) sees them, and every view is written
 to the audit log (``data/audit.log``, action ``links``).  The same comes from
 ``conference meeting links ID`` and ``GET /api/v1/meetings/{id}/links``.
+
+``/meetings/{id}/links/qr`` is the same for paper: one card per point (its name and unit,
+the meeting's title and time, the link as a QR code made here (conference/web/qr.py) and as
+text under it), A4, four cards a page, a card never split across two pages; same roles,
+audited the same way (``via`` ``qr``).
 """
 
 from __future__ import annotations
@@ -25,14 +30,17 @@ from conference.domain.meeting_services import (
     load_meeting,
 )
 from conference.web.auth import CurrentUser, database, page, render_page
+from conference.web.qr import qr_svg
 from conference.web.secrets import log_links
 from conference.web.site import language, translator
 
 __all__ = ["setup_links"]
 
 
-@page(CHAIR_SIDE_ROLES)  # the chair's side, never a point's operator
-async def links_page(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+async def _links(
+    request: web.Request, user: CurrentUser, template: str, via: str
+) -> web.StreamResponse:
+    """The links page or the QR sheet (``template``), audited as ``via``."""
     meeting_id = request.match_info["meeting_id"]
     settings = request.app[SETTINGS]
     strings = translator(request.app, language(request))
@@ -54,11 +62,24 @@ async def links_page(request: web.Request, user: CurrentUser) -> web.StreamRespo
     if found is None:
         return render_page(request, "auth_forbidden.html", user, 409, message_key="mp.links.closed")
     view, links, text = found
-    log_links(request, user, meeting_id, len(links), "page")
-    response = render_page(request, "meeting_links.html", user, m=view, links=links, text=text)
+    log_links(request, user, meeting_id, len(links), via)
+    codes = [qr_svg(link.link) for link in links] if via == "qr" else []
+    response = render_page(request, template, user, m=view, links=links, text=text, codes=codes)
     response.headers["Cache-Control"] = "no-store"  # secrets: never kept by a proxy or cache
     return response
 
 
+@page(CHAIR_SIDE_ROLES)  # the chair's side, never a point's operator
+async def links_page(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    return await _links(request, user, "meeting_links.html", "page")
+
+
+@page(CHAIR_SIDE_ROLES)
+async def qr_sheet(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    """The printable sheet: one QR card per point."""
+    return await _links(request, user, "meeting_qr.html", "qr")
+
+
 def setup_links(app: web.Application) -> None:
     app.router.add_get("/meetings/{meeting_id:\\d+}/links", links_page)
+    app.router.add_get("/meetings/{meeting_id:\\d+}/links/qr", qr_sheet)
