@@ -8,6 +8,7 @@ SQLite and PostgreSQL where storage matters; e-mails go to a real aiosmtpd serve
 
 from __future__ import annotations
 
+import html as html_module
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -552,14 +553,34 @@ async def test_send_invitations_and_smtp_failure(
     status, html, _ = await chair.post(f"/meetings/{the_id}/send", {"csrf_token": token})
     assert "Đã gửi 0 giấy mời" in html  # idempotent
 
+    # the mail server refuses one address: said in Vietnamese, the point named
+    site.db(lambda s: svc.update_meeting(s, the_id, version=None, title="Giao ban (đổi giờ)"))
+    box.refuse.add("p-a2@example.vn")
+    status, html, _ = await chair.post(f"/meetings/{the_id}/send", {"csrf_token": token})
+    assert status == 502 and "Đã gửi 1 giấy mời" in html
+    failed = html_module.unescape(html.split('class="send-failed"', 1)[1].split("</ul>")[0])
+    assert 'data-error="mail.err.recipient"' in failed and 'data-point="p-a2"' in failed
+    assert "Máy chủ thư điện tử không nhận thư gửi tới p-a2@example.vn (mã 550)" in failed
+    assert "mailbox unavailable" not in html and "Recipient" not in html  # no SMTP English
+    box.refuse.clear()
+    site.db(lambda s: svc.update_meeting(s, the_id, version=None, title="Giao ban (đổi giờ 2)"))
+
     # the mail server goes away: a clear message, no crash, the update stays pending
     controller.stop()
-    site.db(lambda s: svc.update_meeting(s, the_id, version=None, title="Giao ban (đổi giờ)"))
     status, html, _ = await chair.post(f"/meetings/{the_id}/send", {"csrf_token": token})
     assert status == 502 and 'data-send="failed"' in html and "Traceback" not in html
-    assert "Không gửi được thư" in html and 'data-point="p-a1"' in html
+    failed = html_module.unescape(html.split('class="send-failed"', 1)[1].split("</ul>")[0])
+    assert "Không gửi được thư" in html and failed.count("<li") == 1  # one reason, both points
+    assert 'data-point="p-a1"' in failed and 'data-point="p-a2"' in failed
+    assert f"Máy chủ thư điện tử 127.0.0.1:{box.port} từ chối kết nối" in failed
+    assert "Connect call failed" not in html and "cannot connect" not in html
+    # in English by choice
+    status, html, _ = await chair.post(f"/meetings/{the_id}/send?lang=en", {"csrf_token": token})
+    assert status == 502 and f"The mail server 127.0.0.1:{box.port} refused the connection" in html
     views = site.db(lambda s: invitations.list_invitations(s, the_id))
-    assert all(v.last_error for v in views) and all(v.sent_sequence == 0 for v in views)
+    assert all(v.last_error for v in views)  # the latest change is still to be sent to both
+    assert {v.point: v.sent_sequence for v in views} == {"p-a1": 1, "p-a2": 0}
+    assert all("cannot connect" in (v.last_error or "") for v in views)  # English, for IT
 
 
 # --- in a real browser --------------------------------------------------------------------------
@@ -639,7 +660,6 @@ async def test_the_points_links_without_e_mail(site: Site, browsers: list[Browse
     """Issue 15 item 1: the chair's side sees each invited point's own link (copy buttons,
     a message for a chat group), the same from the API and `conference meeting links`;
     other districts and operators do not; every showing is audited."""
-    import html as html_module
     import json
     import subprocess
     import sys
@@ -742,6 +762,15 @@ async def test_the_points_links_without_e_mail(site: Site, browsers: list[Browse
     ]
     assert [r["via"] for r in shown].index("cli") == 2
     assert all(r["meeting"] == str(meeting_id) for r in shown)
+
+    # "Gửi giấy mời" on a server without e-mail says so in Vietnamese and leads to the links
+    token = await chair.csrf(f"/meetings/{meeting_id}")
+    status, page, _ = await chair.post(f"/meetings/{meeting_id}/send", {"csrf_token": token})
+    page = html_module.unescape(page)
+    failed = page.split('class="send-failed"', 1)[1].split("</ul>")[0]
+    assert status == 502 and failed.count("<li") == 1
+    assert "chưa được cấu hình gửi thư điện tử" in failed
+    assert f'href="/meetings/{meeting_id}/links"' in failed and "not configured" not in page
 
     # a cancelled meeting's links are not handed out, on paper neither
     site.db(lambda s: svc.cancel_meeting(s, meeting_id, version=None))

@@ -41,7 +41,7 @@ from conference.domain import meetings as svc
 from conference.domain.db import Database
 from conference.domain.errors import SchedulingError
 from conference.domain.models import Invitation, Meeting, Point, utcnow
-from conference.notify.mail import MeetingText, build_message, send_messages
+from conference.notify.mail import MailError, MeetingText, build_message, send_messages
 from conference.settings import Settings, load_secret
 from conference.tokens import ISSUER, create_token
 
@@ -239,12 +239,13 @@ def answer(
 
 @dataclass
 class SendReport:
-    """What `send_pending` did: point codes per outcome."""
+    """What `send_pending` did: point codes per outcome (``failed``: point -> why, a
+    `MailError` the pages say in their language; ``str()`` of it is English)."""
 
     sent: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     no_email: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, MailError] = field(default_factory=dict)
 
 
 def meeting_text(settings: Settings, meeting: Meeting, point: Point) -> MeetingText:
@@ -350,14 +351,17 @@ def _pending(session: Session, settings: Settings, meeting_id: int | str) -> lis
 
 
 def _record(
-    session: Session, outgoing: list[_Outgoing], errors: list[str | None], now: datetime
+    session: Session,
+    outgoing: list[_Outgoing],
+    errors: Sequence[MailError | str | None],
+    now: datetime,
 ) -> None:
     for item, error in zip(outgoing, errors, strict=True):
         inv = session.get(Invitation, item.invitation_id)
         if inv is None:
             continue
         if error is not None:
-            inv.last_error = error[:500]
+            inv.last_error = str(error)[:500]  # English, for the IT officer
             continue
         inv.last_error = None
         inv.sent_at = now
@@ -377,8 +381,8 @@ async def send_pending(database: Database, settings: Settings, meeting_id: int |
     errors = await send_messages(settings, [o.message for o in with_mail if o.message])
     now = utcnow()
     without = [o for o in outgoing if o.message is None]
-    no_mail_errors: list[str | None] = ["the point has no e-mail address"] * len(without)
-    await database.run(lambda s: _record(s, with_mail + without, errors + no_mail_errors, now))
+    no_mail: list[MailError | str | None] = ["the point has no e-mail address"] * len(without)
+    await database.run(lambda s: _record(s, with_mail + without, [*errors, *no_mail], now))
     for item, error in zip(with_mail, errors, strict=True):
         if error is not None:
             report.failed[item.point] = error

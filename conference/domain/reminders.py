@@ -180,7 +180,7 @@ class Reminders:
                 report.sent.append(item)
             else:
                 report.failed.append(item)
-                failures.append((claim.log_id, error))
+                failures.append((claim.log_id, str(error)))
         if failures:
             await self.database.run(lambda s: self._failed(s, failures))
         return report

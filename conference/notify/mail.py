@@ -9,14 +9,21 @@ Sending uses aiosmtplib with the ``smtp_*`` settings: ``smtp_security`` "starttl
 default, port 587, certificate checked), "tls" (implicit TLS, port 465) or "none" (a
 local relay on a trusted network).  `send_messages` opens one connection for a batch and
 reports an error per message, so one bad address does not stop the others.
+
+A failure is a `MailError`: a catalogue key (``mail.err.*``) with its values, which the pages
+say in their language (a Vietnamese office reads "Máy chủ thư điện tử ... từ chối kết nối",
+not aiosmtplib's English), and the English detail (``str()``) for the log, the command line,
+the API and the invitation's stored ``last_error``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import socket
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
@@ -30,6 +37,7 @@ from conference.notify.ics import EventView, build_ics
 from conference.settings import Settings
 
 __all__ = [
+    "MailError",
     "MeetingText",
     "build_message",
     "catalogue",
@@ -181,15 +189,67 @@ def build_message(
     return message
 
 
+@dataclass(frozen=True)
+class MailError:
+    """Why an e-mail was not sent: ``key`` (``mail.err.*`` of web/static/i18n/meetings.json)
+    with ``params``, said in the reader's language; ``detail`` in English for the logs."""
+
+    key: str
+    detail: str
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.detail
+
+    def said(self, lang: str = "vi") -> str:
+        """The message in ``lang`` (the catalogue's text with its values)."""
+        return text(self.key, lang, **self.params)
+
+
+NOT_CONFIGURED = MailError("mail.err.not_configured", "e-mail is not configured (smtp_host)")
+
+
+def mail_error(exc: BaseException, settings: Settings, prefix: str = "") -> MailError:
+    """A `MailError` for what aiosmtplib (or the network under it) raised."""
+    server = f"{settings.smtp_host}:{settings.smtp_port}"
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    cause = exc.__cause__
+    key, params = "mail.err.other", {"server": server}
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError) or "AUTH extension" in detail:
+        key = "mail.err.auth"
+    elif isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        first = exc.recipients[0]
+        key, params = "mail.err.recipient", {"address": first.recipient, "code": str(first.code)}
+    elif isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        key, params = "mail.err.recipient", {"address": exc.recipient, "code": str(exc.code)}
+    elif isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        key, params = "mail.err.sender", {"address": exc.sender, "code": str(exc.code)}
+    elif isinstance(exc, TimeoutError):  # aiosmtplib's timeouts are TimeoutErrors too
+        key = "mail.err.timeout"
+    elif isinstance(exc, ssl.SSLError) or isinstance(cause, ssl.SSLError) or "STARTTLS" in detail:
+        key = "mail.err.tls"
+    elif isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        key = "mail.err.disconnected"
+    elif isinstance(exc, ConnectionRefusedError) or isinstance(cause, ConnectionRefusedError):
+        key = "mail.err.refused"
+    elif isinstance(exc, socket.gaierror) or isinstance(cause, socket.gaierror):
+        key = "mail.err.unknown_host"
+    elif isinstance(exc, aiosmtplib.SMTPResponseException):
+        key, params = "mail.err.rejected", {"code": str(exc.code), "server": server}
+    elif isinstance(exc, OSError):
+        key = "mail.err.connect"
+    return MailError(key, (prefix + detail)[:500], params)
+
+
 async def send_messages(
     settings: Settings, messages: Sequence[EmailMessage], timeout: float = 30
-) -> list[str | None]:
-    """Send `messages` over one SMTP connection; returns an error text (or None) per message
+) -> list[MailError | None]:
+    """Send `messages` over one SMTP connection; returns an error (or None) per message
     (counted for ``/metrics``: ``mail_sent``, ``mail_errors``)."""
     if not messages:
         return []
     if not mail_configured(settings):
-        return ["e-mail is not configured (smtp_host)"] * len(messages)
+        return [NOT_CONFIGURED] * len(messages)
     results = await _send(settings, messages, timeout)
     sent = results.count(None)
     events.count("mail_sent", sent)
@@ -199,7 +259,7 @@ async def send_messages(
 
 async def _send(
     settings: Settings, messages: Sequence[EmailMessage], timeout: float
-) -> list[str | None]:
+) -> list[MailError | None]:
     client = aiosmtplib.SMTP(
         hostname=settings.smtp_host,
         port=settings.smtp_port,
@@ -212,22 +272,24 @@ async def _send(
     try:
         await client.connect()
     except (aiosmtplib.SMTPException, OSError) as exc:
-        error = f"cannot connect to {settings.smtp_host}:{settings.smtp_port}: {exc}"
+        server = f"{settings.smtp_host}:{settings.smtp_port}"
+        error = mail_error(exc, settings, f"cannot connect to {server}: ")
         log.warning("%s", error)
-        return [error[:500]] * len(messages)
-    results: list[str | None] = []
+        return [error] * len(messages)
+    results: list[MailError | None] = []
     try:
         for message in messages:
             try:
                 await client.send_message(message)
                 results.append(None)
             except aiosmtplib.SMTPServerDisconnected as exc:
-                results.append(str(exc)[:500])
-                results += [str(exc)[:500]] * (len(messages) - len(results))
+                log.warning("the mail server closed the connection: %s", exc)
+                error = mail_error(exc, settings)
+                results += [error] * (len(messages) - len(results))
                 break
             except (aiosmtplib.SMTPException, OSError) as exc:
                 log.warning("sending to %s failed: %s", message["To"], exc)
-                results.append(str(exc)[:500])
+                results.append(mail_error(exc, settings))
     finally:
         try:
             await client.quit()

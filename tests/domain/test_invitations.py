@@ -247,7 +247,12 @@ async def test_refused_recipient_is_retried(database: db.Database, mailbox: Mail
     mailbox.refuse.add("vanphong02@xa02.example.vn")
     report = await send_pending(database, settings, meeting_id)
     assert report.sent == ["ubnd-xa-01"] and list(report.failed) == ["ubnd-xa-02"]
-    assert "550" in report.failed["ubnd-xa-02"]
+    refused = report.failed["ubnd-xa-02"]
+    assert "550" in str(refused) and refused.key == "mail.err.recipient"
+    assert refused.said("vi") == (
+        "Máy chủ thư điện tử không nhận thư gửi tới vanphong02@xa02.example.vn (mã 550): "
+        "hãy kiểm tra địa chỉ thư điện tử của điểm cầu."
+    )
     mailbox.refuse.clear()
     mailbox.clear()
     report = await send_pending(database, settings, meeting_id)
@@ -273,7 +278,9 @@ async def test_unreachable_smtp_server_is_reported(database: db.Database, mailbo
             points=["ubnd-xa-01"],
         ).meeting.id
     report = await send_pending(database, settings, meeting_id)
-    assert report.sent == [] and "cannot connect" in report.failed["ubnd-xa-01"]
+    error = report.failed["ubnd-xa-01"]
+    assert report.sent == [] and "cannot connect" in str(error)
+    assert error.key == "mail.err.refused" and "từ chối kết nối" in error.said("vi")
     with database.session() as session:
         view = list_invitations(session, meeting_id)[0]
         assert view.sent_sequence is None and "cannot connect" in (view.last_error or "")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conference.notify.mail import send_messages
+from conference.notify.mail import MailError, send_messages
 from conference.settings import Settings, SettingsError, load_settings
 
 from .smtp_server import Mailbox, mailbox_fixture  # noqa: F401 - fixture
@@ -80,7 +80,8 @@ async def test_starttls_is_required_not_optional(mailbox: Mailbox) -> None:
     """With smtp_security = starttls a server without STARTTLS gets nothing in clear text."""
     settings = Settings(smtp_host=mailbox.host, smtp_port=mailbox.port)
     errors = await send_messages(settings, [message_to("a@xa.example.vn")])
-    assert errors[0] is not None and "STARTTLS" in errors[0].upper()
+    assert errors[0] is not None and "STARTTLS" in str(errors[0]).upper()
+    assert errors[0].key == "mail.err.tls"
     assert mailbox.messages() == []
     settings.smtp_security = "none"
     assert await send_messages(settings, [message_to("a@xa.example.vn")]) == [None]
@@ -89,4 +90,74 @@ async def test_starttls_is_required_not_optional(mailbox: Mailbox) -> None:
 
 async def test_not_configured() -> None:
     errors = await send_messages(Settings(), [message_to("a@xa.example.vn")])
-    assert errors == ["e-mail is not configured (smtp_host)"]
+    assert [str(e) for e in errors] == ["e-mail is not configured (smtp_host)"]
+    assert errors[0] is not None and errors[0].key == "mail.err.not_configured"
+
+
+async def test_each_failure_is_said_in_the_readers_language(mailbox: Mailbox) -> None:
+    """Issue 15 item 4: a mail server's refusal reaches the page as a catalogue key with
+    its values (Vietnamese by default, English by choice), never as aiosmtplib's English;
+    the English detail stays for the log. Every case against a real server or socket."""
+    import socket
+
+    def settings(**values: object) -> Settings:
+        base: dict[str, object] = {
+            "smtp_host": mailbox.host,
+            "smtp_port": mailbox.port,
+            "smtp_security": "none",
+        }
+        return Settings(**(base | values))  # type: ignore[arg-type]
+
+    async def one(settings: Settings, to: str = "a@xa.example.vn") -> MailError:
+        [error] = await send_messages(settings, [message_to(to)], timeout=5)
+        assert error is not None
+        return error
+
+    with socket.socket() as silent:  # accepts connections, never greets
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        cases = [
+            (settings(smtp_port=free_closed_port()), "mail.err.refused", "từ chối kết nối"),
+            (settings(smtp_host="khong-co-may.invalid"), "mail.err.unknown_host", "Không tìm thấy"),
+            (settings(smtp_security="starttls"), "mail.err.tls", "kết nối bảo mật"),
+            (settings(smtp_security="tls"), "mail.err.tls", "kết nối bảo mật"),
+            (settings(smtp_user="u", smtp_password="p"), "mail.err.auth", "mật khẩu"),
+        ]
+        for case, key, words in cases:
+            error = await one(case)
+            assert error.key == key, (key, error)
+            vi, en = error.said("vi"), error.said("en")
+            assert words in vi and vi != en and "{" not in vi + en, vi
+            assert str(error) and str(error) not in vi  # the English detail is the log's
+        timed_out = await send_messages(
+            settings(smtp_port=port), [message_to("a@xa.example.vn")], timeout=0.5
+        )
+        assert timed_out[0] is not None and timed_out[0].key == "mail.err.timeout"
+    mailbox.refuse.add("b@xa.example.vn")
+    refused = await one(settings(), "b@xa.example.vn")
+    assert refused.key == "mail.err.recipient" and refused.params["code"] == "550"
+    assert "b@xa.example.vn" in refused.said("en") and "(code 550)" in refused.said("en")
+    assert mailbox.messages() == []
+
+
+def free_closed_port() -> int:
+    """A port nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_every_mail_error_has_both_languages() -> None:
+    import re
+
+    from conference.notify.mail import catalogue
+
+    keys = [k for k in catalogue() if k.startswith("mail.err.")]
+    assert len(keys) >= 12
+    for key in keys:
+        entry = catalogue()[key]
+        assert entry["vi"] and entry["en"] and entry["vi"] != entry["en"], key
+        assert set(re.findall(r"{(\w+)}", entry["vi"])) == set(re.findall(r"{(\w+)}", entry["en"]))

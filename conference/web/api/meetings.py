@@ -524,7 +524,7 @@ async def meeting_send(call: ApiCall) -> Any:
         "sent": report.sent,
         "cancelled": report.cancelled,
         "no_email": report.no_email,
-        "failed": report.failed,
+        "failed": {point: str(error) for point, error in report.failed.items()},
     }
 
 

@@ -34,6 +34,7 @@ actions share their helpers; the form's parsing is conference/web/pages/meeting_
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -90,6 +91,8 @@ from conference.web.pages.meeting_form import (
 )
 
 __all__ = ["setup_meetings"]
+
+log = logging.getLogger(__name__)
 
 BLANK_AGENDA_ROWS = 3
 
@@ -653,25 +656,46 @@ async def send_post(request: web.Request, user: CurrentUser) -> web.StreamRespon
     _ = gettext(request)
     try:
         report = await invitations.send_pending(database(request), settings, the_id)
-    except (SchedulingError, OSError) as exc:
+    except SchedulingError as exc:
         return await _meeting_page(
-            request, user, meeting_id, 502, action_error=_("mp.send.error") + f" ({exc})"
+            request,
+            user,
+            meeting_id,
+            409,
+            action_error=_("mp.send.error") + " " + error_text(request, exc),
         )
+    except OSError:
+        log.exception("sending the invitations of meeting %s failed", the_id)
+        return await _meeting_page(request, user, meeting_id, 502, action_error=_("mp.send.error"))
     summary = _("mp.send.result").format(
         sent=len(report.sent),
         cancelled=len(report.cancelled),
         no_email=len(report.no_email),
         failed=len(report.failed),
     )
+    # one line per reason, in the page's language, with the points it stopped
+    reasons: dict[str, SendFailure] = {}
+    for point, error in sorted(report.failed.items()):
+        text = _(error.key, **error.params)
+        reasons.setdefault(text, SendFailure(error.key, text, [])).points.append(point)
     return await _meeting_page(
         request,
         user,
         meeting_id,
         200 if not report.failed else 502,
         send_summary=summary,
-        send_failed=sorted(report.failed.items()),
+        send_failed=list(reasons.values()),
         send_no_email=report.no_email,
     )
+
+
+@dataclass(frozen=True)
+class SendFailure:
+    """One reason e-mails failed (``key``: its catalogue key), said, with its points."""
+
+    key: str
+    text: str
+    points: list[str]
 
 
 def setup_meetings(app: web.Application) -> None:
