@@ -81,7 +81,9 @@ async def test_meeting_round_trip(any_site: Site, browsers: list[Browser]) -> No
     assert data["warnings"] == [] and created["version"] == 1 and created["can_edit"] is True
     assert created["start"] == "2030-01-07T08:00:00+07:00" and created["status"] == "scheduled"
     assert [p["code"] for p in created["points"]] == ["p-a1", "p-a2"]
-    assert created["agenda"] == [{"title": "Báo cáo", "presenter": "Văn phòng"}]
+    assert created["agenda"] == [
+        {"title": "Báo cáo", "presenter": "Văn phòng", "presenter_user": None}
+    ]
 
     # a double booking of the chair is a warning, not an error
     status, data, _ = await chair.call(
@@ -134,9 +136,25 @@ async def test_meeting_round_trip(any_site: Site, browsers: list[Browser]) -> No
         (new_meeting(points=["p-b1"]), "unknown-point", "points"),  # another district's
         (new_meeting(chair="ct-a2"), "chair-not-self", "chair"),
         (new_meeting(unit="huyen-b"), "unknown-unit", "unit"),
+        (
+            new_meeting(agenda=[{"title": "Báo cáo", "presenter_user": "tk-b"}]),
+            "unknown-presenter",
+            "agenda",
+        ),
     ):
         status, data, _ = await chair.call("POST", "/meetings", body)
         assert status == 422 and data["error"] == code and data.get("field") == field, data
+    # a presenting account of the chair's units (as `@user` on the command line)
+    status, data, _ = await chair.call(
+        "PATCH",
+        f"/meetings/{the_id}",
+        {"version": 2, "agenda": [{"title": "Tài chính", "presenter_user": "tk-a"}]},
+    )
+    assert status == 200, data
+    shown = site.user("tk-a").display_name
+    assert data["meeting"]["agenda"] == [
+        {"title": "Tài chính", "presenter": shown, "presenter_user": "tk-a"}
+    ]
     status, data, _ = await chair.call("POST", "/meetings", new_meeting(extra=1))
     assert status == 422 and data["error"] == "invalid"
     status, data, _ = await chair.call(
@@ -179,9 +197,9 @@ async def test_meeting_round_trip(any_site: Site, browsers: list[Browser]) -> No
     # cancel: stale version refused, then done; a cancelled meeting cannot change
     status, data, _ = await chair.call("POST", f"/meetings/{the_id}/cancel", {"version": 1})
     assert status == 409 and data["error"] == "conflict-stale"
-    status, data, _ = await chair.call("POST", f"/meetings/{the_id}/cancel", {"version": 2})
+    status, data, _ = await chair.call("POST", f"/meetings/{the_id}/cancel", {"version": 3})
     assert status == 200 and data["status"] == "cancelled"
-    status, data, _ = await chair.call("PATCH", f"/meetings/{the_id}", {"version": 3, "title": "x"})
+    status, data, _ = await chair.call("PATCH", f"/meetings/{the_id}", {"version": 4, "title": "x"})
     assert status == 409 and data["error"] == "meeting-closed"
     status, data, _ = await chair.call(
         "GET", "/meetings?from=2030-01-07&to=2030-01-07&cancelled=true"

@@ -141,7 +141,8 @@ async def test_create_form_validation_and_escaping(any_site: Site, browsers: lis
     chair = await signed_in(site, browsers, "ct-a")
     status, html, _ = await chair.get("/meetings/new")
     assert status == 200 and 'name="start_date"' in html and 'value="p-b1"' not in html
-    assert 'value="p-a1"' in html and 'value="ct-a2"' not in html  # a chair chairs itself
+    chairs = html.split('<select name="chair">')[1].split("</select>")[0]
+    assert 'value="p-a1"' in html and 'value="ct-a2"' not in chairs  # a chair chairs itself
     token = await chair.csrf("/meetings/new")
 
     # 31 February: a field message on the start, nothing written
@@ -208,6 +209,102 @@ async def test_create_form_validation_and_escaping(any_site: Site, browsers: lis
         "/meetings/new", form(token, repeat="rrule", rrule="FREQ=SOMETIMES")
     )
     assert status == 400 and field_error(html, "rrule") == "Quy tắc lặp lại không hợp lệ."
+
+
+async def test_agenda_rows_and_presenting_accounts(site: Site, browsers: list[Browser]) -> None:
+    """Issue 15 item 7: any number of agenda rows (in the order of their numbers, gaps
+    allowed; at most 100 items, else a clear message), and presenters who are accounts
+    of the scheduler's units, checked on the server (the form names the wrong one)."""
+    district(site)
+    chair = await signed_in(site, browsers, "ct-a")
+    status, html, _ = await chair.get("/meetings/new")
+    offered = set(
+        re.findall(
+            r'<option value="([^"]*)"',
+            html.split('name="agenda_presenter_user_0"')[1].split("</select>")[0],
+        )
+    )
+    assert offered == {"", "qt-a", "ct-a", "ct-a2", "tk-a"}  # district A's staff, no operator
+    assert "/static/agenda.js" in html and 'id="agenda-add" hidden' in html
+    token = await chair.csrf("/meetings/new")
+
+    # rows 0, 1, 7 and 12 (a page that added and removed rows): four items, in order
+    rows = {
+        "agenda_title_0": "Khai mạc",
+        "agenda_presenter_0": "Văn phòng",
+        "agenda_title_1": "",
+        "agenda_presenter_1": "",
+        "agenda_title_7": "Báo cáo tài chính",
+        "agenda_presenter_7": "",
+        "agenda_presenter_user_7": "tk-a",
+        "agenda_title_12": "Kết luận",
+        "agenda_presenter_12": "",
+        "agenda_presenter_user_12": "ct-a",
+        "agenda_title_3": "Ý kiến các xã",
+        "agenda_presenter_3": "Các điểm cầu",
+    }
+    status, _, response = await chair.post("/meetings/new", form(token, **rows))
+    assert status == 303, _
+    made = meeting_id_of(response.headers["Location"])
+    stored = meeting(site, made)
+    assert [
+        (a.title, a.presenter, a.presenter_user.username if a.presenter_user else None)
+        for a in stored.agenda
+    ] == [
+        ("Khai mạc", "Văn phòng", None),
+        ("Ý kiến các xã", "Các điểm cầu", None),
+        ("Báo cáo tài chính", "", "tk-a"),
+        ("Kết luận", "", "ct-a"),
+    ]
+    status, html, _ = await chair.get(f"/meetings/{made}")
+    shown = site.user("tk-a").display_name  # the account's name on the meeting page
+    assert f'<li>Báo cáo tài chính <span class="muted">— {shown}</span></li>' in html
+    # the edit form shows the account chosen (not its name as text), and keeps it on save
+    status, html, _ = await chair.get(f"/meetings/{made}/edit")
+    row = html.split('name="agenda_presenter_user_2"')[1].split("</select>")[0]
+    assert '<option value="tk-a" selected>' in row
+    assert 'name="agenda_presenter_2" value=""' in html
+    edit_token = await chair.csrf(f"/meetings/{made}/edit")
+    values = {
+        "version": str(stored.version),
+        "agenda_title_0": "Báo cáo tài chính",
+        "agenda_presenter_0": "",
+        "agenda_presenter_user_0": "tk-a",
+    }
+    status, _, _ = await chair.post(f"/meetings/{made}/edit", form(edit_token, **values))
+    assert status == 303
+    assert [
+        (a.title, a.presenter_user.username) for a in meeting(site, made).agenda if a.presenter_user
+    ] == [("Báo cáo tài chính", "tk-a")]
+
+    # an account of another district, an operator, one that does not exist: named, refused
+    count = site.db(lambda s: s.query(Meeting).count())
+    for who in ("tk-b", "vh-a1", "khong-co-ai"):
+        status, html, _ = await chair.post(
+            "/meetings/new",
+            form(token, agenda_presenter_0="", agenda_presenter_user_0=who),
+        )
+        assert status == 400, who
+        assert field_error(html, "agenda") == (
+            f"Mục 1 của chương trình họp: không có tài khoản {who} để chọn làm người trình bày."
+        )
+    status, html, _ = await chair.post(
+        "/meetings/new?lang=en", form(token, agenda_presenter_user_0="tk-b")
+    )
+    assert field_error(html, "agenda") == "Agenda item 1: there is no account tk-b to present it."
+
+    # 100 items are fine, 101 are refused with the count, in the page's language
+    many = {f"agenda_title_{n}": f"Mục {n + 1}" for n in range(101)}
+    many |= {f"agenda_presenter_{n}": "Văn phòng" for n in range(101)}
+    status, html, _ = await chair.post("/meetings/new?lang=vi", form(token, **many))
+    assert status == 400
+    assert field_error(html, "agenda") == "Chương trình họp có tối đa 100 nội dung (đang có 101)."
+    assert 'name="agenda_title_100" value="Mục 101"' in html  # every row comes back
+    assert site.db(lambda s: s.query(Meeting).count()) == count
+    del many["agenda_title_100"], many["agenda_presenter_100"]
+    status, _, response = await chair.post("/meetings/new", form(token, **many))
+    assert status == 303
+    assert len(meeting(site, meeting_id_of(response.headers["Location"])).agenda) == 100
 
 
 async def test_stale_edit_reschedule_and_cancel(any_site: Site, browsers: list[Browser]) -> None:
@@ -590,8 +687,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 async def test_form_in_chromium(site: Site) -> None:
-    """The form works in Chromium without extra JavaScript: date and time inputs, a
-    checkbox, an agenda row; a title that is markup is shown as text, never run."""
+    """The form works in Chromium: date and time inputs, a checkbox, agenda rows added
+    and removed in the page (issue 15 item 7), a presenting account chosen; a title that
+    is markup is shown as text, never run."""
     playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright")
     district(site)
     title = '<img src=x onerror="window.__xss = 1"> Giao ban'
@@ -607,6 +705,8 @@ async def test_form_in_chromium(site: Site) -> None:
         )
         try:
             page = await chromium.new_page(locale="vi-VN")
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
             await page.goto(site.url + "/login?next=/meetings/new")
             await page.fill("input[name=username]", "ct-a")
             await page.fill("input[name=password]", "mat-khau-1")
@@ -619,6 +719,28 @@ async def test_form_in_chromium(site: Site) -> None:
             await page.fill("input[name=end_time]", "09:15")
             await page.fill("input[name=agenda_title_0]", "Báo cáo tuần")
             await page.fill("input[name=agenda_presenter_0]", "Văn phòng")
+            # more agenda rows than the three blank ones: add three, remove one
+            rows = page.locator("table.agenda-rows tbody tr")
+            assert await rows.count() == 3
+            for _ in range(3):
+                await page.click("#agenda-add")
+            assert await rows.count() == 6
+            for index, (item, who) in enumerate(
+                [("Ý kiến xã A Một", "UBND xã A Một"), ("Thừa", "x"), ("Tài chính", "")], 1
+            ):
+                await page.fill(f"input[name=agenda_title_{index}]", item)
+                await page.fill(f"input[name=agenda_presenter_{index}]", who)
+            await page.select_option("select[name=agenda_presenter_user_3]", "tk-a")
+            for number in range(4, 6):
+                await page.fill(f"input[name=agenda_title_{number}]", f"Mục {number}")
+                await page.fill(f"input[name=agenda_presenter_{number}]", "Văn phòng")
+            await rows.nth(2).locator("button.agenda-remove").click()  # "Thừa"
+            assert await rows.count() == 5
+            numbers = [await rows.nth(i).locator(".agenda-number").inner_text() for i in range(5)]
+            assert numbers == ["1", "2", "3", "4", "5"]
+            assert await rows.nth(2).locator("select").get_attribute("name") == (
+                "agenda_presenter_user_2"
+            )
             await page.check("input[name=points][value=p-a2]")
             await page.click("button.primary")
             await page.wait_for_url(re.compile(r".*/meetings/\d+\?saved=1$"))
@@ -629,6 +751,17 @@ async def test_form_in_chromium(site: Site) -> None:
             stored = meeting(site, the_id)
             assert stored.title == title and [i.point.code for i in stored.invitations] == ["p-a2"]
             assert stored.end_at == datetime(2030, 1, 7, 2, 15, tzinfo=UTC)
+            assert [
+                (a.title, a.presenter, a.presenter_user.username if a.presenter_user else None)
+                for a in stored.agenda
+            ] == [
+                ("Báo cáo tuần", "Văn phòng", None),
+                ("Ý kiến xã A Một", "UBND xã A Một", None),
+                ("Tài chính", "", "tk-a"),
+                ("Mục 4", "Văn phòng", None),
+                ("Mục 5", "Văn phòng", None),
+            ]
+            assert not errors, errors
             # cancel through the confirmation page
             await page.click(f"a[href='/meetings/{the_id}/cancel']")
             await page.click("button.primary")

@@ -99,6 +99,8 @@ class MeetingView:
     agenda: tuple[tuple[str, str], ...]
     points: tuple[InvitedPoint, ...]
     can_edit: bool = False
+    #: each agenda item's presenting account (username), or None: parallel to ``agenda``
+    presenter_users: tuple[str | None, ...] = ()
 
     @classmethod
     def of(cls, meeting: Meeting, editable: bool = False) -> MeetingView:
@@ -124,6 +126,9 @@ class MeetingView:
                 if inv.active
             ),
             can_edit=editable,
+            presenter_users=tuple(
+                a.presenter_user.username if a.presenter_user else None for a in meeting.agenda
+            ),
         )
 
     @property
@@ -151,7 +156,14 @@ class MeetingView:
             "recording_policy": self.recording_policy,
             "notes": self.notes,
             "series_id": self.series_id,
-            "agenda": [{"title": t, "presenter": p} for t, p in self.agenda],
+            "agenda": [
+                {"title": t, "presenter": p, "presenter_user": u}
+                for (t, p), u in zip(
+                    self.agenda,
+                    self.presenter_users or (None,) * len(self.agenda),
+                    strict=True,
+                )
+            ],
             "points": [{"code": p.code, "name": p.name, "answer": p.answer} for p in self.points],
         }
 
@@ -222,6 +234,21 @@ def chairs_for(session: Session, actor: CurrentUser) -> list[User]:
     return [u for u in users if scope is None or u.unit_id in scope]
 
 
+PRESENTER_ROLES = ("admin", "chair", "secretary")
+
+
+def presenters_for(session: Session, actor: CurrentUser) -> list[User]:
+    """The accounts `actor` may name as an agenda item's presenter: the active chairs,
+    secretaries and admins of its units (a point's operator presents nothing), by name."""
+    scope = visible_unit_ids(session, actor)
+    users = session.scalars(
+        select(User)
+        .where(User.role.in_(PRESENTER_ROLES), User.active.is_(True))
+        .order_by(User.display_name, User.username)
+    )
+    return [u for u in users if scope is None or u.unit_id in scope]
+
+
 def units_for(session: Session, actor: CurrentUser) -> list[Unit]:
     """The units in `actor`'s scope (where it may hold a meeting)."""
     scope = visible_unit_ids(session, actor)
@@ -258,9 +285,11 @@ def _check_scope(
     unit: str | None,
     chair: str | None,
     points: Sequence[str] | None,
+    agenda: Sequence[AgendaInput] | None = None,
+    kept: Sequence[str] = (),
 ) -> None:
-    """Refuse a unit, chair or point outside the actor's scope (as the service would
-    refuse an unknown one: nothing of another district leaks)."""
+    """Refuse a unit, chair, point or presenting account outside the actor's scope (as
+    the service would refuse an unknown one: nothing of another district leaks)."""
     scope = visible_unit_ids(session, actor)
     if unit is not None:
         known = session.scalar(select(Unit).where(Unit.code == unit.strip()))
@@ -278,6 +307,12 @@ def _check_scope(
             raise SchedulingError(
                 "unknown-user", f"unknown user {chair!r}", field="chair", params={"user": chair}
             )
+    if agenda and any(item.presenter_user for item in agenda):
+        # ``kept``: presenters the meeting already has stay valid (someone else chose them)
+        allowed = {u.username for u in presenters_for(session, actor)} | set(kept)
+        for index, item in enumerate(agenda, start=1):
+            if item.presenter_user and item.presenter_user.strip() not in allowed:
+                raise svc.unknown_presenter(index, item.presenter_user)
     if points:
         codes = [c.strip() for c in points if c and c.strip()]
         rows = session.scalars(select(Point).where(Point.code.in_(codes)))
@@ -296,7 +331,9 @@ def _creation(session: Session, actor: CurrentUser, data: MeetingData) -> dict[s
     """The arguments of a create service for `data`, once `actor` may create it there."""
     if actor.role not in EDIT_ROLES:
         raise NotAllowed("create")
-    _check_scope(session, actor, unit=data.unit, chair=data.chair, points=data.points)
+    _check_scope(
+        session, actor, unit=data.unit, chair=data.chair, points=data.points, agenda=data.agenda
+    )
     return data.arguments()
 
 
@@ -339,5 +376,7 @@ def update_for(
         unit=changes.get("unit"),
         chair=changes.get("chair"),
         points=changes.get("points"),
+        agenda=changes.get("agenda"),
+        kept=[a.presenter_user.username for a in meeting.agenda if a.presenter_user],
     )
     return svc.update_meeting(session, meeting.id, version=version, **changes)

@@ -233,6 +233,17 @@ def _user(session: Session, username: str, what: str) -> User:
     return user
 
 
+def unknown_presenter(item: int, username: str) -> SchedulingError:
+    """Agenda item ``item`` (from 1) names a presenting account that does not exist, is
+    disabled or is outside the scheduler's units."""
+    return SchedulingError(
+        "unknown-presenter",
+        f"agenda item {item}: unknown presenting user {username!r}",
+        field="agenda",
+        params={"item": str(item), "user": username},
+    )
+
+
 def _chair(session: Session, username: str, unit: Unit) -> User:
     user = _user(session, username, "chair")
     if user.role != "chair":
@@ -274,16 +285,21 @@ def _points(session: Session, codes: Sequence[str]) -> list[Point]:
 def _agenda(session: Session, items: Sequence[AgendaInput]) -> list[tuple[str, str, User | None]]:
     if len(items) > MAX_AGENDA:
         raise SchedulingError(
-            "text-too-long",
-            f"at most {MAX_AGENDA} agenda items",
+            "too-many-items",
+            f"at most {MAX_AGENDA} agenda items ({len(items)} given)",
             field="agenda",
-            params={"limit": str(MAX_AGENDA)},
+            params={"limit": str(MAX_AGENDA), "count": str(len(items))},
         )
     cleaned = []
     for index, item in enumerate(items, start=1):
         title = clean_text(item.title, "agenda", MAX_TITLE)
         presenter = clean_text(item.presenter or "", "agenda", MAX_PRESENTER, required=False)
-        user = _user(session, item.presenter_user, "agenda") if item.presenter_user else None
+        user = None
+        if item.presenter_user:
+            try:
+                user = _user(session, item.presenter_user, "agenda")
+            except SchedulingError:
+                raise unknown_presenter(index, item.presenter_user) from None
         if user is None and not presenter:
             raise SchedulingError(
                 "presenter-empty",

@@ -66,9 +66,19 @@ _AGENDA_ITEM = API.schema(
         "type": "object",
         "properties": {
             "title": {"type": "string", "minLength": 1, "maxLength": 300},
-            "presenter": {"type": "string", "maxLength": 200},
+            "presenter": {
+                "type": "string",
+                "maxLength": 200,
+                "description": "free text; in answers the presenting account's name if any",
+            },
+            "presenter_user": {
+                "type": ["string", "null"],
+                "maxLength": 64,
+                "description": "the username of a presenting account of the caller's units "
+                "(then presenter may be empty); unknown or outside: 400 unknown-presenter",
+            },
         },
-        "required": ["title", "presenter"],
+        "required": ["title"],
         "additionalProperties": False,
     },
 )
@@ -328,8 +338,15 @@ def _data(body: dict[str, Any]) -> MeetingData:
     )
 
 
-def _agenda(items: list[dict[str, str]]) -> list[AgendaInput]:
-    return [AgendaInput(title=i["title"], presenter=i.get("presenter", "")) for i in items]
+def _agenda(items: list[dict[str, Any]]) -> list[AgendaInput]:
+    return [
+        AgendaInput(
+            title=i["title"],
+            presenter=i.get("presenter") or "",
+            presenter_user=i.get("presenter_user") or None,
+        )
+        for i in items
+    ]
 
 
 def _day(call: ApiCall, name: str, default: date) -> date:

@@ -2,10 +2,17 @@
 
 Pure (no aiohttp): the edit pages (conference/web/pages/meetings.py) show these values again
 with the errors found here (`FormErrors`) or by the services.
+
+Agenda rows are ``agenda_title_N``, ``agenda_presenter_N`` (free text) and
+``agenda_presenter_user_N`` (an account's username, or empty), read in the order of N
+whatever the numbers (web/static/agenda.js adds and removes rows; without JavaScript the
+page has three blank rows): any number of rows, at most `meetings.MAX_AGENDA` (100) that
+are not blank, else the form says so.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -17,7 +24,11 @@ from conference.domain.meetings import ZONE, AgendaInput, local_time
 from conference.domain.models import Meeting
 
 WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
-MAX_AGENDA_ROWS = 100
+#: Rows read from one post (blank ones included); more is refused as too many items.
+MAX_POSTED_ROWS = 500
+ROW_FIELD = re.compile(r"agenda_(?:title|presenter|presenter_user)_(\d{1,9})")
+
+AgendaRow = tuple[str, str, str]  # title, presenter (text), presenting account (username)
 
 
 def form_text(form: Mapping[str, Any], key: str) -> str:
@@ -41,13 +52,15 @@ def local_form_time(day: str, clock: str, what: str) -> datetime:
 
 def form_values(form: Mapping[str, Any]) -> dict[str, Any]:
     """The raw values of a posted meeting form (to show again)."""
-    rows = []
-    for index in range(MAX_AGENDA_ROWS):
-        if f"agenda_title_{index}" not in form:
-            break
-        rows.append(
-            (form_text(form, f"agenda_title_{index}"), form_text(form, f"agenda_presenter_{index}"))
+    indices = sorted({int(m.group(1)) for key in form if (m := ROW_FIELD.fullmatch(key))})
+    rows: list[AgendaRow] = [
+        (
+            form_text(form, f"agenda_title_{index}"),
+            form_text(form, f"agenda_presenter_{index}"),
+            form_text(form, f"agenda_presenter_user_{index}"),
         )
+        for index in indices[:MAX_POSTED_ROWS]
+    ]
     getall = getattr(form, "getall", None)
     points = [p for p in (getall("points", []) if getall else []) if isinstance(p, str)]
     values: dict[str, Any] = {
@@ -69,6 +82,7 @@ def form_values(form: Mapping[str, Any]) -> dict[str, Any]:
         )
     }
     values["agenda"] = rows
+    values["agenda_posted"] = len(indices)
     values["points"] = points
     return values
 
@@ -94,12 +108,21 @@ def parse_form(values: Mapping[str, Any]) -> MeetingData:
         errors["unit"] = SchedulingError("unit-empty", "choose a unit", field="unit")
     if not values["chair"]:
         errors["chair"] = SchedulingError("chair-empty", "choose a chair", field="chair")
+    filled = [row for row in values["agenda"] if any(cell.strip() for cell in row)]
+    posted = int(values.get("agenda_posted") or 0)
+    if len(filled) > svc.MAX_AGENDA or posted > MAX_POSTED_ROWS:
+        count = max(len(filled), posted)
+        errors["agenda"] = SchedulingError(
+            "too-many-items",
+            f"at most {svc.MAX_AGENDA} agenda items ({count} given)",
+            field="agenda",
+            params={"limit": str(svc.MAX_AGENDA), "count": str(count)},
+        )
     if errors:
         raise FormErrors(errors)
     agenda = [
-        AgendaInput(title=title, presenter=presenter)
-        for title, presenter in values["agenda"]
-        if title.strip() or presenter.strip()
+        AgendaInput(title=title, presenter=presenter, presenter_user=user.strip() or None)
+        for title, presenter, user in filled
     ]
     return MeetingData(
         title=values["title"],
@@ -128,7 +151,10 @@ def meeting_values(meeting: Meeting) -> dict[str, Any]:
         "recording_policy": meeting.recording_policy,
         "notes": meeting.notes,
         "version": str(meeting.version),
-        "agenda": [(a.title, a.presenter_name) for a in meeting.agenda],
+        "agenda": [
+            (a.title, a.presenter, a.presenter_user.username if a.presenter_user else "")
+            for a in meeting.agenda
+        ],
         "points": [inv.point.code for inv in meeting.invitations if inv.active],
         "repeat": "",
         "weekday": "MO",

@@ -13,7 +13,9 @@ Form behaviour
 Times are entered as local dates and times (Asia/Ho_Chi_Minh) and converted here; an
 impossible date (31/02) is the field message of ``sched.error.invalid-time``.  The agenda
 has the existing items plus three blank rows (works without JavaScript; a blank row is
-ignored, a cleared row removes the item).  Conflicts (the chair or a point double-booked)
+ignored, a cleared row removes the item); web/static/agenda.js adds and removes rows, and
+each row's presenter is free text or one of the accounts of the scheduler's units
+(`presenters_for`, checked again on save).  Conflicts (the chair or a point double-booked)
 are *saved with warnings*: the meeting page always shows the current conflicts of a
 scheduled meeting.  The form carries the meeting's version: a save based on an older
 version writes nothing and shows the form again with the current values and the message
@@ -61,6 +63,7 @@ from conference.domain.meeting_services import (
     create_for,
     create_series_for,
     load_meeting,
+    presenters_for,
     stale,
     units_for,
     update_for,
@@ -80,7 +83,6 @@ from conference.web.auth import (
     render_page,
 )
 from conference.web.pages.meeting_form import (
-    MAX_AGENDA_ROWS,
     WEEKDAYS,
     form_text,
     form_values,
@@ -235,18 +237,22 @@ async def _form_page(
     errors: Mapping[str, str] | None = None,
     notice: str = "",
 ) -> web.Response:
-    def load(session: Session) -> tuple[list[Unit], list[User], list[Point]]:
-        units, chairs, points = (
+    def load(session: Session) -> tuple[list[Unit], list[User], list[Point], list[User]]:
+        units, chairs, points, presenters = (
             units_for(session, user),
             chairs_for(session, user),
             visible_points(session, user),
+            presenters_for(session, user),
         )
-        _ = [u.unit for u in chairs]
-        return units, chairs, points
+        _ = [u.unit for u in chairs + presenters]
+        return units, chairs, points, presenters
 
-    units, chairs, points = await database(request).run(load)
+    units, chairs, points, presenters = await database(request).run(load)
     agenda = list(values.get("agenda") or [])
-    agenda += [("", "")] * BLANK_AGENDA_ROWS
+    agenda += [("", "", "")] * BLANK_AGENDA_ROWS
+    offered = {u.username for u in presenters}
+    # an account already chosen (by someone with a wider scope) stays shown as chosen
+    others = sorted({row[2] for row in agenda if row[2] and row[2] not in offered})
     return render_page(
         request,
         "meeting_form.html",
@@ -254,7 +260,10 @@ async def _form_page(
         status,
         meeting_id=meeting_id,
         values=values,
-        agenda=agenda[:MAX_AGENDA_ROWS],
+        agenda=agenda,
+        max_agenda=svc.MAX_AGENDA,
+        presenters=presenters,
+        other_presenters=others,
         units=units,
         chairs=chairs,
         points=points,
