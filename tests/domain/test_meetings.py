@@ -100,7 +100,11 @@ def test_create_stores_utc_and_everything_verbatim(database: db.Database) -> Non
         ({"recording_policy": "always"}, "bad-recording-policy", "recording_policy"),
         ({"agenda": [AgendaInput("Mục 1")]}, "presenter-empty", "agenda"),
         ({"agenda": [AgendaInput("Mục 1", presenter_user="ghost")]}, "unknown-presenter", "agenda"),
-        ({"agenda": [AgendaInput(f"Mục {n}", "VP") for n in range(101)]}, "too-many-items", "agenda"),
+        (
+            {"agenda": [AgendaInput(f"Mục {n}", "VP") for n in range(101)]},
+            "too-many-items",
+            "agenda",
+        ),
     ],
 )
 def test_bad_input_is_refused_and_nothing_written(
