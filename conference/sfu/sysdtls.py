@@ -43,7 +43,6 @@ No import of aiortc here: ``conference/sfu/bridge.py`` wires it in.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 import weakref
 from typing import Any
@@ -52,6 +51,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL.SSL import (
+    DTLS_METHOD,
     Error,
     SysCallError,
     WantReadError,
@@ -82,7 +82,6 @@ __all__ = [
 #: FFmpeg's certificate
 GROUPS = b"X25519:P-256:P-384:P-521:P-224"
 
-DTLS_METHOD = 7  # pyOpenSSL's value; the only method offered here
 OP_NO_TICKET = 0x00004000
 VERIFY_PEER = 0x01
 VERIFY_FAIL_IF_NO_PEER_CERT = 0x02
@@ -143,7 +142,6 @@ _FUNCTIONS: dict[str, tuple[str, Any, list[Any]]] = {
     "SSL_CTX_set_verify": ("ssl", None, [_P, ctypes.c_int, _VERIFY_CALLBACK]),
     "SSL_CTX_use_certificate_ASN1": ("ssl", ctypes.c_int, [_P, ctypes.c_int, ctypes.c_char_p]),
     "SSL_CTX_use_PrivateKey": ("ssl", ctypes.c_int, [_P, _P]),
-    "SSL_CTX_check_private_key": ("ssl", ctypes.c_int, [_P]),
     "SSL_CTX_set_cipher_list": ("ssl", ctypes.c_int, [_P, ctypes.c_char_p]),
     "SSL_CTX_set_tlsext_use_srtp": ("ssl", ctypes.c_int, [_P, ctypes.c_char_p]),
     "SSL_new": ("ssl", _P, [_P]),
@@ -221,9 +219,13 @@ _tried = False
 
 
 def _open() -> Library:
-    names = ["libssl.so.3", ctypes.util.find_library("ssl")]
+    if ctypes.sizeof(ctypes.c_long) != 8 or ctypes.sizeof(ctypes.c_void_p) != 8:
+        # `_Timeval` is LP64's struct timeval: on a 32-bit system (time64 or not)
+        # OpenSSL would write past it
+        raise OSError("the system's OpenSSL is used on 64-bit systems only")
+    names = ["libssl.so.3"]  # every OpenSSL 3.x has this name
     last: OSError | None = None
-    for name in dict.fromkeys(n for n in names if n):
+    for name in names:
         crypto_name = name.replace("libssl", "libcrypto")
         try:
             library = Library(ctypes.CDLL(name), ctypes.CDLL(crypto_name))
@@ -328,8 +330,6 @@ class Context:
                 raise lib.fail("SSL_CTX_use_PrivateKey")
         finally:
             lib.EVP_PKEY_free(pkey)  # the context holds its own reference
-        if lib.SSL_CTX_check_private_key(self._ctx) != 1:
-            raise lib.fail("SSL_CTX_check_private_key")
 
     def set_cipher_list(self, ciphers: bytes) -> None:
         self._check()
