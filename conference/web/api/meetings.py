@@ -16,6 +16,9 @@ the error is about one).  The service codes of :mod:`conference.domain.errors` a
 an edit based on an old ``version`` or of a closed meeting 409, an unknown meeting 404.
 Conflicts (the chair or a point double-booked) are not errors: create and update answer
 with the meeting and its ``warnings``.
+
+Size: a little over 600 lines, of which about 250 are the OpenAPI schemas of the
+operations (declarations); the rules live in the meeting services.
 """
 
 from __future__ import annotations
