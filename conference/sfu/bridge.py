@@ -44,6 +44,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any, Protocol, cast
 
+import aioice
 import aioice.ice
 import aioice.turn
 import aiortc.rtcdtlstransport as _rtcdtlstransport
@@ -122,6 +123,11 @@ __all__ = [
     "PacketSink",
     "SystemDtlsCertificate",
     "accept_transport_cc",
+    "begin_ice_restart",
+    "finish_ice_restart",
+    "ice_restart_offered",
+    "ice_restart_pending",
+    "wait_ice_restart",
     "RtpPacket",
     "RTCSessionDescription",
     "announce_address",
@@ -1933,6 +1939,257 @@ class ForwardingPeerConnection(RTCPeerConnection):
         """Whether the remote side's latest description sends on this m-line."""
         direction = transceiver._offerDirection or transceiver.currentDirection
         return direction in ("recvonly", "sendrecv")
+
+
+# -- ICE restart ---------------------------------------------------------------------
+#
+# aiortc 1.16 cannot restart ICE: an offer with new ICE credentials goes to the ICE
+# transport it already has, whose aioice ``Connection`` keeps the old credentials and
+# the old (dead) path.  A point whose network changed (Wi-Fi to 4G, a 4G handover, a
+# new NAT binding) then had to leave and join again.  WebRTC keeps the DTLS association
+# and its SRTP keys across an ICE restart (RFC 8445 section 9, RFC 8829 section 3.5.1):
+# only the ICE layer below it is new.  These functions do that on aiortc's objects:
+#
+# * `begin_ice_restart` (before our offer, or before applying the remote's restart
+#   offer): a new aioice ``Connection`` with new credentials gathers its candidates and
+#   becomes the one aiortc's ICE transport and gatherer describe (the new ufrag, pwd and
+#   candidates go into the next offer or answer) and adds remote candidates to.  Media
+#   keeps flowing on the old connection meanwhile (its consent checks stop: the old
+#   path is about to be dropped, and must not close the transport under the restart).
+# * `finish_ice_restart` (once the remote description with the other side's new
+#   credentials is applied): the new connection runs its connectivity checks; when a
+#   pair is nominated, DTLS (``RTCIceTransport._send``/``_recv``, looked up on every
+#   datagram), the forwarding senders' fast path (`ForwardingSender._nominated`) and the
+#   fast ingress hook move to it, and the old connection is closed.  The DTLS transport,
+#   its SRTP sessions, every sender, receiver and SSRC stay as they were.  If no new
+#   path is found within `ICE_RESTART_TIMEOUT`, the ICE transport fails as it would have
+#   (the participant then rejoins).
+
+#: seconds a restarted ICE connection may take to nominate a pair before the transport fails
+ICE_RESTART_TIMEOUT = 20.0
+#: a datagram the DTLS transport's receive task ignores (neither DTLS nor SRTP): wakes it
+#: from the old connection's queue so that its next read goes to the new connection
+_WAKE_UP = (b"\x00", 1)
+_ICE_UFRAG = "a=ice-ufrag:"
+
+
+class IceRestart:
+    """An ICE restart in progress on one ICE transport."""
+
+    __slots__ = ("ice", "dtls", "media", "pending", "task", "started")
+
+    def __init__(self, ice: Any, dtls: RTCDtlsTransport, media: Any, pending: Any) -> None:
+        self.ice = ice
+        self.dtls = dtls
+        #: the connection media flows on until `pending` has a nominated pair
+        self.media = media
+        self.pending = pending
+        self.task: asyncio.Task[None] | None = None
+        self.started = time.monotonic()
+
+
+def _transports(pc: RTCPeerConnection) -> list[tuple[Any, RTCDtlsTransport]]:
+    """The (ICE transport, DTLS transport) pairs of ``pc``'s transceivers (one with
+    BUNDLE)."""
+    found: dict[int, tuple[Any, RTCDtlsTransport]] = {}
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        found.setdefault(id(dtls), (dtls.transport, dtls))
+    return list(found.values())
+
+
+def ice_ufrag(sdp: str) -> str | None:
+    """The first ``a=ice-ufrag`` of a session description (BUNDLE: every m-line's)."""
+    for line in sdp.split("\n"):
+        if line.startswith(_ICE_UFRAG):
+            return line[len(_ICE_UFRAG) :].strip()
+    return None
+
+
+def ice_restart_offered(pc: RTCPeerConnection, sdp: str) -> bool:
+    """Whether a remote offer restarts ICE: it brings other ICE credentials than those
+    ``pc``'s connected ICE transport checks with (RFC 8839 section 4.4.1.1.1)."""
+    ufrag = ice_ufrag(sdp)
+    for ice, _ in _transports(pc):
+        remote = ice._connection.remote_username
+        if remote is not None and ufrag is not None and ufrag != remote:
+            return True
+    return False
+
+
+def ice_restart_pending(pc: RTCPeerConnection) -> bool:
+    """Whether an ICE restart of ``pc`` is still looking for its new path."""
+    return any(getattr(ice, "_conference_restart", None) is not None for ice, _ in _transports(pc))
+
+
+async def begin_ice_restart(pc: RTCPeerConnection, *, controlling: bool) -> None:
+    """Give ``pc``'s ICE transport new credentials and candidates (see the section's
+    comment); the next offer or answer carries them.  ``controlling``: this side offers
+    the restart (the offerer is controlling).  Raises ``ConnectionError`` when the
+    transport is not connected (nothing to restart: the caller rejoins)."""
+    transports = _transports(pc)
+    if not transports or any(
+        ice.state != "completed" or dtls.state != "connected" for ice, dtls in transports
+    ):
+        raise ConnectionError("no connected transport to restart")
+    for ice, dtls in transports:
+        restart: IceRestart | None = getattr(ice, "_conference_restart", None)
+        media = restart.media if restart is not None else ice._connection
+        connection = aioice.Connection(
+            ice_controlling=controlling,
+            stun_server=media.stun_server,
+            turn_server=media.turn_server,
+            turn_username=media.turn_username,
+            turn_password=media.turn_password,
+            turn_ssl=media.turn_ssl,
+            turn_transport=media.turn_transport,
+            use_ipv4=media._use_ipv4,
+            use_ipv6=media._use_ipv6,
+            transport_policy=media._transport_policy,
+        )
+        await connection.gather_candidates()
+        if ice.state != "completed" or dtls.state != "connected":  # closed meanwhile
+            await connection.close()
+            raise ConnectionError("the transport closed during the ICE restart")
+        # from here on, nothing waits until the swap is complete
+        restart = getattr(ice, "_conference_restart", None)  # (another one may have begun)
+        if restart is not None:  # a restart of a restart: the last one's checks stop
+            if restart.task is not None:
+                restart.task.cancel()
+            superseded = restart.pending
+            media = restart.media
+        else:
+            superseded = None
+            media = ice._connection
+            consent = media._query_consent_task
+            if consent is not None and not consent.done():
+                consent.cancel()
+            _guard_stop(ice)
+        monitor = ice._RTCIceTransport__monitor_task
+        if monitor is not None:
+            monitor.cancel()  # aiortc's watcher of the old connection (or ours)
+        ice._connection = connection
+        ice.iceGatherer._connection = connection
+        ice.iceGatherer._remote_candidates_end = False
+        ice._RTCIceTransport__monitor_task = asyncio.ensure_future(_watch(ice, connection))
+        ice._conference_restart = IceRestart(ice, dtls, media, connection)
+        if getattr(media, "_conference_fast_ingress", False):
+            fast_ingress(dtls)
+        if superseded is not None:
+            _spawn(superseded.close())
+        logger.info(
+            "ICE restart: new credentials %s (%d candidates)",
+            connection.local_username,
+            len(connection.local_candidates),
+        )
+
+
+def finish_ice_restart(pc: RTCPeerConnection, timeout: float = ICE_RESTART_TIMEOUT) -> None:
+    """Start the connectivity checks of ``pc``'s restarted ICE connection, now that the
+    remote description (with the remote's new credentials) is applied; the switch to the
+    new path happens when a pair is nominated (`IceRestart`)."""
+    remote = pc._RTCPeerConnection__remoteIce  # type: ignore[attr-defined]
+    for ice, dtls in _transports(pc):
+        restart: IceRestart | None = getattr(ice, "_conference_restart", None)
+        if restart is None or restart.task is not None:
+            continue
+        parameters = next(
+            (
+                remote[t]
+                for t in pc.getTransceivers()
+                if t.receiver.transport is dtls and t in remote
+            ),
+            None,
+        )
+        if parameters is None:
+            continue
+        connection = restart.pending
+        connection.remote_username = parameters.usernameFragment
+        connection.remote_password = parameters.password
+        connection.remote_is_lite = parameters.iceLite
+        restart.task = asyncio.ensure_future(_complete(restart, timeout))
+
+
+async def wait_ice_restart(pc: RTCPeerConnection) -> bool:
+    """Wait for ``pc``'s ICE restarts to end; True when every one found its new path."""
+    ok = True
+    for ice, _ in _transports(pc):
+        restart: IceRestart | None = getattr(ice, "_conference_restart", None)
+        if restart is not None and restart.task is not None:
+            try:
+                await asyncio.shield(restart.task)
+            except asyncio.CancelledError:
+                if restart.task.cancelled():  # superseded by another restart
+                    return await wait_ice_restart(pc)
+                raise
+        ok = ok and ice.state == "completed" and ice._connection._nominated
+    return bool(ok)
+
+
+async def _complete(restart: IceRestart, timeout: float) -> None:
+    ice, dtls, media, connection = restart.ice, restart.dtls, restart.media, restart.pending
+    try:
+        await asyncio.wait_for(connection.connect(), timeout)
+    except (ConnectionError, TimeoutError) as exc:
+        logger.info("ICE restart %s failed: %s", connection.local_username, exc or "timeout")
+        if ice._conference_restart is restart:
+            ice._conference_restart = None
+            await connection.close()  # `_watch` fails the transport
+            await media.close()
+        return
+    if ice._conference_restart is not restart:
+        return
+    ice._conference_restart = None
+    # DTLS sends through the new connection from its next datagram, and reads from it
+    # once its receive task, now waiting on the old queue, is woken
+    ice._send = connection.send
+    ice._recv = connection.recv
+    for sender in dtls._rtp_router.senders.values():
+        if isinstance(sender, ForwardingSender):
+            sender._nominated = connection._nominated
+            sender._pair = None
+    media._queue.put_nowait(_WAKE_UP)
+    pair = connection._nominated.get(1)
+    logger.info(
+        "ICE restart %s: new path %s -> %s in %.1f s",
+        connection.local_username,
+        pair.local_addr if pair else None,
+        pair.remote_addr if pair else None,
+        time.monotonic() - restart.started,
+    )
+    await media.close()
+
+
+async def _watch(ice: Any, connection: Any) -> None:
+    """aiortc's ``RTCIceTransport._monitor`` for one connection: the transport fails
+    when ``connection`` closes while it is still the transport's (consent expired, or
+    a restart found no path)."""
+    while True:
+        event = await connection.get_event()
+        if event is None or isinstance(event, aioice.ConnectionClosed):
+            break
+    if ice._connection is connection and ice.state == "completed":
+        ice._RTCIceTransport__setState("failed")
+
+
+def _guard_stop(ice: Any) -> None:
+    """Make ``ice.stop()`` (the peer connection closing) also end a restart in
+    progress: cancel its checks and close the old connection media still flows on."""
+    if getattr(ice, "_conference_stop_guarded", False):
+        return
+    stock = ice.stop
+
+    async def stop() -> None:
+        restart: IceRestart | None = getattr(ice, "_conference_restart", None)
+        ice._conference_restart = None
+        if restart is not None and restart.task is not None:
+            restart.task.cancel()
+        await stock()
+        if restart is not None:
+            await restart.media.close()
+
+    ice.stop = stop
+    ice._conference_stop_guarded = True
 
 
 # -- client-side hooks (the load tester's simulated points; never the server) ------------

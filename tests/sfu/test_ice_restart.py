@@ -1,0 +1,209 @@
+"""ICE restart on aiortc's objects (conference/sfu/bridge.py): a new ICE connection under
+the same DTLS association, after the old path went dark (a point's network changed)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import AudioStreamTrack
+
+from conference.sfu.bridge import (
+    ForwardingPeerConnection,
+    ForwardingReceiver,
+    ForwardingSender,
+    begin_ice_restart,
+    configure_ice_hosts,
+    finish_ice_restart,
+    ice_restart_offered,
+    ice_restart_pending,
+    wait_ice_restart,
+)
+
+
+@pytest.fixture(autouse=True)
+def loopback():
+    configure_ice_hosts(["127.0.0.1"])
+
+
+def _ice(pc):
+    return pc.getTransceivers()[0].receiver.transport.transport
+
+
+def go_dark(pc) -> None:
+    """The network under ``pc``'s current ICE connection is gone: nothing arrives on its
+    sockets any more (the same on both ends: neither hears the other)."""
+    for protocol in _ice(pc)._connection._protocols:
+        protocol.datagram_received = lambda *args, **kwargs: None
+
+
+async def connected(offerer, answerer) -> None:
+    await offerer.setLocalDescription(await offerer.createOffer())
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(answerer.localDescription)
+
+
+async def restart(offerer, answerer, timeout: float = 20.0) -> None:
+    """One ICE restart, offered by ``offerer``, as the server and the test client do it."""
+    await begin_ice_restart(offerer, controlling=True)
+    await offerer.setLocalDescription(await offerer.createOffer())
+    assert ice_restart_offered(answerer, offerer.localDescription.sdp)
+    await begin_ice_restart(answerer, controlling=False)
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    finish_ice_restart(answerer, timeout)
+    await offerer.setRemoteDescription(answerer.localDescription)
+    finish_ice_restart(offerer, timeout)
+
+
+async def packets_in(receiver: ForwardingReceiver, seconds: float) -> int:
+    before = receiver.packets_received
+    await asyncio.sleep(seconds)
+    return receiver.packets_received - before
+
+
+async def wait_packets(receiver: ForwardingReceiver, count: int, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while receiver.packets_received < count:
+        assert asyncio.get_running_loop().time() < deadline, receiver.packets_received
+        await asyncio.sleep(0.05)
+
+
+async def test_media_resumes_on_a_new_path_under_the_same_dtls_session():
+    publisher = RTCPeerConnection()
+    server = ForwardingPeerConnection()
+    publisher.addTrack(AudioStreamTrack())
+    try:
+        await connected(publisher, server)
+        receiver = server.getTransceivers()[0].receiver
+        await wait_packets(receiver, 20)
+        dtls, srtp = receiver.transport, receiver.transport._rx_srtp
+        old = _ice(server)._connection
+        old_ufrag = old.local_username
+        # both ends lose the path (the point moved to another network)
+        go_dark(publisher)
+        go_dark(server)
+        await asyncio.sleep(0.2)
+        assert await packets_in(receiver, 0.5) == 0
+        await restart(publisher, server)
+        assert ice_restart_pending(server)
+        assert await wait_ice_restart(publisher) and await wait_ice_restart(server)
+        assert not ice_restart_pending(server)
+        assert await packets_in(receiver, 1.0) >= 30  # 50 packets a second of audio
+        # the same DTLS association and SRTP session; a new ICE connection, the old closed
+        assert receiver.transport is dtls and dtls._rx_srtp is srtp and dtls.state == "connected"
+        new = _ice(server)._connection
+        assert new is not old and new.local_username != old_ufrag and old._closed
+        assert new._conference_fast_ingress  # packets still skip aiortc's receive task
+        assert server.connectionState == publisher.connectionState == "connected"
+        # a renegotiation with the same credentials is no restart
+        await publisher.setLocalDescription(await publisher.createOffer())
+        assert not ice_restart_offered(server, publisher.localDescription.sdp)
+    finally:
+        await publisher.close()
+        await server.close()
+
+
+async def test_forwarded_packets_follow_the_new_path():
+    """The server's fast send path (a ForwardingSender writing on the nominated pair's
+    socket) moves to the new pair: a subscriber connection restarted by the server."""
+    server = ForwardingPeerConnection()
+    viewer = ForwardingPeerConnection()
+    transceiver = server.addTransceiver("audio", direction="sendonly")
+    sender = transceiver.sender
+    assert isinstance(sender, ForwardingSender)
+    feeding = True
+
+    async def feed() -> None:
+        seq = 0
+        while feeding:
+            seq += 1
+            if sender.started:
+                header = struct.pack(
+                    "!BBHII", 0x80, sender.payload_type, seq & 0xFFFF, seq * 960, sender.ssrc
+                )
+                sender.send_rtp(header + bytes(40), 40)
+            await asyncio.sleep(0.02)
+
+    task = asyncio.ensure_future(feed())
+    try:
+        await connected(server, viewer)
+        receiver = viewer.getTransceivers()[0].receiver
+        await wait_packets(receiver, 10)
+        go_dark(server)
+        go_dark(viewer)
+        await asyncio.sleep(0.2)
+        assert await packets_in(receiver, 0.4) == 0
+        sent_before = sender.packets_sent
+        await restart(server, viewer)
+        assert await wait_ice_restart(server)
+        assert await packets_in(receiver, 1.0) >= 30
+        assert sender.packets_sent > sent_before
+        assert sender._pair is _ice(server)._connection._nominated[1]
+    finally:
+        feeding = False
+        await task
+        await server.close()
+        await viewer.close()
+
+
+async def test_a_restart_that_finds_no_path_fails_the_connection():
+    publisher = RTCPeerConnection()
+    server = ForwardingPeerConnection()
+    publisher.addTrack(AudioStreamTrack())
+    states: list[str] = []
+    server.on("connectionstatechange", lambda: states.append(server.connectionState))
+    try:
+        await connected(publisher, server)
+        await wait_packets(server.getTransceivers()[0].receiver, 5)
+        old = _ice(server)._connection
+        await begin_ice_restart(publisher, controlling=True)
+        await publisher.setLocalDescription(await publisher.createOffer())
+        await begin_ice_restart(server, controlling=False)
+        go_dark(server)  # the new connection's checks go nowhere either
+        go_dark(publisher)
+        await server.setRemoteDescription(publisher.localDescription)
+        await server.setLocalDescription(await server.createAnswer())
+        finish_ice_restart(server, timeout=1.0)
+        assert not await wait_ice_restart(server)
+        for _ in range(50):
+            if "failed" in states or "closed" in states:
+                break
+            await asyncio.sleep(0.05)
+        assert "failed" in states  # the participant then rejoins
+        assert old._closed and _ice(server)._connection._closed
+    finally:
+        await publisher.close()
+        await server.close()
+
+
+async def test_closing_during_a_restart_closes_both_connections():
+    publisher = RTCPeerConnection()
+    server = ForwardingPeerConnection()
+    publisher.addTrack(AudioStreamTrack())
+    try:
+        await connected(publisher, server)
+        await wait_packets(server.getTransceivers()[0].receiver, 5)
+        old = _ice(server)._connection
+        await begin_ice_restart(server, controlling=True)
+        new = _ice(server)._connection
+        assert not old._closed and old._protocols and new._protocols
+        await asyncio.wait_for(server.close(), 5)
+        assert old._closed and new._closed and not old._protocols and not new._protocols
+    finally:
+        await publisher.close()
+        await server.close()
+
+
+async def test_nothing_to_restart_before_the_connection_is_up():
+    pc = ForwardingPeerConnection()
+    pc.addTransceiver("audio")
+    try:
+        with pytest.raises(ConnectionError):
+            await begin_ice_restart(pc, controlling=True)
+        assert not ice_restart_offered(pc, "v=0\r\na=ice-ufrag:abcd\r\n")
+    finally:
+        await pc.close()
