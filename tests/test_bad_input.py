@@ -675,6 +675,19 @@ async def test_unknown_and_malformed_messages_keep_the_connection(http, server):
             "answer",
         ),
         (
+            '{"type": "restart-ice", "pc": "publisher"}',
+            "bad-message",
+            "only the subscriber connection is restarted on request; the publisher "
+            "connection restarts with an offer that has new ICE credentials",
+            "restart-ice",
+        ),
+        (
+            '{"type": "restart-ice", "pc": "subscriber"}',
+            "bad-request",
+            "no subscriber connection",
+            "restart-ice",
+        ),
+        (
             '{"type": "candidate", "pc": "both"}',
             "bad-message",
             "'pc' must be publisher or subscriber",

@@ -14,6 +14,8 @@ from conference.tools.client import Client
 from conference.tools.testmedia import BarcodeVideoTrack, ToneAudioTrack, read_barcode
 
 from .mediacheck import (
+    audio_frequency,
+    frames_for,
     increasing,
     video_numbers,
     video_numbers_no_drain,
@@ -201,4 +203,60 @@ async def test_subscriber_connection_closed_by_the_client_ends_the_session(serve
         await again.leave()
     finally:
         await point.close()
+        await chair.leave()
+
+
+def network_gone(client: Client) -> None:
+    """The client's network changed under it (Wi-Fi to 4G): nothing it sends on its
+    current ICE paths arrives, nothing reaches it there any more."""
+    for pc in (client.publisher, client.subscriber):
+        if pc is None:
+            continue
+        connection = pc.getTransceivers()[0].receiver.transport.transport._connection
+        for protocol in connection._protocols:
+            protocol.datagram_received = lambda *args, **kwargs: None
+            protocol.transport.sendto = lambda *args, **kwargs: None
+
+
+async def test_a_point_whose_network_changed_restarts_ice_on_the_same_session(server):
+    """ICE restart instead of rejoin (issue 15 item 10): both connections of a point find
+    a new path under their DTLS sessions; the point stays the same participant (no leave,
+    no join, no renegotiation of its tracks), media flows both ways again."""
+    chair = Client(server.url, "m1", server.token(identity="chair", role="chair"))
+    await chair.connect()
+    await chair.publish({"camera": BarcodeVideoTrack(320, 240, fps=15)})
+    point = Client(server.url, "m1", server.token(identity="xa-d"))
+    await point.connect()
+    await point.publish({"microphone": ToneAudioTrack(frequency=880)})
+    try:
+        camera = await wait_track(point, chair.id, "camera")
+        microphone = await wait_track(chair, point.id, "microphone")
+        assert increasing(await video_numbers(camera, 1.0))
+        assert abs(await audio_frequency(microphone, 1.0) - 880) < 30
+        participant_id = point.id
+        dtls = [
+            pc.getTransceivers()[0].receiver.transport for pc in (point.publisher, point.subscriber)
+        ]
+
+        network_gone(point)
+        await asyncio.sleep(0.3)
+        assert await frames_for(camera, 1.0) == []  # the old path carries nothing
+        assert await point.restart_ice()
+
+        # the chair's camera reaches the point again, and the point's voice the chair
+        numbers = await fresh_numbers(camera, 0, seconds=2.0)
+        assert len(numbers) >= 15 and increasing(numbers), numbers
+        assert abs(await audio_frequency(microphone, 1.0) - 880) < 30
+        # the same session: same participant, same DTLS transports, nobody left or joined
+        assert point.id == participant_id and point.left_reason is None
+        assert [
+            pc.getTransceivers()[0].receiver.transport for pc in (point.publisher, point.subscriber)
+        ] == dtls
+        assert {p["id"] for p in chair.room["participants"]} == {chair.id, participant_id}
+        log = server.log()
+        assert f"{participant_id} left" not in log
+        assert "publisher ICE restart" in log and "subscriber ICE restart" in log
+        assert not point.errors, point.errors
+    finally:
+        await point.leave()
         await chair.leave()

@@ -202,6 +202,17 @@ async def answer(session: Session, message: dict[str, Any]) -> None:
     session.participant.subscriber_answer(text_field(message, "sdp"))
 
 
+@handles("restart-ice")
+async def restart_ice(session: Session, message: dict[str, Any]) -> None:
+    if message.get("pc") != "subscriber":
+        raise ProtocolError(
+            "bad-message",
+            "only the subscriber connection is restarted on request; the publisher "
+            "connection restarts with an offer that has new ICE credentials",
+        )
+    session.participant.restart_subscriber_ice()
+
+
 @handles("candidate")
 async def candidate(session: Session, message: dict[str, Any]) -> None:
     which = message.get("pc")

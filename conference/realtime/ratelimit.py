@@ -28,6 +28,8 @@ LIMITS = {
     "ping": 40,
     "offer": 40,
     "answer": 40,
+    # each gathers new ICE candidates (sockets): a page asks once per network change
+    "restart-ice": 4,
 }
 #: messages of all types per window
 TOTAL = 500

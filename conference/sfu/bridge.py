@@ -127,6 +127,7 @@ __all__ = [
     "finish_ice_restart",
     "ice_restart_offered",
     "ice_restart_pending",
+    "local_ice_ufrag",
     "wait_ice_restart",
     "RtpPacket",
     "RTCSessionDescription",
@@ -1976,7 +1977,7 @@ _ICE_UFRAG = "a=ice-ufrag:"
 class IceRestart:
     """An ICE restart in progress on one ICE transport."""
 
-    __slots__ = ("ice", "dtls", "media", "pending", "task", "started")
+    __slots__ = ("ice", "dtls", "media", "pending", "remote_known", "task", "started")
 
     def __init__(self, ice: Any, dtls: RTCDtlsTransport, media: Any, pending: Any) -> None:
         self.ice = ice
@@ -1984,6 +1985,8 @@ class IceRestart:
         #: the connection media flows on until `pending` has a nominated pair
         self.media = media
         self.pending = pending
+        #: set by `finish_ice_restart`: `pending` knows the remote's new credentials
+        self.remote_known = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.started = time.monotonic()
 
@@ -2017,16 +2020,26 @@ def ice_restart_offered(pc: RTCPeerConnection, sdp: str) -> bool:
     return False
 
 
+def local_ice_ufrag(pc: RTCPeerConnection) -> str | None:
+    """The ICE username fragment ``pc`` answers checks with now (a restart changes it)."""
+    transports = _transports(pc)
+    return str(transports[0][0]._connection.local_username) if transports else None
+
+
 def ice_restart_pending(pc: RTCPeerConnection) -> bool:
     """Whether an ICE restart of ``pc`` is still looking for its new path."""
     return any(getattr(ice, "_conference_restart", None) is not None for ice, _ in _transports(pc))
 
 
-async def begin_ice_restart(pc: RTCPeerConnection, *, controlling: bool) -> None:
+async def begin_ice_restart(
+    pc: RTCPeerConnection, *, controlling: bool, timeout: float = ICE_RESTART_TIMEOUT
+) -> None:
     """Give ``pc``'s ICE transport new credentials and candidates (see the section's
     comment); the next offer or answer carries them.  ``controlling``: this side offers
-    the restart (the offerer is controlling).  Raises ``ConnectionError`` when the
-    transport is not connected (nothing to restart: the caller rejoins)."""
+    the restart (the offerer is controlling).  The new path must be found within
+    ``timeout`` seconds from now (the other side's answer, or offer, included), or the
+    transport fails.  Raises ``ConnectionError`` when the transport is not connected
+    (nothing to restart: the caller rejoins)."""
     transports = _transports(pc)
     if not transports or any(
         ice.state != "completed" or dtls.state != "connected" for ice, dtls in transports
@@ -2072,7 +2085,8 @@ async def begin_ice_restart(pc: RTCPeerConnection, *, controlling: bool) -> None
         ice.iceGatherer._connection = connection
         ice.iceGatherer._remote_candidates_end = False
         ice._RTCIceTransport__monitor_task = asyncio.ensure_future(_watch(ice, connection))
-        ice._conference_restart = IceRestart(ice, dtls, media, connection)
+        restart = ice._conference_restart = IceRestart(ice, dtls, media, connection)
+        restart.task = asyncio.ensure_future(_complete(restart, timeout))
         if getattr(media, "_conference_fast_ingress", False):
             fast_ingress(dtls)
         if superseded is not None:
@@ -2084,14 +2098,14 @@ async def begin_ice_restart(pc: RTCPeerConnection, *, controlling: bool) -> None
         )
 
 
-def finish_ice_restart(pc: RTCPeerConnection, timeout: float = ICE_RESTART_TIMEOUT) -> None:
+def finish_ice_restart(pc: RTCPeerConnection) -> None:
     """Start the connectivity checks of ``pc``'s restarted ICE connection, now that the
     remote description (with the remote's new credentials) is applied; the switch to the
     new path happens when a pair is nominated (`IceRestart`)."""
     remote = pc._RTCPeerConnection__remoteIce  # type: ignore[attr-defined]
     for ice, dtls in _transports(pc):
         restart: IceRestart | None = getattr(ice, "_conference_restart", None)
-        if restart is None or restart.task is not None:
+        if restart is None or restart.remote_known.is_set():
             continue
         parameters = next(
             (
@@ -2107,7 +2121,7 @@ def finish_ice_restart(pc: RTCPeerConnection, timeout: float = ICE_RESTART_TIMEO
         connection.remote_username = parameters.usernameFragment
         connection.remote_password = parameters.password
         connection.remote_is_lite = parameters.iceLite
-        restart.task = asyncio.ensure_future(_complete(restart, timeout))
+        restart.remote_known.set()
 
 
 async def wait_ice_restart(pc: RTCPeerConnection) -> bool:
@@ -2129,7 +2143,9 @@ async def wait_ice_restart(pc: RTCPeerConnection) -> bool:
 async def _complete(restart: IceRestart, timeout: float) -> None:
     ice, dtls, media, connection = restart.ice, restart.dtls, restart.media, restart.pending
     try:
-        await asyncio.wait_for(connection.connect(), timeout)
+        async with asyncio.timeout(timeout):
+            await restart.remote_known.wait()
+            await connection.connect()
     except (ConnectionError, TimeoutError) as exc:
         logger.info("ICE restart %s failed: %s", connection.local_username, exc or "timeout")
         if ice._conference_restart is restart:

@@ -30,7 +30,10 @@ from .bridge import (
     RTCSessionDescription,
     accept_transport_cc,
     announce_address,
+    begin_ice_restart,
     codec_capability,
+    finish_ice_restart,
+    ice_restart_offered,
 )
 from .publication import SOURCES, MediaSource, Publication
 from .simulcast import SimulcastError, accept_in_answer, parse_offer
@@ -110,6 +113,8 @@ class Participant:
         self._publisher_lock = asyncio.Lock()
         self._negotiation_lock = asyncio.Lock()
         self._needs_negotiation = False
+        #: the next subscriber offer restarts ICE (the client's network changed)
+        self._ice_restart = False
         self._negotiation_task: asyncio.Task[None] | None = None
         self._answer: asyncio.Future[str] | None = None
         self.joined_at = time.time()
@@ -169,10 +174,21 @@ class Participant:
                 if isinstance(receiver, ForwardingReceiver) and receiver.rids:
                     if layers.get(transceiver.mid or "", receiver.rids) != receiver.rids:
                         raise NegotiationError("the simulcast layers of an m-line cannot change")
+            # new ICE credentials: the client's network changed and it restarts ICE on
+            # this connection (the same DTLS session, tracks and publications)
+            restarting = ice_restart_offered(pc, sdp)
+            if restarting:
+                try:
+                    await begin_ice_restart(pc, controlling=False)
+                except ConnectionError as exc:
+                    raise NegotiationError(f"cannot restart ICE: {exc}") from exc
+                logger.info("participant %s: publisher ICE restart", self.id)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:  # aiortc raises many types on bad SDP
                 raise NegotiationError(f"cannot apply offer: {exc}") from exc
+            if restarting:
+                finish_ice_restart(pc)
             for transceiver in pc.getTransceivers():
                 receiver = transceiver.receiver
                 if transceiver.mid in layers and isinstance(receiver, ForwardingReceiver):
@@ -325,6 +341,14 @@ class Participant:
         """mid -> publication id, for the client to label incoming tracks."""
         return {t.mid: pid for pid, t in self._transceiver_of.items() if t.mid is not None}
 
+    def restart_subscriber_ice(self) -> None:
+        """Offer the subscriber connection again with new ICE credentials (the client's
+        network changed: its page asks, see docs/PROTOCOL.md ``restart-ice``)."""
+        if self.subscriber_pc is None:
+            raise NegotiationError("no subscriber connection")
+        self._ice_restart = True
+        self.request_negotiation()
+
     def request_negotiation(self) -> None:
         self._needs_negotiation = True
         if self.signal is None or self.closed:
@@ -342,7 +366,11 @@ class Participant:
                 # what this offer deactivates or reactivates
                 retiring = [t for t in self._retiring if t.direction == "inactive"]
                 resuming = list(self._awaiting_answer)
+                restarting, self._ice_restart = self._ice_restart, False
                 try:
+                    if restarting:
+                        logger.info("participant %s: subscriber ICE restart", self.id)
+                        await begin_ice_restart(pc, controlling=True)
                     offer = await pc.createOffer()
                     await pc.setLocalDescription(offer)
                     # mids are assigned by setLocalDescription
@@ -359,6 +387,8 @@ class Participant:
                     )
                     sdp = await asyncio.wait_for(self._answer, NEGOTIATION_TIMEOUT)
                     await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+                    if restarting:
+                        finish_ice_restart(pc)
                     for transceiver in retiring:
                         if transceiver in self._retiring:
                             self._retiring.remove(transceiver)

@@ -24,7 +24,17 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from ..sfu.bridge import ForwardingPeerConnection, ForwardingReceiver, ForwardingSender, RtpPacket
+from ..sfu.bridge import (
+    ForwardingPeerConnection,
+    ForwardingReceiver,
+    ForwardingSender,
+    RtpPacket,
+    begin_ice_restart,
+    finish_ice_restart,
+    ice_restart_offered,
+    local_ice_ufrag,
+    wait_ice_restart,
+)
 from ..sfu.keyframe import is_keyframe
 
 logger = logging.getLogger(__name__)
@@ -302,6 +312,27 @@ class Client:
         sdp = await asyncio.wait_for(self._answer, 15)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
+    async def restart_ice(self) -> bool:
+        """Restart ICE on both connections, as the room page does when its network
+        changed: a publisher offer with new ICE credentials, and ``restart-ice`` for the
+        subscriber connection (the server offers it again).  The DTLS sessions, tracks
+        and the session itself stay.  True when both found their new path."""
+        if self.publisher is not None:
+            await begin_ice_restart(self.publisher, controlling=True)
+            await self._publisher_negotiate([])
+            finish_ice_restart(self.publisher)
+        subscriber = self.subscriber
+        if subscriber is not None:
+            before = local_ice_ufrag(subscriber)
+            await self.send({"type": "restart-ice", "pc": "subscriber"})
+            # (the offer is answered once it is handled: then the ufrag is new)
+            await self.wait_for(lambda: local_ice_ufrag(subscriber) != before, 15)
+        ok = True
+        for pc in (self.publisher, self.subscriber):
+            if pc is not None:
+                ok = await wait_ice_restart(pc) and ok
+        return ok
+
     async def unpublish(self, source: str) -> None:
         """Stop sending ``source`` and tell the server (then renegotiate)."""
         await self.send({"type": "unpublish", "source": source})
@@ -329,7 +360,12 @@ class Client:
                 self.subscriber = ForwardingPeerConnection([])
         pc = self.subscriber
         self.track_map.update(message.get("tracks") or {})
+        restarting = ice_restart_offered(pc, message["sdp"])  # the server restarts ICE
+        if restarting:
+            await begin_ice_restart(pc, controlling=False)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
+        if restarting:
+            finish_ice_restart(pc)
         for transceiver in pc.getTransceivers():
             publication = self.track_map.get(transceiver.mid or "")
             if publication is None:

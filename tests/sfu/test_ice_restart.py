@@ -48,15 +48,15 @@ async def connected(offerer, answerer) -> None:
 
 async def restart(offerer, answerer, timeout: float = 20.0) -> None:
     """One ICE restart, offered by ``offerer``, as the server and the test client do it."""
-    await begin_ice_restart(offerer, controlling=True)
+    await begin_ice_restart(offerer, controlling=True, timeout=timeout)
     await offerer.setLocalDescription(await offerer.createOffer())
     assert ice_restart_offered(answerer, offerer.localDescription.sdp)
-    await begin_ice_restart(answerer, controlling=False)
+    await begin_ice_restart(answerer, controlling=False, timeout=timeout)
     await answerer.setRemoteDescription(offerer.localDescription)
     await answerer.setLocalDescription(await answerer.createAnswer())
-    finish_ice_restart(answerer, timeout)
+    finish_ice_restart(answerer)
     await offerer.setRemoteDescription(answerer.localDescription)
-    finish_ice_restart(offerer, timeout)
+    finish_ice_restart(offerer)
 
 
 async def packets_in(receiver: ForwardingReceiver, seconds: float) -> int:
@@ -162,12 +162,12 @@ async def test_a_restart_that_finds_no_path_fails_the_connection():
         old = _ice(server)._connection
         await begin_ice_restart(publisher, controlling=True)
         await publisher.setLocalDescription(await publisher.createOffer())
-        await begin_ice_restart(server, controlling=False)
+        await begin_ice_restart(server, controlling=False, timeout=1.0)
         go_dark(server)  # the new connection's checks go nowhere either
         go_dark(publisher)
         await server.setRemoteDescription(publisher.localDescription)
         await server.setLocalDescription(await server.createAnswer())
-        finish_ice_restart(server, timeout=1.0)
+        finish_ice_restart(server)
         assert not await wait_ice_restart(server)
         for _ in range(50):
             if "failed" in states or "closed" in states:
@@ -175,6 +175,27 @@ async def test_a_restart_that_finds_no_path_fails_the_connection():
             await asyncio.sleep(0.05)
         assert "failed" in states  # the participant then rejoins
         assert old._closed and _ice(server)._connection._closed
+    finally:
+        await publisher.close()
+        await server.close()
+
+
+async def test_a_restart_never_answered_fails_after_its_timeout():
+    """The server offered a restart and the point never answered (it is gone, or
+    rejoining): the connection does not hang on the old path without consent checks."""
+    publisher = RTCPeerConnection()
+    server = ForwardingPeerConnection()
+    publisher.addTrack(AudioStreamTrack())
+    try:
+        await connected(publisher, server)
+        await wait_packets(server.getTransceivers()[0].receiver, 5)
+        await begin_ice_restart(server, controlling=True, timeout=0.5)
+        assert not await wait_ice_restart(server)
+        for _ in range(50):
+            if server.connectionState in ("failed", "closed"):
+                break
+            await asyncio.sleep(0.05)
+        assert server.connectionState in ("failed", "closed")
     finally:
         await publisher.close()
         await server.close()
