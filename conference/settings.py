@@ -71,6 +71,7 @@ ENV_VARS: dict[str, str] = {
     "CONFERENCE_MEDIA_TIMEOUT": "media_timeout",
     "CONFERENCE_CONNECT_TIMEOUT": "connect_timeout",
     "CONFERENCE_WHIP_SYSTEM_DTLS": "whip_system_dtls",
+    "CONFERENCE_RESUME_TIMEOUT": "resume_timeout",
     "CONFERENCE_HEADER_TIMEOUT": "header_timeout",
     "CONFERENCE_BODY_TIMEOUT": "body_timeout",
     "CONFERENCE_MAX_CONNECTIONS": "max_connections",
@@ -160,6 +161,9 @@ class Settings:
     #: default; false = the OpenSSL bundled in ``cryptography``, as browsers (FFmpeg then
     #: needs ``-cert_file``/``-key_file`` with a P-256 certificate).
     whip_system_dtls: bool = True
+    #: Seconds a participant whose WebSocket dropped keeps its place (peer connections,
+    #: publications, subscriptions) for its page to resume the session; 0: never.
+    resume_timeout: int = 15
     #: Seconds a client has to send a request head (line and headers): on a new
     #: connection (after the TLS handshake, itself limited to as long), or after the
     #: previous response on a kept-alive one (so also how long one stays idle).
@@ -583,6 +587,7 @@ _CONVERTERS: dict[str, _Converter] = {
     "max_message_bytes": _int_converter(1024, 64 * 1024 * 1024),
     "media_timeout": _int_converter(2, 3600),
     "connect_timeout": _int_converter(2, 3600),
+    "resume_timeout": _int_converter(0, 300),
     "header_timeout": _int_converter(1, 3600),
     "body_timeout": _int_converter(1, 3600),
     "max_connections": _to_max_connections,

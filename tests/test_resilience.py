@@ -13,6 +13,7 @@ from aiortc.rtp import is_rtcp
 from conference.tools.client import Client
 from conference.tools.testmedia import BarcodeVideoTrack, ToneAudioTrack, read_barcode
 
+from .conftest import check_clean_exit, start_server
 from .mediacheck import (
     audio_frequency,
     frames_for,
@@ -260,3 +261,77 @@ async def test_a_point_whose_network_changed_restarts_ice_on_the_same_session(se
     finally:
         await point.leave()
         await chair.leave()
+
+
+async def test_a_point_whose_socket_dropped_resumes_its_session(server):
+    """The page's WebSocket dropped with its network: within `resume_timeout` a new
+    socket takes the same session over (same participant, connections, publications),
+    then ICE restarts; the others see no leave and no join."""
+    chair = Client(server.url, "m1", server.token(identity="chair", role="chair"))
+    await chair.connect()
+    await chair.publish({"camera": BarcodeVideoTrack(320, 240, fps=15)})
+    point = Client(server.url, "m1", server.token(identity="xa-e"))
+    joined = await point.connect(resume=True)
+    await point.publish({"microphone": ToneAudioTrack(frequency=660)})
+    try:
+        assert joined["resumed"] is False and len(joined["resume"]) >= 20
+        camera = await wait_track(point, chair.id, "camera")
+        microphone = await wait_track(chair, point.id, "microphone")
+        assert abs(await audio_frequency(microphone, 1.0) - 660) < 30
+        participant_id, publications = point.id, point.room["participants"]
+        room_messages = len([m for m in chair.messages if m["type"] == "room"])
+
+        network_gone(point)
+        await point.drop_signaling()
+        await asyncio.sleep(1.5)
+        assert {p["id"] for p in chair.room["participants"]} == {chair.id, participant_id}
+        again = await point.resume()
+        assert again["resumed"] is True and again["participant"]["id"] == participant_id
+        assert again["resume"] != joined["resume"]  # a secret is used once
+        assert await point.restart_ice()
+
+        numbers = await fresh_numbers(camera, 0, seconds=2.0)
+        assert len(numbers) >= 15 and increasing(numbers), numbers
+        assert abs(await audio_frequency(microphone, 1.0) - 660) < 30
+        log = server.log()
+        assert f"{participant_id} left" not in log and f"{participant_id} joined" in log
+        assert log.count(f"{participant_id} joined") == 1
+        assert "resumed on a new connection" in log
+        # the chair's page saw the point all along: every room state since listed it
+        states = [m for m in chair.messages if m["type"] == "room"][room_messages:]
+        assert all(participant_id in {p["id"] for p in s["participants"]} for s in states)
+        assert publications and not point.errors, point.errors
+    finally:
+        await point.leave()
+        await chair.leave()
+
+
+async def test_a_session_not_resumed_in_time_leaves_and_a_secret_is_one_identitys(tmp_path):
+    """After `resume_timeout` the dropped session leaves as before (the room shows it
+    gone, attendance records the leave); a late resume joins afresh.  A resume secret
+    presented with another identity's token takes nothing over."""
+    server = start_server(tmp_path, env={"CONFERENCE_RESUME_TIMEOUT": "1"})
+    chair = Client(server.url, "m1", server.token(identity="chair", role="chair"), decode=False)
+    point = Client(server.url, "m1", server.token(identity="xa-f"), decode=False)
+    other = Client(server.url, "m1", server.token(identity="xa-g"), decode=False)
+    try:
+        await chair.connect()
+        first = await point.connect(resume=True)
+        await chair.wait_for(lambda: len(chair.room["participants"]) == 2)
+        # another point's token with this point's secret: its own new session
+        await other.connect(resume=first["resume"])
+        assert other.id != point.id
+        await chair.wait_for(lambda: len(chair.room["participants"]) == 3)
+
+        await point.drop_signaling()
+        await chair.wait_for(lambda: len(chair.room["participants"]) == 2, timeout=10)
+        assert point.id not in {p["id"] for p in chair.room["participants"]}
+        late = await point.resume()
+        assert late["resumed"] is False and late["participant"]["id"] != first["participant"]["id"]
+        log = server.log()
+        assert f"{first['participant']['id']} left (left)" in log
+        assert "connection lost, kept 1 s for a resume" in log
+    finally:
+        for client in (point, other, chair):
+            await client.leave()
+        check_clean_exit(server)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -42,6 +43,30 @@ CLOSE_REMOVED = 4410
 CLOSE_LOCKED = 4423
 # join refusals of the room other than full: meeting locked, meeting ended
 ROOM_CLOSE_CODES = {"room-locked": CLOSE_LOCKED, "meeting-ended": CLOSE_REMOVED}
+MAX_RESUME_CHARS = 100
+
+#: the sessions a new WebSocket may take over (`join` with ``resume``), by their secret:
+#: participants of this process that joined with ``resume: true``
+_RESUMABLE: dict[str, Participant] = {}
+
+
+def _resumable(secret: object, room: Any, identity: str) -> Participant | None:
+    """The session ``secret`` names, if it is still in ``room`` and is ``identity``'s
+    (the token of the new socket must be for the same participant); its secret is used
+    up (the resumed session gets a new one)."""
+    if not isinstance(secret, str):
+        return None
+    participant = _RESUMABLE.get(secret)
+    if (
+        participant is None
+        or participant.closed
+        or participant.room is not room
+        or participant.who.identity != identity
+        or room.participants.get(participant.id) is not participant
+    ):
+        return None
+    del _RESUMABLE[secret]
+    return participant
 
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -68,6 +93,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
 async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.StreamResponse:
     app = request.app
+    settings = app[SETTINGS]
     meeting_id = request.match_info["meeting_id"]
     where = _printable(meeting_id[:128])  # for the log: the URL is not checked yet
     send_lock = asyncio.Lock()
@@ -121,6 +147,11 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
             raise ProtocolError("unsupported-version", f"protocol version {PROTOCOL_VERSION} only")
         if isinstance(join.get("token"), str):
             token = join["token"]
+        resume = join.get("resume", False)
+        if not (isinstance(resume, bool) or isinstance(resume, str) and resume):
+            raise ProtocolError("bad-message", "'resume' is true or the secret 'joined' gave")
+        if isinstance(resume, str) and len(resume) > MAX_RESUME_CHARS:
+            raise ProtocolError("bad-message", "'resume' is not a secret this server gave")
     except ProtocolError as exc:
         logger.info("ws %s: refused: %s", where, exc.message)
         await send(_error(exc.code, exc.message))
@@ -145,16 +176,28 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
     try:
         briefing = app[BRIEFINGS].open(meeting_id)
         room = briefing.room
-        participant = Participant(
-            room,
-            who,
-            "websocket",
-            signal=send,
-            ice_servers=app[ICE_SERVERS],
-            auto_subscribe=join.get("autoSubscribe", True) is not False,
-            red=join.get("red") is True,
-        )
-        await room.join(participant)
+        resumed = _resumable(resume, room, who.identity)
+        if resumed is not None:
+            # the page's socket dropped (a network change) and it came back in time:
+            # this socket takes the session over, with its peer connections and place
+            participant = resumed
+            previous = participant.disconnect
+            participant.signal = send
+            participant.disconnect = disconnect
+            if previous is not None:
+                await previous("resumed")  # the old socket's handler stops, no leave
+            logger.info("ws %s: %s resumed on a new connection", where, participant.id)
+        else:
+            participant = Participant(
+                room,
+                who,
+                "websocket",
+                signal=send,
+                ice_servers=app[ICE_SERVERS],
+                auto_subscribe=join.get("autoSubscribe", True) is not False,
+                red=join.get("red") is True,
+            )
+            await room.join(participant)
     except RoomError as exc:
         logger.info("ws %s: refused: %s", where, exc.message)
         await send(_error(exc.code, exc.message))
@@ -162,10 +205,18 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
         await ws.close(code=code, message=exc.message.encode()[:120])
         return ws
 
+    secret: str | None = None
+    if resume is not False and settings.resume_timeout > 0:
+        secret = secrets.token_urlsafe(18)
+        _RESUMABLE[secret] = participant
     await send(
         {
             "type": "joined",
             "version": PROTOCOL_VERSION,
+            # a resumed session: the same participant, peer connections and publications
+            "resumed": resumed is not None,
+            # to resume this session if the socket drops (only if asked for: resume true)
+            **({"resume": secret} if secret is not None else {}),
             "participant": participant.describe()
             | {
                 "grants": {
@@ -181,6 +232,8 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
         }
     )
     await lobby_joined(app, participant, verdict, join)  # the chair starts the meeting
+    if resumed is not None:
+        participant.resumed()  # an offer the old socket may have lost is made again
 
     # -- session -------------------------------------------------------------------
     async def hang_up() -> None:
@@ -192,21 +245,25 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
         logger.info("ws %s: %s closed: %s", where, participant.id, _printable(removed_reason))
         code = {
             "replaced": CLOSE_REPLACED,
+            "resumed": CLOSE_REPLACED,  # another socket took this session over
             "server-shutdown": WSCloseCode.GOING_AWAY,
         }.get(removed_reason, CLOSE_REMOVED)
         await ws.close(code=code, message=removed_reason.encode()[:120])
 
     participant.disconnect = disconnect
     session = Session(participant, briefing, send)
+    dropped = False  # the socket closed under the session (no leave, not removed)
 
     async def serve() -> str:
         """Handle the participant's messages until it leaves; returns why it left."""
+        nonlocal dropped
         errors = 0
         async for msg in ws:
             if msg.type == WSMsgType.ERROR:
                 # aiohttp already closed the socket (1009 when over max_message_bytes)
                 too_big = getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG
                 logger.info("ws %s: %s: %s", where, participant.id, msg.data)
+                dropped = not too_big
                 return "message-too-big" if too_big else "websocket-error"
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
@@ -244,6 +301,8 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
                 return "too-many-errors"
             if participant.closed or removed.is_set():
                 break
+        else:
+            dropped = True
         return "left"
 
     serving = asyncio.ensure_future(serve())
@@ -255,9 +314,26 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
             serving.cancel()
             raise
     finally:
+        if not removed.is_set() and dropped and secret is not None and not participant.closed:
+            # keep the session for the page to resume (its network changed): others see
+            # no leave and no join; a removal, the room's end or a failed peer
+            # connection meanwhile ends it as always
+            logger.info(
+                "ws %s: %s: connection lost, kept %d s for a resume",
+                where,
+                participant.id,
+                settings.resume_timeout,
+            )
+            try:
+                await asyncio.wait_for(removed.wait(), settings.resume_timeout)
+            except TimeoutError:
+                pass
         if removed.is_set():
             reason = removed_reason
-        await room.leave(participant.id, reason)
+        if secret is not None and _RESUMABLE.get(secret) is participant:
+            del _RESUMABLE[secret]
+        if reason != "resumed":
+            await room.leave(participant.id, reason)
         if not ws.closed:
             await hang_up()
     return ws

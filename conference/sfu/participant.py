@@ -53,6 +53,11 @@ class NegotiationError(Exception):
     """An SDP offer or answer could not be applied."""
 
 
+class _Resumed(Exception):
+    """The client's signaling moved to a new socket: the offer waiting for an answer
+    went to the old one and is made again."""
+
+
 def _urls(server: RTCIceServer) -> list[str]:
     urls = server.urls
     return [urls] if isinstance(urls, str) else list(urls)
@@ -387,8 +392,8 @@ class Participant:
                     )
                     sdp = await asyncio.wait_for(self._answer, NEGOTIATION_TIMEOUT)
                     await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
-                    if restarting:
-                        finish_ice_restart(pc)
+                    # (also a restart whose first offer was lost with a dropped socket)
+                    finish_ice_restart(pc)
                     for transceiver in retiring:
                         if transceiver in self._retiring:
                             self._retiring.remove(transceiver)
@@ -397,6 +402,9 @@ class Participant:
                         if subscription in self._awaiting_answer:
                             self._awaiting_answer.remove(subscription)
                             subscription.resume()
+                except _Resumed:
+                    self._needs_negotiation = True
+                    continue
                 except TimeoutError:
                     logger.info("participant %s: no answer to subscriber offer", self.id)
                     await self.send(
@@ -411,6 +419,14 @@ class Participant:
                     return
                 finally:
                     self._answer = None
+
+    def resumed(self) -> None:
+        """The client's signaling came back on a new socket (docs/PROTOCOL.md, "Resuming
+        a session"): a subscriber offer still waiting for its answer went to the old
+        socket and may be lost, so it is made again."""
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(_Resumed())
+            self.request_negotiation()
 
     def subscriber_answer(self, sdp: str) -> None:
         if self._answer is None or self._answer.done():

@@ -128,6 +128,8 @@ class Client:
         self._changed = asyncio.Condition()
         self.sources: dict[str, str] = {}  # publisher mid -> source
         self._closing = False
+        self.resume_secret: str | None = None  # from `joined`, when joined with resume
+        self._join: dict[str, Any] = {}
 
     # -- connection -----------------------------------------------------------------
     async def connect(
@@ -163,6 +165,46 @@ class Client:
             raise ClientError(joined.get("code", "error"), joined.get("message", ""))
         self.participant = joined["participant"]
         self.room = joined["room"]
+        self.resume_secret = joined.get("resume")
+        self._join = {"autoSubscribe": auto_subscribe, **join}
+        self._reader = asyncio.ensure_future(self._read())
+        return joined
+
+    async def drop_signaling(self) -> None:
+        """The WebSocket goes away without a ``leave`` (the page's network changed);
+        the peer connections stay."""
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+            self._reader = None
+        if self.ws is not None:
+            await self.ws.close()
+
+    async def resume(self) -> dict[str, Any]:
+        """Join again on a new WebSocket with the secret ``joined`` gave (after
+        `drop_signaling`): within the server's ``resume_timeout`` the same session goes
+        on (``resumed`` true: same participant, peer connections, publications); after
+        it, a new session (``resumed`` false)."""
+        assert self.session is not None
+        await self.drop_signaling()
+        self.closed = asyncio.Event()
+        url = self.base_url.replace("http", "ws", 1) + f"/ws/meetings/{self.meeting}"
+        self.ws = await self.session.ws_connect(url, ssl=self.ssl, heartbeat=10)
+        join = {**self._join, "resume": self.resume_secret or True}
+        await self.send({"type": "join", "version": 1, "token": self.token, **join})
+        msg = await self.ws.receive(timeout=10)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise ClientError("closed", f"connection closed: {self.ws.close_code}")
+        joined = json.loads(msg.data)
+        if joined.get("type") != "joined":
+            raise ClientError(joined.get("code", "error"), joined.get("message", ""))
+        self.messages.append(joined)
+        self.participant = joined["participant"]
+        self.room = joined["room"]
+        self.resume_secret = joined.get("resume")
         self._reader = asyncio.ensure_future(self._read())
         return joined
 
