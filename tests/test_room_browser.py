@@ -251,7 +251,12 @@ def test_screen_share_is_large_and_hidden_videos_are_not_received(
         page.context.close()
 
 
-def test_page_reconnects_after_its_websocket_drops(server: ServerProcess, browser: Any) -> None:
+def test_page_resumes_its_session_after_its_websocket_drops(
+    server: ServerProcess, browser: Any
+) -> None:
+    """A dropped WebSocket (a network change takes it along) comes back as the same
+    session: the server kept it (`resume_timeout`), the page's new socket takes it over
+    and restarts ICE; nobody sees it leave or join."""
     chair = join(browser, server, "huyen", NAMES["huyen"], role="chair")
     chair.fill("#chat-input", "Các điểm cầu kiểm tra âm thanh")
     chair.click("#chat-send")
@@ -270,23 +275,54 @@ def test_page_reconnects_after_its_websocket_drops(server: ServerProcess, browse
     sync_api.expect(point.locator("#reconnecting")).to_have_text("Mất kết nối, đang kết nối lại…")
     sync_api.expect(point.locator("#reconnecting")).to_be_hidden(timeout=20_000)
     assert point.is_visible("#room")
-    new_id = me(point)
-    assert new_id != old_id
-    assert point.evaluate("window.conference.reconnects") == 1
-    # the same identity came back: one participant, the raised hand kept its place
+    assert me(point) == old_id  # the same session
+    assert point.evaluate("[window.conference.reconnects, window.conference.resumes]") == [1, 1]
+    wait_js(point, "window.conference.iceRestarts.at(-1)?.result === 'ok'", timeout=20)
+    assert point.evaluate("window.conference.iceRestarts.at(-1).reason") == "resumed"
+    # one participant all along, the raised hand where it was
     sync_api.expect(chair.locator("#participants li")).to_have_count(2)
-    chair.wait_for_selector(f'#hands li[data-participant="{new_id}"]')
+    chair.wait_for_selector(f'#hands li[data-participant="{old_id}"]')
     # media flows again both ways
-    cam = publication(chair, new_id, "camera")
+    cam = publication(chair, old_id, "camera")
     wait_until(lambda: growth(chair, [cam], 1)[cam] > 0, 30, "the point's camera again")
     cam_chair = publication(point, me(chair), "camera")
     wait_until(lambda: growth(point, [cam_chair], 1)[cam_chair] > 0, 30, "the chair again")
-    assert "left (left)" in server.log()
-    # the history is not shown twice after the rejoin
+    log = server.log()
+    assert f"{old_id} left" not in log and f"{old_id} resumed on a new connection" in log
+    # the history is not shown twice after the resume
     assert point.locator("#chat-log li").count() == 1
     assert not chair.errors and not point.errors, (chair.errors, point.errors)
     chair.context.close()
     point.context.close()
+
+
+def test_page_rejoins_when_its_session_is_gone(tmp_path: Path, browser: Any) -> None:
+    """A page that comes back after `resume_timeout` (or to another server) joins as a
+    new session that replaces the old one and publishes again."""
+    server = start_server(tmp_path, env={"CONFERENCE_RESUME_TIMEOUT": "0"})
+    try:
+        chair = join(browser, server, "huyen", NAMES["huyen"], role="chair")
+        point = join(browser, server, "xa-a", NAMES["xa-a"])
+        old_id = me(point)
+        point.click("#hand-btn")
+        chair.wait_for_selector(f'#hands li[data-participant="{old_id}"]')
+        point.evaluate("window.conference.signaling.ws.close()")
+        sync_api.expect(point.locator("#reconnecting")).to_be_visible()
+        sync_api.expect(point.locator("#reconnecting")).to_be_hidden(timeout=20_000)
+        new_id = me(point)
+        assert new_id != old_id
+        assert point.evaluate("[window.conference.reconnects, window.conference.resumes]") == [1, 0]
+        # the same identity came back: one participant, the raised hand kept its place
+        sync_api.expect(chair.locator("#participants li")).to_have_count(2)
+        chair.wait_for_selector(f'#hands li[data-participant="{new_id}"]')
+        cam = publication(chair, new_id, "camera")
+        wait_until(lambda: growth(chair, [cam], 1)[cam] > 0, 30, "the point's camera again")
+        assert f"{old_id} left (left)" in server.log()
+        assert not chair.errors and not point.errors, (chair.errors, point.errors)
+        chair.context.close()
+        point.context.close()
+    finally:
+        check_clean_exit(server)
 
 
 def test_prejoin_devices_speaker_test_and_join_muted(server: ServerProcess, browser: Any) -> None:

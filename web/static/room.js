@@ -61,6 +61,9 @@ const state = {
   left: false,
   reconnecting: false,
   reconnects: 0,
+  resume: null, // the secret `joined` gave: a new socket may take this session over
+  resumes: 0, // sessions taken over by a new socket (no leave, no join)
+  iceRestarts: [], // ICE restarts: [{reason, at, result, ms}] (for tests and debugging)
   chatCount: 0,
 };
 window.conference = state;
@@ -137,11 +140,22 @@ function peerConnection(name, iceServers) {
       send({ type: "candidate", pc: name, candidate: event.candidate.toJSON() });
     }
   };
-  // a media path that fails is a network drop: rejoin
+  // a media path that fails, or stays silent for a moment, is a network change (Wi-Fi
+  // to 4G, a handover): restart ICE on this session; rejoin only if that fails
+  let silent = null;
+  pc.oniceconnectionstatechange = () => {
+    clearTimeout(silent);
+    if (pc.replaced || state.left) return;
+    if (pc.iceConnectionState === "disconnected") {
+      silent = setTimeout(() => restartIce(`${name}-disconnected`), ICE_SILENT_MS);
+    } else if (pc.iceConnectionState === "failed") {
+      restartIce(`${name}-failed`);
+    }
+  };
   pc.onconnectionstatechange = () => {
     if (pc.connectionState === "failed" && !state.left && !pc.replaced) {
-      console.warn(`${name} connection failed: rejoining`);
-      state.signaling?.ws?.close();
+      console.warn(`${name} connection failed: restarting ICE`);
+      restartIce(`${name}-failed`);
     }
   };
   return pc;
@@ -169,38 +183,61 @@ async function join() {
   state.onQuality = renderParticipants;
 }
 
-/** Join the room over a new WebSocket and publish; used for the first join and rejoins. */
-async function connect() {
+/** Join the room over a new WebSocket and publish; used for the first join and rejoins.
+ *  With `resume` (our socket dropped) the server may hand this session back: then the
+ *  peer connections, publications and subscriptions stay (returns true; the caller
+ *  restarts ICE). */
+async function connect(resume = false) {
   const signaling = new Signaling(meeting, state.session.token);
-  // red: this browser receives RED audio (docs/PROTOCOL.md)
-  const joining = signaling.join({ autoSubscribe: false, red: RED_SUPPORTED });
+  // red: this browser receives RED audio; resume: keep the session if the socket drops
+  // (docs/PROTOCOL.md)
+  const joining = signaling.join({
+    autoSubscribe: false,
+    red: RED_SUPPORTED,
+    resume: (resume && state.resume) || true,
+  });
   watchLobby(signaling); // a scheduled meeting may keep us in its lobby first (lobby.js)
   const joined = await joining;
   state.signaling = signaling;
+  state.resume = joined.resume ?? null;
   state.me = joined.participant;
   state.room = joined.room;
   state.speaker = joined.room.speaker ?? null;
+  state.leftReason = null;
+  state.leftMessage = null;
+  if (joined.resumed) {
+    // the same session on a new socket: nobody saw us leave
+    state.resumes += 1;
+    listen(signaling);
+    render();
+    return true;
+  }
+  closePeers(); // a new session: new connections (a rejoin)
   state.iceServers = joined.iceServers || [];
   state.midToPublication = {};
   state.subscribed = new Set();
   state.pausedVideos = new Set();
   state.wantedLayers = {};
   state.viewKey = null;
-  state.leftReason = null;
-  state.leftMessage = null;
   for (const item of joined.chat || []) showChat(item, state.me);
-  for (const type of Object.keys(handlers)) {
-    // a replaced socket's late events are ignored
-    signaling.addEventListener(type, (event) => {
-      if (state.signaling === signaling) handlers[type](event.detail);
-    });
-  }
+  listen(signaling);
   $("prejoin").hidden = true;
   $("room").hidden = false;
   send({ type: "profile", profile: state.profile }); // the ceiling of what we receive, also on a rejoin
   render();
   if (state.me.grants?.publish !== false && (state.stream || state.screen)) await publish();
   if (state.handRaised) send({ type: "raise-hand" });
+  return false;
+}
+
+/** Hand `signaling`'s messages to the handlers while it is the page's socket. */
+function listen(signaling) {
+  for (const type of Object.keys(handlers)) {
+    // a replaced socket's late events are ignored
+    signaling.addEventListener(type, (event) => {
+      if (state.signaling === signaling) handlers[type](event.detail);
+    });
+  }
 }
 
 /** Offer our microphone, camera (and screen share) on a new publisher connection. */
@@ -230,12 +267,13 @@ async function publish() {
 
 let publisherQueue = Promise.resolve();
 
-/** (Re)negotiate the publisher connection; offers are made one at a time. */
-function negotiatePublisher() {
+/** (Re)negotiate the publisher connection; offers are made one at a time.
+ *  `options`: `{iceRestart: true}` offers new ICE credentials (see restartIce). */
+function negotiatePublisher(options = {}) {
   const run = async () => {
     const pc = state.publisher;
     if (!pc || pc.signalingState === "closed") return;
-    await pc.setLocalDescription(await pc.createOffer());
+    await pc.setLocalDescription(await pc.createOffer(options));
     await gathered(pc);
     const tracks = {};
     for (const [source, transceiver] of Object.entries(state.transceivers)) {
@@ -288,20 +326,30 @@ function closePeers() {
   publisherQueue = Promise.resolve();
 }
 
-/** The connection dropped: say so, then rejoin (the new session replaces the old one). */
-async function reconnect() {
+/** The connection dropped: say so, then join again.  The first tries resume the session
+ *  (the server keeps it `resume_timeout`, 15 s): same participant, same connections, only
+ *  ICE restarts.  If the server no longer has it, the join is a new session that replaces
+ *  the old one and publishes again.  `fresh`: a rejoin (an ICE restart failed). */
+async function reconnect({ fresh = false } = {}) {
   if (state.reconnecting || state.left) return;
   state.reconnecting = true;
   state.reconnects += 1;
   $("reconnecting").hidden = false;
   $("room").classList.add("offline");
-  closePeers();
-  let delay = 500;
+  if (fresh) {
+    const old = state.signaling;
+    state.signaling = null; // its close is ours: no second reconnect
+    old?.ws?.close();
+    closePeers();
+  }
+  const since = performance.now();
+  let delay = fresh ? 500 : 200;
+  let resumed = false;
   while (!state.left) {
     await sleep(delay);
     try {
       state.session = await fetchSession(); // the cookie may have been renewed
-      await connect();
+      resumed = await connect(!fresh);
       break;
     } catch (error) {
       console.warn("rejoin failed", error);
@@ -312,7 +360,8 @@ async function reconnect() {
         return;
       }
       state.signaling?.ws?.close();
-      delay = Math.min(delay * 2, 8000);
+      // often while the session can still be resumed, then less often
+      delay = Math.min(delay * 2, performance.now() - since < RESUME_MS ? 2000 : 8000);
     }
   }
   state.reconnecting = false;
@@ -322,7 +371,91 @@ async function reconnect() {
   setTimeout(() => {
     if ($("notice").textContent === t("room.reconnected")) notice("");
   }, 3000);
+  // the network under our connections changed too: a new path under the same sessions
+  if (resumed && !state.left) restartIce("resumed");
 }
+
+// -- ICE restart ---------------------------------------------------------------
+
+// an ICE connection "disconnected" this long (no answer to its checks) is restarted
+const ICE_SILENT_MS = 2000;
+// a restart that has no connection again by then gives way to a rejoin
+const ICE_RESTART_MS = 12000;
+// how long the server keeps a dropped session for a resume (its resume_timeout)
+const RESUME_MS = 15000;
+let iceRestarting = null;
+
+const ufragOf = (sdp) => /a=ice-ufrag:(\S+)/.exec(sdp ?? "")?.[1] ?? null;
+
+/** Resolve when `ready()` holds (checked every 100 ms); reject after `ms`. */
+function until(ready, ms) {
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    const check = () => {
+      if (ready()) resolve();
+      else if (performance.now() - started > ms) reject(new Error("timeout"));
+      else setTimeout(check, 100);
+    };
+    check();
+  });
+}
+
+const iceUp = (pc) => ["connected", "completed"].includes(pc.iceConnectionState);
+
+/** Our network changed (or a connection lost its path): restart ICE on both connections
+ *  of this session (new ICE credentials and candidates under the same DTLS sessions: no
+ *  leave, no join, no track renegotiated).  The publisher connection offers again with
+ *  `iceRestart`; the server offers the subscriber connection again (`restart-ice`).  If
+ *  the signaling socket is dead too, the session is resumed first (reconnect), which
+ *  restarts ICE; if the connections do not come back within ICE_RESTART_MS, rejoin. */
+async function restartIce(reason) {
+  if (iceRestarting || state.left || state.reconnecting) return;
+  const publisher = state.publisher?.signalingState !== "closed" ? state.publisher : null;
+  const subscriber = state.subscriber?.signalingState !== "closed" ? state.subscriber : null;
+  if (!publisher && !subscriber) return;
+  const attempt = { reason, at: performance.now(), result: null, ms: null };
+  iceRestarting = attempt;
+  state.iceRestarts.push(attempt);
+  try {
+    notice(t("room.networkChanged"));
+    try {
+      // a network change often takes the WebSocket with it: check it answers
+      await state.signaling.request({ type: "ping", id: "ice-restart" }, "pong", 3000);
+    } catch {
+      attempt.result = "signaling-lost";
+      iceRestarting = null;
+      state.signaling?.ws?.close(); // -> reconnect(): resume, then restart
+      return;
+    }
+    const jobs = [];
+    if (publisher) {
+      jobs.push(negotiatePublisher({ iceRestart: true }).then(() => until(() => iceUp(publisher), ICE_RESTART_MS)));
+    }
+    if (subscriber) {
+      const before = ufragOf(subscriber.remoteDescription?.sdp);
+      send({ type: "restart-ice", pc: "subscriber" });
+      jobs.push(until(() => ufragOf(subscriber.remoteDescription?.sdp) !== before
+        && subscriber.signalingState === "stable" && iceUp(subscriber), ICE_RESTART_MS));
+    }
+    await Promise.all(jobs);
+    attempt.result = "ok";
+    attempt.ms = Math.round(performance.now() - attempt.at);
+    if ($("notice").textContent === t("room.networkChanged")) notice("");
+  } catch (error) {
+    if (state.left || attempt.result) return;
+    attempt.result = "failed";
+    console.warn("ICE restart failed: rejoining", error);
+    iceRestarting = null;
+    if ($("notice").textContent === t("room.networkChanged")) notice("");
+    reconnect({ fresh: true });
+  } finally {
+    if (iceRestarting === attempt) iceRestarting = null;
+  }
+}
+
+// the browser says the network changed (another Wi-Fi, 4G, back online)
+window.addEventListener("online", () => restartIce("online"));
+navigator.connection?.addEventListener?.("change", () => restartIce("network-change"));
 
 /** The session is over for good: leave the room view and say why. */
 function end(text) {
@@ -573,8 +706,10 @@ $("leave-confirm").onclick = async () => {
 // the way back in: the page again, from its pre-join screen (the link is remembered)
 $("rejoin-btn").onclick = () => location.reload();
 setupChat(send); // before joining too: the form must never submit as a page navigation
-// leaving the page is not a network drop: no rejoin while it unloads
+// leaving the page is not a network drop: no rejoin while it unloads, and the server is
+// told at once (it would otherwise keep the session a while for a resume)
 window.addEventListener("pagehide", () => {
+  if (!state.left) send({ type: "leave" });
   state.left = true;
 });
 // keyboard shortcuts: M mute/unmute, H raise/lower hand (not while typing)
@@ -587,7 +722,7 @@ document.addEventListener("keydown", (event) => {
   else return;
   event.preventDefault();
 });
-Object.assign(state, { setMicMuted, setCameraOff, setHand, setProfile, startScreen, stopScreen });
+Object.assign(state, { setMicMuted, setCameraOff, setHand, setProfile, startScreen, stopScreen, restartIce });
 
 // -- rendering -----------------------------------------------------------------
 
