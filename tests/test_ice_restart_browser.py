@@ -7,14 +7,22 @@ anybody's list or in the attendance.  Same setup as tests/test_browser.py.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import subprocess
+import time
+import types
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import ServerProcess
-from .test_browser import browser, join, wait_js, wait_until
+from conference.tools import linkemu
+
+from .conftest import ServerProcess, check_clean_exit, start_server
+from .test_browser import browser, join, open_invitation, wait_js, wait_until
 from .test_room_browser import NAMES, growth, me, publication
+from .test_weak_link_browser import launch_in_namespace, namespaces_missing
 
 __all__ = ["browser"]  # the fixture, shared with tests/test_browser.py
 
@@ -46,6 +54,31 @@ ICE_JS = """async () => {
 }"""
 
 
+# the page's own address on the publisher connection's selected candidate pair
+CANDIDATE_JS = """async () => {
+  const stats = await window.conference.publisher.getStats();
+  let address = null;
+  stats.forEach((s) => {
+    if (s.type === "transport" && s.selectedCandidatePairId) {
+      const pair = stats.get(s.selectedCandidatePairId);
+      const local = pair && stats.get(pair.localCandidateId);
+      address = local ? (local.address || local.ip) : null;
+    }
+  });
+  return address;
+}"""
+
+
+# what the page's session is doing: said when it does not come back
+PAGE_JS = """() => {
+  const c = window.conference;
+  const pc = (p) => p ? [p.connectionState, p.iceConnectionState, p.signalingState] : null;
+  return {restarts: c.iceRestarts, reconnects: c.reconnects, resumes: c.resumes,
+    reconnecting: c.reconnecting, socket: c.signaling ? c.signaling.ws.readyState : null,
+    publisher: pc(c.publisher), subscriber: pc(c.subscriber), online: navigator.onLine};
+}"""
+
+
 def ice(page: Any) -> dict[str, dict[str, Any]]:
     result: dict[str, dict[str, Any]] = page.evaluate(ICE_JS)
     return result
@@ -71,10 +104,16 @@ def test_page_restarts_ice_on_its_session(server: ServerProcess, browser: Any) -
     # event, or a connection disconnected for 2 s)
     point.evaluate("window.conference.restartIce('test')")
     wait_js(point, "window.conference.iceRestarts.at(-1)?.result === 'ok'", timeout=20)
+    # (the restart is done once the answers are applied and ICE is connected; the old
+    # path, alive here, carries media until the browser selects a new pair)
     after = wait_until(
-        lambda: (lambda now: now if all(now[n]["port"] for n in now) else None)(ice(point)),
+        lambda: (
+            lambda now: (
+                now if all(now[n]["port"] not in (None, before[n]["port"]) for n in now) else None
+            )
+        )(ice(point)),
         10,
-        "selected pairs after the restart",
+        "new selected pairs after the restart",
     )
     # both connections have new ICE credentials on both ends, and a new path: the
     # server's side of each selected pair is a new socket
@@ -96,3 +135,77 @@ def test_page_restarts_ice_on_its_session(server: ServerProcess, browser: Any) -
     assert not chair.errors and not point.errors, (chair.errors, point.errors)
     chair.context.close()
     point.context.close()
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+def test_page_moved_to_another_network_keeps_its_session(tmp_path: Path, browser: Any) -> None:
+    """A real network change: the point's Chromium runs in a network namespace with two
+    links to the server's machine, "Wi-Fi" and "4G".  Wi-Fi goes away (its interface and
+    address with it) and 4G comes up with another address: the page's UDP paths and its
+    WebSocket die.  The page finds out, resumes its session on a new socket and restarts
+    ICE from the new address: the same participant, media both ways, no leave, no join."""
+    reason = namespaces_missing()
+    if reason:
+        pytest.skip(reason)
+    with linkemu.Namespace() as wifi, linkemu.Namespace() as fourg:
+        # 4G's inner end moves into the point's namespace, down until the switch; the
+        # server is at 4G's root address, reached over Wi-Fi until then
+        service = fourg.host_address
+        ip("-n", fourg.name, "link", "set", fourg.interface, "netns", wifi.name)
+        ip("-n", wifi.name, "addr", "add", f"{fourg.address}/30", "dev", fourg.interface)
+        ip("-n", wifi.name, "route", "add", f"{service}/32", "via", wifi.host_address)
+        server = start_server(tmp_path, "--host", "0.0.0.0", "--ice-host", service)
+        origin = f"http://{service}:{server.port}"
+        # (the Chromium inside resolves no name but the server's address)
+        inside = types.SimpleNamespace(command=wifi.command, host_address=service)
+        roaming = launch_in_namespace(browser, inside, tmp_path, origin)
+        try:
+            chair = join(browser, server, "huyen", NAMES["huyen"], role="chair")
+            point = open_invitation(
+                roaming, dataclasses.replace(server, url=origin), "xa-a", NAMES["xa-a"]
+            )
+            console: list[str] = []
+            point.on("console", lambda m: console.append(f"{time.monotonic():.1f} {m.text}"))
+            point.click("#join:not([disabled])")
+            point.wait_for_selector("#room:not([hidden])")
+            point_id = me(point)
+            media_both_ways(chair, point, "over Wi-Fi")
+            host = point.evaluate(CANDIDATE_JS)
+            assert host == wifi.address, host
+
+            ip("link", "del", wifi.host_interface)  # Wi-Fi is gone
+            ip("-n", wifi.name, "link", "set", fourg.interface, "up")  # 4G is up
+            moved = time.monotonic()
+            try:
+                wait_js(
+                    point,
+                    "window.conference.iceRestarts.some((r) => r.result === 'ok')",
+                    timeout=40,
+                )
+            except AssertionError as error:
+                raise AssertionError(
+                    f"{error}\npage: {point.evaluate(PAGE_JS)}\nconsole: {console[-30:]}"
+                    f"\nserver log:\n{server.log()[-5000:]}"
+                ) from None
+            media_both_ways(chair, point, "over 4G")
+            took = time.monotonic() - moved
+            assert point.evaluate(CANDIDATE_JS) == fourg.address
+            # the same session all along
+            assert me(point) == point_id
+            assert point.evaluate("window.conference.reconnects") <= 1  # (a resume, if any)
+            assert point.evaluate("window.conference.resumes") == point.evaluate(
+                "window.conference.reconnects"
+            )
+            log = server.log()
+            assert f"{point_id} left" not in log and log.count(f"{point_id} joined") == 1
+            restarts = point.evaluate("window.conference.iceRestarts")
+            print(f"network change to media both ways: {took:.1f} s; restarts: {restarts}")
+            assert not chair.errors and not point.errors, (chair.errors, point.errors)
+            chair.context.close()
+            point.context.close()
+        finally:
+            roaming.close()
+            check_clean_exit(server)

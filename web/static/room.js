@@ -375,6 +375,15 @@ async function reconnect({ fresh = false } = {}) {
   if (resumed && !state.left) restartIce("resumed");
 }
 
+/** Our socket no longer answers (its network is gone: closing it would wait for an
+ *  answer that never comes): leave it and join again on a new one, resuming. */
+function signalingLost() {
+  const old = state.signaling;
+  state.signaling = null; // its late events are ignored
+  old?.ws?.close();
+  reconnect();
+}
+
 // -- ICE restart ---------------------------------------------------------------
 
 // an ICE connection "disconnected" this long (no answer to its checks) is restarted
@@ -424,7 +433,7 @@ async function restartIce(reason) {
     } catch {
       attempt.result = "signaling-lost";
       iceRestarting = null;
-      state.signaling?.ws?.close(); // -> reconnect(): resume, then restart
+      signalingLost(); // resume, then restart
       return;
     }
     const jobs = [];
