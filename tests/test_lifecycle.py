@@ -732,3 +732,41 @@ async def test_sockets_not_joined_hear_the_shutdown(tmp_path: Path) -> None:
             await silent.close()
     await asyncio.to_thread(server.process.wait, 20)  # stopping by itself: no second signal
     check_clean_exit(server)
+
+
+async def test_a_resumed_session_with_an_ice_restart_is_one_attendance(prepared: Any) -> None:
+    """Issue 15 item 10: a point whose network changed keeps its session: its socket
+    comes back (resume) and ICE restarts; the attendance has one join and one leave."""
+    server: ServerProcess
+    server, database, meeting, _, points = prepared
+    point = points[0]
+    chair = Client(server.url, meeting, server.token(meeting, "chu-tich", "chair"))
+    a = Client(server.url, meeting, server.token(meeting, point, "point"))
+    try:
+        await chair.connect()
+        await a.connect(resume=True)
+        await a.publish({"microphone": ToneAudioTrack(440.0)})
+        await chair.wait_for(lambda: len(chair.publications("microphone")) == 1, 15)
+        await a.wait_for(
+            lambda: a.publisher is not None and a.publisher.connectionState == "connected", 15
+        )
+        first = a.id
+        await a.drop_signaling()
+        assert (await a.resume())["resumed"] is True and a.id == first
+        assert await a.restart_ice()
+        await a.leave()
+
+        def stored() -> list[tuple[str, str]]:
+            with database.session() as session:
+                return [
+                    (e.participant_id.rsplit(":", 1)[-1], e.kind)
+                    for e in list_events(session, meeting)
+                    if e.identity == f"pt:{point}"
+                ]
+
+        await eventually(lambda: len(stored()) == 2)
+        await asyncio.sleep(0.5)  # (nothing more comes)
+        assert stored() == [(first, "join"), (first, "leave")]
+    finally:
+        await a.close()
+        await chair.close()
