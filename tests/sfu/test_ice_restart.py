@@ -150,6 +150,35 @@ async def test_forwarded_packets_follow_the_new_path():
         await viewer.close()
 
 
+async def test_a_second_restart_replaces_one_still_checking():
+    """The network changed twice in a row (or the page asked again): the second restart
+    takes over from the first, whose new connection is dropped; media comes back."""
+    publisher = RTCPeerConnection()
+    server = ForwardingPeerConnection()
+    publisher.addTrack(AudioStreamTrack())
+    try:
+        await connected(publisher, server)
+        receiver = server.getTransceivers()[0].receiver
+        await wait_packets(receiver, 10)
+        go_dark(publisher)
+        go_dark(server)
+        await begin_ice_restart(publisher, controlling=True)
+        first = _ice(publisher)._connection
+        await restart(publisher, server)  # begins again before the first was answered
+        assert await wait_ice_restart(publisher) and await wait_ice_restart(server)
+        assert _ice(publisher)._connection is not first and first._closed
+        assert await packets_in(receiver, 1.0) >= 30
+        # and the server side restarted twice: the first answer's checks are dropped too
+        await restart(publisher, server)
+        await restart(publisher, server)
+        assert await wait_ice_restart(publisher) and await wait_ice_restart(server)
+        assert await packets_in(receiver, 1.0) >= 30
+        assert server.connectionState == "connected"
+    finally:
+        await publisher.close()
+        await server.close()
+
+
 async def test_a_restart_that_finds_no_path_fails_the_connection():
     publisher = RTCPeerConnection()
     server = ForwardingPeerConnection()
