@@ -462,9 +462,40 @@ async function restartIce(reason) {
   }
 }
 
-// the browser says the network changed (another Wi-Fi, 4G, back online)
-window.addEventListener("online", () => restartIce("online"));
-navigator.connection?.addEventListener?.("change", () => restartIce("network-change"));
+// the network as the browser sees it: its kind ("wifi", "cellular"; Android and ChromeOS)
+let networkType = navigator.connection?.type ?? null;
+let networkCheck = null;
+
+/** The browser says the network changed: back online, or `navigator.connection` changed
+ *  (another kind of link, or only its estimates: rtt, downlink).  Back online, another
+ *  kind of link, or a connection no longer connected: restart ICE.  Otherwise check that
+ *  the socket still answers (a changed address kills it and the media paths a moment
+ *  later): if not, resume on a new socket, which restarts ICE. */
+async function networkChanged(reason) {
+  if (state.left || state.reconnecting || iceRestarting || networkCheck || !state.signaling) return;
+  const type = navigator.connection?.type ?? null;
+  const switched = reason === "online" || type !== networkType;
+  networkType = type;
+  const pcs = [state.publisher, state.subscriber].filter((pc) => pc && pc.signalingState !== "closed");
+  if (switched || pcs.some((pc) => !iceUp(pc))) {
+    restartIce(reason);
+    return;
+  }
+  networkCheck = state.signaling.request({ type: "ping", id: "network" }, "pong", 3000);
+  try {
+    await networkCheck;
+  } catch {
+    if (!state.left && !state.reconnecting) {
+      state.iceRestarts.push({ reason, at: performance.now(), result: "signaling-lost", ms: null });
+      signalingLost();
+    }
+  } finally {
+    networkCheck = null;
+  }
+}
+
+window.addEventListener("online", () => networkChanged("online"));
+navigator.connection?.addEventListener?.("change", () => networkChanged("network-change"));
 
 /** The session is over for good: leave the room view and say why. */
 function end(text) {
