@@ -588,6 +588,21 @@ BAD_FIRST_MESSAGES: list[tuple[str, str, str]] = [
     ('{"type": "join", "version": "1"}', "unsupported-version", "protocol version 1 only"),
     ('{"type": "join", "version": true}', "unsupported-version", "protocol version 1 only"),
     ('{"type": "join", "version": 1.5}', "unsupported-version", "protocol version 1 only"),
+    (
+        '{"type": "join", "resume": 5}',
+        "bad-message",
+        "'resume' is true or the secret 'joined' gave",
+    ),
+    (
+        '{"type": "join", "resume": ""}',
+        "bad-message",
+        "'resume' is true or the secret 'joined' gave",
+    ),
+    (
+        '{"type": "join", "resume": "' + "s" * 101 + '"}',
+        "bad-message",
+        "'resume' is not a secret this server gave",
+    ),
 ]
 
 

@@ -197,6 +197,7 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
                 auto_subscribe=join.get("autoSubscribe", True) is not False,
                 red=join.get("red") is True,
             )
+            participant.disconnect = disconnect
             await room.join(participant)
     except RoomError as exc:
         logger.info("ws %s: refused: %s", where, exc.message)
@@ -250,7 +251,6 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
         }.get(removed_reason, CLOSE_REMOVED)
         await ws.close(code=code, message=removed_reason.encode()[:120])
 
-    participant.disconnect = disconnect
     session = Session(participant, briefing, send)
     dropped = False  # the socket closed under the session (no leave, not removed)
 
