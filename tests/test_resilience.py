@@ -10,6 +10,7 @@ import pytest
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtp import is_rtcp
 
+from conference.tokens import Grants
 from conference.tools.client import Client
 from conference.tools.testmedia import BarcodeVideoTrack, ToneAudioTrack, read_barcode
 
@@ -328,6 +329,20 @@ async def test_a_session_not_resumed_in_time_leaves_and_a_secret_is_one_identity
         assert point.id not in {p["id"] for p in chair.room["participants"]}
         late = await point.resume()
         assert late["resumed"] is False and late["participant"]["id"] != first["participant"]["id"]
+
+        # the same identity's token with other rights (it may no longer publish): the
+        # secret takes nothing over, the join is an ordinary one with the new rights
+        weaker = Client(
+            server.url,
+            "m1",
+            server.token(identity="xa-f", grants=Grants(subscribe=True)),
+            decode=False,
+        )
+        downgraded = await weaker.connect(resume=late["resume"])
+        assert downgraded["resumed"] is False
+        assert downgraded["participant"]["grants"]["publish"] is False
+        assert downgraded["participant"]["id"] != late["participant"]["id"]
+        await weaker.leave()
         log = server.log()
         assert f"{first['participant']['id']} left (left)" in log
         assert "connection lost, kept 1 s for a resume" in log

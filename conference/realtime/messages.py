@@ -191,6 +191,11 @@ async def offer(session: Session, message: dict[str, Any]) -> None:
         raise ProtocolError("bad-request", "the offer is not an SDP offer")
     if "\nm=" not in sdp:
         raise ProtocolError("bad-request", "the offer sends no audio or video")
+    if session.participant.restarts_ice(sdp):
+        # an ICE restart gathers new sockets: limited as `restart-ice` is
+        refusal = session.rates.refusal("restart-ice", time.monotonic())
+        if refusal is not None:
+            raise ProtocolError("rate-limited", refusal)
     answer = await session.participant.publisher_offer(sdp, tracks)
     await session.send({"type": "answer", "pc": "publisher", "sdp": answer})
 

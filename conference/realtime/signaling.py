@@ -13,12 +13,14 @@ import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..appkeys import BRIEFINGS, ICE_SERVERS, ICE_SERVERS_JSON, SETTINGS
 from ..core import jsontext
+from ..core.identity import Identity
 from ..sfu.participant import NegotiationError, Participant
 from ..sfu.room import RoomError
 from ..turn import client_ice_servers
@@ -50,10 +52,15 @@ MAX_RESUME_CHARS = 100
 _RESUMABLE: dict[str, Participant] = {}
 
 
-def _resumable(secret: object, room: Any, identity: str) -> Participant | None:
-    """The session ``secret`` names, if it is still in ``room`` and is ``identity``'s
-    (the token of the new socket must be for the same participant); its secret is used
-    up (the resumed session gets a new one)."""
+def _rights(who: Identity) -> tuple[str, str, bool, bool, bool, bool]:
+    return (who.identity, who.role, who.publish, who.subscribe, who.moderate, who.record)
+
+
+def _resumable(secret: object, room: Any, who: Identity) -> Participant | None:
+    """The session ``secret`` names, if it is still in ``room`` and is ``who``'s with the
+    same rights (the token of the new socket must be for the same participant, and a
+    token with other rights makes an ordinary join, which replaces the session with
+    those rights); its secret is used up (the resumed session gets a new one)."""
     if not isinstance(secret, str):
         return None
     participant = _RESUMABLE.get(secret)
@@ -61,12 +68,46 @@ def _resumable(secret: object, room: Any, identity: str) -> Participant | None:
         participant is None
         or participant.closed
         or participant.room is not room
-        or participant.who.identity != identity
+        or _rights(participant.who) != _rights(who)
         or room.participants.get(participant.id) is not participant
     ):
         return None
     del _RESUMABLE[secret]
     return participant
+
+
+async def _joined(
+    app: web.Application,
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+    participant: Participant,
+    who: Identity,
+    briefing: Any,
+    secret: str | None,
+    resumed: bool,
+) -> None:
+    """Tell the page it is in: ``joined`` (its grants, ICE servers, the room and chat)."""
+    await send(
+        {
+            "type": "joined",
+            "version": PROTOCOL_VERSION,
+            # a resumed session: the same participant, peer connections and publications
+            "resumed": resumed,
+            # to resume this session if the socket drops (only if asked for: resume true)
+            **({"resume": secret} if secret is not None else {}),
+            "participant": participant.describe()
+            | {
+                "grants": {
+                    "publish": who.publish,
+                    "subscribe": who.subscribe,
+                    "moderate": who.moderate,
+                }
+            },
+            # STUN as configured, and this session's own expiring TURN credential
+            "iceServers": client_ice_servers(app[SETTINGS], app[ICE_SERVERS_JSON], participant.id),
+            "room": briefing.state(),
+            "chat": list(briefing.chat),
+        }
+    )
 
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -176,11 +217,12 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
     try:
         briefing = app[BRIEFINGS].open(meeting_id)
         room = briefing.room
-        resumed = _resumable(resume, room, who.identity)
+        resumed = _resumable(resume, room, who)
         if resumed is not None:
             # the page's socket dropped (a network change) and it came back in time:
             # this socket takes the session over, with its peer connections and place
             participant = resumed
+            participant.who = who  # this socket's token (its expiry, what a removal revokes)
             previous = participant.disconnect
             participant.signal = send
             participant.disconnect = disconnect
@@ -210,29 +252,16 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
     if resume is not False and settings.resume_timeout > 0:
         secret = secrets.token_urlsafe(18)
         _RESUMABLE[secret] = participant
-    await send(
-        {
-            "type": "joined",
-            "version": PROTOCOL_VERSION,
-            # a resumed session: the same participant, peer connections and publications
-            "resumed": resumed is not None,
-            # to resume this session if the socket drops (only if asked for: resume true)
-            **({"resume": secret} if secret is not None else {}),
-            "participant": participant.describe()
-            | {
-                "grants": {
-                    "publish": who.publish,
-                    "subscribe": who.subscribe,
-                    "moderate": who.moderate,
-                }
-            },
-            # STUN as configured, and this session's own expiring TURN credential
-            "iceServers": client_ice_servers(app[SETTINGS], app[ICE_SERVERS_JSON], participant.id),
-            "room": briefing.state(),
-            "chat": list(briefing.chat),
-        }
-    )
-    await lobby_joined(app, participant, verdict, join)  # the chair starts the meeting
+    try:
+        await _joined(app, send, participant, who, briefing, secret, resumed is not None)
+        await lobby_joined(app, participant, verdict, join)  # the chair starts the meeting
+    except BaseException:
+        # the socket died before `joined` reached it: no handler owns this session any
+        # more (a resumed one's old handler has stopped without a leave)
+        if secret is not None:
+            _RESUMABLE.pop(secret, None)
+        await asyncio.shield(room.leave(participant.id, "left"))
+        raise
     if resumed is not None:
         participant.resumed()  # an offer the old socket may have lost is made again
 

@@ -2060,7 +2060,11 @@ async def begin_ice_restart(
             use_ipv6=media._use_ipv6,
             transport_policy=media._transport_policy,
         )
-        await connection.gather_candidates()
+        try:
+            await connection.gather_candidates()
+        except BaseException:
+            _spawn(connection.close())  # cancelled (the session ends): its sockets too
+            raise
         if ice.state != "completed" or dtls.state != "connected":  # closed meanwhile
             await connection.close()
             raise ConnectionError("the transport closed during the ICE restart")

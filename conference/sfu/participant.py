@@ -375,7 +375,10 @@ class Participant:
                 try:
                     if restarting:
                         logger.info("participant %s: subscriber ICE restart", self.id)
-                        await begin_ice_restart(pc, controlling=True)
+                        try:
+                            await begin_ice_restart(pc, controlling=True)
+                        except ConnectionError as exc:  # not connected yet: a plain offer
+                            logger.info("participant %s: no ICE restart: %s", self.id, exc)
                     offer = await pc.createOffer()
                     await pc.setLocalDescription(offer)
                     # mids are assigned by setLocalDescription
@@ -420,6 +423,12 @@ class Participant:
                 finally:
                     self._answer = None
 
+    def restarts_ice(self, sdp: str) -> bool:
+        """Whether a publisher offer ``sdp`` restarts ICE (new credentials) on its
+        connection (signaling rate-limits restarts: each gathers new sockets)."""
+        pc = self.publisher_pc
+        return pc is not None and ice_restart_offered(pc, sdp)
+
     def resumed(self) -> None:
         """The client's signaling came back on a new socket (docs/PROTOCOL.md, "Resuming
         a session"): a subscriber offer still waiting for its answer went to the old
@@ -427,6 +436,8 @@ class Participant:
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(_Resumed())
             self.request_negotiation()
+        elif self._awaiting_answer or self._retiring:
+            self.request_negotiation()  # an offer that timed out while the socket was away
 
     def subscriber_answer(self, sdp: str) -> None:
         if self._answer is None or self._answer.done():

@@ -208,6 +208,11 @@ async function connect(resume = false) {
   if (joined.resumed) {
     // the same session on a new socket: nobody saw us leave
     state.resumes += 1;
+    // fresh TURN credentials: the ICE restart that follows allocates again with them
+    state.iceServers = joined.iceServers || [];
+    for (const pc of [state.publisher, state.subscriber]) {
+      if (pc) pc.setConfiguration({ ...pc.getConfiguration(), iceServers: state.iceServers });
+    }
     listen(signaling);
     render();
     return true;
