@@ -131,9 +131,13 @@ def open_invitation(
     role: str = "point",
     init_script: str | None = None,
     lang: str | None = None,
+    device: dict[str, Any] | None = None,
 ) -> Any:
-    """Open an invitation link in a fresh context (own cookies): the pre-join screen."""
-    context = browser.new_context(locale="vi-VN", viewport={"width": 1280, "height": 720})
+    """Open an invitation link in a fresh context (own cookies): the pre-join screen;
+    ``device``: the context's screen (Playwright's viewport, is_mobile, has_touch…), a
+    1280x720 PC by default."""
+    screen = device or {"viewport": {"width": 1280, "height": 720}}
+    context = browser.new_context(locale="vi-VN", **screen)
     if init_script:
         context.add_init_script(init_script)
     page = context.new_page()

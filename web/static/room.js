@@ -15,6 +15,7 @@ import { Prejoin } from "./prejoin.js";
 import { setupChat, showChat } from "./chat.js";
 import { Chair } from "./chair.js";
 import { LobbyPanel, watchLobby } from "./lobby.js";
+import { Panel, compact } from "./phone.js";
 import { QualityMonitor, RED_SUPPORTED, SIMULCAST, applyProfile, preferRed, qualityBadge } from "./quality.js";
 
 const $ = (id) => document.getElementById(id);
@@ -72,6 +73,7 @@ const prejoinScreen = new Prejoin(state);
 const send = (message) => state.signaling?.send(message);
 const chair = new Chair(state, send);
 const lobbyPanel = new LobbyPanel(send);
+const panel = new Panel(); // the list and the chat on a phone
 let monitor = null;
 
 function notice(text) {
@@ -228,6 +230,7 @@ async function connect(resume = false) {
   listen(signaling);
   $("prejoin").hidden = true;
   $("room").hidden = false;
+  document.body.classList.add("in-room"); // a phone gives the room the whole screen
   send({ type: "profile", profile: state.profile }); // the ceiling of what we receive, also on a rejoin
   render();
   if (state.me.grants?.publish !== false && (state.stream || state.screen)) await publish();
@@ -602,6 +605,7 @@ const handlers = {
   chat(item) {
     state.chatCount += 1;
     showChat(item, state.me);
+    panel.chatArrived(item.participant === state.me?.id);
   },
   leave(update) {
     state.leftReason = update.reason;
@@ -716,6 +720,7 @@ function hangUp() {
   state.screen?.getTracks().forEach((track) => track.stop());
   for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
   $("room").hidden = true;
+  document.body.classList.remove("in-room");
 }
 
 $("notice").onclick = () => notice(""); // read: put away
@@ -796,10 +801,9 @@ const PAGE_SIZE = 25;
 const PHONE_PAGE_SIZE = 9;
 // the speaker layout of a large meeting names at most this many others in its strip
 const STRIP_MAX = 8;
-const phone = window.matchMedia("(max-width: 40rem)");
 
 function pageSize() {
-  return phone.matches ? PHONE_PAGE_SIZE : PAGE_SIZE;
+  return compact.matches ? PHONE_PAGE_SIZE : PAGE_SIZE;
 }
 
 /**
@@ -823,8 +827,9 @@ function plan() {
   const many = others.length > MANY;
   let mode = state.layout;
   if (mode === "auto") {
+    // a phone shows one large video (the floor, the speaker, the chair) above a strip
     if (many) mode = moderator ? "mosaic" : "speaker";
-    else mode = screenOwner || floor ? "speaker" : "grid";
+    else mode = screenOwner || floor || compact.matches ? "speaker" : "grid";
   }
   if (mode === "mosaic" && !moderator) mode = "speaker";
   const tiles = [];
@@ -1016,6 +1021,7 @@ function render() {
   renderParticipants();
   renderControls();
   chair.render();
+  panel.setHands(state.me.grants?.moderate ? (state.room.hands || []).length : 0);
   // status bar
   $("rec-indicator").hidden = !state.room.recording;
   $("locked-indicator").hidden = !state.room.locked;
@@ -1121,12 +1127,13 @@ function renderControls() {
   $("hand-btn").hidden = !state.me?.grants?.publish || Boolean(state.me?.grants?.moderate);
   $("screen-btn").textContent = state.screen ? t("room.stopShare") : t("room.shareScreen");
   $("screen-btn").classList.toggle("active", Boolean(state.screen));
-  $("screen-btn").hidden = !state.me?.grants?.publish || !navigator.mediaDevices;
+  // phones' browsers cannot share a screen (no getDisplayMedia): no button there
+  $("screen-btn").hidden = !state.me?.grants?.publish || !navigator.mediaDevices?.getDisplayMedia;
   $("layout-mosaic").hidden = !state.me?.grants?.moderate; // the mosaic is the chair's
 }
 
-// a phone shows smaller pages of the mosaic
-phone.addEventListener("change", () => render());
+// a phone shows one large video in its auto layout, and smaller pages of the mosaic
+compact.addEventListener("change", () => render());
 
 prejoin().catch((error) => {
   console.error(error);
