@@ -60,7 +60,10 @@ STATES = ("queued", "running", "done", "failed")
 _queue: queue.Queue[Path] = queue.Queue()
 _lock = threading.Lock()
 _runner: threading.Thread | None = None
+#: queued in this process and not started yet; and the job running now (a retry() while it
+#: ends is queued again: the worker runs it after)
 _pending: set[Path] = set()
+_current: Path | None = None
 
 
 def state_path(manifest_path: Path) -> Path:
@@ -126,7 +129,7 @@ def enqueue(manifest_path: Path) -> dict[str, Any]:
     path = Path(manifest_path).resolve()
     state = _read(path)
     if state is not None:
-        if state["state"] == "done" or path in _pending:
+        if state["state"] == "done" or path in _pending or path == _current:
             return job_status(path)
         if state["state"] == "running" and _alive(state.get("pid")):
             return job_status(path)
@@ -138,12 +141,18 @@ def enqueue(manifest_path: Path) -> dict[str, Any]:
 
 
 def retry(manifest_path: Path) -> dict[str, Any]:
-    """Queue a failed (or done) job again; a queued or running one stays as it is."""
+    """Queue a failed (or done) job again; a queued or running one stays as it is.
+
+    Also the moment the state says done or failed while the worker still waits for that
+    process to exit (the library's button is back then): queued after it, and run."""
     path = Path(manifest_path).resolve()
     state = _read(path)
-    if state is not None and state["state"] in ("failed", "done"):
-        _write(path, state="queued", progress=0, error=None, output=None, pid=None, attempts=0)
-    return enqueue(path)
+    if state is None or state["state"] not in ("failed", "done"):
+        return enqueue(path)
+    _write(path, state="queued", progress=0, error=None, output=None, pid=None, attempts=0)
+    if path not in _pending:
+        _submit(path)
+    return job_status(path)
 
 
 def enqueue_sealed(root: Path, manifest: dict[str, Any]) -> None:
@@ -205,26 +214,32 @@ def _submit(path: Path) -> None:
 
 
 def _work() -> None:
+    global _current
     while True:
         path = _queue.get()
+        with _lock:
+            _pending.discard(path)  # from here a retry() queues it again
+            _current = path
         try:
             _run_process(path)
         except Exception:
             logger.exception("recordings: composition of %s failed to start", path.name)
         finally:
             with _lock:
-                _pending.discard(path)
+                _current = None
 
 
 def _run_process(path: Path) -> None:
-    state = _read(path)
-    if state is None or state["state"] != "queued":
+    started = _read(path)
+    if started is None or started["state"] != "queued":
         return
     command = [sys.executable, "-m", "conference.recording.jobs", str(path)]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     code = process.wait()
     state = _read(path)
-    if code != 0 and state is not None and state["state"] in ("queued", "running"):
+    # the process died before it could say so: its own state, or the one it never changed
+    # (not the state of a retry() asked since: that one is queued to run next)
+    if code != 0 and state is not None and (state == started or state.get("pid") == process.pid):
         state = _write(
             path, state="failed", error=f"composition process exited with {code}", pid=None
         )
@@ -234,7 +249,8 @@ def _run_process(path: Path) -> None:
 
 def pending() -> int:
     """Compositions queued or running in this process (``/metrics``)."""
-    return len(_pending)
+    with _lock:
+        return len(_pending) + (_current is not None and _current not in _pending)
 
 
 def _announce(path: Path, state: dict[str, Any] | None) -> None:

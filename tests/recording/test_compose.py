@@ -91,7 +91,9 @@ def small(small_source: Path, tmp_path: Path) -> Path:
     return manifest
 
 
-def _wait(manifest: Path, states: tuple[str, ...], timeout: float = 60.0) -> list[dict[str, Any]]:
+def _wait(
+    manifest: Path, states: tuple[str, ...], timeout: float = 60.0, every: float = 0.05
+) -> list[dict[str, Any]]:
     """Poll the job's status until it is in ``states``; every status seen."""
     seen = []
     deadline = time.monotonic() + timeout
@@ -101,7 +103,7 @@ def _wait(manifest: Path, states: tuple[str, ...], timeout: float = 60.0) -> lis
         seen.append(status | {"pid": raw.get("pid")})
         if status["state"] in states:
             return seen
-        time.sleep(0.05)
+        time.sleep(every)
     raise AssertionError(f"job still {seen[-1]} after {timeout} s")
 
 
@@ -252,6 +254,26 @@ def test_a_corrupt_file_fails_with_an_error_and_retry_works(small: Path, tmp_pat
     seen = _wait(small, ("done", "failed"))
     assert seen[-1]["state"] == "done" and seen[-1]["error"] is None, seen[-1]
     assert output_path(small).is_file()
+
+
+def test_composing_again_as_soon_as_it_is_done_runs(small: Path) -> None:
+    """The library's button comes back the moment the state file says done, while the
+    server still waits for the job's process to exit: a composition again asked then is
+    run, not left queued for ever."""
+    jobs.enqueue(small)
+    _wait(small, ("done", "failed"), every=0.002)
+    first = jobs.job_status(small)
+    assert first["state"] == "done", first
+    inode = output_path(small).stat().st_ino
+    jobs.retry(small)  # at once: the worker may not have seen the process exit yet
+    seen = _wait(small, ("done", "failed"), timeout=60)
+    assert seen[-1]["state"] == "done" and seen[-1]["attempts"] == 1, seen[-1]
+    assert any(s["state"] == "running" for s in seen), seen  # it did run again
+    assert output_path(small).stat().st_ino != inode
+    deadline = time.monotonic() + 10
+    while jobs.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert jobs.pending() == 0
 
 
 def test_resume_restarts_a_job_whose_process_is_gone(small: Path, tmp_path: Path) -> None:
