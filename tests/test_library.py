@@ -49,8 +49,11 @@ def _track(directory: Path, name: str, kind: str) -> TrackWriter:
     return writer
 
 
-def record(site: Site, meeting: str, start: datetime = START, state: str = "complete") -> Path:
-    """A recording of ``meeting`` started at ``start``: two tracks, speakers, events."""
+def record(
+    site: Site, meeting: str, start: datetime = START, state: str = "complete", camera: float = 30
+) -> Path:
+    """A recording of ``meeting`` started at ``start``: two tracks (the camera's from
+    ``camera`` s to 2 s later, the microphone's from 1 s to 3 s), speakers, events."""
     root = recordings_root(site)
     when = start.timestamp()
     directory = meeting_directory(root, meeting, when)
@@ -72,8 +75,8 @@ def record(site: Site, meeting: str, start: datetime = START, state: str = "comp
                 "source": "camera",
                 "identity": "xa-a1",
                 "name": "UBND xã A Một",
-                "first_media_utc": iso(when + 30),
-                "last_media_utc": iso(when + 32),
+                "first_media_utc": iso(when + camera),
+                "last_media_utc": iso(when + camera + 2),
                 "duration": 2.0,
                 "frames": video_writer.frames,
                 "codec": "vp8",
@@ -432,8 +435,18 @@ def _mp4(path: Path) -> None:
             container.mux(packet)
 
 
+async def live(browser: Browser, rec: str) -> tuple[int, dict[str, Any]]:
+    """What the recording page's script asks every few seconds."""
+    status, text, response = await browser.get(f"/recordings/{rec}/composition")
+    assert response.headers["Content-Type"].startswith("application/json"), text[:200]
+    assert response.headers["Cache-Control"] == "no-store"
+    return status, json.loads(text)
+
+
 async def test_composition_progress_and_composed_mp4(site: Site, browsers: list[Browser]) -> None:
-    """The job state file of conference.recording.jobs drives the bar and the MP4 offer."""
+    """The job state file of conference.recording.jobs drives the status, the MP4 offer and
+    the JSON the page follows live; while a composition again runs, and after it failed,
+    the earlier MP4 stays offered (issue 15 item 7)."""
     district(site)
     manifest = record(site, str(schedule(site, "Giao ban", START)))
     rec = rid(site, manifest)
@@ -443,21 +456,38 @@ async def test_composition_progress_and_composed_mp4(site: Site, browsers: list[
     secretary = await signed_in(site, browsers, "tk-a")
     status, html, _ = await secretary.get("/recordings")
     assert 'data-compose="none"' in html and "Chưa dựng video" in html
+    status, body = await live(secretary, rec)
+    assert status == 200 and body["state"] == "none" and body["composed"] is None, body
+    # the first composition runs: its file is still .mp4.part, nothing is offered
     state.write_text(json.dumps({"state": "running", "progress": 42, "output": None}))
-    _mp4(mp4)  # a file being written must not be offered before the job is done
+    _mp4(mp4)
+    mp4.rename(mp4.with_name(mp4.name + ".part"))
     status, html, _ = await secretary.get("/recordings")
     assert 'data-compose="running" data-progress="42.0"' in html and "42%" in html
+    assert "Đang dựng video" in html
     status, html, _ = await secretary.get(f"/recordings/{rec}")
     assert status == 200 and mp4.name not in html and 'value="42.0"' in html
+    assert 'data-follow="1"' in html and 'id="compose-form" hidden' in html  # followed live
+    status, body = await live(secretary, rec)
+    assert (body["state"], body["progress"], body["previous"]) == ("running", 42.0, False)
+    assert body["composed"] is None and "42%" in body["html"] and "Đang dựng video" in body["html"]
     api = await client(site, browsers, "tk-a")
     status, data, _ = await api.call("GET", f"/recordings/{rec}")
     assert data["recording"]["composition"]["progress"] == 42.0
     assert data["recording"]["composition"]["state"] == "running"
+    # done: compose() renamed the finished file
+    mp4.with_name(mp4.name + ".part").rename(mp4)
     state.write_text(json.dumps({"state": "done", "progress": 100, "output": str(mp4)}))
     status, html, _ = await secretary.get(f"/recordings/{rec}")
     assert status == 200 and "Video tổng hợp chưa sẵn sàng" not in html
     assert f'src="/recordings/{rec}/files/{mp4.name}"' in html  # the player starts on it
-    assert html.count("?download=1") == 3
+    assert html.count("?download=1") == 3 and "data-follow" not in html
+    assert "Đã dựng xong" in html and 'id="compose-form" hidden' not in html
+    status, body = await live(secretary, rec)
+    assert body["state"] == "done" and body["progress"] == 100.0, body
+    done = body["composed"]
+    assert done["name"] == mp4.name and done["url"] == f"/recordings/{rec}/files/{mp4.name}"
+    assert done["size"] == mp4.stat().st_size and done["version"]
     data_bytes = mp4.read_bytes()
     url = f"{site.url}/recordings/{rec}/files/{mp4.name}"
     async with secretary.http.get(url, headers={"Range": "bytes=10-"}) as r:
@@ -467,10 +497,51 @@ async def test_composition_progress_and_composed_mp4(site: Site, browsers: list[
     status, data, _ = await api.call("GET", f"/recordings/{rec}")
     assert data["files"][0]["kind"] == "composed" and data["files"][0]["name"] == mp4.name
     assert data["recording"]["composition"]["progress"] == 100.0
-    # a failed job: marked, and the MP4 of an earlier run is not offered
+    # composing again: the earlier MP4 is still offered and played, "đang dựng lại"
+    state.write_text(json.dumps({"state": "running", "progress": 10, "output": None}))
+    status, html, _ = await secretary.get(f"/recordings/{rec}")
+    assert f'src="/recordings/{rec}/files/{mp4.name}"' in html and "Đang dựng lại" in html
+    assert '<p class="muted" id="recomposing">' in html and 'data-follow="1"' in html
+    status, body = await live(secretary, rec)
+    assert body["previous"] is True and body["composed"]["name"] == mp4.name, body
+    assert "Đang dựng lại" in body["html"]
+    status, data, _ = await api.call("GET", f"/recordings/{rec}")
+    assert data["recording"]["composition"]["previous"] is True
+    assert data["files"][0]["kind"] == "composed"
+    # a composition again that failed: marked, and the earlier MP4 kept and offered
     state.write_text(json.dumps({"state": "failed", "progress": 60, "error": "disk full"}))
     status, html, _ = await secretary.get(f"/recordings/{rec}")
-    assert 'data-compose="failed"' in html and f"files/{mp4.name}" not in html
+    assert 'data-compose="failed"' in html and f"files/{mp4.name}" in html
+    assert "vẫn giữ video đã dựng trước" in html and "data-follow" not in html
+    status, body = await live(secretary, rec)
+    assert (body["state"], body["previous"], body["error"]) == ("failed", True, "disk full")
+    assert body["composed"]["name"] == mp4.name
+
+
+async def test_composition_status_is_checked_like_the_page(
+    site: Site, browsers: list[Browser]
+) -> None:
+    """GET /recordings/{id}/composition: the page's session, roles and units; not audited."""
+    district(site)
+    manifest = record(site, str(schedule(site, "Giao ban", START)))
+    rec = rid(site, manifest)
+    path = f"/recordings/{rec}/composition"
+    anonymous = site.browser()
+    browsers.append(anonymous)
+    status, _, response = await anonymous.get(path)
+    assert status in (302, 303) and response.headers["Location"].startswith("/login")
+    operator = await signed_in(site, browsers, "vh-a1")
+    status, html, _ = await operator.get(path)
+    assert status == 403 and "<html" in html  # the page's refusal: a role without the library
+    other = await signed_in(site, browsers, "tk-b")  # another district
+    status, body = await live(other, rec)
+    assert status == 404 and body["error"] == "not-found"
+    status, body = await live(other, "0" * 16)
+    assert status == 404
+    chair = await signed_in(site, browsers, "ct-a")  # the meeting's chair: like the page
+    status, body = await live(chair, rec)
+    assert status == 200 and body["state"] == "none"
+    assert [r for r in audit(site) if r["recording"] == rec] == []  # polling is not audited
 
 
 async def test_compose_button_queues_the_job(site: Site, browsers: list[Browser]) -> None:
@@ -593,6 +664,95 @@ def test_player_jumps_on_timeline_click_in_chromium(site: Site, tmp_path: Path) 
     plays = [r for r in audit(site) if r["action"] == "play"]
     assert plays and plays[0]["first"] is True and plays[0]["username"] == "tk-a"
     assert any(r["range"] for r in plays)  # the browser asked with Range
+
+
+def following(page: Any, errors: list[str], manifest: Path) -> None:
+    """Wait until the page saw the composition end; if not, say what it saw."""
+    try:
+        wait_js(page, "window.library && window.library.done", timeout=60)
+    except AssertionError as error:
+        state = manifest.with_name(manifest.name.removesuffix(".manifest.json") + ".compose.json")
+        raise AssertionError(
+            f"{error}\nseen: {page.evaluate('window.library && window.library.seen')}"
+            f"\nerrors: {errors}\njob: {state.read_text() if state.exists() else None}"
+        ) from None
+
+
+def test_the_page_follows_the_composition_live_in_chromium(site: Site, tmp_path: Path) -> None:
+    """Issue 15 item 7: the secretary starts the composition and watches its progress on
+    the recording's page, which then plays the composed MP4, without a reload; composing
+    again, the earlier MP4 plays meanwhile and the new one takes its place when done."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    if not Path("/usr/bin/chromium").exists():  # pragma: no cover - .ci/run installs it
+        pytest.skip("Debian's chromium is not installed")
+    district(site)
+    # the camera and the microphone together: a composition of 2 s, done in a second or two
+    manifest = record(site, str(schedule(site, "Giao ban", START)), camera=1)
+    rec = rid(site, manifest)
+    mp4 = manifest.with_name(manifest.name.removesuffix(".manifest.json") + ".mp4")
+    player = "document.getElementById('player')"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu"],
+        )
+        try:
+            context = browser.new_context()
+            context.add_init_script("window.libraryPollMs = 250")
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{site.url}/login?next=/recordings/{rec}")
+            page.fill("input[name=username]", "tk-a")
+            page.fill("input[name=password]", "mat-khau-1")
+            page.click("button[type=submit]")
+            page.wait_for_url(f"**/recordings/{rec}")
+            assert page.is_visible("#not-composed") and "webm" in page.get_attribute(
+                "#player", "src"
+            )
+            page.click("#compose-form button")  # a form: the page comes back, followed live
+            page.wait_for_selector(
+                "#composition [data-compose=queued], #composition [data-compose=running], #composition [data-compose=done]"
+            )
+            page.evaluate("window.stayed = true")  # gone if the page reloaded
+            following(page, errors, manifest)
+            seen = page.evaluate("window.library.seen")
+            assert page.evaluate("window.library.done") == "done", seen
+            assert any(s["state"] in ("queued", "running") for s in seen), seen
+            assert page.evaluate("window.stayed") is True
+            sync_api.expect(page.locator("#composition")).to_have_text("Đã dựng xong")
+            first = page.get_attribute("#player", "src")
+            assert first.startswith(f"/recordings/{rec}/files/{mp4.name}?v="), first
+            wait_js(page, f"{player}.readyState >= 1 && {player}.duration > 1.5", timeout=20)
+            assert page.is_hidden("#not-composed") and page.is_visible("#composed-ready")
+            assert page.input_value("#source") == first
+            link = page.get_attribute('#downloads li[data-kind="composed"] a', "href")
+            assert link.startswith(f"/recordings/{rec}/files/{mp4.name}?download=1")
+            sync_api.expect(page.locator("#compose-form button")).to_have_text(
+                "Dựng lại video tổng hợp"
+            )
+            earlier = mp4.stat().st_ino
+            # composing again: the earlier MP4 in the player, "đang dựng lại", then the new one
+            page.click("#compose-form button")
+            page.wait_for_selector("#composition [data-compose]")
+            # as the server rendered it, the job just queued (its process starts in a second)
+            text = page.inner_text("#composition")
+            assert "Đang dựng lại" in text and page.is_visible("#recomposing"), text
+            assert page.get_attribute("#player", "src") == f"/recordings/{rec}/files/{mp4.name}"
+            page.evaluate("window.stayed = true")
+            wait_js(page, f"{player}.readyState >= 1", timeout=20)  # the earlier one plays
+            following(page, errors, manifest)
+            assert page.evaluate("window.library.done") == "done"
+            assert page.evaluate("window.stayed") is True
+            assert mp4.stat().st_ino != earlier  # replaced
+            again = page.get_attribute("#player", "src")
+            assert again.startswith(f"/recordings/{rec}/files/{mp4.name}?v=") and again != first
+            wait_js(page, f"{player}.readyState >= 1 && {player}.duration > 1.5", timeout=20)
+            page.screenshot(path=str(tmp_path / "library-composed.png"), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
 
 
 def test_a_manifest_says_whether_it_recorded_a_scheduled_meeting(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Input: a sealed manifest (``complete`` or ``interrupted``) and the track files
 next to it.  Output: ``<start-utc>.mp4`` beside the manifest, 1280x720 at
 25 fps, ``yuv420p``, ``+faststart`` (the index first, so it plays while it
-downloads), written as ``.mp4.part`` and renamed when finished.
+downloads), written as ``.mp4.part``, flushed and renamed when finished: composing
+again leaves the earlier MP4 whole (and offered) until then, or if it fails.
 
 Timeline: every track's frames are placed on the manifest's common UTC clock
 (``first_media_unix`` + the frame's time in its file); the composition starts
@@ -48,7 +49,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from .manifest import read_manifest, sha256_file
+from .manifest import flush, read_manifest, sha256_file
 from .store import PathError, inside
 
 __all__ = [
@@ -517,7 +518,9 @@ def compose(
                 audio_sources.append(AudioSource(track))
         size = (width, height, fps, threads)
         _encode(layout, video_sources, audio_sources, partial, progress, size, preset)
-        os.replace(partial, output)
+        flush(partial)  # on the disk before it replaces the earlier MP4
+        os.replace(partial, output)  # an earlier MP4 stays whole and offered until here
+        flush(output.parent)
     except av.FFmpegError as exc:
         raise CompositionError(f"encoding failed: {exc}") from exc
     finally:

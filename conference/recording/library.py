@@ -128,29 +128,43 @@ class Recording:
             progress = round(min(100.0, max(0.0, float(progress))), 1)
         else:
             progress = None
-        if status.get("state") == "done":
+        state = str(status.get("state"))
+        if state == "done":
             progress = 100.0
         return {
-            "state": str(status.get("state")),
+            "state": state,
             "progress": progress,
             "output": status.get("output"),
             "error": status.get("error"),
+            # the MP4 of an earlier composition, offered while this one is queued or
+            # running, and kept when it failed
+            "previous": state != "done" and self._earlier() is not None,
         }
 
-    def _composed(self, composition: dict[str, Any] | None) -> Path | None:
-        directory = self.path.parent
-        candidate = directory / f"{self.stem}.mp4"
-        if composition is not None:
-            if composition["state"] != "done":
-                return None
-            output = composition.get("output")
-            if isinstance(output, str) and output:
-                candidate = Path(output) if Path(output).is_absolute() else directory / output
+    def _inside(self, candidate: Path) -> Path | None:
+        """``candidate`` if it is a file that resolves inside the recording's folder."""
         try:
-            resolved = inside(directory, candidate)
+            resolved = inside(self.path.parent, candidate)
         except (PathError, OSError):
             return None
         return resolved if resolved.is_file() else None
+
+    def _earlier(self) -> Path | None:
+        """``<start>.mp4`` when it exists: a composition only ever renames a finished file
+        there (conference/recording/compose.py writes ``.mp4.part`` first), so it is whole."""
+        return self._inside(self.path.parent / f"{self.stem}.mp4")
+
+    def _composed(self, composition: dict[str, Any] | None) -> Path | None:
+        """The composed MP4 to offer: the job's output when it is done; otherwise (no job
+        known, or composing again, or a composition again that failed) the earlier one."""
+        if composition is None or composition["state"] != "done":
+            return self._earlier()
+        output = composition.get("output")
+        directory = self.path.parent
+        candidate = directory / f"{self.stem}.mp4"
+        if isinstance(output, str) and output:
+            candidate = Path(output) if Path(output).is_absolute() else directory / output
+        return self._inside(candidate)
 
     def files(self, composition: dict[str, Any] | None = None) -> list[MediaFile]:
         """The composed MP4 (when done) then every track file that exists, safely inside."""

@@ -24,6 +24,7 @@ from typing import Any
 __all__ = [
     "FORMAT",
     "MANIFEST_SUFFIX",
+    "flush",
     "iso",
     "read_manifest",
     "sha256_file",
@@ -53,6 +54,19 @@ def parse_iso(value: object) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def flush(path: Path) -> None:
+    """fsync a file or a folder (after a rename in it), as far as the file system allows:
+    a crash then leaves the whole file, never an empty one in its place."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    except OSError:
+        pass  # a folder some file systems do not sync
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:

@@ -106,7 +106,8 @@ def translator(app: web.Application, lang: str) -> dict[str, str]:
     return {k: v.get(lang) or v[DEFAULT_LANGUAGE] for k, v in app[CATALOGUE].items()}
 
 
-def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+def render_text(request: web.Request, template: str, **context: Any) -> str:
+    """``template`` in the request's language: a page, or a fragment a page's script asks for."""
     lang = language(request)
     strings = translator(request.app, lang)
 
@@ -114,7 +115,7 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
         return strings.get(key, key)
 
     other = "en" if lang == "vi" else "vi"
-    html = (
+    return (
         request.app[JINJA]
         .get_template(template)
         .render(
@@ -126,6 +127,11 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
             **context,
         )
     )
+
+
+def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    lang = language(request)
+    html = render_text(request, template, **context)
     response = web.Response(
         text=html, status=status, content_type="text/html", charset="utf-8", headers=_NO_STORE
     )

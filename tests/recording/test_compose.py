@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 
 from conference.recording import jobs
-from conference.recording.compose import HEIGHT, WIDTH, inset_boxes, output_path
+from conference.recording.compose import HEIGHT, WIDTH, compose, inset_boxes, output_path
+from conference.recording.library import find
 from conference.recording.manifest import read_manifest, write_manifest
 from conference.recording.signing import load_or_create_key
-from conference.recording.store import seal
+from conference.recording.store import recording_id, seal
 from conference.tools.synthetic import Participant, write_recording
 from conference.tools.testmedia import dominant_frequency, read_barcode
 
@@ -254,6 +255,73 @@ def test_a_corrupt_file_fails_with_an_error_and_retry_works(small: Path, tmp_pat
     seen = _wait(small, ("done", "failed"))
     assert seen[-1]["state"] == "done" and seen[-1]["error"] is None, seen[-1]
     assert output_path(small).is_file()
+
+
+def _offered(manifest: Path, root: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """What the library offers for ``manifest``: the composition and the composed MP4."""
+    found = find(root, recording_id(manifest.relative_to(root).as_posix()))
+    assert found is not None
+    composition = found.composition()
+    composed = [f.path for f in found.files(composition) if f.kind == "composed"]
+    return composition, composed[0] if composed else None
+
+
+def test_composing_again_keeps_the_earlier_mp4_until_the_new_one_is_whole(
+    small: Path, tmp_path: Path
+) -> None:
+    """Issue 15 item 7: the new MP4 is written beside the earlier one (``.mp4.part``) and
+    renamed over it at the end; until then the earlier one is whole, and the library offers
+    it ("composing again")."""
+    assert jobs.run(small, nice=0)["state"] == "done"
+    mp4 = output_path(small)
+    earlier, inode = mp4.read_bytes(), mp4.stat().st_ino
+    root = _root_dir(tmp_path)
+    write_manifest(
+        jobs.state_path(small),
+        {"state": "running", "progress": 0, "output": None, "error": None, "attempts": 1,
+         "pid": os.getpid()},
+    )  # fmt: skip
+    seen: list[dict[str, Any]] = []
+
+    def progress(percent: float) -> None:
+        composition, offered = _offered(small, root)
+        seen.append(
+            {
+                "percent": percent,
+                "whole": mp4.read_bytes() == earlier and mp4.stat().st_ino == inode,
+                "parts": sorted(p.name for p in mp4.parent.glob("*.part")),
+                "previous": composition is not None and composition["previous"],
+                "offered": offered == mp4.resolve(),
+            }
+        )
+
+    compose(small, progress=progress)
+    assert len(seen) >= 2 and seen[-1]["percent"] == 100.0, seen
+    assert all(s["whole"] and s["previous"] and s["offered"] for s in seen), seen
+    assert all(s["parts"] == [mp4.name + ".part"] for s in seen[1:]), seen  # beside it
+    assert mp4.stat().st_ino != inode and not list(mp4.parent.glob("*.part"))  # replaced
+    with av.open(str(mp4)) as container:  # whole and playable
+        assert 1.5 < float(container.duration or 0) / 1e6 < 2.5
+
+
+def test_a_failed_composition_again_leaves_the_earlier_mp4(small: Path, tmp_path: Path) -> None:
+    """A composition again that fails (a damaged track) leaves the earlier MP4 as it was,
+    offered by the library, and no partial file."""
+    assert jobs.run(small, nice=0)["state"] == "done"
+    mp4 = output_path(small)
+    earlier, inode = mp4.read_bytes(), mp4.stat().st_ino
+    manifest = read_manifest(small)
+    camera = small.parent / next(t["file"] for t in manifest["tracks"] if t["kind"] == "video")
+    camera.write_bytes(b"\x1a\x45\xdf\xa3" + os.urandom(4000))  # EBML magic, then garbage
+    seal(small, manifest, load_or_create_key(tmp_path / "key"), "complete")
+    jobs.retry(small)
+    seen = _wait(small, ("done", "failed"))
+    assert seen[-1]["state"] == "failed" and camera.name in seen[-1]["error"], seen[-1]
+    assert mp4.read_bytes() == earlier and mp4.stat().st_ino == inode
+    assert not list(mp4.parent.glob("*.part"))
+    composition, offered = _offered(small, _root_dir(tmp_path))
+    assert composition is not None and composition["state"] == "failed"
+    assert composition["previous"] and offered == mp4.resolve()
 
 
 def test_composing_again_as_soon_as_it_is_done_runs(small: Path) -> None:

@@ -55,6 +55,11 @@ _COMPOSITION = {
         "progress": {"type": ["number", "null"], "description": "percent, 0 to 100"},
         "output": {"type": ["string", "null"]},
         "error": {"type": ["string", "null"]},
+        "previous": {
+            "type": "boolean",
+            "description": "an earlier composed MP4 is offered while this composition is queued"
+            " or running, and kept after it failed",
+        },
     },
 }
 SUMMARY = API.schema(

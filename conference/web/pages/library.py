@@ -32,20 +32,28 @@ at byte 0, so counting ``first`` counts plays and downloads.
 Composition
 -----------
 The composed MP4 (``<start>.mp4`` next to the manifest, or the ``output`` of its job) is
-offered when :mod:`conference.recording.jobs` says the job is done, or, without that
-module, when the file exists.  The job's state and progress are shown while it runs.
-Admins and secretaries who see a recording may queue its composition (``POST
-/recordings/{id}/compose``; again after a failure: ``jobs.retry``).
+offered when :mod:`conference.recording.jobs` says the job is done, and, while a composition
+again is queued or running or after it failed, the earlier MP4 (a composition writes
+``.mp4.part`` and renames it over the earlier one only when finished).  The job's state and
+progress are shown while it runs, live: the recording page asks ``GET
+/recordings/{id}/composition`` (JSON: state, progress, whether an earlier MP4 is kept, the
+composed MP4's URL and version, and the status as the page shows it) every 3 s while the job
+is queued or running, and puts the finished MP4 in its player without a reload.  That
+request is checked like the page (session, role, the recording in the user's units; 404
+otherwise) and is not audited: it carries no media.  Admins and secretaries who see a
+recording may queue its composition (``POST /recordings/{id}/compose``; again after a
+failure or to redo it: ``jobs.retry``).
 
 Pages: ``/recordings`` (filters ``from``, ``to``, ``unit``, ``q``, ``chair``),
 ``/recordings/{id}``, ``/recordings/{id}/files/{name}`` (``?download=1``: attachment),
-``POST /recordings/{id}/compose``.  The JSON API is :mod:`conference.web.api.library`.
+``/recordings/{id}/composition`` (JSON, for the page's script), ``POST /recordings/{id}/compose``.  The JSON API is :mod:`conference.web.api.library`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from aiohttp import web
 
@@ -56,6 +64,8 @@ from conference.recording.library import (
     MAX_ROWS,
     SAFE_NAME,
     Filters,
+    MediaFile,
+    Recording,
     Row,
     attendance,
     clock_text,
@@ -70,6 +80,7 @@ from conference.web.auth import (
     page,
     render_page,
 )
+from conference.web.site import render_text
 
 __all__ = ["setup_library"]
 
@@ -104,6 +115,28 @@ async def list_page(request: web.Request, user: CurrentUser) -> web.StreamRespon
     )
 
 
+#: the states of a composition the page follows live
+UNDER_WAY = ("queued", "running")
+
+
+def _version(media: MediaFile) -> str:
+    """Which composed MP4 this is (its time and size): a composition again replaces the
+    file under the same name, and the page's player must not mix the two."""
+    try:
+        stat = media.path.stat()
+    except OSError:
+        return ""
+    return f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
+
+
+def _composed(recording: Recording, files: list[MediaFile]) -> dict[str, object] | None:
+    media = next((f for f in files if f.kind == "composed"), None)
+    if media is None:
+        return None
+    url = f"/recordings/{recording.id}/files/{media.name}"
+    return {"name": media.name, "url": url, "size": media.size, "version": _version(media)}
+
+
 @page(roles=LIBRARY_ROLES)
 async def recording_page(request: web.Request, user: CurrentUser) -> web.StreamResponse:
     found = await visible_recording(request, user, request.match_info["rid"])
@@ -113,9 +146,8 @@ async def recording_page(request: web.Request, user: CurrentUser) -> web.StreamR
     composition = recording.composition()
     files = recording.files(composition)
     log_access(request, user, recording, "view")
-    may_compose = user.role in COMPOSE_ROLES and (
-        composition is None or composition["state"] in ("failed", "done")
-    )
+    state = composition["state"] if composition else "none"
+    may_compose = user.role in COMPOSE_ROLES and state not in UNDER_WAY
     playable = [f for f in files if f.kind in ("composed", "video")] or files
     row = Row(recording, info)
     return render_page(
@@ -132,7 +164,42 @@ async def recording_page(request: web.Request, user: CurrentUser) -> web.StreamR
         attendance=attendance(recording),
         duration=clock_text,
         may_compose=may_compose,
+        composer=user.role in COMPOSE_ROLES,
+        under_way=state in UNDER_WAY,
+        composed=_composed(recording, files),
     )
+
+
+@page(roles=LIBRARY_ROLES)
+async def composition_status(request: web.Request, user: CurrentUser) -> web.StreamResponse:
+    """The composition's state for the recording page's script (checked like the page)."""
+    found = await visible_recording(request, user, request.match_info["rid"])
+    if found is None:
+        return web.json_response(
+            {"error": "not-found", "message": "no such recording in your units"},
+            status=404,
+            headers=NO_STORE,
+        )
+    recording = found[0]
+
+    def read() -> tuple[dict[str, Any] | None, list[MediaFile]]:
+        composition = recording.composition()
+        return composition, recording.files(composition)
+
+    composition, files = await asyncio.get_running_loop().run_in_executor(None, read)
+    body = {
+        "state": composition["state"] if composition else "none",
+        "progress": composition["progress"] if composition else None,
+        "error": composition["error"] if composition else None,
+        "previous": bool(composition and composition["previous"]),
+        "composed": _composed(recording, files),
+        # the status as the page shows it (library_macros.html), in the page's language
+        "html": render_text(request, "library_composition.html", composition=composition),
+    }
+    return web.json_response(body, headers=NO_STORE)
+
+
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _first_byte(range_header: str | None) -> bool:
@@ -197,5 +264,6 @@ def setup_library(app: web.Application) -> None:
     app.router.add_get("/recordings", list_page)
     app.router.add_get("/recordings/{rid}", recording_page)
     app.router.add_get("/recordings/{rid}/files/{name}", media)
+    app.router.add_get("/recordings/{rid}/composition", composition_status)
     app.router.add_post("/recordings/{rid}/compose", compose_post)
     add_nav_link(app, "/recordings", "lib.nav", LIBRARY_ROLES)
