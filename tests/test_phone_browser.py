@@ -11,14 +11,21 @@ tests/test_browser.py (Debian's chromium, fake camera, a tone as microphone).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import ServerProcess
-from .test_browser import browser, join, open_invitation, save_screenshot, sync_api, wait_js
+from .test_browser import (
+    browser,
+    join,
+    open_invitation,
+    save_screenshot,
+    sync_api,
+    wait_js,
+    wait_until,
+)
 from .test_room_browser import NAMES, NOTICE_IN_VIEW_JS, SILENT, growth, me, publication
 
 __all__ = ["browser"]  # the fixture, shared with tests/test_browser.py
@@ -131,16 +138,19 @@ def test_a_point_follows_and_speaks_from_a_phone(
     sync_api.expect(phone.locator("#hand-btn")).to_have_text("Hạ tay")
     chair.click(f'#hands li[data-participant="{ids["xa-a"]}"] button.give-floor')
     sync_api.expect(phone.locator("#mute-btn")).to_have_text("Tắt micro")
-    time.sleep(1.0)
-    assert growth(chair, [mic])[mic] > SILENT  # heard
+
+    def heard(loud: bool) -> Any:  # the chair hears the phone's microphone (1 s windows)
+        return wait_until(
+            lambda: (growth(chair, [mic], 1)[mic] > SILENT) == loud, 15, f"heard is {loud}"
+        )
+
+    heard(True)
     phone.tap("#mute-btn")  # the floor holder mutes and unmutes itself by touch
     sync_api.expect(phone.locator("#mute-btn")).to_have_text("Bật micro")
-    time.sleep(1.0)
-    assert growth(chair, [mic])[mic] < SILENT
+    heard(False)
     phone.tap("#mute-btn")
     sync_api.expect(phone.locator("#mute-btn")).to_have_text("Tắt micro")
-    time.sleep(1.0)
-    assert growth(chair, [mic])[mic] > SILENT
+    heard(True)
 
     # sideways: the video as high as the screen allows, the strip beside it, the bar in view
     phone.set_viewport_size({"width": 844, "height": 390})
