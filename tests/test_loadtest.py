@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import types
 from collections.abc import Iterator
 from fractions import Fraction
@@ -26,10 +27,17 @@ import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap
 
-from conference.sfu.bridge import ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, MID_URI, RtpPacket
+from conference.sfu.bridge import (
+    ABS_SEND_TIME_URI,
+    AUDIO_LEVEL_URI,
+    MID_URI,
+    RtpPacket,
+    configure_ice_hosts,
+)
 from conference.sfu.speaker import SpeakerDetector
 from conference.sfu.twcc import TWCC_URI
 from conference.tools import linkemu
+from conference.tools.linkemu import Impairment, UdpRelay
 from conference.tools.loadtest import media
 from conference.tools.loadtest.eventloop import LoadTestEventLoop
 from conference.tools.loadtest.lean import (
@@ -54,6 +62,7 @@ from conference.tools.loadtest.procstat import (
 )
 from conference.tools.loadtest.report import build_report, check_targets, format_report, percentile
 from conference.tools.loadtest.runner import _split, run_loadtest
+from conference.tools.loadtest.sim import LoadClient, SimulatedSeat
 from conference.tools.loadtest.streamstats import StreamStats
 from conference.tools.loadtest.weak import (
     assign_weak,
@@ -744,12 +753,17 @@ async def test_briefing_with_five_points(lt_server: ServerProcess, lean: bool) -
         assert point["chair_video_frames"] > 0, (point["identity"], text)
     assert report["join"]["count"] == 5 and report["join"]["p95_s"] is not None
     assert report["loss_pct"] < 5, text
-    # the chair sees every point: the points' packet pumps send decodable video
+    # the chair sees every point: the points' packet pumps send decodable video (a
+    # keyframe came, then frames; a lean point, reading headers, counts only the
+    # keyframes it waited for, before the window)
     chair = next(s for s in report["seats"] if s["role"] == "chair")
     seen = {
         stream["publisher"]
         for stream in chair["streams"]
-        if stream["kind"] == "video" and stream["frames"] > 0 and stream["keyframes"] > 0
+        if stream["kind"] == "video"
+        and stream["frames"] > 0
+        and stream["keyframe_wait_s"] is not None
+        and (lean or stream["keyframes"] > 0)
     }
     assert seen == {p["identity"] for p in points}, text
     assert all(p["keyframes_sent"] >= 1 for p in points)
@@ -955,3 +969,108 @@ def test_an_audio_pause_the_sender_s_clock_shows_is_silence_not_a_gap() -> None:
     at += 0.5  # a stall: the next packet's timestamp is 20 ms on
     stats.receive(rtp(11, 9 * 960 + int(2.02 * 48000) + 960, b"a", marker=False), False, at)
     assert stats.report(at)["gaps"] == 1
+
+
+# -- header-only receive (--lean) -----------------------------------------------------------
+class RelayedLeanClient(LoadClient):
+    """A lean point reading what it receives from RTP headers, whose subscriber
+    connection reaches the server only through a `UdpRelay` (the server's candidates
+    rewritten to the relay, ours left out, as `.weak` does): the test impairs the relay's
+    downlink and reads the point's report."""
+
+    def __init__(self, url: str, meeting: str, seat: Any, relays: list[UdpRelay]) -> None:
+        super().__init__(url, meeting, seat, headers_only=True)
+        self.relays = relays
+
+    async def _relay_to(self, host: str, port: int) -> tuple[str, int]:
+        relay = UdpRelay((host, port))
+        await relay.start()
+        self.relays.append(relay)
+        return relay.address
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "answer" and message.get("pc") == "subscriber":
+            message = message | {"sdp": strip_candidates(str(message["sdp"]))}
+        await super().send(message)
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "offer" and message.get("pc") == "subscriber":
+            message["sdp"] = await relay_candidates(str(message["sdp"]), self._relay_to)
+        await super()._handle(message)
+
+
+@pytest.mark.slow
+async def test_lean_point_reads_headers_and_still_sees_loss_and_freezes(
+    lt_server: ServerProcess,
+) -> None:
+    """A lean point receives the chair's camera and microphone through a real server and
+    a UDP relay, reading them from RTP headers (no SRTP unprotect): a 10 % loss burst is
+    repaired by NACK and RTX, a 2.5 s blackout of the relay's downlink is lost for good,
+    freezes the picture and the sound, and video comes back after a keyframe (the frames
+    the point waits for come whole, decrypted, to tell the keyframe)."""
+    configure_ice_hosts(["127.0.0.1"])
+    config = Config(url=lt_server.url, meeting="lt-headers", scenario="grid", points=1)
+    chair_seat, point_seat = make_seats(config, SECRET)
+    clips = await asyncio.get_running_loop().run_in_executor(
+        None, media.prepare_media, "vp8", "360p", 500, 30
+    )
+    chair = SimulatedSeat(chair_seat, "grid", chair_seat.identity, lean=True)
+    relays: list[UdpRelay] = []
+    point = RelayedLeanClient(lt_server.url, config.meeting, point_seat, relays)
+    try:
+        await chair.join(lt_server.url, config.meeting, clips, False, 20)
+        await point.connect(auto_subscribe=True)
+        await point.wait_for(
+            lambda: {s.kind for s in point.streams if s.first_frame_at} == {"audio", "video"}, 20
+        )
+        video = next(s for s in point.streams if s.kind == "video")
+        audio = next(s for s in point.streams if s.kind == "audio")
+        assert relays, "the subscriber connection goes through the relay"
+        await asyncio.sleep(1.0)
+        video.mark()
+        audio.mark()
+
+        def down(loss: float) -> None:  # what the relay does to the server's datagrams
+            for relay in relays:
+                relay._down.impairment = Impairment(loss=loss)  # type: ignore[union-attr]
+
+        down(0.1)  # random loss: NACK and RTX repair it (RTX comes whole, decrypted)
+        await asyncio.sleep(2.0)
+        down(0.0)
+        await asyncio.sleep(1.0)
+        repaired, quiet = video.report(), audio.report()
+        assert repaired["raw_missing"] > 5 and repaired["repaired"] > 0, repaired
+        assert repaired["lost"] <= repaired["raw_missing"] // 3, repaired  # mostly repaired
+        dropped = sum(r.down_stats.dropped for r in relays)
+        blackout_at = time.monotonic()
+        down(1.0)  # a blackout: > 100 video packets, beyond what NACKs ask for again
+        await asyncio.sleep(2.5)
+        down(0.0)
+        await asyncio.sleep(3.0)  # LOSS_HORIZON, a keyframe after the PLI, frames again
+        dropped = sum(r.down_stats.dropped for r in relays) - dropped
+        report = video.report()
+        heard = audio.report()
+    finally:
+        await point.close()
+        await chair.close()
+        for relay in relays:
+            await relay.stop()
+    # the blackout: every packet of it lost, a freeze as long, a PLI and a keyframe
+    assert dropped > 200
+    lost = report["lost"] - repaired["lost"] + heard["lost"] - quiet["lost"]
+    assert 200 < lost <= dropped, (report, heard, dropped)
+    assert report["freezes"] >= 1 and report["max_frame_gap_s"] >= 2.4, report
+    assert report["abandoned_frames"] >= 1 and report["picture_loss_sent"] >= 1, report
+    assert report["keyframes"] >= 1, report  # awaited, so read whole
+    assert video.last_frame_at is not None and video.last_frame_at > blackout_at + 2.5
+    assert (
+        heard["lost"] - quiet["lost"] > 100
+        and heard["freezes"] >= 1
+        and heard["max_frame_gap_s"] >= 2.4
+    )
+    # read from headers: all but the awaited keyframes' frames, RTX and one in 1024
+    assert point.subscriber is not None
+    receivers = [t.receiver for t in point.subscriber.getTransceivers()]
+    read = sum(r.headers_read for r in receivers)  # type: ignore[attr-defined]
+    received = sum(r.packets_received for r in receivers)  # type: ignore[attr-defined]
+    assert read > 0.8 * received, (read, received)

@@ -24,7 +24,9 @@ changes it fails loudly.  The aiortc version is pinned in ``pyproject.toml``.
 The last section, *client-side hooks*, is not used by the server: it lets the
 load tester's simulated points (stock ``RTCRtpSender`` s sending pre-encoded
 media) behave like a browser: a keyframe on PLI, RFC 6464 audio levels on
-pre-encoded Opus, and no receive-side bandwidth estimator.
+pre-encoded Opus, no receive-side bandwidth estimator, and a header-only receive
+(`header_ingress`: the load tester's checks need only each packet's RTP header, which
+SRTP leaves in the clear).
 
 Everything else in ``conference/`` must use only what this module exports.
 
@@ -118,6 +120,7 @@ __all__ = [
     "MID_URI",
     "FeedbackSink",
     "ForwardingPeerConnection",
+    "HeaderSink",
     "ForwardingReceiver",
     "ForwardingSender",
     "PacketSink",
@@ -151,6 +154,17 @@ ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 RTCP_INTERVAL = 1.0
 NACK_INTERVAL = 0.02
+#: a header-only receiver (`header_ingress`) still takes one packet in this many of a
+#: stream through SRTP unprotect: libsrtp estimates each packet's index (its rollover
+#: counter) from the last one it authenticated, and is right only within 2^15 of it
+HEADER_REFRESH = 1024
+#: SRTP authentication tag of each DTLS-SRTP profile (bytes after the payload)
+_SRTP_TAG = {
+    b"SRTP_AEAD_AES_256_GCM": 16,
+    b"SRTP_AEAD_AES_128_GCM": 16,
+    b"SRTP_AES128_CM_SHA1_80": 10,
+    b"SRTP_AES128_CM_SHA1_32": 4,
+}
 #: REMB is sent at most this often (ms) unless the estimate drops (as libwebrtc does)
 REMB_INTERVAL_MS = 200
 #: a drop below this share of the last REMB sent goes out at once
@@ -664,7 +678,7 @@ def parse_rtp(data: bytes, table: dict[int, int]) -> RtpPacket:
     return packet
 
 
-def fast_ingress(dtls: RTCDtlsTransport) -> bool:
+def fast_ingress(dtls: RTCDtlsTransport, headers_only: bool = False) -> bool:
     """Handle each SRTP/SRTCP datagram of ``dtls`` as it arrives, without aiortc's layers.
 
     aiortc receives every datagram through a queue: aioice's ``Connection.data_received``
@@ -681,6 +695,9 @@ def fast_ingress(dtls: RTCDtlsTransport) -> bool:
     aiortc's path.  A handler that fails is logged and the next packet is handled
     (aiortc's task would stop the transport).  Returns False when aioice's connection
     is not the pinned shape (the stock path stays).
+
+    ``headers_only`` (the load tester's points, never the server): RTP packets of a
+    receiver with a `HeaderSink` are read from their header alone (`header_ingress`).
     """
     connection = getattr(getattr(dtls, "transport", None), "_connection", None)
     queue = getattr(connection, "_queue", None)
@@ -739,8 +756,71 @@ def fast_ingress(dtls: RTCDtlsTransport) -> bool:
             queue.put_nowait((data, component))
 
     connection.data_received = data_received
+    if headers_only:
+        connection.data_received = header_ingress(dtls, data_received, queue)
     connection._conference_fast_ingress = True
     return True
+
+
+def srtp_tag_length(dtls: RTCDtlsTransport) -> int:
+    """Bytes of SRTP authentication tag after each RTP payload, by the negotiated
+    profile (16 for the AEAD GCM profiles aiortc prefers)."""
+    ssl = getattr(dtls, "_ssl", None)
+    profile = ssl.get_selected_srtp_profile() if ssl is not None else None
+    return _SRTP_TAG.get(profile, 16) if profile else 16
+
+
+def header_ingress(
+    dtls: RTCDtlsTransport, stock: Callable[[bytes, int], None], queue: asyncio.Queue[Any]
+) -> Callable[[bytes, int], None]:
+    """A ``data_received`` that reads RTP packets from their header alone.
+
+    SRTP encrypts the payload of an RTP packet and leaves its header in the clear (RFC
+    3711 section 3.1; the AEAD profiles of RFC 7714 authenticate the header without
+    encrypting it): payload type, marker, sequence number, timestamp, SSRC and the
+    header extensions can be read without the key.  For a packet of a receiver's media
+    SSRC whose receiver has a `HeaderSink`, `ForwardingReceiver.handle_header` gets
+    those fields and the payload's size (the datagram minus header and tag; RTP padding,
+    encrypted, is counted as payload): no SRTP unprotect, no authentication (a load
+    generator on a network it trusts can skip it; a server never does), no
+    ``RtpPacket``.  Everything else takes ``stock`` (`fast_ingress`'s path): RTCP, DTLS,
+    RTX (the original sequence number is in the encrypted payload), RED, an SSRC not yet
+    learned, and each packet the receiver or its sink hands back (one in
+    `HEADER_REFRESH`, and those whose payload the sink needs: a keyframe awaited).
+    """
+    ssrc_table = dtls._rtp_router.ssrc_table
+    unpack_from = _RTP_FIXED.unpack_from
+    connected = _DtlsState.CONNECTED
+    tag: list[int] = []  # the tag length, once the profile is known
+
+    def data_received(data: bytes, component: int) -> None:
+        size = len(data)
+        if (
+            size > 11
+            and 127 < data[0] < 192
+            and not 191 < data[1] < 209  # RTCP (RFC 5761)
+            and dtls._state is connected
+            and queue.empty()
+        ):
+            first, m_pt, seq, timestamp, ssrc = unpack_from(data)
+            receiver = ssrc_table.get(ssrc)
+            if receiver is not None and receiver.__class__ is ForwardingReceiver:
+                start = 12 + 4 * (first & 0x0F)
+                if first & 0x10:
+                    if size < start + 4:
+                        stock(data, component)
+                        return
+                    start += 4 + 4 * ((data[start + 2] << 8) | data[start + 3])
+                if not tag:
+                    tag.append(srtp_tag_length(dtls))
+                payload = size - start - tag[0]
+                if payload >= 0 and receiver.handle_header(ssrc, m_pt, seq, timestamp, payload):
+                    dtls._RTCDtlsTransport__rx_bytes += size  # type: ignore[attr-defined]
+                    dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+                    return
+        stock(data, component)
+
+    return data_received
 
 
 def run_now(work: Coroutine[Any, Any, None]) -> None:
@@ -968,6 +1048,36 @@ class ReceptionStatistics(StreamStatistics):
             self._last_arrival = arrival
             self._last_timestamp = timestamp
 
+    def add_header(self, seq: int, timestamp: int) -> None:
+        """`add` for a packet read from its header alone (`header_ingress`)."""
+        max_seq = self.max_seq
+        self.packets_received += 1
+        if self.base_seq is None:
+            self.base_seq = seq
+        if max_seq is None or 0 < ((seq - max_seq) & 0xFFFF) < 0x8000:
+            arrival = int(time.time() * self._clockrate)
+            if max_seq is not None and seq < max_seq:
+                self.cycles += 1 << 16
+            self.max_seq = seq
+            last = self._last_timestamp
+            if timestamp != last and self.packets_received > 1:
+                diff = abs((arrival - self._last_arrival) - (timestamp - last))  # type: ignore[operator]
+                self._jitter_q4 += diff - ((self._jitter_q4 + 8) >> 4)
+            self._last_arrival = arrival
+            self._last_timestamp = timestamp
+
+
+class HeaderSink(Protocol):
+    """Where a :class:`ForwardingReceiver` whose connection reads headers only
+    (`header_ingress`) delivers each packet: its header's fields and the size of its
+    (still encrypted) payload."""
+
+    def on_header(self, seq: int, timestamp: int, marker: int, size: int, now: float) -> bool:
+        """Account for one packet (``now``: ``time.monotonic()``); False, having
+        accounted for nothing, when the payload matters for this one: the packet then
+        comes whole, decrypted, to the receiver's `PacketSink` ``on_rtp``."""
+        ...
+
 
 class PacketSink(Protocol):
     """Where a :class:`ForwardingReceiver` delivers what it receives."""
@@ -1095,7 +1205,7 @@ class ForwardingReceiver:
         self._codecs: dict[int, RTCRtpCodecParameters] = {}
         self._rtx_ssrc: dict[int, int] = {}
         self._rtcp_ssrc: int | None = None
-        self._streams: dict[int, StreamStatistics] = {}
+        self._streams: dict[int, ReceptionStatistics] = {}
         self._payload_types: dict[int, tuple[RTCRtpCodecParameters, str]] = {}
         self._lsr: dict[int, tuple[int, float]] = {}
         #: simulcast: the RIDs of the layers, lowest first (empty: one layer)
@@ -1116,6 +1226,14 @@ class ForwardingReceiver:
         self._remb_sent: tuple[int, int] | None = None  # (arrival time ms, bitrate)
         self._started = False
         self.sink: PacketSink | None = None
+        #: with a connection that reads headers only (`header_ingress`): where this
+        #: receiver's media packets go as headers (None: every packet whole, to `sink`)
+        self.header_sink: HeaderSink | None = None
+        self._header_ssrc: int | None = None  # the media SSRC (one layer), once seen
+        self._header_pt: int | None = None  # the media codec's payload type
+        self._header_count = 0  # packets read from their header since the last whole one
+        #: packets read from their header alone (of `packets_received`)
+        self.headers_read = 0
         self.mid: str | None = None
         self.codec: RTCRtpCodecParameters | None = None
         self.packets_received = 0
@@ -1177,6 +1295,7 @@ class ForwardingReceiver:
             layer = 0
             if self._layer_ssrc[0] is None:
                 self._layer_ssrc[0] = ssrc
+            self._header_ssrc = self._layer_ssrc[0]
         self._ssrc_layer[ssrc] = layer
         return layer
 
@@ -1200,6 +1319,7 @@ class ForwardingReceiver:
         # the media codec: with RED first (redundant audio), the codec inside it
         primary = [c for c in parameters.codecs if c.name.lower() not in ("rtx", "red")]
         self.codec = primary[0] if primary else None
+        self._header_pt = self.codec.payloadType if self.codec is not None else None
         for encoding in parameters.encodings:
             if encoding.rtx:
                 self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
@@ -1352,6 +1472,39 @@ class ForwardingReceiver:
                 self._unwrap_red(packet, layer)
             else:
                 self.sink.on_rtp(packet, repaired, layer)
+
+    def handle_header(self, ssrc: int, m_pt: int, seq: int, timestamp: int, size: int) -> bool:
+        """One RTP packet read from its header alone (`header_ingress`): what
+        `handle_rtp` does for a media packet of one layer (statistics for receiver
+        reports, NACKs, the sink), the sink being the `HeaderSink`.  False, having done
+        nothing, when the packet must take the whole path instead: not this receiver's
+        media SSRC or codec (RTX, RED), no header sink, one packet in `HEADER_REFRESH`,
+        or the sink wants its payload."""
+        sink = self.header_sink
+        if ssrc != self._header_ssrc or sink is None or m_pt & 0x7F != self._header_pt:
+            return False
+        count = self._header_count + 1
+        if count >= HEADER_REFRESH or not self._enabled:
+            self._header_count = 0
+            return False
+        now = time.monotonic()
+        if not sink.on_header(seq, timestamp, m_pt >> 7, size, now):
+            return False
+        self._header_count = count
+        self.headers_read += 1
+        self.packets_received += 1
+        self.bytes_received += size + 12
+        self.last_packet_time = now
+        stats = self._streams.get(ssrc)
+        if stats is not None:  # made by the SSRC's first packet, which came whole
+            stats.add_header(seq, timestamp)
+        nack = self._nacks[0]
+        if nack is not None:
+            lost = nack.received(seq, now)
+            if lost:
+                self._loss.set()
+                run_now(self._send_nack(ssrc, lost))
+        return True
 
     def _unwrap_red(self, packet: RtpPacket, layer: int) -> None:
         """Forward a RED packet's primary Opus frame, after the frames its
@@ -1834,8 +1987,14 @@ class ForwardingPeerConnection(RTCPeerConnection):
     """
 
     def __init__(
-        self, ice_servers: list[RTCIceServer] | None = None, system_dtls: bool = False
+        self,
+        ice_servers: list[RTCIceServer] | None = None,
+        system_dtls: bool = False,
+        headers_only: bool = False,
     ) -> None:
+        #: read received RTP from headers where a receiver has a header sink
+        #: (`header_ingress`): the load tester's points, never the server
+        self.headers_only = headers_only
         # max-bundle: every m-line on one transport from the start.  With
         # aiortc's default (balanced), a second m-line of a kind reuses the
         # first one's transport and is marked bundled; when the answer's BUNDLE
@@ -1857,7 +2016,7 @@ class ForwardingPeerConnection(RTCPeerConnection):
         shutting down, during ICE): nobody awaits that task, so asyncio logs the
         error with a traceback.  A closed connection has nothing left to connect."""
         for transceiver in self.getTransceivers():
-            fast_ingress(transceiver.receiver.transport)
+            fast_ingress(transceiver.receiver.transport, self.headers_only)
         try:
             await RTCPeerConnection._RTCPeerConnection__connect(self)  # type: ignore[attr-defined]
         except (InvalidStateError, ConnectionError):

@@ -127,6 +127,9 @@ class Client:
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self.sources: dict[str, str] = {}  # publisher mid -> source
+        #: decode=False: the subscriber connection reads received RTP from headers where
+        #: a receiver has a header sink (the load tester's lean points)
+        self.headers_only = False
         self._closing = False
         self.resume_secret: str | None = None  # from `joined`, when joined with resume
         self._join: dict[str, Any] = {}
@@ -399,7 +402,7 @@ class Client:
             if self.decode:
                 self.subscriber = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             else:
-                self.subscriber = ForwardingPeerConnection([])
+                self.subscriber = ForwardingPeerConnection([], headers_only=self.headers_only)
         pc = self.subscriber
         self.track_map.update(message.get("tracks") or {})
         restarting = ice_restart_offered(pc, message["sdp"])  # the server restarts ICE

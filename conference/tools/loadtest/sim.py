@@ -64,6 +64,10 @@ class LoadClient(Client):
     Without it (a strong point) the receivers run no estimator (it would cost
     ~10 % of a load-test process) and the point sends no ``view``: the server
     forwards it everything it subscribes, as a browser on a good link gets.
+
+    ``headers_only`` (a strong lean point): received media is read from its RTP
+    headers (`StreamStats.on_header`), without SRTP unprotect, whenever the checks
+    need no payload.
     """
 
     def __init__(
@@ -74,10 +78,12 @@ class LoadClient(Client):
         *,
         insecure: bool = False,
         relay: RelayFactory | None = None,
+        headers_only: bool = False,
     ) -> None:
         super().__init__(base_url, meeting, seat.token, decode=False, ssl_context=not insecure)
         self.seat = seat
         self.relay = relay
+        self.headers_only = headers_only and relay is None
         self.paused: set[str] = set()  # publications the server paused for our link
         self.streams: list[StreamStats] = []  # every episode, in order
         self.by_mid: dict[str, StreamStats] = {}
@@ -206,6 +212,8 @@ class LoadClient(Client):
             receiver = transceiver.receiver
             if isinstance(receiver, ForwardingReceiver):
                 receiver.sink = current
+                if self.headers_only:
+                    receiver.header_sink = current
                 current.on_picture_loss = receiver.request_keyframe
                 feedback(receiver, self.relay is not None)
 
@@ -278,7 +286,7 @@ class SimulatedSeat:
             await self._join_whep(url, meeting, insecure, timeout)
             return
         client = self.client = LoadClient(
-            url, meeting, self.seat, insecure=insecure, relay=self.relay
+            url, meeting, self.seat, insecure=insecure, relay=self.relay, headers_only=self.lean
         )
         briefing_point = self.scenario in ("briefing", "province") and not self.seat.is_chair
         paged_chair = self.scenario == "province" and self.seat.is_chair

@@ -2,8 +2,13 @@
 
 :class:`StreamStats` is a :class:`conference.sfu.bridge.PacketSink`: the
 client's forwarding receiver hands it every RTP packet after SRTP decryption
-(RTX repairs unwrapped and flagged).  From sequence numbers, timestamps, marker
-bits and the codec's keyframe bit it derives what a viewer would experience:
+(RTX repairs unwrapped and flagged).  It is a :class:`conference.sfu.bridge.HeaderSink`
+too: a lean point (``--lean``) reads what it receives from the RTP headers alone,
+which SRTP leaves in the clear (``on_header``: sequence number, timestamp, marker, the
+payload's size), and asks for whole packets only while it waits for a keyframe (a VP8
+keyframe is told by its payload descriptor, which is encrypted), and for RTX repairs.
+From sequence numbers, timestamps, marker bits and the codec's keyframe bit it derives
+what a viewer would experience:
 
 * **loss**: sequence numbers skipped when a later one arrives are *missing*;
   a missing number that arrives later (NACK + RTX, or reordering) is
@@ -21,6 +26,8 @@ bits and the codec's keyframe bit it derives what a viewer would experience:
   decodable frames (and a trailing gap until the stream's end);
 * **keyframe wait**: from the moment the stream was asked for (join, or a
   speaker switch) to the first complete keyframe;
+* **keyframes**: keyframes completed; read from headers only, a stream counts only
+  those it waited for (the first, and each after a loss made it undecodable);
 * **gaps**: gaps longer than :data:`GAP_THRESHOLD` (300 ms) are counted too,
   the bound the weak-link profiles are checked against for audio;
 * **pauses**: while the server says it paused a video for this viewer's link
@@ -190,6 +197,15 @@ class StreamStats:
     def on_rtp(self, packet: RtpPacket, repaired: bool, layer: int = 0) -> None:
         self.receive(packet, repaired, time.monotonic())
 
+    # -- HeaderSink ---------------------------------------------------------------
+    def on_header(self, seq: int, timestamp: int, marker: int, size: int, now: float) -> bool:
+        """One packet read from its RTP header; False (nothing counted) while a video
+        stream waits for a keyframe: then the packet must come whole (`receive`)."""
+        if not self._decodable and not self._audio:
+            return False
+        self.account(seq, timestamp, marker, size, False, False, now)
+        return True
+
     def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, layer: int = 0) -> None:
         pass
 
@@ -199,14 +215,36 @@ class StreamStats:
     # -- the logic (synchronous, testable with explicit times) ---------------------
     def receive(self, packet: RtpPacket, repaired: bool, now: float) -> None:
         """Account for one packet received at ``now`` (monotonic seconds)."""
+        payload = packet.payload
+        self.account(
+            packet.sequence_number,
+            packet.timestamp,
+            packet.marker,
+            len(payload),
+            not self._audio and bool(payload) and is_keyframe(self.codec, payload),
+            repaired,
+            now,
+        )
+
+    def account(
+        self,
+        seq: int,
+        timestamp: int,
+        marker: int,
+        size: int,
+        keyframe: bool,
+        repaired: bool,
+        now: float,
+    ) -> None:
+        """Account for one packet by its header's fields, the size of its payload and
+        whether that payload starts a keyframe (`receive`, `on_header`)."""
         c = self._c
         c.packets += 1
-        c.bytes += len(packet.payload)
+        c.bytes += size
         if repaired:
             c.repaired += 1
         if self.first_packet_at is None:
             self.first_packet_at = now
-        seq = packet.sequence_number
         highest = self._highest
         recovered = False
         if highest is None:
@@ -244,13 +282,13 @@ class StreamStats:
         if self._audio:
             # every audio packet is a whole frame; a lost one is concealed, never waited for
             previous = self._last_audio
-            self._last_audio = (ext, packet.timestamp)
+            self._last_audio = (ext, timestamp)
             last = self.last_frame_at
             if previous is not None and last is not None and ext == previous[0] + 1:
                 # the next packet, none missing, after a pause the sender's clock shows:
                 # silence held back (Opus DTX, or the server's audio gate), not a gap
                 # (a stalled network delivers late packets with their old timestamps)
-                held = ((packet.timestamp - previous[1]) & 0xFFFFFFFF) / AUDIO_CLOCK
+                held = ((timestamp - previous[1]) & 0xFFFFFFFF) / AUDIO_CLOCK
                 waited = now - last
                 if waited > GAP_THRESHOLD and held >= 0.8 * waited:
                     self._pause_gap = True
@@ -260,10 +298,10 @@ class StreamStats:
             if now - self._last_prune >= 0.25:
                 self._prune(now)
             return
-        if packet.payload and is_keyframe(self.codec, packet.payload):
-            self._keyframe_ts.add(packet.timestamp)
-        if packet.marker:
-            self._pending.append((ext, packet.timestamp, now))
+        if keyframe:
+            self._keyframe_ts.add(timestamp)
+        if marker:
+            self._pending.append((ext, timestamp, now))
         if recovered and len(self._pending) > 1:
             # a repaired (or reordered) marker packet arrives after later frames' markers
             self._pending = deque(sorted(self._pending))
