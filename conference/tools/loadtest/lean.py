@@ -13,6 +13,12 @@ What the server sees is what the stock sender sent: the same payloads (VP8 pictu
 IDs continue across the clip's loop), the MID, transport-wide sequence number, abs-send-time and audio-level header
 extensions, a keyframe after each PLI or FIR (the replay jumps to the clip's next
 keyframe), RTX retransmissions of NACKed packets, sender reports.
+
+Per packet the work is small (`LeanStream.send_frame`): the extension block is a
+template with the transport-wide sequence number filled in (abs-send-time and the
+audio level change once per frame), the header, block and payload are written
+straight into the SRTP session's buffer and sent from it
+(`ForwardingSender.send_media`), the history for RTX is a ring.
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import av
@@ -42,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 VIDEO_CLOCK = 90000
 AUDIO_CLOCK = 48000
-HISTORY = 512  # packets kept for retransmission (~5 s of 360p video)
+HISTORY = 512  # packets kept for retransmission (~5 s of 360p video); a power of two
+_U16 = struct.Struct("!H")
 
 
 def transport_counter(transport: Any) -> list[int]:
@@ -60,6 +67,13 @@ class PacketizedFrame:
     payloads: tuple[bytes, ...]
     keyframe: bool
     ticks: int  # RTP clock ticks until the next frame (audio: the frame's samples)
+
+    #: each payload as (its first two bytes, what follows bytes 2-3): for VP8 those
+    #: two are the 15-bit picture ID (aiortc's descriptor is X, I, M), set per frame
+    parts: tuple[tuple[bytes, bytes], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parts", tuple((p[:2], p[4:]) for p in self.payloads))
 
 
 @dataclass(frozen=True)
@@ -112,50 +126,131 @@ class LeanStream:
     """
 
     def __init__(self, sender: ForwardingSender, clock_rate: int, history: int = HISTORY) -> None:
+        if history & (history - 1):
+            raise ValueError("the history's size must be a power of two")
         self.sender = sender
         self.clock_rate = clock_rate
         self.seq = random.randrange(0, 1 << 16)
         self.rtx_seq = random.randrange(0, 1 << 16)
         self.timestamp = random.randrange(0, 1 << 32)
         self.sent_at = time.time()  # wall time of `timestamp`
-        self.history: OrderedDict[int, tuple[bytes, bool, int]] = OrderedDict()
+        #: what was sent, for RTX: (seq, payload, marker, timestamp) at seq % size
+        self.history: list[tuple[int, bytes, bool, int] | None] = [None] * history
         self.history_size = history  # 0: nothing kept (audio is not NACKed)
         ids = sender.extension_ids
-        self._mid = (ids[MID_URI], sender.mid.encode()) if MID_URI in ids and sender.mid else None
-        self._abs_send_time_id = ids.get(ABS_SEND_TIME_URI)
-        self._audio_level_id = ids.get(AUDIO_LEVEL_URI)
+        mid = sender.mid.encode() if MID_URI in ids and sender.mid else None
         #: transport-wide sequence numbers, one counter per connection, as Chromium
         #: sends them (the server then answers with transport-cc feedback instead of
         #: running its REMB estimator, as for a browser)
         self._twcc_id = ids.get(TWCC_URI)
         self._twcc = transport_counter(sender.transport)
+        self._abs_send_time_id = ids.get(ABS_SEND_TIME_URI)
+        self._audio_level_id = ids.get(AUDIO_LEVEL_URI)
+        # the extension block (RFC 8285, one-byte form), in the order MID, transport-wide
+        # sequence number, abs-send-time, audio level: for each presence of the level,
+        # the bytes up to the sequence number's value and the padding
+        elements = [(ids[MID_URI], len(mid))] if mid is not None else []
+        self._layouts: dict[bool, tuple[bytes, bytes]] = {}
+        for with_level in (False, True):
+            sizes = [n for _, n in elements]
+            if self._twcc_id is not None:
+                sizes.append(2)
+            if self._abs_send_time_id is not None:
+                sizes.append(3)
+            if with_level and self._audio_level_id is not None:
+                sizes.append(1)
+            used = sum(1 + n for n in sizes)
+            pad = -used & 3
+            head = b""
+            if sizes:
+                head = bytes((0xBE, 0xDE, 0, (used + pad) >> 2))
+                if mid is not None:
+                    head += bytes(((ids[MID_URI] << 4) | (len(mid) - 1),)) + mid
+                if self._twcc_id is not None:
+                    head += bytes(((self._twcc_id << 4) | 1,))
+            self._layouts[with_level] = (head, bytes(pad))
+        self._one_byte = all(
+            0 < x_id < 15
+            for x_id in (
+                ids.get(MID_URI),
+                self._twcc_id,
+                self._abs_send_time_id,
+                self._audio_level_id,
+            )
+            if x_id is not None
+        ) and (mid is None or 0 < len(mid) < 17)
         self.on_keyframe_request: Callable[[], None] | None = None
         self.retransmitted = 0
         self.keyframe_requests = 0
         sender.feedback = self
 
     def send(self, payload: bytes, marker: bool, level: int | None = None) -> None:
+        """One packet (a frame of one packet, or a part of one: ``marker`` says)."""
+        self.send_frame((payload,), level, marker)
+
+    def send_frame(
+        self, payloads: Sequence[bytes], level: int | None = None, marker: bool = True
+    ) -> None:
+        """The packets of one frame, at the stream's current timestamp, the last with
+        the marker bit (unless ``marker`` is False); ``level``: the RFC 6464 audio level
+        (-dBov) of an audio frame."""
         sender = self.sender
-        extensions = [self._mid] if self._mid is not None else []
-        if self._twcc_id is not None:
-            counter = self._twcc
-            extensions.append((self._twcc_id, (counter[0] & 0xFFFF).to_bytes(2, "big")))
-            counter[0] += 1
+        if not sender.started:
+            return
+        if not self._one_byte:  # IDs of the two-byte form: not what our server offers
+            self._send_generic(payloads, level, marker)
+            return
+        tail = b""
         if self._abs_send_time_id is not None:
-            extensions.append((self._abs_send_time_id, abs_send_time(time.time())))
+            tail = bytes(((self._abs_send_time_id << 4) | 2,)) + abs_send_time(time.time())
         if level is not None and self._audio_level_id is not None:
-            extensions.append((self._audio_level_id, audio_level(level < 127, level)))
-        block = extension_block(tuple(extensions))
-        seq = self.seq
-        self.seq = (seq + 1) & 0xFFFF
-        data = build_rtp_with_block(
-            sender.payload_type, marker, seq, self.timestamp, sender.ssrc, payload, block
-        )
-        sender.send_rtp(data, len(payload))
-        if self.history_size:
-            self.history[seq] = (payload, marker, self.timestamp)
-            if len(self.history) > self.history_size:
-                self.history.popitem(last=False)
+            tail += bytes((self._audio_level_id << 4,)) + audio_level(level < 127, level)
+            head, pad = self._layouts[True]
+        else:
+            head, pad = self._layouts[False]
+        tail += pad
+        twcc = self._twcc if self._twcc_id is not None else None
+        timestamp = self.timestamp
+        history = self.history
+        mask = self.history_size - 1
+        last = len(payloads) - 1
+        send_media = sender.send_media
+        for i, payload in enumerate(payloads):
+            if twcc is not None:
+                wide = twcc[0]
+                twcc[0] = wide + 1
+                block = head + _U16.pack(wide & 0xFFFF) + tail
+            else:
+                block = head + tail if head else b""
+            seq = self.seq
+            self.seq = (seq + 1) & 0xFFFF
+            bit = marker and i == last
+            send_media(bit, seq, timestamp, block, payload)
+            if mask >= 0:
+                history[seq & mask] = (seq, payload, bit, timestamp)
+
+    def _send_generic(self, payloads: Sequence[bytes], level: int | None, marker: bool) -> None:
+        ids = self.sender.extension_ids
+        last = len(payloads) - 1
+        for i, payload in enumerate(payloads):
+            extensions: list[tuple[int, bytes]] = []
+            if MID_URI in ids and self.sender.mid:
+                extensions.append((ids[MID_URI], self.sender.mid.encode()))
+            if self._twcc_id is not None:
+                extensions.append((self._twcc_id, _U16.pack(self._twcc[0] & 0xFFFF)))
+                self._twcc[0] += 1
+            if self._abs_send_time_id is not None:
+                extensions.append((self._abs_send_time_id, abs_send_time(time.time())))
+            if level is not None and self._audio_level_id is not None:
+                extensions.append((self._audio_level_id, audio_level(level < 127, level)))
+            seq = self.seq
+            self.seq = (seq + 1) & 0xFFFF
+            bit = marker and i == last
+            self.sender.send_media(
+                bit, seq, self.timestamp, extension_block(tuple(extensions)), payload
+            )
+            if self.history_size:
+                self.history[seq & (self.history_size - 1)] = (seq, payload, bit, self.timestamp)
 
     def advance(self, ticks: int) -> None:
         self.timestamp = (self.timestamp + ticks) & 0xFFFFFFFF
@@ -164,11 +259,13 @@ class LeanStream:
     # -- FeedbackSink ------------------------------------------------------------------
     def on_nack(self, sequence_numbers: list[int]) -> None:
         sender = self.sender
+        if not self.history_size:
+            return
         for seq in sequence_numbers:
-            kept = self.history.get(seq)
-            if kept is None:
+            kept = self.history[seq & (self.history_size - 1)]
+            if kept is None or kept[0] != seq:
                 continue
-            payload, marker, timestamp = kept
+            _, payload, marker, timestamp = kept
             self.retransmitted += 1
             if sender.rtx_payload_type is not None:
                 rtx_seq = self.rtx_seq
@@ -241,6 +338,7 @@ class LeanPublisher:
         self._video_due = self._audio_due = 0.0  # loop time of the next frame
         self._talk_index = self._quiet_index = 0
         self._was_speaking = False
+        self._video_ticks = round(VIDEO_CLOCK / fps)
 
     def request_keyframe(self) -> None:
         self.keyframes_requested += 1
@@ -276,14 +374,13 @@ class LeanPublisher:
         self._index = (self._index + 1) % len(frames)
         if frame.keyframe:
             self.keyframes_sent += 1
-        pid = (0x8000 | self._picture_id).to_bytes(2, "big")
-        self._picture_id = (self._picture_id + 1) & 0x7FFF
-        last = len(frame.payloads) - 1
-        for i, payload in enumerate(frame.payloads):
-            if self.video.vp8:  # aiortc's descriptor: X, I, M: the picture ID at 2-3
-                payload = payload[:2] + pid + payload[4:]
-            self.camera.send(payload, i == last)
-        self.camera.advance(round(VIDEO_CLOCK / self.fps))
+        if self.video.vp8:  # aiortc's descriptor: X, I, M: the picture ID at 2-3
+            pid = _U16.pack(0x8000 | self._picture_id)
+            self._picture_id = (self._picture_id + 1) & 0x7FFF
+            self.camera.send_frame([start + pid + rest for start, rest in frame.parts])
+        else:
+            self.camera.send_frame(frame.payloads)
+        self.camera.advance(self._video_ticks)
 
     def _send_audio_frame(self) -> int:
         """Send the next 20 ms of speech or room noise; returns its clock ticks."""
@@ -299,8 +396,7 @@ class LeanPublisher:
         self._was_speaking = speaking
         frame = frames[index % len(frames)]
         self.level = levels[index % len(levels)]
-        for payload in frame.payloads:
-            self.microphone.send(payload, True, self.level)
+        self.microphone.send_frame(frame.payloads, self.level)
         self.microphone.advance(frame.ticks)
         return frame.ticks
 
