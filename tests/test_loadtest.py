@@ -34,6 +34,7 @@ from conference.sfu.bridge import (
     RtpPacket,
     configure_ice_hosts,
 )
+from conference.sfu.rtpwire import build_rtp, build_rtp_with_block
 from conference.sfu.speaker import SpeakerDetector
 from conference.sfu.twcc import TWCC_URI
 from conference.tools import linkemu
@@ -390,6 +391,9 @@ class SentPackets:
         self.transport = transport if transport is not None else types.SimpleNamespace()
         self.feedback: Any = None
         self.packets: list[RtpPacket] = []
+        self.raw: list[bytes] = []
+
+    started = True
 
     def send_rtp(self, data: bytes, payload_size: int) -> None:
         packet = RtpPacket.parse(data, HEADER_EXTENSIONS)
@@ -397,6 +401,15 @@ class SentPackets:
         extra = 2 if packet.payload_type == self.rtx_payload_type else 0
         assert len(packet.payload) == payload_size + extra
         self.packets.append(packet)
+        self.raw.append(data)
+
+    def send_media(
+        self, marker: bool, seq: int, timestamp: int, block: bytes, payload: bytes
+    ) -> None:
+        data = build_rtp_with_block(
+            self.payload_type, marker, seq, timestamp, self.ssrc, payload, block
+        )
+        self.send_rtp(data, len(payload))
 
 
 HEADER_EXTENSIONS = HeaderExtensionsMap()
@@ -426,6 +439,22 @@ def test_lean_stream_sends_what_a_stock_sender_would_and_repairs_with_rtx() -> N
     assert first.extensions.mid == "0" and first.extensions.abs_send_time is not None
     assert first.extensions.audio_level == (False, 127)
     assert second.extensions.audio_level == (True, 20)
+    # byte for byte what the generic builder (and aiortc) make of the same extensions
+    ext = first.extensions
+    assert sent.raw[0] == build_rtp(
+        96,
+        True,
+        first.sequence_number,
+        first.timestamp,
+        1111,
+        b"opus",
+        (
+            (1, b"0"),
+            (4, ext.transport_sequence_number.to_bytes(2, "big")),
+            (2, ext.abs_send_time.to_bytes(3, "big")),
+            (3, bytes([127])),
+        ),
+    )
     # transport-wide sequence numbers, as Chromium sends them: one counter per
     # connection, shared by its streams
     video = LeanStream(SentPackets(transport=sent.transport), 90000)  # type: ignore[arg-type]
@@ -1074,3 +1103,7 @@ async def test_lean_point_reads_headers_and_still_sees_loss_and_freezes(
     read = sum(r.headers_read for r in receivers)  # type: ignore[attr-defined]
     received = sum(r.packets_received for r in receivers)  # type: ignore[attr-defined]
     assert read > 0.8 * received, (read, received)
+    # the chair publishes lean: the server's transport-cc feedback is dropped unread
+    assert chair.client is not None and chair.client.publisher is not None
+    transport = chair.client.publisher.getTransceivers()[0].sender.transport
+    assert transport._conference_feedback_skipped > 20  # ~10 a second

@@ -787,21 +787,32 @@ def header_ingress(
     RTX (the original sequence number is in the encrypted payload), RED, an SSRC not yet
     learned, and each packet the receiver or its sink hands back (one in
     `HEADER_REFRESH`, and those whose payload the sink needs: a keyframe awaited).
+
+    Transport-cc feedback (an SRTCP datagram holding one RTPFB packet of format 15: SRTCP
+    leaves its first 8 bytes in the clear) is dropped unread: a load generator's points
+    send pre-encoded media at a fixed rate, with no congestion control to feed (aiortc
+    ignored it after decrypting and parsing it).  Counted in the transport's
+    ``_conference_feedback_skipped``.
     """
     ssrc_table = dtls._rtp_router.ssrc_table
     unpack_from = _RTP_FIXED.unpack_from
     connected = _DtlsState.CONNECTED
     tag: list[int] = []  # the tag length, once the profile is known
+    dtls._conference_feedback_skipped = 0  # type: ignore[attr-defined]
 
     def data_received(data: bytes, component: int) -> None:
         size = len(data)
-        if (
-            size > 11
-            and 127 < data[0] < 192
-            and not 191 < data[1] < 209  # RTCP (RFC 5761)
-            and dtls._state is connected
-            and queue.empty()
-        ):
+        if size > 11 and 127 < data[0] < 192 and dtls._state is connected and queue.empty():
+            if 191 < data[1] < 209:  # RTCP (RFC 5761)
+                if data[1] == 205 and data[0] & 0x1F == 15:
+                    if not tag:
+                        tag.append(srtp_tag_length(dtls))
+                    # one packet (its length, the SRTCP index and tag make the datagram)
+                    if ((data[2] << 8) + data[3] + 1) * 4 + 4 + tag[0] == size:
+                        dtls._conference_feedback_skipped += 1  # type: ignore[attr-defined]
+                        return
+                stock(data, component)
+                return
             first, m_pt, seq, timestamp, ssrc = unpack_from(data)
             receiver = ssrc_table.get(ssrc)
             if receiver is not None and receiver.__class__ is ForwardingReceiver:

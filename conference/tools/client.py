@@ -127,8 +127,9 @@ class Client:
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self.sources: dict[str, str] = {}  # publisher mid -> source
-        #: decode=False: the subscriber connection reads received RTP from headers where
-        #: a receiver has a header sink (the load tester's lean points)
+        #: the forwarding connections read received RTP from headers where a receiver
+        #: has a header sink, and drop transport-cc feedback unread (`header_ingress`):
+        #: the load tester's lean points
         self.headers_only = False
         self._closing = False
         self.resume_secret: str | None = None  # from `joined`, when joined with resume
@@ -324,7 +325,7 @@ class Client:
         sender has its negotiated parameters.
         """
         if self.publisher is None:
-            self.publisher = ForwardingPeerConnection()
+            self.publisher = ForwardingPeerConnection(headers_only=self.headers_only)
         pc = self.publisher
         added = []
         for source, kind in sources.items():

@@ -24,6 +24,7 @@ for relays (``relay`` events, answered by ``relay`` commands).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing.connection
 import os
@@ -247,6 +248,11 @@ async def run_worker(plan: WorkerPlan, channel: Channel, configure_ice: bool = T
                 tasks.append(asyncio.ensure_future(keep_floor()))
                 tasks.append(asyncio.ensure_future(progress()))
             elif command == "mark":
+                # every seat joined: what they made lives to the end, so keep it out of
+                # the garbage collector's full passes (each walked it all, stalling the
+                # loop, as the server's settle_heap explains)
+                gc.collect()
+                gc.freeze()
                 floor = FloorSchedule(floor.points, floor.period, float(message["floor_start"]))
                 now = time.monotonic()
                 for simulated in seats:
