@@ -40,7 +40,7 @@ from conference.sfu.twcc import TWCC_URI
 from conference.tools import linkemu
 from conference.tools.linkemu import Impairment, UdpRelay
 from conference.tools.loadtest import media
-from conference.tools.loadtest.eventloop import LoadTestEventLoop
+from conference.tools.loadtest.eventloop import COALESCE, LoadTestEventLoop
 from conference.tools.loadtest.lean import (
     LeanPublisher,
     LeanStream,
@@ -695,6 +695,58 @@ def test_load_test_event_loop_drains_a_burst_of_datagrams() -> None:
         loop.close()
     assert received == 300
     assert size >= 212992  # at least Linux's default; more where rmem_max allows
+
+
+def test_load_test_event_loop_reads_its_sockets_every_2_ms_not_per_datagram() -> None:
+    """Datagrams arriving one by one (a point's packets) do not each wake the loop: it
+    looks at its sockets every COALESCE seconds and reads all that came meanwhile."""
+    import threading
+
+    class Sink(asyncio.DatagramProtocol):
+        def __init__(self) -> None:
+            self.received = 0
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            self.received += 1
+
+    def send(address: Any) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(250):
+                sender.sendto(b"x" * 200, address)
+                time.sleep(0.0002)
+
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        transport, sink = await loop.create_datagram_endpoint(Sink, local_addr=("127.0.0.1", 0))
+        selector = loop._selector  # type: ignore[attr-defined]
+        selects = 0
+        plain = selector.select
+
+        def counting(timeout: float | None = None) -> Any:
+            nonlocal selects
+            selects += 1
+            return plain(timeout)
+
+        selector.select = counting
+        thread = threading.Thread(target=send, args=(transport.get_extra_info("sockname"),))
+        began = time.monotonic()
+        thread.start()
+        while thread.is_alive():
+            await asyncio.sleep(0.02)
+        elapsed = time.monotonic() - began
+        await asyncio.sleep(0.01)
+        selector.select = plain
+        transport.close()
+        return sink.received, selects, elapsed
+
+    loop = LoadTestEventLoop()
+    try:
+        received, selects, elapsed = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert received == 250
+    # one look per 2 ms (and the 20 ms timer's), not one per datagram (250)
+    assert selects <= elapsed / COALESCE * 1.2 + 10, (selects, elapsed)
 
 
 def test_event_loop_datagrams_arrive_intact_without_large_temporaries() -> None:
