@@ -36,7 +36,7 @@ COALESCE = 0.002
 _Base: Any = getattr(selectors, "EpollSelector", selectors.DefaultSelector)
 
 
-class CoalescingSelector(_Base):  # type: ignore[misc]
+class CoalescingSelector(_Base):
     """A selector whose ``select`` with a timeout sleeps (at most `COALESCE`, never past
     the timeout: the loop's next timer) and then polls without waiting: readiness no
     longer wakes the loop, the loop finds it when it looks.  A ``select(0)`` (callbacks
@@ -46,7 +46,7 @@ class CoalescingSelector(_Base):  # type: ignore[misc]
         if timeout is None or timeout > 0:
             time.sleep(COALESCE if timeout is None else min(timeout, COALESCE))
             timeout = 0
-        return super().select(timeout)  # type: ignore[no-any-return]
+        return super().select(timeout)
 
 
 class LoadTestEventLoop(BatchedUdpEventLoop):

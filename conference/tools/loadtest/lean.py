@@ -24,6 +24,7 @@ straight into the SRTP session's buffer and sent from it
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import random
 import struct
@@ -354,6 +355,11 @@ class LeanPublisher:
     async def stop(self) -> None:
         pacer().remove(self)
 
+    @property
+    def next_due(self) -> float:
+        """Loop time of this point's next frame (video or audio)."""
+        return min(self._video_due, self._audio_due)
+
     def send_due(self, now: float) -> None:
         """Send every frame whose time has come (the `Pacer` calls this each tick)."""
         period = 1 / self.fps
@@ -409,37 +415,51 @@ class Pacer:
     """One timer for every lean publisher of a process (of its event loop).
 
     A timer per point and per stream (30 video and 50 audio wake-ups a second each)
-    cost the generator about as much as the packets themselves; one tick every
+    cost the generator about as much as the packets themselves; one tick at most every
     `PACER_TICK` sends every frame that fell due since, for every point, in the
-    order the points started.  Points keep their own phases (each starts its clock
-    when it starts), so the server still sees them spread over the frame interval, in
-    steps of 2 ms (a coarser tick would hand the server its packets in fewer, larger
-    bursts than independent halls do, and flatter its wake-up costs).
+    order they fell due (a heap of the points' next frames: a tick touches only the
+    points it sends for).  Points keep their own phases (each starts its clock when it
+    starts), so the server still sees them spread over the frame interval, in steps of
+    2 ms (a coarser tick would hand the server its packets in fewer, larger bursts than
+    independent halls do, and flatter its wake-up costs).  The tick is a plain timer
+    callback, not a task's sleep (that took two loop iterations per tick).
     """
 
     def __init__(self) -> None:
-        self.publishers: dict[LeanPublisher, None] = {}  # in start order
-        self._task: asyncio.Task[None] | None = None
+        self.publishers: dict[LeanPublisher, int] = {}  # -> its entry's order, start order
+        self._due: list[tuple[float, int, LeanPublisher]] = []  # (next frame, order, who)
+        self._order = 0
+        self._timer: asyncio.Handle | None = None
 
     def add(self, publisher: LeanPublisher) -> None:
-        self.publishers[publisher] = None
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._run())
+        self._order += 1
+        self.publishers[publisher] = self._order  # an older entry of it no longer counts
+        heapq.heappush(self._due, (publisher.next_due, self._order, publisher))
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_soon(self._tick)
 
     def remove(self, publisher: LeanPublisher) -> None:
-        self.publishers.pop(publisher, None)
+        self.publishers.pop(publisher, None)  # its heap entry goes when it falls due
 
-    async def _run(self) -> None:
+    def _tick(self) -> None:
+        self._timer = None
         loop = asyncio.get_running_loop()
-        while self.publishers:
-            now = loop.time()
-            for publisher in list(self.publishers):
-                try:
-                    publisher.send_due(now)
-                except Exception:  # one point's failure must not stop the others
-                    logger.exception("lean publisher failed")
-                    self.publishers.pop(publisher, None)
-            await asyncio.sleep(PACER_TICK)
+        now = loop.time()
+        due = self._due
+        publishers = self.publishers
+        while due and due[0][0] <= now:
+            _, order, publisher = heapq.heappop(due)
+            if publishers.get(publisher) != order:  # removed (or added again since)
+                continue
+            try:
+                publisher.send_due(now)
+            except Exception:  # one point's failure must not stop the others
+                logger.exception("lean publisher failed")
+                publishers.pop(publisher, None)
+                continue
+            heapq.heappush(due, (publisher.next_due, order, publisher))
+        if due:
+            self._timer = loop.call_at(max(due[0][0], now + PACER_TICK), self._tick)
 
 
 _PACERS: dict[asyncio.AbstractEventLoop, Pacer] = {}
