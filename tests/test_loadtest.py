@@ -848,6 +848,13 @@ async def test_briefing_with_five_points(lt_server: ServerProcess, lean: bool) -
     }
     assert seen == {p["identity"] for p in points}, text
     assert all(p["keyframes_sent"] >= 1 for p in points)
+    # the generator's CPU per packet: it counts what lean points send (~100 a second each)
+    generator = report["generator"]
+    assert generator["packets_received_per_s"] > 0
+    assert (generator["cpu_us_per_packet"] is not None) is lean
+    if lean:
+        assert all(p["packets_sent"] > 500 for p in points), text  # 10 s
+        assert "per participant; " in text and " µs per packet, " in text
     # the floor moved three times (period 2.5 s); the detector followed at least once
     assert report["speaker"]["floor_changes"] == 3
     assert report["speaker"]["detected"] >= 1, text

@@ -503,6 +503,21 @@ def _mosaic(report: dict[str, Any]) -> str:
     )
 
 
+def _per_participant(report: dict[str, Any]) -> str:
+    """`` (0.74 % per participant; 9.1 µs per packet, 6,050 packets/s)``: the
+    generator's CPU per simulated participant, and per RTP packet it handled (received,
+    and sent by lean publishers) where it knows what it sent."""
+    g = report["generator"]
+    joined = report["participants"]["joined"]
+    if g.get("cpu_pct") is None or not joined:
+        return ""
+    text = f" ({g['cpu_pct'] / joined:.2f} % per participant"
+    if g.get("cpu_us_per_packet") is not None:
+        rate = (g.get("packets_received_per_s") or 0) + (g.get("packets_sent_per_s") or 0)
+        text += f"; {g['cpu_us_per_packet']:.1f} µs per packet, {rate:,} packets/s"
+    return text + ")"
+
+
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text table of the report, for a terminal."""
     c = report["config"]
@@ -607,7 +622,8 @@ def format_report(report: dict[str, Any]) -> str:
         *([("chair mosaic", _mosaic(report))] if c.get("scenario") == "province" else []),
         (
             "load generator",
-            f"{_fmt(g.get('cpu_pct'), ' %')} CPU in {g.get('processes')} process(es),"
+            f"{_fmt(g.get('cpu_pct'), ' %')} CPU in {g.get('processes')} process(es)"
+            f"{_per_participant(report)},"
             f" event-loop lag p99 {_fmt(g.get('lag_p99_ms'), ' ms')};"
             f" machine busy {_fmt(g.get('machine_busy_pct'), ' %')},"
             f" others {_fmt(g.get('others_pct'), ' %')}",

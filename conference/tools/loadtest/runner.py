@@ -559,10 +559,22 @@ async def run_loadtest(
         ]
     nodes_cpu = sum(node.get("cpu_pct") or 0.0 for node in server.get("nodes", []))
     lags = [r["lag"] for r in replies]
+    # what the generator's points handled in the window: RTP received (each stream's
+    # packets) and sent (lean publishers only): its CPU per packet
+    received = sum(st["packets"] for seat in seat_reports for st in seat["streams"])
+    sent = [seat.get("packets_sent") for seat in seat_reports]
+    handled = received + sum(n for n in sent if n is not None)
     generator = {
         "processes": len(workers),
         "pids": own,
         "cpu_pct": round(generator_cpu, 1),
+        "packets_received_per_s": round(received / wall),
+        "packets_sent_per_s": round(sum(n for n in sent if n is not None) / wall)
+        if any(n is not None for n in sent)
+        else None,
+        "cpu_us_per_packet": round(generator_cpu * 1e4 / (handled / wall), 2)
+        if handled and any(n is not None for n in sent)
+        else None,
         "lag_p99_ms": max((lag["p99_ms"] or 0.0 for lag in lags), default=None),
         "lag_max_ms": max((lag["max_ms"] or 0.0 for lag in lags), default=None),
         "machine_busy_pct": None if machine_busy is None else round(machine_busy, 1),

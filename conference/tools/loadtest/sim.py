@@ -275,6 +275,8 @@ class SimulatedSeat:
     #: of how many
     pages_shown: int = 0
     pages: int = 0
+    #: packets a lean publisher had sent when the window started
+    _sent_at_mark: int | None = None
 
     # -- joining --------------------------------------------------------------------
     async def join(
@@ -518,6 +520,14 @@ class SimulatedSeat:
     def mark(self, now: float) -> None:
         for stats in self.streams:
             stats.mark(now)
+        self._sent_at_mark = self._packets_sent()
+
+    def _packets_sent(self) -> int | None:
+        """RTP packets (RTX included) this seat's lean publisher sent so far."""
+        publisher = self.lean_publisher
+        if publisher is None:
+            return None
+        return publisher.camera.sender.packets_sent + publisher.microphone.sender.packets_sent
 
     def report(self, now: float) -> dict[str, Any]:
         client = self.client
@@ -542,6 +552,10 @@ class SimulatedSeat:
             "speaker_log": client.speaker_log if client else [],
             "keyframes_requested": self.camera.keyframes_requested if self.camera else 0,
             "keyframes_sent": self.camera.keyframes_sent if self.camera else 0,
+            # in the window, lean publishers only (RTX included)
+            "packets_sent": None
+            if self._sent_at_mark is None
+            else (self._packets_sent() or 0) - self._sent_at_mark,
             "streams": [s.report(now) for s in self.streams],
             "mosaic": {
                 "pages_shown": self.pages_shown,
