@@ -23,6 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap
@@ -1087,6 +1088,19 @@ class RelayedLeanClient(LoadClient):
         await super()._handle(message)
 
 
+async def downstream_counters(url: str) -> dict[str, float]:
+    """What the server's ``/metrics`` says its subscribers reported: packets expected and
+    lost (their receiver reports), all meetings of the server together."""
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+        text = await response.text()
+    found = {}
+    for line in text.splitlines():
+        for key in ("expected", "lost"):
+            if line.startswith(f"conference_downstream_{key}_packets_total "):
+                found[key] = float(line.split()[-1])
+    return found
+
+
 @pytest.mark.slow
 async def test_lean_point_reads_headers_and_still_sees_loss_and_freezes(
     lt_server: ServerProcess,
@@ -1097,6 +1111,7 @@ async def test_lean_point_reads_headers_and_still_sees_loss_and_freezes(
     freezes the picture and the sound, and video comes back after a keyframe (the frames
     the point waits for come whole, decrypted, to tell the keyframe)."""
     configure_ice_hosts(["127.0.0.1"])
+    before = await downstream_counters(lt_server.url)
     config = Config(url=lt_server.url, meeting="lt-headers", scenario="grid", points=1)
     chair_seat, point_seat = make_seats(config, SECRET)
     clips = await asyncio.get_running_loop().run_in_executor(
@@ -1138,6 +1153,8 @@ async def test_lean_point_reads_headers_and_still_sees_loss_and_freezes(
         dropped = sum(r.down_stats.dropped for r in relays) - dropped
         report = video.report()
         heard = audio.report()
+        await asyncio.sleep(1.6)  # the next receiver report
+        after = await downstream_counters(lt_server.url)
     finally:
         await point.close()
         await chair.close()
@@ -1162,6 +1179,11 @@ async def test_lean_point_reads_headers_and_still_sees_loss_and_freezes(
     read = sum(r.headers_read for r in receivers)  # type: ignore[attr-defined]
     received = sum(r.packets_received for r in receivers)  # type: ignore[attr-defined]
     assert read > 0.8 * received, (read, received)
+    # the server learnt the loss from the point's receiver reports (one compound a second
+    # for the transport): the blackout, and what RTX repaired (RTX has its own SSRC)
+    server_lost = after["lost"] - before["lost"]
+    assert lost <= server_lost <= sum(r.down_stats.dropped for r in relays), (after, before)
+    assert after["expected"] - before["expected"] > 600
     # the chair publishes lean: the server's transport-cc feedback is dropped unread
     assert chair.client is not None and chair.client.publisher is not None
     transport = chair.client.publisher.getTransceivers()[0].sender.transport

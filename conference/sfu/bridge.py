@@ -762,6 +762,49 @@ def fast_ingress(dtls: RTCDtlsTransport, headers_only: bool = False) -> bool:
     return True
 
 
+async def transport_reports(dtls: RTCDtlsTransport) -> None:
+    """RTCP reports of a whole transport, as a browser sends them: about every
+    `RTCP_INTERVAL` one compound packet with a sender report per `ForwardingSender`
+    that sent, then receiver reports with a block per SSRC every `ForwardingReceiver`
+    received (31 blocks a packet), and the senders' CNAME.  For connections whose
+    senders and receivers have ``shared_reports`` (the load tester's lean points: one
+    task per transport, not one per stream, each waking every second)."""
+    try:
+        while dtls._state not in (_DtlsState.CLOSED, _DtlsState.FAILED):
+            await asyncio.sleep(RTCP_INTERVAL * (0.5 + random.random()))
+            if dtls._state is not _DtlsState.CONNECTED:
+                continue
+            router = dtls._rtp_router
+            data = b""
+            chunks = []
+            for sender in {id(s): s for s in router.senders.values()}.values():
+                if isinstance(sender, ForwardingSender):
+                    report = sender.sender_report()
+                    if report:
+                        data += report
+                        if sender._cname is not None:
+                            cname = sender._cname.encode("utf8")
+                            chunks.append(RtcpSourceInfo(ssrc=sender.ssrc, items=[(1, cname)]))
+            blocks: list[RtcpReceiverInfo] = []
+            ssrc = None
+            for receiver in router.receivers:
+                if isinstance(receiver, ForwardingReceiver) and receiver._rtcp_ssrc is not None:
+                    ssrc = receiver._rtcp_ssrc if ssrc is None else ssrc
+                    blocks.extend(receiver.report_blocks())
+            if ssrc is not None:
+                for first in range(0, len(blocks), 31):
+                    data += bytes(RtcpRrPacket(ssrc=ssrc, reports=blocks[first : first + 31]))
+            if chunks:
+                data += bytes(RtcpSdesPacket(chunks=chunks))
+            if data:
+                try:
+                    await dtls._send_rtp(data)
+                except ConnectionError:
+                    pass
+    except asyncio.CancelledError:
+        pass
+
+
 def srtp_tag_length(dtls: RTCDtlsTransport) -> int:
     """Bytes of SRTP authentication tag after each RTP payload, by the negotiated
     profile (16 for the AEAD GCM profiles aiortc prefers)."""
@@ -1245,6 +1288,8 @@ class ForwardingReceiver:
         self._header_count = 0  # packets read from their header since the last whole one
         #: packets read from their header alone (of `packets_received`)
         self.headers_read = 0
+        #: receiver reports go out per transport (`transport_reports`), not from here
+        self.shared_reports = False
         self.mid: str | None = None
         self.codec: RTCRtpCodecParameters | None = None
         self.packets_received = 0
@@ -1606,7 +1651,9 @@ class ForwardingReceiver:
                 else:
                     self._loss.clear()
                     try:
-                        async with asyncio.timeout(max(next_report - now, 0.0)):
+                        # with shared reports, only a loss wakes this task
+                        wait = None if self.shared_reports else max(next_report - now, 0.0)
+                        async with asyncio.timeout(wait):
                             await self._loss.wait()
                     except TimeoutError:
                         pass
@@ -1618,7 +1665,7 @@ class ForwardingReceiver:
                         due = nack.due(now)
                         if due:
                             await self._send_nack(ssrc, due)
-                if now >= next_report:
+                if now >= next_report and not self.shared_reports:
                     next_report = now + RTCP_INTERVAL * (0.5 + random.random())
                     await self._send_receiver_report()
         except asyncio.CancelledError:
@@ -1627,6 +1674,11 @@ class ForwardingReceiver:
     async def _send_receiver_report(self) -> None:
         if self._rtcp_ssrc is None or not self._streams:
             return
+        reports = self.report_blocks()
+        await self._send_rtcp(bytes(RtcpRrPacket(ssrc=self._rtcp_ssrc, reports=reports)))
+
+    def report_blocks(self) -> list[RtcpReceiverInfo]:
+        """A receiver report's blocks about what this receiver received, one per SSRC."""
         reports = []
         for ssrc, stream in self._streams.items():
             lsr, dlsr = 0, 0
@@ -1646,7 +1698,7 @@ class ForwardingReceiver:
                     dlsr=dlsr,
                 )
             )
-        await self._send_rtcp(bytes(RtcpRrPacket(ssrc=self._rtcp_ssrc, reports=reports)))
+        return reports
 
     def media_loss(self) -> tuple[int, int]:
         """(packets expected, packets lost) so far over every media layer (RTX and
@@ -1723,6 +1775,8 @@ class ForwardingSender:
         self.rtx_seq = random.randrange(0, 32768)
         self.ready = asyncio.Event()
         self.on_ready: Callable[[], None] | None = None
+        #: sender reports go out per transport (`transport_reports`), not from here
+        self.shared_reports = False
 
     @property
     def ssrc(self) -> int:
@@ -1945,27 +1999,14 @@ class ForwardingSender:
                     feedback.on_remb(bitrate)
 
     async def _run_rtcp(self) -> None:
+        if self.shared_reports:
+            return
         try:
             while True:
                 await asyncio.sleep(RTCP_INTERVAL * (0.5 + random.random()))
-                if self.packets_sent == 0:
+                data = self.sender_report()
+                if not data:
                     continue
-                report = self.feedback.sender_report() if self.feedback is not None else None
-                if report is None:
-                    continue
-                ntp, rtp_ts = report
-                self._last_sr = (((ntp >> 16) & 0xFFFFFFFF), time.time())
-                data = bytes(
-                    RtcpSrPacket(
-                        ssrc=self._ssrc,
-                        sender_info=RtcpSenderInfo(
-                            ntp_timestamp=ntp,
-                            rtp_timestamp=rtp_ts,
-                            packet_count=self.packets_sent & 0xFFFFFFFF,
-                            octet_count=self.bytes_sent & 0xFFFFFFFF,
-                        ),
-                    )
-                )
                 if self._cname is not None:
                     data += bytes(
                         RtcpSdesPacket(
@@ -1982,6 +2023,28 @@ class ForwardingSender:
                     pass
         except asyncio.CancelledError:
             pass
+
+    def sender_report(self) -> bytes:
+        """This sender's sender report (SR) as bytes; empty before anything was sent or
+        when the feedback sink has no clock to report."""
+        if self.packets_sent == 0:
+            return b""
+        report = self.feedback.sender_report() if self.feedback is not None else None
+        if report is None:
+            return b""
+        ntp, rtp_ts = report
+        self._last_sr = (((ntp >> 16) & 0xFFFFFFFF), time.time())
+        return bytes(
+            RtcpSrPacket(
+                ssrc=self._ssrc,
+                sender_info=RtcpSenderInfo(
+                    ntp_timestamp=ntp,
+                    rtp_timestamp=rtp_ts,
+                    packet_count=self.packets_sent & 0xFFFFFFFF,
+                    octet_count=self.bytes_sent & 0xFFFFFFFF,
+                ),
+            )
+        )
 
 
 class ForwardingPeerConnection(RTCPeerConnection):
@@ -2004,8 +2067,10 @@ class ForwardingPeerConnection(RTCPeerConnection):
         headers_only: bool = False,
     ) -> None:
         #: read received RTP from headers where a receiver has a header sink
-        #: (`header_ingress`): the load tester's points, never the server
+        #: (`header_ingress`), and send RTCP reports per transport (`transport_reports`):
+        #: the load tester's points, never the server
         self.headers_only = headers_only
+        self._report_tasks: dict[RTCDtlsTransport, asyncio.Task[None]] = {}
         # max-bundle: every m-line on one transport from the start.  With
         # aiortc's default (balanced), a second m-line of a kind reuses the
         # first one's transport and is marked bundled; when the answer's BUNDLE
@@ -2027,12 +2092,20 @@ class ForwardingPeerConnection(RTCPeerConnection):
         shutting down, during ICE): nobody awaits that task, so asyncio logs the
         error with a traceback.  A closed connection has nothing left to connect."""
         for transceiver in self.getTransceivers():
-            fast_ingress(transceiver.receiver.transport, self.headers_only)
+            dtls = transceiver.receiver.transport
+            fast_ingress(dtls, self.headers_only)
+            if self.headers_only and dtls not in self._report_tasks:
+                self._report_tasks[dtls] = asyncio.ensure_future(transport_reports(dtls))
         try:
             await RTCPeerConnection._RTCPeerConnection__connect(self)  # type: ignore[attr-defined]
         except (InvalidStateError, ConnectionError):
             if self.signalingState != "closed":
                 raise
+
+    async def close(self) -> None:
+        for task in self._report_tasks.values():
+            task.cancel()
+        await super().close()
 
     def _RTCPeerConnection__createTransceiver(  # noqa: N802 (aiortc private hook)
         self, direction: str, kind: str, sender_track: Any = None
@@ -2058,6 +2131,7 @@ class ForwardingPeerConnection(RTCPeerConnection):
             receiver = ForwardingReceiver(kind, dtls)
             transceiver._RTCRtpTransceiver__receiver = receiver
         receiver._set_rtcp_ssrc(sender._ssrc)
+        receiver.shared_reports = sender.shared_reports = self.headers_only
         transceiver._RTCRtpTransceiver__sender = sender
         return transceiver
 
