@@ -158,6 +158,8 @@ NACK_INTERVAL = 0.02
 #: stream through SRTP unprotect: libsrtp estimates each packet's index (its rollover
 #: counter) from the last one it authenticated, and is right only within 2^15 of it
 HEADER_REFRESH = 1024
+#: ``time.time()`` less ``time.monotonic()``: a monotonic reading as wall time
+_WALL_OFFSET = time.time() - time.monotonic()
 #: SRTP authentication tag of each DTLS-SRTP profile (bytes after the payload)
 _SRTP_TAG = {
     b"SRTP_AEAD_AES_256_GCM": 16,
@@ -826,7 +828,8 @@ def header_ingress(
     those fields and the payload's size (the datagram minus header and tag; RTP padding,
     encrypted, is counted as payload): no SRTP unprotect, no authentication (a load
     generator on a network it trusts can skip it; a server never does), no
-    ``RtpPacket``.  Everything else takes ``stock`` (`fast_ingress`'s path): RTCP, DTLS,
+    ``RtpPacket`` (nor aiortc's transport counters, which only its ``getStats`` reads).
+    Everything else takes ``stock`` (`fast_ingress`'s path): RTCP, DTLS,
     RTX (the original sequence number is in the encrypted payload), RED, an SSRC not yet
     learned, and each packet the receiver or its sink hands back (one in
     `HEADER_REFRESH`, and those whose payload the sink needs: a keyframe awaited).
@@ -840,25 +843,27 @@ def header_ingress(
     ssrc_table = dtls._rtp_router.ssrc_table
     unpack_from = _RTP_FIXED.unpack_from
     connected = _DtlsState.CONNECTED
-    tag: list[int] = []  # the tag length, once the profile is known
+    waiting = queue._queue  # type: ignore[attr-defined]  # datagrams aiortc's task has yet to take
+    tag = 0  # the SRTP tag's length, once the profile is known
     dtls._conference_feedback_skipped = 0  # type: ignore[attr-defined]
 
     def data_received(data: bytes, component: int) -> None:
+        nonlocal tag
         size = len(data)
-        if size > 11 and 127 < data[0] < 192 and dtls._state is connected and queue.empty():
+        if size > 11 and 127 < data[0] < 192 and not waiting and dtls._state is connected:
             if 191 < data[1] < 209:  # RTCP (RFC 5761)
                 if data[1] == 205 and data[0] & 0x1F == 15:
                     if not tag:
-                        tag.append(srtp_tag_length(dtls))
+                        tag = srtp_tag_length(dtls)
                     # one packet (its length, the SRTCP index and tag make the datagram)
-                    if ((data[2] << 8) + data[3] + 1) * 4 + 4 + tag[0] == size:
+                    if ((data[2] << 8) + data[3] + 1) * 4 + 4 + tag == size:
                         dtls._conference_feedback_skipped += 1  # type: ignore[attr-defined]
                         return
                 stock(data, component)
                 return
             first, m_pt, seq, timestamp, ssrc = unpack_from(data)
             receiver = ssrc_table.get(ssrc)
-            if receiver is not None and receiver.__class__ is ForwardingReceiver:
+            if receiver.__class__ is ForwardingReceiver:
                 start = 12 + 4 * (first & 0x0F)
                 if first & 0x10:
                     if size < start + 4:
@@ -866,11 +871,9 @@ def header_ingress(
                         return
                     start += 4 + 4 * ((data[start + 2] << 8) | data[start + 3])
                 if not tag:
-                    tag.append(srtp_tag_length(dtls))
-                payload = size - start - tag[0]
+                    tag = srtp_tag_length(dtls)
+                payload = size - start - tag
                 if payload >= 0 and receiver.handle_header(ssrc, m_pt, seq, timestamp, payload):
-                    dtls._RTCDtlsTransport__rx_bytes += size  # type: ignore[attr-defined]
-                    dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
                     return
         stock(data, component)
 
@@ -954,7 +957,12 @@ def fast_protect(session: Any) -> Callable[[bytes], bytes]:
     return protect
 
 
-def protect_into(session: Any) -> Callable[[int, int, int, int, bytes, bytes], memoryview] | None:
+#: `protect_into`'s writer: (marker and payload type, seq, timestamp, SSRC, extension block,
+#: payload) -> the protected packet
+PacketWriter = Callable[[int, int, int, int, bytes | bytearray, bytes], memoryview]
+
+
+def protect_into(session: Any) -> PacketWriter | None:
     """A function that writes an RTP packet straight into ``session``'s buffer and
     SRTP-protects it there: ``write(marker_pt, seq, timestamp, ssrc, block, payload)``
     returns a view of the protected packet, valid until the session's next use (the
@@ -972,7 +980,12 @@ def protect_into(session: Any) -> Callable[[int, int, int, int, bytes, bytes], m
     pack_into = _RTP_FIXED.pack_into
 
     def write(
-        marker_pt: int, seq: int, timestamp: int, ssrc: int, block: bytes, payload: bytes
+        marker_pt: int,
+        seq: int,
+        timestamp: int,
+        ssrc: int,
+        block: bytes | bytearray,
+        payload: bytes,
     ) -> memoryview:
         start = 12 + len(block)
         size = start + len(payload)
@@ -1102,14 +1115,15 @@ class ReceptionStatistics(StreamStatistics):
             self._last_arrival = arrival
             self._last_timestamp = timestamp
 
-    def add_header(self, seq: int, timestamp: int) -> None:
-        """`add` for a packet read from its header alone (`header_ingress`)."""
+    def add_header(self, seq: int, timestamp: int, wall: float) -> None:
+        """`add` for a packet read from its header alone (`header_ingress`), which
+        arrived at ``wall`` (``time.time()``: the clock `add` reads)."""
         max_seq = self.max_seq
         self.packets_received += 1
         if self.base_seq is None:
             self.base_seq = seq
         if max_seq is None or 0 < ((seq - max_seq) & 0xFFFF) < 0x8000:
-            arrival = int(time.time() * self._clockrate)
+            arrival = int(wall * self._clockrate)
             if max_seq is not None and seq < max_seq:
                 self.cycles += 1 << 16
             self.max_seq = seq
@@ -1539,21 +1553,21 @@ class ForwardingReceiver:
         sink = self.header_sink
         if ssrc != self._header_ssrc or sink is None or m_pt & 0x7F != self._header_pt:
             return False
-        count = self._header_count + 1
+        count = self._header_count
         if count >= HEADER_REFRESH or not self._enabled:
             self._header_count = 0
             return False
         now = time.monotonic()
         if not sink.on_header(seq, timestamp, m_pt >> 7, size, now):
             return False
-        self._header_count = count
+        self._header_count = count + 1
         self.headers_read += 1
         self.packets_received += 1
         self.bytes_received += size + 12
         self.last_packet_time = now
         stats = self._streams.get(ssrc)
         if stats is not None:  # made by the SSRC's first packet, which came whole
-            stats.add_header(seq, timestamp)
+            stats.add_header(seq, timestamp, now + _WALL_OFFSET)
         nack = self._nacks[0]
         if nack is not None:
             lost = nack.received(seq, now)
@@ -1760,7 +1774,7 @@ class ForwardingSender:
         self.last_feedback = 0.0  # monotonic time of the last RTCP from the subscriber
         self._srtp_session: Any = None
         self._protect: Callable[[bytes], bytes] = bytes
-        self._write: Callable[[int, int, int, int, bytes, bytes], memoryview] | None = None
+        self._write: PacketWriter | None = None
         self._pair: Any = None
         self._sock: Any = None
         self._datagrams: Any = None
@@ -1902,7 +1916,7 @@ class ForwardingSender:
             logger.debug("send failed: %s", exc)
 
     def send_media(
-        self, marker: bool, seq: int, timestamp: int, block: bytes, payload: bytes
+        self, marker: bool, seq: int, timestamp: int, block: bytes | bytearray, payload: bytes
     ) -> None:
         """Send one forwarded packet of this track (its payload type and SSRC): the
         header, the extension block ``block`` and ``payload`` are written straight into
@@ -1919,7 +1933,7 @@ class ForwardingSender:
         marker_pt = (0x80 | self.payload_type) if marker else self.payload_type
         if sock is None or write is None:
             data = build_rtp_with_block(
-                self.payload_type, marker, seq, timestamp, self._ssrc, payload, block
+                self.payload_type, marker, seq, timestamp, self._ssrc, payload, bytes(block)
             )
             self.send_rtp(data, len(payload))
             return

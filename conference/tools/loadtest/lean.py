@@ -51,6 +51,9 @@ VIDEO_CLOCK = 90000
 AUDIO_CLOCK = 48000
 HISTORY = 512  # packets kept for retransmission (~5 s of 360p video); a power of two
 _U16 = struct.Struct("!H")
+#: ``time.time()`` less ``time.monotonic()`` (the event loop's clock): its readings as
+#: wall time
+_WALL_OFFSET = time.time() - time.monotonic()
 
 
 def transport_counter(transport: Any) -> list[int]:
@@ -148,28 +151,32 @@ class LeanStream:
         self._abs_send_time_id = ids.get(ABS_SEND_TIME_URI)
         self._audio_level_id = ids.get(AUDIO_LEVEL_URI)
         # the extension block (RFC 8285, one-byte form), in the order MID, transport-wide
-        # sequence number, abs-send-time, audio level: for each presence of the level,
-        # the bytes up to the sequence number's value and the padding
-        elements = [(ids[MID_URI], len(mid))] if mid is not None else []
-        self._layouts: dict[bool, tuple[bytes, bytes]] = {}
+        # sequence number, abs-send-time, audio level: for each presence of the level, a
+        # template (filled in per frame and per packet) and the offsets of its values
+        self._blocks: dict[bool, tuple[bytearray, int, int, int]] = {}
         for with_level in (False, True):
-            sizes = [n for _, n in elements]
-            if self._twcc_id is not None:
-                sizes.append(2)
-            if self._abs_send_time_id is not None:
-                sizes.append(3)
-            if with_level and self._audio_level_id is not None:
-                sizes.append(1)
-            used = sum(1 + n for n in sizes)
-            pad = -used & 3
-            head = b""
-            if sizes:
-                head = bytes((0xBE, 0xDE, 0, (used + pad) >> 2))
-                if mid is not None:
-                    head += bytes(((ids[MID_URI] << 4) | (len(mid) - 1),)) + mid
-                if self._twcc_id is not None:
-                    head += bytes(((self._twcc_id << 4) | 1,))
-            self._layouts[with_level] = (head, bytes(pad))
+            block = bytearray()
+            at = {}
+            if mid is not None:
+                block += bytes(((ids[MID_URI] << 4) | (len(mid) - 1),)) + mid
+            for name, x_id, size in (
+                ("twcc", self._twcc_id, 2),
+                ("abs", self._abs_send_time_id, 3),
+                ("level", self._audio_level_id if with_level else None, 1),
+            ):
+                if x_id is not None:
+                    block.append((x_id << 4) | (size - 1))
+                    at[name] = 4 + len(block)
+                    block += bytes(size)
+            if block:
+                block += bytes(-len(block) & 3)
+                block[0:0] = bytes((0xBE, 0xDE, 0, len(block) >> 2))
+            self._blocks[with_level] = (
+                block,
+                at.get("twcc", -1),
+                at.get("abs", -1),
+                at.get("level", -1),
+            )
         self._one_byte = all(
             0 < x_id < 15
             for x_id in (
@@ -190,43 +197,43 @@ class LeanStream:
         self.send_frame((payload,), level, marker)
 
     def send_frame(
-        self, payloads: Sequence[bytes], level: int | None = None, marker: bool = True
+        self,
+        payloads: Sequence[bytes],
+        level: int | None = None,
+        marker: bool = True,
+        now: float | None = None,
     ) -> None:
         """The packets of one frame, at the stream's current timestamp, the last with
         the marker bit (unless ``marker`` is False); ``level``: the RFC 6464 audio level
-        (-dBov) of an audio frame."""
+        (-dBov) of an audio frame; ``now``: ``time.monotonic()`` if the caller has it."""
         sender = self.sender
         if not sender.started:
             return
         if not self._one_byte:  # IDs of the two-byte form: not what our server offers
             self._send_generic(payloads, level, marker)
             return
-        tail = b""
-        if self._abs_send_time_id is not None:
-            tail = bytes(((self._abs_send_time_id << 4) | 2,)) + abs_send_time(time.time())
-        if level is not None and self._audio_level_id is not None:
-            tail += bytes((self._audio_level_id << 4,)) + audio_level(level < 127, level)
-            head, pad = self._layouts[True]
-        else:
-            head, pad = self._layouts[False]
-        tail += pad
-        twcc = self._twcc if self._twcc_id is not None else None
+        block, twcc_at, abs_at, level_at = self._blocks[level is not None]
+        if abs_at >= 0:
+            wall = time.time() if now is None else now + _WALL_OFFSET
+            block[abs_at : abs_at + 3] = abs_send_time(wall)
+        if level_at >= 0 and level is not None:
+            block[level_at] = audio_level(level < 127, level)[0]
+        twcc = self._twcc
         timestamp = self.timestamp
         history = self.history
         mask = self.history_size - 1
         last = len(payloads) - 1
         send_media = sender.send_media
+        pack_into = _U16.pack_into
         for i, payload in enumerate(payloads):
-            if twcc is not None:
+            if twcc_at >= 0:
                 wide = twcc[0]
                 twcc[0] = wide + 1
-                block = head + _U16.pack(wide & 0xFFFF) + tail
-            else:
-                block = head + tail if head else b""
+                pack_into(block, twcc_at, wide & 0xFFFF)
             seq = self.seq
             self.seq = (seq + 1) & 0xFFFF
             bit = marker and i == last
-            send_media(bit, seq, timestamp, block, payload)
+            send_media(bit, seq, timestamp, block, payload)  # copies the block at once
             if mask >= 0:
                 history[seq & mask] = (seq, payload, bit, timestamp)
 
@@ -253,9 +260,10 @@ class LeanStream:
             if self.history_size:
                 self.history[seq & (self.history_size - 1)] = (seq, payload, bit, self.timestamp)
 
-    def advance(self, ticks: int) -> None:
+    def advance(self, ticks: int, now: float | None = None) -> None:
+        """The next frame's timestamp, ``ticks`` on (``now``: ``time.monotonic()``)."""
         self.timestamp = (self.timestamp + ticks) & 0xFFFFFFFF
-        self.sent_at = time.time()
+        self.sent_at = time.time() if now is None else now + _WALL_OFFSET
 
     # -- FeedbackSink ------------------------------------------------------------------
     def on_nack(self, sequence_numbers: list[int]) -> None:
@@ -364,12 +372,12 @@ class LeanPublisher:
         """Send every frame whose time has come (the `Pacer` calls this each tick)."""
         period = 1 / self.fps
         while self._video_due <= now:
-            self._send_video_frame()
+            self._send_video_frame(now)
             self._video_due += period
         while self._audio_due <= now:
-            self._audio_due += self._send_audio_frame() / AUDIO_CLOCK
+            self._audio_due += self._send_audio_frame(now) / AUDIO_CLOCK
 
-    def _send_video_frame(self) -> None:
+    def _send_video_frame(self, now: float | None = None) -> None:
         frames = self.video.frames
         if self._keyframe_wanted:
             self._keyframe_wanted = False
@@ -383,12 +391,12 @@ class LeanPublisher:
         if self.video.vp8:  # aiortc's descriptor: X, I, M: the picture ID at 2-3
             pid = _U16.pack(0x8000 | self._picture_id)
             self._picture_id = (self._picture_id + 1) & 0x7FFF
-            self.camera.send_frame([start + pid + rest for start, rest in frame.parts])
+            self.camera.send_frame([start + pid + rest for start, rest in frame.parts], now=now)
         else:
-            self.camera.send_frame(frame.payloads)
-        self.camera.advance(self._video_ticks)
+            self.camera.send_frame(frame.payloads, now=now)
+        self.camera.advance(self._video_ticks, now)
 
-    def _send_audio_frame(self) -> int:
+    def _send_audio_frame(self, now: float | None = None) -> int:
         """Send the next 20 ms of speech or room noise; returns its clock ticks."""
         speaking = self.speaking
         if speaking:
@@ -402,8 +410,8 @@ class LeanPublisher:
         self._was_speaking = speaking
         frame = frames[index % len(frames)]
         self.level = levels[index % len(levels)]
-        self.microphone.send_frame(frame.payloads, self.level)
-        self.microphone.advance(frame.ticks)
+        self.microphone.send_frame(frame.payloads, self.level, now=now)
+        self.microphone.advance(frame.ticks, now)
         return frame.ticks
 
 
