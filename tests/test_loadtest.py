@@ -1098,6 +1098,8 @@ async def downstream_counters(url: str) -> dict[str, float]:
         for key in ("expected", "lost"):
             if line.startswith(f"conference_downstream_{key}_packets_total "):
                 found[key] = float(line.split()[-1])
+        if line.startswith('conference_subscriber_rtt_seconds{stat="max"}'):
+            found["rtt"] = float(line.split()[-1])
     return found
 
 
@@ -1184,6 +1186,8 @@ async def test_lean_point_reads_headers_and_still_sees_loss_and_freezes(
     server_lost = after["lost"] - before["lost"]
     assert lost <= server_lost <= sum(r.down_stats.dropped for r in relays), (after, before)
     assert after["expected"] - before["expected"] > 600
+    # and its round-trip time: our receiver reports return the sender reports' time
+    assert 0 <= after.get("rtt", -1) < 1.0, after
     # the chair publishes lean: the server's transport-cc feedback is dropped unread
     assert chair.client is not None and chair.client.publisher is not None
     transport = chair.client.publisher.getTransceivers()[0].sender.transport

@@ -534,6 +534,8 @@ def ice_candidate_from_json(data: dict[str, Any]) -> RTCIceCandidate | None:
 
 
 _RTP_FIXED = struct.Struct("!BBHII")
+_RTCP_HEADER = struct.Struct("!BBH")
+_SENDER_REPORT = struct.Struct("!IQI")  # SSRC, NTP timestamp, RTP timestamp
 _TWO_U16 = struct.Struct("!HH")
 _CSRC = struct.Struct("!I")
 #: every value of the RFC 6464 audio-level byte, as aiortc gives it: (voice, -dBov)
@@ -834,11 +836,14 @@ def header_ingress(
     learned, and each packet the receiver or its sink hands back (one in
     `HEADER_REFRESH`, and those whose payload the sink needs: a keyframe awaited).
 
-    Transport-cc feedback (an SRTCP datagram holding one RTPFB packet of format 15: SRTCP
-    leaves its first 8 bytes in the clear) is dropped unread: a load generator's points
-    send pre-encoded media at a fixed rate, with no congestion control to feed (aiortc
-    ignored it after decrypting and parsing it).  Counted in the transport's
-    ``_conference_feedback_skipped``.
+    RTCP: transport-cc feedback and receiver reports about what the point sends (an
+    SRTCP datagram holding one RTPFB packet of format 15, or one RR: SRTCP leaves its
+    first 8 bytes in the clear) are dropped unread: a load generator's points send
+    pre-encoded media at a fixed rate, with no congestion control to feed (aiortc's
+    sender parsed them for statistics nobody reads here).  Counted in the transport's
+    ``_conference_feedback_skipped``.  Sender reports (with SDES) are decrypted and read
+    without aiortc's parse (`ForwardingReceiver.sender_report_received`: their time goes
+    back in our receiver reports); any other RTCP (NACK, PLI, BYE) takes aiortc's way.
     """
     ssrc_table = dtls._rtp_router.ssrc_table
     unpack_from = _RTP_FIXED.unpack_from
@@ -847,18 +852,49 @@ def header_ingress(
     tag = 0  # the SRTP tag's length, once the profile is known
     dtls._conference_feedback_skipped = 0  # type: ignore[attr-defined]
 
+    unprotect: list[Any] = [None, None]  # (the receive session, its fast unprotect_rtcp)
+
+    def sender_reports(data: bytes) -> None:
+        """A compound of sender reports (no report blocks) and SDES: each SR straight to
+        its receiver; anything else in it goes to aiortc's RTCP handling."""
+        srtp = dtls._rx_srtp
+        if unprotect[0] is not srtp:
+            unprotect[0], unprotect[1] = srtp, fast_unprotect_rtcp(srtp)
+        try:
+            plain = unprotect[1](data)
+        except pylibsrtp.Error:
+            return  # as aiortc: a packet that does not authenticate is dropped
+        pos, end, reports = 0, len(plain), []
+        while pos + 8 <= end:
+            first, kind, words = _RTCP_HEADER.unpack_from(plain, pos)
+            if kind == 200 and first & 0x1F == 0 and pos + 28 <= end:
+                reports.append(_SENDER_REPORT.unpack_from(plain, pos + 4))
+            elif kind != 202:  # not SDES: aiortc's way, all of it
+                run_now(dtls._handle_rtcp_data(plain))
+                return
+            pos += (words + 1) * 4
+        for ssrc, ntp, rtp_timestamp in reports:
+            receiver = ssrc_table.get(ssrc)
+            if receiver.__class__ is ForwardingReceiver:
+                receiver.last_packet_time = time.monotonic()
+                receiver.sender_report_received(ssrc, ntp, rtp_timestamp)
+
     def data_received(data: bytes, component: int) -> None:
         nonlocal tag
         size = len(data)
         if size > 11 and 127 < data[0] < 192 and not waiting and dtls._state is connected:
-            if 191 < data[1] < 209:  # RTCP (RFC 5761)
-                if data[1] == 205 and data[0] & 0x1F == 15:
-                    if not tag:
-                        tag = srtp_tag_length(dtls)
-                    # one packet (its length, the SRTCP index and tag make the datagram)
-                    if ((data[2] << 8) + data[3] + 1) * 4 + 4 + tag == size:
-                        dtls._conference_feedback_skipped += 1  # type: ignore[attr-defined]
-                        return
+            kind = data[1]
+            if 191 < kind < 209:  # RTCP (RFC 5761)
+                if not tag:
+                    tag = srtp_tag_length(dtls)
+                # one packet (its length, the SRTCP index and the tag make the datagram)
+                alone = ((data[2] << 8) + data[3] + 1) * 4 + 4 + tag == size
+                if alone and (kind == 201 or (kind == 205 and data[0] & 0x1F == 15)):
+                    dtls._conference_feedback_skipped += 1  # type: ignore[attr-defined]
+                    return
+                if kind == 200:
+                    sender_reports(data)
+                    return
                 stock(data, component)
                 return
             first, m_pt, seq, timestamp, ssrc = unpack_from(data)
@@ -1023,6 +1059,29 @@ def fast_unprotect(session: Any) -> Callable[[bytes], bytes]:
         status = function(handle, cdata, length)
         if status != ok:
             raise Error(f"srtp_unprotect failed ({status})")
+        return cast(bytes, buffer[0 : length[0]])
+
+    return unprotect
+
+
+def fast_unprotect_rtcp(session: Any) -> Callable[[bytes], bytes]:
+    """``session.unprotect_rtcp`` without pylibsrtp's per-call Python overhead, as
+    `fast_unprotect`."""
+    binding = _srtp_binding(session, "srtp_unprotect_rtcp")
+    if binding is None:
+        return cast(Callable[[bytes], bytes], session.unprotect_rtcp)
+    Error, function, handle, cdata, buffer, length, ok = binding
+    limit = len(cdata)
+
+    def unprotect(data: bytes) -> bytes:
+        size = len(data)
+        if size > limit:
+            return cast(bytes, session.unprotect_rtcp(data))  # raises pylibsrtp's error
+        length[0] = size
+        buffer[0:size] = data
+        status = function(handle, cdata, length)
+        if status != ok:
+            raise Error(f"srtp_unprotect_rtcp failed ({status})")
         return cast(bytes, buffer[0 : length[0]])
 
     return unprotect
@@ -1422,13 +1481,18 @@ class ForwardingReceiver:
         self.last_packet_time = time.monotonic()
         if isinstance(packet, RtcpSrPacket):
             info = packet.sender_info
-            self._lsr[packet.ssrc] = ((info.ntp_timestamp >> 16) & 0xFFFFFFFF, time.time())
-            layer = self._ssrc_layer.get(packet.ssrc)
-            if self.sink is not None and layer is not None:
-                self.sink.on_sender_report(info.ntp_timestamp, info.rtp_timestamp, layer)
+            self.sender_report_received(packet.ssrc, info.ntp_timestamp, info.rtp_timestamp)
         elif isinstance(packet, RtcpByePacket):
             if self.sink is not None and any(s not in self._rtx_ssrc for s in packet.sources):
                 self.sink.on_bye()
+
+    def sender_report_received(self, ssrc: int, ntp_timestamp: int, rtp_timestamp: int) -> None:
+        """A sender report of ``ssrc``: its time goes back in our receiver reports (LSR,
+        DLSR: the sender's round-trip time), and to the sink."""
+        self._lsr[ssrc] = ((ntp_timestamp >> 16) & 0xFFFFFFFF, time.time())
+        layer = self._ssrc_layer.get(ssrc)
+        if self.sink is not None and layer is not None:
+            self.sink.on_sender_report(ntp_timestamp, rtp_timestamp, layer)
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         """aiortc's entry (its receive task, before `fast_ingress` takes over)."""
