@@ -305,7 +305,8 @@ class StreamStats:
         if recovered and len(self._pending) > 1:
             # a repaired (or reordered) marker packet arrives after later frames' markers
             self._pending = deque(sorted(self._pending))
-        self._complete_frames(now)
+        if self._pending:
+            self._complete_frames(now)
         if now - self._last_prune >= 0.25:
             self._prune(now)
 
