@@ -138,6 +138,7 @@ __all__ = [
     "attach_audio_levels",
     "codec_capability",
     "configure_ice_hosts",
+    "datagram_reader",
     "honour_keyframe_requests",
     "ice_candidate_from_json",
     "light_receiver",
@@ -879,41 +880,74 @@ def header_ingress(
                 receiver.last_packet_time = time.monotonic()
                 receiver.sender_report_received(ssrc, ntp, rtp_timestamp)
 
-    def data_received(data: bytes, component: int) -> None:
+    def headers(data: bytes | memoryview) -> bool:
+        """Handle an RTP or RTCP datagram where it can without ``stock``; whether it
+        did (False: nothing done, the datagram is ``stock``'s, as bytes)."""
         nonlocal tag
         size = len(data)
-        if size > 11 and 127 < data[0] < 192 and not waiting and dtls._state is connected:
-            kind = data[1]
-            if 191 < kind < 209:  # RTCP (RFC 5761)
-                if not tag:
-                    tag = srtp_tag_length(dtls)
-                # one packet (its length, the SRTCP index and the tag make the datagram)
-                alone = ((data[2] << 8) + data[3] + 1) * 4 + 4 + tag == size
-                if alone and (kind == 201 or (kind == 205 and data[0] & 0x1F == 15)):
-                    dtls._conference_feedback_skipped += 1  # type: ignore[attr-defined]
-                    return
-                if kind == 200:
-                    sender_reports(data)
-                    return
-                stock(data, component)
-                return
-            first, m_pt, seq, timestamp, ssrc = unpack_from(data)
-            receiver = ssrc_table.get(ssrc)
-            if receiver.__class__ is ForwardingReceiver:
-                start = 12 + 4 * (first & 0x0F)
-                if first & 0x10:
-                    if size < start + 4:
-                        stock(data, component)
-                        return
-                    start += 4 + 4 * ((data[start + 2] << 8) | data[start + 3])
-                if not tag:
-                    tag = srtp_tag_length(dtls)
-                payload = size - start - tag
-                if payload >= 0 and receiver.handle_header(ssrc, m_pt, seq, timestamp, payload):
-                    return
-        stock(data, component)
+        if size < 12 or waiting or dtls._state is not connected:
+            return False
+        kind = data[1]
+        if 191 < kind < 209:  # RTCP (RFC 5761)
+            if not tag:
+                tag = srtp_tag_length(dtls)
+            # one packet (its length, the SRTCP index and the tag make the datagram)
+            alone = ((data[2] << 8) + data[3] + 1) * 4 + 4 + tag == size
+            if alone and (kind == 201 or (kind == 205 and data[0] & 0x1F == 15)):
+                dtls._conference_feedback_skipped += 1  # type: ignore[attr-defined]
+                return True
+            if kind == 200:
+                sender_reports(bytes(data))
+                return True
+            return False
+        first, m_pt, seq, timestamp, ssrc = unpack_from(data)
+        receiver = ssrc_table.get(ssrc)
+        if receiver.__class__ is not ForwardingReceiver:
+            return False
+        start = 12 + 4 * (first & 0x0F)
+        if first & 0x10:
+            if size < start + 4:
+                return False
+            start += 4 + 4 * ((data[start + 2] << 8) | data[start + 3])
+        if not tag:
+            tag = srtp_tag_length(dtls)
+        payload = size - start - tag
+        return payload >= 0 and receiver.handle_header(ssrc, m_pt, seq, timestamp, payload)
 
+    def data_received(data: bytes, component: int) -> None:
+        if not (data and 127 < data[0] < 192 and headers(data)):
+            stock(data, component)
+
+    data_received.headers = headers  # type: ignore[attr-defined]  # (`datagram_reader`)
+    data_received.stock = stock  # type: ignore[attr-defined]
     return data_received
+
+
+def datagram_reader(protocol: Any) -> Callable[[memoryview, Any], None] | None:
+    """How the load tester's event loop hands a datagram it read into its buffer to an
+    ICE connection whose RTP is read from headers (`header_ingress`): ``read(view,
+    address)`` with a view of the buffer, copied to bytes only when the datagram goes
+    on whole (STUN, DTLS, a packet `header_ingress` declines).  None for any other
+    protocol, or before the connection is up (ask again later)."""
+    if type(protocol) is not StunProtocol:
+        return None
+    connection = protocol.receiver
+    data_received = getattr(connection, "data_received", None)
+    headers = getattr(data_received, "headers", None)
+    if headers is None:
+        return None
+    stock = data_received.stock  # type: ignore[union-attr]
+    component = protocol.local_candidate.component
+    received = protocol.datagram_received
+
+    def read(view: memoryview, address: Any) -> None:
+        if 127 < view[0] < 192:  # RTP or RTCP (RFC 7983)
+            if not headers(view):
+                stock(bytes(view), component)
+        else:
+            received(bytes(view), address)
+
+    return read
 
 
 def run_now(work: Coroutine[Any, Any, None]) -> None:
