@@ -856,6 +856,10 @@ async def test_briefing_with_five_points(lt_server: ServerProcess, lean: bool) -
     if lean:
         assert all(p["packets_sent"] > 500 for p in points), text  # 10 s
         assert "per participant; " in text and " µs per packet, " in text
+        # what they received, read from RTP headers (all but the keyframes awaited)
+        assert generator["headers_read_pct"] > 80, text
+    else:
+        assert generator["headers_read_pct"] == 0
     # the floor moved three times (period 2.5 s); the detector followed at least once
     assert report["speaker"]["floor_changes"] == 3
     assert report["speaker"]["detected"] >= 1, text
@@ -946,6 +950,8 @@ def test_webinar_from_the_command_line(lt_server: ServerProcess, tmp_path: Path)
     assert len(viewers) == 3
     for viewer in viewers:
         assert viewer["chair_video_packets"] > 0 and viewer["chair_video_frames"] > 0
+        # lean viewers read the program from RTP headers
+        assert viewer["headers_read"] > 0.8 * viewer["receiver_packets"], viewer
     assert report["join"]["p95_s"] is not None
     assert report["loss_pct"] < 5, done.stdout
 

@@ -79,12 +79,16 @@ async def whip_publish(url: str, token: str, tracks: list[MediaStreamTrack]) -> 
     return WhipSession(pc, location, token)
 
 
-async def whep_watch(url: str, token: str, decode: bool = True) -> WhipSession:
-    """Watch ``url`` (``.../whep/{meeting}[/{participant}]``): audio and video."""
+async def whep_watch(
+    url: str, token: str, decode: bool = True, headers_only: bool = False
+) -> WhipSession:
+    """Watch ``url`` (``.../whep/{meeting}[/{participant}]``): audio and video.
+    ``headers_only`` (not decoding): received RTP may be read from its headers, for
+    receivers given a header sink (the load tester's lean viewers)."""
     pc: RTCPeerConnection = (
         RTCPeerConnection(RTCConfiguration(iceServers=[]))
         if decode
-        else ForwardingPeerConnection([])
+        else ForwardingPeerConnection([], headers_only=headers_only)
     )
     pc.addTransceiver("audio", direction="recvonly")
     pc.addTransceiver("video", direction="recvonly")

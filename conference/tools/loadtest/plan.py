@@ -54,7 +54,8 @@ class Config:
     json_path: str | None = None
     progress: bool = True
     #: ``--lean``: points publish pre-packetized RTP through the server's own send path
-    #: (:mod:`.lean`) instead of aiortc's sender
+    #: (:mod:`.lean`) instead of aiortc's sender, and read what they receive from RTP
+    #: headers (``bridge.header_ingress``; not the points on weak links)
     lean: bool = False
     #: ``--weak``: (share of the points 0..1, link profile name), see :mod:`.weak`
     weak: list[tuple[float, str]] = field(default_factory=list)

@@ -515,6 +515,8 @@ def _per_participant(report: dict[str, Any]) -> str:
     if g.get("cpu_us_per_packet") is not None:
         rate = (g.get("packets_received_per_s") or 0) + (g.get("packets_sent_per_s") or 0)
         text += f"; {g['cpu_us_per_packet']:.1f} µs per packet, {rate:,} packets/s"
+    if g.get("headers_read_pct"):
+        text += f"; {g['headers_read_pct']:.0f} % of received packets read from headers"
     return text + ")"
 
 

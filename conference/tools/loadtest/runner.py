@@ -575,6 +575,13 @@ async def run_loadtest(
         "cpu_us_per_packet": round(generator_cpu * 1e4 / (handled / wall), 2)
         if handled and any(n is not None for n in sent)
         else None,
+        # of the RTP packets the points' receivers took in, the share read from headers
+        "headers_read_pct": round(
+            100
+            * sum(seat.get("headers_read") or 0 for seat in seat_reports)
+            / max(1, sum(seat.get("receiver_packets") or 0 for seat in seat_reports)),
+            1,
+        ),
         "lag_p99_ms": max((lag["p99_ms"] or 0.0 for lag in lags), default=None),
         "lag_max_ms": max((lag["max_ms"] or 0.0 for lag in lags), default=None),
         "machine_busy_pct": None if machine_busy is None else round(machine_busy, 1),

@@ -319,7 +319,9 @@ class SimulatedSeat:
         if self.relay is not None:
             session = await _weak_whep_watch(f"{url}/whep/{meeting}", self.seat.token, self.relay)
         else:
-            session = await whep_watch(f"{url}/whep/{meeting}", self.seat.token, False)
+            session = await whep_watch(
+                f"{url}/whep/{meeting}", self.seat.token, False, headers_only=self.lean
+            )
         self.whep = session
         self.signaled_at = time.monotonic()
         for transceiver in session.pc.getTransceivers():
@@ -335,6 +337,8 @@ class SimulatedSeat:
             receiver = transceiver.receiver
             if isinstance(receiver, ForwardingReceiver):
                 receiver.sink = stats
+                if self.lean and self.relay is None:
+                    receiver.header_sink = stats
                 stats.on_picture_loss = receiver.request_keyframe
                 feedback(receiver, self.relay is not None)
         await self._wait_first_frame(
@@ -522,6 +526,15 @@ class SimulatedSeat:
             stats.mark(now)
         self._sent_at_mark = self._packets_sent()
 
+    def _receivers(self) -> list[ForwardingReceiver]:
+        pc = self.client.subscriber if self.client is not None else None
+        if pc is None and self.whep is not None:
+            pc = self.whep.pc
+        if pc is None:
+            return []
+        receivers: list[Any] = [t.receiver for t in pc.getTransceivers()]
+        return [r for r in receivers if isinstance(r, ForwardingReceiver)]
+
     def _packets_sent(self) -> int | None:
         """RTP packets (RTX included) this seat's lean publisher sent so far."""
         publisher = self.lean_publisher
@@ -552,6 +565,10 @@ class SimulatedSeat:
             "speaker_log": client.speaker_log if client else [],
             "keyframes_requested": self.camera.keyframes_requested if self.camera else 0,
             "keyframes_sent": self.camera.keyframes_sent if self.camera else 0,
+            # RTP packets its receivers took in since they started, and how many of them
+            # were read from their header alone (--lean)
+            "receiver_packets": sum(r.packets_received for r in self._receivers()),
+            "headers_read": sum(r.headers_read for r in self._receivers()),
             # in the window, lean publishers only (RTX included)
             "packets_sent": None
             if self._sent_at_mark is None
