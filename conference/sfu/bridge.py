@@ -764,6 +764,7 @@ def fast_ingress(dtls: RTCDtlsTransport, headers_only: bool = False) -> bool:
     if headers_only:
         connection.data_received = header_ingress(dtls, data_received, queue)
     connection._conference_fast_ingress = True
+    connection._conference_headers_only = headers_only
     return True
 
 
@@ -2448,7 +2449,7 @@ async def begin_ice_restart(
         restart = ice._conference_restart = IceRestart(ice, dtls, media, connection)
         restart.task = asyncio.ensure_future(_complete(restart, timeout))
         if getattr(media, "_conference_fast_ingress", False):
-            fast_ingress(dtls)
+            fast_ingress(dtls, getattr(media, "_conference_headers_only", False))
         if superseded is not None:
             _spawn(superseded.close())
         logger.info(
