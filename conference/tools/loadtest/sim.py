@@ -14,6 +14,9 @@ How each one watches, as the browser page would:
   after silence it keeps showing the last speaker).
 * ``grid``: everyone sees everyone (``autoSubscribe``).
 * ``webinar``: the chair publishes; viewers watch the program feed over WHEP.
+
+Size: a little over 600 lines: each kind of participant (chair, point, viewer) with
+its lean and full receive paths and its scenario's subscriptions.
 """
 
 from __future__ import annotations
