@@ -1079,44 +1079,33 @@ def fast_unprotect(session: Any) -> Callable[[bytes], bytes]:
     """``session.unprotect`` (SRTP, not SRTCP) without pylibsrtp's per-call Python
     overhead, as `fast_protect`; raises ``pylibsrtp.Error`` for a packet that does
     not authenticate (or replays one)."""
-    binding = _srtp_binding(session, "srtp_unprotect")
-    if binding is None:
-        return cast(Callable[[bytes], bytes], session.unprotect)
-    Error, function, handle, cdata, buffer, length, ok = binding
-    limit = len(cdata)
-
-    def unprotect(data: bytes) -> bytes:
-        size = len(data)
-        if size > limit:
-            return cast(bytes, session.unprotect(data))  # raises pylibsrtp's error
-        length[0] = size
-        buffer[0:size] = data
-        status = function(handle, cdata, length)
-        if status != ok:
-            raise Error(f"srtp_unprotect failed ({status})")
-        return cast(bytes, buffer[0 : length[0]])
-
-    return unprotect
+    return _fast_unprotect(session, "srtp_unprotect", session.unprotect)
 
 
 def fast_unprotect_rtcp(session: Any) -> Callable[[bytes], bytes]:
     """``session.unprotect_rtcp`` without pylibsrtp's per-call Python overhead, as
     `fast_unprotect`."""
-    binding = _srtp_binding(session, "srtp_unprotect_rtcp")
+    return _fast_unprotect(session, "srtp_unprotect_rtcp", session.unprotect_rtcp)
+
+
+def _fast_unprotect(
+    session: Any, name: str, slow: Callable[[bytes], bytes]
+) -> Callable[[bytes], bytes]:
+    binding = _srtp_binding(session, name)
     if binding is None:
-        return cast(Callable[[bytes], bytes], session.unprotect_rtcp)
+        return slow
     Error, function, handle, cdata, buffer, length, ok = binding
     limit = len(cdata)
 
     def unprotect(data: bytes) -> bytes:
         size = len(data)
         if size > limit:
-            return cast(bytes, session.unprotect_rtcp(data))  # raises pylibsrtp's error
+            return slow(data)  # raises pylibsrtp's error
         length[0] = size
         buffer[0:size] = data
         status = function(handle, cdata, length)
         if status != ok:
-            raise Error(f"srtp_unprotect_rtcp failed ({status})")
+            raise Error(f"{name} failed ({status})")
         return cast(bytes, buffer[0 : length[0]])
 
     return unprotect
