@@ -1180,23 +1180,7 @@ class ReceptionStatistics(StreamStatistics):
     instead of aiortc's helper calls."""
 
     def add(self, packet: RtpPacket) -> None:
-        seq = packet.sequence_number
-        max_seq = self.max_seq
-        self.packets_received += 1
-        if self.base_seq is None:
-            self.base_seq = seq
-        if max_seq is None or 0 < ((seq - max_seq) & 0xFFFF) < 0x8000:
-            arrival = int(time.time() * self._clockrate)
-            if max_seq is not None and seq < max_seq:
-                self.cycles += 1 << 16
-            self.max_seq = seq
-            timestamp = packet.timestamp
-            last = self._last_timestamp
-            if timestamp != last and self.packets_received > 1:
-                diff = abs((arrival - self._last_arrival) - (timestamp - last))  # type: ignore[operator]
-                self._jitter_q4 += diff - ((self._jitter_q4 + 8) >> 4)
-            self._last_arrival = arrival
-            self._last_timestamp = timestamp
+        self.add_header(packet.sequence_number, packet.timestamp, time.time())
 
     def add_header(self, seq: int, timestamp: int, wall: float) -> None:
         """`add` for a packet read from its header alone (`header_ingress`), which
