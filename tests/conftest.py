@@ -20,8 +20,32 @@ from typing import Any
 
 import pytest
 
-from conference.sfu.bridge import configure_ice_hosts
-from conference.tokens import create_token
+
+def _cache_bytecode() -> None:
+    """Keep compiled modules in a cache outside the tree when PYTHONDONTWRITEBYTECODE is set.
+
+    With it set (as on the shared test machine) every process of the suite compiles from
+    source: each xdist worker rewrites the asserts of all ~100 test modules (pytest caches
+    rewritten modules only where it may write bytecode: ~5 s of CPU per worker) and each of
+    the ~300 server and CLI subprocesses compiles the ``conference`` package again.  Here
+    bytecode goes to a cache directory under the temp dir (``sys.pycache_prefix``), never
+    into the source tree, for this process and, through the environment, for the workers
+    and subprocesses it starts.  A changed source is recompiled (its pyc records mtime and
+    size), as in any ``__pycache__``.
+    """
+    if not sys.dont_write_bytecode:
+        return
+    cache = Path(tempfile.gettempdir()) / f"conference-tests-pycache-{os.getuid()}"
+    sys.pycache_prefix = str(cache)
+    sys.dont_write_bytecode = False
+    os.environ["PYTHONPYCACHEPREFIX"] = str(cache)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
+_cache_bytecode()
+
+from conference.sfu.bridge import configure_ice_hosts  # noqa: E402 - after _cache_bytecode
+from conference.tokens import create_token  # noqa: E402
 
 # ICE in the test process (aiortc clients) uses loopback only.
 configure_ice_hosts(["127.0.0.1"])
