@@ -47,8 +47,13 @@ _cache_bytecode()
 from conference.sfu.bridge import configure_ice_hosts  # noqa: E402 - after _cache_bytecode
 from conference.tokens import create_token  # noqa: E402
 
+from .codec_trap import cheap_password_hashing  # noqa: E402
+
 # ICE in the test process (aiortc clients) uses loopback only.
 configure_ice_hosts(["127.0.0.1"])
+
+#: conference.domain.accounts' own hasher; the tests hash with the cheapest parameters
+PRODUCTION_HASHER = cheap_password_hashing()
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-" + "x" * 40

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from argon2 import extract_parameters, profiles
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from conference.domain import db
+from conference.domain import accounts, db
 from conference.domain.accounts import (
     AccountError,
     can_see,
@@ -20,6 +21,7 @@ from conference.domain.accounts import (
 from conference.domain.models import User
 from conference.domain.organisation import create_point, get_unit
 
+from ..conftest import PRODUCTION_HASHER
 from .test_organisation import make_tree
 
 PASSWORD = "mật-khẩu-đủ-dài"
@@ -47,6 +49,27 @@ def test_create_and_verify(session: Session) -> None:
     assert check_credentials(session, "nobody", PASSWORD) is None
     user.active = False
     assert check_credentials(session, "thuky.huyena", PASSWORD) is None
+
+
+def test_production_parameters_and_rehash_at_sign_in(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tests hash cheaply (tests/codec_trap.py); the module's own hasher is RFC 9106's
+    low-memory profile, and a hash made with other parameters is replaced when its owner
+    signs in."""
+    assert PRODUCTION_HASHER.time_cost == profiles.RFC_9106_LOW_MEMORY.time_cost
+    assert PRODUCTION_HASHER.memory_cost == profiles.RFC_9106_LOW_MEMORY.memory_cost
+    assert PRODUCTION_HASHER.parallelism == profiles.RFC_9106_LOW_MEMORY.parallelism
+    make_tree(session)
+    user = create_user(session, username="chair", password=PASSWORD, role="chair", unit="huyen-a")
+    cheap = user.password_hash
+    assert extract_parameters(cheap) != profiles.RFC_9106_LOW_MEMORY
+    monkeypatch.setattr(accounts, "_hasher", PRODUCTION_HASHER)
+    assert check_credentials(session, "chair", "wrong password") is None
+    assert user.password_hash == cheap
+    assert check_credentials(session, "chair", PASSWORD) is user
+    assert extract_parameters(user.password_hash) == profiles.RFC_9106_LOW_MEMORY
+    assert verify_password(user.password_hash, PASSWORD)
 
 
 def test_set_password(database: db.Database) -> None:
