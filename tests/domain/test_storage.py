@@ -32,7 +32,21 @@ def test_upgrade_creates_schema_on_empty_database(empty_url: URL) -> None:
         engine.dispose()
 
 
-def test_migrated_schema_matches_models(database: db.Database) -> None:
+def test_migrated_schema_matches_models(empty_url: URL) -> None:
+    """The migrations, run on an empty database, make the models' schema."""
+    assert db.upgrade(empty_url) == db.head_revision()
+    engine = db.make_engine(empty_url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_the_database_fixture_is_migrated(database: db.Database) -> None:
+    """`database` is a copy of a migrated database (tests/domain/conftest.py)."""
+    assert db.current_revision(database.engine) == db.head_revision()
     with database.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
