@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import icalendar
-
 from conference.core.clock import ZONE
 
 __all__ = ["PRODID", "EventView", "build_ics"]
@@ -42,6 +40,8 @@ class EventView:
 
 def build_ics(event: EventView, method: str, now: datetime | None = None) -> bytes:
     """An iCalendar object with METHOD `method` ("REQUEST" or "CANCEL")."""
+    import icalendar  # here, not at start-up: the server imports this module (~40 ms)
+
     calendar = icalendar.Calendar()
     calendar.add("prodid", PRODID)
     calendar.add("version", "2.0")

@@ -9,7 +9,6 @@ module at the printed 50 mm, which any phone camera reads.
 
 from __future__ import annotations
 
-import segno
 from markupsafe import Markup
 
 __all__ = ["qr_svg"]
@@ -18,6 +17,8 @@ __all__ = ["qr_svg"]
 def qr_svg(text: str) -> Markup:
     """``text`` as an ``<svg>`` element (no size of its own: the page's CSS sizes it),
     black on white with the 4-module quiet zone the standard asks for."""
+    import segno  # here, not at start-up: with xml.sax it costs every server start ~50 ms
+
     code = segno.make(text, error="m", micro=False, boost_error=False)
     svg = code.svg_inline(
         omitsize=True, border=4, dark="#000", light="#fff", svgclass="qr-code", lineclass=None
