@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +133,28 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     )
     with machine_share(alone, media):
         return (yield)
+
+
+_migrated_sqlite: Path | None = None
+
+
+def migrated_sqlite(path: Path) -> None:
+    """Put at ``path`` a SQLite database migrated to the head revision: a copy of one this
+    process migrated once (Alembic costs 0.3-1 s a database; the migrations themselves run
+    on empty databases in tests/domain/test_storage.py)."""
+    global _migrated_sqlite
+    if _migrated_sqlite is None:
+        from sqlalchemy.engine import URL
+
+        from conference.domain import db
+
+        folder = Path(tempfile.mkdtemp(prefix="conference-tests-migrated-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        template = folder / "conference.db"
+        db.upgrade(URL.create("sqlite", database=str(template)))
+        assert [p.name for p in folder.iterdir()] == [template.name], "journal left open"
+        _migrated_sqlite = template
+    shutil.copyfile(_migrated_sqlite, path)
 
 
 @dataclass

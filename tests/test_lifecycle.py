@@ -26,7 +26,7 @@ from conference.domain.meetings import ZONE, cancel_meeting, create_meeting, get
 from conference.tools.client import Client, ClientError
 from conference.tools.testmedia import ToneAudioTrack
 
-from .conftest import ServerProcess, check_clean_exit, start_server
+from .conftest import ServerProcess, check_clean_exit, migrated_sqlite, start_server
 from .domain.meeting_setup import make_org
 from .domain.test_cli import env  # noqa: F401 - fixture
 from .domain.test_meetings_e2e import url_of
@@ -97,7 +97,7 @@ def sqlite_database(tmp_path: Path) -> db.Database:
     data = tmp_path / "data"
     data.mkdir()
     url = url_of({"CONFERENCE_DATA_DIR": str(data)})
-    db.upgrade(url)
+    migrated_sqlite(data / "conference.db")
     return db.Database(url)
 
 

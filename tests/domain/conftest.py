@@ -14,7 +14,6 @@ The migrations themselves run on empty databases in tests/domain/test_storage.py
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
 
 from conference.domain import db
+
+from ..conftest import migrated_sqlite
 
 _CANDIDATES = [
     "postgresql+psycopg://postgres@127.0.0.1:5432/test",
@@ -90,15 +91,6 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
 
 
 @pytest.fixture(scope="session")
-def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite file migrated to the head revision, once per test process."""
-    path = tmp_path_factory.mktemp("migrated") / "conference.db"
-    db.upgrade(URL.create("sqlite", database=str(path)))
-    assert [p.name for p in path.parent.iterdir()] == [path.name], "journal left open"
-    return path
-
-
-@pytest.fixture(scope="session")
 def postgres_migration() -> list[tuple[str, Any, bool]]:
     """What a migration from an empty schema to the head revision sends to PostgreSQL
     (statement, parameters, executemany), recorded once per test process on a schema of
@@ -132,7 +124,7 @@ def database(empty_url: URL, request: pytest.FixtureRequest) -> Iterator[db.Data
     """A migrated database (a copy of one migrated once per process, see the module doc)."""
     if empty_url.get_backend_name() == "sqlite":
         assert empty_url.database is not None
-        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), empty_url.database)
+        migrated_sqlite(Path(empty_url.database))
     else:
         migration = request.getfixturevalue("postgres_migration")
         engine = db.make_engine(empty_url)
