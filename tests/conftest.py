@@ -123,15 +123,43 @@ def _media_slot(base: Path) -> Iterator[None]:
             slot.close()
 
 
+def _quiet(item: pytest.Item | None) -> bool:
+    return item is not None and item.get_closest_marker("quiet") is not None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``quiet`` first (otherwise in their order): xdist hands the first
+    items to one worker, which runs them one after another, holding the machine from the
+    first to the last (`pytest_runtest_protocol`), while the other workers have nothing
+    running.  Spread over the run, each of them waited for the other workers' tests to end
+    (up to ~25 s each with the workers idling meanwhile)."""
+    items.sort(key=lambda item: not _quiet(item))
+
+
+#: the exclusive share of a worker's consecutive ``quiet`` tests, kept between them
+_alone: contextlib.ExitStack | None = None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
-    alone = item.get_closest_marker("quiet") is not None
+    global _alone
+    if _quiet(item):
+        if _alone is None:
+            _alone = contextlib.ExitStack()
+            _alone.enter_context(machine_share(alone=True, media=False))
+        try:
+            return (yield)
+        finally:
+            if not _quiet(nextitem):
+                _alone.close()
+                _alone = None
     media = (
         item.get_closest_marker("media") is not None
         or item.get_closest_marker("slow") is not None
         or "browser" in getattr(item, "fixturenames", ())
     )
-    with machine_share(alone, media):
+    with machine_share(alone=False, media=media):
         return (yield)
 
 
