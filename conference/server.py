@@ -296,8 +296,16 @@ def join_cluster(app: web.Application, settings: Settings) -> None:
         if isinstance(briefing, Briefing):
             asyncio.ensure_future(briefing.peer_event(event))
 
+    def carry_on(room: Room, recorded: dict[str, str]) -> None:
+        briefing = room.events
+        if isinstance(briefing, Briefing):
+            briefing.carry_on_recording(recorded)
+
     registry.on_created = created
     cluster.on_event = peer_event
+    # a recording outlives its node: another node of the meeting carries it on
+    cluster.recording_of = recording.current
+    cluster.on_recording_orphaned = carry_on
     # the lobby's waiting participants and the chair's decisions reach every node
     lobby = app[LOBBY]
     lobby.share = cluster
@@ -339,6 +347,8 @@ def _tracked(handler: Any) -> Any:
 async def _shutdown(app: web.Application) -> None:
     logger.info("shutting down: closing rooms")
     registry: RoomRegistry = app[ROOMS]
+    if CLUSTER in app:  # the meetings' other nodes carry this node's recordings on
+        await app[CLUSTER].hand_over_recordings()
     await recording.shutdown()  # seal the manifests before the rooms close
     await registry.close("server-shutdown")
     # the sessions' handlers close their sockets with the reason (1001 server-shutdown);

@@ -15,11 +15,13 @@ import json
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conference.recording.manifest import MANIFEST_SUFFIX
 from conference.tools.client import Client, ClientError
 from conference.tools.testmedia import BarcodeVideoTrack, ToneAudioTrack
 
@@ -40,33 +42,45 @@ def redis_reachable() -> str | None:
     return None
 
 
-@pytest.fixture
-def nodes(tmp_path: Path) -> Any:
+def start_node(tmp_path: Path, run: str, n: int) -> ServerProcess:
+    """Node ``n`` of the cluster ``run`` (its home, recordings included, in ``tmp_path``)."""
+    home = tmp_path / f"node{n}"
+    home.mkdir()
+    return start_server(
+        home,
+        "--redis-url",
+        REDIS,
+        "--node-name",
+        f"test-{run}-{n}",
+        "--cluster-name",
+        f"test-{run}",  # each test's own namespace in the shared Redis
+    )
+
+
+def started_nodes(tmp_path: Path, count: int) -> Iterator[list[ServerProcess]]:
     unreachable = redis_reachable()
     if unreachable:
         pytest.skip(f"no Redis on 127.0.0.1:6379: {unreachable}")
     run = uuid.uuid4().hex[:8]
     started: list[ServerProcess] = []
-    for n in (1, 2):
-        home = tmp_path / f"node{n}"
-        home.mkdir()
-        started.append(
-            start_server(
-                home,
-                "--redis-url",
-                REDIS,
-                "--node-name",
-                f"test-{run}-{n}",
-                "--cluster-name",
-                f"test-{run}",  # each test's own namespace in the shared Redis
-            )
-        )
     try:
+        for n in range(1, count + 1):
+            started.append(start_node(tmp_path, run, n))
         yield started
     finally:
         for node in started:
             if node.process.poll() is None:
                 check_clean_exit(node)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[ServerProcess]]:
+    yield from started_nodes(tmp_path, 2)
+
+
+@pytest.fixture
+def three_nodes(tmp_path: Path) -> Iterator[list[ServerProcess]]:
+    yield from started_nodes(tmp_path, 3)
 
 
 def health(node: ServerProcess) -> dict[str, Any]:
@@ -313,6 +327,130 @@ async def test_the_chair_s_floor_hands_and_end_reach_points_on_another_node(
     # the relayed microphone of node 2's floor holder was recorded on node 1
     files = [path.name for path in (one.data_dir.parent / "recordings").rglob("*.webm")]
     assert any("-pt-xa-a-microphone-" in name for name in files), files  # named by identity
+
+
+def manifests(node: ServerProcess) -> list[dict[str, Any]]:
+    """The manifests of ``node``'s recordings, oldest first."""
+    folder = node.data_dir.parent / "recordings"
+    found = [json.loads(path.read_text()) for path in folder.rglob(f"*{MANIFEST_SUFFIX}")]
+    return sorted(found, key=lambda manifest: str(manifest["started_at"]))
+
+
+def recording_count(node: ServerProcess) -> int:
+    return int(health(node)["recordings"]["recording"])
+
+
+async def eventually(check: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.2)
+
+
+def recorded_sources(manifest: dict[str, Any]) -> set[str]:
+    """identity/source of every track of ``manifest`` that has media in its file."""
+    return {
+        f"{track['identity']}/{track['source']}"
+        for track in manifest["tracks"]
+        if track.get("frames", track.get("packets", 0))
+    }
+
+
+async def test_a_recording_goes_on_elsewhere_when_its_node_dies(
+    three_nodes: list[ServerProcess],
+) -> None:
+    """kill -9 of the node that records: one other node of the meeting carries the
+    recording on (its manifest names the one it continues), the chair stops it from a
+    third node, and a second start is refused while one node records."""
+    one, two, three = three_nodes
+    meeting = f"cluster-{uuid.uuid4().hex[:8]}"
+    chair = Client(one.url, meeting, one.token(meeting=meeting, identity="huyen", role="chair"))
+    a = Client(two.url, meeting, two.token(meeting=meeting, identity="xa-a"))
+    b = Client(three.url, meeting, three.token(meeting=meeting, identity="xa-b"))
+    again: Client | None = None
+    try:
+        for client in (chair, a, b):
+            await client.connect()
+        await a.publish({"microphone": ToneAudioTrack(440.0)})
+        await b.publish({"microphone": ToneAudioTrack(550.0)})
+        everyone = {"u:huyen", "pt:xa-a", "pt:xa-b"}
+        await chair.wait_for(lambda: identities(chair) == everyone, 10)
+        await chair.request({"type": "record-start"}, "recording")
+        await a.wait_for(lambda: a.room.get("recording") is True, 5)
+        await asyncio.sleep(1.5)
+        [first] = manifests(one)
+        assert first["state"] == "recording"
+        dead = health(one)["node"]
+
+        one.process.send_signal(signal.SIGKILL)
+        one.process.wait(10)
+        # node 2 or node 3 (whichever claims it first) records from a few seconds later
+        await eventually(lambda: recording_count(two) + recording_count(three) == 1, 15)
+        recorder, other = (two, three) if recording_count(two) else (three, two)
+        await asyncio.sleep(2.0)
+        assert recording_count(other) == 0
+        assert "the recording goes on here" in recorder.log()
+        await a.wait_for(lambda: a.room.get("recording") is True, 5)
+        await b.wait_for(lambda: b.room.get("recording") is True, 5)
+
+        # the chair comes back through the node that does not record, and stops it there
+        again = Client(other.url, meeting, chair.token)
+        joined = await again.connect()
+        assert joined["room"]["recording"] is True
+        refused = await again.request({"type": "record-start"}, "error")
+        assert refused["code"] == "already-recording"
+        stopped = await again.request({"type": "record-stop"}, "recording")
+        assert stopped["recording"] is False
+        await eventually(lambda: recording_count(recorder) == 0, 5)
+        await eventually(lambda: manifests(recorder)[-1]["state"] == "complete", 10)
+    finally:
+        for client in (chair, a, b, *([again] if again else [])):
+            await client.leave()
+    [continued] = manifests(recorder)
+    assert continued["continues"] == {
+        "directory": first["directory"],
+        "recording": first["recording"],
+        "node": dead,
+        "reason": "node-failure",
+    }
+    assert continued["stop_reason"].endswith("on another node")
+    # both points' microphones went on being recorded (one of them relayed)
+    assert recorded_sources(continued) >= {"pt:xa-a/microphone", "pt:xa-b/microphone"}
+    assert manifests(other) == []
+
+
+async def test_a_node_shutting_down_hands_its_recording_over(nodes: list[ServerProcess]) -> None:
+    """SIGTERM of the node that records (an operator's restart): it seals its part and
+    the meeting's other node records on at once."""
+    one, two = nodes
+    meeting = f"cluster-{uuid.uuid4().hex[:8]}"
+    chair = Client(one.url, meeting, one.token(meeting=meeting, identity="huyen", role="chair"))
+    a = Client(two.url, meeting, two.token(meeting=meeting, identity="xa-a"))
+    try:
+        for client in (chair, a):
+            await client.connect()
+        await a.publish({"microphone": ToneAudioTrack(440.0)})
+        await chair.wait_for(lambda: identities(chair) == {"u:huyen", "pt:xa-a"}, 10)
+        await chair.request({"type": "record-start"}, "recording")
+        await a.wait_for(lambda: a.room.get("recording") is True, 5)
+        await asyncio.sleep(1.0)
+        since = len(a.messages)
+        check_clean_exit(one)  # SIGTERM, a clean exit
+        told = await a.wait_message("recording", since=since)
+        assert told["recording"] is True, told
+        assert told["continued"]["reason"] == "node-shutdown"
+        assert recording_count(two) == 1
+        await asyncio.sleep(1.5)
+    finally:
+        for client in (chair, a):
+            await client.leave()
+    [first] = manifests(one)
+    assert (first["state"], first["stop_reason"]) == ("complete", "server-shutdown")
+    await eventually(lambda: manifests(two) and manifests(two)[0]["state"] == "complete", 10)
+    [continued] = manifests(two)
+    assert continued["continues"]["recording"] == first["recording"]
+    assert continued["continues"]["reason"] == "node-shutdown"
+    assert "pt:xa-a/microphone" in recorded_sources(continued)
 
 
 async def test_malformed_directory_entries_and_messages_are_ignored() -> None:

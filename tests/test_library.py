@@ -50,10 +50,16 @@ def _track(directory: Path, name: str, kind: str) -> TrackWriter:
 
 
 def record(
-    site: Site, meeting: str, start: datetime = START, state: str = "complete", camera: float = 30
+    site: Site,
+    meeting: str,
+    start: datetime = START,
+    state: str = "complete",
+    camera: float = 30,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """A recording of ``meeting`` started at ``start``: two tracks (the camera's from
-    ``camera`` s to 2 s later, the microphone's from 1 s to 3 s), speakers, events."""
+    ``camera`` s to 2 s later, the microphone's from 1 s to 3 s), speakers, events
+    (``extra``: more fields of its manifest)."""
     root = recordings_root(site)
     when = start.timestamp()
     directory = meeting_directory(root, meeting, when)
@@ -113,7 +119,9 @@ def record(
             {"at": iso(when + 95), "type": "recording-stop", "reason": "stopped"},
         ],
         "minutes_final": False,
-    }
+        "directory": directory.relative_to(root.resolve()).as_posix(),
+        "recording": stamp,
+    } | (extra or {})
     path = directory / f"{stamp}.manifest.json"
     write_manifest(path, manifest)
     if state != "recording":
@@ -581,6 +589,45 @@ async def test_compose_button_queues_the_job(site: Site, browsers: list[Browser]
     assert json.loads(state.read_text())["state"] == "done", state.read_text()
     status, html, _ = await secretary.get(f"/recordings/{rec}")
     assert 'data-kind="composed"' in html and "Video tổng hợp chưa sẵn sàng" not in html
+
+
+async def test_a_recording_carried_on_by_another_node_links_to_its_earlier_part(
+    site: Site, browsers: list[Browser]
+) -> None:
+    """A node that died recording (left ``recording``, sealed ``interrupted`` later) and
+    the recording another node carried on: each page links to the other."""
+    district(site)
+    meeting = schedule(site, "Giao ban", START)
+    first = record(site, str(meeting), state="interrupted")
+    earlier = read_manifest(first)
+    continues = {
+        "directory": earlier["directory"],
+        "recording": earlier["recording"],
+        "node": "may-chu-2",
+        "reason": "node-failure",
+    }
+    second = record(
+        site, str(meeting), START + timedelta(seconds=100), extra={"continues": continues}
+    )
+    unrelated = record(site, str(meeting), START + timedelta(hours=2))
+    secretary = await signed_in(site, browsers, "tk-a")
+    async with secretary.http.get(f"{site.url}/recordings/{rid(site, second)}") as r:
+        assert r.status == 200
+        html = await r.text()
+    assert "nút máy chủ may-chu-2" in html and "ngừng đột ngột" in html
+    assert f'id="earlier" href="/recordings/{rid(site, first)}"' in html
+    assert "08:00 30/11/2026" in html  # the earlier part's start, Hanoi time
+    async with secretary.http.get(f"{site.url}/recordings/{rid(site, first)}?lang=en") as r:
+        html = await r.text()
+    assert f'class="later" href="/recordings/{rid(site, second)}"' in html
+    assert "Continued (from 08:01 30/11/2026) on another node" in html
+    async with secretary.http.get(f"{site.url}/recordings/{rid(site, unrelated)}") as r:
+        assert 'id="continuation"' not in await r.text()
+    # the earlier part lost: said, not linked
+    first.unlink()
+    async with secretary.http.get(f"{site.url}/recordings/{rid(site, second)}?lang=vi") as r:
+        html = await r.text()
+    assert 'id="earlier"' not in html and "thư mục bản ghi của nút đó" in html
 
 
 @pytest.mark.parametrize("header", ["bytes=0-", "bytes=0-99"])

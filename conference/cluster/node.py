@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from ..sfu.publication import SOURCES, Publication
 from ..sfu.relay import RelayEndpoint, RelayReceiver, relay_key
 from ..sfu.room import Room
+from .recordings import RecordingHandover, recording_in
 from .shared import SharedState, checked
 
 logger = logging.getLogger(__name__)
@@ -32,11 +33,17 @@ MEMBERS_DELAY = 0.1
 MEMBERS_REFRESH = 2.0
 
 
+#: HDEL KEYS[1] ARGV[1] if that field still holds ARGV[2] (a dead node's record)
+_FORGET_RECORD = (
+    "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
+    "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
+)
+
 #: the default namespace of the keys and channels in Redis (setting ``cluster_name``)
 DEFAULT_NAME = "conference"
 
 
-class Cluster(SharedState):
+class Cluster(SharedState, RecordingHandover):
     """This node's part in a cluster of nodes sharing one Redis."""
 
     def __init__(
@@ -80,6 +87,7 @@ class Cluster(SharedState):
         self._lobby_nodes: dict[str, dict[str, str]] = {}  # meeting -> node -> its run
         #: the run of each node whose participants a room shows: (meeting, node) -> run
         self._member_runs: dict[tuple[str, str], str] = {}
+        self._recording_state()
 
     # -- names in Redis ------------------------------------------------------------------
     def _meeting_key(self, meeting_id: str) -> str:
@@ -188,6 +196,7 @@ class Cluster(SharedState):
                 self._spawn(self._forget_control(room.meeting_id))
             for key in [key for key in self._member_runs if key[0] == room.meeting_id]:
                 del self._member_runs[key]
+            self._forget_recordings(room.meeting_id)
         for publication_id, (meeting_id, receiver, _, _) in list(self.imported.items()):
             if meeting_id == room.meeting_id:
                 del self.imported[publication_id]
@@ -203,40 +212,42 @@ class Cluster(SharedState):
             await asyncio.sleep(MEMBERS_DELAY)
             self._members_due.discard(room.meeting_id)
             if not room.closed:
-                await self._say_members(room.meeting_id, _members(room), room.recording)
+                await self._say_members(room.meeting_id, _members(room), self.recording_of(room))
 
         self._spawn(later())
 
     async def _refresh_members(self) -> None:
         for meeting_id, room in list(self.rooms.items()):
-            members = _members(room)
-            if json.dumps([members, room.recording]) != self._members_said.get(meeting_id):
-                await self._say_members(meeting_id, members, room.recording)
+            members, recorded = _members(room), self.recording_of(room)
+            if json.dumps([members, recorded]) != self._members_said.get(meeting_id):
+                await self._say_members(meeting_id, members, recorded)
 
     async def _say_members(
-        self, meeting_id: str, members: list[dict[str, Any]], recording: bool = False
+        self,
+        meeting_id: str,
+        members: list[dict[str, Any]],
+        recorded: dict[str, str] | None = None,
     ) -> None:
         """Tell the other nodes who is in ``meeting_id`` here ([]: nobody any more), and
-        whether this node records it (every page shows that the meeting is recorded)."""
-        said = json.dumps([members, recording])
+        which recording of it this node makes (every page shows that the meeting is
+        recorded; another node carries the recording on if this one dies)."""
+        said = json.dumps([members, recorded])
         if members:
             self._members_said[meeting_id] = said
         else:
             self._members_said.pop(meeting_id, None)
-        record = json.dumps(
-            {"node": self.name, "run": self.run, "participants": members, "recording": recording}
-        )
-        if members:
-            await self.redis.hset(self._members_key(meeting_id), self.name, record)
-        else:
-            await self.redis.hdel(self._members_key(meeting_id), self.name)
-        message = {
-            "op": "members",
+        fields = {
             "node": self.name,
             "run": self.run,
             "participants": members,
-            "recording": recording,
+            "recording": recorded is not None,
+            "recorded": recorded,
         }
+        if members:
+            await self.redis.hset(self._members_key(meeting_id), self.name, json.dumps(fields))
+        else:
+            await self.redis.hdel(self._members_key(meeting_id), self.name)
+        message = {"op": "members"} | fields
         await self.redis.publish(self._channel(meeting_id), json.dumps(message))
 
     # -- the meeting layer's events ---------------------------------------------------
@@ -290,18 +301,34 @@ class Cluster(SharedState):
         found = [_entry(str(text)) for text in entries.values()]
         others = [e for e in found if e is not None and e["node"] != self.name]
         records = await self.redis.hgetall(self._members_key(room.meeting_id))
-        members = [_members_record(str(text)) for text in records.values()]
-        elsewhere = [m for m in members if m is not None and m["node"] != self.name]
-        runs = await self._runs({e["node"] for e in others} | {m["node"] for m in elsewhere})
+        # other nodes' records, with their text; by run: this node's name with another
+        # run is a run of it that died
+        elsewhere: list[tuple[dict[str, Any], str]] = []
+        for text in records.values():
+            record = _members_record(str(text))
+            if record is not None and record["run"] != self.run:
+                elsewhere.append((record, str(text)))
+        runs = await self._runs({e["node"] for e in others} | {m["node"] for m, _ in elsewhere})
         for entry in others:
             if runs.get(entry["node"]) == entry["run"]:
                 self._import(room, entry)
-        for record in elsewhere:
+        for record, text in elsewhere:
             if runs.get(record["node"]) == record["run"]:
                 self._member_runs[(room.meeting_id, record["node"])] = record["run"]
+                self._note_recording(room.meeting_id, record)
                 room.set_remote_members(
                     record["node"], record["participants"], record.get("recording") is True
                 )
+                continue
+            # a dead node's record: removed (unless its node wrote a new one meanwhile)
+            await self.redis.eval(
+                _FORGET_RECORD, 1, self._members_key(room.meeting_id), record["node"], text
+            )
+            if (lost := recording_in(record)) is not None:  # it died recording
+                await self._claim(room, record["node"], record["run"], lost, "node-failure")
+        handover = await self.redis.get(self._handover_key(room.meeting_id))
+        if handover:  # a node shut down recording the meeting, nobody was here to carry on
+            self._on_message(self._channel(room.meeting_id), str(handover))
         control = await self.redis.get(self._control_key(room.meeting_id))
         if control:
             self._on_message(self._channel(room.meeting_id), str(control))
@@ -384,6 +411,7 @@ class Cluster(SharedState):
                     logger.info("node %s: node %s is gone: its participants left", self.name, node)
                     self._member_runs.pop(key, None)
                     room.set_remote_members(node, [])
+                    self._recording_lost(room, node)  # it recorded the meeting?
         for meeting_id, waiting_nodes in list(self._lobby_nodes.items()):
             for node, run in list(waiting_nodes.items()):
                 if runs.get(node) != run and self.on_lobby is not None:
@@ -439,6 +467,7 @@ class Cluster(SharedState):
             record = _members_record(data)
             if record is not None and record["node"] != self.name:
                 self._member_runs[(meeting_id, record["node"])] = record["run"]
+                self._note_recording(meeting_id, record)
                 room.set_remote_members(
                     record["node"], record["participants"], record.get("recording") is True
                 )
@@ -448,6 +477,13 @@ class Cluster(SharedState):
                 self._import(room, entry)
         elif op == "removed" and isinstance(described, dict):
             self._unimport(str(described.get("id")))
+        elif op == "handover":
+            record = _members_record(data)
+            offered = recording_in(record) if record is not None else None
+            if record is not None and offered is not None and record["run"] != self.run:
+                self._spawn(
+                    self._claim(room, record["node"], record["run"], offered, "node-shutdown")
+                )
 
 
 def _entry(text: str) -> dict[str, Any] | None:

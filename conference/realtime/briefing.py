@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..recording import recorder as recording
 from ..sfu.participant import Participant
 from ..sfu.publication import Publication
 from ..sfu.room import Room, RoomError, RoomEvents, RoomRegistry
@@ -376,6 +377,42 @@ class Briefing(RoomEvents):
                 await other.send({"type": "recording-failed", "reason": reason, "message": message})
         self.changed()
 
+    def carry_on_recording(self, recorded: dict[str, str]) -> None:
+        """Another node of the meeting was recording it and died or shut down (the
+        cluster chose this node to carry on): record here from now, the new manifest
+        naming the one it continues; the pages are told (``recording`` with
+        ``continued``)."""
+        continued = {"node": recorded["node"], "reason": recorded["reason"]}
+        try:
+            recording.start(
+                self.room,
+                started_by={"continued": continued},
+                scheduled=self.scheduled,
+                continues=recorded,
+            )
+        except recording.RecordingError as exc:
+            logger.error(
+                "briefing %s: cannot carry on the recording of node %s: %s",
+                self.meeting_id,
+                recorded["node"],
+                exc.message,
+            )
+            return
+        message = {"type": "recording", "recording": True, "continued": continued}
+        asyncio.ensure_future(self.broadcast(message))
+
+    def stop_recording_elsewhere(self, by: Chair) -> None:
+        """A chair here stops the recording another node makes (`peer_event`)."""
+        if self.share is not None:
+            self.share({"kind": "record-stop", "by": {"id": by.id, "name": by.name}})
+
+    async def _stop_recording(self, event: dict[str, Any]) -> None:
+        """A chair of another node stopped the recording: this node's, if it makes one."""
+        by = event.get("by")
+        chair = str(by.get("id")) if isinstance(by, dict) else "?"
+        if recording.stop(self.room, f"stopped by {chair} on another node") is not None:
+            await self.broadcast({"type": "recording", "recording": False, "by": chair})
+
     def raise_hand(self, participant: Participant, raised: bool) -> None:
         """A point asks to speak (or withdraws)."""
         if not participant.who.publish:
@@ -513,6 +550,8 @@ class Briefing(RoomEvents):
             await self._tell_chairs(event["participant"])
         elif kind == "end":
             await self.end(shared=False)
+        elif kind == "record-stop":
+            await self._stop_recording(event)
         elif kind == "chat" and isinstance(message := event.get("message"), dict):
             fields = {"participant": str, "identity": str, "name": str, "role": str, "text": str}
             if all(isinstance(message.get(key), expected) for key, expected in fields.items()):

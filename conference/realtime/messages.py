@@ -418,10 +418,16 @@ async def record(session: Session, message: dict[str, Any]) -> None:
     participant, room = session.participant, session.briefing.room
     try:
         if message["type"] == "record-start":
+            if room.recorded_by:  # (one recording of a meeting, wherever it is made)
+                raise ProtocolError(
+                    "already-recording", "the meeting is already being recorded (on another node)"
+                )
             by = {"participant": participant.id, "identity": participant.who.identity}
             recording.start(room, started_by=by, scheduled=session.briefing.scheduled)
         elif recording.stop(room, f"stopped by {participant.id}") is None:
-            raise ProtocolError("not-recording", "the meeting is not being recorded")
+            if not room.recorded_by or session.briefing.share is None:
+                raise ProtocolError("not-recording", "the meeting is not being recorded")
+            session.briefing.stop_recording_elsewhere(Chair.of(participant))
     except recording.RecordingError as exc:
         raise ProtocolError(exc.code, exc.message) from None
     await session.briefing.broadcast(

@@ -264,6 +264,33 @@ def find(root: Path, wanted: str) -> Recording | None:
     return None
 
 
+def continuation(root: Path, recording: Recording) -> tuple[Recording | None, list[Recording]]:
+    """The recording ``recording`` carries on (its manifest's ``continues``: another
+    node of the meeting was making it and died or shut down) and those that carry it
+    on, all of the same meeting and found under ``root`` (a node with recordings of its
+    own elsewhere: not found, None)."""
+    earlier, later = None, []
+    continues = recording.manifest.get("continues")
+    wanted = None
+    if isinstance(continues, dict):
+        directory, stamp = continues.get("directory"), continues.get("recording")
+        if isinstance(directory, str) and isinstance(stamp, str):
+            wanted = (directory, stamp)
+    for other in scan(root):
+        if other.meeting != recording.meeting or other.relative == recording.relative:
+            continue
+        if wanted == (other.manifest.get("directory"), other.manifest.get("recording")):
+            earlier = other
+        after = other.manifest.get("continues")
+        if isinstance(after, dict) and (after.get("directory"), after.get("recording")) == (
+            recording.manifest.get("directory"),
+            recording.manifest.get("recording"),
+        ):
+            later.append(other)
+    later.sort(key=lambda r: r.started_at or datetime.min.replace(tzinfo=UTC))
+    return earlier, later
+
+
 # --- meetings and access ------------------------------------------------------------------------
 
 

@@ -301,8 +301,12 @@ class MeetingRecorder:
         key: Ed25519PrivateKey,
         started_by: dict[str, Any] | None = None,
         min_free: int = 0,
+        continues: dict[str, Any] | None = None,
     ) -> None:
         self.room = room
+        #: the recording this one carries on, made on a node that died or shut down
+        #: (``directory``, ``recording``, ``node``, ``reason``; see `start`)
+        self.continues = continues
         self.root = root
         self.key = key
         #: below this many free bytes the recording stops itself (while it can still seal)
@@ -519,23 +523,27 @@ class MeetingRecorder:
         tracks += [self.track_info[id(t)] | t.describe() for t in self.tracks.values()]
         tracks += self.skipped
         tracks.sort(key=lambda t: str(t.get("added_at")))
-        return {
-            "format": FORMAT,
-            "meeting": self.room.meeting_id,
-            "scheduled": self.scheduled,
-            "directory": str(self.directory.relative_to(self.root.resolve())),
-            "recording": self.stamp,
-            "state": state,
-            "started_at": iso(self.started_at),
-            "stopped_at": iso(self.stopped_at),
-            "stop_reason": self.stop_reason,
-            "updated_at": iso(time.time()),
-            "clock": "UTC wall clock; media times from the publisher's RTCP sender reports",
-            "tracks": tracks,
-            "speakers": self.speakers,
-            "events": self.events,
-            "minutes_final": False,
-        } | ({"error": self.error} if self.error else {})
+        return (
+            {
+                "format": FORMAT,
+                "meeting": self.room.meeting_id,
+                "scheduled": self.scheduled,
+                "directory": str(self.directory.relative_to(self.root.resolve())),
+                "recording": self.stamp,
+                "state": state,
+                "started_at": iso(self.started_at),
+                "stopped_at": iso(self.stopped_at),
+                "stop_reason": self.stop_reason,
+                "updated_at": iso(time.time()),
+                "clock": "UTC wall clock; media times from the publisher's RTCP sender reports",
+                "tracks": tracks,
+                "speakers": self.speakers,
+                "events": self.events,
+                "minutes_final": False,
+            }
+            | ({"error": self.error} if self.error else {})
+            | ({"continues": self.continues} if self.continues else {})
+        )
 
     def save(self) -> None:
         self._last_save = time.monotonic()
@@ -605,10 +613,18 @@ def configure_from(settings: Settings, seal: bool = True) -> list[Path]:
 
 
 def start(
-    room: Room, started_by: dict[str, Any] | None = None, scheduled: bool = False
+    room: Room,
+    started_by: dict[str, Any] | None = None,
+    scheduled: bool = False,
+    continues: dict[str, Any] | None = None,
 ) -> MeetingRecorder:
     """Start recording ``room`` (``scheduled``: a meeting of the database, not an ad-hoc
-    room: the manifest says which); :class:`RecordingError` if it cannot."""
+    room: the manifest says which); :class:`RecordingError` if it cannot.
+
+    ``continues``: this recording carries on one that another node of the meeting was
+    making when it died or shut down (`current` of that node: its ``directory`` and
+    ``recording``, with the ``node`` and the ``reason``); the manifest keeps it and the
+    library links the two."""
     if _config is None:
         raise RecordingError("recording-unavailable", "recording is not configured")
     if room.closed:
@@ -622,7 +638,9 @@ def start(
             f"only {free // MB} MB free where recordings are kept; recording needs "
             f"{_config.min_free // MB} MB (recording_min_free_mb)",
         )
-    recorder = MeetingRecorder(room, _config.root, _config.key, started_by, _config.min_free)
+    recorder = MeetingRecorder(
+        room, _config.root, _config.key, started_by, _config.min_free, continues
+    )
     recorder.scheduled = scheduled
     try:
         recorder.start()
@@ -633,6 +651,18 @@ def start(
     room.recording_failure = None
     room.changed()
     return recorder
+
+
+def current(room: Room) -> dict[str, str] | None:
+    """Which recording of ``room`` this server is making (None: none): its ``directory``
+    under the recordings folder and its ``recording`` stamp, as its manifest says."""
+    recorder = _recorders.get(room)
+    if recorder is None or recorder.stopped:
+        return None
+    return {
+        "directory": str(recorder.directory.relative_to(recorder.root.resolve())),
+        "recording": recorder.stamp,
+    }
 
 
 def _fail(room: Room, reason: str, detail: str) -> None:

@@ -546,6 +546,10 @@ const handlers = {
   },
   recording(update) {
     state.room.recording = Boolean(update.recording);
+    if (update.continued && state.me?.grants?.moderate) {
+      // the node that recorded stopped; another node of the meeting records on
+      notice(t("recording.continued"));
+    }
     render();
   },
   "recording-failed"(problem) {

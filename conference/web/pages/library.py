@@ -69,6 +69,7 @@ from conference.recording.library import (
     Row,
     attendance,
     clock_text,
+    continuation,
     library,
     timeline,
 )
@@ -150,6 +151,14 @@ async def recording_page(request: web.Request, user: CurrentUser) -> web.StreamR
     may_compose = user.role in COMPOSE_ROLES and state not in UNDER_WAY
     playable = [f for f in files if f.kind in ("composed", "video")] or files
     row = Row(recording, info)
+    root = request.app[SETTINGS].recordings_dir
+    earlier, later = await asyncio.to_thread(continuation, root, recording)
+    continues = recording.manifest.get("continues")
+
+    def link(other: Recording) -> dict[str, str]:
+        start = Row(other, info).local_start
+        return {"id": other.id, "start": start.strftime("%H:%M %d/%m/%Y") if start else ""}
+
     return render_page(
         request,
         "library_recording.html",
@@ -167,6 +176,9 @@ async def recording_page(request: web.Request, user: CurrentUser) -> web.StreamR
         composer=user.role in COMPOSE_ROLES,
         under_way=state in UNDER_WAY,
         composed=_composed(recording, files),
+        continues=continues if isinstance(continues, dict) else None,
+        earlier=link(earlier) if earlier else None,
+        later=[link(other) for other in later],
     )
 
 
