@@ -42,10 +42,14 @@ def redis_reachable() -> str | None:
     return None
 
 
-def start_node(tmp_path: Path, run: str, n: int) -> ServerProcess:
-    """Node ``n`` of the cluster ``run`` (its home, recordings included, in ``tmp_path``)."""
+def start_node(
+    tmp_path: Path, run: str, n: int, recordings: Path | None = None
+) -> ServerProcess:
+    """Node ``n`` of the cluster ``run`` (its home in ``tmp_path``; its recordings there
+    too, or in ``recordings``, shared by the nodes as `--workers` share theirs)."""
     home = tmp_path / f"node{n}"
     home.mkdir()
+    shared = {"CONFERENCE_RECORDINGS_DIR": str(recordings)} if recordings else None
     return start_server(
         home,
         "--redis-url",
@@ -54,10 +58,13 @@ def start_node(tmp_path: Path, run: str, n: int) -> ServerProcess:
         f"test-{run}-{n}",
         "--cluster-name",
         f"test-{run}",  # each test's own namespace in the shared Redis
+        env=shared,
     )
 
 
-def started_nodes(tmp_path: Path, count: int) -> Iterator[list[ServerProcess]]:
+def started_nodes(
+    tmp_path: Path, count: int, recordings: Path | None = None
+) -> Iterator[list[ServerProcess]]:
     unreachable = redis_reachable()
     if unreachable:
         pytest.skip(f"no Redis on 127.0.0.1:6379: {unreachable}")
@@ -65,7 +72,7 @@ def started_nodes(tmp_path: Path, count: int) -> Iterator[list[ServerProcess]]:
     started: list[ServerProcess] = []
     try:
         for n in range(1, count + 1):
-            started.append(start_node(tmp_path, run, n))
+            started.append(start_node(tmp_path, run, n, recordings))
         yield started
     finally:
         for node in started:
@@ -80,7 +87,8 @@ def nodes(tmp_path: Path) -> Iterator[list[ServerProcess]]:
 
 @pytest.fixture
 def three_nodes(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    yield from started_nodes(tmp_path, 3)
+    """Three nodes sharing one recordings folder."""
+    yield from started_nodes(tmp_path, 3, tmp_path / "recordings")
 
 
 def health(node: ServerProcess) -> dict[str, Any]:
@@ -329,9 +337,9 @@ async def test_the_chair_s_floor_hands_and_end_reach_points_on_another_node(
     assert any("-pt-xa-a-microphone-" in name for name in files), files  # named by identity
 
 
-def manifests(node: ServerProcess) -> list[dict[str, Any]]:
-    """The manifests of ``node``'s recordings, oldest first."""
-    folder = node.data_dir.parent / "recordings"
+def manifests(node: ServerProcess | Path) -> list[dict[str, Any]]:
+    """The manifests of ``node``'s recordings (or of a recordings folder), oldest first."""
+    folder = node if isinstance(node, Path) else node.data_dir.parent / "recordings"
     found = [json.loads(path.read_text()) for path in folder.rglob(f"*{MANIFEST_SUFFIX}")]
     return sorted(found, key=lambda manifest: str(manifest["started_at"]))
 
@@ -357,12 +365,14 @@ def recorded_sources(manifest: dict[str, Any]) -> set[str]:
 
 
 async def test_a_recording_goes_on_elsewhere_when_its_node_dies(
-    three_nodes: list[ServerProcess],
+    three_nodes: list[ServerProcess], tmp_path: Path
 ) -> None:
     """kill -9 of the node that records: one other node of the meeting carries the
-    recording on (its manifest names the one it continues), the chair stops it from a
-    third node, and a second start is refused while one node records."""
+    recording on (its manifest names the one it continues) and seals the dead node's
+    part (the folder is shared), the chair stops it from a third node, and a second
+    start is refused while one node records."""
     one, two, three = three_nodes
+    folder = tmp_path / "recordings"
     meeting = f"cluster-{uuid.uuid4().hex[:8]}"
     chair = Client(one.url, meeting, one.token(meeting=meeting, identity="huyen", role="chair"))
     a = Client(two.url, meeting, two.token(meeting=meeting, identity="xa-a"))
@@ -378,7 +388,7 @@ async def test_a_recording_goes_on_elsewhere_when_its_node_dies(
         await chair.request({"type": "record-start"}, "recording")
         await a.wait_for(lambda: a.room.get("recording") is True, 5)
         await asyncio.sleep(1.5)
-        [first] = manifests(one)
+        [first] = manifests(folder)
         assert first["state"] == "recording"
         dead = health(one)["node"]
 
@@ -402,11 +412,13 @@ async def test_a_recording_goes_on_elsewhere_when_its_node_dies(
         stopped = await again.request({"type": "record-stop"}, "recording")
         assert stopped["recording"] is False
         await eventually(lambda: recording_count(recorder) == 0, 5)
-        await eventually(lambda: manifests(recorder)[-1]["state"] == "complete", 10)
+        await eventually(lambda: manifests(folder)[-1]["state"] == "complete", 10)
     finally:
         for client in (chair, a, b, *([again] if again else [])):
             await client.leave()
-    [continued] = manifests(recorder)
+    earlier, continued = manifests(folder)
+    assert earlier["recording"] == first["recording"]
+    assert earlier["state"] == "interrupted"  # sealed by the node that carried it on
     assert continued["continues"] == {
         "directory": first["directory"],
         "recording": first["recording"],
@@ -416,7 +428,6 @@ async def test_a_recording_goes_on_elsewhere_when_its_node_dies(
     assert continued["stop_reason"].endswith("on another node")
     # both points' microphones went on being recorded (one of them relayed)
     assert recorded_sources(continued) >= {"pt:xa-a/microphone", "pt:xa-b/microphone"}
-    assert manifests(other) == []
 
 
 async def test_a_node_shutting_down_hands_its_recording_over(nodes: list[ServerProcess]) -> None:

@@ -398,6 +398,8 @@ class Briefing(RoomEvents):
                 exc.message,
             )
             return
+        if recorded["reason"] == "node-failure":  # (a node shutting down seals its own)
+            recording.seal_orphan(recorded)
         message = {"type": "recording", "recording": True, "continued": continued}
         asyncio.ensure_future(self.broadcast(message))
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,10 +70,18 @@ from ..sfu.bridge import NTP_EPOCH_OFFSET, RtpPacket
 from ..sfu.publication import Publication
 from . import jobs
 from .depacketize import AudioSequencer, Frame, VideoAssembler
-from .manifest import FORMAT, MANIFEST_SUFFIX, iso, write_manifest
+from .manifest import FORMAT, MANIFEST_SUFFIX, iso, read_manifest, write_manifest
 from .signing import KEY_FILE, load_or_create_key
 from .space import MB, SealQueue, disk_full, free_bytes, reason
-from .store import inside, mark_interrupted, meeting_directory, safe_component, seal
+from .store import (
+    PathError,
+    inside,
+    mark_interrupted,
+    meeting_directory,
+    safe_component,
+    seal,
+    seal_interrupted,
+)
 from .writer import TrackWriter
 
 if TYPE_CHECKING:
@@ -663,6 +672,51 @@ def current(room: Room) -> dict[str, str] | None:
         "directory": str(recorder.directory.relative_to(recorder.root.resolve())),
         "recording": recorder.stamp,
     }
+
+
+#: a recording's ``directory`` and stamp as another node names them (`seal_orphan`)
+_ORPHAN_DIRECTORY = re.compile(r"[0-9]{4}/[0-9]{2}/[^/]{1,200}")
+_ORPHAN_STAMP = re.compile(r"[0-9]{8}T[0-9]{6}Z")
+
+
+def seal_orphan(recorded: dict[str, str]) -> None:
+    """The part of a recording that a node of the meeting left when it died
+    (``recorded``: its ``directory`` and ``recording`` stamp, as that node said in Redis):
+    if this server's recordings folder holds it (one folder shared by the nodes:
+    ``--workers``, a network folder), sealed ``interrupted`` now, in a thread, and its
+    composition queued, rather than at that node's next start.  The names are checked:
+    they come from another process."""
+    directory, stamp = recorded.get("directory", ""), recorded.get("recording", "")
+    if _config is None or not _ORPHAN_DIRECTORY.fullmatch(directory):
+        return
+    meeting = directory.rsplit("/", 1)[1]
+    if not _ORPHAN_STAMP.fullmatch(stamp) or safe_component(meeting) != meeting:
+        return
+    root, key = _config.root, _config.key
+    try:
+        path = inside(root, root / directory / f"{stamp}{MANIFEST_SUFFIX}")
+    except PathError:
+        return
+
+    def run() -> bool:
+        try:
+            manifest = read_manifest(path)
+        except (OSError, ValueError):
+            return False  # not here (another machine's folder) or unreadable
+        if not seal_interrupted(path, manifest, key):
+            return False
+        jobs.enqueue(path)
+        return True
+
+    future = asyncio.ensure_future(asyncio.to_thread(run))
+    _finishing.add(future)
+    future.add_done_callback(_orphan_sealed)
+
+
+def _orphan_sealed(future: asyncio.Future[Any]) -> None:
+    _finishing.discard(future)
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("recording: sealing a dead node's recording failed: %r", future.exception())
 
 
 def _fail(room: Room, reason: str, detail: str) -> None:

@@ -112,30 +112,36 @@ def mark_interrupted(
     with its content, never raised: a full recordings disk must not stop the server."""
     marked = []
     for path in manifests(root):
+        manifest: dict[str, Any] | None = None
         try:
             manifest = read_manifest(path)
+            if seal_interrupted(path, manifest, key):
+                marked.append(path)
         except ValueError as exc:
             logger.warning("recordings: %s", exc)
-            continue
-        if manifest.get("state") not in ("recording", "finalizing"):
-            continue
-        manifest["interrupted"] = {
-            "detected_at": iso(time.time()),
-            "last_update": manifest.get("updated_at"),
-        }
-        for track in manifest.get("tracks", []):
-            if track.get("state") == "recording":
-                track["state"] = "interrupted"
-        try:
-            seal(path, manifest, key, "interrupted")
         except OSError as exc:
             logger.error("recordings: cannot seal %s as interrupted: %s", path, exc)
-            if refused is not None:
+            if refused is not None and manifest is not None:
                 refused.append((path, manifest))
-            continue
-        logger.warning("recordings: %s was interrupted (server stopped without a clean stop)", path)
-        marked.append(path)
     return marked
+
+
+def seal_interrupted(path: Path, manifest: dict[str, Any], key: Ed25519PrivateKey) -> bool:
+    """Seal ``manifest`` (read from ``path``) as ``interrupted`` if it is still being
+    recorded or finalized by a server that stopped without a clean stop; whether it was.
+    OSError when the disk refuses."""
+    if manifest.get("state") not in ("recording", "finalizing"):
+        return False
+    manifest["interrupted"] = {
+        "detected_at": iso(time.time()),
+        "last_update": manifest.get("updated_at"),
+    }
+    for track in manifest.get("tracks", []):
+        if track.get("state") == "recording":
+            track["state"] = "interrupted"
+    seal(path, manifest, key, "interrupted")
+    logger.warning("recordings: %s was interrupted (server stopped without a clean stop)", path)
+    return True
 
 
 # -- listing -------------------------------------------------------------------------

@@ -206,3 +206,29 @@ def test_prune_never_deletes_a_recording_still_running(tmp_path: Path) -> None:
     actions = prune(root, 30, dry_run=False)
     assert [(a.delete, a.reason) for a in actions] == [(False, "still recording")]
     assert path.exists()
+
+
+@pytest.mark.parametrize(
+    "named",
+    [
+        {"directory": "../../etc", "recording": "20261130T080000Z"},
+        {"directory": "2026/11/..", "recording": "20261130T080000Z"},
+        {"directory": "2026/11/m1/../../..", "recording": "20261130T080000Z"},
+        {"directory": "2026/11/m 1", "recording": "20261130T080000Z"},
+        {"directory": "2026/11/m1", "recording": "../../20261130T080000Z"},
+        {"directory": "2026/11/m1", "recording": "20261130T080000Z.manifest.json/.."},
+        {"directory": "/tmp/m1", "recording": "20261130T080000Z"},
+        {},
+    ],
+)
+async def test_another_node_s_names_for_its_recording_are_checked(
+    named: dict[str, str], tmp_path: Path
+) -> None:
+    """`seal_orphan` takes a recording's folder and stamp from Redis (another node):
+    anything but ``YYYY/MM/<safe meeting>`` and a stamp never reaches the filesystem."""
+    from conference.recording import recorder
+
+    root = tmp_path / "recordings"
+    recorder.configure(root, tmp_path / "recording.key", seal=False)
+    recorder.seal_orphan(named | {"node": "n2", "reason": "node-failure"})
+    assert not recorder._finishing  # nothing was read or sealed
