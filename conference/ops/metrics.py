@@ -7,7 +7,9 @@ receivers and senders keep anyway (conference/sfu/bridge.py); the loss in their
 reception statistics and in the subscribers' receiver reports, and the NACKs (both
 counted per RTCP message); the bandwidth estimates of the rooms' allocators; the
 recorder's and the composition jobs' state; the cheap counters of ``core.events``
-(database failures, mails, compositions, recordings sealed); the webhooks' queue.
+(database failures, mails, compositions, recordings sealed); the webhooks' queue; on a
+node of several, the media its relay endpoint sent other nodes (``RelayEndpoint.sent``,
+two additions per relayed packet: the one count kept per packet here).
 
 Media counters of a participant that left are kept (`MediaTally.retire`, from the
 room's ``left`` notice), so that a ``_total`` only grows while the process lives; a
@@ -209,6 +211,8 @@ class ServerCollector(Collector):
         if worst is not None:
             lag.add_metric([], worst)
         yield lag
+        if CLUSTER in app:
+            yield from self._relay(app[CLUSTER].relay.sent)
         yield from self._recordings()
         yield from self._counted()
         webhooks = metrics.webhooks
@@ -314,6 +318,25 @@ class ServerCollector(Collector):
             ),
             rtts,
         )
+
+    @staticmethod
+    def _relay(sent: dict[str, list[int]]) -> Iterable[Metric]:
+        """What this node's relay endpoint sent other nodes (conference/sfu/relay.py)."""
+        packets = CounterMetricFamily(
+            "conference_relay_sent_packets",
+            "Media datagrams sent to other nodes (relay streams, retransmissions included)",
+            labels=["kind"],
+        )
+        octets = CounterMetricFamily(
+            "conference_relay_sent_bytes",
+            "Octets of the media datagrams sent to other nodes (UDP payload)",
+            labels=["kind"],
+        )
+        for kind, (count, size) in sent.items():
+            packets.add_metric([kind], count)
+            octets.add_metric([kind], size)
+        yield packets
+        yield octets
 
     @staticmethod
     def _recordings() -> Iterable[Metric]:

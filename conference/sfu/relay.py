@@ -227,6 +227,9 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self._task: asyncio.Task[None] | None = None
         self._last_keepalive = 0.0
         self.dropped = 0  # datagrams refused (bad tag, unknown stream, malformed)
+        #: MEDIA datagrams and their octets sent to importers, by the publication's kind
+        #: (``/metrics``: ``conference_relay_sent_*``); retransmissions included
+        self.sent: dict[str, list[int]] = {"audio": [0, 0], "video": [0, 0]}
 
     # -- life ------------------------------------------------------------------------
     async def start(self, host: str, port: int = 0) -> Address:
@@ -274,6 +277,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
     def _hook(self, export: Export) -> None:
         if export.hook is not None:
             return
+        tally = self.sent.setdefault(export.publication.kind, [0, 0])
 
         def relay(layer: int, packet: RtpPacket | None, repaired: bool, sr: Any = None) -> None:
             if packet is None:
@@ -288,8 +292,11 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             transport = self.transport
             if transport is None:
                 return
-            for address in export.leases:
+            leases = export.leases
+            for address in leases:
                 transport.sendto(data, address)
+            tally[0] += len(leases)
+            tally[1] += len(leases) * len(data)
 
         export.hook = relay
         export.publication.relays.append(relay)
@@ -389,9 +396,12 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                     continue
                 flags = stored[6] | F_REPAIRED
                 again = stored[:6] + bytes((flags,)) + stored[7:]
+                tally = self.sent.setdefault(export.publication.kind, [0, 0])
                 for address in export.leases:
                     self.send_to(address, MEDIA, stream, layer, again)
                     export.retransmitted += 1
+                    tally[0] += 1
+                    tally[1] += len(again) + HEADER.size + TAG_BYTES
         else:
             raise RelayFormatError(f"unknown type {kind}")
 

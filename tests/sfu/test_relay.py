@@ -110,6 +110,12 @@ async def test_a_video_flows_only_while_the_node_wants_it(pair: Pair) -> None:
         (seq, seq * 3000, seq % 2, b"vp8-%d" % seq, None) for seq in range(2, 12)
     ]
     assert imported.packets == 10
+    # what the endpoint counts for /metrics: 10 datagrams, their headers and tags included
+    sent, octets = pair.origin.sent["video"]
+    assert sent == 10 and octets == sum(
+        relay.HEADER.size + relay.MEDIA_FIELDS.size + len(b"vp8-%d" % s) + relay.TAG_BYTES
+        for s in range(2, 12)
+    )
 
     # nobody receives it any more: the node drops it, the origin stops sending
     imported.taps.clear()
