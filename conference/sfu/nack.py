@@ -122,6 +122,31 @@ class NackTracker:
         self._prune(seq)
         return new
 
+    def skip(self, seq: int) -> None:
+        """Record the arrival of ``seq``, the packets between the newest one and it
+        having been held back on purpose (another node's audio gate: see
+        `conference.sfu.relay`): they are not missing.  Those missing before stay
+        missing.  A late ``seq`` (a later packet took the gap for loss already) ends the
+        retries of the run of missing packets just before it."""
+        seq &= 0xFFFF
+        high = self._high
+        d = (seq - high) & 0xFFFF
+        if high < 0 or (0 < d < 0x8000 and d <= self.max_gap + 1):
+            self._high = seq
+            if high >= 0:
+                self._prune(seq)
+            return
+        if d == 0:
+            return
+        if d < 0x8000 or 0x10000 - d > self.window:  # far ahead or far behind: a restart
+            self._restart(seq)
+            return
+        missing = self._missing
+        missing.pop(seq, None)
+        before = (seq - 1) & 0xFFFF
+        while missing.pop(before, None) is not None:
+            before = (before - 1) & 0xFFFF
+
     def repairs(self, seq: int) -> bool:
         """Whether a retransmission of ``seq`` fills a hole (it was missing): it
         is then no longer missing.  False for a copy of a packet already here,

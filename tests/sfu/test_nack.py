@@ -140,6 +140,28 @@ def test_reset() -> None:
     assert t.received(9, 0.0) == []
 
 
+def test_a_gap_made_on_purpose_is_not_missing() -> None:
+    """Another node's audio gate held packets back (conference/sfu/relay.py): the packet
+    after them is `skip`ped to; a real loss before them stays missing."""
+    t = NackTracker()
+    for seq in (10, 11, 13):  # 12 lost
+        t.received(seq, 0.0)
+    t.skip(40)  # 14..39 held back
+    assert t.missing == [12]
+    assert t.received(41, 0.1) == []
+    assert t.received(43, 0.1) == [42]  # a loss after the run is a loss
+    assert t.missing == [12, 42]
+    # 50 flagged, but 45..49 were taken for loss first (51 overtook it)
+    assert t.received(51, 0.2) == [44, 45, 46, 47, 48, 49, 50]
+    t.skip(50)
+    assert t.missing == [12, 42]  # the run just before 50 is forgotten, no more
+    t.skip(51 + 5000)  # a run longer than the gap cap: a restart, as in `received`
+    assert t.received(5052, 0.3) == []
+    fresh = NackTracker()
+    fresh.skip(7)  # the first packet
+    assert fresh.received(8, 0.0) == []
+
+
 def test_randomised_loss_and_reorder() -> None:
     rng = random.Random(4)
     t = NackTracker(max_age=100.0, max_retries=1000, window=1000)
