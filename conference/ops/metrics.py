@@ -56,6 +56,7 @@ from ..recording import recorder as recording
 from ..settings import Settings
 from ..sfu.bridge import ForwardingReceiver, ForwardingSender
 from ..sfu.participant import Participant
+from ..sfu.relay import RelayEndpoint
 from ..sfu.room import RoomRegistry
 from .webhooks import Webhooks
 
@@ -212,7 +213,7 @@ class ServerCollector(Collector):
             lag.add_metric([], worst)
         yield lag
         if CLUSTER in app:
-            yield from self._relay(app[CLUSTER].relay.sent)
+            yield from self._relay(app[CLUSTER].relay)
         yield from self._recordings()
         yield from self._counted()
         webhooks = metrics.webhooks
@@ -320,23 +321,30 @@ class ServerCollector(Collector):
         )
 
     @staticmethod
-    def _relay(sent: dict[str, list[int]]) -> Iterable[Metric]:
+    def _relay(endpoint: RelayEndpoint) -> Iterable[Metric]:
         """What this node's relay endpoint sent other nodes (conference/sfu/relay.py)."""
         packets = CounterMetricFamily(
             "conference_relay_sent_packets",
-            "Media datagrams sent to other nodes (relay streams, retransmissions included)",
-            labels=["kind"],
+            "Media datagrams sent to other nodes (relay streams, retransmissions included), "
+            "by kind and the importing node's mode (full: it records them)",
+            labels=["kind", "mode"],
         )
         octets = CounterMetricFamily(
             "conference_relay_sent_bytes",
             "Octets of the media datagrams sent to other nodes (UDP payload)",
-            labels=["kind"],
+            labels=["kind", "mode"],
         )
-        for kind, (count, size) in sent.items():
-            packets.add_metric([kind], count)
-            octets.add_metric([kind], size)
+        for (kind, mode), (count, size) in endpoint.sent.items():
+            packets.add_metric([kind, mode], count)
+            octets.add_metric([kind, mode], size)
         yield packets
         yield octets
+        yield _counter(
+            "conference_relay_withheld_packets",
+            "Microphone packets the audio gate held back, not sent to nodes in gated mode "
+            "(once per such node)",
+            endpoint.withheld,
+        )
 
     @staticmethod
     def _recordings() -> Iterable[Metric]:

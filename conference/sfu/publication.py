@@ -200,16 +200,19 @@ class Publication:
         #: recorder); ``tap(publication, packet, keyframe)`` must not raise.
         self.taps: list[Callable[[Publication, RtpPacket, bool], None]] = []
         #: Other nodes' relay streams (conference/sfu/relay.py): called with every packet
-        #: of every layer, ``relay(layer, packet, repaired)``, and every sender report,
-        #: ``relay(layer, None, False, (ntp, rtp))``; must not raise.
+        #: of every layer, ``relay(layer, packet, repaired, held)`` (``held``: the room's
+        #: audio gate held it back from the subscriptions here; the relay sends it only
+        #: to nodes that record), and every sender report,
+        #: ``relay(layer, None, False, False, (ntp, rtp))``; must not raise.
         self.relays: list[Callable[..., None]] = []
         self._on_audio_level = on_audio_level
         self._on_ended = on_ended
         #: the room's audio gate (`.audiogate`, microphones only): called with every
         #: packet's level (None: no level), false = not forwarded to the subscriptions
-        #: (the taps and relays still get it)
+        #: (the taps get it, and the relays to nodes that record)
         self.gate: Callable[[Publication, int | None], bool] | None = None
-        #: the gate held the last packet back
+        #: the gate held the last packet back (here, or on the node it is relayed from:
+        #: `held_back`)
         self.gated = False
         self.closed = False
         #: RED towards subscribers that asked for it: the frame before the packet
@@ -273,12 +276,12 @@ class Publication:
                 self._on_audio_level(self.participant_id, level[1])
             if self.gate is not None:
                 forward = self.gate(self, level[1] if level is not None else None)
-                if not forward:
-                    self.gated = True
-                elif self.gated:
-                    self.gated = False
-                    for subscription in stream.subscriptions:
-                        subscription.resync = True
+            if not forward:
+                self.gated = True
+            elif self.gated:
+                self.gated = False
+                for subscription in stream.subscriptions:
+                    subscription.resync = True
         else:
             keyframe = bool(payload) and is_keyframe(self.codec_name, payload)
             if keyframe:
@@ -301,10 +304,18 @@ class Publication:
             for tap in self.taps:
                 tap(self, packet, keyframe)
         if self.relays:
+            held = not forward
             for relay in self.relays:
-                relay(stream.index, packet, repaired)
+                relay(stream.index, packet, repaired, held)
         if self.kind == "audio" and payload:
             self._red_previous = (packet.timestamp, payload)
+
+    def held_back(self) -> None:
+        """Packets before the next one were held back on purpose: the exporting node's
+        audio gate (a relayed microphone, `conference.sfu.relay`).  As after this room's
+        own gate, the next packet forwarded continues each subscription's numbering
+        without a gap and starts a talkspurt (`Subscription.forward`)."""
+        self.gated = True
 
     def red_payload(self, packet: RtpPacket, block_pt: int) -> bytes:
         """``packet`` as RED (its frame after the one before it, see
@@ -324,7 +335,7 @@ class Publication:
         if layer < len(self.layers):
             self.layers[layer].sender_report = (ntp_timestamp, rtp_timestamp)
             for relay in self.relays:
-                relay(layer, None, False, (ntp_timestamp, rtp_timestamp))
+                relay(layer, None, False, False, (ntp_timestamp, rtp_timestamp))
 
     def on_bye(self) -> None:
         self.close()

@@ -14,13 +14,17 @@ Datagrams (big-endian), every one ``header | body | tag``::
 
     header  "CR" version:u8 type:u8 stream:u32 layer:u8
     MEDIA   seq:u16 timestamp:u32 flags:u8 level:u8 payload...
-            flags: 1 marker, 2 repaired (a retransmission), 4 audio level present, 8 voice
+            flags: 1 marker, 2 repaired (a retransmission), 4 audio level present, 8 voice,
+                   16 resumed (the packets before it since the last one sent were held
+                   back on purpose: not lost)
     PLI     (empty)                      the importer wants a keyframe of `layer`
     NACK    seq:u16 ...                  the importer lost these of `layer`
     SR      ntp:u64 rtp:u32              the publisher's sender report of `layer`
-    WANT    time:f64 port:u16 host...    the importer (at host:port) wants the stream
-                                         for `LEASE` seconds more (renewed every second)
-    DROP    time:f64 port:u16 host...    it no longer does
+    WANT    time:f64 port:u16 mode:u8 host...
+                                         the importer (at host:port) wants the stream
+                                         for `LEASE` seconds more (renewed every second):
+                                         mode 0 gated, 1 full (every packet)
+    DROP    time:f64 port:u16 mode:u8 host...    it no longer does
 
 Demand is soft state: an importer whose publication has subscribers (any audio:
 its levels drive the node's active speaker) sends
@@ -30,10 +34,23 @@ peers within seconds.  WANT and DROP carry the importer's address inside the
 authenticated part (a replayed one can only send media where it already goes)
 and their time (older than `MAX_AGE` is ignored).
 
+**Gated relays.**  A microphone's packet that the exporting room's audio gate held
+back (`Publication.on_rtp` passes its verdict to the relay hook) is sent only to
+importers in *full* mode: those that record the publication (its taps), which say so
+in their WANT.  The others (*gated* mode) get the microphones open on the exporting
+node, and the first packet after a held-back run carries the ``resumed`` flag: the
+importer's `NackTracker` forgets the gap (`NackTracker.skip`) and its publication's
+subscriptions continue their numbering with the marker bit (`Publication.held_back`,
+as after the local gate).  The exporter keeps each importer's mode and which of them
+missed packets (``Export.behind``), so an importer switching modes mid-run gets the
+flag too.  Why this still lets each node hear the meeting's loudest voices:
+docs/ARCHITECTURE.md, "Nodes".
+
 Losses between nodes are repaired hop by hop: the importer tracks sequence
 numbers per layer (`NackTracker`) and NACKs; the exporter keeps its last
-packets per layer (`PacketHistory`) and sends them again flagged ``repaired``.
-Keyframe requests (PLI) travel back the same way.
+packets per layer (`PacketHistory`) and sends them again flagged ``repaired``, to
+the importer that asked (every importer when the NACK's source is not a lease's
+address).  Keyframe requests (PLI) travel back the same way.
 
 An exported :class:`Publication` is unchanged: the endpoint hooks its
 ``relays`` (every layer's packets and sender reports).  An imported one is a
@@ -61,14 +78,18 @@ from .publication import Publication
 logger = logging.getLogger(__name__)
 
 MAGIC = b"CR"
-VERSION = 1
+#: 2: the WANT's mode, the MEDIA ``resumed`` flag (gated relays); nodes of one cluster run
+#: the same version (a datagram of another is refused)
+VERSION = 2
 MEDIA, PLI, NACK, SR, WANT, DROP = 1, 2, 3, 4, 5, 6
 TAG_BYTES = 8
 HEADER = struct.Struct("!2sBBIB")
 MEDIA_FIELDS = struct.Struct("!HIBB")
 SR_FIELDS = struct.Struct("!QI")
-DEMAND_FIELDS = struct.Struct("!dH")
-F_MARKER, F_REPAIRED, F_LEVEL, F_VOICE = 1, 2, 4, 8
+DEMAND_FIELDS = struct.Struct("!dHB")
+F_MARKER, F_REPAIRED, F_LEVEL, F_VOICE, F_RESUMED = 1, 2, 4, 8, 16
+#: the flags byte of a MEDIA body
+FLAGS_AT = 6
 
 #: an exporter sends a stream this long after the last WANT
 LEASE = 3.0
@@ -142,23 +163,37 @@ def media_packet(body: bytes) -> tuple[RtpPacket, bool]:
     return packet, bool(flags & F_REPAIRED)
 
 
-def demand_body(address: Address, when: float | None = None) -> bytes:
+def resumed_body(body: bytes) -> bytes:
+    """A MEDIA ``body`` flagged ``resumed`` (held-back packets before it)."""
+    return body[:FLAGS_AT] + bytes((body[FLAGS_AT] | F_RESUMED,)) + body[FLAGS_AT + 1 :]
+
+
+def demand_body(address: Address, when: float | None = None, full: bool = False) -> bytes:
     host, port = address
-    return DEMAND_FIELDS.pack(time.time() if when is None else when, port) + host.encode()
+    when = time.time() if when is None else when
+    return DEMAND_FIELDS.pack(when, port, 1 if full else 0) + host.encode()
 
 
-def demand_address(body: bytes) -> Address:
-    """The importer's address in a WANT or DROP body (which must be recent)."""
+def demand(body: bytes) -> tuple[Address, bool]:
+    """The importer's address in a WANT or DROP body (which must be recent), and whether
+    it wants every packet (full mode) rather than only those of open microphones."""
     if len(body) <= DEMAND_FIELDS.size:
         raise RelayFormatError("short demand")
-    when, port = DEMAND_FIELDS.unpack_from(body)
+    when, port, mode = DEMAND_FIELDS.unpack_from(body)
     if abs(time.time() - when) > MAX_AGE:
         raise RelayFormatError("stale demand")
+    if mode > 1:
+        raise RelayFormatError("bad mode")
     try:
         host = body[DEMAND_FIELDS.size :].decode("ascii")
     except UnicodeDecodeError as exc:
         raise RelayFormatError("bad host") from exc
-    return host, port
+    return (host, port), mode == 1
+
+
+def demand_address(body: bytes) -> Address:
+    """The importer's address in a WANT or DROP body (which must be recent)."""
+    return demand(body)[0]
 
 
 @dataclass
@@ -170,9 +205,23 @@ class Export:
     #: importers' addresses -> when their lease ends (monotonic)
     leases: dict[Address, float] = field(default_factory=dict)
     history: list[PacketHistory[bytes]] = field(default_factory=list)
+    #: the importers (of ``leases``) in full mode: they get every packet, those the
+    #: exporting room's audio gate held back too (they record the publication)
+    full: set[Address] = field(default_factory=set)
+    #: importers in gated mode that missed held-back packets since the last one sent
+    #: to them: the next one carries the ``resumed`` flag
+    behind: set[Address] = field(default_factory=set)
+    #: a held-back run is going on (``behind`` has its gated importers)
+    holding: bool = False
     #: the hook in the publication's ``relays`` while anyone holds a lease
     hook: Callable[..., None] | None = None
     retransmitted: int = 0
+
+    def forget(self, address: Address) -> None:
+        """``address`` holds no lease any more."""
+        self.leases.pop(address, None)
+        self.full.discard(address)
+        self.behind.discard(address)
 
 
 class RelayReceiver:
@@ -199,6 +248,10 @@ class RelayReceiver:
         self.trackers = [NackTracker() for _ in range(max(1, len(rids)))]
         self.nacks_sent = 0
         self.wanting = False
+        #: the mode of the last WANT: full (every packet) or gated
+        self.full = False
+        #: gaps the exporter made on purpose (``resumed`` packets), not NACKed
+        self.gaps_skipped = 0
 
     def request_keyframe(self, layer: int = 0) -> None:
         self.endpoint.send_to(self.origin, PLI, self.stream, layer, b"")
@@ -211,6 +264,13 @@ class RelayReceiver:
         """
         sink = self.sink
         return sink is not None and (self.kind == "audio" or bool(sink.subscriptions or sink.taps))
+
+    def wants_full(self) -> bool:
+        """Whether this node needs every packet, those the exporting room's audio gate
+        held back too: it records the publication (its taps).  Its subscriptions and
+        speaker detection need only the open microphones (see the module doc)."""
+        sink = self.sink
+        return sink is not None and bool(sink.taps)
 
 
 class RelayEndpoint(asyncio.DatagramProtocol):
@@ -228,8 +288,14 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self._last_keepalive = 0.0
         self.dropped = 0  # datagrams refused (bad tag, unknown stream, malformed)
         #: MEDIA datagrams and their octets sent to importers, by the publication's kind
-        #: (``/metrics``: ``conference_relay_sent_*``); retransmissions included
-        self.sent: dict[str, list[int]] = {"audio": [0, 0], "video": [0, 0]}
+        #: and the importer's mode (``/metrics``: ``conference_relay_sent_*``);
+        #: retransmissions included
+        self.sent: dict[tuple[str, str], list[int]] = {
+            (kind, mode): [0, 0] for kind in ("audio", "video") for mode in ("full", "gated")
+        }
+        #: datagrams not sent to importers in gated mode (packets the gate held back,
+        #: once per such importer)
+        self.withheld = 0
 
     # -- life ------------------------------------------------------------------------
     async def start(self, host: str, port: int = 0) -> Address:
@@ -277,26 +343,71 @@ class RelayEndpoint(asyncio.DatagramProtocol):
     def _hook(self, export: Export) -> None:
         if export.hook is not None:
             return
-        tally = self.sent.setdefault(export.publication.kind, [0, 0])
+        kind = export.publication.kind
+        full_tally = self.sent.setdefault((kind, "full"), [0, 0])
+        gated_tally = self.sent.setdefault((kind, "gated"), [0, 0])
+        leases, full, behind = export.leases, export.full, export.behind
 
-        def relay(layer: int, packet: RtpPacket | None, repaired: bool, sr: Any = None) -> None:
+        def relay(
+            layer: int,
+            packet: RtpPacket | None,
+            repaired: bool,
+            held: bool = False,
+            sr: Any = None,
+        ) -> None:
+            """``held``: the exporting room's audio gate held the packet back."""
             if packet is None:
                 body = SR_FIELDS.pack(*sr)
-                for address in export.leases:
+                for address in leases:
                     self.send_to(address, SR, export.stream, layer, body)
                 return
             body = media_body(packet, repaired)
             if layer < len(export.history):
                 export.history[layer].store(packet.sequence_number, body)
-            data = seal(self.key, MEDIA, export.stream, layer, body)
             transport = self.transport
             if transport is None:
                 return
-            leases = export.leases
-            for address in leases:
-                transport.sendto(data, address)
-            tally[0] += len(leases)
-            tally[1] += len(leases) * len(data)
+            gated = len(leases) - len(full)
+            if held:  # to the importers in full mode only
+                if not repaired and not export.holding:
+                    export.holding = True
+                    behind.update(address for address in leases if address not in full)
+                self.withheld += gated
+                if not full:
+                    return
+                data = seal(self.key, MEDIA, export.stream, layer, body)
+                if behind and not repaired:  # one that switched to full during the run
+                    resumed = seal(self.key, MEDIA, export.stream, layer, resumed_body(body))
+                    for address in full:
+                        if address in behind:
+                            behind.discard(address)
+                            transport.sendto(resumed, address)
+                        else:
+                            transport.sendto(data, address)
+                else:
+                    for address in full:
+                        transport.sendto(data, address)
+                full_tally[0] += len(full)
+                full_tally[1] += len(full) * len(data)
+                return
+            data = seal(self.key, MEDIA, export.stream, layer, body)
+            if behind and not repaired:  # the first packet after a held-back run
+                resumed = seal(self.key, MEDIA, export.stream, layer, resumed_body(body))
+                for address in leases:
+                    transport.sendto(resumed if address in behind else data, address)
+                behind.clear()
+            else:
+                for address in leases:
+                    transport.sendto(data, address)
+            if not repaired:
+                export.holding = False
+            size = len(data)
+            if full:
+                full_tally[0] += len(full)
+                full_tally[1] += len(full) * size
+            if gated:
+                gated_tally[0] += gated
+                gated_tally[1] += gated * size
 
         export.hook = relay
         export.publication.relays.append(relay)
@@ -337,7 +448,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             if kind == MEDIA or kind == SR:
                 self._imported(addr, kind, stream, layer, body)
             else:
-                self._exported(kind, stream, layer, body)
+                self._exported(addr, kind, stream, layer, body)
         except RelayFormatError as exc:
             self.dropped += 1
             logger.debug("relay: datagram from %s refused: %s", addr, exc)
@@ -353,34 +464,58 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             receiver.sink.on_sender_report(*SR_FIELDS.unpack(body), layer=layer)
             return
         packet, repaired = media_packet(body)
+        resumed = body[FLAGS_AT] & F_RESUMED and not repaired
         if layer < len(receiver.trackers):
             tracker = receiver.trackers[layer]
             if repaired:
                 if not tracker.repairs(packet.sequence_number):
                     return  # a copy of what is here already
+            elif resumed:  # the gap before it was made on purpose: not lost
+                tracker.skip(packet.sequence_number)
+                receiver.gaps_skipped += 1
             else:
                 lost = tracker.received(packet.sequence_number, time.monotonic())
                 if lost:
                     self._nack(receiver, layer, lost)
+        if resumed:  # its subscriptions continue their numbering, as after the local gate
+            receiver.sink.held_back()
         receiver.sink.on_rtp(packet, repaired, layer)
 
-    def _exported(self, kind: int, stream: int, layer: int, body: bytes) -> None:
+    def _exported(self, addr: Any, kind: int, stream: int, layer: int, body: bytes) -> None:
         export = self.exports.get(stream)
         if export is None:
             self.dropped += 1
             return
         if kind == WANT:
-            address = demand_address(body)
+            address, full = demand(body)
             if address not in export.leases:
                 logger.info(
-                    "relay: stream %d (%s) to %s:%d", stream, export.publication.id, *address
+                    "relay: stream %d (%s) to %s:%d%s",
+                    stream,
+                    export.publication.id,
+                    *address,
+                    " (full)" if full else "",
+                )
+            elif full != (address in export.full):
+                logger.info(
+                    "relay: stream %d to %s:%d %s",
+                    stream,
+                    *address,
+                    "full" if full else "gated",
                 )
             export.leases[address] = time.monotonic() + LEASE
+            if full:
+                export.full.add(address)
+            elif address in export.full:
+                export.full.discard(address)
+                if export.holding:  # it misses the rest of this run
+                    export.behind.add(address)
             self._hook(export)
         elif kind == DROP:
             address = demand_address(body)
-            if export.leases.pop(address, None) is not None:
+            if address in export.leases:
                 logger.info("relay: stream %d no longer to %s:%d", stream, *address)
+            export.forget(address)
             if not export.leases:
                 self._unhook(export)
         elif kind == PLI:
@@ -390,16 +525,21 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             if layer >= len(export.history) or len(body) % 2:
                 raise RelayFormatError("bad nack")
             history = export.history[layer]
+            # to the importer that asked (its datagrams come from its lease's address);
+            # to every importer if the NACK came from elsewhere (a translated address)
+            asker = (addr[0], addr[1])
+            targets = [asker] if asker in export.leases else list(export.leases)
             for (seq,) in struct.iter_unpack("!H", body):
                 stored = history.get(seq)
                 if stored is None:
                     continue
-                flags = stored[6] | F_REPAIRED
-                again = stored[:6] + bytes((flags,)) + stored[7:]
-                tally = self.sent.setdefault(export.publication.kind, [0, 0])
-                for address in export.leases:
+                flags = stored[FLAGS_AT] | F_REPAIRED
+                again = stored[:FLAGS_AT] + bytes((flags,)) + stored[FLAGS_AT + 1 :]
+                for address in targets:
                     self.send_to(address, MEDIA, stream, layer, again)
                     export.retransmitted += 1
+                    mode = "full" if address in export.full else "gated"
+                    tally = self.sent.setdefault((export.publication.kind, mode), [0, 0])
                     tally[0] += 1
                     tally[1] += len(again) + HEADER.size + TAG_BYTES
         else:
@@ -424,8 +564,11 @@ class RelayEndpoint(asyncio.DatagramProtocol):
     def tick(self, now: float) -> None:
         """First demands, NACK retries, demand renewals, lease expiry."""
         for receiver in list(self.imports.values()):
-            if not receiver.wanting:
-                self.want_now(receiver)  # a first subscriber here: ask within a tick
+            sink = receiver.sink
+            if not receiver.wanting or receiver.full != (sink is not None and bool(sink.taps)):
+                # a first subscriber here, or a recording started or stopped here (the
+                # mode changed: see `RelayReceiver.wants_full`): ask within a tick
+                self.want_now(receiver)
             for layer, tracker in enumerate(receiver.trackers):
                 due = tracker.due(now)
                 if due:
@@ -436,7 +579,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         for export in self.exports.values():
             expired = [a for a, until in export.leases.items() if until < now]
             for address in expired:
-                del export.leases[address]
+                export.forget(address)
                 logger.info("relay: stream %d lease of %s:%d ended", export.stream, *address)
             if expired and not export.leases:
                 self._unhook(export)
@@ -446,13 +589,20 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         for receiver in list(self.imports.values()):
             wanted = receiver.wanted()
             if wanted:
-                self.send_to(receiver.origin, WANT, receiver.stream, 0, demand_body(self.address))
+                self._want(receiver)
             elif receiver.wanting:
                 self.send_to(receiver.origin, DROP, receiver.stream, 0, demand_body(self.address))
             receiver.wanting = wanted
 
     def want_now(self, receiver: RelayReceiver) -> None:
-        """Ask for ``receiver``'s stream at once (a first local subscriber)."""
-        if not receiver.wanting and receiver.wanted():
+        """Ask for ``receiver``'s stream at once: a first local subscriber, or its mode
+        changed (a recording here started or stopped)."""
+        if receiver.wanted() and (not receiver.wanting or receiver.full != receiver.wants_full()):
             receiver.wanting = True
-            self.send_to(receiver.origin, WANT, receiver.stream, 0, demand_body(self.address))
+            self._want(receiver)
+
+    def _want(self, receiver: RelayReceiver) -> None:
+        full = receiver.wants_full()
+        receiver.full = full
+        body = demand_body(self.address, full=full)
+        self.send_to(receiver.origin, WANT, receiver.stream, 0, body)
