@@ -42,9 +42,7 @@ def redis_reachable() -> str | None:
     return None
 
 
-def start_node(
-    tmp_path: Path, run: str, n: int, recordings: Path | None = None
-) -> ServerProcess:
+def start_node(tmp_path: Path, run: str, n: int, recordings: Path | None = None) -> ServerProcess:
     """Node ``n`` of the cluster ``run`` (its home in ``tmp_path``; its recordings there
     too, or in ``recordings``, shared by the nodes as `--workers` share theirs)."""
     home = tmp_path / f"node{n}"
@@ -462,6 +460,117 @@ async def test_a_node_shutting_down_hands_its_recording_over(nodes: list[ServerP
     assert continued["continues"]["recording"] == first["recording"]
     assert continued["continues"]["reason"] == "node-shutdown"
     assert "pt:xa-a/microphone" in recorded_sources(continued)
+
+
+def relay_counters(node: ServerProcess) -> dict[str, float]:
+    """What ``node``'s relay endpoint sent the other nodes (its ``/metrics``): audio
+    datagrams by the importing node's mode, and those withheld from gated nodes."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{node.url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = {}
+    for mode in ("full", "gated"):
+        prefix = f'conference_relay_sent_packets_total{{kind="audio",mode="{mode}"}} '
+        found[mode] = next(
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)
+        )
+    prefix = "conference_relay_withheld_packets_total "
+    found["withheld"] = next(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+    return found
+
+
+async def test_a_node_relays_only_its_open_microphones_unless_the_other_records(
+    nodes: list[ServerProcess],
+) -> None:
+    """Nine microphones on node 2 (more than eight: its audio gate works): three loud,
+    one speaking in bursts, five silent at different levels.  Node 2 relays only the
+    open ones to node 1, where a point hears them with no gap in its numbering across
+    a burst's pause (the relay's gap is not loss); when node 1 records, it gets every
+    microphone."""
+    one, two = nodes
+    meeting = f"cluster-{uuid.uuid4().hex[:8]}"
+    chair = Client(one.url, meeting, one.token(meeting=meeting, identity="huyen", role="chair"))
+    listener = Client(
+        one.url, meeting, one.token(meeting=meeting, identity="xa-nghe"), decode=False
+    )
+    # RFC 6464 levels (aiortc measures each frame): about 13, 23 and 33 dBov loud; 76, 80,
+    # 83 dBov and silence (127) held back by the gate (70 and quieter)
+    amplitudes = [0.3, 0.1, 0.03, 0.0002, 0.00014, 0.0001, 0.0, 0.0]
+    tracks = [ToneAudioTrack(300.0 + 50 * n, amplitude=a) for n, a in enumerate(amplitudes)]
+    speaker = ToneAudioTrack(800.0, amplitude=0.2, speech_pattern=[(0.3, 1.6)])
+    points = [
+        Client(two.url, meeting, two.token(meeting=meeting, identity=f"xa-{n}"), decode=False)
+        for n in range(len(tracks) + 1)
+    ]
+    clients = [chair, listener, *points]
+    try:
+        await chair.connect(auto_subscribe=False)
+        await listener.connect()
+        for point in points:
+            await point.connect(auto_subscribe=False)
+        await asyncio.gather(
+            *(
+                point.publish({"microphone": track})
+                for point, track in zip(points, [*tracks, speaker], strict=True)
+            )
+        )
+        await listener.wait_for(lambda: len(listener.counters) == 9, 20)
+        for point in points:
+            await point.wait_for(lambda p=point: "microphone" in own(p), 10)  # type: ignore[misc]
+        microphones = [own(point)["microphone"] for point in points]
+        assert set(microphones) == set(listener.counters)
+        loud, burst = set(microphones[:3]), microphones[-1]
+        arrivals: list[tuple[float, int]] = []
+        listener.counters[burst].on_packet = lambda packet, now: arrivals.append(
+            (now, packet.sequence_number)
+        )
+        await asyncio.sleep(1.0)  # the gate settles (it works from the ninth microphone)
+
+        # node 1's point hears the open microphones only; node 2 sends node 1 no more
+        before = {pid: counter.packets for pid, counter in listener.counters.items()}
+        relayed = relay_counters(two)
+        await asyncio.sleep(2.0)
+        heard = {pid: counter.packets - before[pid] for pid, counter in listener.counters.items()}
+        sent = relay_counters(two)
+        assert all(heard[pid] >= 80 for pid in loud), heard  # 50 a second each
+        assert all(heard[pid] == 0 for pid in heard if pid not in loud | {burst}), heard
+        assert 5 <= heard[burst] <= 90, heard  # 0.3 s of tone, then 1 s of hangover
+        gated = sent["gated"] - relayed["gated"]
+        assert 3 * 80 <= gated <= 3 * 50 * 2.0 + heard[burst] + 40, (gated, heard)
+        assert sent["withheld"] - relayed["withheld"] >= 5 * 80
+        assert sent["full"] == relayed["full"]
+        # the burst's pauses: no hole in the numbering node 1 gave it (held back on node 2
+        # for 0.6 s each time: not loss), the sender's clock moved on
+        pauses = [
+            b[0] - a[0] for a, b in zip(arrivals, arrivals[1:], strict=False) if b[0] - a[0] > 0.3
+        ]
+        assert pauses, arrivals[-5:]
+        numbers = sorted({seq for _, seq in arrivals})
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), numbers
+
+        # node 1 records: every microphone comes to it, the point still hears the open ones
+        await chair.request({"type": "record-start"}, "recording")
+        await asyncio.sleep(0.5)
+        relayed = relay_counters(two)
+        await asyncio.sleep(1.5)
+        sent = relay_counters(two)
+        assert sent["full"] - relayed["full"] >= 9 * 60, (sent, relayed)  # 50 a second each
+        assert sent["gated"] == relayed["gated"]
+        await chair.request({"type": "record-stop"}, "recording")
+        await eventually(lambda: manifests(one) and manifests(one)[0]["state"] == "complete", 10)
+        [manifest] = manifests(one)
+        frames = {
+            track["identity"]: track["frames"]
+            for track in manifest["tracks"]
+            if track["source"] == "microphone"
+        }
+        assert len(frames) == 9 and min(frames.values()) >= 70, frames
+    finally:
+        for client in clients:
+            await client.leave()
 
 
 async def test_malformed_directory_entries_and_messages_are_ignored() -> None:
