@@ -191,11 +191,6 @@ def demand(body: bytes) -> tuple[Address, bool]:
     return (host, port), mode == 1
 
 
-def demand_address(body: bytes) -> Address:
-    """The importer's address in a WANT or DROP body (which must be recent)."""
-    return demand(body)[0]
-
-
 @dataclass
 class Export:
     """A local publication offered to other nodes as relay stream ``stream``."""
@@ -375,39 +370,24 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 self.withheld += gated
                 if not full:
                     return
-                data = seal(self.key, MEDIA, export.stream, layer, body)
-                if behind and not repaired:  # one that switched to full during the run
-                    resumed = seal(self.key, MEDIA, export.stream, layer, resumed_body(body))
-                    for address in full:
-                        if address in behind:
-                            behind.discard(address)
-                            transport.sendto(resumed, address)
-                        else:
-                            transport.sendto(data, address)
-                else:
-                    for address in full:
-                        transport.sendto(data, address)
-                full_tally[0] += len(full)
-                full_tally[1] += len(full) * len(data)
-                return
             data = seal(self.key, MEDIA, export.stream, layer, body)
-            if behind and not repaired:  # the first packet after a held-back run
+            targets = full if held else leases
+            if behind and not repaired:  # the first packet to those that missed some
                 resumed = seal(self.key, MEDIA, export.stream, layer, resumed_body(body))
-                for address in leases:
+                for address in targets:
                     transport.sendto(resumed if address in behind else data, address)
-                behind.clear()
+                behind.difference_update(targets)
             else:
-                for address in leases:
+                for address in targets:
                     transport.sendto(data, address)
-            if not repaired:
-                export.holding = False
             size = len(data)
-            if full:
-                full_tally[0] += len(full)
-                full_tally[1] += len(full) * size
-            if gated:
+            full_tally[0] += len(full)
+            full_tally[1] += len(full) * size
+            if not held:
                 gated_tally[0] += gated
                 gated_tally[1] += gated * size
+                if not repaired:
+                    export.holding = False
 
         export.hook = relay
         export.publication.relays.append(relay)
@@ -512,7 +492,7 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                     export.behind.add(address)
             self._hook(export)
         elif kind == DROP:
-            address = demand_address(body)
+            address = demand(body)[0]
             if address in export.leases:
                 logger.info("relay: stream %d no longer to %s:%d", stream, *address)
             export.forget(address)
