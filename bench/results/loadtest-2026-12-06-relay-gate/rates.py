@@ -17,9 +17,7 @@ rates: dict[str, list[float]] = defaultdict(list)
 for (node, name), points in sorted(samples.items()):
     if "_total{" not in name and not name.endswith("_total"):
         continue
-    per_second = [
-        (b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(points, points[1:], strict=False)
-    ]
+    per_second = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(points, points[1:], strict=False)]
     busy = [rate for rate in per_second if rate > 0]
     # the steady part: drop the first and last 3 busy seconds (joins, leaves)
     steady = busy[3:-3] if len(busy) > 8 else busy
