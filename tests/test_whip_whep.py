@@ -170,13 +170,12 @@ async def test_silent_whip_and_whep_sessions_are_removed(tmp_path):
         await asyncio.sleep(4.0)  # healthy sessions outlive the timeout
         assert len(viewer.room["participants"]) == 3
 
-        async def blackhole(data: bytes) -> None:
-            return None
-
-        # the encoder and the viewer vanish without a word (power cut, cable pulled)
+        # the encoder and the viewer vanish without a word (power cut, cable pulled):
+        # nothing leaves their sockets any more (media, RTCP, STUN)
         for pc in (encoder.pc, watcher.pc):
             for transceiver in pc.getTransceivers():
-                transceiver.sender.transport._send_rtp = blackhole
+                for protocol in transceiver.sender.transport.transport._connection._protocols:
+                    protocol.transport.close()
         await viewer.wait_for(lambda: len(viewer.room["participants"]) == 1, timeout=10)
         assert "media-timeout" in proc.log()
         await viewer.leave()

@@ -37,6 +37,7 @@ else (docs/ARCHITECTURE.md), so an aiortc upgrade is checked against one file.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import random
 import struct
@@ -92,11 +93,9 @@ from aiortc.rtp import (
     HeaderExtensionsMap,
     RtcpByePacket,
     RtcpPsfbPacket,
-    RtcpReceiverInfo,
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSdesPacket,
-    RtcpSenderInfo,
     RtcpSourceInfo,
     RtcpSrPacket,
     RtpPacket,
@@ -155,6 +154,8 @@ ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 RTCP_INTERVAL = 1.0
 NACK_INTERVAL = 0.02
+#: the periodic reports of `RtcpClock` run at most this often (seconds)
+RTCP_TICK = 0.05
 #: a header-only receiver (`header_ingress`) still takes one packet in this many of a
 #: stream through SRTP unprotect: libsrtp estimates each packet's index (its rollover
 #: counter) from the last one it authenticated, and is right only within 2^15 of it
@@ -535,8 +536,6 @@ def ice_candidate_from_json(data: dict[str, Any]) -> RTCIceCandidate | None:
 
 
 _RTP_FIXED = struct.Struct("!BBHII")
-_RTCP_HEADER = struct.Struct("!BBH")
-_SENDER_REPORT = struct.Struct("!IQI")  # SSRC, NTP timestamp, RTP timestamp
 _TWO_U16 = struct.Struct("!HH")
 _CSRC = struct.Struct("!I")
 #: every value of the RFC 6464 audio-level byte, as aiortc gives it: (voice, -dBov)
@@ -694,8 +693,9 @@ def fast_ingress(dtls: RTCDtlsTransport, headers_only: bool = False) -> bool:
     coroutines per packet.  Once the transport is connected, this hook does it all
     right in ``data_received``: SRTP unprotect (`fast_unprotect`), `parse_rtp`, the
     transport's router, and a `ForwardingReceiver`'s synchronous `handle_rtp` (another
-    receiver's coroutine runs through `run_now`; SRTCP goes to aiortc's
-    ``_handle_rtcp_data`` the same way).  Everything else (DTLS records, and any
+    receiver's coroutine runs through `run_now`); SRTCP is unprotected the same way
+    and handled by `handle_rtcp` (aiortc's ``_handle_rtcp_data`` through `run_now` where
+    a recipient is not a forwarding sender or receiver).  Everything else (DTLS records, and any
     datagram while an earlier one still waits in the queue, so that order is kept) takes
     aiortc's path.  A handler that fails is logged and the next packet is handled
     (aiortc's task would stop the transport).  Returns False when aioice's connection
@@ -719,6 +719,7 @@ def fast_ingress(dtls: RTCDtlsTransport, headers_only: bool = False) -> bool:
     router = dtls._rtp_router
     ssrc_table = router.ssrc_table
     unprotect: list[Any] = [None, None]  # (the receive session, its fast unprotect)
+    unprotect_rtcp: list[Any] = [None, None]  # the same for SRTCP
 
     def data_received(data: bytes, component: int) -> None:
         srtp = dtls._rx_srtp
@@ -733,7 +734,11 @@ def fast_ingress(dtls: RTCDtlsTransport, headers_only: bool = False) -> bool:
             dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
             try:
                 if 191 < data[1] < 209:  # RTCP (RFC 5761: packet types 192-208)
-                    run_now(dtls._handle_rtcp_data(srtp.unprotect_rtcp(data)))
+                    if unprotect_rtcp[0] is not srtp:
+                        unprotect_rtcp[0], unprotect_rtcp[1] = srtp, fast_unprotect_rtcp(srtp)
+                    plain = unprotect_rtcp[1](data)
+                    if not handle_rtcp(plain, router):
+                        run_now(dtls._handle_rtcp_data(plain))
                     return
                 if unprotect[0] is not srtp:
                     unprotect[0], unprotect[1] = srtp, fast_unprotect(srtp)
@@ -766,49 +771,6 @@ def fast_ingress(dtls: RTCDtlsTransport, headers_only: bool = False) -> bool:
     connection._conference_fast_ingress = True
     connection._conference_headers_only = headers_only
     return True
-
-
-async def transport_reports(dtls: RTCDtlsTransport) -> None:
-    """RTCP reports of a whole transport, as a browser sends them: about every
-    `RTCP_INTERVAL` one compound packet with a sender report per `ForwardingSender`
-    that sent, then receiver reports with a block per SSRC every `ForwardingReceiver`
-    received (31 blocks a packet), and the senders' CNAME.  For connections whose
-    senders and receivers have ``shared_reports`` (the load tester's lean points: one
-    task per transport, not one per stream, each waking every second)."""
-    try:
-        while dtls._state not in (_DtlsState.CLOSED, _DtlsState.FAILED):
-            await asyncio.sleep(RTCP_INTERVAL * (0.5 + random.random()))
-            if dtls._state is not _DtlsState.CONNECTED:
-                continue
-            router = dtls._rtp_router
-            data = b""
-            chunks = []
-            for sender in {id(s): s for s in router.senders.values()}.values():
-                if isinstance(sender, ForwardingSender):
-                    report = sender.sender_report()
-                    if report:
-                        data += report
-                        if sender._cname is not None:
-                            cname = sender._cname.encode("utf8")
-                            chunks.append(RtcpSourceInfo(ssrc=sender.ssrc, items=[(1, cname)]))
-            blocks: list[RtcpReceiverInfo] = []
-            ssrc = None
-            for receiver in router.receivers:
-                if isinstance(receiver, ForwardingReceiver) and receiver._rtcp_ssrc is not None:
-                    ssrc = receiver._rtcp_ssrc if ssrc is None else ssrc
-                    blocks.extend(receiver.report_blocks())
-            if ssrc is not None:
-                for first in range(0, len(blocks), 31):
-                    data += bytes(RtcpRrPacket(ssrc=ssrc, reports=blocks[first : first + 31]))
-            if chunks:
-                data += bytes(RtcpSdesPacket(chunks=chunks))
-            if data:
-                try:
-                    await dtls._send_rtp(data)
-                except ConnectionError:
-                    pass
-    except asyncio.CancelledError:
-        pass
 
 
 def srtp_tag_length(dtls: RTCDtlsTransport) -> int:
@@ -844,10 +806,12 @@ def header_ingress(
     pre-encoded media at a fixed rate, with no congestion control to feed (aiortc's
     sender parsed them for statistics nobody reads here).  Counted in the transport's
     ``_conference_feedback_skipped``.  Sender reports (with SDES) are decrypted and read
-    without aiortc's parse (`ForwardingReceiver.sender_report_received`: their time goes
-    back in our receiver reports); any other RTCP (NACK, PLI, BYE) takes aiortc's way.
+    without aiortc's parse (`ForwardingReceiver.rtcp_sender_report`: their time goes
+    back in our receiver reports); any other RTCP (NACK, PLI, BYE) takes `fast_ingress`'s
+    way (`handle_rtcp`).
     """
-    ssrc_table = dtls._rtp_router.ssrc_table
+    router = dtls._rtp_router
+    ssrc_table = router.ssrc_table
     unpack_from = _RTP_FIXED.unpack_from
     connected = _DtlsState.CONNECTED
     waiting = queue._queue  # type: ignore[attr-defined]  # datagrams aiortc's task has yet to take
@@ -870,16 +834,17 @@ def header_ingress(
         while pos + 8 <= end:
             first, kind, words = _RTCP_HEADER.unpack_from(plain, pos)
             if kind == 200 and first & 0x1F == 0 and pos + 28 <= end:
-                reports.append(_SENDER_REPORT.unpack_from(plain, pos + 4))
-            elif kind != 202:  # not SDES: aiortc's way, all of it
-                run_now(dtls._handle_rtcp_data(plain))
+                reports.append(_SENDER_INFO.unpack_from(plain, pos + 4))
+            elif kind != 202:  # not SDES: `handle_rtcp` (else aiortc's way), all of it
+                if not handle_rtcp(plain, router):
+                    run_now(dtls._handle_rtcp_data(plain))
                 return
             pos += (words + 1) * 4
+        now = time.monotonic()
         for ssrc, ntp, rtp_timestamp in reports:
             receiver = ssrc_table.get(ssrc)
             if receiver.__class__ is ForwardingReceiver:
-                receiver.last_packet_time = time.monotonic()
-                receiver.sender_report_received(ssrc, ntp, rtp_timestamp)
+                receiver.rtcp_sender_report(ssrc, ntp, rtp_timestamp, now)
 
     def headers(data: bytes | memoryview) -> bool:
         """Handle an RTP or RTCP datagram where it can without ``stock``; whether it
@@ -998,6 +963,11 @@ def _srtp_binding(session: Any, name: str) -> tuple[Any, ...] | None:
         return None
 
 
+#: room a protect call needs after the packet in the session's buffer
+#: (libsrtp's SRTP_MAX_TRAILER_LEN; SRTCP adds its 4-byte index)
+_SRTP_TRAILER = 16 + 128
+
+
 def fast_protect(session: Any) -> Callable[[bytes], bytes]:
     """``session.protect`` without pylibsrtp's per-call Python overhead.
 
@@ -1008,24 +978,54 @@ def fast_protect(session: Any) -> Callable[[bytes], bytes]:
     session's own buffer, exactly as ``protect`` does.  Falls back to
     ``session.protect`` if pylibsrtp's layout is not the one pinned.
     """
-    binding = _srtp_binding(session, "srtp_protect")
-    if binding is None:
-        return cast(Callable[[bytes], bytes], session.protect)
-    Error, function, handle, cdata, buffer, length, ok = binding
-    limit = len(cdata) - (16 + 128)  # SRTP_MAX_TRAILER_LEN
+    return _fast_srtp(session, "srtp_protect", session.protect, _SRTP_TRAILER)
 
-    def protect(data: bytes) -> bytes:
+
+def fast_protect_rtcp(session: Any) -> Callable[[bytes], bytes]:
+    """``session.protect_rtcp`` without pylibsrtp's per-call Python overhead, as
+    `fast_protect` (`DirectWire`'s RTCP)."""
+    return _fast_srtp(session, "srtp_protect_rtcp", session.protect_rtcp, _SRTP_TRAILER + 4)
+
+
+def fast_unprotect(session: Any) -> Callable[[bytes], bytes]:
+    """``session.unprotect`` (SRTP, not SRTCP) without pylibsrtp's per-call Python
+    overhead, as `fast_protect`; raises ``pylibsrtp.Error`` for a packet that does
+    not authenticate (or replays one)."""
+    return _fast_srtp(session, "srtp_unprotect", session.unprotect)
+
+
+def fast_unprotect_rtcp(session: Any) -> Callable[[bytes], bytes]:
+    """``session.unprotect_rtcp`` without pylibsrtp's per-call Python overhead, as
+    `fast_unprotect`."""
+    return _fast_srtp(session, "srtp_unprotect_rtcp", session.unprotect_rtcp)
+
+
+def _fast_srtp(
+    session: Any, name: str, slow: Callable[[bytes], bytes], reserve: int = 0
+) -> Callable[[bytes], bytes]:
+    """The one builder of `fast_protect`, `fast_protect_rtcp`, `fast_unprotect` and
+    `fast_unprotect_rtcp`: the C function ``name`` on the session's own buffer, with
+    ``reserve`` bytes kept free after the packet; ``slow`` (pylibsrtp's method) where
+    the layout is not the one pinned, and for a packet too long (it raises pylibsrtp's
+    error)."""
+    binding = _srtp_binding(session, name)
+    if binding is None:
+        return slow
+    Error, function, handle, cdata, buffer, length, ok = binding
+    limit = len(cdata) - reserve
+
+    def call(data: bytes) -> bytes:
         size = len(data)
         if size > limit:
-            return cast(bytes, session.protect(data))  # raises pylibsrtp's error
+            return slow(data)  # raises pylibsrtp's error
         length[0] = size
         buffer[0:size] = data
         status = function(handle, cdata, length)
         if status != ok:
-            raise Error(f"srtp_protect failed ({status})")
+            raise Error(f"{name} failed ({status})")
         return cast(bytes, buffer[0 : length[0]])
 
-    return protect
+    return call
 
 
 #: `protect_into`'s writer: (marker and payload type, seq, timestamp, SSRC, extension block,
@@ -1047,7 +1047,7 @@ def protect_into(session: Any) -> PacketWriter | None:
         return None
     Error, function, handle, cdata, buffer, length, ok = binding
     view = memoryview(buffer)
-    limit = len(cdata) - (16 + 128)  # SRTP_MAX_TRAILER_LEN
+    limit = len(cdata) - _SRTP_TRAILER
     pack_into = _RTP_FIXED.pack_into
 
     def write(
@@ -1075,40 +1075,421 @@ def protect_into(session: Any) -> PacketWriter | None:
     return write
 
 
-def fast_unprotect(session: Any) -> Callable[[bytes], bytes]:
-    """``session.unprotect`` (SRTP, not SRTCP) without pylibsrtp's per-call Python
-    overhead, as `fast_protect`; raises ``pylibsrtp.Error`` for a packet that does
-    not authenticate (or replays one)."""
-    return _fast_unprotect(session, "srtp_unprotect", session.unprotect)
+# -- RTCP without aiortc's objects and coroutines -----------------------------------------
+#
+# aiortc handles every SRTCP datagram by parsing it into dataclasses, routing each
+# packet to a set of recipients and awaiting each recipient's coroutine; it sends RTCP
+# through four coroutines (`RTCDtlsTransport._send_rtp` to aioice's ``sendto``), and
+# every sender and receiver keeps a task of its own that wakes up about once a
+# second.  For the forwarding parts of this module the same work is done by plain
+# functions: `handle_rtcp` reads a compound packet straight into calls of the
+# recipients' synchronous ``rtcp_*`` methods, `DirectWire` protects and sends on the
+# nominated pair's socket, and one `RtcpClock` per event loop runs every sender's and
+# receiver's periodic reports (and the receivers' NACK retries) from one timer.
+
+_RTCP_HEADER = struct.Struct("!BBH")
+_TWO_U32 = struct.Struct("!II")
+_SENDER_INFO = struct.Struct("!IQI")  # SSRC, NTP timestamp, RTP timestamp
+_REPORT_BLOCK = struct.Struct("!IIIIII")  # SSRC, fraction|lost, highest, jitter, LSR, DLSR
+_SR_PACKET = struct.Struct("!BBHIQIII")  # an SR without report blocks
+_RR_HEADER = struct.Struct("!BBHI")  # an RR's header and SSRC
+_NACK_ITEM = struct.Struct("!HH")
+_RTCP_SR, _RTCP_RR, _RTCP_SDES, _RTCP_BYE, _RTCP_RTPFB, _RTCP_PSFB = 200, 201, 202, 203, 205, 206
 
 
-def fast_unprotect_rtcp(session: Any) -> Callable[[bytes], bytes]:
-    """``session.unprotect_rtcp`` without pylibsrtp's per-call Python overhead, as
-    `fast_unprotect`."""
-    return _fast_unprotect(session, "srtp_unprotect_rtcp", session.unprotect_rtcp)
+def _rr_header(ssrc: int, count: int) -> bytes:
+    """The header of a receiver report from ``ssrc`` with ``count`` report blocks."""
+    return _RR_HEADER.pack(0x80 | count, _RTCP_RR, 1 + 6 * count, ssrc)
 
 
-def _fast_unprotect(
-    session: Any, name: str, slow: Callable[[bytes], bytes]
-) -> Callable[[bytes], bytes]:
-    binding = _srtp_binding(session, name)
-    if binding is None:
-        return slow
-    Error, function, handle, cdata, buffer, length, ok = binding
-    limit = len(cdata)
+def _rtcp_actions(data: bytes, router: Any) -> list[tuple[Any, int, Any]] | None:
+    """The calls one compound RTCP packet asks of the forwarding senders and receivers of
+    ``router`` (aiortc's `RtpRouter`): (recipient, what, arguments), in aiortc's order
+    (`RtcpPacket.parse`, then ``route_rtcp`` packet by packet).  ValueError where aiortc's
+    parser raises (nothing of the datagram is then handled, as with aiortc); SDES and
+    unknown packet types go nowhere, as with aiortc.  None when a
+    recipient is not one of ours (the caller takes aiortc's path)."""
+    actions: list[tuple[Any, int, Any]] = []
+    senders = router.senders
+    receivers = router.ssrc_table
+    size = len(data)
+    pos = 0
+    while pos < size:
+        if size < pos + 4:
+            raise ValueError("RTCP packet length is less than 4 bytes")
+        first, packet_type, length = _RTCP_HEADER.unpack_from(data, pos)
+        if first >> 6 != 2:
+            raise ValueError("RTCP packet has invalid version")
+        start = pos + 4
+        end = start + 4 * length
+        if size < end:
+            raise ValueError("RTCP packet is truncated")
+        pos = end
+        if first & 0x20:
+            padding = data[end - 1] if end > start else 0
+            if not padding or padding > end - start:
+                raise ValueError("RTCP packet padding length is invalid")
+            end -= padding
+        count = first & 0x1F
+        body = end - start
+        targets: list[Any] = []  # (recipient, what, arguments) of this packet, one per recipient
+        if packet_type == _RTCP_SR or packet_type == _RTCP_RR:
+            fixed = 24 if packet_type == _RTCP_SR else 4
+            if body != fixed + 24 * count:
+                raise ValueError("RTCP report length is invalid")
+            if packet_type == _RTCP_SR:
+                ssrc, ntp, rtp = _SENDER_INFO.unpack_from(data, start)
+                receiver = receivers.get(ssrc)
+                if receiver is not None:
+                    targets.append((receiver, _SENDER_REPORT, (ssrc, ntp, rtp)))
+            reports: dict[Any, list[tuple[int, ...]]] = {}
+            offset = start + fixed
+            for _ in range(count):
+                ssrc, word, highest, _jitter, lsr, dlsr = _REPORT_BLOCK.unpack_from(data, offset)
+                offset += 24
+                lost = word & 0xFFFFFF
+                if lost & 0x800000:
+                    lost -= 0x1000000
+                sender = senders.get(ssrc)
+                if sender is not None:
+                    reports.setdefault(sender, []).append((word >> 24, lost, highest, lsr, dlsr))
+            for sender, blocks in reports.items():
+                targets.append((sender, _REPORTS, blocks))
+        elif packet_type == _RTCP_SDES:
+            RtcpSdesPacket.parse(data[start:end], count)  # raises where aiortc's parser does
+        elif packet_type == _RTCP_BYE:
+            if body < 4 * count:
+                raise ValueError("RTCP bye length is invalid")
+            sources = [_CSRC.unpack_from(data, start + 4 * i)[0] for i in range(count)]
+            seen: list[Any] = []
+            for source in sources:
+                receiver = receivers.get(source)
+                if receiver is not None and receiver not in seen:
+                    seen.append(receiver)
+                    targets.append((receiver, _BYE, sources))
+        elif packet_type == _RTCP_RTPFB:
+            if body < 8 or body % 4:
+                raise ValueError("RTCP RTP feedback length is invalid")
+            _, media_ssrc = _TWO_U32.unpack_from(data, start)
+            sender = senders.get(media_ssrc)
+            if sender is not None:
+                lost_list: list[int] | None = None
+                if count == RTCP_RTPFB_NACK:
+                    lost_list = []
+                    for offset in range(start + 8, end, 4):
+                        pid, blp = _NACK_ITEM.unpack_from(data, offset)
+                        lost_list.append(pid)
+                        for d in range(16):
+                            if (blp >> d) & 1:
+                                lost_list.append(pid + d + 1)
+                targets.append((sender, _RTPFB, (media_ssrc, lost_list)))
+        elif packet_type == _RTCP_PSFB:
+            if body < 8:
+                raise ValueError("RTCP payload-specific feedback length is invalid")
+            _, media_ssrc = _TWO_U32.unpack_from(data, start)
+            fci = data[start + 8 : end]
+            found: list[Any] = []
+            sender = senders.get(media_ssrc)
+            if sender is not None:
+                found.append(sender)
+            if count == RTCP_PSFB_APP:
+                try:
+                    for ssrc in unpack_remb_fci(fci)[1]:
+                        sender = senders.get(ssrc)
+                        if sender is not None and sender not in found:
+                            found.append(sender)
+                except ValueError:
+                    pass
+            for sender in found:
+                targets.append((sender, _PSFB, (count, fci)))
+        for target in targets:
+            kind = type(target[0])
+            if kind is not ForwardingSender and kind is not ForwardingReceiver:
+                return None
+        actions.extend(targets)
+    return actions
 
-    def unprotect(data: bytes) -> bytes:
-        size = len(data)
-        if size > limit:
-            return slow(data)  # raises pylibsrtp's error
-        length[0] = size
-        buffer[0:size] = data
-        status = function(handle, cdata, length)
-        if status != ok:
-            raise Error(f"{name} failed ({status})")
-        return cast(bytes, buffer[0 : length[0]])
 
-    return unprotect
+_SENDER_REPORT, _REPORTS, _BYE, _RTPFB, _PSFB = range(5)
+
+
+def handle_rtcp(data: bytes, router: Any) -> bool:
+    """Handle one (unprotected) compound RTCP packet for the forwarding parts of
+    ``router``; False (nothing done) when a recipient is not a forwarding sender or
+    receiver, for aiortc's path.  A malformed packet is dropped, as by aiortc."""
+    try:
+        actions = _rtcp_actions(data, router)
+    except ValueError as exc:
+        logger.debug("RTCP parsing failed: %s", exc)
+        return True
+    if actions is None:
+        return False
+    now = time.monotonic()
+    for recipient, what, arguments in actions:
+        try:
+            if what == _SENDER_REPORT:
+                recipient.rtcp_sender_report(*arguments, now)
+            elif what == _REPORTS:
+                recipient.last_feedback = now
+                for block in arguments:
+                    recipient.rtcp_report(*block)
+            elif what == _BYE:
+                recipient.rtcp_bye(arguments, now)
+            elif what == _RTPFB:
+                recipient.last_feedback = now
+                if arguments[1] is not None and arguments[0] == recipient._ssrc:
+                    recipient.rtcp_nack(arguments[1])
+            else:
+                recipient.last_feedback = now
+                recipient.rtcp_payload_feedback(*arguments)
+        except Exception:
+            logger.exception("an RTCP handler failed")
+    return True
+
+
+class DirectWire:
+    """Sends RTCP of one DTLS transport as `ForwardingSender.send_media` sends RTP: SRTCP
+    protected without pylibsrtp's wrapper and handed to ``sendto`` on the nominated
+    candidate pair's socket, right now (aiortc's `_send_rtp` for a TURN-relayed pair).
+    Nothing is sent (as aiortc raises, and our callers ignored) before the transport is
+    connected or after it closed.  One per transport (`wire`)."""
+
+    __slots__ = (
+        "dtls",
+        "_nominated",
+        "_pair",
+        "_sock",
+        "_datagrams",
+        "_address",
+        "_session",
+        "_protect",
+    )
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self.dtls = dtls
+        connection = _media_connection(dtls.transport)
+        #: the nominated pairs of the aioice connection media flows on (`follow`)
+        self._nominated: dict[int, Any] = connection._nominated if connection is not None else {}
+        self._pair: Any = None
+        self._sock: Any = None
+        self._datagrams: Any = None
+        self._address: Any = None
+        self._session: Any = None
+        self._protect: Callable[[bytes], bytes] = bytes
+
+    def rtcp(self, data: bytes) -> None:
+        dtls = self.dtls
+        if dtls._state is not _DtlsState.CONNECTED:
+            return
+        pair = self._nominated.get(1)
+        if pair is None:
+            return
+        if pair is not self._pair:
+            self._pair = pair
+            protocol = pair.protocol
+            transport = protocol.transport
+            self._sock = None
+            if type(protocol) is StunProtocol and transport is not None:
+                self._sock = getattr(transport, "_sock", None)
+                self._datagrams = transport
+                self._address = pair.remote_addr
+        sock = self._sock
+        if sock is None:
+            _spawn(_send_slow(dtls, data))
+            return
+        session = dtls._tx_srtp
+        if session is not self._session:
+            self._session = session
+            self._protect = fast_protect_rtcp(session)
+        try:
+            protected = self._protect(data)
+        except pylibsrtp.Error as exc:
+            logger.debug("RTCP protect failed: %s", exc)
+            return
+        try:
+            sock.sendto(protected, self._address)
+        except (BlockingIOError, InterruptedError):
+            self._datagrams.sendto(protected, self._address)  # asyncio queues it
+        except OSError as exc:  # as asyncio does: report, never raise
+            logger.debug("send failed: %s", exc)
+
+    def follow(self, nominated: dict[int, Any]) -> None:
+        """Send on the pairs ``nominated`` (a new aioice connection's: an ICE restart
+        found its path) from now on."""
+        self._nominated = nominated
+        self._pair = None
+
+
+def _media_connection(ice: Any) -> Any:
+    """The aioice connection media flows on: the ICE transport's, except during an ICE
+    restart, whose new connection the transport describes before it has a path
+    (`IceRestart.media`).  None where aiortc's ICE transport has no connection."""
+    restart: IceRestart | None = getattr(ice, "_conference_restart", None)
+    return restart.media if restart is not None else getattr(ice, "_connection", None)
+
+
+def wire(dtls: RTCDtlsTransport) -> DirectWire:
+    """The `DirectWire` of a DTLS transport (made on first use)."""
+    found: DirectWire | None = getattr(dtls, "_conference_wire", None)
+    if found is None:
+        found = DirectWire(dtls)
+        dtls._conference_wire = found  # type: ignore[attr-defined]
+    return found
+
+
+async def _send_slow(dtls: RTCDtlsTransport, data: bytes) -> None:
+    try:
+        await dtls._send_rtp(data)
+    except ConnectionError:
+        pass
+
+
+class RtcpClock:
+    """The periodic RTCP of one event loop's forwarding senders and receivers on one timer.
+
+    Each sender sends a sender report, and each receiver a receiver report, every
+    `RTCP_INTERVAL` x 0.5-1.5 s (RFC 3550's randomised interval); receivers with packets
+    missing retry their NACKs every `NACK_INTERVAL`.  Instead of a task per sender and
+    receiver (four hundred wake-ups a second in a 40-point briefing), one timer runs
+    whatever fell due, at most every `RTCP_TICK` (reports) or `NACK_INTERVAL` (while
+    NACKs are pending)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[tuple[float, int, Any]] = []
+        self._order = 0
+        #: receivers with NACK retries pending
+        self.nacking: set[ForwardingReceiver] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self.ticks = 0
+
+    def add(self, member: Any, periodic: bool = True) -> None:
+        """Run ``member._rtcp_report(now)`` (which returns when to run it next) from now
+        on, first at a random point of the first interval.  Not ``periodic``: only
+        `nack_pending` (a member whose reports go out per transport: `TransportReports`)."""
+        member._rtcp_clock = self
+        if periodic:
+            self._push(time.monotonic() + RTCP_INTERVAL * (0.5 + random.random()), member)
+
+    def remove(self, member: Any) -> None:
+        if member._rtcp_clock is self:
+            member._rtcp_clock = None
+        self.nacking.discard(member)
+
+    def nack_pending(self, receiver: ForwardingReceiver) -> None:
+        """``receiver`` has packets missing: retry its NACKs every `NACK_INTERVAL`."""
+        if receiver._rtcp_clock is self:
+            self.nacking.add(receiver)
+            self._arm(time.monotonic() + NACK_INTERVAL)
+
+    def _push(self, when: float, member: Any) -> None:
+        self._order += 1
+        heapq.heappush(self._heap, (when, self._order, member))
+        self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= when + 0.001:
+                return
+            timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.ticks += 1
+        now = time.monotonic()
+        if self.nacking:
+            for receiver in list(self.nacking):
+                try:
+                    if not receiver._retry_nacks(now):
+                        self.nacking.discard(receiver)
+                except Exception:
+                    self.nacking.discard(receiver)
+                    logger.exception("NACK retries failed")
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, member = heapq.heappop(heap)
+            if member._rtcp_clock is not self:
+                continue  # stopped
+            try:
+                due = member._rtcp_report(now)
+            except Exception:
+                logger.exception("a periodic RTCP report failed")
+                due = now + RTCP_INTERVAL
+            self._order += 1
+            heapq.heappush(heap, (due, self._order, member))
+        if self.nacking:
+            self._arm(now + NACK_INTERVAL)
+        if heap:
+            self._arm(max(heap[0][0], now + RTCP_TICK))
+
+
+def rtcp_clock() -> RtcpClock:
+    """The `RtcpClock` of the running event loop."""
+    loop = asyncio.get_running_loop()
+    clock: RtcpClock | None = getattr(loop, "_conference_rtcp_clock", None)
+    if clock is None:
+        clock = RtcpClock(loop)
+        loop._conference_rtcp_clock = clock  # type: ignore[attr-defined]
+    return clock
+
+
+class TransportReports:
+    """RTCP reports of a whole transport, as a browser sends them: about every
+    `RTCP_INTERVAL` one compound packet with a sender report per `ForwardingSender`
+    that sent, then receiver reports with a block per SSRC every `ForwardingReceiver`
+    received (31 blocks a packet), and the senders' CNAME.  For connections whose
+    senders and receivers have ``shared_reports`` (the load tester's lean points: one
+    `RtcpClock` member per transport, not one per stream).  Leaves the clock once the
+    transport is closed or failed."""
+
+    __slots__ = ("dtls", "_rtcp_clock")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self.dtls = dtls
+        self._rtcp_clock: RtcpClock | None = None
+
+    def _rtcp_report(self, now: float) -> float:
+        dtls = self.dtls
+        state = dtls._state
+        if state is _DtlsState.CLOSED or state is _DtlsState.FAILED:
+            if self._rtcp_clock is not None:
+                self._rtcp_clock.remove(self)
+        elif state is _DtlsState.CONNECTED:
+            data = self.compound()
+            if data:
+                wire(dtls).rtcp(data)
+        return now + RTCP_INTERVAL * (0.5 + random.random())
+
+    def compound(self) -> bytes:
+        """The transport's compound report now (empty: nothing to report yet)."""
+        router = self.dtls._rtp_router
+        parts: list[bytes] = []
+        chunks = []
+        for sender in {id(s): s for s in router.senders.values()}.values():
+            if isinstance(sender, ForwardingSender):
+                report = sender.sender_report()
+                if report:
+                    parts.append(report)
+                    if sender._cname is not None:
+                        cname = sender._cname.encode("utf8")
+                        chunks.append(RtcpSourceInfo(ssrc=sender.ssrc, items=[(1, cname)]))
+        blocks: list[bytes] = []
+        ssrc = None
+        for receiver in router.receivers:
+            if isinstance(receiver, ForwardingReceiver) and receiver._rtcp_ssrc is not None:
+                ssrc = receiver._rtcp_ssrc if ssrc is None else ssrc
+                blocks.extend(receiver.report_blocks())
+        if ssrc is not None:
+            for first in range(0, len(blocks), 31):
+                some = blocks[first : first + 31]
+                parts.append(_rr_header(ssrc, len(some)) + b"".join(some))
+        if chunks:
+            parts.append(bytes(RtcpSdesPacket(chunks=chunks)))
+        return b"".join(parts)
 
 
 class SlidingRateCounter:
@@ -1356,8 +1737,7 @@ class ForwardingReceiver:
         self.transport_cc = True
         self._twcc: TransportFeedback | None = None
         self._remb: RemoteBitrateEstimator | None = None
-        self._rtcp_task: asyncio.Task[None] | None = None
-        self._loss = asyncio.Event()  # set when a loss is found: NACK retries are due
+        self._rtcp_clock: RtcpClock | None = None  # runs the reports and NACK retries
         self._remb_sent: tuple[int, int] | None = None  # (arrival time ms, bitrate)
         self._started = False
         self.sink: PacketSink | None = None
@@ -1369,7 +1749,7 @@ class ForwardingReceiver:
         self._header_count = 0  # packets read from their header since the last whole one
         #: packets read from their header alone (of `packets_received`)
         self.headers_read = 0
-        #: receiver reports go out per transport (`transport_reports`), not from here
+        #: receiver reports go out per transport (`TransportReports`), not from here
         self.shared_reports = False
         self.mid: str | None = None
         self.codec: RTCRtpCodecParameters | None = None
@@ -1464,16 +1844,15 @@ class ForwardingReceiver:
         if self._transport._rtp_router.__class__ is RtpRouter:
             self._transport._rtp_router.__class__ = MidRtpRouter
         self._transport._register_rtp_receiver(self, parameters)
-        self._rtcp_task = asyncio.ensure_future(self._run_rtcp())
+        rtcp_clock().add(self, periodic=not self.shared_reports)
         self._started = True
 
     async def stop(self) -> None:
         if self._started:
             self._transport._unregister_rtp_receiver(self)
             self._started = False
-        if self._rtcp_task is not None:
-            self._rtcp_task.cancel()
-            self._rtcp_task = None
+        if self._rtcp_clock is not None:
+            self._rtcp_clock.remove(self)
         if self.sink is not None:
             sink, self.sink = self.sink, None
             sink.on_bye()
@@ -1486,21 +1865,30 @@ class ForwardingReceiver:
 
     # -- media path ---------------------------------------------------------------
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
-        self.last_packet_time = time.monotonic()
+        """aiortc's entry (`handle_rtcp` calls the ``rtcp_*`` methods directly)."""
+        now = time.monotonic()
         if isinstance(packet, RtcpSrPacket):
             info = packet.sender_info
-            self.sender_report_received(packet.ssrc, info.ntp_timestamp, info.rtp_timestamp)
+            self.rtcp_sender_report(packet.ssrc, info.ntp_timestamp, info.rtp_timestamp, now)
         elif isinstance(packet, RtcpByePacket):
-            if self.sink is not None and any(s not in self._rtx_ssrc for s in packet.sources):
-                self.sink.on_bye()
+            self.rtcp_bye(packet.sources, now)
+        else:
+            self.last_packet_time = now
 
-    def sender_report_received(self, ssrc: int, ntp_timestamp: int, rtp_timestamp: int) -> None:
-        """A sender report of ``ssrc``: its time goes back in our receiver reports (LSR,
-        DLSR: the sender's round-trip time), and to the sink."""
-        self._lsr[ssrc] = ((ntp_timestamp >> 16) & 0xFFFFFFFF, time.time())
+    def rtcp_sender_report(self, ssrc: int, ntp: int, rtp: int, now: float) -> None:
+        """A sender report of the publisher's stream ``ssrc``: its time goes back in our
+        receiver reports (LSR, DLSR: the sender's round-trip time), and to the sink."""
+        self.last_packet_time = now
+        self._lsr[ssrc] = ((ntp >> 16) & 0xFFFFFFFF, time.time())
         layer = self._ssrc_layer.get(ssrc)
         if self.sink is not None and layer is not None:
-            self.sink.on_sender_report(ntp_timestamp, rtp_timestamp, layer)
+            self.sink.on_sender_report(ntp, rtp, layer)
+
+    def rtcp_bye(self, sources: list[int], now: float) -> None:
+        """A BYE naming (at least) one of this receiver's streams."""
+        self.last_packet_time = now
+        if self.sink is not None and any(s not in self._rtx_ssrc for s in sources):
+            self.sink.on_bye()
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         """aiortc's entry (its receive task, before `fast_ingress` takes over)."""
@@ -1540,7 +1928,7 @@ class ForwardingReceiver:
             if now - feedback.last_sent >= TWCC_INTERVAL and self._rtcp_ssrc is not None:
                 feedback.last_sent = now
                 for data in feedback.recorder.build(self._rtcp_ssrc, packet.ssrc):
-                    run_now(self._send_rtcp(data))
+                    self.send_rtcp(data)
         elif self.estimate_bandwidth and packet.extensions.abs_send_time is not None:
             estimator = self._remb
             if estimator is None:
@@ -1564,7 +1952,7 @@ class ForwardingReceiver:
                     or bitrate < last[1] * REMB_DROP
                 ):
                     self._remb_sent = (arrival_time_ms, bitrate)
-                    run_now(self._send_remb(bitrate, remb[1]))
+                    self._send_remb(bitrate, remb[1])
 
         repaired = False
         if name == "rtx":
@@ -1606,8 +1994,7 @@ class ForwardingReceiver:
             else:
                 lost = nack.received(packet.sequence_number, now)
                 if lost:
-                    self._loss.set()
-                    run_now(self._send_nack(packet.ssrc, lost))
+                    self._lost(packet.ssrc, lost)
 
         if self.sink is not None:
             if name == "red":
@@ -1644,8 +2031,7 @@ class ForwardingReceiver:
         if nack is not None:
             lost = nack.received(seq, now)
             if lost:
-                self._loss.set()
-                run_now(self._send_nack(ssrc, lost))
+                self._lost(ssrc, lost)
         return True
 
     def _unwrap_red(self, packet: RtpPacket, layer: int) -> None:
@@ -1699,92 +2085,82 @@ class ForwardingReceiver:
         ssrc = self._layer_ssrc[layer] if 0 <= layer < len(self._layer_ssrc) else None
         if ssrc is not None and self._rtcp_ssrc is not None:
             pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self._rtcp_ssrc, media_ssrc=ssrc)
-            _spawn(self._send_rtcp(bytes(pli)))
+            self.send_rtcp(bytes(pli))
 
-    async def _send_remb(self, bitrate: int, ssrcs: list[int]) -> None:
+    def _send_remb(self, bitrate: int, ssrcs: list[int]) -> None:
         if self._rtcp_ssrc is None:
             return
         remb = RtcpPsfbPacket(
             fmt=RTCP_PSFB_APP, ssrc=self._rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs)
         )
-        await self._send_rtcp(bytes(remb))
+        self.send_rtcp(bytes(remb))
 
-    async def _send_nack(self, media_ssrc: int, lost: list[int]) -> None:
+    def _send_nack(self, media_ssrc: int, lost: list[int]) -> None:
         if self._rtcp_ssrc is None:
             return
         nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=self._rtcp_ssrc, media_ssrc=media_ssrc)
         nack.lost = sorted(lost)
         self.nacks_sent += 1
-        await self._send_rtcp(bytes(nack))
+        self.send_rtcp(bytes(nack))
 
-    async def _send_rtcp(self, data: bytes) -> None:
-        try:
-            await self._transport._send_rtp(data)
-        except ConnectionError:
-            pass
+    def _lost(self, ssrc: int, lost: list[int]) -> None:
+        """Packets of ``ssrc`` found missing: NACK them at once, and have the `RtcpClock`
+        retry every `NACK_INTERVAL` while they stay missing."""
+        self._send_nack(ssrc, lost)
+        clock = self._rtcp_clock
+        if clock is not None:
+            clock.nack_pending(self)
 
-    async def _run_rtcp(self) -> None:
-        """Receiver reports about every second; NACK retries every 20 ms while
-        packets are missing.  With nothing missing the loop sleeps until the
-        next report or the next loss (a wake-up every 20 ms for every
-        publisher's track cost ~10 % of a core at 60 points)."""
-        next_report = time.monotonic() + RTCP_INTERVAL * (0.5 + random.random())
-        try:
-            while True:
-                now = time.monotonic()
-                if any(nack is not None and nack.missing for nack in self._nacks):
-                    await asyncio.sleep(NACK_INTERVAL)
-                else:
-                    self._loss.clear()
-                    try:
-                        # with shared reports, only a loss wakes this task
-                        wait = None if self.shared_reports else max(next_report - now, 0.0)
-                        async with asyncio.timeout(wait):
-                            await self._loss.wait()
-                    except TimeoutError:
-                        pass
-                    if self.kind == "video" and self._loss.is_set():
-                        await asyncio.sleep(NACK_INTERVAL)  # the first NACK went out at once
-                now = time.monotonic()
-                for nack, ssrc in zip(self._nacks, self._layer_ssrc, strict=True):
-                    if nack is not None and ssrc is not None:
-                        due = nack.due(now)
-                        if due:
-                            await self._send_nack(ssrc, due)
-                if now >= next_report and not self.shared_reports:
-                    next_report = now + RTCP_INTERVAL * (0.5 + random.random())
-                    await self._send_receiver_report()
-        except asyncio.CancelledError:
-            pass
+    def send_rtcp(self, data: bytes) -> None:
+        """Send one RTCP packet to the publisher, right now (`DirectWire`)."""
+        wire(self._transport).rtcp(data)
 
-    async def _send_receiver_report(self) -> None:
+    def _retry_nacks(self, now: float) -> bool:
+        """Send the NACK retries that fell due (`RtcpClock`, every `NACK_INTERVAL` while
+        packets are missing); whether packets are still missing."""
+        missing = False
+        for nack, ssrc in zip(self._nacks, self._layer_ssrc, strict=True):
+            if nack is not None and ssrc is not None:
+                due = nack.due(now)
+                if due:
+                    self._send_nack(ssrc, due)
+                missing = missing or bool(nack.missing)
+        return missing
+
+    def _rtcp_report(self, now: float) -> float:
+        """The periodic receiver report (`RtcpClock`); when the next one is due."""
+        self._send_receiver_report()
+        return now + RTCP_INTERVAL * (0.5 + random.random())
+
+    def _send_receiver_report(self) -> None:
         if self._rtcp_ssrc is None or not self._streams:
             return
-        reports = self.report_blocks()
-        await self._send_rtcp(bytes(RtcpRrPacket(ssrc=self._rtcp_ssrc, reports=reports)))
+        blocks = self.report_blocks()
+        self.send_rtcp(_rr_header(self._rtcp_ssrc, len(blocks)) + b"".join(blocks))
 
-    def report_blocks(self) -> list[RtcpReceiverInfo]:
-        """A receiver report's blocks about what this receiver received, one per SSRC."""
-        reports = []
+    def report_blocks(self) -> list[bytes]:
+        """A receiver report's blocks about what this receiver received, one per SSRC
+        (24 bytes each)."""
+        wall = time.time()
+        blocks = []
         for ssrc, stream in self._streams.items():
             lsr, dlsr = 0, 0
             if ssrc in self._lsr:
                 lsr, when = self._lsr[ssrc]
-                delay = time.time() - when
+                delay = wall - when
                 if 0 < delay < 65536:
                     dlsr = int(delay * 65536)
-            reports.append(
-                RtcpReceiverInfo(
-                    ssrc=ssrc,
-                    fraction_lost=stream.fraction_lost,
-                    packets_lost=stream.packets_lost,
-                    highest_sequence=stream.max_seq or 0,
-                    jitter=stream.jitter,
-                    lsr=lsr,
-                    dlsr=dlsr,
+            blocks.append(
+                _REPORT_BLOCK.pack(
+                    ssrc,
+                    (stream.fraction_lost << 24) | (stream.packets_lost & 0xFFFFFF),
+                    stream.max_seq or 0,
+                    stream.jitter,
+                    lsr,
+                    dlsr,
                 )
             )
-        return reports
+        return blocks
 
     def media_loss(self) -> tuple[int, int]:
         """(packets expected, packets lost) so far over every media layer (RTX and
@@ -1817,7 +2193,8 @@ class ForwardingSender:
         self._stream_id = ""
         self._track_id = f"{kind}-{ssrc:08x}"
         self._cname: str | None = None
-        self._rtcp_task: asyncio.Task[None] | None = None
+        self._sdes = b""  # the SDES (CNAME) packet after each sender report
+        self._rtcp_clock: RtcpClock | None = None  # runs the sender reports
         self._started = False
         self._stats = RTCStatsReport()
         self.feedback: FeedbackSink | None = None
@@ -1861,7 +2238,7 @@ class ForwardingSender:
         self.rtx_seq = random.randrange(0, 32768)
         self.ready = asyncio.Event()
         self.on_ready: Callable[[], None] | None = None
-        #: sender reports go out per transport (`transport_reports`), not from here
+        #: sender reports go out per transport (`TransportReports`), not from here
         self.shared_reports = False
 
     @property
@@ -1889,7 +2266,13 @@ class ForwardingSender:
         self._transport = transport
         self._pair = None
         if self._started:
-            self._nominated = transport.transport._connection._nominated
+            self.follow(_media_connection(transport.transport)._nominated)
+
+    def follow(self, nominated: dict[int, Any]) -> None:
+        """Send on the pairs ``nominated`` (an aioice connection's: this transport's, or
+        the new one of an ICE restart that found its path) from now on."""
+        self._nominated = nominated
+        self._pair = None
 
     async def send(self, parameters: RTCRtpSendParameters) -> None:
         if self._started:
@@ -1911,9 +2294,14 @@ class ForwardingSender:
             if codec.name.lower() == "rtx" and codec.parameters.get("apt") == self.payload_type:
                 self.rtx_payload_type = codec.payloadType
         self.extension_ids = {ext.uri: ext.id for ext in parameters.headerExtensions}
-        self._nominated = self._transport.transport._connection._nominated
+        self.follow(_media_connection(self._transport.transport)._nominated)
         self._transport._register_rtp_sender(self, parameters)
-        self._rtcp_task = asyncio.ensure_future(self._run_rtcp())
+        if self._cname is not None:
+            cname = self._cname.encode("utf8")
+            self._sdes = bytes(
+                RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=self._ssrc, items=[(1, cname)])])
+            )
+        rtcp_clock().add(self, periodic=not self.shared_reports)
         self._started = True
         self.ready.set()
         if self.on_ready is not None:
@@ -1923,9 +2311,8 @@ class ForwardingSender:
         if self._started:
             self._transport._unregister_rtp_sender(self)
             self._started = False
-        if self._rtcp_task is not None:
-            self._rtcp_task.cancel()
-            self._rtcp_task = None
+        if self._rtcp_clock is not None:
+            self._rtcp_clock.remove(self)
             try:
                 bye = RtcpByePacket(sources=[self._ssrc])
                 await self._transport._send_rtp(bytes(bye))
@@ -2045,37 +2432,59 @@ class ForwardingSender:
             pass
 
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
+        """aiortc's entry (`handle_rtcp` calls the ``rtcp_*`` methods directly)."""
         self.last_feedback = time.monotonic()
-        feedback = self.feedback
         if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
-                if report.ssrc != self._ssrc:
-                    continue
-                self.fraction_lost = report.fraction_lost
-                mark = (report.packets_lost, report.highest_sequence)
-                if self._report_mark is not None:
-                    expected = (mark[1] - self._report_mark[1]) & 0xFFFFFFFF
-                    if 0 < expected < 0x8000:  # not a reset (a new stream on this sender)
-                        lost = min(max(mark[0] - self._report_mark[0], 0), expected)
-                        self.report_expected += expected
-                        self.report_lost += lost
-                        self.expected_total += expected
-                        self.lost_total += lost
-                self._report_mark = mark
-                if self._last_sr is not None and report.lsr == self._last_sr[0] and report.dlsr:
-                    rtt = time.time() - self._last_sr[1] - report.dlsr / 65536
-                    if rtt >= 0:
-                        self.rtt = rtt if self.rtt is None else 0.85 * self.rtt + 0.15 * rtt
+                if report.ssrc == self._ssrc:
+                    self.rtcp_report(
+                        report.fraction_lost,
+                        report.packets_lost,
+                        report.highest_sequence,
+                        report.lsr,
+                        report.dlsr,
+                    )
         elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
-            if feedback is not None and packet.media_ssrc == self._ssrc:
-                self.nacks_received += 1
-                feedback.on_nack(list(packet.lost))
-        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            if packet.media_ssrc == self._ssrc:
+                self.rtcp_nack(packet.lost)
+        elif isinstance(packet, RtcpPsfbPacket):
+            self.rtcp_payload_feedback(packet.fmt, packet.fci)
+
+    def rtcp_report(
+        self, fraction_lost: int, packets_lost: int, highest: int, lsr: int, dlsr: int
+    ) -> None:
+        """The subscriber's report block about this sender's stream."""
+        self.fraction_lost = fraction_lost
+        mark = (packets_lost, highest)
+        if self._report_mark is not None:
+            expected = (mark[1] - self._report_mark[1]) & 0xFFFFFFFF
+            if 0 < expected < 0x8000:  # not a reset (a new stream on this sender)
+                lost = min(max(mark[0] - self._report_mark[0], 0), expected)
+                self.report_expected += expected
+                self.report_lost += lost
+                self.expected_total += expected
+                self.lost_total += lost
+        self._report_mark = mark
+        if self._last_sr is not None and lsr == self._last_sr[0] and dlsr:
+            rtt = time.time() - self._last_sr[1] - dlsr / 65536
+            if rtt >= 0:
+                self.rtt = rtt if self.rtt is None else 0.85 * self.rtt + 0.15 * rtt
+
+    def rtcp_nack(self, lost: list[int]) -> None:
+        """The subscriber's NACK of this sender's packets ``lost``."""
+        if self.feedback is not None:
+            self.nacks_received += 1
+            self.feedback.on_nack(list(lost))
+
+    def rtcp_payload_feedback(self, fmt: int, fci: bytes) -> None:
+        """The subscriber's payload-specific feedback: PLI, FIR or REMB."""
+        feedback = self.feedback
+        if fmt == RTCP_PSFB_PLI or fmt == RTCP_PSFB_FIR:
             if feedback is not None:
                 feedback.on_picture_loss()
-        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+        elif fmt == RTCP_PSFB_APP:
             try:
-                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                bitrate, ssrcs = unpack_remb_fci(fci)
             except ValueError:
                 return
             if self._ssrc in ssrcs:
@@ -2084,35 +2493,17 @@ class ForwardingSender:
                 if feedback is not None:
                     feedback.on_remb(bitrate)
 
-    async def _run_rtcp(self) -> None:
-        if self.shared_reports:
-            return
-        try:
-            while True:
-                await asyncio.sleep(RTCP_INTERVAL * (0.5 + random.random()))
-                data = self.sender_report()
-                if not data:
-                    continue
-                if self._cname is not None:
-                    data += bytes(
-                        RtcpSdesPacket(
-                            chunks=[
-                                RtcpSourceInfo(
-                                    ssrc=self._ssrc, items=[(1, self._cname.encode("utf8"))]
-                                )
-                            ]
-                        )
-                    )
-                try:
-                    await self._transport._send_rtp(data)
-                except ConnectionError:
-                    pass
-        except asyncio.CancelledError:
-            pass
+    def _rtcp_report(self, now: float) -> float:
+        """The periodic sender report, with the CNAME (`RtcpClock`); when the next one
+        is due."""
+        data = self.sender_report()
+        if data:
+            wire(self._transport).rtcp(data + self._sdes)
+        return now + RTCP_INTERVAL * (0.5 + random.random())
 
     def sender_report(self) -> bytes:
-        """This sender's sender report (SR) as bytes; empty before anything was sent or
-        when the feedback sink has no clock to report."""
+        """This sender's sender report (SR, no report blocks) as bytes; empty before
+        anything was sent or when the feedback sink has no clock to report."""
         if self.packets_sent == 0:
             return b""
         report = self.feedback.sender_report() if self.feedback is not None else None
@@ -2120,16 +2511,15 @@ class ForwardingSender:
             return b""
         ntp, rtp_ts = report
         self._last_sr = (((ntp >> 16) & 0xFFFFFFFF), time.time())
-        return bytes(
-            RtcpSrPacket(
-                ssrc=self._ssrc,
-                sender_info=RtcpSenderInfo(
-                    ntp_timestamp=ntp,
-                    rtp_timestamp=rtp_ts,
-                    packet_count=self.packets_sent & 0xFFFFFFFF,
-                    octet_count=self.bytes_sent & 0xFFFFFFFF,
-                ),
-            )
+        return _SR_PACKET.pack(
+            0x80,
+            _RTCP_SR,
+            6,
+            self._ssrc,
+            ntp,
+            rtp_ts,
+            self.packets_sent & 0xFFFFFFFF,
+            self.bytes_sent & 0xFFFFFFFF,
         )
 
 
@@ -2153,10 +2543,10 @@ class ForwardingPeerConnection(RTCPeerConnection):
         headers_only: bool = False,
     ) -> None:
         #: read received RTP from headers where a receiver has a header sink
-        #: (`header_ingress`), and send RTCP reports per transport (`transport_reports`):
+        #: (`header_ingress`), and send RTCP reports per transport (`TransportReports`):
         #: the load tester's points, never the server
         self.headers_only = headers_only
-        self._report_tasks: dict[RTCDtlsTransport, asyncio.Task[None]] = {}
+        self._reports: dict[RTCDtlsTransport, TransportReports] = {}
         # max-bundle: every m-line on one transport from the start.  With
         # aiortc's default (balanced), a second m-line of a kind reuses the
         # first one's transport and is marked bundled; when the answer's BUNDLE
@@ -2180,8 +2570,9 @@ class ForwardingPeerConnection(RTCPeerConnection):
         for transceiver in self.getTransceivers():
             dtls = transceiver.receiver.transport
             fast_ingress(dtls, self.headers_only)
-            if self.headers_only and dtls not in self._report_tasks:
-                self._report_tasks[dtls] = asyncio.ensure_future(transport_reports(dtls))
+            if self.headers_only and dtls not in self._reports:
+                self._reports[dtls] = reports = TransportReports(dtls)
+                rtcp_clock().add(reports)
         try:
             await RTCPeerConnection._RTCPeerConnection__connect(self)  # type: ignore[attr-defined]
         except (InvalidStateError, ConnectionError):
@@ -2189,8 +2580,9 @@ class ForwardingPeerConnection(RTCPeerConnection):
                 raise
 
     async def close(self) -> None:
-        for task in self._report_tasks.values():
-            task.cancel()
+        for reports in self._reports.values():
+            if reports._rtcp_clock is not None:
+                reports._rtcp_clock.remove(reports)
         await super().close()
 
     def _RTCPeerConnection__createTransceiver(  # noqa: N802 (aiortc private hook)
@@ -2496,8 +2888,10 @@ async def _complete(restart: IceRestart, timeout: float) -> None:
     ice._recv = connection.recv
     for sender in dtls._rtp_router.senders.values():
         if isinstance(sender, ForwardingSender):
-            sender._nominated = connection._nominated
-            sender._pair = None
+            sender.follow(connection._nominated)
+    found: DirectWire | None = getattr(dtls, "_conference_wire", None)
+    if found is not None:
+        found.follow(connection._nominated)
     media._queue.put_nowait(_WAKE_UP)
     pair = connection._nominated.get(1)
     logger.info(

@@ -446,12 +446,12 @@ def _feedback_receiver():
     receiver._set_rtcp_ssrc(1111)
     sent = []
 
-    async def send_rtcp(data: bytes) -> None:
+    def send_rtcp(data: bytes) -> None:
         from aiortc.rtp import RtcpPacket
 
         sent.extend(RtcpPacket.parse(data))
 
-    receiver._send_rtcp = send_rtcp
+    receiver.send_rtcp = send_rtcp
     return receiver, sent
 
 
@@ -504,21 +504,27 @@ async def test_remb_goes_out_five_times_a_second_not_per_estimate():
     assert receiver.estimated_bitrate is not None
 
 
-async def test_nack_retries_while_the_rtcp_loop_idles():
+async def test_nack_retries_while_the_rtcp_clock_idles():
     from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
 
+    from conference.sfu.bridge import rtcp_clock
+
     receiver, sent = _feedback_receiver()
-    task = asyncio.ensure_future(receiver._run_rtcp())
+    clock = rtcp_clock()
+    clock.add(receiver)
     try:
         await receiver._handle_rtp_packet(_video_packet(1), 0)
-        await asyncio.sleep(0.1)  # nothing missing: the loop waits for a loss
+        await asyncio.sleep(0.1)  # nothing missing: no NACK timer runs
+        assert not clock.nacking
         await receiver._handle_rtp_packet(_video_packet(4), 0)  # 2 and 3 missing
+        assert clock.nacking == {receiver}
         await asyncio.sleep(0.35)
     finally:
-        task.cancel()
+        clock.remove(receiver)
     nacks = [p for p in sent if isinstance(p, RtcpRtpfbPacket) and p.fmt == RTCP_RTPFB_NACK]
     # at once, then every 50 ms, three retries (NackTracker defaults)
     assert [sorted(p.lost) for p in nacks] == [[2, 3]] * 4
+    assert not clock.nacking  # given up: the retries stopped
 
 
 async def test_consent_checks_wait_for_a_late_answer():

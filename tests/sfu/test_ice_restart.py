@@ -20,6 +20,7 @@ from conference.sfu.bridge import (
     ice_restart_offered,
     ice_restart_pending,
     wait_ice_restart,
+    wire,
 )
 
 
@@ -90,9 +91,13 @@ async def test_media_resumes_on_a_new_path_under_the_same_dtls_session():
         assert await packets_in(receiver, 0.5) == 0
         await restart(publisher, server)
         assert ice_restart_pending(server)
+        # RTCP (reports, NACK, PLI, transport-cc) stays on the path media takes
+        assert wire(dtls)._nominated is old._nominated
         assert await wait_ice_restart(publisher) and await wait_ice_restart(server)
         assert not ice_restart_pending(server)
         assert await packets_in(receiver, 1.0) >= 30  # 50 packets a second of audio
+        receiver._send_receiver_report()  # and moves with it
+        assert wire(dtls)._pair is _ice(server)._connection._nominated[1]
         # the same DTLS association and SRTP session; a new ICE connection, the old closed
         assert receiver.transport is dtls and dtls._rx_srtp is srtp and dtls.state == "connected"
         new = _ice(server)._connection
