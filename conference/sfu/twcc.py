@@ -51,7 +51,10 @@ takes about 0.3 us per packet, in order or reordered (0.15 us for a
 duplicate; 0.7 us when `build` is never called and the window is pruned
 on every packet).  `build` takes about 0.9 us per reported packet in
 order and 1.7 us with losses and jitter (0.2-0.45 ms for 250 packets);
-`parse_feedback` about 1 us per packet status.
+`parse_feedback` about 1 us per packet status.  A feedback of fewer than
+`FAST_STATUSES` packets (every 100 ms of a camera: a few dozen) is built by a
+shorter path that handles the statuses as runs: the same bytes for about a
+fifth of the Python work per packet (counted in bytecodes: ~20 instead of ~95).
 """
 
 from dataclasses import dataclass
@@ -70,6 +73,11 @@ WINDOW = 5000
 
 #: Largest feedback packet built, in bytes, RTCP header included.
 MAX_PACKET_SIZE = 1200
+
+#: `build` takes a shorter path below this many sequence numbers: they always fit in
+#: one packet (at most 2 bytes of chunks per 7 statuses and 2 bytes of delta each:
+#: 20 + 2 * 66 + 2 * 449 < MAX_PACKET_SIZE).
+FAST_STATUSES = 450
 
 _DELTA_TICK_US = 250
 _REFERENCE_TICK_US = 64000  # 256 delta ticks
@@ -162,6 +170,10 @@ class FeedbackRecorder:
         high = self._high
         if not arrivals or high is None:
             return []
+        if high - self._start < FAST_STATUSES:
+            built = self._build_short(sender_ssrc, media_ssrc, high)
+            if built is not None:
+                return [built]
         out: list[bytes] = []
         packet = _Packet(self._start)
         get = arrivals.get
@@ -176,6 +188,60 @@ class FeedbackRecorder:
         self._start = high + 1
         self._reported = True
         return out
+
+    def _build_short(self, sender_ssrc: int, media_ssrc: int, high: int) -> bytes | None:
+        """`build` for fewer than `FAST_STATUSES` sequence numbers, which always fit one
+        packet: the statuses as runs and the deltas in one loop, then the chunks run by
+        run (`_Chunks.add_run`); the same bytes as the general path, about a fifth of
+        its cost.  None (nothing changed) when a delta does not fit 16 bits."""
+        get = self._arrivals.get
+        start = self._start
+        deltas = bytearray()
+        runs: list[list[int]] = []
+        reference: int | None = None
+        last_us = 0
+        previous = -1
+        for seq in range(start, high + 1):
+            arrival = get(seq)
+            if arrival is None:
+                symbol = _NOT_RECEIVED
+            else:
+                if reference is None:
+                    reference = arrival // _REFERENCE_TICK_US
+                    last_us = reference * _REFERENCE_TICK_US
+                delta = (arrival - last_us + _DELTA_TICK_US // 2) // _DELTA_TICK_US
+                if 0 <= delta <= 0xFF:
+                    symbol = _SMALL_DELTA
+                    deltas.append(delta)
+                elif -0x8000 <= delta <= 0x7FFF:
+                    symbol = _LARGE_DELTA
+                    deltas += (delta & 0xFFFF).to_bytes(2, "big")
+                else:
+                    return None
+                last_us += delta * _DELTA_TICK_US
+            if symbol == previous:
+                runs[-1][1] += 1
+            else:
+                runs.append([symbol, 1])
+                previous = symbol
+        chunks = _Chunks()
+        for symbol, length in runs:
+            chunks.add_run(symbol, length)
+        count = self._feedback_count
+        self._feedback_count = (count + 1) & 0xFF
+        self._arrivals = {}
+        self._start = high + 1
+        self._reported = True
+        return _encode(
+            start,
+            high + 1 - start,
+            reference,
+            chunks.finish(),
+            deltas,
+            sender_ssrc,
+            media_ssrc,
+            count,
+        )
 
     def _finish(self, packet: "_Packet", sender_ssrc: int, media_ssrc: int) -> bytes:
         count = self._feedback_count
@@ -213,6 +279,23 @@ class _Chunks:
         self._count += 1
         self._all_same = self._all_same and symbol == opened[0]
         self._has_large = self._has_large or symbol == _LARGE_DELTA
+
+    def add_run(self, symbol: int, length: int) -> None:
+        """`add` ``symbol`` ``length`` times: a symbol that continues an open run of
+        itself joins it without a closing check (what `add` would find), the rest one by
+        one."""
+        while length:
+            count = self._count
+            if count and self._all_same and count < _RUN_MAX and self._open[0] == symbol:
+                take = min(length, _RUN_MAX - count)
+                opened = self._open
+                if len(opened) < _ONE_BIT_CAPACITY:
+                    opened.extend([symbol] * min(take, _ONE_BIT_CAPACITY - len(opened)))
+                self._count = count + take
+                length -= take
+            else:
+                self.add(symbol)
+                length -= 1
 
     def _can_add(self, symbol: int) -> bool:
         count = self._count
@@ -322,25 +405,46 @@ class _Packet:
         return True
 
     def encode(self, sender_ssrc: int, media_ssrc: int, feedback_count: int) -> bytes:
-        chunks = self.chunks.finish()
-        # A packet always holds a received packet (WINDOW < 8191 keeps a
-        # run of losses in one chunk, so losses alone never fill a packet),
-        # hence the reference time is set; 0 is only a formal fallback.
-        reference = (self.reference or 0) % _REFERENCE_WRAP
-        body = (
-            pack(
-                "!IIHHI",
-                sender_ssrc,
-                media_ssrc,
-                self.base & 0xFFFF,
-                self.count,
-                (reference << 8) | feedback_count,
-            )
-            + pack(f"!{len(chunks)}H", *chunks)
-            + self.deltas
+        return _encode(
+            self.base,
+            self.count,
+            self.reference,
+            self.chunks.finish(),
+            self.deltas,
+            sender_ssrc,
+            media_ssrc,
+            feedback_count,
         )
-        body += bytes(-len(body) % 4)
-        return pack("!BBH", 0x80 | TWCC_FMT, RTCP_RTPFB, len(body) // 4) + body
+
+
+def _encode(
+    base: int,
+    count: int,
+    reference: int | None,
+    chunks: list[int],
+    deltas: bytearray,
+    sender_ssrc: int,
+    media_ssrc: int,
+    feedback_count: int,
+) -> bytes:
+    # A packet always holds a received packet (WINDOW < 8191 keeps a
+    # run of losses in one chunk, so losses alone never fill a packet),
+    # hence the reference time is set; 0 is only a formal fallback.
+    wrapped = (reference or 0) % _REFERENCE_WRAP
+    body = (
+        pack(
+            "!IIHHI",
+            sender_ssrc,
+            media_ssrc,
+            base & 0xFFFF,
+            count,
+            (wrapped << 8) | feedback_count,
+        )
+        + pack(f"!{len(chunks)}H", *chunks)
+        + deltas
+    )
+    body += bytes(-len(body) % 4)
+    return pack("!BBH", 0x80 | TWCC_FMT, RTCP_RTPFB, len(body) // 4) + body
 
 
 @dataclass
