@@ -160,8 +160,6 @@ RTCP_TICK = 0.05
 #: stream through SRTP unprotect: libsrtp estimates each packet's index (its rollover
 #: counter) from the last one it authenticated, and is right only within 2^15 of it
 HEADER_REFRESH = 1024
-#: ``time.time()`` less ``time.monotonic()``: a monotonic reading as wall time
-_WALL_OFFSET = time.time() - time.monotonic()
 #: SRTP authentication tag of each DTLS-SRTP profile (bytes after the payload)
 _SRTP_TAG = {
     b"SRTP_AEAD_AES_256_GCM": 16,
@@ -552,6 +550,9 @@ class LeanExtensionsMap(HeaderExtensionsMap):
     swaps a transport's map to this class."""
 
     table: dict[int, int]
+    #: `table` without MID, RID and repaired RID: for the packets of streams whose
+    #: routing and layer are settled (`fast_ingress`), which need none of them
+    lean: dict[int, int]
 
     def configure(self, parameters: Any) -> None:
         super().configure(parameters)
@@ -569,6 +570,11 @@ class LeanExtensionsMap(HeaderExtensionsMap):
             (ids.transport_sequence_number, _EXT_TWCC),
         )
         self.table = {x_id: code for x_id, code in pairs if x_id}
+        self.lean = {
+            x_id: code
+            for x_id, code in self.table.items()
+            if code not in (_EXT_MID, _EXT_RID, _EXT_RRID)
+        }
 
 
 def _extension(extensions: Any, code: int, data: bytes, start: int, length: int) -> None:
@@ -594,15 +600,21 @@ def _extension(extensions: Any, code: int, data: bytes, start: int, length: int)
         extensions.transmission_offset = int.from_bytes(data[start : start + 3], "big", signed=True)
 
 
-def parse_rtp(data: bytes, table: dict[int, int]) -> RtpPacket:
+def parse_rtp(
+    data: bytes,
+    table: dict[int, int],
+    lean: dict[int, int] | None = None,
+    settled: set[int] | frozenset[int] = frozenset(),
+) -> RtpPacket:
     """aiortc's ``RtpPacket.parse`` for the ingress path, about twice as fast.
 
     The same ``RtpPacket`` and ``HeaderExtensions`` come out (the test compares them
     on every shape of packet), made without their ``__init__`` and reading only the
     extensions in ``table`` (`LeanExtensionsMap`); RFC 8285's ID 15 ends the one-byte
-    elements.  Raises ValueError for a packet aiortc refuses (too short, not version
-    2, truncated CSRC, extension block or element, bad padding, a MID or RID that is
-    not text).
+    elements.  A packet of an SSRC in ``settled`` is read with ``lean`` instead (its
+    MID and RIDs left None: they matter only for a stream's first packets).  Raises
+    ValueError for a packet aiortc refuses (too short, not version 2, truncated
+    CSRC, extension block or element, bad padding, a MID or RID that is not text).
     """
     size = len(data)
     if size < 12:
@@ -610,6 +622,8 @@ def parse_rtp(data: bytes, table: dict[int, int]) -> RtpPacket:
     first, m_pt, sequence_number, timestamp, ssrc = _RTP_FIXED.unpack_from(data)
     if first & 0xC0 != 0x80:
         raise ValueError("RTP packet has invalid version")
+    if lean is not None and ssrc in settled:
+        table = lean
     pos = 12
     csrc: list[int] = []
     count = first & 0x0F
@@ -641,7 +655,14 @@ def parse_rtp(data: bytes, table: dict[int, int]) -> RtpPacket:
                 if pos + length > end:
                     raise ValueError("RTP one-byte header extension value is truncated")
                 code = table.get(x_id)
-                if code is not None:
+                # the common ones inline (as `_extension`), the rest through it
+                if code == _EXT_TWCC:
+                    if length == 2:
+                        extensions.transport_sequence_number = (data[pos] << 8) | data[pos + 1]
+                elif code == _EXT_LEVEL:
+                    if length == 1:
+                        extensions.audio_level = _AUDIO_LEVELS[data[pos]]
+                elif code is not None:
                     _extension(extensions, code, data, pos, length)
                 pos += length
         elif profile == 0x1000:
@@ -718,6 +739,14 @@ def fast_ingress(dtls: RTCDtlsTransport, headers_only: bool = False) -> bool:
     extension_map.refresh()
     router = dtls._rtp_router
     ssrc_table = router.ssrc_table
+    waiting = getattr(queue, "_queue", None)  # asyncio.Queue's deque (``empty()`` inline)
+    if waiting is None:
+        return False
+    #: SSRCs whose receiver has its layer (`ForwardingReceiver._settle`): parsed lean;
+    #: the transport's, kept when an ICE restart hooks its new connection
+    settled: set[int] | None = getattr(dtls, "_conference_settled", None)
+    if settled is None:
+        settled = dtls._conference_settled = set()  # type: ignore[attr-defined]
     unprotect: list[Any] = [None, None]  # (the receive session, its fast unprotect)
     unprotect_rtcp: list[Any] = [None, None]  # the same for SRTCP
 
@@ -728,7 +757,7 @@ def fast_ingress(dtls: RTCDtlsTransport, headers_only: bool = False) -> bool:
             and 127 < data[0] < 192
             and len(data) > 7
             and dtls._state is _DtlsState.CONNECTED
-            and queue.empty()
+            and not waiting
         ):
             dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
             dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
@@ -746,7 +775,7 @@ def fast_ingress(dtls: RTCDtlsTransport, headers_only: bool = False) -> bool:
             except pylibsrtp.Error:
                 return  # as aiortc: a packet that does not authenticate is dropped
             try:
-                packet = parse_rtp(plain, extension_map.table)
+                packet = parse_rtp(plain, extension_map.table, extension_map.lean, settled)
             except ValueError as exc:
                 logger.debug("RTP parsing failed: %s", exc)
                 return
@@ -1028,6 +1057,20 @@ def _fast_srtp(
     return call
 
 
+def packet_writing(session: Any) -> tuple[Any, ...] | None:
+    """What writing an RTP packet into ``session``'s buffer and protecting it there
+    takes (`protect_into`, and `ForwardingSender.send_media` inline): (a view of the
+    buffer, the fixed header's ``pack_into``, the length cell, the C function, the
+    session's handle, its buffer as cdata, the ok status, the longest packet).  None
+    when pylibsrtp's layout is not the one pinned."""
+    binding = _srtp_binding(session, "srtp_protect")
+    if binding is None:
+        return None
+    _, function, handle, cdata, buffer, length, ok = binding
+    limit = len(cdata) - _SRTP_TRAILER
+    return (memoryview(buffer), _RTP_FIXED.pack_into, length, function, handle, cdata, ok, limit)
+
+
 #: `protect_into`'s writer: (marker and payload type, seq, timestamp, SSRC, extension block,
 #: payload) -> the protected packet
 PacketWriter = Callable[[int, int, int, int, bytes | bytearray, bytes], memoryview]
@@ -1042,13 +1085,11 @@ def protect_into(session: Any) -> PacketWriter | None:
     ``block`` is a header-extension block (`extension_block`, may be empty).  None
     when pylibsrtp's layout is not the one pinned (the caller builds bytes instead).
     """
-    binding = _srtp_binding(session, "srtp_protect")
-    if binding is None:
+    parts = packet_writing(session)
+    if parts is None:
         return None
-    Error, function, handle, cdata, buffer, length, ok = binding
-    view = memoryview(buffer)
-    limit = len(cdata) - _SRTP_TRAILER
-    pack_into = _RTP_FIXED.pack_into
+    view, pack_into, length, function, handle, cdata, ok, limit = parts
+    Error = pylibsrtp.Error
 
     def write(
         marker_pt: int,
@@ -1560,18 +1601,23 @@ class ReceptionStatistics(StreamStatistics):
     ``add`` written for the ingress path: the same fields, one 16-bit comparison
     instead of aiortc's helper calls."""
 
-    def add(self, packet: RtpPacket) -> None:
-        self.add_header(packet.sequence_number, packet.timestamp, time.time())
+    def add(self, packet: RtpPacket, now: float | None = None) -> None:
+        """One packet, which arrived at ``now`` (`add_header`; ``time.time()``, the clock
+        aiortc's ``add`` reads, when None: the caller's own clock read saves one)."""
+        self.add_header(
+            packet.sequence_number, packet.timestamp, time.time() if now is None else now
+        )
 
-    def add_header(self, seq: int, timestamp: int, wall: float) -> None:
+    def add_header(self, seq: int, timestamp: int, now: float) -> None:
         """`add` for a packet read from its header alone (`header_ingress`), which
-        arrived at ``wall`` (``time.time()``: the clock `add` reads)."""
+        arrived at ``now``: seconds on any clock every packet of the stream is timed by
+        (only differences count; `ForwardingReceiver` gives ``time.monotonic()``)."""
         max_seq = self.max_seq
         self.packets_received += 1
         if self.base_seq is None:
             self.base_seq = seq
         if max_seq is None or 0 < ((seq - max_seq) & 0xFFFF) < 0x8000:
-            arrival = int(wall * self._clockrate)
+            arrival = int(now * self._clockrate)
             if max_seq is not None and seq < max_seq:
                 self.cycles += 1 << 16
             self.max_seq = seq
@@ -1792,6 +1838,7 @@ class ForwardingReceiver:
             return
         self.rids = list(rids)
         count = max(len(rids), 1)
+        self._unsettle()
         self._ssrc_layer.clear()
         self._layer_ssrc = [None] * count
         self._nacks = [self._new_nack() for _ in range(count)]
@@ -1814,7 +1861,23 @@ class ForwardingReceiver:
                 self._layer_ssrc[0] = ssrc
             self._header_ssrc = self._layer_ssrc[0]
         self._ssrc_layer[ssrc] = layer
+        self._settle(ssrc)
         return layer
+
+    def _settle(self, ssrc: int) -> None:
+        """The stream ``ssrc`` has its layer (or, RTX, its original): its next packets
+        are parsed without MID and RIDs (`fast_ingress`)."""
+        settled: set[int] | None = getattr(self._transport, "_conference_settled", None)
+        if settled is not None:
+            settled.add(ssrc)
+
+    def _unsettle(self) -> None:
+        """This receiver's streams are parsed in full again (it stops or changes
+        layers: the SSRCs may be routed anew)."""
+        settled: set[int] | None = getattr(self._transport, "_conference_settled", None)
+        if settled is not None:
+            settled.difference_update(self._ssrc_layer)
+            settled.difference_update(self._rtx_ssrc)
 
     def _rtx_original(self, rtx_ssrc: int, repaired_rid: str | None) -> int | None:
         """The media SSRC an unsignalled RTX stream repairs (by repaired-RID)."""
@@ -1825,6 +1888,7 @@ class ForwardingReceiver:
         original = self._layer_ssrc[self.rids.index(repaired_rid)]
         if original is not None:
             self._rtx_ssrc[rtx_ssrc] = original
+            self._settle(rtx_ssrc)
         return original
 
     async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
@@ -1851,6 +1915,7 @@ class ForwardingReceiver:
         if self._started:
             self._transport._unregister_rtp_receiver(self)
             self._started = False
+        self._unsettle()
         if self._rtcp_clock is not None:
             self._rtcp_clock.remove(self)
         if self.sink is not None:
@@ -1916,7 +1981,7 @@ class ForwardingReceiver:
         stats = self._streams.get(packet.ssrc)
         if stats is None:
             stats = self._streams[packet.ssrc] = ReceptionStatistics(codec.clockRate)
-        stats.add(packet)
+        stats.add(packet, now)
 
         sequence = packet.extensions.transport_sequence_number
         if sequence is not None and self.transport_cc:
@@ -2026,7 +2091,7 @@ class ForwardingReceiver:
         self.last_packet_time = now
         stats = self._streams.get(ssrc)
         if stats is not None:  # made by the SSRC's first packet, which came whole
-            stats.add_header(seq, timestamp, now + _WALL_OFFSET)
+            stats.add_header(seq, timestamp, now)
         nack = self._nacks[0]
         if nack is not None:
             lost = nack.received(seq, now)
@@ -2223,7 +2288,8 @@ class ForwardingSender:
         self.last_feedback = 0.0  # monotonic time of the last RTCP from the subscriber
         self._srtp_session: Any = None
         self._protect: Callable[[bytes], bytes] = bytes
-        self._write: PacketWriter | None = None
+        #: what `send_media` needs of the SRTP session (`packet_writing`)
+        self._out: tuple[Any, ...] | None = None
         self._pair: Any = None
         self._sock: Any = None
         self._datagrams: Any = None
@@ -2388,9 +2454,8 @@ class ForwardingSender:
         if pair is not self._pair:
             self._bind(pair)
         sock = self._sock
-        write = self._write
-        marker_pt = (0x80 | self.payload_type) if marker else self.payload_type
-        if sock is None or write is None:
+        out = self._out
+        if sock is None or out is None:
             data = build_rtp_with_block(
                 self.payload_type, marker, seq, timestamp, self._ssrc, payload, bytes(block)
             )
@@ -2398,11 +2463,32 @@ class ForwardingSender:
             return
         self.packets_sent += 1
         self.bytes_sent += len(payload)
-        try:
-            protected = write(marker_pt, seq, timestamp, self._ssrc, block, payload)
-        except pylibsrtp.Error as exc:
-            logger.debug("protect failed: %s", exc)
+        # `protect_into`'s write, inline (one call less per copy)
+        view, pack_into, length, function, handle, cdata, ok, limit = out
+        start = 12 + len(block)
+        size = start + len(payload)
+        if size > limit:
+            logger.debug("protect failed: packet too long (%d bytes)", size)
             return
+        payload_type = self.payload_type
+        pack_into(
+            view,
+            0,
+            0x90 if block else 0x80,
+            (0x80 | payload_type) if marker else payload_type,
+            seq,
+            timestamp,
+            self._ssrc,
+        )
+        if block:
+            view[12:start] = block
+        view[start:size] = payload
+        length[0] = size
+        status = function(handle, cdata, length)
+        if status != ok:
+            logger.debug("protect failed: srtp_protect %s", status)
+            return
+        protected = view[: length[0]]
         try:
             sock.sendto(protected, self._address)
         except (BlockingIOError, InterruptedError):
@@ -2423,7 +2509,7 @@ class ForwardingSender:
         if session is not self._srtp_session:
             self._srtp_session = session
             self._protect = fast_protect(session)
-            self._write = protect_into(session)
+            self._out = packet_writing(session)
 
     async def _send_slow(self, data: bytes) -> None:
         try:

@@ -30,6 +30,7 @@ about 1.4 us with three (mid, abs-send-time, audio level), against about
 """
 
 import struct
+from typing import cast
 
 _HEADER = struct.Struct("!BBHII")
 _HEADER_NO_EXT = 0x80  # V=2, P=0, X=0, CC=0
@@ -198,3 +199,72 @@ def audio_level(vad: bool, level: int) -> bytes:
     elif level > 127:
         level = 127
     return _BYTE[(0x80 | level) if vad else level]
+
+
+class BlockTemplate:
+    """The header-extension block of one subscriber's forwarded packets: its MID, the
+    packet's audio level, the abs-send-time of now, in that order (each one only if
+    negotiated, the level only if the packet has one).  Byte for byte
+    `extension_block` of the same extensions, from pieces built once: a few
+    concatenations per packet instead of a tuple of pairs and a loop over it."""
+
+    __slots__ = ("_mid", "_level_id", "_abs_id", "_one_byte", "_plain", "_leveled")
+
+    def __init__(self, mid: tuple[int, bytes] | None, level_id: int | None, abs_id: int | None):
+        self._mid = mid
+        self._level_id = level_id
+        self._abs_id = abs_id
+        sizes = [len(mid[1])] if mid is not None else []
+        ids = [mid[0]] if mid is not None else []
+        ids += [x for x in (level_id, abs_id) if x is not None]
+        # the one-byte form for every combination (else `extension_block` each time)
+        self._one_byte = all(0 < x < 15 for x in ids) and all(0 < n < 17 for n in sizes)
+        #: without a level: (before the abs-send-time value, after it); with one:
+        #: (before the level byte, between it and the abs-send-time value, after)
+        self._plain: tuple[bytes, ...] = ()
+        self._leveled: tuple[bytes, ...] = ()
+        if self._one_byte:
+            self._plain = self._pieces(False)
+            if level_id is not None:
+                self._leveled = self._pieces(True)
+
+    def _pieces(self, level: bool) -> tuple[bytes, ...]:
+        """The block around its variable parts: (before the level byte if ``level``,
+        before the abs-send-time value if negotiated, after both)."""
+        elements = bytearray()
+        if self._mid is not None:
+            x_id, value = self._mid
+            elements.append((x_id << 4) | (len(value) - 1))
+            elements += value
+        size = len(elements) + (2 if level else 0) + (4 if self._abs_id is not None else 0)
+        if not size:
+            return (b"", b"", b"")
+        pad = -size & 3
+        head = b"\xbe\xde" + ((size + pad) >> 2).to_bytes(2, "big") + bytes(elements)
+        abs_head = bytes([(self._abs_id << 4) | 2]) if self._abs_id is not None else b""
+        if level:
+            return (head + bytes([cast(int, self._level_id) << 4]), abs_head, bytes(pad))
+        return (b"", head + abs_head, bytes(pad))
+
+    def block(self, level: tuple[bool, int] | None, now: float) -> bytes:
+        """The block for a packet with audio level ``level`` (None: none), sent at
+        ``now`` (seconds, any clock: `abs_send_time`)."""
+        if not self._one_byte:
+            extensions: list[tuple[int, bytes]] = []
+            if self._mid is not None:
+                extensions.append(self._mid)
+            if self._level_id is not None and level is not None:
+                extensions.append((self._level_id, audio_level(level[0], level[1])))
+            if self._abs_id is not None:
+                extensions.append((self._abs_id, abs_send_time(now)))
+            return extension_block(tuple(extensions))
+        if level is not None and self._level_id is not None:
+            before, middle, after = self._leveled
+            before += audio_level(level[0], level[1])
+        else:
+            before, middle, after = self._plain
+        if self._abs_id is None:
+            return before + middle + after
+        return b"".join(
+            (before, middle, (int(now * 262144.0) & 0xFFFFFF).to_bytes(3, "big"), after)
+        )

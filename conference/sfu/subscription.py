@@ -28,7 +28,7 @@ from .bridge import ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, MID_URI, ForwardingSende
 from .history import PacketHistory
 from .packetmap import PacketMap
 from .publication import Publication
-from .rtpwire import abs_send_time, audio_level, build_rtp_with_block, extension_block
+from .rtpwire import BlockTemplate, abs_send_time, build_rtp_with_block, extension_block
 from .vp8 import Vp8Rewriter
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class Subscription:
         self._level_id: int | None = None
         self._abs_id: int | None = None
         self._ext_key: tuple[object, ...] = (None, None, None)
+        self._template = BlockTemplate(None, None, None)
         self.packets_forwarded = 0
         self.retransmitted = 0
         self.switches = 0
@@ -269,6 +270,7 @@ class Subscription:
         self._level_id = ids.get(AUDIO_LEVEL_URI)
         self._abs_id = ids.get(ABS_SEND_TIME_URI)
         self._ext_key = (self._mid_ext, self._level_id, self._abs_id)
+        self._template = BlockTemplate(self._mid_ext, self._level_id, self._abs_id)
         self._request_keyframe()
         self._replay()
 
@@ -325,7 +327,13 @@ class Subscription:
             seq: int | None = packet_map.resume(packet.sequence_number)
             marker = True  # the first packet of a talkspurt (RFC 3551, 4.1)
         else:
-            seq = packet_map.map(packet.sequence_number)
+            # PacketMap.map's common case (the next packets, in order) inline
+            step = (packet.sequence_number - packet_map._high) & 0xFFFF
+            if 0 < step <= packet_map._restart:
+                packet_map._high += step
+                seq = (packet_map._high + packet_map._offset) & 0xFFFF
+            else:
+                seq = packet_map.map(packet.sequence_number)
         if seq is None:
             return
         timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
@@ -347,17 +355,9 @@ class Subscription:
         sender.send_media(marker, seq, timestamp, block, payload)
 
     def _extension_block(self, packet: RtpPacket) -> bytes:
-        """This subscriber's header extensions for ``packet``, with its IDs."""
-        extensions: list[tuple[int, bytes]] = []
-        if self._mid_ext is not None:
-            extensions.append(self._mid_ext)
-        if self._level_id is not None:
-            level = packet.extensions.audio_level
-            if level is not None:
-                extensions.append((self._level_id, audio_level(level[0], level[1])))
-        if self._abs_id is not None:
-            extensions.append((self._abs_id, abs_send_time(time.time())))
-        return extension_block(tuple(extensions))
+        """This subscriber's header extensions for ``packet``, with its IDs: MID,
+        the packet's audio level, abs-send-time (`BlockTemplate`)."""
+        return self._template.block(packet.extensions.audio_level, time.time())
 
     def _start_source(self, publication: Publication, layer: int, packet: RtpPacket) -> None:
         self.resync = False  # the numbering continues here already
