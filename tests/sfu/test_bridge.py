@@ -827,6 +827,10 @@ async def test_srtp_arrives_without_aiortc_receive_task():
             await asyncio.sleep(0.1)
         assert len(slow) <= 5, slow  # at most what arrived while the handshake finished
         assert dtls._RTCDtlsTransport__rx_packets >= receiver.packets_received
+        # the stream's layer is known: its packets are read without MID from now on
+        assert receiver._layer_ssrc[0] in dtls._conference_settled
+        await receiver.stop()
+        assert not dtls._conference_settled
     finally:
         await sender_pc.close()
         await receiver_pc.close()
@@ -983,6 +987,28 @@ def test_parse_rtp_gives_what_aiortc_parses():
             else:
                 assert _fields(parse_rtp(data[:cut], extension_map.table)) == _fields(theirs)
     assert parsed == 3000 and refused > 1000
+
+
+def test_parse_rtp_of_a_settled_stream_skips_mid_and_rids():
+    """Once a stream's layer is known its packets are read with the lean table: the
+    same packet, its MID and RIDs left None; other SSRCs are still read in full."""
+    import random
+
+    from conference.sfu.bridge import parse_rtp
+
+    extension_map = _extension_map()
+    assert set(extension_map.lean) == set(extension_map.table) - {1, 2, 3}
+    rng = random.Random(11)
+    for _ in range(500):
+        data = _random_packet(rng)
+        ssrc = int.from_bytes(data[8:12], "big")
+        full = parse_rtp(data, extension_map.table)
+        lean = parse_rtp(data, extension_map.table, extension_map.lean, {ssrc})
+        other = parse_rtp(data, extension_map.table, extension_map.lean, {ssrc ^ 1})
+        assert _fields(other) == _fields(full)
+        for name in ("mid", "rtp_stream_id", "repaired_rtp_stream_id"):
+            setattr(full.extensions, name, None)
+        assert _fields(lean) == _fields(full)
 
 
 def test_parse_rtp_refuses_what_is_not_rtp():

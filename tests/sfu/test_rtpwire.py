@@ -250,3 +250,36 @@ def test_build_rtp_with_a_prebuilt_block_matches_build_rtp():
         assert build_rtp_with_block(96, True, 70000, 2**33 + 5, 0xDEADBEEF, b"xyz", block) == (
             build_rtp(96, True, 70000, 2**33 + 5, 0xDEADBEEF, b"xyz", extensions)
         )
+
+
+def test_block_template_gives_extension_blocks_bytes() -> None:
+    """A subscriber's block from prebuilt pieces is extension_block's, for every mix of
+    MID, audio level and abs-send-time, one-byte and two-byte forms."""
+    import random
+
+    from conference.sfu.rtpwire import BlockTemplate, abs_send_time, audio_level, extension_block
+
+    rng = random.Random(5)
+    checked = 0
+    for _ in range(3000):
+        mid = (
+            None
+            if rng.random() < 0.2
+            else (rng.choice([1, 3, 9, 14, 15, 200]), b"m" * rng.randint(1, 20))
+        )
+        level_id = rng.choice([None, 1, 4, 14, 15, 100])
+        abs_id = rng.choice([None, 2, 3, 13, 16])
+        ids = [x for x in (mid[0] if mid else None, level_id, abs_id) if x is not None]
+        if len(set(ids)) != len(ids):
+            continue
+        template = BlockTemplate(mid, level_id, abs_id)
+        for level in (None, (True, rng.randint(0, 127)), (False, rng.randint(-5, 140))):
+            now = rng.random() * 1000
+            extensions: list[tuple[int, bytes]] = [mid] if mid else []
+            if level_id is not None and level is not None:
+                extensions.append((level_id, audio_level(*level)))
+            if abs_id is not None:
+                extensions.append((abs_id, abs_send_time(now)))
+            assert template.block(level, now) == extension_block(tuple(extensions))
+            checked += 1
+    assert checked > 5000
