@@ -6,15 +6,19 @@ subscribers, each its own `ForwardingPeerConnection` with a `ForwardingSender`
 and a `Subscription`), connected by ICE + DTLS to N + 1 client connections in the
 same process.  The publisher's packets are SRTP-protected with the publisher's own
 session (a 1,100-byte VP8 payload, MID + transport-wide sequence number + abs-send-time
-extensions as Chromium sends them) and handed to the server connection's
-``data_received``, exactly where aioice delivers a datagram: SRTP unprotect, RTP
+extensions as Chromium sends them) and handed over where the server's event loop
+(`conference.sfu.udp`, which this runs on) puts a datagram it has read into its
+buffer: the socket's ``media`` hook (`conference.sfu.bridge.fast_ingress`) where the
+bridge set one, else the ICE protocol's ``datagram_received``.  SRTP unprotect, RTP
 parse, statistics, NACK bookkeeping, transport-cc feedback, the fan-out (rewrite,
 history, SRTP protect, ``sendto``) all run for real, and the kernel's loopback
 delivery of every copy is charged to the ``sendto`` that causes it, as on a server.
 
 Only the server's synchronous work per datagram is timed (``time.thread_time``
-around ``data_received``); the clients receive later, outside the timed blocks
-(the loop runs between bursts of packets).
+around that hand-over); the clients receive later, outside the timed blocks (the
+loop runs between bursts of packets).  Not timed: the ``recvfrom_into`` and the
+event-loop turn that bring the datagram in.  With ``PYTHONPATH`` set, the
+``conference`` package is taken from there (a "before" checkout beside this tree).
 
     python bench/perpacket.py [--subscribers 0,1,10,20,40] [--packets 6000] [--rounds 3]
 
@@ -27,13 +31,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not os.environ.get("PYTHONPATH"):  # else the tree it names (a "before" checkout)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from conference.sfu.bridge import (  # noqa: E402
     ABS_SEND_TIME_URI,
@@ -97,7 +103,7 @@ class Bench:
         self.receiver = receiver
         self.publication = Publication("TR_b", "PA_b", "camera", receiver, "vp8", 90000)
         server_dtls = receiver.transport
-        self.deliver = server_dtls.transport._connection.data_received
+        self.deliver = self._delivery(server_dtls.transport._connection)
         self.protect = sender._transport._tx_srtp.protect
         ids = sender.extension_ids
         self.extension_ids = (ids[MID_URI], ids.get(TWCC_URI), ids.get(ABS_SEND_TIME_URI))
@@ -144,6 +150,25 @@ class Bench:
         self.seq = (self.seq + 1) & 0xFFFF
         self.timestamp = (self.timestamp + 3000) & 0xFFFFFFFF
         return self.protect(data)
+
+    @staticmethod
+    def _delivery(connection: Any) -> Any:
+        """What the server's event loop does with a datagram it read into its buffer
+        (`conference.sfu.udp`'s transport, minus ``recvfrom_into``): hand it to the
+        socket's ``media`` hook where the bridge set one, else to the protocol."""
+        pair = connection._nominated[1]
+        protocol, transport, addr = pair.protocol, pair.protocol.transport, pair.remote_addr
+        buffer = memoryview(bytearray(65536))
+
+        def deliver(data: bytes, _component: int = 1) -> None:
+            size = len(data)
+            buffer[:size] = data
+            media = getattr(transport, "media", None)
+            if media is not None and media(buffer, size):
+                return
+            protocol.datagram_received(bytes(buffer[:size]), addr)
+
+        return deliver
 
     def send_one(self, payload: bytes) -> None:
         self.deliver(self.datagram(payload), 1)
@@ -225,7 +250,10 @@ def main() -> None:
     parser.add_argument("--json", default="bench/results/perpacket.json")
     args = parser.parse_args()
     counts = [int(n) for n in args.subscribers.split(",") if n.strip()]
-    result = asyncio.run(run(counts, args.packets, args.rounds))
+    from conference.sfu.udp import PortRangeEventLoop  # the server's event loop
+
+    with asyncio.Runner(loop_factory=PortRangeEventLoop) as runner:
+        result = runner.run(run(counts, args.packets, args.rounds))
     result |= {"packets": args.packets, "rounds": args.rounds}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -577,7 +577,9 @@ class LeanExtensionsMap(HeaderExtensionsMap):
         }
 
 
-def _extension(extensions: Any, code: int, data: bytes, start: int, length: int) -> None:
+def _extension(
+    extensions: Any, code: int, data: bytes | memoryview, start: int, length: int
+) -> None:
     """Set the field of aiortc's ``HeaderExtensions`` that extension ``code`` fills
     (as aiortc's own parser does; a value of a length the extension never has is
     ignored)."""
@@ -591,17 +593,17 @@ def _extension(extensions: Any, code: int, data: bytes, start: int, length: int)
         if length == 3:
             extensions.abs_send_time = int.from_bytes(data[start : start + 3], "big")
     elif code == _EXT_MID:
-        extensions.mid = data[start : start + length].decode("utf8")
+        extensions.mid = str(data[start : start + length], "utf8")
     elif code == _EXT_RID:
-        extensions.rtp_stream_id = data[start : start + length].decode("ascii")
+        extensions.rtp_stream_id = str(data[start : start + length], "ascii")
     elif code == _EXT_RRID:
-        extensions.repaired_rtp_stream_id = data[start : start + length].decode("ascii")
+        extensions.repaired_rtp_stream_id = str(data[start : start + length], "ascii")
     elif code == _EXT_TOFFSET and length == 3:
         extensions.transmission_offset = int.from_bytes(data[start : start + 3], "big", signed=True)
 
 
 def parse_rtp(
-    data: bytes,
+    data: bytes | memoryview,
     table: dict[int, int],
     lean: dict[int, int] | None = None,
     settled: set[int] | frozenset[int] = frozenset(),
@@ -611,7 +613,8 @@ def parse_rtp(
     The same ``RtpPacket`` and ``HeaderExtensions`` come out (the test compares them
     on every shape of packet), made without their ``__init__`` and reading only the
     extensions in ``table`` (`LeanExtensionsMap`); RFC 8285's ID 15 ends the one-byte
-    elements.  A packet of an SSRC in ``settled`` is read with ``lean`` instead (its
+    elements.  ``data`` may be a view of a buffer (the payload is copied out into
+    bytes).  A packet of an SSRC in ``settled`` is read with ``lean`` instead (its
     MID and RIDs left None: they matter only for a stream's first packets).  Raises
     ValueError for a packet aiortc refuses (too short, not version 2, truncated
     CSRC, extension block or element, bad padding, a MID or RID that is not text).
@@ -697,7 +700,9 @@ def parse_rtp(
         "ssrc": ssrc,
         "csrc": csrc,
         "extensions": extensions,
-        "payload": data[pos : size - padding],
+        "payload": data[pos : size - padding]
+        if type(data) is bytes
+        else bytes(data[pos : size - padding]),
         "padding_size": padding,
     }
     return packet
@@ -722,8 +727,17 @@ def fast_ingress(dtls: RTCDtlsTransport, headers_only: bool = False) -> bool:
     (aiortc's task would stop the transport).  Returns False when aioice's connection
     is not the pinned shape (the stock path stays).
 
+    On the connection's sockets read by `conference.sfu.udp` (host candidates) the same
+    work starts one step earlier (``media``, `_BatchedDatagramTransport.media`): the
+    datagram goes from the loop's read buffer straight into the SRTP session's buffer,
+    is unprotected there and parsed from it, without the bytes object, the copies in
+    and out of pylibsrtp and the three calls (the protocol's ``datagram_received``,
+    ``data_received``, the unprotect) that the path above takes per packet.
+
     ``headers_only`` (the load tester's points, never the server): RTP packets of a
-    receiver with a `HeaderSink` are read from their header alone (`header_ingress`).
+    receiver with a `HeaderSink` are read from their header alone (`header_ingress`;
+    such a connection's datagrams come from the load tester's loop through
+    `datagram_reader`, never through ``media``).
     """
     connection = getattr(getattr(dtls, "transport", None), "_connection", None)
     queue = getattr(connection, "_queue", None)
@@ -761,6 +775,8 @@ def fast_ingress(dtls: RTCDtlsTransport, headers_only: bool = False) -> bool:
         ):
             dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
             dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+            if not hooked[0]:
+                hook()
             try:
                 if 191 < data[1] < 209:  # RTCP (RFC 5761: packet types 192-208)
                     if unprotect_rtcp[0] is not srtp:
@@ -794,6 +810,71 @@ def fast_ingress(dtls: RTCDtlsTransport, headers_only: bool = False) -> bool:
         else:
             queue.put_nowait((data, component))
 
+    rx: list[Any] = [None]  # (the receive session, then what `media` needs of it)
+
+    def media(buffer: memoryview, size: int) -> bool:
+        """A datagram read by udp.py's transport into its buffer (`_BatchedDatagramTransport.media`):
+        what ``data_received`` does, with the datagram copied once, into the SRTP
+        session's own buffer, unprotected there and parsed from it."""
+        srtp = dtls._rx_srtp
+        if srtp is None or dtls._state is not _DtlsState.CONNECTED or waiting:
+            return False
+        bound = rx[0]
+        if bound is None or bound[0] is not srtp:
+            binding = _srtp_binding(srtp, "srtp_unprotect")
+            binding_rtcp = _srtp_binding(srtp, "srtp_unprotect_rtcp")
+            if binding is None or binding_rtcp is None:
+                return False
+            _, function, handle, cdata, cbuffer, length, ok = binding
+            view = memoryview(cbuffer)
+            bound = (srtp, function, binding_rtcp[1], handle, cdata, cbuffer, view, length, ok)
+            rx[0] = bound
+        _, function, function_rtcp, handle, cdata, cbuffer, view, length, ok = bound
+        if size > len(cdata):
+            return False
+        dtls._RTCDtlsTransport__rx_bytes += size  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+        cbuffer[0:size] = buffer[:size]
+        length[0] = size
+        if 191 < buffer[1] < 209:  # RTCP (RFC 5761: packet types 192-208)
+            if function_rtcp(handle, cdata, length) != ok:
+                return True  # as aiortc: a packet that does not authenticate is dropped
+            plain = cbuffer[0 : length[0]]
+            try:
+                if not handle_rtcp(plain, router):
+                    run_now(dtls._handle_rtcp_data(plain))
+            except Exception:
+                logger.exception("an RTCP handler failed")
+            return True
+        if function(handle, cdata, length) != ok:
+            return True
+        try:
+            packet = parse_rtp(view[: length[0]], extension_map.table, extension_map.lean, settled)
+        except ValueError as exc:
+            logger.debug("RTP parsing failed: %s", exc)
+            return True
+        receiver = ssrc_table.get(packet.ssrc) or router.route_rtp(packet)
+        if receiver is None:
+            return True
+        try:
+            if type(receiver) is ForwardingReceiver:
+                receiver.handle_rtp(packet)
+            else:
+                run_now(receiver._handle_rtp_packet(packet, arrival_time_ms=_clock.current_ms()))
+        except Exception:
+            logger.exception("a packet handler failed")
+        return True
+
+    def hook() -> None:
+        """Set ``media`` on the connection's sockets (they exist once candidates are
+        gathered, which may come after this function: done on the first packet)."""
+        hooked[0] = True
+        for protocol in getattr(connection, "_protocols", ()):
+            transport: Any = getattr(protocol, "transport", None)
+            if type(protocol) is StunProtocol and hasattr(type(transport), "media"):
+                transport.media = media
+
+    hooked = [headers_only]  # (header_ingress must see every datagram)
     connection.data_received = data_received
     if headers_only:
         connection.data_received = header_ingress(dtls, data_received, queue)

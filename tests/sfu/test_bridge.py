@@ -836,6 +836,69 @@ async def test_srtp_arrives_without_aiortc_receive_task():
         await receiver_pc.close()
 
 
+def test_media_is_unprotected_in_place_on_the_servers_loop():
+    """On the server's event loop (udp.py's transport) RTP and RTCP go from the read
+    buffer into the SRTP session and are parsed there: aioice's data_received sees only
+    what came before DTLS finished; the receiver gets every packet and the sender
+    report."""
+    from aiortc.mediastreams import AudioStreamTrack
+
+    loop = PortRangeEventLoop()
+
+    async def run() -> tuple[int, int, list[int], bool]:
+        sender_pc = RTCPeerConnection()
+        receiver_pc = ForwardingPeerConnection()
+        sender_pc.addTrack(AudioStreamTrack())
+        handed: list[int] = []
+        reports: list[int] = []
+        try:
+            await sender_pc.setLocalDescription(await sender_pc.createOffer())
+            await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+            await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+            receiver = receiver_pc.getTransceivers()[0].receiver
+            await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+            connection = receiver.transport.transport._connection
+            deadline = loop.time() + 15
+            while not getattr(connection, "_conference_fast_ingress", False):
+                assert loop.time() < deadline
+                await asyncio.sleep(0.01)
+            stock = connection.data_received
+
+            def counted(data: bytes, component: int) -> None:
+                if 127 < data[0] < 192:
+                    handed.append(len(data))
+                stock(data, component)
+
+            connection.data_received = counted
+
+            class Sink:
+                def on_rtp(self, *args: object) -> None:
+                    pass
+
+                def on_sender_report(self, ntp: int, rtp: int, layer: int = 0) -> None:
+                    reports.append(rtp)
+
+                def on_bye(self) -> None:
+                    pass
+
+            receiver.sink = Sink()
+            while receiver.packets_received < 100 or not reports:
+                assert loop.time() < deadline, (receiver.packets_received, reports)
+                await asyncio.sleep(0.1)
+            hooked = all(p.transport.media is not None for p in connection._protocols)
+            return receiver.packets_received, len(reports), handed, hooked
+        finally:
+            await sender_pc.close()
+            await receiver_pc.close()
+
+    try:
+        received, sender_reports, handed, hooked = loop.run_until_complete(run())
+    finally:
+        loop.close()
+    assert hooked and received >= 100 and sender_reports >= 1
+    assert len(handed) <= 5, handed  # at most what arrived while DTLS finished
+
+
 async def test_media_datagrams_are_not_parsed_as_stun(monkeypatch):
     """RTP/RTCP (first byte 128-191) go to the connection without a STUN parse;
     STUN (first two bits zero) is still parsed."""
@@ -975,6 +1038,8 @@ def test_parse_rtp_gives_what_aiortc_parses():
         ours = parse_rtp(data, extension_map.table)
         assert type(ours) is RtpPacket
         assert _fields(ours) == _fields(RtpPacket.parse(data, extension_map))
+        in_place = parse_rtp(memoryview(bytearray(data)), extension_map.table)  # from a buffer
+        assert _fields(in_place) == _fields(ours) and type(in_place.payload) is bytes
         assert ours.extensions.mid is None or isinstance(ours.extensions.mid, str)
         parsed += 1
         for cut in sorted({rng.randint(0, len(data)) for _ in range(3)}):

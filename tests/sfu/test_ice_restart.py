@@ -155,6 +155,56 @@ async def test_forwarded_packets_follow_the_new_path():
         await viewer.close()
 
 
+def test_in_place_ingress_moves_to_the_new_connection_on_the_servers_loop():
+    """On the server's event loop (udp.py's transport) media is unprotected in place from
+    the read buffer (``_BatchedDatagramTransport.media``); after a restart the new
+    connection's sockets take over that hook and media flows on them."""
+    from conference.sfu.udp import PortRangeEventLoop
+
+    loop = PortRangeEventLoop()
+
+    async def run() -> None:
+        publisher = RTCPeerConnection()
+        server = ForwardingPeerConnection()
+        publisher.addTrack(AudioStreamTrack())
+        try:
+            await connected(publisher, server)
+            receiver = server.getTransceivers()[0].receiver
+            await wait_packets(receiver, 20)
+            old = _ice(server)._connection
+            assert all(p.transport.media is not None for p in old._protocols)
+            go_dark(publisher)
+            go_dark(server)
+            for protocol in old._protocols:  # what arrives there is no more read in place
+                protocol.transport.media = None
+            await asyncio.sleep(0.2)
+            assert await packets_in(receiver, 0.5) == 0
+            await restart(publisher, server)
+            assert await wait_ice_restart(publisher) and await wait_ice_restart(server)
+            assert await packets_in(receiver, 1.0) >= 30
+            new = _ice(server)._connection
+            assert new is not old and new._conference_fast_ingress
+            assert all(p.transport.media is not None for p in new._protocols)
+            stock = new.data_received
+            handed: list[int] = []
+
+            def counted(data: bytes, component: int) -> None:
+                handed.append(len(data))
+                stock(data, component)
+
+            new.data_received = counted
+            assert await packets_in(receiver, 0.5) >= 15
+            assert not handed  # every packet read in place
+        finally:
+            await publisher.close()
+            await server.close()
+
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
 async def test_a_second_restart_replaces_one_still_checking():
     """The network changed twice in a row (or the page asked again): the second restart
     takes over from the first, whose new connection is dropped; media comes back."""
