@@ -412,6 +412,8 @@ class SentPackets:
         )
         self.send_rtp(data, len(payload))
 
+    emit = send_media  # what a ForwardingSender bound to a pair calls (bridge)
+
 
 HEADER_EXTENSIONS = HeaderExtensionsMap()
 HEADER_EXTENSIONS.configure(

@@ -2371,6 +2371,9 @@ class ForwardingSender:
         self._protect: Callable[[bytes], bytes] = bytes
         #: what `send_media` needs of the SRTP session (`packet_writing`)
         self._out: tuple[Any, ...] | None = None
+        #: `send_media`, or (once bound to a pair's socket) the same work with the
+        #: pair, socket and SRTP buffer at hand (`_emitter`): what the fan-out calls
+        self.emit: Callable[[int, int, int, bytes | bytearray, bytes], None] = self.send_media
         self._pair: Any = None
         self._sock: Any = None
         self._datagrams: Any = None
@@ -2412,6 +2415,7 @@ class ForwardingSender:
     def setTransport(self, transport: RTCDtlsTransport) -> None:  # noqa: N802 (aiortc API)
         self._transport = transport
         self._pair = None
+        self.emit = self.send_media
         if self._started:
             self.follow(_media_connection(transport.transport)._nominated)
 
@@ -2420,6 +2424,7 @@ class ForwardingSender:
         the new one of an ICE restart that found its path) from now on."""
         self._nominated = nominated
         self._pair = None
+        self.emit = self.send_media
 
     async def send(self, parameters: RTCRtpSendParameters) -> None:
         if self._started:
@@ -2522,11 +2527,13 @@ class ForwardingSender:
             logger.debug("send failed: %s", exc)
 
     def send_media(
-        self, marker: bool, seq: int, timestamp: int, block: bytes | bytearray, payload: bytes
+        self, marker: int, seq: int, timestamp: int, block: bytes | bytearray, payload: bytes
     ) -> None:
         """Send one forwarded packet of this track (its payload type and SSRC): the
         header, the extension block ``block`` and ``payload`` are written straight into
-        the SRTP session's buffer, protected there and sent from it (`protect_into`).
+        the SRTP session's buffer, protected there and sent from it (`emit`, made for
+        the nominated pair: the fan-out calls it directly); built as bytes and sent by
+        `send_rtp` where the pair's socket cannot be written to (a TURN relay).
         ``seq`` and ``timestamp`` are already reduced to 16 and 32 bits; the caller
         checked that the sender has started."""
         pair = self._nominated.get(1)
@@ -2534,48 +2541,13 @@ class ForwardingSender:
             return
         if pair is not self._pair:
             self._bind(pair)
-        sock = self._sock
-        out = self._out
-        if sock is None or out is None:
-            data = build_rtp_with_block(
-                self.payload_type, marker, seq, timestamp, self._ssrc, payload, bytes(block)
-            )
-            self.send_rtp(data, len(payload))
+        if self._sock is not None and self._out is not None:  # `emit` is `_emitter`'s
+            self.emit(marker, seq, timestamp, block, payload)
             return
-        self.packets_sent += 1
-        self.bytes_sent += len(payload)
-        # `protect_into`'s write, inline (one call less per copy)
-        view, pack_into, length, function, handle, cdata, ok, limit = out
-        start = 12 + len(block)
-        size = start + len(payload)
-        if size > limit:
-            logger.debug("protect failed: packet too long (%d bytes)", size)
-            return
-        payload_type = self.payload_type
-        pack_into(
-            view,
-            0,
-            0x90 if block else 0x80,
-            (0x80 | payload_type) if marker else payload_type,
-            seq,
-            timestamp,
-            self._ssrc,
+        data = build_rtp_with_block(
+            self.payload_type, marker, seq, timestamp, self._ssrc, payload, bytes(block)
         )
-        if block:
-            view[12:start] = block
-        view[start:size] = payload
-        length[0] = size
-        status = function(handle, cdata, length)
-        if status != ok:
-            logger.debug("protect failed: srtp_protect %s", status)
-            return
-        protected = view[: length[0]]
-        try:
-            sock.sendto(protected, self._address)
-        except (BlockingIOError, InterruptedError):
-            self._datagrams.sendto(bytes(protected), self._address)  # asyncio queues a copy
-        except OSError as exc:  # as asyncio does: report, never raise into the fan-out
-            logger.debug("send failed: %s", exc)
+        self.send_rtp(data, len(payload))
 
     def _bind(self, pair: Any) -> None:
         self._pair = pair
@@ -2591,6 +2563,61 @@ class ForwardingSender:
             self._srtp_session = session
             self._protect = fast_protect(session)
             self._out = packet_writing(session)
+        self.emit = self.send_media
+        if self._sock is not None and self._out is not None:
+            self.emit = self._emitter(pair, self._sock, self._address, self._out)
+
+    def _emitter(
+        self, pair: Any, sock: Any, address: Any, out: tuple[Any, ...]
+    ) -> Callable[[int, int, int, bytes | bytearray, bytes], None]:
+        """`send_media` for one candidate pair, socket and SRTP session, which it keeps at
+        hand; it hands back to `send_media` (which makes a new one) when ICE nominates
+        another pair."""
+        view, pack_into, length, function, handle, cdata, ok, limit = out
+        nominated = self._nominated
+        ssrc = self._ssrc
+        sender = self
+
+        def emit(
+            marker: int, seq: int, timestamp: int, block: bytes | bytearray, payload: bytes
+        ) -> None:
+            if nominated.get(1) is not pair:
+                sender.send_media(marker, seq, timestamp, block, payload)
+                return
+            sender.packets_sent += 1
+            sender.bytes_sent += len(payload)
+            start = 12 + len(block)
+            size = start + len(payload)
+            if size > limit:
+                logger.debug("protect failed: packet too long (%d bytes)", size)
+                return
+            payload_type = sender.payload_type
+            pack_into(
+                view,
+                0,
+                0x90 if block else 0x80,
+                (0x80 | payload_type) if marker else payload_type,
+                seq,
+                timestamp,
+                ssrc,
+            )
+            if block:
+                view[12:start] = block
+            view[start:size] = payload
+            length[0] = size
+            status = function(handle, cdata, length)
+            if status != ok:
+                logger.debug("protect failed: srtp_protect %s", status)
+                return
+            protected = view[: length[0]]
+            try:
+                sock.sendto(protected, address)
+            except (BlockingIOError, InterruptedError):
+                sender._datagrams.sendto(bytes(protected), address)  # asyncio queues a copy
+            except OSError as exc:  # as asyncio does: report, never raise into the fan-out
+                logger.debug("send failed: %s", exc)
+
+        return emit
 
     async def _send_slow(self, data: bytes) -> None:
         try:

@@ -127,7 +127,7 @@ def extension_block(extensions: Extensions) -> bytes:
 
 def build_rtp_with_block(
     payload_type: int,
-    marker: bool,
+    marker: int,
     seq: int,
     timestamp: int,
     ssrc: int,

@@ -62,11 +62,10 @@ class Subscription:
         self.suspended = False
         self.paused = False
         self._vp8: Vp8Rewriter | None = None
-        self._last_payload = b""
         self._map: PacketMap | None = None
         self._ts_offset = 0
         self._started = False
-        self._history: PacketHistory[tuple[int, bool, bytes, bytes]] = PacketHistory(HISTORY_SIZE)
+        self._history: PacketHistory[tuple[int, int, bytes, bytes]] = PacketHistory(HISTORY_SIZE)
         self._on_source_ended = on_source_ended
         #: the audio gate held the source back since the last packet sent: the next one
         #: continues the numbering and starts a talkspurt (see `.audiogate`)
@@ -313,15 +312,13 @@ class Subscription:
         payload = packet.payload
         if self._vp8 is not None:
             payload = self._vp8.rewrite(payload)
-        else:
-            self._last_payload = payload  # what a first switch continues from
         if not payload:
             # padding-only packets are bandwidth probes for the first hop
             packet_map.drop(packet.sequence_number)
             return
         if sender.red_block_pt is not None:
             payload = publication.red_payload(packet, sender.red_block_pt)
-        marker = bool(packet.marker)
+        marker = packet.marker
         if self.resync:
             self.resync = False
             seq: int | None = packet_map.resume(packet.sequence_number)
@@ -352,7 +349,7 @@ class Subscription:
             sender.last_ts = timestamp
             sender.last_time = time.monotonic() if now is None else now
         self.packets_forwarded += 1
-        sender.send_media(marker, seq, timestamp, block, payload)
+        sender.emit(marker, seq, timestamp, block, payload)
 
     def _extension_block(self, packet: RtpPacket) -> bytes:
         """This subscriber's header extensions for ``packet``, with its IDs: MID,
@@ -397,8 +394,11 @@ class Subscription:
             # payloads go out as they came (no rewriting cost)
             if self._vp8 is None:
                 self._vp8 = Vp8Rewriter()
-                if self._last_payload:
-                    self._vp8.rewrite(self._last_payload)  # learns the last IDs sent
+                # learns the last IDs sent: the newest packet in the history (the
+                # sender's last one came from here: this subscription has started)
+                last = self._history.get(sender.last_seq)
+                if last is not None and last[2]:
+                    self._vp8.rewrite(last[2])
             self._vp8.switch()
         self._started = True
 
@@ -427,7 +427,7 @@ class Subscription:
         payload_type: int,
         seq: int,
         timestamp: int,
-        marker: bool,
+        marker: int,
         payload: bytes,
         block: bytes,
     ) -> bytes:

@@ -57,9 +57,11 @@ class Sender:
         self.sent.append((seq, ts, data[-payload_size:]))
 
     def send_media(
-        self, marker: bool, seq: int, timestamp: int, block: bytes, payload: bytes
+        self, marker: int, seq: int, timestamp: int, block: bytes, payload: bytes
     ) -> None:
         self.sent.append((seq, timestamp, payload))
+
+    emit = send_media  # what the fan-out calls (ForwardingSender: bound to a pair)
 
 
 def vp8(picture_id: int, keyframe: bool, start: bool = True) -> bytes:

@@ -223,7 +223,7 @@ class LeanStream:
         history = self.history
         mask = self.history_size - 1
         last = len(payloads) - 1
-        send_media = sender.send_media
+        emit = sender.emit  # send_media, with the nominated pair at hand (bridge)
         pack_into = _U16.pack_into
         for i, payload in enumerate(payloads):
             if twcc_at >= 0:
@@ -233,7 +233,7 @@ class LeanStream:
             seq = self.seq
             self.seq = (seq + 1) & 0xFFFF
             bit = marker and i == last
-            send_media(bit, seq, timestamp, block, payload)  # copies the block at once
+            emit(bit, seq, timestamp, block, payload)  # copies the block at once
             if mask >= 0:
                 history[seq & mask] = (seq, payload, bit, timestamp)
 
