@@ -1076,6 +1076,45 @@ def test_parse_rtp_of_a_settled_stream_skips_mid_and_rids():
         assert _fields(lean) == _fields(full)
 
 
+def test_parse_rtp_with_learnt_layouts_reads_what_the_full_parse_reads():
+    """A settled stream's blocks are read at the places its last blocks had their
+    elements, when the structural bytes match: the same packet as the element-by-element
+    parse, whether the shape stays, changes now and then, or never repeats; damaged
+    packets are refused the same way."""
+    import random
+
+    from conference.sfu.bridge import parse_rtp
+
+    extension_map = _extension_map()
+    table, lean = extension_map.table, extension_map.lean
+    rng = random.Random(17)
+    layouts: dict = {}
+    from conference.sfu.rtpwire import build_rtp
+
+    usual = (  # as browsers send them: MID, TWCC, abs-send-time, level, toffset
+        ((1, b"0"), (6, b"\x01\x02"), (4, b"\x03\x04\x05")),
+        ((1, b"1"), (5, b"\x85"), (6, b"\x00\x07"), (7, b"\x00\x00\x09")),
+    )
+    shapes = [build_rtp(96, False, 1, 2, 3 + i, bytes(50), x) for i, x in enumerate(usual)]
+    shapes += [_random_packet(rng) for _ in range(6)]
+    for _ in range(4000):
+        shape = rng.choice(shapes[:2] if rng.random() < 0.8 else shapes)
+        data = bytearray(shape)
+        ssrc = int.from_bytes(data[8:12], "big")
+        for i in range(12, min(len(data), 40)):  # values change, the shape may not
+            if rng.random() < 0.3:
+                data[i] = rng.randrange(256)
+        data = bytes(data[: rng.randint(12, len(data))] if rng.random() < 0.1 else data)
+        try:
+            reference = parse_rtp(data, table, lean, {ssrc})
+        except ValueError:
+            with pytest.raises(ValueError):
+                parse_rtp(data, table, lean, {ssrc}, layouts)
+            continue
+        assert _fields(parse_rtp(data, table, lean, {ssrc}, layouts)) == _fields(reference)
+    assert layouts and all(len(known) <= 4 for known in layouts.values())
+
+
 def test_parse_rtp_refuses_what_is_not_rtp():
     from conference.sfu.bridge import parse_rtp
 
