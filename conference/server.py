@@ -393,6 +393,10 @@ SELF_SIGNED_NOTICE = (
 )
 
 
+#: the garbage collector's third threshold (full passes per middle-generation passes)
+FULL_COLLECTION_EVERY = 100
+
+
 def settle_heap() -> None:
     """Keep what start-up made out of the garbage collector's full passes.
 
@@ -404,6 +408,12 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+    # a full pass every hundred middle-generation passes instead of ten: in a 40-point
+    # briefing one took ~50 ms of CPU (every media packet waits) every ~10 s, ~1 % of a
+    # core; the young passes cost the same whatever their threshold (what they walk
+    # is what the packets leave: see docs/BENCHMARKS.md, issue 13 item 4)
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:
