@@ -15,10 +15,11 @@ SERVE="python -m conference"
 if [ "${MODE:-pyspy}" = cprofile ]; then SERVE="python $SRC/bench/profile_server.py $OUT.prof"; fi
 # MODE=loop: the event loop's CPU time by callback (this tree's bench/loop_profile.py)
 if [ "${MODE:-pyspy}" = loop ]; then SERVE="python $HERE/bench/loop_profile.py $OUT.loop.json"; fi
-cd $D; PYTHONPATH=$SRC taskset -c 0 $SERVE serve --host 127.0.0.1 --port $PORT --tls off --data-dir $D/data --ice-host 127.0.0.1 > $D/log.txt 2>&1 &
+RTP=""; [ "${RT:-0}" = 1 ] && RTP="chrt -f 10"  # RT=1: both at a real-time priority (run.sh)
+cd $D; PYTHONPATH=$SRC taskset -c 0 $RTP $SERVE serve --host 127.0.0.1 --port $PORT --tls off --data-dir $D/data --ice-host 127.0.0.1 > $D/log.txt 2>&1 &
 SRV=$!
 for i in $(seq 1 60); do grep -q '"listening"' $D/log.txt 2>/dev/null && break; sleep 0.5; done
-cd $HERE && PYTHONPATH=$HERE taskset -c 1 python -m conference loadtest --url http://127.0.0.1:$PORT --meeting prof-$RANDOM --scenario briefing --points ${POINTS:-40} --duration ${DUR:-45} --lean --secret $CONFERENCE_TOKEN_SECRET --no-progress > $OUT.loadtest.txt 2>&1 &
+cd $HERE && PYTHONPATH=$HERE taskset -c 1 $RTP python -m conference loadtest --url http://127.0.0.1:$PORT --meeting prof-$RANDOM --scenario briefing --points ${POINTS:-40} --duration ${DUR:-45} --lean --secret $CONFERENCE_TOKEN_SECRET --no-progress > $OUT.loadtest.txt 2>&1 &
 GENPID=$!
 sleep ${WAIT:-22}
 if [ "${MODE:-pyspy}" = cprofile ] || [ "${MODE:-pyspy}" = loop ]; then
