@@ -238,6 +238,8 @@ class MarkedSender(Sender):
     ) -> None:
         self.marked.append((seq, marker, payload))
 
+    emit = send_media  # what the fan-out calls
+
 
 def voice(seq: int, level: int) -> RtpPacket:
     """A microphone's packet (no marker of its own) with its audio level."""
