@@ -656,3 +656,23 @@ def test_serve_without_its_redis_says_so_in_one_line(tmp_path: Path) -> None:
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("conference: error: redis_url: cannot reach Redis"), done.stderr
     assert "Traceback" not in done.stderr and "secret-password" not in done.stderr
+
+
+async def test_a_burst_of_updates_waits_for_a_connection_rather_than_failing() -> None:
+    """Hundreds of Redis updates at once (a hundred points joining: their announcements
+    and member lists) queue for the node's connections: none is refused (redis-py's
+    default pool refuses the 101st: an announcement lost)."""
+    unreachable = redis_reachable()
+    if unreachable:
+        pytest.skip(f"no Redis on 127.0.0.1:6379: {unreachable}")
+    from conference.cluster import node
+
+    run = uuid.uuid4().hex[:8]
+    cluster = node.Cluster(REDIS, f"test-{run}", "test-secret-" + "x" * 40, cluster_name=run)
+    key = f"{cluster.prefix}burst"
+    try:
+        await asyncio.gather(*(cluster.redis.hset(key, str(i), "x") for i in range(300)))
+        assert await cluster.redis.hlen(key) == 300
+    finally:
+        await cluster.redis.delete(key)
+        await cluster.redis.aclose()

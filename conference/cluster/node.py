@@ -39,6 +39,11 @@ _FORGET_RECORD = (
     "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
 )
 
+#: at most this many connections to Redis at once (the subscription has one more) ...
+REDIS_CONNECTIONS = 32
+#: ... and an update waits this long for one of them (seconds) before it fails
+REDIS_WAIT = 20.0
+
 #: the default namespace of the keys and channels in Redis (setting ``cluster_name``)
 DEFAULT_NAME = "conference"
 
@@ -55,7 +60,13 @@ class Cluster(SharedState, RecordingHandover):
         relay_port: int = 0,
         cluster_name: str = DEFAULT_NAME,
     ) -> None:
-        self.redis = aioredis.from_url(redis_url, decode_responses=True)
+        # a pool that makes a burst wait for a connection: 100 points joining at once
+        # start hundreds of updates, and the default pool refuses the 101st at once
+        # (MaxConnectionsError: an announcement lost)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            redis_url, decode_responses=True, max_connections=REDIS_CONNECTIONS, timeout=REDIS_WAIT
+        )
+        self.redis = aioredis.Redis.from_pool(pool)
         #: every key and channel of this cluster starts so (nodes of another cluster
         #: name on the same Redis are strangers)
         self.prefix = f"{cluster_name}:"
