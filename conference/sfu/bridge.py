@@ -155,6 +155,11 @@ ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 RTCP_INTERVAL = 1.0
 NACK_INTERVAL = 0.02
+#: a compound RTCP packet that the load tester's points send (`TransportReports`) stays
+#: under this many bytes (SRTCP adds its trailer; libsrtp refuses more than it can hold)
+RTCP_DATAGRAM = 1200
+#: report blocks in one receiver report (its count field has five bits)
+RR_BLOCKS = 31
 #: the periodic reports of `RtcpClock` run at most this often (seconds)
 RTCP_TICK = 0.05
 #: a header-only receiver (`header_ingress`) still takes one packet in this many of a
@@ -1663,13 +1668,16 @@ class TransportReports:
             if self._rtcp_clock is not None:
                 self._rtcp_clock.remove(self)
         elif state is _DtlsState.CONNECTED:
-            data = self.compound()
-            if data:
+            for data in self.compounds():
                 wire(dtls).rtcp(data)
         return now + RTCP_INTERVAL * (0.5 + random.random())
 
-    def compound(self) -> bytes:
-        """The transport's compound report now (empty: nothing to report yet)."""
+    def compounds(self) -> list[bytes]:
+        """The transport's compound reports now, each at most `RTCP_DATAGRAM` bytes
+        before SRTCP's trailer, as browsers split theirs (a chair's page receiving 100
+        cameras and 100 microphones reports on 200 streams: 4.8 kB, more than SRTCP
+        protects in one datagram); none when there is nothing to report yet.  The first
+        carries the sender reports and the CNAMEs, every one starts with a report."""
         router = self.dtls._rtp_router
         parts: list[bytes] = []
         chunks = []
@@ -1687,13 +1695,21 @@ class TransportReports:
             if isinstance(receiver, ForwardingReceiver) and receiver._rtcp_ssrc is not None:
                 ssrc = receiver._rtcp_ssrc if ssrc is None else ssrc
                 blocks.extend(receiver.report_blocks())
+        reports = []
         if ssrc is not None:
-            for first in range(0, len(blocks), 31):
-                some = blocks[first : first + 31]
-                parts.append(_rr_header(ssrc, len(some)) + b"".join(some))
-        if chunks:
-            parts.append(bytes(RtcpSdesPacket(chunks=chunks)))
-        return b"".join(parts)
+            for first in range(0, len(blocks), RR_BLOCKS):
+                some = blocks[first : first + RR_BLOCKS]
+                reports.append(_rr_header(ssrc, len(some)) + b"".join(some))
+        if not parts and not reports:
+            return []
+        sdes = bytes(RtcpSdesPacket(chunks=chunks)) if chunks else b""
+        datagrams = [b"".join(parts)]
+        for report in reports:
+            if datagrams[-1] and len(datagrams[-1]) + len(report) > RTCP_DATAGRAM:
+                datagrams.append(b"")
+            datagrams[-1] += report
+        datagrams[0] += sdes
+        return datagrams
 
 
 class SlidingRateCounter:

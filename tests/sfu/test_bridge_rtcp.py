@@ -32,9 +32,12 @@ from aiortc.rtp import (
 )
 
 from conference.sfu.bridge import (
+    RTCP_DATAGRAM,
     ForwardingPeerConnection,
     ForwardingReceiver,
     ForwardingSender,
+    ReceptionStatistics,
+    TransportReports,
     handle_rtcp,
     rtcp_clock,
 )
@@ -270,3 +273,48 @@ async def test_reports_of_connected_forwarding_parts_go_out_on_one_clock(shared:
         await receiving.close()
     assert sender._rtcp_clock is None and receiver._rtcp_clock is None
     assert all(r._rtcp_clock is None for r in reports)
+
+
+def test_a_transport_s_reports_on_200_streams_fit_srtcp_datagrams() -> None:
+    """A load tester's chair receiving 100 cameras and 100 microphones reports on 200
+    streams: 4.8 kB of report blocks, split into datagrams that SRTCP protects (one
+    compound packet was refused: "packet is too long"), each starting with a report,
+    the sender reports and the CNAME in the first, every stream reported once."""
+    from pylibsrtp import Policy, Session
+
+    dtls = RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+    router = RtpRouter()
+    for ssrc in (7, 8):
+        sender = ForwardingSender("video", dtls, ssrc, ssrc + 100)
+        sender.feedback = Feedback([], ssrc)
+        sender.packets_sent = 10
+        sender._cname = "chair"
+        router.senders[ssrc] = sender
+    streams = list(range(5000, 5200))
+    for ssrc in streams:
+        receiver = ForwardingReceiver("video", dtls)
+        receiver._rtcp_ssrc = 99
+        receiver._streams[ssrc] = stats = ReceptionStatistics(90000)
+        for seq in range(10):
+            stats.add_header(seq, 3000 * seq, time.monotonic())
+        router.receivers.add(receiver)
+    dtls._rtp_router = router
+    datagrams = TransportReports(dtls).compounds()
+    policy = Policy(key=bytes(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND)
+    session = Session(policy)
+    reported: list[int] = []
+    for index, data in enumerate(datagrams):
+        assert len(data) <= RTCP_DATAGRAM
+        session.protect_rtcp(data)  # refused above what one datagram holds
+        packets = RtcpPacket.parse(data)
+        assert isinstance(packets[0], RtcpSrPacket | RtcpRrPacket)
+        kinds = {type(packet) for packet in packets}
+        assert (RtcpSrPacket in kinds and RtcpSdesPacket in kinds) == (index == 0)
+        for packet in packets:
+            if isinstance(packet, RtcpSrPacket | RtcpRrPacket):
+                reported += [block.ssrc for block in packet.reports]
+    assert sorted(reported) == streams
+    # 7 receiver reports (6 of 31 blocks, 752 bytes: two do not fit in 1,200, then 14)
+    assert len(datagrams) == 6

@@ -20,5 +20,5 @@ cd $D; PYTHONPATH=$SRC $SPIN python -m conference serve --host 127.0.0.1 --port 
 SRV=$!
 for i in $(seq 1 60); do grep -q '"listening"' $D/log.txt 2>/dev/null && break; sleep 0.5; done
 GEN=${GEN:-$HERE}
-cd $GEN && PYTHONPATH=$GEN $GPIN python -m conference loadtest --url http://127.0.0.1:$PORT --meeting bench-$RANDOM --scenario ${SCEN:-briefing} --points ${POINTS:-20} --duration ${DUR:-20} --lean --secret $CONFERENCE_TOKEN_SECRET --no-progress > $OUT 2>&1
+cd $GEN && PYTHONPATH=$GEN $GPIN python -m conference loadtest --url http://127.0.0.1:$PORT --meeting bench-$RANDOM --scenario ${SCEN:-briefing} --points ${POINTS:-20} --duration ${DUR:-20} --lean ${FLOOR:+--floor-period $FLOOR} --secret $CONFERENCE_TOKEN_SECRET --no-progress > $OUT 2>&1
 kill -TERM $SRV; wait $SRV
