@@ -1456,6 +1456,17 @@ def handle_rtcp(data: bytes, router: Any) -> bool:
     return True
 
 
+def pair_socket(pair: Any) -> tuple[Any, Any, Any]:
+    """(socket, datagram transport, remote address) of an aioice candidate pair whose
+    packets may go straight to ``sendto``; (None, None, None) for one relayed by TURN
+    (aiortc's own send path)."""
+    protocol = pair.protocol
+    transport = protocol.transport
+    if type(protocol) is StunProtocol and transport is not None:
+        return getattr(transport, "_sock", None), transport, pair.remote_addr
+    return None, None, None
+
+
 class DirectWire:
     """Sends RTCP of one DTLS transport as `ForwardingSender.send_media` sends RTP: SRTCP
     protected without pylibsrtp's wrapper and handed to ``sendto`` on the nominated
@@ -1495,13 +1506,7 @@ class DirectWire:
             return
         if pair is not self._pair:
             self._pair = pair
-            protocol = pair.protocol
-            transport = protocol.transport
-            self._sock = None
-            if type(protocol) is StunProtocol and transport is not None:
-                self._sock = getattr(transport, "_sock", None)
-                self._datagrams = transport
-                self._address = pair.remote_addr
+            self._sock, self._datagrams, self._address = pair_socket(pair)
         sock = self._sock
         if sock is None:
             _spawn(_send_slow(dtls, data))
@@ -2653,13 +2658,7 @@ class ForwardingSender:
 
     def _bind(self, pair: Any) -> None:
         self._pair = pair
-        protocol = pair.protocol
-        transport = protocol.transport
-        self._sock = None
-        if type(protocol) is StunProtocol and transport is not None:
-            self._sock = getattr(transport, "_sock", None)
-            self._datagrams = transport
-            self._address = pair.remote_addr
+        self._sock, self._datagrams, self._address = pair_socket(pair)
         session = self._transport._tx_srtp
         if session is not self._srtp_session:
             self._srtp_session = session
