@@ -1,6 +1,6 @@
 #!/bin/bash
 # one run: $1 = the server's source tree (a checkout: "before" and "after" side by side),
-# $2 = output file (absolute); env POINTS (20), DUR (20), SCEN (briefing), WORKERS (1), FLOOR,
+# $2 = output file (absolute); env POINTS (20), DUR (20), SCEN (briefing), WORKERS (1), FLOOR, PROCS,
 # PIN=1: the server on core 0 and the generator on core 1 (taskset); RT=1: both at a
 # real-time priority besides (chrt -f 10: they run as soon as they can, as on an idle
 # machine, while the other work on this shared machine waits).
@@ -23,5 +23,5 @@ GEN=${GEN:-$HERE}
 # with workers the load test finds every process listening on the port (the supervisor's
 # pid would say 0 %); FLOOR: --floor-period
 SPID="--server-pid $SRV"; if [ "$W" -gt 1 ]; then SPID=""; fi
-cd $GEN && PYTHONPATH=$GEN $GPIN python -m conference loadtest --url http://127.0.0.1:$PORT --meeting bench-$RANDOM --scenario ${SCEN:-briefing} --points ${POINTS:-20} --duration ${DUR:-20} --lean ${FLOOR:+--floor-period $FLOOR} --secret $CONFERENCE_TOKEN_SECRET $SPID --no-progress > $OUT 2>&1
+cd $GEN && PYTHONPATH=$GEN $GPIN python -m conference loadtest --url http://127.0.0.1:$PORT --meeting bench-$RANDOM --scenario ${SCEN:-briefing} --points ${POINTS:-20} --duration ${DUR:-20} --lean ${FLOOR:+--floor-period $FLOOR} ${PROCS:+--processes $PROCS} --secret $CONFERENCE_TOKEN_SECRET $SPID --no-progress > $OUT 2>&1
 kill -TERM $SRV; wait $SRV
