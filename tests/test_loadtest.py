@@ -233,6 +233,21 @@ def test_a_paused_video_is_no_freeze_and_its_pause_leaves_the_frame_rate() -> No
     assert stats.report(now + 3)["freezes"] == 0
 
 
+def test_a_video_that_never_plays_is_dark_unless_the_server_paused_it() -> None:
+    from conference.tools.loadtest.report import _kind_summary
+
+    dark = StreamStats("dark", "video", "vp8", started_at=0.0)  # subscribed, nothing came
+    paused = StreamStats("paused", "video", "vp8", started_at=0.0)
+    paused.pause(0.0)  # the server paused it for the viewer's link: not dark
+    playing = StreamStats("ok", "video", "vp8", started_at=0.0)
+    video_frames(playing, 0, 90, 0.0)
+    late = StreamStats("late", "video", "vp8", started_at=2.5)  # subscribed 0.5 s ago
+    reports = [s.report(3.0) | {"reason": "join"} for s in (dark, paused, playing, late)]
+    summary = _kind_summary(reports, 3.0)
+    assert summary["dark"] == 1
+    assert summary["freezes"] == 0  # no gap between frames counts it otherwise
+
+
 def test_gaps_over_300_ms_are_counted() -> None:
     stats = StreamStats("a", "audio", "opus", started_at=0.0)
     for seq, at in enumerate([0.0, 0.02, 0.04, 0.40, 0.42, 1.0, 1.02]):
@@ -574,7 +589,7 @@ def test_percentile_and_targets() -> None:
     assert percentile(range(101), 0.95) == pytest.approx(95)
     report = {
         "server": {"cpu_pct": 50.0, "rss_mb_per_participant": None},
-        "video": {"freezes": 0},
+        "video": {"freezes": 0, "dark": 1},
         "loss_pct": 0.7,
         "join": {"p95_s": 1.5},
     }
@@ -582,6 +597,7 @@ def test_percentile_and_targets() -> None:
     assert verdicts == {
         "server_cpu_pct": True,
         "video_freezes": True,
+        "video_dark": False,
         "loss_pct": False,
         "join_p95_s": True,
         "rss_mb_per_participant": None,
@@ -870,6 +886,7 @@ async def test_briefing_with_five_points(lt_server: ServerProcess, lean: bool) -
     assert report["server"]["cpu_pct"] is not None and report["server"]["rss_mb_end"] > 0
     assert report["forwarded"]["packets_per_s"] > 0
     assert [t["key"] for t in report["targets"]][0] == "server_cpu_pct"
+    assert report["video"]["dark"] == 0, text
 
 
 @pytest.mark.slow

@@ -23,5 +23,5 @@ GEN=${GEN:-$HERE}
 # with workers the load test finds every process listening on the port (the supervisor's
 # pid would say 0 %); FLOOR: --floor-period
 SPID="--server-pid $SRV"; if [ "$W" -gt 1 ]; then SPID=""; fi
-cd $GEN && PYTHONPATH=$GEN $GPIN python -m conference loadtest --url http://127.0.0.1:$PORT --meeting bench-$RANDOM --scenario ${SCEN:-briefing} --points ${POINTS:-20} --duration ${DUR:-20} --lean ${FLOOR:+--floor-period $FLOOR} ${PROCS:+--processes $PROCS} --secret $CONFERENCE_TOKEN_SECRET $SPID --no-progress > $OUT 2>&1
+cd $GEN && PYTHONPATH=$GEN $GPIN python -m conference loadtest --url http://127.0.0.1:$PORT --meeting bench-$RANDOM --scenario ${SCEN:-briefing} --points ${POINTS:-20} --duration ${DUR:-20} --lean ${FLOOR:+--floor-period $FLOOR} ${PROCS:+--processes $PROCS} --secret $CONFERENCE_TOKEN_SECRET $SPID --no-progress ${JSON:+--json $JSON} > $OUT 2>&1
 kill -TERM $SRV; wait $SRV

@@ -40,6 +40,7 @@ __all__ = [
 TARGETS = (
     ("server_cpu_pct", "server CPU < 100 % of one core", 100.0),
     ("video_freezes", "video freezes (> 500 ms) = 0", 0.0),
+    ("video_dark", "videos received that never played = 0", 0.0),
     ("loss_pct", "loss < 0.5 %", 0.5),
     ("join_p95_s", "join p95 < 2 s", 2.0),
     ("rss_mb_per_participant", "server memory < 10 MB per participant", 10.0),
@@ -58,6 +59,9 @@ LINK_TARGETS = (
 )
 #: a received video counts for the frame rate when shown at least this long (s)
 MIN_SHOWING = 1.0
+#: a video subscribed this long (not paused by the server) without a frame is dark:
+#: the subscriber never saw it (no gap between frames counts it as a freeze)
+DARK_AFTER = 2.0
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
@@ -112,6 +116,11 @@ def _kind_summary(streams: list[dict[str, Any]], seconds: float) -> dict[str, An
         "freezes": sum(s["freezes"] for s in streams),
         "freeze_seconds": round(sum(s["freeze_seconds"] for s in streams), 3),
         "streams_with_freezes": sum(1 for s in streams if s["freezes"]),
+        "dark": sum(
+            1
+            for s in streams
+            if not s["frames"] and s["seconds"] - s.get("paused_seconds", 0.0) >= DARK_AFTER
+        ),
         "max_frame_gap_s": max((s["max_frame_gap_s"] for s in streams), default=0.0),
         "gaps_over_300ms": sum(s.get("gaps", 0) for s in streams),
         "paused_seconds": round(sum(s.get("paused_seconds", 0.0) for s in streams), 3),
@@ -383,6 +392,9 @@ def _target_value(report: dict[str, Any], key: str) -> float | None:
     elif key == "video_freezes":
         strong = (report.get("links") or {}).get("strong")
         value = (strong or report)["video"]["freezes"]
+    elif key == "video_dark":
+        strong = (report.get("links") or {}).get("strong")
+        value = (strong or report)["video"].get("dark")
     elif key == "loss_pct":
         strong = (report.get("links") or {}).get("strong")
         if strong is not None:
@@ -415,7 +427,7 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             continue  # not a soak run
         if value is None:
             ok = None
-        elif key == "video_freezes":
+        elif key in ("video_freezes", "video_dark"):
             ok = value <= limit
         else:
             ok = value < limit
@@ -606,7 +618,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"{v['streams']} streams, loss {v['loss_pct']:.3f} % (raw {v['raw_loss_pct']:.3f} %,"
             f" worst stream {v['loss_pct_max']:.2f} %), {_fmt(v['fps_mean'], ' fps')},"
             f" freezes {v['freezes']} in {v['streams_with_freezes']} streams"
-            f" ({v['freeze_seconds']:.1f} s), longest gap {v['max_frame_gap_s']:.2f} s",
+            f" ({v['freeze_seconds']:.1f} s), longest gap {v['max_frame_gap_s']:.2f} s"
+            + (f", {v['dark']} never played" if v.get("dark") else ""),
         ),
         (
             "audio",

@@ -467,6 +467,12 @@ async def run_loadtest(
         sampler = asyncio.ensure_future(_sample_while_running(state, server_pids))
         while state.settled < state.total and time.time() < deadline:
             await asyncio.sleep(0.1)
+        # the workers' one full garbage collection stalls what they receive: before
+        # the window, then SETTLE for the backlog to drain
+        for worker in workers:
+            worker.send({"cmd": "settle"})
+        for worker in workers:
+            await worker.reply("settled", READY_TIMEOUT)
         window_start = time.time() + SETTLE
         await asyncio.sleep(max(0.0, window_start - time.time()))
         health_now = await _check_server(config)
