@@ -181,6 +181,64 @@ async def test_floor_lets_one_point_speak_and_holds_the_others(briefing: Briefin
     assert error["code"] == "bad-request"
 
 
+async def test_subscription_changes_in_a_burst_share_offers(briefing: Briefing):
+    """A province's briefing opens with a hundred points joining: each adds a microphone
+    to every page, and each change renegotiates the page's subscriber connection.  The
+    server makes at most one offer per OFFER_SPACING (changes meanwhile join the next
+    offer), so the page's answers are never refused for their rate (the refusal used to
+    leave the connection waiting for its answer: a chair's cameras stayed black)."""
+    chair = briefing.chair
+    since = len(chair.messages)
+    started = asyncio.get_running_loop().time()
+    for _ in range(30):  # 60 changes over 2.4 s, as points join at 25 a second
+        await chair.unsubscribe([briefing.pub_a])
+        await asyncio.sleep(0.04)
+        await chair.subscribe([briefing.pub_a])
+        await asyncio.sleep(0.04)
+    elapsed = asyncio.get_running_loop().time() - started
+    await chair.wait_for(lambda: chair.subscriber is not None and briefing.pub_a in {
+        chair.track_map.get(t.mid or "") for t in chair.subscriber.getTransceivers()
+        if t.currentDirection in ("sendrecv", "recvonly")
+    }, 10)  # fmt: skip
+    await asyncio.sleep(0.6)  # the last offer answered
+    errors = [m for m in chair.messages[since:] if m.get("type") == "error"]
+    assert errors == []
+    offers = [m for m in chair.messages[since:] if m.get("type") == "offer"]
+    # one offer per 0.25 s at most (and the last one after the burst)
+    assert 2 <= len(offers) <= elapsed / 0.25 + 2, len(offers)
+    assert await flowing(chair, briefing.pub_a) > 20
+
+
+class _LongAnswers(Client):
+    """Answers as long as a province chair's (~1.7 KB per track, 200 tracks and more)."""
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "answer":
+            sdp = message["sdp"]
+            at = sdp.index("m=")
+            padding = "".join(f"a=x-padding:{i:06d}{'x' * 90}\r\n" for i in range(3000))
+            message = message | {"sdp": sdp[:at] + padding + sdp[at:]}
+        await super().send(message)
+
+
+async def test_an_answer_as_long_as_a_province_chair_s_is_taken(server):
+    chair = _LongAnswers(
+        server.url, "m1", server.token(identity="huyen", role="chair"), decode=False
+    )
+    point = Client(server.url, "m1", server.token(identity="xa-a"), decode=False)
+    await chair.connect()
+    await point.connect()
+    try:
+        await point.publish({"microphone": ToneAudioTrack(500.0)})
+        await chair.wait_for(lambda: len(chair.counters) == 1, 15)
+        publication = next(iter(chair.counters))
+        assert await flowing(chair, publication) > 20
+        assert [m for m in chair.messages if m.get("type") == "error"] == []
+    finally:
+        await point.leave()
+        await chair.leave()
+
+
 async def test_mute_all_then_ask_a_point_to_unmute(briefing: Briefing):
     chair, a, b = briefing.chair, briefing.a, briefing.b
     await chair.send({"type": "mute-all"})

@@ -79,9 +79,13 @@ async def dispatch(session: Session, message: dict[str, Any]) -> bool:
     handler = HANDLERS.get(kind)
     if handler is None:
         raise ProtocolError("unknown-type", f"unknown message type '{kind[:40]}'")
-    refusal = session.rates.refusal(kind, time.monotonic())
-    if refusal is not None:
-        raise ProtocolError("rate-limited", refusal)
+    # an answer to the server's own offer is as frequent as the server makes offers
+    # (participant.OFFER_SPACING): never refused for its rate, or the subscriber
+    # connection would wait for it forever; any other answer is an error anyway
+    if not (kind == "answer" and session.participant.awaits_answer()):
+        refusal = session.rates.refusal(kind, time.monotonic())
+        if refusal is not None:
+            raise ProtocolError("rate-limited", refusal)
     return bool(await handler(session, message))
 
 
@@ -91,10 +95,15 @@ def chair_only(participant: Participant) -> None:
 
 
 # -- checks of a message's fields ---------------------------------------------------------
-def text_field(message: dict[str, Any], key: str, limit: int = 200_000) -> str:
+def text_field(message: dict[str, Any], key: str, limit: int | None = None) -> str:
+    """A non-empty string; at most ``limit`` characters (None: what the socket's
+    ``max_message_bytes`` lets through: an SDP grows ~1.7 KB per track, and a province's
+    chair receives a hundred cameras and 150 microphones)."""
     value = message.get(key)
-    if not isinstance(value, str) or not value or len(value) > limit:
+    if not isinstance(value, str) or not value:
         raise ProtocolError("bad-message", f"'{key}' must be a non-empty string")
+    if limit is not None and len(value) > limit:
+        raise ProtocolError("bad-message", f"'{key}' is longer than {limit} characters")
     return value
 
 
@@ -256,6 +265,8 @@ async def subscribe(session: Session, message: dict[str, Any]) -> None:
             publication = room.find_publication(publication_id)
             if publication is None:
                 unknown.append(publication_id)
+            elif participant.audio_slots and publication.source == "microphone":
+                continue  # it comes in an audio slot while it is heard
             elif participant.subscribe(publication) is None:
                 raise PermissionError("this token may not subscribe to that publication")
         elif not participant.unsubscribe(publication_id):

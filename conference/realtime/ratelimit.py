@@ -27,6 +27,7 @@ LIMITS = {
     "refuse": 100,
     "ping": 40,
     "offer": 40,
+    # (an answer to the offer the server waits on is not counted: messages.dispatch)
     "answer": 40,
     # each gathers new ICE candidates (sockets): a page asks once per network change
     "restart-ice": 4,

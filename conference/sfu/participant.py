@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NEGOTIATION_TIMEOUT = 10.0
+#: the least time between two subscriber offers (s): what changes meanwhile (a hundred
+#: points joining a province's briefing, each adding a microphone to every page) goes
+#: into the next offer, so a page answers at most 1/OFFER_SPACING offers a second
+OFFER_SPACING = 0.25
 
 Signal = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -80,6 +84,7 @@ class Participant:
         auto_subscribe: bool = True,
         red: bool = False,
         system_dtls: bool = False,
+        audio_slots: bool = False,
     ) -> None:
         self.id = new_id("PA")
         self.room = room
@@ -96,6 +101,10 @@ class Participant:
             if all(url.startswith("stun:") for url in _urls(server))
         ]
         self.auto_subscribe = auto_subscribe and who.subscribe
+        #: receives the meeting's microphones in audio slots (`.audioslots`), not one
+        #: track per microphone: the room opens them at join
+        self.wants_audio_slots = audio_slots and who.subscribe
+        self.audio_slots: list[Subscription] = []
         #: the client receives RED audio (it said so when joining): the server's
         #: offers put ``red/48000/2`` first on its audio m-lines
         self.red = red
@@ -122,6 +131,7 @@ class Participant:
         self._ice_restart = False
         self._negotiation_task: asyncio.Task[None] | None = None
         self._answer: asyncio.Future[str] | None = None
+        self._offered_at = -OFFER_SPACING  # (loop time) when the last subscriber offer went out
         self.joined_at = time.time()
         #: link profile (high, low, audio): the highest layer it receives (the page
         #: applies it to what it sends); set by the page or the chair
@@ -139,6 +149,11 @@ class Participant:
             "profile": self.profile,
             "publications": [p.describe() for p in self.publications.values()],
         }
+
+    def tell(self, message: dict[str, Any]) -> None:
+        """`send` from code that cannot wait for it (the media path)."""
+        if self.signal is not None and not self.closed:
+            asyncio.ensure_future(self.send(message))
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.signal is not None and not self.closed:
@@ -285,6 +300,8 @@ class Participant:
             return None
         if publication.id in self.subscriptions:
             return self.subscriptions[publication.id]
+        if self.audio_slots and publication.source == "microphone":
+            return None  # it comes in a slot when it is heard
         if self.subscriber_pc is None:
             self.subscriber_pc = self._new_pc()
         pc = self.subscriber_pc
@@ -324,7 +341,34 @@ class Participant:
         self.request_negotiation()
         return subscription
 
+    def open_audio_slots(self, count: int) -> list[Subscription]:
+        """``count`` audio tracks on the subscriber connection, each a subscription the
+        room points at the microphone its slot carries (`Room._switch_slot`); the offer's
+        ``tracks`` names them ``audio-slot:N``."""
+        if self.audio_slots or not self.who.subscribe:
+            return self.audio_slots
+        if self.subscriber_pc is None:
+            self.subscriber_pc = self._new_pc()
+        pc = self.subscriber_pc
+        codecs = codec_capability("audio", "opus")
+        if self.red:
+            codecs = codec_capability("audio", "red") + codecs
+        for slot in range(count):
+            transceiver = pc.addTransceiver("audio", direction="sendonly")
+            transceiver.setCodecPreferences(codecs)
+            sender = transceiver.sender
+            assert isinstance(sender, ForwardingSender)
+            subscription = Subscription(new_id("SU"), self.id, sender, "audio")
+            key = f"audio-slot:{slot}"
+            self.subscriptions[key] = subscription
+            self._transceiver_of[key] = transceiver
+            self.audio_slots.append(subscription)
+        self.request_negotiation()
+        return self.audio_slots
+
     def unsubscribe(self, publication_id: str) -> bool:
+        if publication_id.startswith("audio-slot:"):
+            return False  # the slots stay for the whole session
         subscription = self.subscriptions.pop(publication_id, None)
         if subscription is None:
             return False
@@ -364,6 +408,11 @@ class Participant:
     async def _negotiate(self) -> None:
         async with self._negotiation_lock:
             while self._needs_negotiation and not self.closed:
+                wait = self._offered_at + OFFER_SPACING - asyncio.get_running_loop().time()
+                if wait > 0:
+                    await asyncio.sleep(wait)  # changes meanwhile join this offer
+                    if self.closed:
+                        return
                 self._needs_negotiation = False
                 pc = self.subscriber_pc
                 if pc is None:
@@ -385,6 +434,7 @@ class Participant:
                     tracks = self.track_map()
                     loop = asyncio.get_running_loop()
                     self._answer = loop.create_future()
+                    self._offered_at = loop.time()
                     await self.send(
                         {
                             "type": "offer",
@@ -438,6 +488,10 @@ class Participant:
             self.request_negotiation()
         elif self._awaiting_answer or self._retiring:
             self.request_negotiation()  # an offer that timed out while the socket was away
+
+    def awaits_answer(self) -> bool:
+        """Whether a subscriber offer is out, waiting for the client's answer."""
+        return self._answer is not None and not self._answer.done()
 
     def subscriber_answer(self, sdp: str) -> None:
         if self._answer is None or self._answer.done():
