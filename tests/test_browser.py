@@ -36,6 +36,18 @@ if not Path(CHROMIUM).exists():  # pragma: no cover - .ci/run installs it
 pytestmark = pytest.mark.slow
 
 # inbound-rtp statistics of the subscriber connection, one entry per stream
+#: a JS function (c: the page state, mid) -> the publication a subscriber mid carries: its
+#: own, or for an audio slot (room.js joins with audioSlots) the microphone of the
+#: participant the slot carries now
+PUBLICATION_OF_JS = """(c, mid) => {
+  const id = c.midToPublication[mid];
+  if (!id || !id.startsWith("audio-slot:")) return id;
+  const who = c.audioSlots[id.slice(11)];
+  const p = who && c.room.participants.find((x) => x.id === who);
+  const mic = p && p.publications.find((x) => x.source === "microphone");
+  return mic ? mic.id : id;
+}"""
+
 STATS_JS = """async () => {
   const pc = window.conference && window.conference.subscriber;
   if (!pc) return [];

@@ -893,8 +893,9 @@ async def test_briefing_with_five_points(lt_server: ServerProcess, lean: bool) -
 async def test_province_chair_pages_through_the_points(
     lt_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``--scenario province``: the chair subscribes every microphone and one page of
-    cameras at a time (here pages of 2, a page every 2 s), as its mosaic page does."""
+    """``--scenario province``: the chair receives the microphones in audio slots and
+    one page of cameras at a time (here pages of 2, a page every 2 s), as its mosaic
+    page does."""
     from conference.tools.loadtest import sim
 
     monkeypatch.setattr(sim, "PAGE_SIZE", 2)
@@ -922,14 +923,18 @@ async def test_province_chair_pages_through_the_points(
     assert {st["publisher"] for st in cameras if st["frames"]} == points, text
     assert any(st["reason"] == "page" for st in cameras), text
     assert sum(st["active"] for st in cameras) <= 3, text
-    microphones = {st["publisher"] for st in chair["streams"] if st["kind"] == "audio"}
-    assert microphones == points, text
-    everyone = points | {chair["identity"]}
+
+    def heard(seat: dict[str, Any]) -> int:
+        """How many of the seat's audio slots carried a voice (6 microphones: none gated)."""
+        audio = [st for st in seat["streams"] if st["kind"] == "audio"]
+        assert {st["label"] for st in audio} == {f"slots/audio-slot:{n}" for n in range(8)}
+        return sum(1 for st in audio if st["packets"] > 50)
+
+    assert heard(chair) == len(points), text
     for seat in report["seats"]:
         if seat["role"] == "point":  # the points follow the chair as in a briefing, and
             assert seat["chair_video_frames"] > 0, (seat["identity"], text)
-            heard = {st["publisher"] for st in seat["streams"] if st["kind"] == "audio"}
-            assert heard == everyone - {seat["identity"]}, text  # receive every microphone
+            assert heard(seat) == len(points), text  # the chair and the 4 other points
     assert "3 of 3 pages of 2 cameras shown (a page every 2 s)" in text
 
 

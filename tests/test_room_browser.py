@@ -17,6 +17,7 @@ import pytest
 
 from .conftest import ServerProcess, check_clean_exit, start_server
 from .test_browser import (
+    PUBLICATION_OF_JS,
     browser,
     join,
     open_invitation,
@@ -31,17 +32,22 @@ __all__ = ["browser"]  # the fixture, shared with tests/test_browser.py
 pytestmark = pytest.mark.slow
 
 # inbound statistics of the subscriber connection by publication id
-BY_PUBLICATION_JS = """async () => {
+BY_PUBLICATION_JS = (
+    """async () => {
+  const publicationOf = """
+    + PUBLICATION_OF_JS
+    + """;
   const c = window.conference;
   if (!c || !c.subscriber) return {};
   const out = {};
   (await c.subscriber.getStats()).forEach((s) => {
-    const id = c.midToPublication[s.mid];
+    const id = publicationOf(c, s.mid);
     if (s.type === "inbound-rtp" && id) out[id] = {kind: s.kind,
       frames: s.framesDecoded || 0, energy: s.totalAudioEnergy || 0};
   });
   return out;
 }"""
+)
 
 PUBLICATION_JS = """([participant, source]) => {
   const p = window.conference.room.participants.find((x) => x.id === participant);

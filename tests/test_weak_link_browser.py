@@ -46,7 +46,7 @@ import pytest
 from conference.tools import linkemu
 
 from .conftest import ServerProcess, check_clean_exit, start_server
-from .test_browser import CHROMIUM, browser, open_invitation, wait_until
+from .test_browser import CHROMIUM, PUBLICATION_OF_JS, browser, open_invitation, wait_until
 
 __all__ = ["browser"]  # the fixture, shared with tests/test_browser.py
 
@@ -84,7 +84,11 @@ PUBLICATION_JS = """([participant, source]) => {
 
 # A sampler in the page: getStats of the subscriber connection every `period` ms into
 # window.weakLink.samples, for one video and one audio publication (t: wall clock, ms).
-SAMPLER_JS = """([video, audio, period]) => {
+SAMPLER_JS = (
+    """([video, audio, period]) => {
+  const publicationOf = """
+    + PUBLICATION_OF_JS
+    + """;
   const c = window.conference;
   const w = window.weakLink = {samples: []};
   const tick = async () => {
@@ -93,7 +97,7 @@ SAMPLER_JS = """([video, audio, period]) => {
       const s = {t: Date.now(), v: null, a: null};
       (await pc.getStats()).forEach((r) => {
         if (r.type !== "inbound-rtp") return;
-        const pub = c.midToPublication[r.mid];
+        const pub = publicationOf(c, r.mid);
         if (pub === video) s.v = {width: r.frameWidth || 0, frames: r.framesDecoded || 0,
           bytes: r.bytesReceived || 0, freezes: r.freezeCount || 0, lost: r.packetsLost || 0};
         if (pub === audio) s.a = {ts: r.timestamp, last: r.lastPacketReceivedTimestamp || 0,
@@ -106,6 +110,7 @@ SAMPLER_JS = """([video, audio, period]) => {
   };
   tick();
 }"""
+)
 
 # The publisher's side, sampled the same way: what it sends per layer (rid), and why
 # the encoder limits it (CPU, bandwidth), to tell the server from a loaded machine.

@@ -85,7 +85,10 @@ async def _joined(
     secret: str | None,
     resumed: bool,
 ) -> None:
-    """Tell the page it is in: ``joined`` (its grants, ICE servers, the room and chat)."""
+    """Tell the page it is in: ``joined`` (its grants, ICE servers, the room and chat;
+    in slots mode whom each audio slot carries: ``audio-slot`` messages follow)."""
+    slots = briefing.room.slot_holders(participant) if participant.audio_slots else None
+    participant.slots_told = True
     await send(
         {
             "type": "joined",
@@ -106,6 +109,7 @@ async def _joined(
             "iceServers": client_ice_servers(app[SETTINGS], app[ICE_SERVERS_JSON], participant.id),
             "room": briefing.state(),
             "chat": list(briefing.chat),
+            **({"audioSlots": slots} if slots is not None else {}),
         }
     )
 
@@ -238,6 +242,7 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
                 ice_servers=app[ICE_SERVERS],
                 auto_subscribe=join.get("autoSubscribe", True) is not False,
                 red=join.get("red") is True,
+                audio_slots=join.get("audioSlots") is True,
             )
             participant.disconnect = disconnect
             await room.join(participant)

@@ -1,7 +1,8 @@
 """Which microphones of a room reach their subscribers: at most a few at a time.
 
-Every page of a meeting receives every microphone (it must hear whoever speaks), so
-a room of N points forwards N x (N - 1) audio streams: at 20 points with open
+Every page of a meeting receives every microphone (it must hear whoever speaks: on a
+track of its own, or in an audio slot, `.audioslots`), so a room of N points forwards
+N x (N - 1) audio streams: at 20 points with open
 microphones that is 21,000 packets a second and 1.7-1.9 times the server CPU of the
 rest of the briefing (docs/BENCHMARKS.md), and it grows with the square of N.  Yet
 a briefing has one speaker at a time, two when someone interrupts.

@@ -105,6 +105,8 @@ class Participant:
         #: track per microphone: the room opens them at join
         self.wants_audio_slots = audio_slots and who.subscribe
         self.audio_slots: list[Subscription] = []
+        #: ``joined`` went out with whom the slots carry: ``audio-slot`` news may follow
+        self.slots_told = False
         #: the client receives RED audio (it said so when joining): the server's
         #: offers put ``red/48000/2`` first on its audio m-lines
         self.red = red

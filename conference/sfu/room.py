@@ -9,11 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .audiogate import GATE_FROM, AudioGate
+from .audioslots import AudioSlots
 from .bandwidth import BandwidthManager
 from .participant import Participant
 from .program import ProgramFeed
 from .publication import Publication
 from .speaker import SpeakerDetector
+from .subscription import Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,10 @@ class Room:
         self.speaker = SpeakerDetector()
         #: which microphones reach their subscribers (a few at a time, the chair always)
         self.audio_gate = AudioGate()
+        #: which microphone each audio slot carries, for the pages that receive the
+        #: microphones in slots (`.audioslots`), and their slot subscriptions by page
+        self.audio_slots = AudioSlots()
+        self._slot_pages: dict[str, list[Subscription]] = {}
         self._microphones = 0  # published here or relayed from another node
         #: participant id -> (moderates, identity): the audio gate's cache
         self._who_known: dict[str, tuple[bool, str]] = {}
@@ -139,6 +145,8 @@ class Room:
             await self.leave(old.id, "replaced", close_room=False)
         self.participants[participant.id] = participant
         self.events.joined(participant)
+        if participant.wants_audio_slots:
+            self._open_audio_slots(participant)
         if participant.auto_subscribe:
             for publication in self.publications():
                 participant.subscribe(publication)
@@ -168,6 +176,7 @@ class Room:
         self._notify("left", participant, reason)
         self.bandwidth.forget(participant_id)
         self._who_known.pop(participant_id, None)
+        self._slot_pages.pop(participant_id, None)
         await self.events.departed(participant, reason, message)
         self.speaker.remove(participant_id)
         self.program.participant_left(participant)
@@ -277,13 +286,61 @@ class Room:
     def _admit_audio(self, publication: Publication, level: int | None) -> bool:
         """`Publication.gate` of every microphone: the room's `AudioGate`, except that a
         moderator's microphone (the chair's hall) and the floor holder's always reach
-        everyone."""
+        everyone.  A microphone that goes out has an audio slot (`.audioslots`) while
+        some page receives the microphones in slots."""
         if self._microphones <= GATE_FROM:  # a small meeting: everyone is heard as sent
-            return True
-        known = self._who(publication.participant_id)
-        if known is not None and (known[0] or known[1] == self.events.floor):
-            return True
-        return self.audio_gate.admit(publication.id, level, time.monotonic())
+            admitted = True
+        else:
+            known = self._who(publication.participant_id)
+            if known is not None and (known[0] or known[1] == self.events.floor):
+                admitted = True
+            else:
+                admitted = self.audio_gate.admit(publication.id, level, time.monotonic())
+        if admitted and self._slot_pages:
+            slot, moved = self.audio_slots.place(publication.id, time.monotonic())
+            if moved:
+                assert slot is not None
+                self._switch_slot(slot, publication)
+        return admitted
+
+    # -- audio slots ---------------------------------------------------------------
+    def _open_audio_slots(self, participant: Participant) -> None:
+        """Give ``participant`` its slot subscriptions, each on the microphone its slot
+        carries now (its own microphone: nothing)."""
+        subscriptions = participant.open_audio_slots(self.audio_slots.count)
+        if not subscriptions:
+            return
+        self._slot_pages[participant.id] = subscriptions
+        for slot, key in enumerate(self.audio_slots.keys):
+            publication = self.find_publication(key) if key is not None else None
+            if publication is not None and publication.participant_id != participant.id:
+                subscriptions[slot].switch_to(publication)
+
+    def _switch_slot(self, slot: int, publication: Publication) -> None:
+        """Slot ``slot`` carries ``publication`` from now on, on every page (its own
+        page hears nothing there); each page is told whose voice the slot carries."""
+        message = {
+            "type": "audio-slot",
+            "slot": slot,
+            "publication": publication.id,
+            "participant": publication.participant_id,
+        }
+        for participant_id, subscriptions in self._slot_pages.items():
+            own = publication.participant_id == participant_id
+            subscriptions[slot].switch_to(None if own else publication)
+            participant = self.participants.get(participant_id)
+            if participant is not None and participant.slots_told and not own:
+                participant.tell(message)
+
+    def slot_holders(self, participant: Participant) -> dict[str, str]:
+        """Slot (as a string, a JSON key) -> the participant whose microphone it carries
+        for ``participant``'s page (not its own)."""
+        holders = {}
+        for slot, key in enumerate(self.audio_slots.keys):
+            publication = self.find_publication(key) if key is not None else None
+            if publication is not None and publication.participant_id != participant.id:
+                holders[str(slot)] = publication.participant_id
+        return holders
 
     def _who(self, participant_id: str) -> tuple[bool, str] | None:
         """(moderates, identity) of a participant here or on another node (None: not
@@ -318,6 +375,7 @@ class Room:
         if publication.source == "microphone":
             self._microphones -= 1
         self.audio_gate.forget(publication.id)
+        self.audio_slots.forget(publication.id)
         self.bandwidth.publication_gone(publication.id)
         self._notify("publication-removed", publication)
         self.program.refresh()

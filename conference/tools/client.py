@@ -117,7 +117,9 @@ class Client:
         self.subscriber: RTCPeerConnection | None = None
         self.tracks: dict[str, MediaStreamTrack] = {}  # publication id -> track (decode)
         self.counters: dict[str, StreamCounter] = {}  # publication id -> counter (no decode)
-        self.track_map: dict[str, str] = {}  # mid -> publication id
+        self.track_map: dict[str, str] = {}  # mid -> publication id (or audio-slot:N)
+        #: joined with audioSlots: slot -> the latest ``audio-slot`` message about it
+        self.audio_slots: dict[int, dict[str, Any]] = {}
         self.errors: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
         self.left_reason: str | None = None
@@ -170,6 +172,10 @@ class Client:
         self.participant = joined["participant"]
         self.room = joined["room"]
         self.resume_secret = joined.get("resume")
+        self.audio_slots = {
+            int(slot): {"slot": int(slot), "participant": participant}
+            for slot, participant in (joined.get("audioSlots") or {}).items()
+        }
         self._join = {"autoSubscribe": auto_subscribe, **join}
         self._reader = asyncio.ensure_future(self._read())
         return joined
@@ -258,6 +264,8 @@ class Client:
             self._answer.set_result(message["sdp"])
         elif kind == "offer" and message.get("pc") == "subscriber":
             await self._subscriber_offer(message)
+        elif kind == "audio-slot" and isinstance(message.get("slot"), int):
+            self.audio_slots[message["slot"]] = message
         elif kind == "error":
             self.errors.append(message)
         elif kind == "leave":

@@ -3,8 +3,9 @@
 // Two peer connections (the LiveKit model): `publisher` carries our microphone, camera
 // and screen share (we offer), `subscriber` carries what we receive (the server offers,
 // its `tracks` map labels each mid with a publication id).  The page joins with
-// `autoSubscribe: false` and subscribes only to what it shows: every microphone, and the
-// videos of the visible tiles (in the speaker layout the large tile and the chair only;
+// `autoSubscribe: false` and `audioSlots: true`: the meeting's microphones arrive in
+// eight fixed audio tracks whoever speaks (so a province's hundred microphones cost no
+// renegotiation); it subscribes only to the videos of the visible tiles (in the speaker layout the large tile and the chair only;
 // in a large meeting the chair sees a paged mosaic of the points, one page subscribed).
 // The server enforces the chair's decisions; this page only asks and shows.
 // The page state is exposed as `window.conference` for the end-to-end tests.
@@ -49,6 +50,7 @@ const state = {
   profile: "high",
   wantedLayers: {}, // dynacast: rid -> whether the server wants that layer of our camera
   pausedVideos: new Set(), // publication ids the server paused for our link
+  audioSlots: {}, // audio slot number -> the participant it carries (`audio-slot`)
   viewKey: null, // the last "view" sent (how large each video is shown)
   tilePublication: {}, // tile key -> the publication it shows
   layout: "auto",
@@ -195,6 +197,7 @@ async function connect(resume = false) {
   // (docs/PROTOCOL.md)
   const joining = signaling.join({
     autoSubscribe: false,
+    audioSlots: true, // every microphone in eight fixed tracks: see render()
     red: RED_SUPPORTED,
     resume: (resume && state.resume) || true,
   });
@@ -205,6 +208,7 @@ async function connect(resume = false) {
   state.me = joined.participant;
   state.room = joined.room;
   state.speaker = joined.room.speaker ?? null;
+  state.audioSlots = { ...(joined.audioSlots || {}) }; // slot -> participant
   state.leftReason = null;
   state.leftMessage = null;
   if (joined.resumed) {
@@ -590,6 +594,12 @@ const handlers = {
     state.wantedLayers = wanted;
     applyProfile(state.transceivers?.camera?.sender, state.profile, wanted).catch(() => {});
   },
+  "audio-slot"(update) {
+    // whose microphone an audio slot carries from now on
+    state.audioSlots[update.slot] = update.participant;
+    const node = $("audios").querySelector(`audio[data-slot="audio-slot:${Number(update.slot)}"]`);
+    if (node) node.dataset.participant = update.participant ?? "";
+  },
   "video-paused"(update) {
     // our link cannot carry this video now: the server paused it (audio goes on)
     if (update.paused) state.pausedVideos.add(update.publication);
@@ -889,12 +899,7 @@ function plan() {
 /** Ask the server for exactly the publications this page needs. */
 function syncSubscriptions(layout) {
   const existing = new Set(state.room.participants.flatMap((p) => p.publications.map((pub) => pub.id)));
-  const wanted = new Set();
-  for (const participant of state.room.participants) {
-    if (participant.id === state.me?.id) continue;
-    const mic = participant.publications.find((pub) => pub.source === "microphone");
-    if (mic) wanted.add(mic.id);
-  }
+  const wanted = new Set(); // (the microphones come in the audio slots)
   for (const tile of layout.tiles) if (tile.video) wanted.add(tile.publication.id);
   const add = [...wanted].filter((id) => !state.subscribed.has(id));
   const drop = [...state.subscribed].filter((id) => !wanted.has(id) && existing.has(id));
@@ -1000,27 +1005,27 @@ function render() {
   $("self-view").hidden = !selfVideo || state.cameraOff || state.profile === "audio";
   if ($("strip").lastElementChild !== $("self-view")) $("strip").append($("self-view"));
   attach($("self-video"), selfVideo);
-  // audio: one element per subscribed microphone
+  // audio: one element per audio slot (the server puts whoever is heard in a slot and
+  // says whom: `audio-slot`)
   const audios = new Set();
-  for (const participant of state.room.participants) {
-    if (participant.id === state.me.id) continue;
-    const mic = participant.publications.find((pub) => pub.source === "microphone");
-    if (!mic) continue;
-    audios.add(mic.id);
-    let node = $("audios").querySelector(`audio[data-publication="${CSS.escape(mic.id)}"]`);
+  for (const [mid, key] of Object.entries(state.midToPublication)) {
+    if (!key.startsWith("audio-slot:")) continue;
+    audios.add(key);
+    let node = $("audios").querySelector(`audio[data-slot="${CSS.escape(key)}"]`);
     if (!node) {
       node = Object.assign(document.createElement("audio"), { autoplay: true });
-      node.dataset.publication = mic.id;
-      node.dataset.participant = participant.id;
+      node.dataset.slot = key;
       $("audios").append(node);
     }
-    attach(node, trackOf(mic));
+    node.dataset.participant = state.audioSlots[key.slice(11)] ?? "";
+    const transceiver = state.subscriber?.getTransceivers().find((tr) => tr.mid === mid);
+    attach(node, transceiver?.receiver.track ?? null);
     if (state.speakerId && node.setSinkId && node.sinkId !== state.speakerId) {
       node.setSinkId(state.speakerId).catch(() => {});
     }
   }
   for (const node of $("audios").querySelectorAll("audio")) {
-    if (!audios.has(node.dataset.publication)) node.remove();
+    if (!audios.has(node.dataset.slot)) node.remove();
   }
   renderParticipants();
   renderControls();

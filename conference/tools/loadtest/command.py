@@ -48,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=SCENARIOS,
         default="briefing",
         help="briefing: the chair sees every point, points the chair and the speaker;"
-        " province: as the pages of a large meeting do, every participant receives every"
-        " microphone, and the chair a paged mosaic (the cameras of one page of 25, the next"
+        " province: as the pages of a large meeting do, every participant receives the"
+        " microphones in audio slots, and the chair a paged mosaic (the cameras of one page of 25, the next"
         " page every 10 s); grid: everyone sees everyone;"
         " webinar: WHEP viewers of the program feed",
     )

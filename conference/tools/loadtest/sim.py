@@ -152,6 +152,8 @@ class LoadClient(Client):
 
     def describe(self, publication_id: str) -> tuple[str, str, str]:
         """(publisher identity, source, role) of a publication in the room state."""
+        if publication_id.startswith("audio-slot:"):  # whoever is heard
+            return ("slots", publication_id, "?")
         for participant in self.room.get("participants", []):
             for publication in participant.get("publications", []):
                 if publication.get("id") == publication_id:
@@ -295,7 +297,9 @@ class SimulatedSeat:
         )
         briefing_point = self.scenario in ("briefing", "province") and not self.seat.is_chair
         paged_chair = self.scenario == "province" and self.seat.is_chair
-        joined = await client.connect(auto_subscribe=not (briefing_point or paged_chair))
+        # a province's pages receive the microphones in audio slots, as room.js does
+        slots = {"audioSlots": True} if self.scenario == "province" else {}
+        joined = await client.connect(auto_subscribe=not (briefing_point or paged_chair), **slots)
         if self.relay is not None:  # a weak point has its downlink allocated, as a page does
             await client.send({"type": "view", "videos": {}})
         self.signaled_at = time.monotonic()
@@ -426,8 +430,6 @@ class SimulatedSeat:
         desired = self._chair_publications()
         if self._shown_speaker not in (None, self.seat.identity, self.chair_identity):
             desired |= self._publications_of(self._shown_speaker)
-        if self.scenario == "province":  # as the page does: every microphone
-            desired |= {p["id"] for p in client.publications("microphone")}
         changed = await self._subscribe_exactly(desired, at, reason)
         if self.relay is not None and changed:
             await client.send({"type": "view", "videos": self._view(desired)})
@@ -470,7 +472,6 @@ class SimulatedSeat:
                 pages = max(1, -(-len(cameras) // PAGE_SIZE))
                 first = (page % pages) * PAGE_SIZE
                 desired = {pid for _, pid in cameras[first : first + PAGE_SIZE]}
-                desired |= {p["id"] for p in client.publications("microphone")}
                 speaker = (
                     client.speaker if client.speaker is not None else client.room.get("speaker")
                 )

@@ -1,0 +1,131 @@
+"""Audio slots (conference/sfu/audioslots.py): a page that joins with ``audioSlots``
+receives the meeting's microphones on eight fixed audio tracks, whichever are heard,
+and never renegotiates for a microphone.  Real server process, aiortc clients."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from conference.sfu.audioslots import HOLD, SLOTS, AudioSlots
+from conference.tools.client import Client
+from conference.tools.testmedia import ToneAudioTrack
+
+pytestmark = pytest.mark.media
+
+
+# -- the map ------------------------------------------------------------------------------
+def test_a_microphone_keeps_its_slot_and_a_new_one_takes_a_free_slot() -> None:
+    slots = AudioSlots(3)
+    assert slots.place("a", 0.0) == (0, True)
+    assert slots.place("a", 0.02) == (0, False)
+    assert slots.place("b", 0.03) == (1, True)
+    assert slots.place("c", 0.04) == (2, True)
+    assert slots.keys == ["a", "b", "c"] and slots.moves == 3
+
+
+def test_a_slot_is_taken_from_the_microphone_silent_longest_never_from_a_speaker() -> None:
+    slots = AudioSlots(2)
+    slots.place("a", 0.0)
+    slots.place("b", 0.1)
+    # both heard within HOLD: a third waits (not heard on the slots)
+    assert slots.place("c", 0.2) == (None, False)
+    slots.place("b", 0.4)  # b goes on speaking; a fell silent at 0.0
+    assert slots.place("c", HOLD + 0.01) == (0, True)
+    assert slots.keys == ["c", "b"] and slots.slot_of("a") is None
+    # a speaks again: b has been silent for HOLD by now, c has not
+    assert slots.place("a", 0.4 + HOLD) == (1, True)
+    assert slots.keys == ["c", "a"]
+
+
+def test_a_microphone_gone_frees_its_slot() -> None:
+    slots = AudioSlots(2)
+    slots.place("a", 0.0)
+    slots.place("b", 0.0)
+    assert slots.forget("a") == 0 and slots.forget("a") is None
+    assert slots.place("c", 0.01) == (0, True)
+
+
+# -- a meeting ------------------------------------------------------------------------------
+def slot_packets(client: Client, slot: int) -> int:
+    counter = client.counters.get(f"audio-slot:{slot}")
+    return counter.packets if counter else 0
+
+
+async def heard(client: Client, seconds: float = 0.8) -> dict[int, int]:
+    """Packets received per slot in ``seconds``."""
+    before = {slot: slot_packets(client, slot) for slot in range(SLOTS)}
+    await asyncio.sleep(seconds)
+    return {slot: slot_packets(client, slot) - before[slot] for slot in range(SLOTS)}
+
+
+async def test_a_page_hears_every_microphone_in_slots_without_renegotiating(server) -> None:
+    chair = Client(server.url, "m1", server.token(identity="huyen", role="chair"), decode=False)
+    points = [
+        Client(server.url, "m1", server.token(identity=f"xa-{n}"), decode=False) for n in "abc"
+    ]
+    await chair.connect(audioSlots=True)
+    await points[0].connect(audioSlots=True)
+    for point in points[1:]:
+        await point.connect()  # an ordinary page: one track per microphone
+    try:
+        # the slots come with the first offer, before anyone publishes
+        await chair.wait_for(lambda: len(chair.counters) == SLOTS, 10)
+        assert sorted(chair.track_map.values()) == [f"audio-slot:{n}" for n in range(SLOTS)]
+        offers = sum(1 for m in chair.messages if m.get("type") == "offer")
+        await chair.publish({"microphone": ToneAudioTrack(300.0)})
+        for n, point in enumerate(points):
+            await point.publish({"microphone": ToneAudioTrack(400.0 + 100 * n)})
+        await chair.wait_for(lambda: len(chair.audio_slots) == 3, 10)
+        told = {m["participant"]: (slot, m["publication"]) for slot, m in chair.audio_slots.items()}
+        assert set(told) == {point.id for point in points}
+        assert len({slot for slot, _ in told.values()}) == 3  # each in a slot of its own
+        # each point's voice on its slot, nothing on the others
+        got = await heard(chair)
+        for point in points:
+            assert got[told[point.id][0]] > 20, (point.id, got)
+        assert sum(got.values()) == sum(got[slot] for slot, _ in told.values())
+        # a subscription to a microphone changes nothing: it is in its slot
+        await chair.subscribe([told[points[1].id][1]])
+        await asyncio.sleep(0.5)
+        assert sum(1 for m in chair.messages if m.get("type") == "offer") == offers
+        assert [m for m in chair.messages if m.get("type") == "error"] == []
+
+        # a page in slots mode never hears itself: its own microphone's slot is silent
+        # there, the chair's and the other points' voices come in theirs
+        a = points[0]
+        await a.wait_for(lambda: len(a.audio_slots) == 3, 10)
+        own = {m["participant"] for m in a.audio_slots.values()}
+        assert a.id not in own and chair.id in own
+        got_a = await heard(a)
+        assert got_a[told[a.id][0]] == 0, got_a  # (one map for the whole room)
+        assert sum(1 for n in got_a.values() if n > 20) == 3, got_a
+
+        # a page joining now is told in `joined` whom the slots carry
+        newcomer = Client(server.url, "m1", server.token(identity="xa-e"), decode=False)
+        joined = await newcomer.connect(audioSlots=True)
+        chair_slot = next(n for n, m in a.audio_slots.items() if m["participant"] == chair.id)
+        expected = {slot: who for who, (slot, _) in told.items()} | {chair_slot: chair.id}
+        assert {int(k): v for k, v in joined["audioSlots"].items()} == expected
+        await newcomer.leave()
+
+        # an ordinary page still gets one track per microphone
+        b = points[1]
+        assert not b.audio_slots
+        assert not any(key.startswith("audio-slot:") for key in b.track_map.values())
+
+        # a point leaves: its slot is free for the next voice
+        c = points[2]
+        gone = told[c.id][0]
+        await c.leave()
+        late = Client(server.url, "m1", server.token(identity="xa-d"), decode=False)
+        await late.connect()
+        await late.publish({"microphone": ToneAudioTrack(800.0)})
+        await chair.wait_for(lambda: chair.audio_slots[gone]["participant"] == late.id, 10)
+        assert (await heard(chair))[gone] > 20
+        assert sum(1 for m in chair.messages if m.get("type") == "offer") == offers
+        await late.leave()
+    finally:
+        for client in [chair, *points]:
+            await client.leave()
