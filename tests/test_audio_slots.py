@@ -86,8 +86,9 @@ async def test_a_page_hears_every_microphone_in_slots_without_renegotiating(serv
         for point in points:
             assert got[told[point.id][0]] > 20, (point.id, got)
         assert sum(got.values()) == sum(got[slot] for slot, _ in told.values())
-        # a subscription to a microphone changes nothing: it is in its slot
+        # a subscription to a microphone (and its end) changes nothing: it is in its slot
         await chair.subscribe([told[points[1].id][1]])
+        await chair.unsubscribe([told[points[1].id][1]])
         await asyncio.sleep(0.5)
         assert sum(1 for m in chair.messages if m.get("type") == "offer") == offers
         assert [m for m in chair.messages if m.get("type") == "error"] == []

@@ -270,7 +270,13 @@ async def subscribe(session: Session, message: dict[str, Any]) -> None:
             elif participant.subscribe(publication) is None:
                 raise PermissionError("this token may not subscribe to that publication")
         elif not participant.unsubscribe(publication_id):
-            unknown.append(publication_id)
+            publication = room.find_publication(publication_id)
+            if not (
+                participant.audio_slots
+                and publication is not None
+                and publication.source == "microphone"
+            ):
+                unknown.append(publication_id)
     if unknown:
         raise ProtocolError("unknown-publication", f"unknown publications: {unknown[:10]}")
 

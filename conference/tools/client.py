@@ -413,7 +413,9 @@ class Client:
             else:
                 self.subscriber = ForwardingPeerConnection([], headers_only=self.headers_only)
         pc = self.subscriber
-        self.track_map.update(message.get("tracks") or {})
+        # the offer names every mid that carries something now: a mid retired since
+        # (its transceiver inactive, perhaps reused later) must not keep its old label
+        self.track_map = dict(message.get("tracks") or {})
         restarting = ice_restart_offered(pc, message["sdp"])  # the server restarts ICE
         if restarting:
             await begin_ice_restart(pc, controlling=False)

@@ -430,6 +430,8 @@ class SimulatedSeat:
         desired = self._chair_publications()
         if self._shown_speaker not in (None, self.seat.identity, self.chair_identity):
             desired |= self._publications_of(self._shown_speaker)
+        if self.scenario == "province":  # the microphones come in the audio slots
+            desired -= {p["id"] for p in client.publications("microphone")}
         changed = await self._subscribe_exactly(desired, at, reason)
         if self.relay is not None and changed:
             await client.send({"type": "view", "videos": self._view(desired)})
