@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import atexit
 import contextlib
 import fcntl
@@ -164,6 +165,15 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 _migrated_sqlite: Path | None = None
+
+
+def parse_python(text: str) -> ast.Module:
+    """``ast.parse``, tried again on CPython 3.11's spurious "AST constructor recursion
+    depth mismatch" SystemError (seen once in a full run, on a file that parses fine)."""
+    for _ in range(2):
+        with contextlib.suppress(SystemError):
+            return ast.parse(text)
+    return ast.parse(text)
 
 
 def migrated_sqlite(path: Path) -> None:

@@ -127,6 +127,25 @@ def names(client: Client) -> set[str]:
     return {p["identity"] for p in client.room.get("participants", [])}
 
 
+async def tone_of(client: Client, participant_id: str, seconds: float = 15.0) -> int:
+    """The tone ``client`` hears from that participant's microphone, once it is heard
+    (its relay from another node may still be starting): 0 if never."""
+    deadline = time.monotonic() + seconds
+    heard = 0
+    while not heard and time.monotonic() < deadline:
+        heard = round(await audio_frequency(track_for(client, participant_id, "microphone"), 1.0))
+    return heard
+
+
+def receives(client: Client, participant_id: str, source: str) -> bool:
+    """Whether ``client`` has a track of that participant's ``source`` yet."""
+    try:
+        track_for(client, participant_id, source)
+    except KeyError:
+        return False
+    return True
+
+
 async def test_one_meeting_on_three_hosts(lan: Lan, tmp_path: Path) -> None:
     forwards = [
         TcpForward(lan.root_address, 6379, ("127.0.0.1", 6379)),
@@ -207,14 +226,10 @@ async def test_one_meeting_on_three_hosts(lan: Lan, tmp_path: Path) -> None:
         # the chair (node 1) hears both points and sees a's camera; each point hears the chair
         # (a's tracks are in before b publishes: see docs/ARCHITECTURE.md, "Nodes", on the
         # test client and two quick renegotiations)
-        await chair.wait_for(lambda: len(chair.tracks) >= 3, 20)
-        heard = sorted(
-            [
-                round(await audio_frequency(t, 1.0))
-                for t in chair.tracks.values()
-                if t.kind == "audio"
-            ]
+        await chair.wait_for(
+            lambda: all(receives(chair, point.id, "microphone") for point in (a, b)), 20
         )
+        heard = [await tone_of(chair, point.id) for point in (a, b)]
         assert abs(heard[0] - 440) < 15 and abs(heard[1] - 550) < 15, heard
         for point in (a, b):
             await point.wait_for(

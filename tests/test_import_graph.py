@@ -27,6 +27,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from .conftest import parse_python
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "conference"
 
@@ -63,7 +65,7 @@ def type_only_lines(tree: ast.Module) -> set[int]:
 
 def imports(name: str, path: Path, known: dict[str, Path]) -> Iterator[tuple[str, bool]]:
     """(imported conference module, type-only) for each import of module ``name``."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = parse_python(path.read_text(encoding="utf-8"))
     typed = type_only_lines(tree)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(tree):

@@ -931,6 +931,8 @@ async def test_province_chair_pages_through_the_points(
         return sum(1 for st in audio if st["packets"] > 50)
 
     assert heard(chair) == len(points), text
+    # each voice took a slot before the window (6 microphones, 8 slots): none changed hands
+    assert "\naudio slots     0.0 changes per page in the window" in text, text
     for seat in report["seats"]:
         if seat["role"] == "point":  # the points follow the chair as in a briefing, and
             assert seat["chair_video_frames"] > 0, (seat["identity"], text)

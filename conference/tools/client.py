@@ -120,6 +120,7 @@ class Client:
         self.track_map: dict[str, str] = {}  # mid -> publication id (or audio-slot:N)
         #: joined with audioSlots: slot -> the latest ``audio-slot`` message about it
         self.audio_slots: dict[int, dict[str, Any]] = {}
+        self.audio_slot_changes = 0  # audio-slot messages so far
         self.errors: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
         self.left_reason: str | None = None
@@ -266,6 +267,7 @@ class Client:
             await self._subscriber_offer(message)
         elif kind == "audio-slot" and isinstance(message.get("slot"), int):
             self.audio_slots[message["slot"]] = message
+            self.audio_slot_changes += 1
         elif kind == "error":
             self.errors.append(message)
         elif kind == "leave":

@@ -515,6 +515,25 @@ def _mosaic(report: dict[str, Any]) -> str:
     )
 
 
+def _audio_slots(report: dict[str, Any]) -> str | None:
+    """How often an audio slot changed hands in the window, per page that had slots."""
+    changes = [
+        seat["audio_slot_changes"]
+        for seat in report["seats"]
+        if seat.get("joined") and seat.get("audio_slot_changes") is not None
+    ]
+    in_slots = any(
+        stream.get("label", "").startswith("slots/")
+        for seat in report["seats"]
+        for stream in seat.get("streams", [])
+    )
+    if not changes or not in_slots:
+        return None
+    seconds = report["window"]["seconds"] or 1.0
+    mean = sum(changes) / len(changes)
+    return f"{mean:.1f} changes per page in the window ({mean / seconds * 60:.1f} a minute)"
+
+
 def _per_participant(report: dict[str, Any]) -> str:
     """`` (0.74 % per participant; 9.1 µs per packet, 6,050 packets/s)``: the
     generator's CPU per simulated participant, and per RTP packet it handled (received,
@@ -635,6 +654,7 @@ def format_report(report: dict[str, Any]) -> str:
             f" p95 {_fmt(sw['p95_s'], ' s', 2)} (n={sw['count']})",
         ),
         *([("chair mosaic", _mosaic(report))] if c.get("scenario") == "province" else []),
+        *([("audio slots", slots)] if (slots := _audio_slots(report)) else []),
         (
             "load generator",
             f"{_fmt(g.get('cpu_pct'), ' %')} CPU in {g.get('processes')} process(es)"

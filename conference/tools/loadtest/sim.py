@@ -282,6 +282,7 @@ class SimulatedSeat:
     pages: int = 0
     #: packets a lean publisher had sent when the window started
     _sent_at_mark: int | None = None
+    _slot_changes_at_mark: int | None = None
 
     # -- joining --------------------------------------------------------------------
     async def join(
@@ -461,9 +462,10 @@ class SimulatedSeat:
 
     async def _follow_pages(self) -> None:
         """The chair of a provincial briefing (``--scenario province``) as its page shows
-        it (room.js): every microphone, the speaker's camera, and the cameras of one page
-        of :data:`PAGE_SIZE` points, the next page every :data:`PAGE_PERIOD` seconds.
-        (Its points, as their pages do, receive every microphone too.)"""
+        it (room.js): the microphones in audio slots, the speaker's camera, and the
+        cameras of one page of :data:`PAGE_SIZE` points, the next page every
+        :data:`PAGE_PERIOD` seconds.  (Its points, as their pages do, receive the
+        microphones in audio slots too.)"""
         client = self.client
         assert client is not None
         started = time.monotonic()
@@ -531,6 +533,7 @@ class SimulatedSeat:
         for stats in self.streams:
             stats.mark(now)
         self._sent_at_mark = self._packets_sent()
+        self._slot_changes_at_mark = self.client.audio_slot_changes if self.client else 0
 
     def _receivers(self) -> list[ForwardingReceiver]:
         pc = self.client.subscriber if self.client is not None else None
@@ -580,6 +583,11 @@ class SimulatedSeat:
             if self._sent_at_mark is None
             else (self._packets_sent() or 0) - self._sent_at_mark,
             "streams": [s.report(now) for s in self.streams],
+            # audio slots: how often a slot changed hands in the window (a microphone
+            # newly heard: every page's subscription switches, every page is told)
+            "audio_slot_changes": None
+            if client is None or self._slot_changes_at_mark is None
+            else client.audio_slot_changes - self._slot_changes_at_mark,
             "mosaic": {
                 "pages_shown": self.pages_shown,
                 "pages": self.pages,
