@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conference.core import jsontext
 from conference.core.jsontext import MAX_DEPTH, loads
 
 
@@ -39,3 +40,13 @@ def test_malformed_input_is_a_value_error():
     for text in ("{not json", "", b"\xff\xfe", '["unterminated' + "[" * 100):
         with pytest.raises(ValueError):
             loads(text)
+
+
+def test_an_encoded_message_is_encoded_once_and_still_a_dict() -> None:
+    message = {"type": "room", "participants": [{"name": "UBND xã Đắk Ha"}]}
+    encoded = jsontext.Encoded(message)
+    assert encoded == message and encoded["type"] == "room"
+    assert jsontext.dumps(encoded) is encoded.text
+    assert json.loads(encoded.text) == message
+    assert "Đắk" in encoded.text  # UTF-8 as the socket sends it, not \\u escapes
+    assert jsontext.dumps(message) == encoded.text

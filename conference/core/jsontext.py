@@ -5,6 +5,10 @@ RecursionError, which no caller expects from a parser (the API answered 500 and 
 WebSocket session died with a traceback).  :func:`loads` refuses anything nested
 deeper than :data:`MAX_DEPTH` with a ValueError, like any other malformed JSON, before
 ``json.loads`` sees it.  Nothing the server accepts nests beyond a handful of levels.
+
+JSON to outside: :class:`Encoded` is a message that carries its own encoding, made once
+for a message that goes to every page of a room (the room state: ~50 kB at 100 points,
+once per page was ~0.4 ms each, every 50 ms while points join).
 """
 
 from __future__ import annotations
@@ -36,3 +40,20 @@ def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
             elif token in "]}":
                 depth -= 1
     return json.loads(text)
+
+
+class Encoded(dict[str, Any]):
+    """A message (still a dict for whoever reads it) with its JSON text, encoded once."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.text = json.dumps(message, ensure_ascii=False)
+
+
+def dumps(message: dict[str, Any]) -> str:
+    """A message's JSON text (an :class:`Encoded` one's own)."""
+    if isinstance(message, Encoded):
+        return message.text
+    return json.dumps(message, ensure_ascii=False)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core import jsontext
 from ..recording import recorder as recording
 from ..sfu.participant import Participant
 from ..sfu.publication import Publication
@@ -721,8 +722,9 @@ class Briefing(RoomEvents):
         }
 
     async def broadcast(self, message: dict[str, Any]) -> None:
+        encoded = jsontext.Encoded(message)  # one encoding for every page
         for participant in list(self.room.participants.values()):
-            await participant.send(message)
+            await participant.send(encoded)
 
 
 class Briefings:

@@ -10,7 +10,6 @@ no sense (bad token, removed, too many errors).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -149,7 +148,7 @@ async def _session(request: web.Request, ws: web.WebSocketResponse) -> web.Strea
         if ws.closed:
             return
         async with send_lock:
-            await ws.send_str(json.dumps(message, ensure_ascii=False))
+            await ws.send_str(jsontext.dumps(message))
 
     serving: asyncio.Task[str] | None = None  # the session's message loop
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..core.jsontext import Encoded
 from .audiogate import GATE_FROM, AudioGate
 from .audioslots import AudioSlots
 from .bandwidth import BandwidthManager
@@ -319,12 +320,14 @@ class Room:
     def _switch_slot(self, slot: int, publication: Publication) -> None:
         """Slot ``slot`` carries ``publication`` from now on, on every page (its own
         page hears nothing there); each page is told whose voice the slot carries."""
-        message = {
-            "type": "audio-slot",
-            "slot": slot,
-            "publication": publication.id,
-            "participant": publication.participant_id,
-        }
+        message = Encoded(
+            {
+                "type": "audio-slot",
+                "slot": slot,
+                "publication": publication.id,
+                "participant": publication.participant_id,
+            }
+        )
         for participant_id, subscriptions in self._slot_pages.items():
             own = publication.participant_id == participant_id
             subscriptions[slot].switch_to(None if own else publication)
