@@ -39,6 +39,18 @@ def test_a_slot_is_taken_from_the_microphone_silent_longest_never_from_a_speaker
     assert slots.keys == ["c", "a"]
 
 
+def test_only_sound_renews_or_takes_a_slot() -> None:
+    """The chair's and the floor holder's microphones always go out, silence too (and
+    DTX packets every 400 ms): only packets with sound keep a slot theirs."""
+    slots = AudioSlots(1)
+    assert slots.place("chair", 0.0, sound=False) == (None, False)  # silence takes none
+    assert slots.place("chair", 0.1, sound=True) == (0, True)
+    for n in range(20):  # then two seconds of near-silence: still its slot, not renewed
+        assert slots.place("chair", 0.2 + n * 0.1, sound=False) == (0, False)
+    assert slots.place("point", 2.0, sound=True) == (0, True)  # silent since 0.1
+    assert slots.slot_of("chair") is None
+
+
 def test_a_microphone_gone_frees_its_slot() -> None:
     slots = AudioSlots(2)
     slots.place("a", 0.0)
@@ -51,6 +63,11 @@ def test_a_microphone_gone_frees_its_slot() -> None:
 def slot_packets(client: Client, slot: int) -> int:
     counter = client.counters.get(f"audio-slot:{slot}")
     return counter.packets if counter else 0
+
+
+def carried(client: Client) -> dict[int, str]:
+    """Slot -> the participant it carries, as the page was told."""
+    return {n: m["participant"] for n, m in client.audio_slots.items() if m["participant"]}
 
 
 async def heard(client: Client, seconds: float = 0.8) -> dict[int, int]:
@@ -77,8 +94,12 @@ async def test_a_page_hears_every_microphone_in_slots_without_renegotiating(serv
         await chair.publish({"microphone": ToneAudioTrack(300.0)})
         for n, point in enumerate(points):
             await point.publish({"microphone": ToneAudioTrack(400.0 + 100 * n)})
-        await chair.wait_for(lambda: len(chair.audio_slots) == 3, 10)
-        told = {m["participant"]: (slot, m["publication"]) for slot, m in chair.audio_slots.items()}
+        await chair.wait_for(lambda: len(carried(chair)) == 3, 10)
+        told = {
+            m["participant"]: (slot, m["publication"])
+            for slot, m in chair.audio_slots.items()
+            if m["participant"]
+        }
         assert set(told) == {point.id for point in points}
         assert len({slot for slot, _ in told.values()}) == 3  # each in a slot of its own
         # each point's voice on its slot, nothing on the others
@@ -96,9 +117,10 @@ async def test_a_page_hears_every_microphone_in_slots_without_renegotiating(serv
         # a page in slots mode never hears itself: its own microphone's slot is silent
         # there, the chair's and the other points' voices come in theirs
         a = points[0]
-        await a.wait_for(lambda: len(a.audio_slots) == 3, 10)
-        own = {m["participant"] for m in a.audio_slots.values()}
-        assert a.id not in own and chair.id in own
+        await a.wait_for(lambda: len(carried(a)) == 3, 10)
+        assert a.id not in carried(a).values() and chair.id in carried(a).values()
+        # (its own microphone's slot is named for nobody there)
+        assert a.audio_slots[told[a.id][0]]["participant"] is None
         got_a = await heard(a)
         assert got_a[told[a.id][0]] == 0, got_a  # (one map for the whole room)
         assert sum(1 for n in got_a.values() if n > 20) == 3, got_a
@@ -120,6 +142,7 @@ async def test_a_page_hears_every_microphone_in_slots_without_renegotiating(serv
         c = points[2]
         gone = told[c.id][0]
         await c.leave()
+        await chair.wait_for(lambda: chair.audio_slots[gone]["participant"] is None, 10)
         late = Client(server.url, "m1", server.token(identity="xa-d"), decode=False)
         await late.connect()
         await late.publish({"microphone": ToneAudioTrack(800.0)})
@@ -130,3 +153,33 @@ async def test_a_page_hears_every_microphone_in_slots_without_renegotiating(serv
     finally:
         for client in [chair, *points]:
             await client.leave()
+
+
+async def test_a_g711_microphone_comes_on_a_track_of_its_own(server) -> None:
+    """A slot's stream is Opus: a microphone of another codec (a G.711 encoder) reaches
+    a slots page on its own track, as it did before slots."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    chair = Client(server.url, "m1", server.token(identity="huyen", role="chair"), decode=False)
+    point = Client(server.url, "m1", server.token(identity="xa-g711"), decode=False)
+    await chair.connect(audioSlots=True)
+    await point.connect()
+    try:
+        point.publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        transceiver = point.publisher.addTransceiver(ToneAudioTrack(500.0), direction="sendonly")
+        pcmu = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.name == "PCMU"]
+        transceiver.setCodecPreferences(pcmu)
+        await point._publisher_negotiate([(transceiver, "microphone")])
+        await chair.wait_for(lambda: len(chair.publications("microphone")) == 1, 10)
+        mic = chair.publications("microphone")[0]
+        assert mic["codec"] == "pcmu"
+        await chair.wait_for(lambda: mic["id"] in chair.track_map.values(), 10)
+        counter = chair.counters[mic["id"]]
+        before = counter.packets
+        await asyncio.sleep(0.8)
+        assert counter.packets - before > 20
+        assert not carried(chair)  # in no slot
+    finally:
+        await point.leave()
+        await chair.leave()

@@ -95,6 +95,11 @@ def chair_only(participant: Participant) -> None:
 
 
 # -- checks of a message's fields ---------------------------------------------------------
+#: a publisher's offer: its own camera, microphone and screen (an answer to the server's
+#: offer has one m-line per track the page receives: only the socket bounds it)
+PUBLISHER_SDP_LIMIT = 200_000
+
+
 def text_field(message: dict[str, Any], key: str, limit: int | None = None) -> str:
     """A non-empty string; at most ``limit`` characters (None: what the socket's
     ``max_message_bytes`` lets through: an SDP grows ~1.7 KB per track, and a province's
@@ -190,7 +195,7 @@ def _candidate_host(host: str) -> bool:
 async def offer(session: Session, message: dict[str, Any]) -> None:
     if message.get("pc", "publisher") != "publisher":
         raise ProtocolError("bad-message", "clients offer only on the publisher connection")
-    sdp = text_field(message, "sdp")
+    sdp = text_field(message, "sdp", limit=PUBLISHER_SDP_LIMIT)
     tracks = message.get("tracks") or {}
     if not isinstance(tracks, dict) or not all(
         isinstance(k, str) and v in SOURCES for k, v in tracks.items()
@@ -265,17 +270,13 @@ async def subscribe(session: Session, message: dict[str, Any]) -> None:
             publication = room.find_publication(publication_id)
             if publication is None:
                 unknown.append(publication_id)
-            elif participant.audio_slots and publication.source == "microphone":
+            elif participant.audio_slots and publication.in_audio_slots:
                 continue  # it comes in an audio slot while it is heard
             elif participant.subscribe(publication) is None:
                 raise PermissionError("this token may not subscribe to that publication")
         elif not participant.unsubscribe(publication_id):
             publication = room.find_publication(publication_id)
-            if not (
-                participant.audio_slots
-                and publication is not None
-                and publication.source == "microphone"
-            ):
+            if not (participant.audio_slots and publication and publication.in_audio_slots):
                 unknown.append(publication_id)
     if unknown:
         raise ProtocolError("unknown-publication", f"unknown publications: {unknown[:10]}")

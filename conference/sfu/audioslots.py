@@ -48,14 +48,20 @@ class AudioSlots:
         #: how often a microphone got a slot (a switch on every page in slots mode)
         self.moves = 0
 
-    def place(self, key: str, now: float) -> tuple[int | None, bool]:
+    def place(self, key: str, now: float, sound: bool = True) -> tuple[int | None, bool]:
         """The slot of microphone ``key`` whose packet is forwarded at ``now``, and
         whether it was just given it (then every page's slot switches its source).
-        (None, False) when every slot carries a microphone heard within :data:`HOLD`."""
+        Only a packet with ``sound`` renews a slot or takes one: a microphone the room
+        always forwards (the chair's, the floor holder's) sends near-silence, or DTX
+        packets, all the time, and would keep its slot for good.  (None, False) when
+        there is no sound, or every slot carries a microphone heard within :data:`HOLD`."""
         slot = self._slot_of.get(key)
         if slot is not None:
-            self.last[slot] = now
+            if sound:
+                self.last[slot] = now
             return slot, False
+        if not sound:
+            return None, False
         oldest = None
         for index, held in enumerate(self.keys):
             if held is None:

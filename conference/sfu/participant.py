@@ -67,6 +67,10 @@ def _urls(server: RTCIceServer) -> list[str]:
     return [urls] if isinstance(urls, str) else list(urls)
 
 
+#: messages `Participant.tell` is sending
+_telling: set[asyncio.Task[None]] = set()
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(6)}"
 
@@ -155,7 +159,9 @@ class Participant:
     def tell(self, message: dict[str, Any]) -> None:
         """`send` from code that cannot wait for it (the media path)."""
         if self.signal is not None and not self.closed:
-            asyncio.ensure_future(self.send(message))
+            task = asyncio.ensure_future(self.send(message))
+            _telling.add(task)  # (a task nobody holds may be collected before it runs)
+            task.add_done_callback(_telling.discard)
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.signal is not None and not self.closed:
@@ -302,7 +308,7 @@ class Participant:
             return None
         if publication.id in self.subscriptions:
             return self.subscriptions[publication.id]
-        if self.audio_slots and publication.source == "microphone":
+        if self.audio_slots and publication.in_audio_slots:
             return None  # it comes in a slot when it is heard
         if self.subscriber_pc is None:
             self.subscriber_pc = self._new_pc()

@@ -393,6 +393,13 @@ class Publication:
         if self._on_ended is not None:
             self._on_ended(self)
 
+    @property
+    def in_audio_slots(self) -> bool:
+        """Heard on the audio slots of the pages that have them (`.audioslots`): an Opus
+        microphone.  Another codec (a G.711 encoder) cannot share a slot's Opus stream:
+        such pages subscribe to it on a track of its own."""
+        return self.source == "microphone" and self.codec_name == "opus"
+
     def describe(self) -> dict[str, object]:
         described: dict[str, object] = {
             "id": self.id,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.jsontext import Encoded
-from .audiogate import GATE_FROM, AudioGate
+from .audiogate import GATE_FROM, SOUND_LEVEL, AudioGate
 from .audioslots import AudioSlots
 from .bandwidth import BandwidthManager
 from .participant import Participant
@@ -297,8 +297,9 @@ class Room:
                 admitted = True
             else:
                 admitted = self.audio_gate.admit(publication.id, level, time.monotonic())
-        if admitted and self._slot_pages:
-            slot, moved = self.audio_slots.place(publication.id, time.monotonic())
+        if admitted and self._slot_pages and publication.in_audio_slots:
+            sound = level is None or level < SOUND_LEVEL  # no level: as the gate, open
+            slot, moved = self.audio_slots.place(publication.id, time.monotonic(), sound)
             if moved:
                 assert slot is not None
                 self._switch_slot(slot, publication)
@@ -328,11 +329,23 @@ class Room:
                 "participant": publication.participant_id,
             }
         )
+        nobody = Encoded(message | {"publication": None, "participant": None})
         for participant_id, subscriptions in self._slot_pages.items():
             own = publication.participant_id == participant_id
             subscriptions[slot].switch_to(None if own else publication)
             participant = self.participants.get(participant_id)
-            if participant is not None and participant.slots_told and not own:
+            if participant is not None and participant.slots_told:
+                participant.tell(nobody if own else message)
+
+    def _free_slot(self, slot: int) -> None:
+        """Slot ``slot`` carries nobody now (its microphone is gone): every page is told."""
+        message = Encoded(
+            {"type": "audio-slot", "slot": slot, "publication": None, "participant": None}
+        )
+        for participant_id, subscriptions in self._slot_pages.items():
+            subscriptions[slot].switch_to(None)
+            participant = self.participants.get(participant_id)
+            if participant is not None and participant.slots_told:
                 participant.tell(message)
 
     def slot_holders(self, participant: Participant) -> dict[str, str]:
@@ -378,7 +391,9 @@ class Room:
         if publication.source == "microphone":
             self._microphones -= 1
         self.audio_gate.forget(publication.id)
-        self.audio_slots.forget(publication.id)
+        freed = self.audio_slots.forget(publication.id)
+        if freed is not None:
+            self._free_slot(freed)
         self.bandwidth.publication_gone(publication.id)
         self._notify("publication-removed", publication)
         self.program.refresh()

@@ -309,7 +309,8 @@ async function answerSubscriber(offer) {
     state.subscriber.ontrack = () => render();
   }
   const pc = state.subscriber;
-  Object.assign(state.midToPublication, offer.tracks || {});
+  // the offer names every mid that carries something now (a retired one loses its label)
+  state.midToPublication = { ...(offer.tracks || {}) };
   state.negotiations.push({ tracks: offer.tracks, at: performance.now() });
   await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
   await pc.setLocalDescription(await pc.createAnswer());
@@ -899,7 +900,14 @@ function plan() {
 /** Ask the server for exactly the publications this page needs. */
 function syncSubscriptions(layout) {
   const existing = new Set(state.room.participants.flatMap((p) => p.publications.map((pub) => pub.id)));
-  const wanted = new Set(); // (the microphones come in the audio slots)
+  // the Opus microphones come in the audio slots; another codec (a G.711 encoder) on
+  // a track of its own
+  const wanted = new Set();
+  for (const participant of state.room.participants) {
+    if (participant.id === state.me?.id) continue;
+    const mic = participant.publications.find((pub) => pub.source === "microphone");
+    if (mic && mic.codec !== "opus") wanted.add(mic.id);
+  }
   for (const tile of layout.tiles) if (tile.video) wanted.add(tile.publication.id);
   const add = [...wanted].filter((id) => !state.subscribed.has(id));
   const drop = [...state.subscribed].filter((id) => !wanted.has(id) && existing.has(id));
@@ -1006,10 +1014,11 @@ function render() {
   if ($("strip").lastElementChild !== $("self-view")) $("strip").append($("self-view"));
   attach($("self-video"), selfVideo);
   // audio: one element per audio slot (the server puts whoever is heard in a slot and
-  // says whom: `audio-slot`)
+  // says whom: `audio-slot`), and per microphone received on a track of its own
   const audios = new Set();
   for (const [mid, key] of Object.entries(state.midToPublication)) {
-    if (!key.startsWith("audio-slot:")) continue;
+    const transceiver = state.subscriber?.getTransceivers().find((tr) => tr.mid === mid);
+    if (transceiver?.receiver.track.kind !== "audio") continue;
     audios.add(key);
     let node = $("audios").querySelector(`audio[data-slot="${CSS.escape(key)}"]`);
     if (!node) {
@@ -1017,9 +1026,9 @@ function render() {
       node.dataset.slot = key;
       $("audios").append(node);
     }
-    node.dataset.participant = state.audioSlots[key.slice(11)] ?? "";
-    const transceiver = state.subscriber?.getTransceivers().find((tr) => tr.mid === mid);
-    attach(node, transceiver?.receiver.track ?? null);
+    node.dataset.participant = key.startsWith("audio-slot:") ? state.audioSlots[key.slice(11)] ?? ""
+      : state.room.participants.find((p) => p.publications.some((pub) => pub.id === key))?.id ?? "";
+    attach(node, transceiver.receiver.track);
     if (state.speakerId && node.setSinkId && node.sinkId !== state.speakerId) {
       node.setSinkId(state.speakerId).catch(() => {});
     }
