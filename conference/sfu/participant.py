@@ -46,9 +46,11 @@ logger = logging.getLogger(__name__)
 
 NEGOTIATION_TIMEOUT = 10.0
 #: the least time between two subscriber offers (s): what changes meanwhile (a hundred
-#: points joining a province's briefing, each adding a microphone to every page) goes
-#: into the next offer, so a page answers at most 1/OFFER_SPACING offers a second
+#: points joining at once) goes into the next offer: at most 1/OFFER_SPACING a second
 OFFER_SPACING = 0.25
+#: a joining page's audio slots wait this long (s) for its first videos, asked for at
+#: once, to share their offer (a second would wait OFFER_SPACING); then go alone
+SLOTS_OFFER_DELAY = 0.3
 
 Signal = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -371,8 +373,12 @@ class Participant:
             self.subscriptions[key] = subscription
             self._transceiver_of[key] = transceiver
             self.audio_slots.append(subscription)
-        self.request_negotiation()
+        asyncio.get_running_loop().call_later(SLOTS_OFFER_DELAY, self._offer_slots)
         return self.audio_slots
+
+    def _offer_slots(self) -> None:
+        if self._transceiver_of["audio-slot:0"].mid is None:  # (in no offer yet)
+            self.request_negotiation()
 
     def unsubscribe(self, publication_id: str) -> bool:
         if publication_id.startswith("audio-slot:"):
