@@ -35,7 +35,8 @@ T = TypeVar("T")
 # the codec inside RED: Opus), and the audio codecs the connection negotiated, in order
 AUDIO_JS = """async (which) => {
   const pc = window.conference && window.conference[which];
-  if (!pc) return null;
+  // (between the page making its connection and answering, nothing to read yet)
+  if (!pc || !(pc.currentLocalDescription || pc.localDescription)) return null;
   const streams = [];
   (await pc.getStats()).forEach((s) => {
     if ((s.type === "inbound-rtp" || s.type === "outbound-rtp") && s.kind === "audio") {
