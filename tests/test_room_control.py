@@ -27,7 +27,7 @@ def packets(client: Client, publication_id: str) -> int:
     return counter.packets if counter else 0
 
 
-async def flowing(client: Client, publication_id: str, seconds: float = 0.8) -> int:
+async def flowing(client: Client, publication_id: str, seconds: float = 1.0) -> int:
     """Packets of ``publication_id`` received by ``client`` in ``seconds``."""
     before = packets(client, publication_id)
     await asyncio.sleep(seconds)
