@@ -553,7 +553,12 @@ async def test_a_node_relays_only_its_open_microphones_unless_the_other_records(
 
         # node 1 records: every microphone comes to it, the point still hears the open ones
         await chair.request({"type": "record-start"}, "recording")
-        await asyncio.sleep(0.5)
+        # node 1's next WANT says full (within a tick, a second on a loaded machine)
+        started = relay_counters(two)["full"]
+        for _ in range(40):
+            await asyncio.sleep(0.25)
+            if relay_counters(two)["full"] > started + 50:
+                break
         relayed = relay_counters(two)
         await asyncio.sleep(1.5)
         sent = relay_counters(two)
