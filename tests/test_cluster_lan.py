@@ -34,7 +34,7 @@ from conference.tools.whipclient import WhipError, whep_watch, whip_publish
 from .conftest import ROOT, SECRET, ServerProcess, check_clean_exit
 from .domain.conftest import _postgres_schema_url
 from .lan import Lan, TcpForward, lan_available
-from .mediacheck import audio_frequency, drain, track_for, video_numbers
+from .mediacheck import audio_frequency, drain, track_for, video_numbers, wait_track
 from .test_cluster import REDIS, redis_reachable
 
 pytestmark = [pytest.mark.media, pytest.mark.slow]
@@ -137,15 +137,6 @@ async def tone_of(client: Client, participant_id: str, seconds: float = 15.0) ->
     return heard
 
 
-def receives(client: Client, participant_id: str, source: str) -> bool:
-    """Whether ``client`` has a track of that participant's ``source`` yet."""
-    try:
-        track_for(client, participant_id, source)
-    except KeyError:
-        return False
-    return True
-
-
 async def test_one_meeting_on_three_hosts(lan: Lan, tmp_path: Path) -> None:
     forwards = [
         TcpForward(lan.root_address, 6379, ("127.0.0.1", 6379)),
@@ -226,9 +217,8 @@ async def test_one_meeting_on_three_hosts(lan: Lan, tmp_path: Path) -> None:
         # the chair (node 1) hears both points and sees a's camera; each point hears the chair
         # (a's tracks are in before b publishes: see docs/ARCHITECTURE.md, "Nodes", on the
         # test client and two quick renegotiations)
-        await chair.wait_for(
-            lambda: all(receives(chair, point.id, "microphone") for point in (a, b)), 20
-        )
+        for point in (a, b):
+            await wait_track(chair, point.id, "microphone", 20)
         heard = [await tone_of(chair, point.id) for point in (a, b)]
         assert abs(heard[0] - 440) < 15 and abs(heard[1] - 550) < 15, heard
         for point in (a, b):

@@ -291,15 +291,19 @@ class Room:
         some page receives the microphones in slots."""
         if self._microphones <= GATE_FROM:  # a small meeting: everyone is heard as sent
             admitted = True
+            now = None
         else:
+            now = time.monotonic()
             known = self._who(publication.participant_id)
             if known is not None and (known[0] or known[1] == self.events.floor):
                 admitted = True
             else:
-                admitted = self.audio_gate.admit(publication.id, level, time.monotonic())
+                admitted = self.audio_gate.admit(publication.id, level, now)
         if admitted and self._slot_pages and publication.in_audio_slots:
             sound = level is None or level < SOUND_LEVEL  # no level: as the gate, open
-            slot, moved = self.audio_slots.place(publication.id, time.monotonic(), sound)
+            slot, moved = self.audio_slots.place(
+                publication.id, time.monotonic() if now is None else now, sound
+            )
             if moved:
                 assert slot is not None
                 self._switch_slot(slot, publication)
@@ -313,50 +317,42 @@ class Room:
         if not subscriptions:
             return
         self._slot_pages[participant.id] = subscriptions
+        for slot, publication in self._carried_for(participant.id):
+            subscriptions[slot].switch_to(publication)
+
+    def _carried_for(self, participant_id: str) -> list[tuple[int, Publication]]:
+        """(slot, microphone) of the slots in use, as ``participant_id``'s page hears them
+        (its own microphone's slot: left out)."""
+        carried = []
         for slot, key in enumerate(self.audio_slots.keys):
             publication = self.find_publication(key) if key is not None else None
-            if publication is not None and publication.participant_id != participant.id:
-                subscriptions[slot].switch_to(publication)
+            if publication is not None and publication.participant_id != participant_id:
+                carried.append((slot, publication))
+        return carried
 
-    def _switch_slot(self, slot: int, publication: Publication) -> None:
-        """Slot ``slot`` carries ``publication`` from now on, on every page (its own
-        page hears nothing there); each page is told whose voice the slot carries."""
-        message = Encoded(
-            {
-                "type": "audio-slot",
-                "slot": slot,
-                "publication": publication.id,
-                "participant": publication.participant_id,
-            }
+    def _switch_slot(self, slot: int, publication: Publication | None) -> None:
+        """Slot ``slot`` carries ``publication`` from now on (None: nobody, its microphone
+        is gone), on every page (its own page hears nothing there); each page is told
+        whose voice the slot carries."""
+        nobody = Encoded(
+            {"type": "audio-slot", "slot": slot, "publication": None, "participant": None}
         )
-        nobody = Encoded(message | {"publication": None, "participant": None})
+        message = nobody
+        if publication is not None:
+            message = Encoded(
+                nobody | {"publication": publication.id, "participant": publication.participant_id}
+            )
         for participant_id, subscriptions in self._slot_pages.items():
-            own = publication.participant_id == participant_id
+            own = publication is None or publication.participant_id == participant_id
             subscriptions[slot].switch_to(None if own else publication)
             participant = self.participants.get(participant_id)
             if participant is not None and participant.slots_told:
                 participant.tell(nobody if own else message)
 
-    def _free_slot(self, slot: int) -> None:
-        """Slot ``slot`` carries nobody now (its microphone is gone): every page is told."""
-        message = Encoded(
-            {"type": "audio-slot", "slot": slot, "publication": None, "participant": None}
-        )
-        for participant_id, subscriptions in self._slot_pages.items():
-            subscriptions[slot].switch_to(None)
-            participant = self.participants.get(participant_id)
-            if participant is not None and participant.slots_told:
-                participant.tell(message)
-
     def slot_holders(self, participant: Participant) -> dict[str, str]:
         """Slot (as a string, a JSON key) -> the participant whose microphone it carries
         for ``participant``'s page (not its own)."""
-        holders = {}
-        for slot, key in enumerate(self.audio_slots.keys):
-            publication = self.find_publication(key) if key is not None else None
-            if publication is not None and publication.participant_id != participant.id:
-                holders[str(slot)] = publication.participant_id
-        return holders
+        return {str(slot): p.participant_id for slot, p in self._carried_for(participant.id)}
 
     def _who(self, participant_id: str) -> tuple[bool, str] | None:
         """(moderates, identity) of a participant here or on another node (None: not
@@ -393,7 +389,7 @@ class Room:
         self.audio_gate.forget(publication.id)
         freed = self.audio_slots.forget(publication.id)
         if freed is not None:
-            self._free_slot(freed)
+            self._switch_slot(freed, None)
         self.bandwidth.publication_gone(publication.id)
         self._notify("publication-removed", publication)
         self.program.refresh()
