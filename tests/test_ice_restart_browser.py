@@ -227,11 +227,11 @@ def test_page_moved_to_another_network_keeps_its_session(tmp_path: Path, browser
 
             # Wi-Fi is gone: the point's interface goes down and loses its address.  Its
             # other end, in this (the chair's and the server's) namespace, keeps its
-            # address: deleting it (as this test did) sometimes cut the chair's own
-            # media, whose Chromium here gathers candidates on every interface: the
-            # server had nominated a pair to the chair's candidate on that address, sent
-            # to a vanished address until ICE consent expired (30 s), and the chair's
-            # page rejoined as another participant (docs/ARCHITECTURE.md, "Not done yet")
+            # address: the chair's Chromium gathers candidates on every interface here,
+            # and the server may have nominated the chair's candidate on that address;
+            # deleting it made the chair's session depend on the server moving to
+            # another path (docs/ARCHITECTURE.md, "A nominated path that stops
+            # answering"), which is not what this test is about
             ip("-n", wifi.name, "addr", "flush", "dev", wifi.interface)
             ip("-n", wifi.name, "link", "set", wifi.interface, "down")
             ip("-n", wifi.name, "link", "set", fourg.interface, "up")  # 4G is up

@@ -50,6 +50,7 @@ from typing import Any, Protocol, cast
 
 import aioice
 import aioice.ice
+import aioice.stun
 import aioice.turn
 import aiortc.rtcdtlstransport as _rtcdtlstransport
 import aiortc.rtcpeerconnection as _rtcpeerconnection
@@ -243,12 +244,86 @@ def patient_consent_checks() -> None:
         integrity_key: bytes | None = None,
         retransmissions: int | None = None,
     ) -> Any:
-        if retransmissions == 0:
-            retransmissions = CONSENT_RETRANSMISSIONS
-        return await original(self, request, addr, integrity_key, retransmissions)
+        if retransmissions != 0:
+            return await original(self, request, addr, integrity_key, retransmissions)
+        try:
+            return await original(self, request, addr, integrity_key, CONSENT_RETRANSMISSIONS)
+        except aioice.stun.TransactionError:
+            moved = await _another_path(self, addr, integrity_key, original)
+            if moved is None:
+                raise
+            return moved
 
     request._conference_patient = True  # type: ignore[attr-defined]
     StunProtocol.request = request  # type: ignore[method-assign]
+
+
+async def _another_path(
+    protocol: StunProtocol, addr: tuple[str, int], key: bytes | None, send: Any
+) -> Any:
+    """After a failed consent check on the nominated pair of a connection we control,
+    the pair that answers a check first among the others our candidates and the peer's
+    make, now nominated (USE-CANDIDATE), with its answer; None if none answers.
+
+    The controlling end alone nominates, and aioice never nominates again: when the
+    peer's address on the nominated pair vanished (a PC's second interface went away)
+    but the peer has others, it stays connected on its side (its checks on another pair
+    are answered) and would restart nothing, while media went to the vanished address
+    until consent expired and the session ended.  The server controls every subscriber
+    connection (it offers them)."""
+    connection = getattr(protocol, "receiver", None)
+    if connection is None or not getattr(connection, "ice_controlling", False) or not key:
+        return None
+    nominated = connection._nominated.get(1)
+    if nominated is None or nominated.protocol is not protocol or nominated.remote_addr != addr:
+        return None  # not the nominated pair's consent check (or it moved meanwhile)
+    pairs = []
+    for local in connection._protocols:
+        transport = getattr(local, "transport", None)
+        if transport is None or transport.is_closing() or local.local_candidate.component != 1:
+            continue
+        for remote in connection._remote_candidates:
+            if remote.component != 1 or not local.local_candidate.can_pair_with(remote):
+                continue
+            if local is protocol and (remote._network_host, remote.port) == addr:
+                continue  # the pair that stopped answering
+            pairs.append(
+                connection._find_pair(local, remote) or aioice.ice.CandidatePair(local, remote)
+            )
+    if not pairs:
+        return None
+
+    async def check(pair: Any) -> tuple[Any, Any]:
+        message = connection.build_request(pair, nominate=True)
+        response = await send(
+            pair.protocol, message, pair.remote_addr, key, CONSENT_RETRANSMISSIONS
+        )
+        return pair, response
+
+    tasks = [asyncio.ensure_future(check(pair)) for pair in pairs]
+    try:
+        for done in asyncio.as_completed(tasks):
+            try:
+                pair, response = await done
+            except (aioice.stun.TransactionError, OSError, ConnectionError):
+                continue
+            if connection._nominated.get(1) is not nominated:
+                return None  # moved meanwhile (an ICE restart, another check)
+            pair.state = aioice.ice.CandidatePair.State.SUCCEEDED
+            pair.nominated = pair.remote_nominated = True
+            if pair not in connection._check_list:
+                connection._check_list.append(pair)
+            connection._nominated[1] = pair
+            logger.info(
+                "ICE: the nominated path %s stopped answering; moved to %s",
+                _pair_name(nominated),
+                _pair_name(pair),
+            )
+            return response
+        return None
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 patient_consent_checks()

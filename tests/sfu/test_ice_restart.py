@@ -4,8 +4,10 @@ the same DTLS association, after the old path went dark (a point's network chang
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 
+import aioice.ice
 import pytest
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
@@ -312,3 +314,62 @@ async def test_nothing_to_restart_before_the_connection_is_up():
         assert not ice_restart_offered(pc, "v=0\r\na=ice-ufrag:abcd\r\n")
     finally:
         await pc.close()
+
+
+async def test_the_controlling_end_moves_to_a_path_that_answers(monkeypatch, caplog):
+    """A subscriber connection (the server offers, so it controls ICE and alone nominates)
+    whose nominated path stops answering while the viewer still has another address:
+    the server's failed consent check tries the other pairs and nominates the first that
+    answers; media goes on there, without an ICE restart and without waiting for consent
+    to expire (a PC's second interface went away while its other one carries on)."""
+    configure_ice_hosts(["127.0.0.1", "127.0.0.2"])
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 1)
+    caplog.set_level(logging.INFO, logger="conference.sfu.bridge")
+    server = ForwardingPeerConnection()
+    viewer = ForwardingPeerConnection()
+    sender = server.addTransceiver("audio", direction="sendonly").sender
+    assert isinstance(sender, ForwardingSender)
+    feeding = True
+
+    async def feed() -> None:
+        seq = 0
+        while feeding:
+            seq += 1
+            if sender.started:
+                header = struct.pack(
+                    "!BBHII", 0x80, sender.payload_type, seq & 0xFFFF, seq * 960, sender.ssrc
+                )
+                sender.send_rtp(header + bytes(40), 40)
+            await asyncio.sleep(0.02)
+
+    task = asyncio.ensure_future(feed())
+    try:
+        await connected(server, viewer)
+        receiver = viewer.getTransceivers()[0].receiver
+        await wait_packets(receiver, 10)
+        connection = _ice(server)._connection
+        assert connection.ice_controlling
+        old = connection._nominated[1]
+        # the viewer's address on that path is gone: nothing arrives there any more
+        dead = old.remote_addr
+        for protocol in _ice(viewer)._connection._protocols:
+            if protocol.local_candidate.host == dead[0]:
+                protocol.datagram_received = lambda *args, **kwargs: None
+        await asyncio.sleep(0.2)
+        assert await packets_in(receiver, 0.4) == 0
+        deadline = asyncio.get_running_loop().time() + 15
+        while connection._nominated[1] is old:
+            assert asyncio.get_running_loop().time() < deadline, "still on the dead path"
+            await asyncio.sleep(0.1)
+        new = connection._nominated[1]
+        assert new.remote_addr[0] != dead[0]
+        assert await packets_in(receiver, 1.0) >= 30  # 50 packets a second
+        assert sender._pair is new
+        assert server.connectionState == viewer.connectionState == "connected"
+        assert "stopped answering; moved to" in caplog.text
+    finally:
+        feeding = False
+        await task
+        await server.close()
+        await viewer.close()
+        configure_ice_hosts(["127.0.0.1"])
