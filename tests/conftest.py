@@ -158,7 +158,10 @@ def _real_time(item: pytest.Item) -> bool:
     return (
         "server" in fixtures
         or "browser" in fixtures
-        or any(item.get_closest_marker(name) is not None for name in ("media", "slow", "quiet"))
+        or any(
+            item.get_closest_marker(name) is not None
+            for name in ("media", "slow", "quiet", "timing")
+        )
     )
 
 

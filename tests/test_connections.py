@@ -318,6 +318,9 @@ async def get_ok(url: str, **kwargs: object) -> None:
         assert await response.text() == "ok"
 
 
+# the refused connections are closed at once: a client whose request crosses the close
+# gets a reset, which can cost it the 503 (seen once in a full run on a loaded machine)
+@pytest.mark.timing
 async def test_slow_clients_of_one_address_are_capped_and_timed_out() -> None:
     limits = ConnectionLimits(total=1000, per_address=5, exempt=["127.0.0.1"])
     async with serving(make_app(), limits, header_timeout=1.0) as site:

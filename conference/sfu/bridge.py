@@ -230,7 +230,9 @@ def patient_consent_checks() -> None:
     requests aioice sends with ``retransmissions=0``; this gives them
     :data:`CONSENT_RETRANSMISSIONS`, as any STUN transaction has, and expires
     consent after four failed checks instead of six, so that a dead peer is
-    still given up after ~34 s (4 x (5 + 3.5)), near RFC 7675's 30 s.
+    still given up after ~34 s (4 x (5 + 3.5)), near RFC 7675's 30 s.  On a
+    connection we control, a failed check first tries the other pairs
+    (`_another_path`): a dead peer with other candidates is given up after ~48 s.
     """
     aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
     if getattr(StunProtocol.request, "_conference_patient", False):
