@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aioice.ice
 import pytest
@@ -68,6 +70,47 @@ async def packets_in(receiver: ForwardingReceiver, seconds: float) -> int:
     return receiver.packets_received - before
 
 
+def feed(sender: ForwardingSender) -> Callable[[], Awaitable[None]]:
+    """Send an audio packet through ``sender`` every 20 ms (once it has started) until
+    the returned function is awaited."""
+    running = True
+
+    async def run() -> None:
+        seq = 0
+        while running:
+            seq += 1
+            if sender.started:
+                header = struct.pack(
+                    "!BBHII", 0x80, sender.payload_type, seq & 0xFFFF, seq * 960, sender.ssrc
+                )
+                sender.send_rtp(header + bytes(40), 40)
+            await asyncio.sleep(0.02)
+
+    task = asyncio.ensure_future(run())
+
+    async def stop() -> None:
+        nonlocal running
+        running = False
+        await task
+
+    return stop
+
+
+async def viewing() -> tuple[Any, Any, ForwardingSender, Any, Callable[[], Awaitable[None]]]:
+    """A subscriber connection as the server makes it (the server offers, so it controls
+    ICE) with an audio stream flowing to the viewer: (server, viewer, the server's
+    sender, the viewer's receiver, the function that stops the stream)."""
+    server = ForwardingPeerConnection()
+    viewer = ForwardingPeerConnection()
+    sender = server.addTransceiver("audio", direction="sendonly").sender
+    assert isinstance(sender, ForwardingSender)
+    stop = feed(sender)
+    await connected(server, viewer)
+    receiver = viewer.getTransceivers()[0].receiver
+    await wait_packets(receiver, 10)
+    return server, viewer, sender, receiver, stop
+
+
 async def wait_packets(receiver: ForwardingReceiver, count: int, timeout: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while receiver.packets_received < count:
@@ -117,29 +160,8 @@ async def test_media_resumes_on_a_new_path_under_the_same_dtls_session():
 async def test_forwarded_packets_follow_the_new_path():
     """The server's fast send path (a ForwardingSender writing on the nominated pair's
     socket) moves to the new pair: a subscriber connection restarted by the server."""
-    server = ForwardingPeerConnection()
-    viewer = ForwardingPeerConnection()
-    transceiver = server.addTransceiver("audio", direction="sendonly")
-    sender = transceiver.sender
-    assert isinstance(sender, ForwardingSender)
-    feeding = True
-
-    async def feed() -> None:
-        seq = 0
-        while feeding:
-            seq += 1
-            if sender.started:
-                header = struct.pack(
-                    "!BBHII", 0x80, sender.payload_type, seq & 0xFFFF, seq * 960, sender.ssrc
-                )
-                sender.send_rtp(header + bytes(40), 40)
-            await asyncio.sleep(0.02)
-
-    task = asyncio.ensure_future(feed())
+    server, viewer, sender, receiver, stop = await viewing()
     try:
-        await connected(server, viewer)
-        receiver = viewer.getTransceivers()[0].receiver
-        await wait_packets(receiver, 10)
         go_dark(server)
         go_dark(viewer)
         await asyncio.sleep(0.2)
@@ -151,8 +173,7 @@ async def test_forwarded_packets_follow_the_new_path():
         assert sender.packets_sent > sent_before
         assert sender._pair is _ice(server)._connection._nominated[1]
     finally:
-        feeding = False
-        await task
+        await stop()
         await server.close()
         await viewer.close()
 
@@ -325,28 +346,8 @@ async def test_the_controlling_end_moves_to_a_path_that_answers(monkeypatch, cap
     configure_ice_hosts(["127.0.0.1", "127.0.0.2"])
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 1)
     caplog.set_level(logging.INFO, logger="conference.sfu.bridge")
-    server = ForwardingPeerConnection()
-    viewer = ForwardingPeerConnection()
-    sender = server.addTransceiver("audio", direction="sendonly").sender
-    assert isinstance(sender, ForwardingSender)
-    feeding = True
-
-    async def feed() -> None:
-        seq = 0
-        while feeding:
-            seq += 1
-            if sender.started:
-                header = struct.pack(
-                    "!BBHII", 0x80, sender.payload_type, seq & 0xFFFF, seq * 960, sender.ssrc
-                )
-                sender.send_rtp(header + bytes(40), 40)
-            await asyncio.sleep(0.02)
-
-    task = asyncio.ensure_future(feed())
+    server, viewer, sender, receiver, stop = await viewing()
     try:
-        await connected(server, viewer)
-        receiver = viewer.getTransceivers()[0].receiver
-        await wait_packets(receiver, 10)
         connection = _ice(server)._connection
         assert connection.ice_controlling
         old = connection._nominated[1]
@@ -368,8 +369,7 @@ async def test_the_controlling_end_moves_to_a_path_that_answers(monkeypatch, cap
         assert server.connectionState == viewer.connectionState == "connected"
         assert "stopped answering; moved to" in caplog.text
     finally:
-        feeding = False
-        await task
+        await stop()
         await server.close()
         await viewer.close()
         configure_ice_hosts(["127.0.0.1"])
