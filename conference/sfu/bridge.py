@@ -251,7 +251,11 @@ def patient_consent_checks() -> None:
         try:
             return await original(self, request, addr, integrity_key, CONSENT_RETRANSMISSIONS)
         except aioice.stun.TransactionError:
-            moved = await _another_path(self, addr, integrity_key, original)
+            try:
+                moved = await _another_path(self, addr, integrity_key, original)
+            except Exception:  # never let the search end the consent checks
+                logger.warning("ICE: looking for another path failed", exc_info=True)
+                moved = None
             if moved is None:
                 raise
             return moved
@@ -282,7 +286,10 @@ async def _another_path(
     pairs = []
     for local in connection._protocols:
         transport = getattr(local, "transport", None)
-        if transport is None or transport.is_closing() or local.local_candidate.component != 1:
+        closing = getattr(transport, "is_closing", None)  # (a TURN transport has none)
+        if transport is None or (closing is not None and closing()):
+            continue
+        if local.local_candidate.component != 1:
             continue
         for remote in connection._remote_candidates:
             if remote.component != 1 or not local.local_candidate.can_pair_with(remote):
