@@ -952,7 +952,9 @@ def read_qr(svg: str) -> str:
             image[int(y), int(x) : int(x + float(a))] = 0
             x += float(a)
     image = numpy.kron(image, numpy.ones((6, 6), numpy.uint8))  # 6 pixels a module
-    results = zxingcpp.read_barcodes(image)
+    # a QR reader, as a phone's: ZXing's other formats once "found" a second code among
+    # the modules of a good QR code (seen once in a full run)
+    results = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
     assert len(results) == 1 and results[0].format == zxingcpp.BarcodeFormat.QRCode, results
     return str(results[0].text)
 
@@ -1087,6 +1089,6 @@ def read_png_qr(png: bytes) -> str:
     from PIL import Image
 
     image = numpy.asarray(Image.open(io.BytesIO(png)).convert("L"))
-    results = zxingcpp.read_barcodes(image)
+    results = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
     assert len(results) == 1 and results[0].format == zxingcpp.BarcodeFormat.QRCode, results
     return str(results[0].text)
