@@ -324,9 +324,7 @@ async def _another_path(
                 connection._check_list.append(pair)
             connection._nominated[1] = pair
             logger.info(
-                "ICE: the nominated path %s stopped answering; moved to %s",
-                _pair_name(nominated),
-                _pair_name(pair),
+                "ICE: the nominated path %s stopped answering; moved to %s", nominated, pair
             )
             return response
         return None
@@ -1309,13 +1307,6 @@ def _fast_srtp(
     return call
 
 
-def _pair_name(pair: Any) -> str:
-    """A candidate pair as 'local address -> remote address' (for the log)."""
-    local = getattr(pair, "local_addr", None)
-    remote = getattr(pair, "remote_addr", None)
-    return f"{local} -> {remote}"
-
-
 def packet_writing(session: Any) -> tuple[Any, ...] | None:
     """What writing an RTP packet into ``session``'s buffer and protecting it there
     takes (`protect_into`, and `ForwardingSender.send_media` inline): (a view of the
@@ -1597,7 +1588,7 @@ class DirectWire:
             return
         if pair is not self._pair:
             if self._pair is not None:  # ICE nominated another pair: the path moved
-                logger.info("media path moved: %s to %s", _pair_name(self._pair), _pair_name(pair))
+                logger.info("media path moved: %s to %s", self._pair, pair)
             self._pair = pair
             self._sock, self._datagrams, self._address = pair_socket(pair)
         sock = self._sock
