@@ -43,6 +43,7 @@ from conference.tools.linkemu import Impairment, UdpRelay
 from conference.tools.loadtest import media
 from conference.tools.loadtest.eventloop import COALESCE, LoadTestEventLoop
 from conference.tools.loadtest.lean import (
+    MUTED_PAYLOAD,
     LeanPublisher,
     LeanStream,
     PacketizedClip,
@@ -536,6 +537,46 @@ async def test_lean_publisher_paces_frames_continues_picture_ids_and_jumps_to_ke
     assert 9 <= len(levels) <= 16  # 20 ms frames
 
 
+async def test_a_muted_lean_microphone_sends_what_a_muted_browser_sends() -> None:
+    """--muted: while the point does not speak, its microphone sends a packet every
+    200 ms (Chromium's Opus DTX for a muted track), level 127, the timestamp moving on
+    as much as the clock did; with the floor, 20 ms frames of speech again."""
+    video = PacketizedClip((PacketizedFrame((b"\x90\x80\x80\x00key",), True, 3000),), (0,), True)
+    talk = PacketizedClip((PacketizedFrame((b"talk",), False, 960),), (), False)
+    noise = PacketizedClip((PacketizedFrame((b"noise",), False, 960),), (), False)
+    microphone_out = SentPackets()
+    publisher = LeanPublisher(
+        LeanStream(SentPackets(), 90000),  # type: ignore[arg-type]
+        video,
+        30,
+        LeanStream(microphone_out, 48000),  # type: ignore[arg-type]
+        talk,
+        [10],
+        noise,
+        [120],
+        muted=True,
+    )
+    publisher.start()
+    await asyncio.sleep(0.5)
+    muted = list(microphone_out.packets)
+    publisher.speaking = True
+    await asyncio.sleep(0.25)
+    publisher.speaking = False
+    await asyncio.sleep(0.25)
+    await publisher.stop()
+    assert 2 <= len(muted) <= 4, len(muted)  # 0, 200, 400 ms: not 25 frames of noise
+    assert all(p.payload == MUTED_PAYLOAD for p in muted)
+    assert all(p.extensions.audio_level == (False, 127) for p in muted)
+    steps = [(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in itertools.pairwise(muted)]
+    assert steps and all(step == 9600 for step in steps)
+    spoken = [p for p in microphone_out.packets[len(muted) :] if p.payload == b"talk"]
+    assert 8 <= len(spoken) <= 14, len(spoken)  # 20 ms frames for ~0.25 s
+    assert spoken[0].extensions.audio_level == (True, 10)
+    after = microphone_out.packets[len(muted) + len(spoken) :]
+    assert after and all(p.payload == MUTED_PAYLOAD for p in after) and len(after) <= 3
+    assert b"noise" not in {p.payload for p in microphone_out.packets}
+
+
 def test_floor_schedule_moves_from_the_chair_through_the_points() -> None:
     waiting = FloorSchedule(points=3, period=10.0)
     assert waiting.holder(1e9) == 0
@@ -555,6 +596,8 @@ def test_config_defaults_and_validation() -> None:
         Config(url="u", meeting="m", scenario="concert")
     with pytest.raises(ValueError):
         Config(url="u", meeting="m", points=0)
+    with pytest.raises(ValueError, match="--muted needs --lean"):
+        Config(url="u", meeting="m", muted=True)
 
 
 def test_seats_from_secret_and_from_a_token_file(tmp_path: Path) -> None:
@@ -827,14 +870,20 @@ def lt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProces
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lean", [False, True], ids=["aiortc-sender", "lean"])
-async def test_briefing_with_five_points(lt_server: ServerProcess, lean: bool) -> None:
+@pytest.mark.parametrize(
+    ("lean", "muted"),
+    [(False, False), (True, False), (True, True)],
+    ids=["aiortc-sender", "lean", "lean-muted"],
+)
+async def test_briefing_with_five_points(lt_server: ServerProcess, lean: bool, muted: bool) -> None:
     """Five points (aiortc's sender, or lean: pre-packetized RTP through the server's
-    own send path) and a chair: the same checks either way."""
+    own send path; muted: microphones muted but the floor's) and a chair: the same
+    checks either way."""
     config = Config(
         url=lt_server.url,
-        meeting=f"lt-briefing-{lean}",
+        meeting=f"lt-briefing-{lean}-{muted}",
         lean=lean,
+        muted=muted,
         scenario="briefing",
         points=5,
         duration=10,
@@ -876,6 +925,14 @@ async def test_briefing_with_five_points(lt_server: ServerProcess, lean: bool) -
         assert "per participant; " in text and " µs per packet, " in text
         # what they received, read from RTP headers (all but the keyframes awaited)
         assert generator["headers_read_pct"] > 80, text
+        # a muted microphone sends ~5 packets a second, an open one 50 (10 s); the
+        # floor (2.5 s each for the first three points) still moves on their speech
+        microphones = [p["microphone_packets_sent"] for p in points]
+        if muted:
+            assert "muted microphones" in text
+            assert all(n < 250 for n in microphones) and min(microphones) < 100, microphones
+        else:
+            assert all(n > 400 for n in microphones), microphones
     else:
         assert generator["headers_read_pct"] == 0
     # the floor moved three times (period 2.5 s); the detector followed at least once

@@ -4,7 +4,8 @@
 # PIN=1: the server on core 0 and the generator on core 1 (taskset); RT=1: both at a
 # real-time priority besides (chrt -f 10: they run as soon as they can, as on an idle
 # machine, while the other work on this shared machine waits).
-# The load generator is this tree's (`--lean`) unless GEN names another checkout.
+# The load generator is this tree's (`--lean`) unless GEN names another checkout; LTARGS:
+# more options for it (e.g. --muted).
 set -u
 SRC=$1; OUT=$2; W=${WORKERS:-1}
 D=/tmp/bw/srv-$RANDOM; mkdir -p $D
@@ -23,5 +24,5 @@ GEN=${GEN:-$HERE}
 # with workers the load test finds every process listening on the port (the supervisor's
 # pid would say 0 %); FLOOR: --floor-period
 SPID="--server-pid $SRV"; if [ "$W" -gt 1 ]; then SPID=""; fi
-cd $GEN && PYTHONPATH=$GEN $GPIN python -m conference loadtest --url http://127.0.0.1:$PORT --meeting bench-$RANDOM --scenario ${SCEN:-briefing} --points ${POINTS:-20} --duration ${DUR:-20} --lean ${FLOOR:+--floor-period $FLOOR} ${PROCS:+--processes $PROCS} --secret $CONFERENCE_TOKEN_SECRET $SPID --no-progress ${JSON:+--json $JSON} > $OUT 2>&1
+cd $GEN && PYTHONPATH=$GEN $GPIN python -m conference loadtest --url http://127.0.0.1:$PORT --meeting bench-$RANDOM --scenario ${SCEN:-briefing} --points ${POINTS:-20} --duration ${DUR:-20} --lean ${FLOOR:+--floor-period $FLOOR} ${PROCS:+--processes $PROCS} ${LTARGS:-} --secret $CONFERENCE_TOKEN_SECRET $SPID --no-progress ${JSON:+--json $JSON} > $OUT 2>&1
 kill -TERM $SRV; wait $SRV

@@ -57,6 +57,10 @@ class Config:
     #: (:mod:`.lean`) instead of aiortc's sender, and read what they receive from RTP
     #: headers (``bridge.header_ingress``; not the points on weak links)
     lean: bool = False
+    #: ``--muted``: a lean point's microphone is muted while it does not hold the floor
+    #: (as the room holds every point but the floor's), so its page sends Opus DTX
+    #: (:data:`.lean.MUTED_INTERVAL`); the chair's stays open
+    muted: bool = False
     #: ``--weak``: (share of the points 0..1, link profile name), see :mod:`.weak`
     weak: list[tuple[float, str]] = field(default_factory=list)
     #: ``--node``: other nodes of the same meeting (one Redis): the points are spread
@@ -81,6 +85,8 @@ class Config:
             raise ValueError("--processes must be at least 1")
         if self.ramp <= 0:
             raise ValueError("--ramp must be positive")
+        if self.muted and not self.lean:
+            raise ValueError("--muted needs --lean (aiortc's sender has no Opus DTX)")
         if self.weak:
             from .weak import weak_counts
 

@@ -569,7 +569,8 @@ def format_report(report: dict[str, Any]) -> str:
             f" + chair, {c['video']} {c['resolution']} {c['bitrate_kbps']} kbps {c['fps']} fps,"
             f" window {report['window']['seconds']:.0f} s, {c['processes']} process(es)"
             + (f", weak links {' '.join(c['weak'])}" if c.get("weak") else "")
-            + (", lean publishers" if c.get("lean") else ""),
+            + (", lean publishers" if c.get("lean") else "")
+            + (", muted microphones but the floor's" if c.get("muted") else ""),
         ),
         (
             "participants",

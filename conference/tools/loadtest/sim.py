@@ -266,6 +266,8 @@ class SimulatedSeat:
     whep: WhipSession | None = None
     #: publish through the server's own send path (:mod:`.lean`), not aiortc's sender
     lean: bool = False
+    #: a lean point's microphone muted while it does not hold the floor (``--muted``)
+    muted: bool = False
     camera: ClipTrack | LeanPublisher | None = None
     microphone: SpeechTrack | LeanPublisher | None = None
     lean_publisher: LeanPublisher | None = None
@@ -282,6 +284,7 @@ class SimulatedSeat:
     pages: int = 0
     #: packets a lean publisher had sent when the window started
     _sent_at_mark: int | None = None
+    _microphone_at_mark: int | None = None
     _slot_changes_at_mark: int | None = None
 
     # -- joining --------------------------------------------------------------------
@@ -395,6 +398,7 @@ class SimulatedSeat:
             quiet,
             media.quiet_levels,
             start_index=self.seat.index * 37,
+            muted=self.muted and not self.seat.is_chair,
         )
         self.camera = self.microphone = self.lean_publisher = publisher
         publisher.start()
@@ -533,6 +537,8 @@ class SimulatedSeat:
         for stats in self.streams:
             stats.mark(now)
         self._sent_at_mark = self._packets_sent()
+        if self.lean_publisher is not None:
+            self._microphone_at_mark = self.lean_publisher.microphone.sender.packets_sent
         self._slot_changes_at_mark = self.client.audio_slot_changes if self.client else 0
 
     def _receivers(self) -> list[ForwardingReceiver]:
@@ -582,6 +588,10 @@ class SimulatedSeat:
             "packets_sent": None
             if self._sent_at_mark is None
             else (self._packets_sent() or 0) - self._sent_at_mark,
+            # of which its microphone's (fewer while muted: --muted)
+            "microphone_packets_sent": None
+            if self._microphone_at_mark is None or self.lean_publisher is None
+            else self.lean_publisher.microphone.sender.packets_sent - self._microphone_at_mark,
             "streams": [s.report(now) for s in self.streams],
             # audio slots: how often a slot changed hands in the window (a microphone
             # newly heard: every page's subscription switches, every page is told)

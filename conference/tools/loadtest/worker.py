@@ -201,6 +201,7 @@ async def run_worker(plan: WorkerPlan, channel: Channel, configure_ice: bool = T
             process=plan.number,
             relay=requesters.get(seat.index),
             lean=config.lean,
+            muted=config.muted,
         )
         for seat in plan.seats
     ]
