@@ -291,6 +291,8 @@ async def test_the_chair_s_floor_hands_and_end_reach_points_on_another_node(
         told = await a.wait_message("muted-by-moderator", since=since_a)
         assert told["muted"] is True
         await a.wait_for(lambda: a.room.get("floor") is None, 5)
+        # node 2 holds the points too: one coming in there later would be held
+        await a.wait_for(lambda: a.room.get("holding") is True, 5)
 
         # commands that need the point's own session are carried out by its node
         since_a = len(a.messages)

@@ -172,6 +172,20 @@ def test_chair_runs_the_briefing(server: ServerProcess, browser: Any, tmp_path: 
     sync_api.expect(a.locator("#mute-btn")).to_have_text("Tắt micro")
     wait_until(lambda: growth(chair, [mic_a], 1)[mic_a] > 0, 10, "xa-a heard again")
 
+    # the room holds the points (since the floor): the chair lets everyone unmute; xa-b's
+    # page stays muted until it unmutes itself, then it is heard
+    release = chair.locator("#release-all-btn")
+    sync_api.expect(release).to_have_text("Cho phép tất cả bật mic")
+    release.click()
+    sync_api.expect(release).to_be_hidden()
+    chair.wait_for_selector(
+        f'#participants li[data-participant="{ids["xa-b"]}"] .badge.mic-blocked', state="detached"
+    )
+    assert growth(chair, [mic_b], 1)[mic_b] < SILENT
+    b.click("#mute-btn")
+    sync_api.expect(b.locator("#mute-btn")).to_have_text("Tắt micro")
+    wait_until(lambda: growth(chair, [mic_b], 1)[mic_b] > SILENT, 10, "xa-b heard after release")
+
     # remove xa-b with a reason: its page says why
     chair.click(f'#participants li[data-participant="{ids["xa-b"]}"] button.remove')
     chair.fill("#remove-reason", "Kiểm tra lại đường truyền")

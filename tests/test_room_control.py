@@ -275,6 +275,75 @@ async def test_mute_all_then_ask_a_point_to_unmute(briefing: Briefing):
     assert await flowing(chair, briefing.pub_b) == 0
 
 
+async def test_points_coming_in_after_mute_all_are_held_until_release_all(briefing: Briefing):
+    """A province's briefing: the chair mutes everyone, and a commune that comes in late
+    is held too (not heard in every hall), a released point stays released when its
+    link drops and comes back, and release-all opens every microphone again."""
+    chair, a, b, server = briefing.chair, briefing.a, briefing.b, briefing.server
+    assert chair.room.get("holding") is False
+    await chair.send({"type": "mute-all"})
+    await chair.wait_for(
+        lambda: microphone_of(chair, a.id)["blocked"] and microphone_of(chair, b.id)["blocked"]
+    )
+    await chair.wait_for(lambda: chair.room.get("holding") is True)
+    # a agrees to speak when asked: released
+    await chair.send({"type": "ask-unmute", "participant": a.id})
+    await a.wait_message("unmute-request", since=0)
+    await a.send({"type": "mute", "source": "microphone", "muted": False})
+    await chair.wait_for(lambda: microphone_of(chair, a.id)["blocked"] is False)
+
+    late = Client(server.url, "m1", server.token(identity="xa-c"), decode=False)
+    back = Client(server.url, "m1", server.token(identity="xa-a"), decode=False)
+    opened = Client(server.url, "m1", server.token(identity="xa-d"), decode=False)
+    try:
+        # a commune comes in late: held before anyone hears it
+        await late.connect()
+        await late.publish({"microphone": ToneAudioTrack(900.0)})
+        told = await late.wait_message("muted-by-moderator", since=0)
+        assert told["muted"] is True
+        await chair.wait_for(lambda: late.id in {p["id"] for p in chair.room["participants"]})
+        await chair.wait_for(lambda: microphone_of(chair, late.id)["blocked"] is True)
+        pub_late = microphone_of(chair, late.id)["id"]
+        await asyncio.sleep(0.5)
+        assert packets(chair, pub_late) == 0
+        error = await late.request(
+            {"type": "mute", "source": "microphone", "muted": False}, "error"
+        )
+        assert error["code"] == "muted-by-moderator"
+
+        # a's link drops and it comes back: still released, heard at once
+        await a.close()
+        await back.connect()
+        await back.publish({"microphone": ToneAudioTrack(500.0)})
+        await chair.wait_for(lambda: back.id in {p["id"] for p in chair.room["participants"]})
+        await chair.wait_for(lambda: packets(chair, microphone_of(chair, back.id)["id"]) > 10, 10)
+        assert microphone_of(chair, back.id)["blocked"] is False
+        assert not any(m.get("type") == "muted-by-moderator" for m in back.messages)
+
+        # release-all: every hold lifted, the points told; a newcomer now comes in open
+        since_b = len(b.messages)
+        await chair.send({"type": "release-all"})
+        await chair.wait_for(lambda: chair.room.get("holding") is False)
+        await chair.wait_for(
+            lambda: (
+                not microphone_of(chair, b.id)["blocked"]
+                and not microphone_of(chair, late.id)["blocked"]
+            )
+        )
+        released = await b.wait_message("muted-by-moderator", since=since_b)
+        assert released["muted"] is False
+        await asyncio.sleep(0.3)
+        assert await flowing(chair, pub_late) > 20
+        await opened.connect()
+        await opened.publish({"microphone": ToneAudioTrack(1100.0)})
+        await chair.wait_for(lambda: opened.id in {p["id"] for p in chair.room["participants"]})
+        await chair.wait_for(lambda: packets(chair, microphone_of(chair, opened.id)["id"]) > 10, 10)
+        assert not any(m.get("type") == "muted-by-moderator" for m in opened.messages)
+    finally:
+        for client in (opened, back, late):
+            await client.leave()
+
+
 async def test_lock_refuses_new_points_but_lets_members_rejoin(server):
     chair = Client(server.url, "m1", server.token(identity="huyen", role="chair"))
     member = Client(server.url, "m1", server.token(identity="xa-a"))

@@ -120,6 +120,11 @@ class Briefing(RoomEvents):
         self.floor: str | None = None  # identity of the floor holder
         self.hands: list[tuple[str, float]] = []  # (identity, time raised), in order
         self.held: set[str] = set()  # identities whose microphone the chair holds muted
+        #: the room holds the points (since `mute_all` or a floor, until `release_all`):
+        #: a point that comes in is held too, unless the chair released it
+        self.holding = False
+        #: identities the chair released (or that consented to unmute) while holding
+        self.released: set[str] = set()
         self.invited: set[str] = set()  # held identities asked to unmute (consent lifts it)
         self.admitted: set[str] = set()  # identities that joined (may rejoin a locked room)
         #: identities the chair removed (on any node): not learnt as admitted from another
@@ -172,12 +177,16 @@ class Briefing(RoomEvents):
             return
         identity = owner.who.identity
         if (
-            self.floor is not None
+            self.holding
             and identity != self.floor
             and not owner.who.moderate
             and identity not in self.held
+            and identity not in self.released
         ):
-            self.held.add(identity)  # a point joining during the floor is held too
+            # a point coming in while the room holds the points (after mute-all or
+            # during the floor) is held too
+            self.held.add(identity)
+            self.changed()
         if identity in self.held:
             publication.blocked = True
             asyncio.ensure_future(owner.send(muted_notice("microphone", True)))
@@ -268,12 +277,16 @@ class Briefing(RoomEvents):
         await target.send(muted_notice(source, muted))
 
     def _set_held(self, identity: str, held: bool) -> None:
-        """Remember a hold by identity; a released point is no longer asked to unmute."""
+        """Remember a hold by identity; a released point is no longer asked to unmute
+        (and, while the room holds the points, stays released when it comes back)."""
         if held:
             self.held.add(identity)
+            self.released.discard(identity)
         else:
             self.held.discard(identity)
             self.invited.discard(identity)
+            if self.holding:
+                self.released.add(identity)
 
     def _chair_side(self, identity: str) -> bool:
         """The chair's own sessions (moderate grant) are never muted by the room."""
@@ -308,6 +321,7 @@ class Briefing(RoomEvents):
         if not publish:
             raise RoomError("bad-request", "this participant cannot speak (no publish grant)")
         self.floor = identity
+        self.holding = True
         self.hands = [hand for hand in self.hands if hand[0] != identity]
         for other in self._identities():
             if other != identity and not self._chair_side(other):
@@ -327,13 +341,28 @@ class Briefing(RoomEvents):
         self.changed()
 
     async def mute_all(self) -> None:
-        """Hold every microphone but the chair side's; ends the floor."""
+        """Hold every microphone but the chair side's, and those of points coming in
+        later, until `release_all`; ends the floor."""
+        self.holding = True
+        self.released.clear()
         if self.floor is not None:
             self.floor = None
             await self.broadcast({"type": "floor", "participant": None})
         for identity in self._identities():
             if not self._chair_side(identity):
                 await self.hold(identity, True)
+        self.changed()
+
+    async def release_all(self) -> None:
+        """Lift every hold and stop holding points that come in (the floor stays).
+
+        As with one point's release, the pages stay muted: each point unmutes itself.
+        """
+        self.holding = False
+        self.released.clear()
+        for identity in sorted(self.held):
+            await self.hold(identity, False)
+        self.changed()
 
     async def unmute(self, participant: Participant, source: str) -> None:
         """A point unmutes itself: a held microphone speaks only if asked or given the floor.
@@ -458,6 +487,8 @@ class Briefing(RoomEvents):
             "held": sorted(self.held),
             "invited": sorted(self.invited),
             "locked": self.locked,
+            "holding": self.holding,
+            "released": sorted(self.released),
         }
 
     def _share_control(self) -> None:
@@ -485,6 +516,10 @@ class Briefing(RoomEvents):
             hands = [(str(identity), float(raised)) for identity, raised in state["hands"]]
             held = {str(identity) for identity in state["held"]}
             invited = {str(identity) for identity in state["invited"]}
+            holding = state.get("holding", False)
+            if not isinstance(holding, bool):
+                raise ValueError("holding")
+            released = {str(identity) for identity in state.get("released", [])}
         except (KeyError, TypeError, ValueError):
             logger.warning("briefing %s: a malformed state from another node", self.meeting_id)
             return
@@ -498,6 +533,7 @@ class Briefing(RoomEvents):
             invited,
             locked,
         )
+        self.holding, self.released = holding, released
         for participant in list(self.room.participants.values()):
             await self._enforce_hold(participant, participant.who.identity in held)
         if floor_changed:
@@ -719,6 +755,7 @@ class Briefing(RoomEvents):
                 if identity in ids
             ],
             "locked": self.locked,
+            "holding": self.holding,
         }
 
     async def broadcast(self, message: dict[str, Any]) -> None:

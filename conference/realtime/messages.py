@@ -416,6 +416,11 @@ async def mute_all(session: Session, message: dict[str, Any]) -> None:
     await session.briefing.mute_all()
 
 
+@handles("release-all", chair=True)
+async def release_all(session: Session, message: dict[str, Any]) -> None:
+    await session.briefing.release_all()
+
+
 @handles("lock", chair=True)
 async def lock(session: Session, message: dict[str, Any]) -> None:
     locked = message.get("locked")

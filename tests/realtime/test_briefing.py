@@ -134,6 +134,60 @@ async def test_a_held_point_speaks_again_only_when_asked_or_given_the_floor(
         await briefing.ask_unmute(chair.participant, by=Chair.of(chair.participant))
 
 
+async def test_after_mute_all_points_coming_in_are_held_until_release_all(
+    briefings: Briefings,
+) -> None:
+    """A late commune is held as the others are; a point the chair released stays
+    released when it comes back; the chair side never; release-all ends it all.  The
+    state reaches another node of the meeting with the rest of the chair's."""
+    briefing = briefings.open("m1")
+    await join(briefing, "chair", chair=True)
+    a = await join(briefing, "a")
+    publish_microphone(briefing, a)
+    assert briefing.state()["holding"] is False
+    await briefing.mute_all()
+    assert briefing.holding and briefing.state()["holding"] is True and a.microphone().blocked
+    late = await join(briefing, "late")
+    assert publish_microphone(briefing, late).blocked  # nobody hears it come in
+    await asyncio.sleep(0)  # the page is told in a task of its own
+    assert late.received("muted-by-moderator")[-1]["muted"] is True
+    deputy = await join(briefing, "deputy", chair=True)  # the chair side: never held
+    assert not publish_microphone(briefing, deputy).blocked
+    await briefing.mute(a.participant, "microphone", False)  # the chair releases a
+    assert not a.microphone().blocked and briefing.released == {"a"}
+    await briefing.room.leave(a.participant.id)
+    again = await join(briefing, "a")
+    assert not publish_microphone(briefing, again).blocked  # released: still released
+    await briefing.mute(again.participant, "microphone", True)
+    assert briefing.released == set()
+
+    # another node of the meeting takes the state and holds its own newcomers
+    shared: list[dict[str, Any]] = []
+    briefing.share = shared.append
+    briefing._share_control()
+    registry = RoomRegistry(max_rooms=1, max_participants=10)
+    try:
+        other = Briefings(registry).open("m1")
+        await other.peer_event(shared[-1])
+        assert other.holding and other.held == {"a", "late"}
+        there = await join(other, "elsewhere")
+        assert publish_microphone(other, there).blocked
+    finally:
+        await registry.close()
+
+    await briefing.release_all()
+    assert not briefing.holding and briefing.held == set() and briefing.state()["holding"] is False
+    assert not late.microphone().blocked and not again.microphone().blocked
+    assert late.received("muted-by-moderator")[-1]["muted"] is False  # told; its page stays muted
+    opened = await join(briefing, "opened")
+    assert not publish_microphone(briefing, opened).blocked
+    # a floor holds the points again, and those coming in after it ends
+    await briefing.give_floor(opened.participant)
+    await briefing.take_floor()
+    after = await join(briefing, "after")
+    assert publish_microphone(briefing, after).blocked
+
+
 async def test_the_chairs_mute_of_one_microphone_is_kept_by_identity(
     briefings: Briefings,
 ) -> None:

@@ -1,5 +1,6 @@
 // Chair controls (moderate grant): the queue of raised hands with "give the floor",
-// per-participant mute / ask to unmute / remove / link profile, mute all, lock, end the meeting.
+// per-participant mute / ask to unmute / remove / link profile, mute all and let everyone
+// unmute, lock, end the meeting.
 // The server enforces all of it; these buttons only ask.
 
 import { t, tf } from "./i18n.js";
@@ -30,6 +31,7 @@ export class Chair {
     this.send = send;
     this.removing = null;
     $("mute-all-btn").onclick = () => send({ type: "mute-all" });
+    $("release-all-btn").onclick = () => send({ type: "release-all" });
     $("take-floor-btn").onclick = () => send({ type: "take-floor" });
     $("lock-btn").onclick = () => send({ type: "lock", locked: !state.room.locked });
     $("record-btn").onclick = () => send({ type: state.room.recording ? "record-stop" : "record-start" });
@@ -63,6 +65,8 @@ export class Chair {
     $("lock-btn").textContent = room.locked ? t("chair.unlock") : t("chair.lock");
     $("lock-btn").classList.toggle("active", Boolean(room.locked));
     $("take-floor-btn").hidden = !room.floor;
+    // while the room holds the points (mute all, the floor), newcomers are held too
+    $("release-all-btn").hidden = !room.holding;
     $("record-btn").textContent = room.recording ? t("chair.recordStop") : t("chair.recordStart");
     $("record-btn").classList.toggle("active", Boolean(room.recording));
     const byId = Object.fromEntries(room.participants.map((p) => [p.id, p]));
