@@ -322,6 +322,7 @@ class Briefing(RoomEvents):
             raise RoomError("bad-request", "this participant cannot speak (no publish grant)")
         self.floor = identity
         self.holding = True
+        self.released.clear()  # a point away now is held when it comes back
         self.hands = [hand for hand in self.hands if hand[0] != identity]
         for other in self._identities():
             if other != identity and not self._chair_side(other):
@@ -335,7 +336,7 @@ class Briefing(RoomEvents):
         if self.floor is None:
             raise RoomError("bad-request", "nobody has the floor")
         identity, self.floor = self.floor, None
-        if not self._chair_side(identity):
+        if self.holding and not self._chair_side(identity):  # (not after release-all)
             await self.hold(identity, True)
         await self.broadcast({"type": "floor", "participant": None})
         self.changed()
@@ -516,10 +517,11 @@ class Briefing(RoomEvents):
             hands = [(str(identity), float(raised)) for identity, raised in state["hands"]]
             held = {str(identity) for identity in state["held"]}
             invited = {str(identity) for identity in state["invited"]}
-            holding = state.get("holding", False)
+            # a node of the previous version sends neither: this node's own stand
+            holding = state.get("holding", self.holding)
             if not isinstance(holding, bool):
                 raise ValueError("holding")
-            released = {str(identity) for identity in state.get("released", [])}
+            released = {str(identity) for identity in state.get("released", self.released)}
         except (KeyError, TypeError, ValueError):
             logger.warning("briefing %s: a malformed state from another node", self.meeting_id)
             return
@@ -699,6 +701,7 @@ class Briefing(RoomEvents):
         if self.floor == identity:
             self.floor = None
         self.invited.discard(identity)
+        self.released.discard(identity)  # held if it comes back while the room holds
         self.admitted.discard(identity)
         self.absent_since.pop(identity, None)
         self.changed()

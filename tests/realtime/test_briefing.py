@@ -8,6 +8,7 @@ callback, what it does to media is read from the publications' ``blocked`` switc
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -181,11 +182,40 @@ async def test_after_mute_all_points_coming_in_are_held_until_release_all(
     assert late.received("muted-by-moderator")[-1]["muted"] is False  # told; its page stays muted
     opened = await join(briefing, "opened")
     assert not publish_microphone(briefing, opened).blocked
+    # after release-all, taking the floor back holds nobody: the meeting is open
+    await briefing.give_floor(opened.participant)
+    await briefing.release_all()
+    await briefing.take_floor()
+    assert not opened.microphone().blocked
     # a floor holds the points again, and those coming in after it ends
     await briefing.give_floor(opened.participant)
     await briefing.take_floor()
     after = await join(briefing, "after")
     assert publish_microphone(briefing, after).blocked
+    # a new floor forgets earlier releases: a released point away now is held on return
+    await briefing.mute(opened.participant, "microphone", False)
+    await briefing.room.leave(opened.participant.id)
+    await briefing.give_floor(after.participant)
+    back = await join(briefing, "opened")
+    assert publish_microphone(briefing, back).blocked
+    # a floor holder gone past the grace is forgotten: held when it comes back
+    await briefing.room.leave(after.participant.id)
+    briefing.tick(time.monotonic() + briefing_module.REJOIN_GRACE + 1)
+    assert briefing.floor is None and "after" not in briefing.released
+    returning = await join(briefing, "after")
+    assert publish_microphone(briefing, returning).blocked
+
+
+async def test_a_snapshot_without_the_new_fields_keeps_this_node_holding(
+    briefings: Briefings,
+) -> None:
+    """A node of the previous version shares no ``holding`` or ``released``: a raised
+    hand there must not switch this node's holding off."""
+    briefing = briefings.open("m1")
+    await briefing.mute_all()
+    old = {"floor": None, "hands": [["x", 1.0]], "held": ["x"], "invited": [], "locked": False}
+    await briefing.peer_event({"kind": "control", "at": time.time() + 1, "state": old})
+    assert briefing.holding and briefing.hands == [("x", 1.0)]
 
 
 async def test_the_chairs_mute_of_one_microphone_is_kept_by_identity(
