@@ -76,6 +76,15 @@ def stats(page: Any) -> dict[str, dict[str, Any]]:
 #: after the last packet (seen once: 3.7e-10; a heard beep adds ~3e-3 in 2 s)
 SILENT = 1e-6
 
+#: the speaker layout's large tile lies inside the video column (a small rounding aside)
+STAGE_FITS_JS = """(() => {
+  const tile = document.querySelector('#stage .tile');
+  const column = document.querySelector('.tiles').getBoundingClientRect();
+  const box = tile && tile.getBoundingClientRect();
+  return Boolean(box && box.width > 100 && box.left >= column.left - 1
+                 && box.right <= column.right + 1);
+})()"""
+
 
 def growth(page: Any, ids: list[str], seconds: float = 2.0) -> dict[str, float]:
     """How much each publication's frames (video) or audio energy grew in ``seconds``."""
@@ -154,6 +163,11 @@ def test_chair_runs_the_briefing(server: ServerProcess, browser: Any, tmp_path: 
     b.click("#mute-btn")
     sync_api.expect(b.locator("#notice")).to_contain_text("giơ tay phát biểu")
     save_screenshot(chair, tmp_path, "screenshot-chair.png")
+    # a meeting-room PC at 1024x768: the large video stays inside its column (it ran
+    # 240 px under the side panel: the speaker layout's column took the 16:9 width)
+    chair.set_viewport_size({"width": 1024, "height": 768})
+    wait_js(chair, STAGE_FITS_JS)
+    chair.set_viewport_size({"width": 1280, "height": 720})
 
     # mute all: the floor ends, xa-a is held too
     chair.click("#mute-all-btn")
