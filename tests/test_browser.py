@@ -11,6 +11,7 @@ replace the ones in ``docs/`` only when ``UPDATE_SCREENSHOTS=1`` is set.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -110,12 +111,21 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
+    with chromium(tmp_path) as browser:
+        yield browser
+
+
+@contextlib.contextmanager
+def chromium(tmp_path: Path, extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
+    """Debian's Chromium with a fake camera and a tone as microphone (``extra_args``:
+    more command-line switches)."""
     tone = write_tone(tmp_path / "tone.wav")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
             args=[
+                *extra_args,
                 "--use-fake-device-for-media-stream",
                 "--use-fake-ui-for-media-stream",
                 f"--use-file-for-fake-audio-capture={tone}",

@@ -13,10 +13,11 @@ On this machine everything is on 127.0.0.1: coturn relays from 127.0.0.1 to the
 server's host candidate 127.0.0.1, which coturn refuses unless ``allow-loopback-peers``
 (a test setting only: docs/OPERATIONS.md).
 
-TURN over TLS (``turns:``, port 443 in production) is not tested here: Chromium
-checks the TURN server's certificate like a web site's, and drops the TLS handshake
-with a self-signed one (tried: coturn logs "TLS/TCP socket buffer operation error");
-past the TLS it is the TURN/TCP case.
+TURN over TLS (``turns:``, port 443 in production): coturn also listens for TLS with a
+self-signed certificate (conference/tls.py's), which Chromium checks like a web site's
+and refuses (coturn logs "TLS/TCP socket buffer operation error"); the TLS case runs a
+Chromium started with ``--ignore-certificate-errors``, as a real point trusts the
+TURN server's real certificate.
 """
 
 from __future__ import annotations
@@ -36,10 +37,19 @@ import pytest
 from aioice.stun import TransactionFailed
 from aioice.turn import create_turn_endpoint
 
+from conference.tls import self_signed_certificate
 from conference.turn import turn_credential
 
 from .conftest import ServerProcess, check_clean_exit, start_server
-from .test_browser import browser, open_invitation, streams, wait_for_media, wait_js, wait_until
+from .test_browser import (
+    browser,
+    chromium,
+    open_invitation,
+    streams,
+    wait_for_media,
+    wait_js,
+    wait_until,
+)
 
 __all__ = ["browser"]
 
@@ -90,12 +100,19 @@ class Coturn:
     port: int
     log_file: Path
     process: subprocess.Popen[bytes]
+    tls_port: int = 0
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
     def urls(self, transports: tuple[str, ...] = ("udp", "tcp")) -> str:
-        return ",".join(f"turn:127.0.0.1:{self.port}?transport={t}" for t in transports)
+        """``udp``, ``tcp``: TURN; ``tls``: TURN over TLS (TCP)."""
+        return ",".join(
+            f"turns:127.0.0.1:{self.tls_port}?transport=tcp"
+            if t == "tls"
+            else f"turn:127.0.0.1:{self.port}?transport={t}"
+            for t in transports
+        )
 
 
 def free_port() -> int:
@@ -115,9 +132,10 @@ def free_port() -> int:
 
 @pytest.fixture
 def coturn(tmp_path: Path) -> Iterator[Coturn]:
-    port = free_port()
+    port, tls_port = free_port(), free_port()
     folder = tmp_path / "coturn"
     folder.mkdir()
+    cert, key = self_signed_certificate(folder, ["127.0.0.1"])
     log_file = folder / "turn.log"
     config = folder / "turnserver.conf"
     config.write_text(
@@ -125,12 +143,14 @@ def coturn(tmp_path: Path) -> Iterator[Coturn]:
             [
                 "listening-ip=127.0.0.1",
                 f"listening-port={port}",
+                f"tls-listening-port={tls_port}",
+                f"cert={cert}",
+                f"pkey={key}",
                 "relay-ip=127.0.0.1",
                 "use-auth-secret",
                 f"static-auth-secret={TURN_SECRET}",
                 f"realm={REALM}",
                 "fingerprint",
-                "no-tls",
                 "no-dtls",
                 "no-cli",
                 "no-multicast-peers",
@@ -149,11 +169,14 @@ def coturn(tmp_path: Path) -> Iterator[Coturn]:
     process = subprocess.Popen(
         [TURNSERVER, "-c", str(config)], stdout=output, stderr=subprocess.STDOUT, cwd=folder
     )
-    server = Coturn(port, log_file, process)
+    server = Coturn(port, log_file, process, tls_port)
     try:
         deadline = time.monotonic() + 10
-        ready = f"UDP listener opened on: 127.0.0.1:{port}"
-        while ready not in server.log():
+        ready = (
+            f"UDP listener opened on: 127.0.0.1:{port}",
+            f"TLS/TCP listener opened on : 127.0.0.1:{tls_port}",
+        )
+        while not all(line in server.log() for line in ready):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
                     f"turnserver did not start (exit {process.poll()}):\n{server.log()[-3000:]}"
@@ -237,61 +260,70 @@ async def test_coturn_checks_the_credential_and_its_expiry(coturn: Coturn) -> No
     assert re.search(r"user <\d+:PA_short>: incoming packet CHANNEL_BIND processed, success", log)
 
 
-@pytest.mark.parametrize("transports", [("udp",), ("tcp",)], ids=["udp", "tcp"])
+@pytest.mark.parametrize("transports", [("udp",), ("tcp",), ("tls",)], ids=["udp", "tcp", "tls"])
 def test_media_flows_through_coturn_with_per_participant_credentials(
-    tmp_path: Path, coturn: Coturn, browser: Any, transports: tuple[str, ...]
+    tmp_path: Path, coturn: Coturn, transports: tuple[str, ...]
 ) -> None:
-    """Relayed media both ways, over TURN/UDP, or over TURN/TCP: a firewall that lets no
-    UDP out (TURN over TLS on 443 is the same once coturn has taken the TLS off).  One
-    transport at a time: with both URLs, as a deployment gives them, Chromium may
-    select either."""
+    """Relayed media both ways, over TURN/UDP, over TURN/TCP (a firewall that lets no
+    UDP out), or over TURN over TLS (one that lets only TLS out, on 443 in production).
+    One transport at a time: with all the URLs, as a deployment gives them, Chromium
+    may select any."""
     server = start_server(tmp_path, env=turn_env(coturn, TURN_SECRET, transports))
+    # the TLS case: coturn's certificate is self-signed here
+    trusting = ("--ignore-certificate-errors",) if transports == ("tls",) else ()
     try:
-        names = {"huyen": "UBND huyện Đắk Glong", "xa-quang-son": "UBND xã Quảng Sơn"}
-        pages = {
-            identity: enter(browser, server, identity, name) for identity, name in names.items()
-        }
-        usernames = {}
-        for identity, page in pages.items():
-            me = page.evaluate("window.conference.me.id")
-            servers = page.evaluate("window.conference.iceServers")
-            assert TURN_SECRET not in str(servers)
-            (turn,) = [s for s in servers if s["urls"][0].startswith("turn:")]
-            assert turn["urls"] == coturn.urls(transports).split(",")
-            expiry, user = turn["username"].split(":")
-            assert user == me and 0 < int(expiry) - time.time() <= 3600
-            usernames[identity] = turn["username"]
-
-        # each page decodes the other's camera and hears its microphone: both ways, relayed
-        for identity, page in pages.items():
-            wait_for_media(page, server, 1, 1, f"relayed media on {identity}", timeout=25)
-            for which in ("publisher", "subscriber"):
-                pair = wait_until(lambda: selected(page, which), 10, f"{which} pair of {identity}")  # noqa: B023
-                assert pair["policy"] == "relay", pair
-                assert pair["local"]["type"] == "relay", pair
-                assert pair["local"]["url"].startswith(f"turn:127.0.0.1:{coturn.port}"), pair
-                assert pair["local"]["relayProtocol"] == transports[0], pair
-                assert pair["remote"]["type"] == "host", pair  # the server itself
-                # the publisher sends media over it, the subscriber receives
-                moved = pair["bytesSent" if which == "publisher" else "bytesReceived"]
-                assert moved > 0, pair
-                # the page offered nothing but relay candidates
-                assert pair["sdpCandidates"], pair
-                assert all(" typ relay" in line for line in pair["sdpCandidates"]), pair
-            assert not page.errors, page.errors
-
-        # coturn checked each participant's own credential: an allocation in its name
-        log = coturn.log()
-        for identity, username in usernames.items():
-            allocated = re.search(
-                rf"user <{re.escape(username)}>: incoming packet ALLOCATE processed, success", log
-            )
-            assert allocated, f"no allocation for {identity} ({username}):\n{log[-4000:]}"
-        assert TURN_SECRET not in server.log()
-        for page in pages.values():
-            page.context.close()
+        with chromium(tmp_path, trusting) as browser:
+            relayed_both_ways(server, coturn, browser, transports)
     finally:
         check_clean_exit(server)
+
+
+def relayed_both_ways(
+    server: ServerProcess, coturn: Coturn, browser: Any, transports: tuple[str, ...]
+) -> None:
+    """Two relay-only pages exchange media through coturn on ``transports``, each with
+    its own credential."""
+    names = {"huyen": "UBND huyện Đắk Glong", "xa-quang-son": "UBND xã Quảng Sơn"}
+    pages = {identity: enter(browser, server, identity, name) for identity, name in names.items()}
+    usernames = {}
+    for identity, page in pages.items():
+        me = page.evaluate("window.conference.me.id")
+        servers = page.evaluate("window.conference.iceServers")
+        assert TURN_SECRET not in str(servers)
+        (turn,) = [s for s in servers if s["urls"][0].startswith(("turn:", "turns:"))]
+        assert turn["urls"] == coturn.urls(transports).split(",")
+        expiry, user = turn["username"].split(":")
+        assert user == me and 0 < int(expiry) - time.time() <= 3600
+        usernames[identity] = turn["username"]
+
+    # each page decodes the other's camera and hears its microphone: both ways, relayed
+    for identity, page in pages.items():
+        wait_for_media(page, server, 1, 1, f"relayed media on {identity}", timeout=25)
+        for which in ("publisher", "subscriber"):
+            pair = wait_until(lambda: selected(page, which), 10, f"{which} pair of {identity}")  # noqa: B023
+            assert pair["policy"] == "relay", pair
+            assert pair["local"]["type"] == "relay", pair
+            assert pair["local"]["url"] == coturn.urls(transports), pair
+            assert pair["local"]["relayProtocol"] == transports[0], pair
+            assert pair["remote"]["type"] == "host", pair  # the server itself
+            # the publisher sends media over it, the subscriber receives
+            moved = pair["bytesSent" if which == "publisher" else "bytesReceived"]
+            assert moved > 0, pair
+            # the page offered nothing but relay candidates
+            assert pair["sdpCandidates"], pair
+            assert all(" typ relay" in line for line in pair["sdpCandidates"]), pair
+        assert not page.errors, page.errors
+
+    # coturn checked each participant's own credential: an allocation in its name
+    log = coturn.log()
+    for identity, username in usernames.items():
+        allocated = re.search(
+            rf"user <{re.escape(username)}>: incoming packet ALLOCATE processed, success", log
+        )
+        assert allocated, f"no allocation for {identity} ({username}):\n{log[-4000:]}"
+    assert TURN_SECRET not in server.log()
+    for page in pages.values():
+        page.context.close()
 
 
 def test_a_wrong_secret_gets_no_relay(tmp_path: Path, coturn: Coturn, browser: Any) -> None:
