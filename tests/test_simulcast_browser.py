@@ -133,7 +133,8 @@ def test_simulcast_one_layer_per_viewer_and_dynacast(server: ServerProcess, brow
     wait_until(lambda: not growing(publisher, "h"), 20, "the middle layer switched off")
     assert growing(publisher, "q") and growing(publisher, "f")
     # a wider page needs the middle layer: it comes back
-    small_viewer.set_viewport_size({"width": 700, "height": 640})
+    # (a 1000 px window: the video column beside the side panel is ~660 px wide, "medium")
+    small_viewer.set_viewport_size({"width": 1000, "height": 640})
     wait_until(lambda: growing(publisher, "h"), 20, "the middle layer back")
     wait_until(lambda: receives_width(small_viewer, camera, 640), 30, "the middle layer")
     # the large viewer kept the top layer all along
