@@ -283,12 +283,11 @@ async def test_points_coming_in_after_mute_all_are_held_until_release_all(briefi
 
     def shown(participant_id: str, blocked: bool | None = None) -> bool:
         """The chair's room state lists the participant's microphone (as held or not)."""
-        for participant in chair.room["participants"]:
-            if participant["id"] == participant_id:
-                for publication in participant["publications"]:
-                    if publication["source"] == "microphone":
-                        return blocked is None or publication["blocked"] is blocked
-        return False
+        try:
+            microphone = microphone_of(chair, participant_id)
+        except (AssertionError, StopIteration):  # not (yet) in the room, or no microphone
+            return False
+        return blocked is None or microphone["blocked"] is blocked
 
     assert chair.room.get("holding") is False
     await chair.send({"type": "mute-all"})
@@ -468,6 +467,7 @@ async def test_chair_actions_need_the_moderate_grant_and_good_payloads(server):
             {"type": "give-floor", "participant": chair.id},
             {"type": "take-floor"},
             {"type": "mute-all"},
+            {"type": "release-all"},
             {"type": "ask-unmute", "participant": chair.id},
             {"type": "lock", "locked": True},
             {"type": "end-meeting"},
@@ -487,6 +487,7 @@ async def test_chair_actions_need_the_moderate_grant_and_good_payloads(server):
             assert error["code"] == code, message
         # nothing changed, and both sessions go on
         assert chair.room.get("floor") is None and chair.room.get("locked") is False
+        assert chair.room.get("holding") is False
         assert len(chair.room["participants"]) == 2
 
         # removal with a reason: the point is told why
